@@ -1,0 +1,77 @@
+// aq-generate — sample text from a GPT-2 checkpoint (temperature, top-k).
+//
+//   build/bin/aq-generate --model out/model.safetensors --prompt "Q: " --tokens 200
+// Byte-level models (V = 256) print text; other vocabularies print token ids (no BPE tokenizer is bundled).
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "examples/main_guard.h"
+#include "model/gpt2.h"
+#include "model/trainer.h"
+#include "runtime/rng.h"
+
+int main(int argc, char** argv) {
+  std::string model_path, prompt = "\n";
+  int tokens = 200, top_k = 40, heads = 0, threads = 0;
+  double temperature = 0.8;
+  uint64_t seed = 42;
+  CLI::App app{"aq-generate: sample from a GPT-2 checkpoint"};
+  app.add_option("--model", model_path, "GPT-2 safetensors checkpoint")->required();
+  app.add_option("--prompt", prompt, "Text to continue (byte-level models)")->capture_default_str();
+  app.add_option("--tokens", tokens, "Tokens to generate")->capture_default_str();
+  app.add_option("--temperature", temperature, "Sampling temperature (0 = greedy)")->capture_default_str();
+  app.add_option("--top-k", top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
+  app.add_option("--seed", seed, "Sampling seed")->capture_default_str();
+  app.add_option("--heads", heads, "n_head, when the checkpoint's metadata lacks it");
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
+
+  return aq::run_main("aq-generate", app, argc, argv, [&] {
+    AQ_CHECK(tokens >= 1, "--tokens must be >= 1 (got ", tokens, ")");
+    AQ_CHECK(temperature >= 0, "--temperature must be >= 0 (got ", temperature, ")");
+    AQ_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
+    aq::configure_threads(threads);
+    aq::SafeTensorsReader file(model_path);
+    const aq::GPT2Config cfg = aq::read_checkpoint_config(file, heads);
+    aq::GPT2<float> model(cfg, 1, cfg.max_seq);
+    model.load(file);
+    const bool bytes = cfg.vocab_size == 256;
+
+    std::vector<int32_t> ctx;
+    for (unsigned char ch : prompt) ctx.push_back(ch % cfg.vocab_size);
+    if (ctx.empty()) ctx.push_back(0);
+    if (bytes) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+    aq::Rng rng(seed);
+    std::vector<float> logits(static_cast<size_t>(cfg.vocab_size));
+    std::vector<int> order(logits.size());
+    for (int i = 0; i < tokens; ++i) {
+      // Keep the most recent max_seq tokens: the model has no positions beyond that.
+      const int t = std::min<int>(static_cast<int>(ctx.size()), cfg.max_seq);
+      model.last_logits(ctx.data() + ctx.size() - t, t, logits.data());
+      std::iota(order.begin(), order.end(), 0);
+      const int k = top_k > 0 ? std::min(top_k, cfg.vocab_size) : cfg.vocab_size;
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int a, int b) { return logits[a] > logits[b]; });
+      int next = order[0];
+      if (temperature > 0) {
+        std::vector<double> p(static_cast<size_t>(k));
+        double sum = 0;
+        for (int j = 0; j < k; ++j) sum += p[j] = std::exp((logits[order[j]] - logits[order[0]]) / temperature);
+        double r = rng.uniform() * sum;
+        for (int j = 0; j < k; ++j) {
+          next = order[j];
+          if ((r -= p[j]) <= 0) break;
+        }
+      }
+      ctx.push_back(next);
+      if (bytes)
+        std::fputc(next, stdout);
+      else
+        std::printf("%d ", next);
+      std::fflush(stdout);
+    }
+    std::printf("\n");
+  });
+}

@@ -1,0 +1,59 @@
+// aq-train — train a GPT-2 on token shards.
+//
+//   build/bin/aq-train --data 'data/fortunes/train_*.bin' --val-data 'data/fortunes/val_*.bin'
+//       --layers 4 --heads 4 --dim 128 --seq 128 --batch 16 --steps 500 --lr 1e-3 --save out/model.safetensors
+#include <CLI/CLI.hpp>
+
+#include "examples/main_guard.h"
+#include "model/trainer.h"
+
+int main(int argc, char** argv) {
+  aq::TrainConfig cfg;
+  CLI::App app{"aq-train: train a GPT-2 model on llm.c-format token shards (Aqueduct)"};
+  app.get_formatter()->column_width(34);
+
+  int layers = 0, heads = 0, dim = 0, vocab = 0, max_seq = 0;
+  auto* o_layers = app.add_option("--layers", layers, "Transformer blocks L of a fresh model (default 4)");
+  auto* o_heads = app.add_option("--heads", heads,
+                                 "Attention heads H (default 4; also supplies n_head for a checkpoint lacking it)");
+  auto* o_dim = app.add_option("--dim", dim, "Model width C, divisible by --heads (default 128)");
+  auto* o_vocab = app.add_option("--vocab", vocab, "Vocabulary size V <= 65535 (default 256, byte-level)");
+  auto* o_max_seq = app.add_option("--max-seq", max_seq, "Context length n_positions (default max(--seq, 128))");
+  app.add_option("--init-from", cfg.init_from, "Start from the weights of a GPT-2 safetensors file");
+  app.add_option("--resume", cfg.resume, "Continue a run saved with --save (its FILE.state must sit beside it)");
+  app.add_option("--data", cfg.data, "Training shards (file or glob)")->required();
+  app.add_option("--val-data", cfg.val_data, "Validation shards (file or glob)");
+  app.add_option("--batch", cfg.batch, "Sequences per step B")->capture_default_str();
+  app.add_option("--seq", cfg.seq, "Tokens per sequence T")->capture_default_str();
+  app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")->capture_default_str();
+  app.add_option("--lr", cfg.schedule.lr, "Peak learning rate")->capture_default_str();
+  app.add_option("--lr-schedule", cfg.schedule.kind, "constant | cosine (linear warmup, cosine decay to --min-lr)")
+      ->capture_default_str();
+  app.add_option("--warmup", cfg.schedule.warmup, "Warmup steps (cosine schedule)")->capture_default_str();
+  app.add_option("--min-lr", cfg.schedule.min_lr, "Final learning rate of the cosine schedule")->capture_default_str();
+  app.add_option("--weight-decay", cfg.weight_decay, "AdamW decoupled weight decay (tensors with >= 2 dims)")
+      ->capture_default_str();
+  app.add_option("--beta1", cfg.beta1, "AdamW beta1")->capture_default_str();
+  app.add_option("--beta2", cfg.beta2, "AdamW beta2")->capture_default_str();
+  app.add_option("--eps", cfg.eps, "AdamW epsilon")->capture_default_str();
+  app.add_option("--grad-clip", cfg.grad_clip, "Clip the global gradient L2 norm to this (0 = off)")
+      ->capture_default_str();
+  app.add_option("--seed", cfg.seed, "Seed of the initial weights")->capture_default_str();
+  app.add_option("--save", cfg.save, "Write the model (safetensors) here at the end, plus FILE.state");
+  app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")->capture_default_str();
+  app.add_option("--eval-every", cfg.eval_every, "Validation loss every N steps (and at the end)")
+      ->capture_default_str();
+  app.add_option("--eval-batches", cfg.eval_batches, "Batches per validation")->capture_default_str();
+  app.add_option("--log", cfg.log, "Append one JSON line per step to this file");
+  app.add_option("--threads", cfg.threads, "CPU threads (0 = all cores)")->capture_default_str();
+
+  return aq::run_main("aq-train", app, argc, argv, [&] {
+    if (o_layers->count()) cfg.layers = layers;
+    if (o_heads->count()) cfg.heads = heads;
+    if (o_dim->count()) cfg.dim = dim;
+    if (o_vocab->count()) cfg.vocab = vocab;
+    if (o_max_seq->count()) cfg.max_seq = max_seq;
+    aq::LocalCommunicator comm;
+    aq::train(cfg, comm);
+  });
+}

@@ -1,0 +1,391 @@
+// gpt2.cpp — GPT-2 forward and backward over the registered kernels.
+//
+// Data flow of one training step (N = B·T tokens):
+//   tokens → embedding → L × [ln_1 → c_attn → attention → c_proj (+res) → ln_2 → c_fc → gelu → c_proj (+res)]
+//          → ln_f → classifier (tied wte; loss and dlogits fused) → backward in reverse → gradients.
+#include "model/gpt2.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/rng.h"
+
+namespace aq {
+
+// ---- configuration ----------------------------------------------------------------------------------------
+
+void GPT2Config::validate() const {
+  AQ_CHECK(n_layer >= 1, "--layers must be >= 1 (got ", n_layer, ")");
+  AQ_CHECK(n_head >= 1, "--heads must be >= 1 (got ", n_head, ")");
+  AQ_CHECK(n_embd >= 1, "--dim must be >= 1 (got ", n_embd, ")");
+  AQ_CHECK(n_embd % n_head == 0, "model width C=", n_embd, " is not divisible by the head count H=", n_head,
+           "; choose --dim and --heads with C % H == 0 (e.g. --dim ", (n_embd / n_head + 1) * n_head, ")");
+  AQ_CHECK(vocab_size >= 2 && vocab_size <= 65535, "vocabulary size ", vocab_size,
+           " is out of range: tokens are stored as uint16, so 2 <= V <= 65535");
+  AQ_CHECK(max_seq >= 1, "--max-seq must be >= 1 (got ", max_seq, ")");
+}
+
+std::map<std::string, std::string> GPT2Config::to_metadata() const {
+  return {{"n_layer", std::to_string(n_layer)},   {"n_head", std::to_string(n_head)},
+          {"n_embd", std::to_string(n_embd)},     {"vocab_size", std::to_string(vocab_size)},
+          {"n_positions", std::to_string(max_seq)}, {"format", "pt"}};
+}
+
+std::string GPT2Config::describe() const {
+  return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq);
+}
+
+namespace {
+std::string strip_prefix(const std::string& name) {
+  const std::string p = "transformer.";
+  return name.compare(0, p.size(), p) == 0 ? name.substr(p.size()) : name;
+}
+
+int metadata_int(const SafeTensorsReader& f, const char* key, int fallback) {
+  auto it = f.metadata().find(key);
+  if (it == f.metadata().end()) return fallback;
+  try {
+    return std::stoi(it->second);
+  } catch (const std::exception&) {
+    fail(str(f.path(), ": metadata ", key, "=\"", it->second, "\" is not an integer"));
+  }
+}
+}  // namespace
+
+GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_override) {
+  std::map<std::string, std::string> names;  // stripped name → name in file
+  for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
+  auto shape_of = [&](const std::string& n) -> const Shape& {
+    auto it = names.find(n);
+    AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", n, "\" — not a GPT-2 checkpoint");
+    return file.entry(it->second).shape;
+  };
+  const Shape& wte = shape_of("wte.weight");
+  const Shape& wpe = shape_of("wpe.weight");
+  AQ_CHECK(wte.size() == 2 && wpe.size() == 2 && wte[1] == wpe[1], file.path(), ": wte.weight ", shape_str(wte),
+           " and wpe.weight ", shape_str(wpe), " must be [V, C] and [T, C]");
+  int layers = 0;
+  while (names.count(str("h.", layers, ".ln_1.weight"))) ++layers;
+
+  GPT2Config cfg;
+  cfg.vocab_size = metadata_int(file, "vocab_size", static_cast<int>(wte[0]));
+  cfg.n_embd = metadata_int(file, "n_embd", static_cast<int>(wte[1]));
+  cfg.max_seq = metadata_int(file, "n_positions", static_cast<int>(wpe[0]));
+  cfg.n_layer = metadata_int(file, "n_layer", layers);
+  cfg.n_head = heads_override > 0 ? heads_override : metadata_int(file, "n_head", 0);
+  AQ_CHECK(cfg.n_head > 0, file.path(), " does not record the head count (no n_head in its metadata, as in a ",
+           "Hugging Face export); pass --heads (12 for GPT-2 124M)");
+  AQ_CHECK(cfg.n_layer == layers, file.path(), ": metadata says n_layer=", cfg.n_layer, " but the file has ",
+           layers, " blocks (h.0 … h.", layers - 1, ")");
+  cfg.validate();
+  return cfg;
+}
+
+// ---- parameters -------------------------------------------------------------------------------------------
+
+template <typename T>
+void GPT2<T>::FreeDeleter::operator()(T* p) const {
+  std::free(p);
+}
+
+template <typename T>
+void GPT2<T>::build_param_table() {
+  const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, maxT = cfg_.max_seq;
+  int64_t offset = 0;
+  auto add = [&](const std::string& name, Shape shape) {
+    param_index_[name] = params_info_.size();
+    const int64_t n = shape_numel(shape);
+    params_info_.push_back(ParamInfo{name, shape, offset, shape.size() >= 2});
+    num_params_ += n;
+    offset += (n + 15) / 16 * 16;  // keep every tensor 64-byte aligned
+  };
+  add("wte.weight", {V, C});
+  add("wpe.weight", {maxT, C});
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const std::string h = str("h.", l, ".");
+    add(h + "ln_1.weight", {C});
+    add(h + "ln_1.bias", {C});
+    add(h + "attn.c_attn.weight", {C, 3 * C});
+    add(h + "attn.c_attn.bias", {3 * C});
+    add(h + "attn.c_proj.weight", {C, C});
+    add(h + "attn.c_proj.bias", {C});
+    add(h + "ln_2.weight", {C});
+    add(h + "ln_2.bias", {C});
+    add(h + "mlp.c_fc.weight", {C, 4 * C});
+    add(h + "mlp.c_fc.bias", {4 * C});
+    add(h + "mlp.c_proj.weight", {4 * C, C});
+    add(h + "mlp.c_proj.bias", {C});
+  }
+  add("ln_f.weight", {C});
+  add("ln_f.bias", {C});
+  buffer_size_ = offset;
+}
+
+template <typename T>
+typename GPT2<T>::LayerParams GPT2<T>::layer_view(T* base, int l) const {
+  auto at = [&](const char* suffix) { return base + params_info_[param_index_.at(str("h.", l, ".", suffix))].offset; };
+  return LayerParams{at("ln_1.weight"),        at("ln_1.bias"),         at("attn.c_attn.weight"),
+                     at("attn.c_attn.bias"),   at("attn.c_proj.weight"), at("attn.c_proj.bias"),
+                     at("ln_2.weight"),        at("ln_2.bias"),         at("mlp.c_fc.weight"),
+                     at("mlp.c_fc.bias"),      at("mlp.c_proj.weight"), at("mlp.c_proj.bias")};
+}
+
+// ---- construction -----------------------------------------------------------------------------------------
+
+namespace {
+template <typename T>
+T* alloc_zeroed(int64_t n, const char* what) {
+  const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+  T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
+  AQ_CHECK(p != nullptr, "out of memory allocating the ", what, " (", bytes >> 20, " MiB)");
+  std::memset(p, 0, bytes);
+  return p;
+}
+
+// Rows of logits the classifier holds at once: up to ~32 MiB, split evenly over the batch.
+int64_t classifier_rows(int64_t N, int V, size_t elem) {
+  const int64_t max_rows = std::max<int64_t>(1, static_cast<int64_t>((32u << 20) / (static_cast<size_t>(V) * elem)));
+  const int64_t chunks = (N + max_rows - 1) / max_rows;
+  return (N + chunks - 1) / chunks;
+}
+}  // namespace
+
+template <typename T>
+size_t GPT2<T>::plan_activation_bytes() {
+  Arena planner = Arena::planner();
+  layout_activations(planner);
+  return planner.used();
+}
+
+template <typename T>
+GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len)
+    : cfg_(cfg),
+      max_batch_(max_batch),
+      max_seq_len_(max_seq_len),
+      classifier_chunk_(classifier_rows(static_cast<int64_t>(max_batch) * max_seq_len, cfg.vocab_size, sizeof(T))),
+      acts_arena_((cfg.validate(), plan_activation_bytes())) {
+  AQ_CHECK(max_batch >= 1, "--batch must be >= 1 (got ", max_batch, ")");
+  AQ_CHECK(max_seq_len >= 1 && max_seq_len <= cfg.max_seq, "sequence length --seq ", max_seq_len,
+           " exceeds the model's context n_positions=", cfg.max_seq, "; lower --seq or build the model with --max-seq ",
+           max_seq_len);
+  build_param_table();
+  params_.reset(alloc_zeroed<T>(buffer_size_, "parameters"));
+  grads_.reset(alloc_zeroed<T>(buffer_size_, "gradients"));
+  layout_activations(acts_arena_);
+
+  auto& reg = ops::Registry::instance();
+  const DType dt = dtype_of<T>();
+  const Device dev = Device::CPU;
+  k_.embedding_forward = reg.find<typename ops::Embedding<T>::Forward>("embedding_forward", dev, dt);
+  k_.embedding_backward = reg.find<typename ops::Embedding<T>::Backward>("embedding_backward", dev, dt);
+  k_.layernorm_forward = reg.find<typename ops::LayerNorm<T>::Forward>("layernorm_forward", dev, dt);
+  k_.residual_layernorm_forward =
+      reg.find<typename ops::LayerNorm<T>::ResidualForward>("residual_layernorm_forward", dev, dt);
+  k_.layernorm_backward = reg.find<typename ops::LayerNorm<T>::Backward>("layernorm_backward", dev, dt);
+  k_.matmul_forward = reg.find<typename ops::Matmul<T>::Forward>("matmul_forward", dev, dt);
+  k_.matmul_backward = reg.find<typename ops::Matmul<T>::Backward>("matmul_backward", dev, dt);
+  k_.attention_forward = reg.find<typename ops::Attention<T>::Forward>("attention_forward", dev, dt);
+  k_.attention_backward = reg.find<typename ops::Attention<T>::Backward>("attention_backward", dev, dt);
+  k_.gelu_forward = reg.find<typename ops::Gelu<T>::Forward>("gelu_forward", dev, dt);
+  k_.gelu_backward = reg.find<typename ops::Gelu<T>::Backward>("gelu_backward", dev, dt);
+  k_.classifier = reg.find<typename ops::Classifier<T>::Forward>("classifier", dev, dt);
+}
+
+template <typename T>
+void GPT2<T>::layout_activations(Arena& a) {
+  const int64_t N = static_cast<int64_t>(max_batch_) * max_seq_len_;
+  const int64_t C = cfg_.n_embd, NH = cfg_.n_head;
+  acts_.assign(static_cast<size_t>(cfg_.n_layer), LayerActs{});
+  for (auto& l : acts_) {
+    l.res_in = a.take<T>(N * C);
+    l.ln1_mean = a.take<T>(N);
+    l.ln1_rstd = a.take<T>(N);
+    l.qkv = a.take<T>(N * 3 * C);
+    l.atty = a.take<T>(N * C);
+    l.lse = a.take<T>(N * NH);
+    l.res_mid = a.take<T>(N * C);
+    l.ln2_mean = a.take<T>(N);
+    l.ln2_rstd = a.take<T>(N);
+    l.fch = a.take<T>(N * 4 * C);
+  }
+  res_final_ = a.take<T>(N * C);
+  lnf_ = a.take<T>(N * C);
+  lnf_mean_ = a.take<T>(N);
+  lnf_rstd_ = a.take<T>(N);
+  // Scratch shared by all layers.
+  lnbuf_ = a.take<T>(N * C);      // ln_1 / ln_2 output of the block being computed
+  proj_ = a.take<T>(N * C);       // c_proj outputs before the residual add
+  gelu_ = a.take<T>(N * 4 * C);   // GELU output (recomputed in backward)
+  dres_ = a.take<T>(N * C);       // gradient of the residual stream
+  dbuf_ = a.take<T>(N * C);       // d(ln outputs), d(attention output)
+  dwide_ = a.take<T>(N * 4 * C);  // d(fch) or d(qkv)
+  logits_ = a.take<T>(classifier_chunk_ * cfg_.vocab_size);
+  losses_ = a.take<T>(N);
+  inputs_ = a.take<int32_t>(N);
+  targets_ = a.take<int32_t>(N);
+}
+
+// ---- initialisation, loading, saving ----------------------------------------------------------------------
+
+template <typename T>
+void GPT2<T>::init_random(uint64_t seed) {
+  Rng rng(seed);
+  const double residual_std = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
+  std::fill(params_.get(), params_.get() + buffer_size_, T(0));
+  for (const ParamInfo& p : params_info_) {
+    T* w = params_.get() + p.offset;
+    const int64_t n = shape_numel(p.shape);
+    const bool is_ln = p.name.find("ln_") != std::string::npos;
+    if (is_ln) {
+      if (p.name.ends_with(".weight")) std::fill(w, w + n, T(1));
+      continue;  // LayerNorm bias stays 0
+    }
+    if (!p.name.ends_with(".weight")) continue;  // linear biases stay 0
+    const bool residual = p.name.ends_with("attn.c_proj.weight") || p.name.ends_with("mlp.c_proj.weight");
+    const double std = residual ? residual_std : 0.02;
+    for (int64_t i = 0; i < n; ++i) w[i] = static_cast<T>(std * rng.normal());
+  }
+}
+
+template <typename T>
+void GPT2<T>::load(const SafeTensorsReader& file) {
+  std::map<std::string, std::string> names;
+  for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
+  for (const ParamInfo& p : params_info_) {
+    auto it = names.find(p.name);
+    AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", p.name, "\" required by a ", cfg_.describe(),
+             " GPT-2");
+    file.read<T>(it->second, p.shape, params_.get() + p.offset);
+  }
+}
+
+template <typename T>
+std::vector<NamedTensor> GPT2<T>::named_params() {
+  std::vector<NamedTensor> out;
+  for (const ParamInfo& p : params_info_)
+    out.push_back(NamedTensor{p.name, Tensor(params_.get() + p.offset, dtype_of<T>(), p.shape)});
+  return out;
+}
+
+// ---- forward ----------------------------------------------------------------------------------------------
+
+template <typename T>
+void GPT2<T>::check_batch(int B, int T_) const {
+  AQ_ASSERT(B >= 1 && B <= max_batch_ && T_ >= 1 && T_ <= max_seq_len_, "batch ", B, "x", T_,
+            " exceeds the planned ", max_batch_, "x", max_seq_len_);
+}
+
+template <typename T>
+void GPT2<T>::forward_to_lnf(const int32_t* inputs, int B, int T_) {
+  check_batch(B, T_);
+  const int64_t N = static_cast<int64_t>(B) * T_;
+  const int C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
+  T* P = params_.get();
+  const T* wte = P + params_info_[param_index_.at("wte.weight")].offset;
+  const T* wpe = P + params_info_[param_index_.at("wpe.weight")].offset;
+
+  k_.embedding_forward(acts_[0].res_in, inputs, wte, wpe, B, T_, C);
+  {
+    const LayerParams w0 = layer_view(P, 0);
+    k_.layernorm_forward(lnbuf_, acts_[0].ln1_mean, acts_[0].ln1_rstd, acts_[0].res_in, w0.ln1w, w0.ln1b, N, C);
+  }
+  for (int l = 0; l < L; ++l) {
+    const LayerParams w = layer_view(P, l);
+    LayerActs& a = acts_[l];
+    k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, 3 * C);
+    k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, C, NH);
+    k_.matmul_forward(proj_, a.atty, w.attprojw, w.attprojb, N, C, C);
+    k_.residual_layernorm_forward(a.res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+    k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * C);
+    k_.gelu_forward(gelu_, a.fch, N * 4 * C);
+    k_.matmul_forward(proj_, gelu_, w.fcprojw, w.fcprojb, N, 4 * C, C);
+    // The block's residual add is fused into the next LayerNorm (ln_1 of block l+1, or ln_f).
+    if (l + 1 < L) {
+      const LayerParams wn = layer_view(P, l + 1);
+      LayerActs& n = acts_[l + 1];
+      k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, a.res_mid, proj_, wn.ln1w, wn.ln1b, N, C);
+    } else {
+      const T* lnfw = P + params_info_[param_index_.at("ln_f.weight")].offset;
+      const T* lnfb = P + params_info_[param_index_.at("ln_f.bias")].offset;
+      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, a.res_mid, proj_, lnfw, lnfb, N, C);
+    }
+  }
+}
+
+template <typename T>
+double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T_) {
+  forward_to_lnf(inputs, B, T_);
+  const int64_t N = static_cast<int64_t>(B) * T_;
+  const T* wte = params_.get() + params_info_[param_index_.at("wte.weight")].offset;
+  k_.classifier(losses_, nullptr, nullptr, logits_, lnf_, wte, targets, N, cfg_.n_embd, cfg_.vocab_size,
+                classifier_chunk_, T(1) / static_cast<T>(N));
+  double sum = 0;
+  for (int64_t i = 0; i < N; ++i) sum += static_cast<double>(losses_[i]);
+  return sum / static_cast<double>(N);
+}
+
+template <typename T>
+void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
+  forward_to_lnf(tokens, 1, t);
+  const T* wte = params_.get() + params_info_[param_index_.at("wte.weight")].offset;
+  // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
+  const int C = cfg_.n_embd;
+  const T* x = lnf_ + static_cast<int64_t>(t - 1) * C;
+  for (int v = 0; v < cfg_.vocab_size; ++v) {
+    T acc = 0;
+    for (int c = 0; c < C; ++c) acc += x[c] * wte[static_cast<int64_t>(v) * C + c];
+    logits[v] = acc;
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------------------------------
+
+template <typename T>
+double GPT2<T>::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T_) {
+  forward_to_lnf(inputs, B, T_);
+  const int64_t N = static_cast<int64_t>(B) * T_;
+  const int C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
+  T* P = params_.get();
+  T* G = grads_.get();
+  auto grad_of = [&](const char* name) { return G + params_info_[param_index_.at(name)].offset; };
+  auto param_of = [&](const char* name) { return P + params_info_[param_index_.at(name)].offset; };
+
+  std::memset(G, 0, static_cast<size_t>(buffer_size_) * sizeof(T));
+  // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
+  k_.classifier(losses_, dbuf_, grad_of("wte.weight"), logits_, lnf_, param_of("wte.weight"), targets, N, C,
+                cfg_.vocab_size, classifier_chunk_, T(1) / static_cast<T>(N));
+  double loss = 0;
+  for (int64_t i = 0; i < N; ++i) loss += static_cast<double>(losses_[i]);
+  loss /= static_cast<double>(N);
+
+  std::memset(dres_, 0, static_cast<size_t>(N * C) * sizeof(T));
+  k_.layernorm_backward(dres_, grad_of("ln_f.weight"), grad_of("ln_f.bias"), dbuf_, res_final_, param_of("ln_f.weight"),
+                        lnf_mean_, lnf_rstd_, N, C);
+  for (int l = L - 1; l >= 0; --l) {
+    const LayerParams w = layer_view(P, l);
+    const LayerParams g = layer_view(G, l);
+    LayerActs& a = acts_[l];
+    // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
+    k_.gelu_forward(gelu_, a.fch, N * 4 * C);
+    k_.matmul_backward(dwide_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, N, 4 * C, C);
+    k_.gelu_backward(dwide_, a.fch, dwide_, N * 4 * C);
+    k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_mid, w.ln2w, w.ln2b, N, C);  // recompute ln_2
+    k_.matmul_backward(dbuf_, g.fcw, g.fcb, dwide_, lnbuf_, w.fcw, N, C, 4 * C);
+    k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, a.res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
+    // dres_ is now the gradient of res_mid = res_in + attn(...).
+    k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, C, C);
+    k_.attention_backward(dwide_, dbuf_, a.qkv, a.atty, a.lse, B, T_, C, NH);
+    k_.layernorm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N, C);  // recompute ln_1
+    k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, dwide_, lnbuf_, w.qkvw, N, C, 3 * C);
+    k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
+  }
+  k_.embedding_backward(grad_of("wte.weight"), grad_of("wpe.weight"), dres_, inputs, B, T_, C);
+  return loss;
+}
+
+template class GPT2<float>;
+template class GPT2<double>;
+
+}  // namespace aq

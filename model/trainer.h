@@ -1,0 +1,57 @@
+// trainer.h — the training loop behind aq-train: data, steps, clipping, AdamW, evaluation, checkpoints.
+//
+// One step: next batch → forward_backward → gradient reduction (Communicator::all_reduce_mean) → global norm
+// → clip factor → AdamW → metrics. Checkpoints are a Hugging Face GPT-2 safetensors file plus a companion
+// "<file>.state" (AdamW moments, step, data position, RNG, configuration) so --resume continues bit-identically.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/gpt2.h"
+#include "model/schedule.h"
+#include "parallel/communicator.h"
+
+namespace aq {
+
+struct TrainConfig {
+  // Shape of a fresh model. With --init-from/--resume the checkpoint decides, and a flag given explicitly must
+  // agree with it.
+  std::optional<int> layers, heads, dim, vocab, max_seq;
+  std::string init_from, resume;
+  std::string data, val_data;
+  int batch = 4, seq = 64;
+  int64_t steps = 100;
+  LrSchedule schedule;          // lr, min_lr, warmup, kind (steps is filled from `steps`)
+  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
+  uint64_t seed = 1337;
+  std::string save, log;
+  int64_t save_every = 0, eval_every = 0, eval_batches = 8;
+  int threads = 0;               // 0 → all cores
+  bool quiet = false;            // no per-step lines (tests)
+
+  void validate() const;         // flag-level checks; throws aq::Error with the fix
+};
+
+struct StepRecord {
+  int64_t step;                  // 1-based
+  double loss, lr, grad_norm, ms, tokens_per_s;
+};
+
+struct TrainResult {
+  std::vector<StepRecord> steps;  // the steps this run executed
+  std::vector<std::pair<int64_t, double>> val_losses;
+};
+
+// Runs the whole training job described by cfg. Throws aq::Error on bad input or a non-finite loss.
+TrainResult train(const TrainConfig& cfg, Communicator& comm);
+
+// Path of the training-state companion of a model checkpoint.
+std::string state_path_for(const std::string& model_path);
+
+// Applies --threads to OpenMP and OpenBLAS; returns the thread count in use.
+int configure_threads(int threads);
+
+}  // namespace aq

@@ -1,0 +1,27 @@
+// matmul.h — dense layer y = x @ W + b with W stored input-major (IC, OC), as Hugging Face GPT-2's Conv1D.
+//
+// forward:  out (N,OC) = inp (N,IC) @ weight (IC,OC) + bias (OC)           (bias may be null)
+// backward: dinp (N,IC) = dout @ weight^T   (overwritten; skipped when dinp is null)
+//           dweight (IC,OC) += inp^T @ dout;  dbias (OC) += column sums of dout (skipped when null)
+#pragma once
+
+#include <cstdint>
+
+#include "ops/registry.h"
+
+namespace aq::ops {
+
+template <typename T>
+struct Matmul {
+  using Forward = void(T* out, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC);
+  using Backward = void(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int64_t N,
+                        int IC, int OC);
+};
+
+// Column sums accumulated into out (C) +=: sum over the N rows of x (N,C), in row order (deterministic).
+template <typename T>
+void column_sums_accumulate(T* out, const T* x, int64_t N, int C);
+
+void register_matmul_cpu(Registry& r);
+
+}  // namespace aq::ops

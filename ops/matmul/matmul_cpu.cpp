@@ -1,0 +1,62 @@
+// matmul_cpu.cpp — CPU dense layer on OpenBLAS GEMM.
+#include <algorithm>
+
+#include "ops/cpu/blas.h"
+#include "ops/matmul/matmul.h"
+
+namespace aq::ops {
+
+template <typename T>
+void column_sums_accumulate(T* out, const T* x, int64_t N, int C) {
+  constexpr int kBlock = 64;
+  const int nblocks = (C + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const int c0 = blk * kBlock, c1 = std::min(C, c0 + kBlock);
+    T acc[kBlock] = {};
+    for (int64_t i = 0; i < N; ++i) {
+      const T* row = x + i * C;
+#pragma omp simd
+      for (int c = c0; c < c1; ++c) acc[c - c0] += row[c];
+    }
+    for (int c = c0; c < c1; ++c) out[c] += acc[c - c0];
+  }
+}
+template void column_sums_accumulate<float>(float*, const float*, int64_t, int);
+template void column_sums_accumulate<double>(double*, const double*, int64_t, int);
+
+namespace {
+
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC) {
+  T beta = 0;
+  if (bias) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) std::copy(bias, bias + OC, out + i * OC);
+    beta = 1;
+  }
+  cpu::gemm(false, false, N, OC, IC, T(1), inp, IC, weight, OC, beta, out, OC);
+}
+
+template <typename T>
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int64_t N, int IC,
+                     int OC) {
+  if (dinp) cpu::gemm(false, true, N, IC, OC, T(1), dout, OC, weight, OC, T(0), dinp, IC);
+  cpu::gemm(true, false, IC, OC, N, T(1), inp, IC, dout, OC, T(1), dweight, OC);
+  if (dbias) column_sums_accumulate(dbias, dout, N, OC);
+}
+
+template <typename T>
+void add_kernels(Registry& r) {
+  r.add<typename Matmul<T>::Forward>("matmul_forward", Device::CPU, dtype_of<T>(), &matmul_forward<T>);
+  r.add<typename Matmul<T>::Backward>("matmul_backward", Device::CPU, dtype_of<T>(), &matmul_backward<T>);
+}
+
+}  // namespace
+
+void register_matmul_cpu(Registry& r) {
+  add_kernels<float>(r);
+  add_kernels<double>(r);
+}
+
+}  // namespace aq::ops

@@ -1,0 +1,24 @@
+// register_builtin.cpp — the one place where built-in kernels are registered. A new operator family adds its
+// register_*_cpu (and later register_*_cuda) call here, and a case in tests/ops/test_ops.cpp.
+#include "ops/adamw/adamw.h"
+#include "ops/attention/attention.h"
+#include "ops/embedding/embedding.h"
+#include "ops/gelu/gelu.h"
+#include "ops/layernorm/layernorm.h"
+#include "ops/matmul/matmul.h"
+#include "ops/registry.h"
+#include "ops/softmax_xent/softmax_xent.h"
+
+namespace aq::ops {
+
+void register_builtin_kernels(Registry& r) {
+  register_embedding_cpu(r);
+  register_layernorm_cpu(r);
+  register_matmul_cpu(r);
+  register_attention_cpu(r);
+  register_gelu_cpu(r);
+  register_softmax_xent_cpu(r);
+  register_adamw_cpu(r);
+}
+
+}  // namespace aq::ops

@@ -1,0 +1,66 @@
+// softmax_xent_cpu.cpp — CPU fused softmax + cross-entropy and chunked classifier.
+#include <algorithm>
+#include <cmath>
+
+#include "ops/cpu/blas.h"
+#include "ops/cpu/vmath.h"
+#include "ops/softmax_xent/softmax_xent.h"
+
+namespace aq::ops {
+namespace {
+
+template <typename T>
+void softmax_xent(T* losses, T* logits, const int32_t* targets, int64_t N, int V, T dscale, int backward) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    T* row = logits + i * V;
+    T mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < V; ++j) mx = std::max(mx, row[j]);
+    const T target_logit = row[targets[i]] - mx;
+#pragma omp simd
+    for (int j = 0; j < V; ++j) row[j] -= mx;
+    cpu::exp_inplace(row, V);
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < V; ++j) sum += row[j];
+    losses[i] = std::log(sum) - target_logit;
+    if (backward) {
+      const T s = dscale / sum;
+#pragma omp simd
+      for (int j = 0; j < V; ++j) row[j] *= s;
+      row[targets[i]] -= dscale;
+    }
+  }
+}
+
+template <typename T>
+void classifier(T* losses, T* dx, T* dwte, T* scratch, const T* x, const T* wte, const int32_t* targets, int64_t N,
+                int C, int V, int64_t chunk, T dscale) {
+  const bool backward = dx != nullptr;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+    const int64_t rows = std::min(chunk, N - r0);
+    // logits (rows,V) = x[r0:r0+rows] (rows,C) · wteᵀ (C,V)
+    cpu::gemm(false, true, rows, V, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, V);
+    softmax_xent(losses + r0, scratch, targets + r0, rows, V, dscale, backward ? 1 : 0);
+    if (!backward) continue;
+    // dx (rows,C) = dlogits (rows,V) · wte (V,C);  dwte (V,C) += dlogitsᵀ (V,rows) · x (rows,C)
+    cpu::gemm(false, false, rows, C, V, T(1), scratch, V, wte, C, T(0), dx + r0 * C, C);
+    cpu::gemm(true, false, V, C, rows, T(1), scratch, V, x + r0 * C, C, T(1), dwte, C);
+  }
+}
+
+template <typename T>
+void add_kernels(Registry& r) {
+  r.add<typename SoftmaxXent<T>::Forward>("softmax_xent", Device::CPU, dtype_of<T>(), &softmax_xent<T>);
+  r.add<typename Classifier<T>::Forward>("classifier", Device::CPU, dtype_of<T>(), &classifier<T>);
+}
+
+}  // namespace
+
+void register_softmax_xent_cpu(Registry& r) {
+  add_kernels<float>(r);
+  add_kernels<double>(r);
+}
+
+}  // namespace aq::ops

@@ -1,0 +1,45 @@
+// error.h — errors that explain themselves.
+//
+// Two kinds of failure exist in Aqueduct:
+//   * a user error (bad flag, bad file, bad shape): throw aq::Error with a message that says what is wrong, the
+//     numbers involved and how to fix it. Programs catch it at the top and print exactly one line.
+//   * a broken internal invariant: AQ_ASSERT, which adds file:line because the fix is in the code.
+// AQ_CHECK(cond, parts...) is the user-error form: the parts are streamed into the message only on failure.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace aq {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// str(a, b, c) streams its arguments into one string (GCC 12 has no std::format).
+template <typename... Args>
+std::string str(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+[[noreturn]] inline void fail(const std::string& message) { throw Error(message); }
+
+namespace detail {
+[[noreturn]] void assert_failed(const char* file, int line, const char* cond, const std::string& message);
+}  // namespace detail
+
+}  // namespace aq
+
+#define AQ_CHECK(cond, ...)                        \
+  do {                                             \
+    if (!(cond)) ::aq::fail(::aq::str(__VA_ARGS__)); \
+  } while (0)
+
+#define AQ_ASSERT(cond, ...)                                                             \
+  do {                                                                                   \
+    if (!(cond)) ::aq::detail::assert_failed(__FILE__, __LINE__, #cond, ::aq::str(__VA_ARGS__)); \
+  } while (0)

@@ -1,0 +1,171 @@
+#include "runtime/safetensors.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+namespace aq {
+namespace {
+
+float bf16_to_float(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float f16_to_float(uint16_t h) {
+  uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  float mag;
+  if (exp == 0)
+    mag = std::ldexp(static_cast<float>(mant), -24);
+  else if (exp == 31)
+    mag = mant ? NAN : INFINITY;
+  else
+    mag = std::ldexp(static_cast<float>(mant | 0x400), static_cast<int>(exp) - 25);
+  return sign ? -mag : mag;
+}
+
+}  // namespace
+
+SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
+  const size_t size = file_.size();
+  AQ_CHECK(size >= 8, path, " is not a safetensors file: it has ", size, " bytes, fewer than the 8-byte header length");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, file_.data(), 8);  // little-endian on every platform we build for
+  AQ_CHECK(header_len >= 2 && header_len <= size - 8, path, ": corrupt safetensors header: header length ",
+           header_len, " does not fit in a file of ", size, " bytes");
+  data_start_ = 8 + header_len;
+
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(file_.data() + 8, file_.data() + data_start_);
+  } catch (const nlohmann::json::exception& e) {
+    fail(str(path, ": corrupt safetensors header: JSON does not parse (", e.what(), ")"));
+  }
+  AQ_CHECK(header.is_object(), path, ": corrupt safetensors header: expected a JSON object");
+
+  const size_t data_size = size - data_start_;
+  std::vector<std::pair<size_t, std::string>> ranges;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    if (name == "__metadata__") {
+      AQ_CHECK(it->is_object(), path, ": __metadata__ must be an object of strings");
+      for (auto m = it->begin(); m != it->end(); ++m)
+        if (m->is_string()) metadata_[m.key()] = m->get<std::string>();
+      continue;
+    }
+    const auto& e = *it;
+    AQ_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets") &&
+                 e["dtype"].is_string() && e["shape"].is_array() && e["data_offsets"].is_array() &&
+                 e["data_offsets"].size() == 2,
+             path, ": corrupt safetensors header: tensor \"", name, "\" needs dtype, shape and data_offsets[2]");
+    Entry entry;
+    try {
+      entry.dtype = dtype_from_name(e["dtype"].get<std::string>());
+    } catch (const Error& err) {
+      fail(str(path, ": tensor \"", name, "\": ", err.what()));
+    }
+    for (const auto& d : e["shape"]) {
+      AQ_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, path, ": tensor \"", name, "\" has a bad shape");
+      entry.shape.push_back(d.get<int64_t>());
+    }
+    AQ_CHECK(e["data_offsets"][0].is_number_unsigned() && e["data_offsets"][1].is_number_unsigned(), path,
+             ": tensor \"", name, "\" has non-integer data_offsets");
+    entry.begin = e["data_offsets"][0].get<size_t>();
+    entry.end = e["data_offsets"][1].get<size_t>();
+    AQ_CHECK(entry.begin <= entry.end && entry.end <= data_size, path, ": corrupt safetensors header: tensor \"",
+             name, "\" has data_offsets [", entry.begin, ", ", entry.end, ") outside the ", data_size,
+             "-byte data section (truncated or damaged file)");
+    size_t expect = static_cast<size_t>(shape_numel(entry.shape)) * dtype_size(entry.dtype);
+    AQ_CHECK(entry.end - entry.begin == expect, path, ": tensor \"", name, "\" of shape ", shape_str(entry.shape),
+             " ", dtype_name(entry.dtype), " needs ", expect, " bytes but its data_offsets span ",
+             entry.end - entry.begin);
+    ranges.emplace_back(entry.begin, name);
+    entries_[name] = entry;
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const Entry& prev = entries_[ranges[i - 1].second];
+    const Entry& cur = entries_[ranges[i].second];
+    AQ_CHECK(cur.begin >= prev.end || cur.begin == cur.end || prev.begin == prev.end, path,
+             ": corrupt safetensors header: tensors \"", ranges[i - 1].second, "\" [", prev.begin, ", ", prev.end,
+             ") and \"", ranges[i].second, "\" [", cur.begin, ", ", cur.end, ") overlap");
+  }
+}
+
+const SafeTensorsReader::Entry& SafeTensorsReader::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  AQ_CHECK(it != entries_.end(), path(), ": missing tensor \"", name, "\" (the file has ", entries_.size(),
+           " tensors; is it a GPT-2 checkpoint with a matching layer count?)");
+  return it->second;
+}
+
+const uint8_t* SafeTensorsReader::bytes(const std::string& name) const {
+  return file_.data() + data_start_ + entry(name).begin;
+}
+
+template <typename T>
+void SafeTensorsReader::read(const std::string& name, const Shape& shape, T* dst) const {
+  const Entry& e = entry(name);
+  AQ_CHECK(e.shape == shape, path(), ": tensor \"", name, "\" has shape ", shape_str(e.shape), ", expected ",
+           shape_str(shape), " for this model configuration");
+  const uint8_t* src = bytes(name);
+  const size_t n = static_cast<size_t>(shape_numel(shape));
+  switch (e.dtype) {
+    case DType::F32:
+      for (size_t i = 0; i < n; ++i) {
+        float v;
+        std::memcpy(&v, src + 4 * i, 4);
+        dst[i] = static_cast<T>(v);
+      }
+      break;
+    case DType::F64:
+      for (size_t i = 0; i < n; ++i) {
+        double v;
+        std::memcpy(&v, src + 8 * i, 8);
+        dst[i] = static_cast<T>(v);
+      }
+      break;
+    case DType::BF16:
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = static_cast<T>(e.dtype == DType::BF16 ? bf16_to_float(h) : f16_to_float(h));
+      }
+      break;
+    default:
+      fail(str(path(), ": tensor \"", name, "\" has dtype ", dtype_name(e.dtype),
+               "; a floating-point tensor (F32, F64, BF16, F16) is required"));
+  }
+}
+
+template void SafeTensorsReader::read<float>(const std::string&, const Shape&, float*) const;
+template void SafeTensorsReader::read<double>(const std::string&, const Shape&, double*) const;
+
+void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  // nlohmann::ordered_json keeps our tensor order in the header, which keeps files diff-able.
+  nlohmann::ordered_json header;
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  size_t offset = 0;
+  for (const auto& t : tensors) {
+    AQ_ASSERT(t.tensor.device() == Device::CPU, "write_safetensors needs CPU tensors");
+    header[t.name] = {{"dtype", dtype_name(t.tensor.dtype())},
+                      {"shape", t.tensor.shape()},
+                      {"data_offsets", {offset, offset + t.tensor.nbytes()}}};
+    offset += t.tensor.nbytes();
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data section starts 8-byte aligned
+  uint64_t len = text.size();
+  AtomicWriter out(path);
+  out.write(&len, 8);
+  out.write(text.data(), text.size());
+  for (const auto& t : tensors) out.write(t.tensor.raw(), t.tensor.nbytes());
+  out.commit();
+}
+
+}  // namespace aq
