@@ -144,9 +144,9 @@ T* alloc_zeroed(int64_t n, const char* what) {
   return p;
 }
 
-// Rows of logits the classifier holds at once: up to ~32 MiB, split evenly over the batch.
+// Rows of logits the classifier holds at once: up to ~16 MiB, split evenly over the batch.
 int64_t classifier_rows(int64_t N, int V, size_t elem) {
-  const int64_t max_rows = std::max<int64_t>(1, static_cast<int64_t>((32u << 20) / (static_cast<size_t>(V) * elem)));
+  const int64_t max_rows = std::max<int64_t>(1, static_cast<int64_t>((16u << 20) / (static_cast<size_t>(V) * elem)));
   const int64_t chunks = (N + max_rows - 1) / max_rows;
   return (N + chunks - 1) / chunks;
 }
@@ -205,7 +205,6 @@ void GPT2<T>::layout_activations(Arena& a) {
     l.qkv = a.take<T>(N * 3 * C);
     l.atty = a.take<T>(N * C);
     l.lse = a.take<T>(N * NH);
-    l.res_mid = a.take<T>(N * C);
     l.ln2_mean = a.take<T>(N);
     l.ln2_rstd = a.take<T>(N);
     l.fch = a.take<T>(N * 4 * C);
@@ -217,10 +216,10 @@ void GPT2<T>::layout_activations(Arena& a) {
   // Scratch shared by all layers.
   lnbuf_ = a.take<T>(N * C);      // ln_1 / ln_2 output of the block being computed
   proj_ = a.take<T>(N * C);       // c_proj outputs before the residual add
-  gelu_ = a.take<T>(N * 4 * C);   // GELU output (recomputed in backward)
+  gelu_ = a.take<T>(N * 4 * C);   // GELU output; in backward also d(fch) and d(qkv)
+  res_mid_ = a.take<T>(N * C);
   dres_ = a.take<T>(N * C);       // gradient of the residual stream
   dbuf_ = a.take<T>(N * C);       // d(ln outputs), d(attention output)
-  dwide_ = a.take<T>(N * 4 * C);  // d(fch) or d(qkv)
   logits_ = a.take<T>(classifier_chunk_ * cfg_.vocab_size);
   losses_ = a.take<T>(N);
   inputs_ = a.take<int32_t>(N);
@@ -297,7 +296,7 @@ void GPT2<T>::forward_to_lnf(const int32_t* inputs, int B, int T_) {
     k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, 3 * C);
     k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, C, NH);
     k_.matmul_forward(proj_, a.atty, w.attprojw, w.attprojb, N, C, C);
-    k_.residual_layernorm_forward(a.res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+    k_.residual_layernorm_forward(res_mid_, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
     k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * C);
     k_.gelu_forward(gelu_, a.fch, N * 4 * C);
     k_.matmul_forward(proj_, gelu_, w.fcprojw, w.fcprojb, N, 4 * C, C);
@@ -305,11 +304,11 @@ void GPT2<T>::forward_to_lnf(const int32_t* inputs, int B, int T_) {
     if (l + 1 < L) {
       const LayerParams wn = layer_view(P, l + 1);
       LayerActs& n = acts_[l + 1];
-      k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, a.res_mid, proj_, wn.ln1w, wn.ln1b, N, C);
+      k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid_, proj_, wn.ln1w, wn.ln1b, N, C);
     } else {
       const T* lnfw = P + params_info_[param_index_.at("ln_f.weight")].offset;
       const T* lnfb = P + params_info_[param_index_.at("ln_f.bias")].offset;
-      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, a.res_mid, proj_, lnfw, lnfb, N, C);
+      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid_, proj_, lnfw, lnfb, N, C);
     }
   }
 }
@@ -367,18 +366,22 @@ double GPT2<T>::forward_backward(const int32_t* inputs, const int32_t* targets, 
     const LayerParams w = layer_view(P, l);
     const LayerParams g = layer_view(G, l);
     LayerActs& a = acts_[l];
-    // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
+    // Recompute what forward did not keep: res_mid = res_in + c_proj(atty) and ln_2 = LayerNorm(res_mid), with
+    // the same kernels on the same inputs, so the values are bit-identical to the forward pass.
+    k_.matmul_forward(proj_, a.atty, w.attprojw, w.attprojb, N, C, C);
+    k_.residual_layernorm_forward(res_mid_, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
     k_.gelu_forward(gelu_, a.fch, N * 4 * C);
-    k_.matmul_backward(dwide_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, N, 4 * C, C);
-    k_.gelu_backward(dwide_, a.fch, dwide_, N * 4 * C);
-    k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_mid, w.ln2w, w.ln2b, N, C);  // recompute ln_2
-    k_.matmul_backward(dbuf_, g.fcw, g.fcb, dwide_, lnbuf_, w.fcw, N, C, 4 * C);
-    k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, a.res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
+    // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
+    // matmul_backward writes dinp after using inp, so d(gelu output) may overwrite the GELU output in place.
+    k_.matmul_backward(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, N, 4 * C, C);
+    k_.gelu_backward(gelu_, a.fch, gelu_, N * 4 * C);
+    k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * C);
+    k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid_, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
     // dres_ is now the gradient of res_mid = res_in + attn(...).
     k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, C, C);
-    k_.attention_backward(dwide_, dbuf_, a.qkv, a.atty, a.lse, B, T_, C, NH);
+    k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, C, NH);  // gelu_ now holds d(qkv) (N,3C)
     k_.layernorm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N, C);  // recompute ln_1
-    k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, dwide_, lnbuf_, w.qkvw, N, C, 3 * C);
+    k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * C);
     k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
   }
   k_.embedding_backward(grad_of("wte.weight"), grad_of("wpe.weight"), dres_, inputs, B, T_, C);

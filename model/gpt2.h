@@ -86,7 +86,7 @@ class GPT2 {
     T *ln1_mean, *ln1_rstd;  // (N), (N)
     T* qkv;               // (N,3C)
     T *atty, *lse;        // (N,C), (B,NH,T)
-    T* res_mid;           // (N,C) residual after attention
+    // res_mid = res_in + c_proj(atty) is not stored either: backward recomputes it (one C×C GEMM).
     T *ln2_mean, *ln2_rstd;
     T* fch;               // (N,4C) pre-GELU; GELU is recomputed in backward instead of stored
   };
@@ -125,8 +125,9 @@ class GPT2 {
   Kernels k_{};
 
   std::vector<LayerActs> acts_;
+  T* res_mid_ = nullptr;  // (N,C) residual after attention of the block being computed
   T *res_final_ = nullptr, *lnf_ = nullptr, *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr;
-  T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr, *dwide_ = nullptr;
+  T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr;
   T *logits_ = nullptr, *losses_ = nullptr;
   int32_t *inputs_ = nullptr, *targets_ = nullptr;
   // Last member: its initialiser runs the layout in planning mode, which writes the members above.

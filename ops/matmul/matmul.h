@@ -1,8 +1,9 @@
 // matmul.h — dense layer y = x @ W + b with W stored input-major (IC, OC), as Hugging Face GPT-2's Conv1D.
 //
 // forward:  out (N,OC) = inp (N,IC) @ weight (IC,OC) + bias (OC)           (bias may be null)
-// backward: dinp (N,IC) = dout @ weight^T   (overwritten; skipped when dinp is null)
-//           dweight (IC,OC) += inp^T @ dout;  dbias (OC) += column sums of dout (skipped when null)
+// backward: dweight (IC,OC) += inp^T @ dout;  dbias (OC) += column sums of dout (skipped when null);
+//           then dinp (N,IC) = dout @ weight^T (overwritten; skipped when null). Because dinp is written last,
+//           it may alias inp — the model uses that to reuse one scratch buffer.
 #pragma once
 
 #include <cstdint>

@@ -41,9 +41,9 @@ void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int64_
 template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int64_t N, int IC,
                      int OC) {
-  if (dinp) cpu::gemm(false, true, N, IC, OC, T(1), dout, OC, weight, OC, T(0), dinp, IC);
   cpu::gemm(true, false, IC, OC, N, T(1), inp, IC, dout, OC, T(1), dweight, OC);
   if (dbias) column_sums_accumulate(dbias, dout, N, OC);
+  if (dinp) cpu::gemm(false, true, N, IC, OC, T(1), dout, OC, weight, OC, T(0), dinp, IC);  // may alias inp
 }
 
 template <typename T>
