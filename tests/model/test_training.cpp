@@ -1,0 +1,182 @@
+// test_training.cpp — the training loop end to end, in process: loss falls on real text, the same seed gives
+// bit-identical losses, and train N ≡ train k + save + resume + train N−k, bit for bit.
+#include <glob.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
+#include "model/trainer.h"
+#include "runtime/data.h"
+#include "tests/test_util.h"
+
+namespace aq {
+namespace {
+
+// Real English text: the fortunes corpus that scripts/install_deps.sh installs, else this repository's docs
+// and sources (always present).
+std::string real_text() {
+  std::string text;
+  for (const char* pattern : {"/usr/share/games/fortunes/*.u8", AQ_SOURCE_DIR "/*.md", AQ_SOURCE_DIR "/*/*.h"}) {
+    glob_t g{};
+    if (::glob(pattern, 0, nullptr, &g) == 0)
+      for (size_t i = 0; i < g.gl_pathc; ++i) {
+        std::ifstream f(g.gl_pathv[i], std::ios::binary);
+        text.append(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      }
+    ::globfree(&g);
+    if (text.size() > 200000) break;
+  }
+  return text;
+}
+
+class Training : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/aq-test-training-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    const std::string text = real_text();
+    ASSERT_GT(text.size(), 50000u);
+    std::vector<uint16_t> tok(text.begin(), text.end());
+    for (auto& t : tok) t &= 0xff;
+    write_shard(dir_ + "/train_000.bin", tok);
+    cfg_.layers = 2;
+    cfg_.heads = 2;
+    cfg_.dim = 32;
+    cfg_.max_seq = 32;
+    cfg_.seq = 31;
+    cfg_.batch = 5;
+    cfg_.steps = 6;
+    cfg_.schedule.lr = 3e-3;
+    cfg_.schedule.kind = "cosine";
+    cfg_.schedule.warmup = 2;
+    cfg_.schedule.min_lr = 3e-4;
+    cfg_.data = dir_ + "/train_000.bin";
+    cfg_.quiet = true;
+    cfg_.threads = 2;
+  }
+  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+
+  static std::vector<double> losses(const TrainResult& r) {
+    std::vector<double> out;
+    for (const auto& s : r.steps) out.push_back(s.loss);
+    return out;
+  }
+  // All tensor bytes of a safetensors file, by name.
+  static std::map<std::string, std::string> tensor_bytes(const std::string& path) {
+    SafeTensorsReader f(path);
+    std::map<std::string, std::string> out;
+    for (const auto& [name, e] : f.entries())
+      out[name] = std::string(reinterpret_cast<const char*>(f.bytes(name)), e.end - e.begin);
+    return out;
+  }
+
+  std::string dir_;
+  TrainConfig cfg_;
+  LocalCommunicator comm_;
+};
+
+TEST_F(Training, LossFallsOnRealText) {
+  cfg_.steps = 60;
+  cfg_.schedule.kind = "constant";
+  TrainResult r = train(cfg_, comm_);
+  ASSERT_EQ(r.steps.size(), 60u);
+  EXPECT_NEAR(r.steps.front().loss, std::log(256.0), 0.3);  // uniform over bytes at initialisation
+  double last = 0;
+  for (size_t i = 55; i < 60; ++i) last += r.steps[i].loss / 5;
+  EXPECT_LT(last, r.steps.front().loss - 1.5) << "first " << r.steps.front().loss << ", last five " << last;
+}
+
+TEST_F(Training, SameSeedGivesBitIdenticalLosses) {
+  const auto a = losses(train(cfg_, comm_));
+  const auto b = losses(train(cfg_, comm_));
+  EXPECT_EQ(a, b);
+  cfg_.seed += 1;
+  EXPECT_NE(losses(train(cfg_, comm_)), a);
+}
+
+TEST_F(Training, ResumeContinuesBitIdentically) {
+  TrainConfig full = cfg_;
+  full.save = dir_ + "/full.safetensors";
+  const auto all = losses(train(full, comm_));
+
+  TrainConfig first = cfg_;
+  first.steps = 2;
+  first.save = dir_ + "/part.safetensors";
+  const auto head = losses(train(first, comm_));
+  TrainConfig rest = cfg_;
+  rest.resume = first.save;
+  rest.save = dir_ + "/resumed.safetensors";
+  const auto tail = losses(train(rest, comm_));
+
+  ASSERT_EQ(head.size() + tail.size(), all.size());
+  std::vector<double> joined = head;
+  joined.insert(joined.end(), tail.begin(), tail.end());
+  EXPECT_EQ(joined, all);
+  EXPECT_EQ(tensor_bytes(rest.save), tensor_bytes(full.save));
+  EXPECT_EQ(tensor_bytes(state_path_for(rest.save)), tensor_bytes(state_path_for(full.save)));
+}
+
+TEST_F(Training, ResumeRefusesAStateFromAnotherSave) {
+  TrainConfig a = cfg_;
+  a.steps = 2;
+  a.save = dir_ + "/a.safetensors";
+  train(a, comm_);
+  TrainConfig b = a;
+  b.save = dir_ + "/b.safetensors";
+  train(b, comm_);
+  ASSERT_EQ(std::rename(state_path_for(b.save).c_str(), state_path_for(a.save).c_str()), 0);
+  TrainConfig r = cfg_;
+  r.resume = a.save;
+  try {
+    train(r, comm_);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("different saves"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Training, JsonLogHasOneLinePerStepAndValidationLines) {
+  cfg_.log = dir_ + "/log.jsonl";
+  cfg_.val_data = cfg_.data;
+  cfg_.eval_every = 3;
+  cfg_.eval_batches = 2;
+  TrainResult r = train(cfg_, comm_);
+  std::ifstream f(cfg_.log);
+  std::string line;
+  int64_t expect_step = 1;
+  int val_lines = 0;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("split")) {
+      EXPECT_EQ(j["split"], "val");
+      ++val_lines;
+      continue;
+    }
+    EXPECT_EQ(j["step"].get<int64_t>(), expect_step);
+    EXPECT_EQ(j["loss"].get<double>(), r.steps[static_cast<size_t>(expect_step - 1)].loss);
+    for (const char* key : {"lr", "grad_norm", "ms", "tokens_per_s"}) EXPECT_TRUE(j.contains(key)) << key;
+    ++expect_step;
+  }
+  EXPECT_EQ(expect_step, 7);
+  EXPECT_EQ(val_lines, 2);  // steps 3 and 6
+  EXPECT_EQ(r.val_losses.size(), 2u);
+}
+
+TEST(LrSchedule, WarmupThenCosineToMinLr) {
+  LrSchedule s{"cosine", 1.0, 0.1, 4, 14};
+  EXPECT_DOUBLE_EQ(s.at(0), 0.25);
+  EXPECT_DOUBLE_EQ(s.at(3), 1.0);
+  EXPECT_DOUBLE_EQ(s.at(4), 1.0);
+  EXPECT_NEAR(s.at(9), 0.55, 1e-12);  // halfway through the decay
+  EXPECT_NEAR(s.at(14), 0.1, 1e-12);
+  LrSchedule c{"constant", 0.5, 0.0, 3, 10};
+  EXPECT_EQ(c.at(0), 0.5);
+  EXPECT_EQ(c.at(9), 0.5);
+}
+
+}  // namespace
+}  // namespace aq
