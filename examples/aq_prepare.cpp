@@ -3,12 +3,9 @@
 //   build/bin/aq-prepare --out data/fortunes /usr/share/games/fortunes/*.u8
 // The text is cut into 4 KiB blocks; every k-th block (k = 1/val-fraction) goes to validation, so both splits
 // see every source file. Output: OUT/train_000.bin, OUT/train_001.bin, …, OUT/val_000.bin, …
-#include <sys/stat.h>
-
 #include <CLI/CLI.hpp>
-#include <cerrno>
 #include <cmath>
-#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -51,8 +48,9 @@ int main(int argc, char** argv) {
   return aq::run_main("aq-prepare", app, argc, argv, [&] {
     AQ_CHECK(val_fraction > 0 && val_fraction < 1, "--val-fraction must be in (0, 1) (got ", val_fraction, ")");
     AQ_CHECK(shard_tokens >= 1024, "--shard-tokens must be >= 1024 (got ", shard_tokens, ")");
-    AQ_CHECK(::mkdir(out.c_str(), 0755) == 0 || errno == EEXIST, "cannot create --out directory ", out, ": ",
-             std::strerror(errno));
+    std::error_code ec;
+    std::filesystem::create_directories(out, ec);
+    AQ_CHECK(!ec, "cannot create --out directory ", out, ": ", ec.message());
     std::string text;
     for (const std::string& f : inputs) {
       std::ifstream in(f, std::ios::binary);

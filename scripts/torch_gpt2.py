@@ -411,6 +411,9 @@ def _main():
     mi.add_argument("--positions", type=int, default=32)
     mi.add_argument("--seed", type=int, default=1337)
     mi.add_argument("--dtype", choices=_WRITABLE_DTYPES, default="F32")
+    mi.add_argument("--bias-noise", type=float, default=0.0,
+                    help="add N(0, s) to every 1-D tensor (biases, LayerNorm), so reference checks "
+                         "exercise their gradients instead of starting them at 0 and 1")
     ms = sub.add_parser("make-shard", help="write a shard of uniformly random tokens")
     ms.add_argument("--out", required=True)
     ms.add_argument("--tokens", type=int, required=True)
@@ -422,6 +425,12 @@ def _main():
         cfg = GPT2Config(args.layers, args.heads, args.embd, args.vocab, args.positions)
         model = GPT2(cfg)
         model.init_weights(seed=args.seed)
+        if args.bias_noise > 0:
+            gen = torch.Generator().manual_seed(args.seed + 1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.dim() == 1:
+                        p.add_(torch.randn(p.shape, generator=gen) * args.bias_noise)
         write_safetensors(args.out, model.export_state(np.float64), cfg.to_metadata(),
                           dtype=args.dtype)
     else:

@@ -14,10 +14,10 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 # A real-text shard and a random GPT-2 with odd sizes (random biases and LayerNorm parameters too).
-cat "$ROOT"/README.md "$ROOT"/*/*.h "$ROOT"/*/*/*.h > "$WORK/text.txt"
+cat "$ROOT"/*/*.h "$ROOT"/*/*/*.h "$ROOT"/*/*.cpp > "$WORK/text.txt"
 "$BIN/aq-prepare" --out "$WORK/data" --val-fraction 0.1 "$WORK/text.txt" > /dev/null
 "$PY" "$ROOT/scripts/torch_gpt2.py" make-init --out "$WORK/init.safetensors" --layers 3 --heads 3 --embd 48 \
-  --vocab 256 --positions 64 --seed 7 > /dev/null
+  --vocab 256 --positions 64 --seed 7 --bias-noise 0.1 > /dev/null
 
 ARGS=(--data "$WORK/data/train_*.bin" --batch 3 --seq 37 --steps 8 --lr 1e-3 --lr-schedule cosine --warmup 3
       --min-lr 1e-4 --weight-decay 0.1 --beta1 0.9 --beta2 0.95 --eps 1e-8 --grad-clip 1.0)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# install_deps.sh — installs the Debian packages Aqueduct needs (only those missing).
+#   scripts/install_deps.sh               build + run: compiler, CMake, OpenBLAS (OpenMP), nlohmann-json, CLI11,
+#                                         GoogleTest, and the fortunes corpus for the default training run
+#   scripts/install_deps.sh --reference   also python3-torch + numpy, for the float64 PyTorch reference check
+#                                         and scripts/bench_vs_pytorch.py
+set -euo pipefail
+PKGS=(build-essential cmake libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev fortunes)
+if [[ "${1:-}" == "--reference" ]]; then
+  PKGS+=(python3-numpy python3-torch)
+fi
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+SUDO=""
+if [[ "$(id -u)" -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install_deps.sh: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "install_deps.sh: installing ${missing[*]}"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
