@@ -46,11 +46,16 @@ std::string strip_prefix(const std::string& name) {
 int metadata_int(const SafeTensorsReader& f, const char* key, int fallback) {
   auto it = f.metadata().find(key);
   if (it == f.metadata().end()) return fallback;
+  size_t used = 0;
+  int value = 0;
   try {
-    return std::stoi(it->second);
+    value = std::stoi(it->second, &used);
   } catch (const std::exception&) {
-    fail(str(f.path(), ": metadata ", key, "=\"", it->second, "\" is not an integer"));
+    used = 0;
   }
+  AQ_CHECK(used == it->second.size() && used > 0, f.path(), ": metadata ", key, "=\"", it->second,
+           "\" is not an integer");
+  return value;
 }
 }  // namespace
 

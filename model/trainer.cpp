@@ -128,11 +128,16 @@ int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
   auto it = f.metadata().find(key);
   AQ_CHECK(it != f.metadata().end(), f.path(), " has no \"", key, "\" in its metadata: not a checkpoint written by ",
            "aq-train --save (use --init-from to start a new run from plain weights)");
+  size_t used = 0;
+  int64_t value = 0;
   try {
-    return std::stoll(it->second);
+    value = std::stoll(it->second, &used);
   } catch (const std::exception&) {
-    fail(str(f.path(), ": metadata ", key, "=\"", it->second, "\" is not an integer"));
+    used = 0;
   }
+  AQ_CHECK(used == it->second.size() && used > 0, f.path(), ": metadata ", key, "=\"", it->second,
+           "\" is not an integer");
+  return value;
 }
 
 // Loads the training state saved beside `model_path`; returns the data position.

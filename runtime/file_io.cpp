@@ -90,7 +90,7 @@ void check_writable(const std::string& path, const char* what) {
   AQ_CHECK(!path.empty(), what, " path is empty");
   struct stat st {};
   AQ_CHECK(!(::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)), what, " path ", path,
-           " is a directory; give a file name such as ", path, "/model.safetensors");
+           " is a directory; give a file name inside it");
   std::string probe = str(path, ".probe.", ::getpid());
   int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   AQ_CHECK(fd >= 0, "cannot write ", what, " to ", path, ": ", std::strerror(errno),

@@ -67,9 +67,14 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
     } catch (const Error& err) {
       fail(str(path, ": tensor \"", name, "\": ", err.what()));
     }
+    int64_t numel = 1;
     for (const auto& d : e["shape"]) {
       AQ_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, path, ": tensor \"", name, "\" has a bad shape");
       entry.shape.push_back(d.get<int64_t>());
+      // A dimension larger than the file cannot be real; checking here also keeps the product from overflowing.
+      AQ_CHECK(entry.shape.back() == 0 || numel <= static_cast<int64_t>(size) / entry.shape.back(), path,
+               ": tensor \"", name, "\" has shape ", shape_str(entry.shape), "…, larger than the whole file");
+      numel *= entry.shape.back();
     }
     AQ_CHECK(e["data_offsets"][0].is_number_unsigned() && e["data_offsets"][1].is_number_unsigned(), path,
              ": tensor \"", name, "\" has non-integer data_offsets");
@@ -85,13 +90,19 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
     ranges.emplace_back(entry.begin, name);
     entries_[name] = entry;
   }
+  // Sorted by start, a non-empty range overlaps an earlier one exactly when it starts before the furthest end seen
+  // so far (comparing neighbours only would let an empty tensor in between hide an overlap).
   std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    const Entry& prev = entries_[ranges[i - 1].second];
-    const Entry& cur = entries_[ranges[i].second];
-    AQ_CHECK(cur.begin >= prev.end || cur.begin == cur.end || prev.begin == prev.end, path,
-             ": corrupt safetensors header: tensors \"", ranges[i - 1].second, "\" [", prev.begin, ", ", prev.end,
-             ") and \"", ranges[i].second, "\" [", cur.begin, ", ", cur.end, ") overlap");
+  const std::string* furthest = nullptr;  // the non-empty tensor with the largest end so far
+  for (const auto& [begin, name] : ranges) {
+    const Entry& cur = entries_[name];
+    if (cur.begin == cur.end) continue;
+    if (furthest) {
+      const Entry& prev = entries_[*furthest];
+      AQ_CHECK(cur.begin >= prev.end, path, ": corrupt safetensors header: tensors \"", *furthest, "\" [", prev.begin,
+               ", ", prev.end, ") and \"", name, "\" [", cur.begin, ", ", cur.end, ") overlap");
+    }
+    if (!furthest || cur.end > entries_[*furthest].end) furthest = &name;
   }
 }
 

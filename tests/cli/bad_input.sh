@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# bad_input.sh — every kind of bad input to aq-train, aq-prepare and aq-generate must end the program with a
+# non-zero exit code and exactly one line "<program>: error: ..." on stderr that says what is wrong: no crash,
+# no abort, no stack trace, and no checkpoint or temporary file left behind.
+#
+#   bash tests/cli/bad_input.sh build/bin
+# Prints "ok NAME" or "FAIL NAME: reason" per case, then "N passed, M failed"; exits 1 if any case failed.
+set -u
+
+BIN=${1:?usage: bad_input.sh BUILD_BIN_DIR}
+BIN=$(cd "$BIN" && pwd) || exit 1
+for prog in aq-train aq-prepare aq-generate; do
+  if [[ ! -x $BIN/$prog ]]; then
+    echo "FAIL setup: $BIN/$prog is missing (build it first)"
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+done
+export LC_ALL=C OMP_NUM_THREADS=1
+
+TMP=$(mktemp -d /tmp/aq-cli-XXXXXX) || exit 1
+trap 'rm -rf "$TMP"' EXIT
+OUT=$TMP/out  # output directory of the failing runs: must stay free of checkpoints and temporaries
+passed=0
+failed=0
+
+ok() {
+  echo "ok $1"
+  passed=$((passed + 1))
+  if [[ ${VERBOSE:-0} == 1 && -s $TMP/stderr ]]; then sed 's/^/    /' "$TMP/stderr"; fi
+}
+fail() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+
+# Files a failed run must not leave: its checkpoint, atomic-write temporaries, writability probes.
+leftovers() {
+  {
+    find "$OUT" -name 'out.safetensors*'
+    find "$TMP" \( -name '*.tmp.*' -o -name '*.probe.*' \)
+  } 2>/dev/null | sort -u
+}
+
+# expect_fail NAME REGEX [EXIT_CODE] -- CMD...
+# Runs CMD; it must exit non-zero (EXIT_CODE exactly, when given) with one non-empty stderr line matching REGEX.
+expect_fail() {
+  local name=$1 regex=$2 want_rc=""
+  shift 2
+  if [[ $1 != -- ]]; then
+    want_rc=$1
+    shift
+  fi
+  shift  # --
+  rm -rf "$OUT" && mkdir -p "$OUT"
+  "$@" >"$TMP/stdout" 2>"$TMP/stderr"
+  local rc=$?
+  local err lines
+  err=$(cat "$TMP/stderr")
+  lines=$(awk 'END { print NR }' "$TMP/stderr")
+  if ((rc == 0)); then
+    fail "$name" "exit code 0 (stderr: ${err:-empty})"
+  elif ((rc >= 124)); then
+    fail "$name" "exit code $rc: killed by a signal or timeout (stderr: ${err:-empty})"
+  elif [[ -n $want_rc && $rc != "$want_rc" ]]; then
+    fail "$name" "exit code $rc, expected $want_rc (stderr: $err)"
+  elif grep -qiE 'terminate called|segmentation|aborted|core dumped|stack trace|backtrace|what\(\)' "$TMP/stderr"; then
+    fail "$name" "crash output on stderr: $err"
+  elif [[ $lines != 1 || -z ${err//[[:space:]]/} ]]; then
+    fail "$name" "stderr has $lines line(s), expected exactly one: $(tr '\n' '|' <"$TMP/stderr")"
+  elif ! grep -qE '^aq-[a-z]+: error: ' "$TMP/stderr"; then
+    fail "$name" "stderr line lacks the '<program>: error: ' prefix: $err"
+  elif ! grep -qE -- "$regex" "$TMP/stderr"; then
+    fail "$name" "stderr does not match /$regex/: $err"
+  elif [[ -n $(leftovers) ]]; then
+    fail "$name" "left files behind: $(leftovers | tr '\n' ' ')"
+  else
+    ok "$name"
+  fi
+  rm -rf "$OUT"
+}
+
+# ---- fixtures ---------------------------------------------------------------------------------------------------
+
+# ~200 KB of pseudo-English (lowercase words: byte values 97..121, so --vocab 100 rejects them).
+awk 'BEGIN {
+  srand(7)
+  n = split("the of and to in a is that for it as was with be by on not he this are or his from at which but " \
+            "have an they you were her she there one all we their lazy zebra quiz", w, " ")
+  size = 0
+  while (size < 200000) {
+    k = 5 + int(rand() * 10); s = ""
+    for (i = 0; i < k; i++) s = s (i ? " " : "") w[1 + int(rand() * n)]
+    s = s ".\n"; printf "%s", s; size += length(s)
+  }
+}' >"$TMP/text.txt"
+head -c 6000 "$TMP/text.txt" >"$TMP/small.txt"
+
+setup_failed() {
+  echo "FAIL setup: $1"
+  echo "$passed passed, $((failed + 1)) failed"
+  exit 1
+}
+"$BIN/aq-prepare" --out "$TMP/data" "$TMP/text.txt" >/dev/null 2>"$TMP/stderr" ||
+  setup_failed "aq-prepare on valid text: $(cat "$TMP/stderr")"
+"$BIN/aq-prepare" --out "$TMP/small" --val-fraction 0.5 "$TMP/small.txt" >/dev/null 2>"$TMP/stderr" ||
+  setup_failed "aq-prepare on small text: $(cat "$TMP/stderr")"
+DATA=$TMP/data/train_000.bin
+[[ -f $DATA && -f $TMP/small/train_000.bin ]] || setup_failed "aq-prepare wrote no shards"
+
+# A tiny model trained for one step, saved with its training state. TRAIN is the program with the model shape;
+# RUN adds a small batch. A flag may be given once only (a repeated flag is itself a command-line error).
+AQT=("$BIN/aq-train" --threads 1)
+TRAIN=("${AQT[@]}" --layers 1 --heads 2 --dim 16)
+RUN=("${TRAIN[@]}" --seq 16 --batch 2)
+CK=$TMP/ck.safetensors
+"${RUN[@]}" --data "$DATA" --steps 1 --save "$CK" >/dev/null 2>"$TMP/stderr" ||
+  setup_failed "aq-train --steps 1 --save: $(cat "$TMP/stderr")"
+[[ -f $CK && -f $CK.state ]] || setup_failed "aq-train --save wrote no checkpoint"
+
+# Damaged copies of the checkpoint, written with the Python standard library only.
+cat >"$TMP/edit.py" <<'EOF'
+import json, struct, sys
+src, dst, op = sys.argv[1:4]
+arg = sys.argv[4] if len(sys.argv) > 4 else None
+raw = open(src, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+if op == "drop":        # remove one tensor from the header
+    del header[arg]
+elif op == "flatten":   # same bytes, wrong shape
+    shape = header[arg]["shape"]
+    header[arg]["shape"] = [shape[0] * shape[1]]
+elif op == "int":       # same bytes, integer dtype
+    header[arg]["dtype"] = "I32"
+elif op == "overlap":   # tensor arg shares the bytes of the tensor before it in the data section
+    tensors = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
+    i = [k for _, k in tensors].index(arg)
+    header[arg]["data_offsets"] = [tensors[i - 1][0][1] - 4, tensors[i][0][1] - 4]
+elif op == "badlen":    # header length far beyond the end of the file
+    open(dst, "wb").write(struct.pack("<Q", n + 10**9) + raw[8:])
+    sys.exit(0)
+elif op == "badjson":
+    open(dst, "wb").write(raw[:8] + b"x" + raw[9:])
+    sys.exit(0)
+text = json.dumps(header, separators=(",", ":"))
+text += " " * (-len(text) % 8)
+open(dst, "wb").write(struct.pack("<Q", len(text)) + text.encode() + data)
+EOF
+HAVE_PY=1
+command -v python3 >/dev/null || HAVE_PY=0
+edit() { python3 "$TMP/edit.py" "$CK" "$TMP/$1" "${@:2}"; }
+if ((HAVE_PY)); then
+  if ! { edit missing.safetensors drop h.0.mlp.c_fc.bias && edit shape.safetensors flatten h.0.attn.c_attn.weight &&
+    edit int.safetensors int h.0.ln_2.bias && edit overlap.safetensors overlap h.0.ln_1.bias &&
+    edit badlen.safetensors badlen && edit badjson.safetensors badjson; }; then
+    setup_failed "python3 could not write the damaged checkpoints"
+  fi
+fi
+head -c $(($(stat -c %s "$CK") - 100)) "$CK" >"$TMP/cut.safetensors"
+head -c 4096 /dev/urandom >"$TMP/random.bin"
+head -c 5000 "$DATA" >"$TMP/truncated.bin"
+cp "$CK" "$TMP/nostate.safetensors"
+# A model file paired with the state of a different save (as after a crash between the two writes).
+"${RUN[@]}" --data "$DATA" --steps 2 --save "$TMP/other.safetensors" >/dev/null 2>"$TMP/stderr" ||
+  setup_failed "aq-train --steps 2 --save: $(cat "$TMP/stderr")"
+cp "$CK" "$TMP/mixed.safetensors"
+cp "$TMP/other.safetensors.state" "$TMP/mixed.safetensors.state"
+mkdir -p "$TMP/adir"
+
+# ---- aq-train: command line ------------------------------------------------------------------------------------
+
+SAVE=(--save "$OUT/out.safetensors")
+if [[ -e /nonexistent_dir ]]; then
+  fail nonexistent_dir "/nonexistent_dir exists on this machine, so the unwritable-path cases cannot work; remove it"
+fi
+expect_fail unknown_flag 'bogus.*--help' 2 -- "${RUN[@]}" --data "$DATA" --bogus "${SAVE[@]}"
+expect_fail missing_data_flag '--data' 2 -- "$BIN/aq-train" --steps 1
+expect_fail batch_not_a_number 'batch' 2 -- "${TRAIN[@]}" --data "$DATA" --batch abc "${SAVE[@]}"
+expect_fail batch_zero '--batch must be >= 1 \(got 0\)' 1 -- "${TRAIN[@]}" --data "$DATA" --batch 0 "${SAVE[@]}"
+expect_fail lr_negative '--lr must be a positive number \(got -1\)' 1 -- "${RUN[@]}" --data "$DATA" --lr -1 "${SAVE[@]}"
+expect_fail lr_schedule_unknown '--lr-schedule must be constant or cosine \(got foo\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --lr-schedule foo "${SAVE[@]}"
+expect_fail steps_negative '--steps must be >= 0' 1 -- "${RUN[@]}" --data "$DATA" --steps -1 "${SAVE[@]}"
+expect_fail heads_do_not_divide_dim 'C=130 is not divisible by the head count H=4' 1 -- \
+  "${AQT[@]}" --layers 1 --data "$DATA" --dim 130 --heads 4 "${SAVE[@]}"
+expect_fail vocab_too_large 'vocabulary size 70000' 1 -- "${RUN[@]}" --data "$DATA" --vocab 70000 "${SAVE[@]}"
+expect_fail seq_above_max_seq '--seq 64 exceeds .*n_positions=32.*--max-seq' 1 -- \
+  "${TRAIN[@]}" --data "$DATA" --seq 64 --max-seq 32 "${SAVE[@]}"
+expect_fail seq_above_checkpoint_context "--seq 200 exceeds .*n_positions=128" 1 -- \
+  "${TRAIN[@]}" --data "$DATA" --seq 200 --init-from "$CK" "${SAVE[@]}"
+expect_fail flag_disagrees_with_checkpoint '--layers 2 disagrees with .*ck\.safetensors' 1 -- \
+  "${AQT[@]}" --data "$DATA" --layers 2 --init-from "$CK" "${SAVE[@]}"
+expect_fail resume_and_init_from 'exclude each other' 1 -- \
+  "${RUN[@]}" --data "$DATA" --resume "$CK" --init-from "$CK" "${SAVE[@]}"
+expect_fail threads_negative '--threads must be >= 0' 1 -- "$BIN/aq-train" --data "$DATA" --threads -1 "${SAVE[@]}"
+expect_fail save_every_without_save '--save-every 5 needs --save' 1 -- "${RUN[@]}" --data "$DATA" --save-every 5
+
+# ---- aq-train: output paths ------------------------------------------------------------------------------------
+
+expect_fail save_unwritable 'cannot write checkpoint to /nonexistent_dir/x\.safetensors' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --save /nonexistent_dir/x.safetensors
+expect_fail save_parent_is_a_file 'cannot write checkpoint to .*text\.txt/x\.safetensors' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/text.txt/x.safetensors"
+expect_fail save_is_directory 'is a directory' 1 -- "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/adir"
+expect_fail log_unwritable 'cannot write log to /nonexistent_dir/log\.jsonl' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --log /nonexistent_dir/log.jsonl "${SAVE[@]}"
+
+# ---- aq-train: data --------------------------------------------------------------------------------------------
+
+expect_fail shard_glob_no_match 'nothing_\*\.bin: no such file' 1 -- \
+  "${RUN[@]}" --data "$TMP/nothing_*.bin" "${SAVE[@]}"
+expect_fail val_glob_no_match '--val-data .*val_\*\.bin: no such file' 1 -- \
+  "${RUN[@]}" --data "$DATA" --val-data "$TMP/val_*.bin" "${SAVE[@]}"
+expect_fail shard_bad_magic 'random\.bin: not a token shard: magic number' 1 -- \
+  "${RUN[@]}" --data "$TMP/random.bin" "${SAVE[@]}"
+expect_fail shard_truncated 'truncated\.bin: truncated or damaged shard: header says [0-9]+ tokens' 1 -- \
+  "${RUN[@]}" --data "$TMP/truncated.bin" "${SAVE[@]}"
+expect_fail shard_token_above_vocab \
+  'train_000\.bin: token 1[0-9]{2} at token index [0-9]+ \(byte offset [0-9]+\) .*vocabulary size 100' \
+  1 -- "${RUN[@]}" --data "$DATA" --vocab 100 "${SAVE[@]}"
+expect_fail shard_smaller_than_batch 'has 4096 tokens; one batch needs .* = 8193 .*lower --batch' 1 -- \
+  "${TRAIN[@]}" --data "$TMP/small/train_000.bin" --batch 64 --seq 128 "${SAVE[@]}"
+expect_fail shard_is_a_directory 'not a regular file' 1 -- "${RUN[@]}" --data "$TMP/adir" "${SAVE[@]}"
+
+# ---- aq-train: checkpoints -------------------------------------------------------------------------------------
+
+if ((HAVE_PY)); then
+  expect_fail checkpoint_missing_tensor 'missing\.safetensors: missing tensor "h\.0\.mlp\.c_fc\.bias"' 1 -- \
+    "${RUN[@]}" --data "$DATA" --init-from "$TMP/missing.safetensors" "${SAVE[@]}"
+  expect_fail checkpoint_wrong_shape \
+    'shape\.safetensors: tensor "h\.0\.attn\.c_attn\.weight" has shape \[768\], expected \[16, 48\]' 1 -- \
+    "${RUN[@]}" --data "$DATA" --init-from "$TMP/shape.safetensors" "${SAVE[@]}"
+  expect_fail checkpoint_integer_tensor 'int\.safetensors: tensor "h\.0\.ln_2\.bias" has dtype I32' 1 -- \
+    "${RUN[@]}" --data "$DATA" --init-from "$TMP/int.safetensors" "${SAVE[@]}"
+  expect_fail checkpoint_overlapping_offsets 'overlap\.safetensors: corrupt safetensors header: .*overlap' 1 -- \
+    "${RUN[@]}" --data "$DATA" --init-from "$TMP/overlap.safetensors" "${SAVE[@]}"
+  expect_fail checkpoint_bad_header_length 'badlen\.safetensors: corrupt safetensors header: header length' 1 -- \
+    "${RUN[@]}" --data "$DATA" --init-from "$TMP/badlen.safetensors" "${SAVE[@]}"
+  expect_fail checkpoint_bad_json 'badjson\.safetensors: corrupt safetensors header: JSON does not parse' 1 -- \
+    "${RUN[@]}" --data "$DATA" --init-from "$TMP/badjson.safetensors" "${SAVE[@]}"
+else
+  echo "skip checkpoint_*: python3 not found"
+fi
+expect_fail checkpoint_truncated 'cut\.safetensors: corrupt safetensors header: .*truncated' 1 -- \
+  "${RUN[@]}" --data "$DATA" --init-from "$TMP/cut.safetensors" "${SAVE[@]}"
+expect_fail checkpoint_not_safetensors 'random\.bin: corrupt safetensors header' 1 -- \
+  "${RUN[@]}" --data "$DATA" --init-from "$TMP/random.bin" "${SAVE[@]}"
+expect_fail checkpoint_missing_file 'cannot open .*absent\.safetensors' 1 -- \
+  "${RUN[@]}" --data "$DATA" --init-from "$TMP/absent.safetensors" "${SAVE[@]}"
+expect_fail resume_without_state '--resume .*nostate\.safetensors needs its training state' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 2 --resume "$TMP/nostate.safetensors" "${SAVE[@]}"
+expect_fail resume_mismatched_state 'belong to different saves \(model at step 1, state at step 2\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 3 --resume "$TMP/mixed.safetensors" "${SAVE[@]}"
+expect_fail resume_nothing_to_do 'already at step 1 and --steps is 1' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --resume "$CK" "${SAVE[@]}"
+
+# ---- aq-train: divergence ----------------------------------------------------------------------------------------
+
+expect_fail nonfinite_loss '(loss is (nan|-nan|inf|-inf)|gradient norm is [^ ]+) at step [0-9]+' 1 -- \
+  "${RUN[@]}" --data "$DATA" --lr 1e30 --grad-clip 0 --steps 5 "${SAVE[@]}"
+
+# ---- aq-prepare and aq-generate --------------------------------------------------------------------------------
+
+expect_fail prepare_missing_input 'cannot read input file .*absent\.txt' 1 -- \
+  "$BIN/aq-prepare" --out "$OUT/data" "$TMP/absent.txt"
+expect_fail prepare_unwritable_out 'cannot create --out directory .*text\.txt/data' 1 -- \
+  "$BIN/aq-prepare" --out "$TMP/text.txt/data" "$TMP/text.txt"
+expect_fail prepare_bad_val_fraction '--val-fraction must be in \(0, 1\)' 1 -- \
+  "$BIN/aq-prepare" --out "$OUT/data" --val-fraction 1.5 "$TMP/text.txt"
+expect_fail generate_missing_model 'cannot open .*absent\.safetensors' 1 -- \
+  "$BIN/aq-generate" --model "$TMP/absent.safetensors" --threads 1
+expect_fail generate_truncated_model 'cut\.safetensors: corrupt safetensors header' 1 -- \
+  "$BIN/aq-generate" --model "$TMP/cut.safetensors" --threads 1
+expect_fail generate_bad_tokens '--tokens must be >= 1' 1 -- "$BIN/aq-generate" --model "$CK" --tokens 0 --threads 1
+
+# ---- positive controls ---------------------------------------------------------------------------------------------
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+if "${RUN[@]}" --data "$DATA" --val-data "$TMP/data/val_000.bin" --eval-batches 1 --steps 2 \
+  --save "$OUT/out.safetensors" --log "$OUT/log.jsonl" >"$TMP/stdout" 2>"$TMP/stderr"; then
+  if [[ -s $TMP/stderr ]]; then
+    fail valid_run "exit 0 but stderr is not empty: $(cat "$TMP/stderr")"
+  elif [[ ! -f $OUT/out.safetensors || ! -f $OUT/out.safetensors.state || ! -s $OUT/log.jsonl ]]; then
+    fail valid_run "exit 0 but the checkpoint, its state or the log is missing"
+  elif [[ -n $(find "$TMP" \( -name '*.tmp.*' -o -name '*.probe.*' \)) ]]; then
+    fail valid_run "temporary files left behind"
+  else
+    ok valid_run
+  fi
+else
+  fail valid_run "exit code $? (stderr: $(cat "$TMP/stderr"))"
+fi
+if "$BIN/aq-generate" --model "$CK" --tokens 5 --threads 1 >"$TMP/stdout" 2>"$TMP/stderr" &&
+  [[ ! -s $TMP/stderr ]]; then
+  ok valid_generate
+else
+  fail valid_generate "stderr: $(cat "$TMP/stderr")"
+fi
+rm -rf "$OUT"
+
+echo "$passed passed, $failed failed"
+((failed == 0))
