@@ -44,18 +44,10 @@ std::string strip_prefix(const std::string& name) {
 }
 
 int metadata_int(const SafeTensorsReader& f, const char* key, int fallback) {
-  auto it = f.metadata().find(key);
-  if (it == f.metadata().end()) return fallback;
-  size_t used = 0;
-  int value = 0;
-  try {
-    value = std::stoi(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  AQ_CHECK(used == it->second.size() && used > 0, f.path(), ": metadata ", key, "=\"", it->second,
-           "\" is not an integer");
-  return value;
+  const std::optional<int64_t> v = f.metadata_int(key);
+  if (!v) return fallback;
+  AQ_CHECK(*v >= 0 && *v <= 0x7fffffff, f.path(), ": metadata ", key, "=", *v, " is out of range");
+  return static_cast<int>(*v);
 }
 }  // namespace
 

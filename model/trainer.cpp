@@ -125,19 +125,10 @@ void save_checkpoint(const std::string& path, GPT2<float>& model, const Optimize
 }
 
 int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
-  auto it = f.metadata().find(key);
-  AQ_CHECK(it != f.metadata().end(), f.path(), " has no \"", key, "\" in its metadata: not a checkpoint written by ",
+  const std::optional<int64_t> v = f.metadata_int(key);
+  AQ_CHECK(v.has_value(), f.path(), " has no \"", key, "\" in its metadata: not a checkpoint written by ",
            "aq-train --save (use --init-from to start a new run from plain weights)");
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  AQ_CHECK(used == it->second.size() && used > 0, f.path(), ": metadata ", key, "=\"", it->second,
-           "\" is not an integer");
-  return value;
+  return *v;
 }
 
 // Loads the training state saved beside `model_path`; returns the data position.

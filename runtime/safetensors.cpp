@@ -106,6 +106,21 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
   }
 }
 
+std::optional<int64_t> SafeTensorsReader::metadata_int(const std::string& key) const {
+  auto it = metadata_.find(key);
+  if (it == metadata_.end()) return std::nullopt;
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  AQ_CHECK(used > 0 && used == it->second.size(), path(), ": metadata ", key, "=\"", it->second,
+           "\" is not an integer");
+  return value;
+}
+
 const SafeTensorsReader::Entry& SafeTensorsReader::entry(const std::string& name) const {
   auto it = entries_.find(name);
   AQ_CHECK(it != entries_.end(), path(), ": missing tensor \"", name, "\" (the file has ", entries_.size(),

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,6 +30,8 @@ class SafeTensorsReader {
 
   const std::string& path() const { return file_.path(); }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // An integer from __metadata__; nullopt when the key is absent, aq::Error when it is not an integer.
+  std::optional<int64_t> metadata_int(const std::string& key) const;
   const std::map<std::string, Entry>& entries() const { return entries_; }
   bool has(const std::string& name) const { return entries_.count(name) != 0; }
   const Entry& entry(const std::string& name) const;  // throws "missing tensor" naming the file

@@ -1,15 +1,19 @@
-// test_util.h — shared helpers for the operator and model tests: random fills, kernel lookup, relative error
-// and a central finite-difference gradient check in double precision.
+// test_util.h — shared test helpers: random fills and tokens, kernel lookup, relative error, a central
+// finite-difference gradient check in double precision, error-message checks and a per-test temporary folder.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "ops/registry.h"
+#include "runtime/error.h"
 #include "runtime/rng.h"
 
 namespace aq::test {
@@ -21,6 +25,43 @@ std::vector<T> randn(size_t n, uint64_t seed, double scale = 1.0) {
   for (auto& x : v) x = static_cast<T>(scale * rng.normal());
   return v;
 }
+
+inline std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab));
+  return t;
+}
+
+// Runs fn, which must throw aq::Error with a one-line message containing every string in `parts`.
+inline void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "\"" << p << "\" not in: " << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message spans several lines: " << msg;
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected aq::Error, got another exception: " << e.what();
+    return;
+  }
+  ADD_FAILURE() << "expected aq::Error, nothing was thrown";
+}
+
+// A fixture with a fresh temporary folder per test, removed afterwards.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/aq-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+  std::string dir_;
+};
 
 template <typename Fn>
 Fn* kernel(const std::string& op, DType dt) {

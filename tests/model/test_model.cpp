@@ -18,13 +18,6 @@ GPT2Config tiny_config() {
   return c;
 }
 
-std::vector<int32_t> tokens(size_t n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab));
-  return t;
-}
-
 // Random weights everywhere (not just GPT-2 init, whose zero biases and unit LayerNorm weights would hide
 // mistakes in their gradients).
 template <typename T>
@@ -43,7 +36,7 @@ TEST(GPT2, WholeModelGradientMatchesFiniteDifferences) {
   const int B = 2, T = 5;
   GPT2<double> model(tiny_config(), B, T);
   randomize(model, 1);
-  auto inp = tokens(B * T, 11, 2), tgt = tokens(B * T, 11, 3);
+  auto inp = test::random_tokens(B * T, 11, 2), tgt = test::random_tokens(B * T, 11, 3);
   const double loss = model.forward_backward(inp.data(), tgt.data(), B, T);
   EXPECT_NEAR(loss, model.evaluate(inp.data(), tgt.data(), B, T), 1e-14);
   std::vector<double> grads(model.grads(), model.grads() + model.buffer_size());
@@ -71,7 +64,7 @@ TEST(GPT2, FloatModelMatchesDoubleModel) {
   GPT2<float> mf(tiny_config(), B, T);
   randomize(md, 4);
   for (int64_t i = 0; i < md.buffer_size(); ++i) mf.params()[i] = static_cast<float>(md.params()[i]);
-  auto inp = tokens(B * T, 11, 5), tgt = tokens(B * T, 11, 6);
+  auto inp = test::random_tokens(B * T, 11, 5), tgt = test::random_tokens(B * T, 11, 6);
   const double ld = md.forward_backward(inp.data(), tgt.data(), B, T);
   const double lf = mf.forward_backward(inp.data(), tgt.data(), B, T);
   EXPECT_NEAR(lf, ld, 1e-5 * ld);

@@ -32,12 +32,10 @@ std::string real_text() {
   return text;
 }
 
-class Training : public ::testing::Test {
+class Training : public test::TempDirTest {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/aq-test-training-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    TempDirTest::SetUp();
     const std::string text = real_text();
     ASSERT_GT(text.size(), 50000u);
     std::vector<uint16_t> tok(text.begin(), text.end());
@@ -58,7 +56,6 @@ class Training : public ::testing::Test {
     cfg_.quiet = true;
     cfg_.threads = 2;
   }
-  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
 
   static std::vector<double> losses(const TrainResult& r) {
     std::vector<double> out;
@@ -74,7 +71,6 @@ class Training : public ::testing::Test {
     return out;
   }
 
-  std::string dir_;
   TrainConfig cfg_;
   LocalCommunicator comm_;
 };

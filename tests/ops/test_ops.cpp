@@ -22,6 +22,7 @@ namespace {
 using test::expect_gradient;
 using test::kernel;
 using test::project;
+using test::random_tokens;
 using test::randn;
 using test::rel_err;
 using V = std::vector<double>;
@@ -98,13 +99,6 @@ double mean(const V& v) {
   double s = 0;
   for (double x : v) s += x;
   return s / static_cast<double>(v.size());
-}
-
-std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab));
-  return t;
 }
 
 // ---- embedding --------------------------------------------------------------------------------------------

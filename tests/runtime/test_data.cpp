@@ -13,35 +13,15 @@
 
 #include "runtime/data.h"
 #include "runtime/error.h"
+#include "tests/test_util.h"
 
 namespace aq {
 namespace {
 
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "\"" << p << "\" not in: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message spans several lines: " << msg;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected aq::Error, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected aq::Error, nothing was thrown";
-}
+using test::expect_error;
 
-class Data : public ::testing::Test {
+class Data : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/aq-test-data-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
 
   // A shard file made by hand: the three header words, zero padding to 256 words, then `tokens`.
   std::string write_raw(const std::string& name, int32_t magic, int32_t version, int32_t count,
@@ -65,7 +45,6 @@ class Data : public ::testing::Test {
     return t;
   }
 
-  std::string dir_;
 };
 
 struct Batch {

@@ -16,36 +16,15 @@
 #include "model/gpt2.h"
 #include "runtime/rng.h"
 #include "runtime/safetensors.h"
+#include "tests/test_util.h"
 
 namespace aq {
 namespace {
 
-// Runs fn, which must throw aq::Error; every string in `parts` must occur in the message.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "\"" << p << "\" not in: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message spans several lines: " << msg;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected aq::Error, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected aq::Error, nothing was thrown";
-}
+using test::expect_error;
 
-class SafeTensors : public ::testing::Test {
+class SafeTensors : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/aq-test-safetensors-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
 
   // A file made by hand: 8-byte little-endian header length, the header text, then `data`.
   std::string write_raw(const std::string& name, const std::string& header, const std::vector<uint8_t>& data,
@@ -59,7 +38,6 @@ class SafeTensors : public ::testing::Test {
     return p;
   }
 
-  std::string dir_;
 };
 
 template <typename T>
