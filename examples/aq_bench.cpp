@@ -65,10 +65,9 @@ int main(int argc, char** argv) {
     cfg.steps = steps + warmup;
     cfg.data = shard;
     cfg.threads = threads;
-    aq::LocalCommunicator comm;
     aq::TrainResult r;
     try {
-      r = aq::train(cfg, comm);
+      r = aq::train(cfg, aq::ParallelContext::local());
     } catch (...) {
       ::unlink(shard.c_str());
       ::rmdir(dir);

@@ -2,10 +2,15 @@
 //
 //   build/bin/aq-train --data 'data/fortunes/train_*.bin' --val-data 'data/fortunes/val_*.bin'
 //       --layers 4 --heads 4 --dim 128 --seq 128 --batch 16 --steps 500 --lr 1e-3 --save out/model.safetensors
+//   mpirun -np 4 build/bin/aq-train --tp 2 ...    (2-way tensor parallel x 2-way data parallel)
+#include <omp.h>
+
 #include <CLI/CLI.hpp>
+#include <algorithm>
 
 #include "examples/main_guard.h"
 #include "model/trainer.h"
+#include "runtime/log.h"
 
 int main(int argc, char** argv) {
   aq::TrainConfig cfg;
@@ -45,15 +50,27 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--eval-batches", cfg.eval_batches, "Batches per validation")->capture_default_str();
   app.add_option("--log", cfg.log, "Append one JSON line per step to this file");
-  app.add_option("--threads", cfg.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  app.add_option("--threads", cfg.threads, "CPU threads per rank (0 = all cores / local ranks)")->capture_default_str();
+  int tp = 1;
+  double comm_timeout = 300;
+  app.add_option("--tp", tp, "Tensor-parallel ranks per group (consecutive ranks); DP = world / TP")
+      ->capture_default_str();
+  app.add_option("--zero", cfg.zero, "1: ZeRO-1, shard the optimizer state over data-parallel ranks")
+      ->capture_default_str();
+  app.add_option("--bucket-mb", cfg.bucket_mb, "Data-parallel gradient bucket size in MiB")->capture_default_str();
+  app.add_option("--comm-timeout", comm_timeout, "Seconds a collective may wait before the job is ended")
+      ->capture_default_str();
 
-  return aq::run_main("aq-train", app, argc, argv, [&] {
+  aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
+  return aq::run_main("aq-train", app, argc, argv, ctx, [&] {
     if (o_layers->count()) cfg.layers = layers;
     if (o_heads->count()) cfg.heads = heads;
     if (o_dim->count()) cfg.dim = dim;
     if (o_vocab->count()) cfg.vocab = vocab;
     if (o_max_seq->count()) cfg.max_seq = max_seq;
-    aq::LocalCommunicator comm;
-    aq::train(cfg, comm);
+    if (cfg.threads == 0 && ctx.local_size() > 1) cfg.threads = std::max(1, omp_get_num_procs() / ctx.local_size());
+    ctx.configure(tp, comm_timeout);
+    aq::log_info(ctx.banner());
+    aq::train(cfg, ctx);
   });
 }

@@ -2,7 +2,8 @@
 //
 // run_main calls the program body; an aq::Error (bad flag value, bad file, bad shape) or a CLI11 parse error
 // becomes exactly one line "<program>: error: <what is wrong and how to fix it>" on stderr and exit code 1
-// (2 for command-line syntax). --help prints usage and exits 0.
+// (2 for command-line syntax). --help prints usage and exits 0. Under mpirun, errors are the same on every
+// rank (the trainer agrees on set-up failures), so rank 0 alone prints and every rank exits with the code.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -11,32 +12,53 @@
 #include <functional>
 #include <string>
 
+#include "parallel/context.h"
 #include "runtime/error.h"
 
 namespace aq {
 
-inline int run_main(const char* program, CLI::App& app, int argc, char** argv, const std::function<void()>& body) {
+inline int run_main(const char* program, CLI::App& app, int argc, char** argv, ParallelContext& ctx,
+                    const std::function<void()>& body) {
+  const bool reporter = ctx.world_rank() == 0;
+  int code = 0;
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    code = reporter ? app.exit(e) : 0;
+    ctx.finalize();
+    return code;
   } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
+    code = reporter ? app.exit(e) : 0;
+    ctx.finalize();
+    return code;
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "%s: error: %s (run %s --help for the list of options)\n", program, e.what(), program);
+    if (reporter)
+      std::fprintf(stderr, "%s: error: %s (run %s --help for the list of options)\n", program, e.what(), program);
+    ctx.finalize();
     return 2;
   }
   try {
     body();
-    return 0;
+  } catch (const CommError&) {
+    ctx.abort(3);  // already reported by the rank that saw it; end every rank
   } catch (const Error& e) {
-    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    if (reporter) std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    code = 1;
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "%s: error: out of memory; lower --batch or --seq, or use a smaller model\n", program);
+    std::fprintf(stderr, "%s: error: out of memory on rank %d; lower --batch or --seq, or use a smaller model\n",
+                 program, ctx.world_rank());
+    ctx.abort(1);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    std::fprintf(stderr, "%s: error: %s (rank %d)\n", program, e.what(), ctx.world_rank());
+    ctx.abort(1);
   }
-  return 1;
+  ctx.finalize();
+  return code;
+}
+
+// Single-process programs.
+inline int run_main(const char* program, CLI::App& app, int argc, char** argv, const std::function<void()>& body) {
+  return run_main(program, app, argc, argv, ParallelContext::local(), body);
 }
 
 }  // namespace aq

@@ -9,8 +9,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "runtime/rng.h"
+#include "runtime/sysinfo.h"
 
 namespace aq {
 
@@ -80,49 +82,77 @@ GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_overr
   return cfg;
 }
 
-// ---- parameters -------------------------------------------------------------------------------------------
+// ---- parameters and their tensor-parallel shards ----------------------------------------------------------
 
 template <typename T>
 void GPT2<T>::FreeDeleter::operator()(T* p) const {
   std::free(p);
 }
 
+namespace {
+
+// Flat index of local element `li` of a shard inside the full tensor, or -1 for vocabulary padding.
+int64_t full_index(const ParamInfo& p, int rank, int64_t li) {
+  const int64_t cols_l = p.shape.back(), cols = p.full_shape.back();
+  const int64_t i = li / cols_l, j = li % cols_l;
+  switch (p.split) {
+    case TpSplit::Replicated: return li;
+    case TpSplit::VocabRows: {
+      const int64_t row = rank * p.shape[0] + i;
+      return row < p.full_shape[0] ? row * cols + j : -1;
+    }
+    case TpSplit::Columns: return i * cols + rank * cols_l + j;
+    case TpSplit::QkvColumns: {
+      const int64_t part_l = cols_l / 3, part = cols / 3;  // local / full width of each of q, k, v
+      return i * cols + (j / part_l) * part + rank * part_l + j % part_l;
+    }
+    case TpSplit::Rows: return (rank * p.shape[0] + i) * cols + j;
+  }
+  return -1;
+}
+
+}  // namespace
+
 template <typename T>
 void GPT2<T>::build_param_table() {
-  const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, maxT = cfg_.max_seq;
+  const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, maxT = cfg_.max_seq, tp = tp_.size;
   int64_t offset = 0;
-  auto add = [&](const std::string& name, Shape shape) {
+  auto add = [&](const std::string& name, Shape full, TpSplit split) {
+    Shape local = full;
+    if (split == TpSplit::VocabRows) local[0] = Vl_;
+    if (split == TpSplit::Columns || split == TpSplit::QkvColumns) local.back() /= tp;
+    if (split == TpSplit::Rows) local[0] /= tp;
     param_index_[name] = params_info_.size();
-    const int64_t n = shape_numel(shape);
-    params_info_.push_back(ParamInfo{name, shape, offset, shape.size() >= 2});
-    num_params_ += n;
+    const int64_t n = shape_numel(local);
+    params_info_.push_back(ParamInfo{name, local, full, split, offset, full.size() >= 2});
+    num_params_ += shape_numel(full);
     offset += (n + 15) / 16 * 16;  // keep every tensor 64-byte aligned
   };
-  add("wte.weight", {V, C});
-  add("wpe.weight", {maxT, C});
+  add("wte.weight", {V, C}, TpSplit::VocabRows);
+  add("wpe.weight", {maxT, C}, TpSplit::Replicated);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const std::string h = str("h.", l, ".");
-    add(h + "ln_1.weight", {C});
-    add(h + "ln_1.bias", {C});
-    add(h + "attn.c_attn.weight", {C, 3 * C});
-    add(h + "attn.c_attn.bias", {3 * C});
-    add(h + "attn.c_proj.weight", {C, C});
-    add(h + "attn.c_proj.bias", {C});
-    add(h + "ln_2.weight", {C});
-    add(h + "ln_2.bias", {C});
-    add(h + "mlp.c_fc.weight", {C, 4 * C});
-    add(h + "mlp.c_fc.bias", {4 * C});
-    add(h + "mlp.c_proj.weight", {4 * C, C});
-    add(h + "mlp.c_proj.bias", {C});
+    add(h + "ln_1.weight", {C}, TpSplit::Replicated);
+    add(h + "ln_1.bias", {C}, TpSplit::Replicated);
+    add(h + "attn.c_attn.weight", {C, 3 * C}, TpSplit::QkvColumns);
+    add(h + "attn.c_attn.bias", {3 * C}, TpSplit::QkvColumns);
+    add(h + "attn.c_proj.weight", {C, C}, TpSplit::Rows);
+    add(h + "attn.c_proj.bias", {C}, TpSplit::Replicated);
+    add(h + "ln_2.weight", {C}, TpSplit::Replicated);
+    add(h + "ln_2.bias", {C}, TpSplit::Replicated);
+    add(h + "mlp.c_fc.weight", {C, 4 * C}, TpSplit::Columns);
+    add(h + "mlp.c_fc.bias", {4 * C}, TpSplit::Columns);
+    add(h + "mlp.c_proj.weight", {4 * C, C}, TpSplit::Rows);
+    add(h + "mlp.c_proj.bias", {C}, TpSplit::Replicated);
   }
-  add("ln_f.weight", {C});
-  add("ln_f.bias", {C});
+  add("ln_f.weight", {C}, TpSplit::Replicated);
+  add("ln_f.bias", {C}, TpSplit::Replicated);
   buffer_size_ = offset;
 }
 
 template <typename T>
 typename GPT2<T>::LayerParams GPT2<T>::layer_view(T* base, int l) const {
-  auto at = [&](const char* suffix) { return base + params_info_[param_index_.at(str("h.", l, ".", suffix))].offset; };
+  auto at = [&](const char* suffix) { return base + offset_of(str("h.", l, ".", suffix)); };
   return LayerParams{at("ln_1.weight"),        at("ln_1.bias"),         at("attn.c_attn.weight"),
                      at("attn.c_attn.bias"),   at("attn.c_proj.weight"), at("attn.c_proj.bias"),
                      at("ln_2.weight"),        at("ln_2.bias"),         at("mlp.c_fc.weight"),
@@ -147,6 +177,19 @@ int64_t classifier_rows(int64_t N, int V, size_t elem) {
   const int64_t chunks = (N + max_rows - 1) / max_rows;
   return (N + chunks - 1) / chunks;
 }
+
+int local_vocab(const GPT2Config& cfg, const TensorParallel& tp) { return (cfg.vocab_size + tp.size - 1) / tp.size; }
+
+// Validates the tensor-parallel split before anything is sized from it.
+const GPT2Config& check_split(const GPT2Config& cfg, const TensorParallel& tp) {
+  cfg.validate();
+  AQ_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size, "bad tensor-parallel rank ", tp.rank, " of ", tp.size);
+  AQ_CHECK(cfg.n_head % tp.size == 0, "--tp ", tp.size, " must divide the head count H=", cfg.n_head,
+           " (each rank computes whole heads); choose --tp among the divisors of ", cfg.n_head);
+  AQ_CHECK((4 * cfg.n_embd) % tp.size == 0, "--tp ", tp.size, " must divide the MLP width 4C=", 4 * cfg.n_embd);
+  AQ_CHECK(tp.size == 1 || tp.group != nullptr, "tensor parallelism needs a TP process group");
+  return cfg;
+}
 }  // namespace
 
 template <typename T>
@@ -157,17 +200,24 @@ size_t GPT2<T>::plan_activation_bytes() {
 }
 
 template <typename T>
-GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len)
-    : cfg_(cfg),
+GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp, int64_t buffer_multiple)
+    : Cl_(check_split(cfg, tp).n_embd / tp.size),
+      NHl_(cfg.n_head / tp.size),
+      Vl_(local_vocab(cfg, tp)),
+      v0_(tp.rank * local_vocab(cfg, tp)),
+      tp_(tp),
+      cfg_(cfg),
       max_batch_(max_batch),
       max_seq_len_(max_seq_len),
-      classifier_chunk_(classifier_rows(static_cast<int64_t>(max_batch) * max_seq_len, cfg.vocab_size, sizeof(T))),
-      acts_arena_((cfg.validate(), plan_activation_bytes())) {
+      classifier_chunk_(classifier_rows(static_cast<int64_t>(max_batch) * max_seq_len, Vl_, sizeof(T))),
+      acts_arena_(plan_activation_bytes()) {
   AQ_CHECK(max_batch >= 1, "--batch must be >= 1 (got ", max_batch, ")");
   AQ_CHECK(max_seq_len >= 1 && max_seq_len <= cfg.max_seq, "sequence length --seq ", max_seq_len,
            " exceeds the model's context n_positions=", cfg.max_seq, "; lower --seq or build the model with --max-seq ",
            max_seq_len);
   build_param_table();
+  AQ_ASSERT(buffer_multiple >= 1, "buffer_multiple ", buffer_multiple);
+  buffer_size_ = (buffer_size_ + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   params_.reset(alloc_zeroed<T>(buffer_size_, "parameters"));
   grads_.reset(alloc_zeroed<T>(buffer_size_, "gradients"));
   layout_activations(acts_arena_);
@@ -193,18 +243,18 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len)
 template <typename T>
 void GPT2<T>::layout_activations(Arena& a) {
   const int64_t N = static_cast<int64_t>(max_batch_) * max_seq_len_;
-  const int64_t C = cfg_.n_embd, NH = cfg_.n_head;
+  const int64_t C = cfg_.n_embd, Cl = Cl_;
   acts_.assign(static_cast<size_t>(cfg_.n_layer), LayerActs{});
   for (auto& l : acts_) {
     l.res_in = a.take<T>(N * C);
     l.ln1_mean = a.take<T>(N);
     l.ln1_rstd = a.take<T>(N);
-    l.qkv = a.take<T>(N * 3 * C);
-    l.atty = a.take<T>(N * C);
-    l.lse = a.take<T>(N * NH);
+    l.qkv = a.take<T>(N * 3 * Cl);
+    l.atty = a.take<T>(N * Cl);
+    l.lse = a.take<T>(N * NHl_);
     l.ln2_mean = a.take<T>(N);
     l.ln2_rstd = a.take<T>(N);
-    l.fch = a.take<T>(N * 4 * C);
+    l.fch = a.take<T>(N * 4 * Cl);
   }
   res_final_ = a.take<T>(N * C);
   lnf_ = a.take<T>(N * C);
@@ -213,11 +263,11 @@ void GPT2<T>::layout_activations(Arena& a) {
   // Scratch shared by all layers.
   lnbuf_ = a.take<T>(N * C);      // ln_1 / ln_2 output of the block being computed
   proj_ = a.take<T>(N * C);       // c_proj outputs before the residual add
-  gelu_ = a.take<T>(N * 4 * C);   // GELU output; in backward also d(fch) and d(qkv)
+  gelu_ = a.take<T>(N * 4 * Cl);  // GELU output; in backward also d(fch) and d(qkv)
   res_mid_ = a.take<T>(N * C);
   dres_ = a.take<T>(N * C);       // gradient of the residual stream
   dbuf_ = a.take<T>(N * C);       // d(ln outputs), d(attention output)
-  logits_ = a.take<T>(classifier_chunk_ * cfg_.vocab_size);
+  logits_ = a.take<T>(classifier_chunk_ * Vl_);
   losses_ = a.take<T>(N);
   inputs_ = a.take<int32_t>(N);
   targets_ = a.take<int32_t>(N);
@@ -230,6 +280,7 @@ void GPT2<T>::init_random(uint64_t seed) {
   Rng rng(seed);
   const double residual_std = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
   std::fill(params_.get(), params_.get() + buffer_size_, T(0));
+  std::vector<T> full;
   for (const ParamInfo& p : params_info_) {
     T* w = params_.get() + p.offset;
     const int64_t n = shape_numel(p.shape);
@@ -241,27 +292,63 @@ void GPT2<T>::init_random(uint64_t seed) {
     if (!p.name.ends_with(".weight")) continue;  // linear biases stay 0
     const bool residual = p.name.ends_with("attn.c_proj.weight") || p.name.ends_with("mlp.c_proj.weight");
     const double std = residual ? residual_std : 0.02;
-    for (int64_t i = 0; i < n; ++i) w[i] = static_cast<T>(std * rng.normal());
+    full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
+    for (auto& x : full) x = static_cast<T>(std * rng.normal());
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t fi = full_index(p, tp_.rank, i);
+      w[i] = fi < 0 ? T(0) : full[static_cast<size_t>(fi)];
+    }
   }
 }
 
 template <typename T>
-void GPT2<T>::load(const SafeTensorsReader& file) {
+void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, T* dst) {
+  T* base = dst ? dst : params_.get();
   std::map<std::string, std::string> names;
   for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
+  std::vector<T> full;
   for (const ParamInfo& p : params_info_) {
-    auto it = names.find(p.name);
-    AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", p.name, "\" required by a ", cfg_.describe(),
-             " GPT-2");
-    file.read<T>(it->second, p.shape, params_.get() + p.offset);
+    auto it = names.find(prefix + p.name);
+    AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", prefix + p.name, "\" required by a ",
+             cfg_.describe(), " GPT-2");
+    T* w = base + p.offset;
+    const int64_t n = shape_numel(p.shape);
+    if (p.split == TpSplit::Replicated) {
+      file.read<T>(it->second, p.full_shape, w);
+      continue;
+    }
+    full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
+    file.read<T>(it->second, p.full_shape, full.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t fi = full_index(p, tp_.rank, i);
+      w[i] = fi < 0 ? T(0) : full[static_cast<size_t>(fi)];
+    }
   }
 }
 
 template <typename T>
-std::vector<NamedTensor> GPT2<T>::named_params() {
+std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const T* src) {
+  const T* base = src ? src : params_.get();
   std::vector<NamedTensor> out;
-  for (const ParamInfo& p : params_info_)
-    out.push_back(NamedTensor{p.name, Tensor(params_.get() + p.offset, dtype_of<T>(), p.shape)});
+  std::vector<T> shards;
+  for (const ParamInfo& p : params_info_) {
+    Tensor full = Tensor::zeros(dtype_of<T>(), p.full_shape);
+    T* f = full.data<T>();
+    const T* w = base + p.offset;
+    const int64_t n = shape_numel(p.shape);
+    if (p.split == TpSplit::Replicated) {
+      std::copy(w, w + n, f);
+    } else {
+      shards.resize(static_cast<size_t>(n * tp_.size));
+      tp_.group->all_gather(w, shards.data(), n, dtype_of<T>(), {"checkpoint gather " + p.name})->wait();
+      for (int r = 0; r < tp_.size; ++r)
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t fi = full_index(p, r, i);
+          if (fi >= 0) f[fi] = shards[static_cast<size_t>(r * n + i)];
+        }
+    }
+    out.push_back(NamedTensor{prefix + p.name, full});
+  }
   return out;
 }
 
@@ -274,15 +361,26 @@ void GPT2<T>::check_batch(int B, int T_) const {
 }
 
 template <typename T>
+void GPT2<T>::tp_all_reduce(T* data, int64_t n, const char* what) {
+  if (tp_.size == 1) return;
+  Timer t;
+  tp_.group->all_reduce(data, n, dtype_of<T>(), {what})->wait();
+  tp_comm_ms_ += t.ms();
+}
+
+template <typename T>
 void GPT2<T>::forward_to_lnf(const int32_t* inputs, int B, int T_) {
   check_batch(B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
-  const int C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
+  const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
   T* P = params_.get();
-  const T* wte = P + params_info_[param_index_.at("wte.weight")].offset;
-  const T* wpe = P + params_info_[param_index_.at("wpe.weight")].offset;
+  const T* wte = P + offset_of("wte.weight");
+  const T* wpe = P + offset_of("wpe.weight");
 
-  k_.embedding_forward(acts_[0].res_in, inputs, wte, wpe, B, T_, C);
+  // Vocabulary-parallel embedding: each rank adds the rows it owns; positions are added by TP rank 0 only, so
+  // the all-reduce sums exactly one wte row and one wpe row per token.
+  k_.embedding_forward(acts_[0].res_in, inputs, wte, tp_.rank == 0 ? wpe : nullptr, B, T_, C, v0_, Vl_);
+  tp_all_reduce(acts_[0].res_in, N * C, "embedding");
   {
     const LayerParams w0 = layer_view(P, 0);
     k_.layernorm_forward(lnbuf_, acts_[0].ln1_mean, acts_[0].ln1_rstd, acts_[0].res_in, w0.ln1w, w0.ln1b, N, C);
@@ -290,33 +388,50 @@ void GPT2<T>::forward_to_lnf(const int32_t* inputs, int B, int T_) {
   for (int l = 0; l < L; ++l) {
     const LayerParams w = layer_view(P, l);
     LayerActs& a = acts_[l];
-    k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, 3 * C);
-    k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, C, NH);
-    k_.matmul_forward(proj_, a.atty, w.attprojw, w.attprojb, N, C, C);
+    k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, 3 * Cl);  // column-parallel: this rank's heads
+    k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, Cl, NHl_);
+    k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);  // row-parallel
+    tp_all_reduce(proj_, N * C, "attn.c_proj output");
     k_.residual_layernorm_forward(res_mid_, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
-    k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * C);
-    k_.gelu_forward(gelu_, a.fch, N * 4 * C);
-    k_.matmul_forward(proj_, gelu_, w.fcprojw, w.fcprojb, N, 4 * C, C);
+    k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
+    k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
+    k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C);
+    tp_all_reduce(proj_, N * C, "mlp.c_proj output");
     // The block's residual add is fused into the next LayerNorm (ln_1 of block l+1, or ln_f).
     if (l + 1 < L) {
       const LayerParams wn = layer_view(P, l + 1);
       LayerActs& n = acts_[l + 1];
       k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid_, proj_, wn.ln1w, wn.ln1b, N, C);
     } else {
-      const T* lnfw = P + params_info_[param_index_.at("ln_f.weight")].offset;
-      const T* lnfb = P + params_info_[param_index_.at("ln_f.bias")].offset;
-      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid_, proj_, lnfw, lnfb, N, C);
+      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid_, proj_, P + offset_of("ln_f.weight"),
+                                    P + offset_of("ln_f.bias"), N, C);
     }
   }
+}
+
+template <typename T>
+void GPT2<T>::classifier_hook(void* self, T* data, int64_t n, int is_max) {
+  auto* m = static_cast<GPT2<T>*>(self);
+  Timer t;
+  m->tp_.group
+      ->all_reduce(data, n, dtype_of<T>(), {is_max ? "vocab-parallel row max" : "vocab-parallel row sums",
+                                            is_max ? ReduceOp::Max : ReduceOp::Sum})
+      ->wait();
+  m->tp_comm_ms_ += t.ms();
+}
+
+template <typename T>
+void GPT2<T>::classifier(T* dx, T* dwte, const int32_t* targets, int64_t N) {
+  const ops::ReduceHook<T> hook{this, &GPT2<T>::classifier_hook};
+  k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.get() + offset_of("wte.weight"), targets, N, cfg_.n_embd,
+                Vl_, v0_, cfg_.vocab_size, classifier_chunk_, T(1) / static_cast<T>(N), tp_.size > 1 ? &hook : nullptr);
 }
 
 template <typename T>
 double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T_) {
   forward_to_lnf(inputs, B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
-  const T* wte = params_.get() + params_info_[param_index_.at("wte.weight")].offset;
-  k_.classifier(losses_, nullptr, nullptr, logits_, lnf_, wte, targets, N, cfg_.n_embd, cfg_.vocab_size,
-                classifier_chunk_, T(1) / static_cast<T>(N));
+  classifier(nullptr, nullptr, targets, N);
   double sum = 0;
   for (int64_t i = 0; i < N; ++i) sum += static_cast<double>(losses_[i]);
   return sum / static_cast<double>(N);
@@ -324,10 +439,11 @@ double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, i
 
 template <typename T>
 void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
+  AQ_CHECK(tp_.size == 1, "last_logits (generation) runs on a single rank");
   forward_to_lnf(tokens, 1, t);
-  const T* wte = params_.get() + params_info_[param_index_.at("wte.weight")].offset;
   // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
   const int C = cfg_.n_embd;
+  const T* wte = params_.get() + offset_of("wte.weight");
   const T* x = lnf_ + static_cast<int64_t>(t - 1) * C;
   for (int v = 0; v < cfg_.vocab_size; ++v) {
     T acc = 0;
@@ -342,46 +458,53 @@ template <typename T>
 double GPT2<T>::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T_) {
   forward_to_lnf(inputs, B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
-  const int C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
+  const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
   T* P = params_.get();
   T* G = grads_.get();
-  auto grad_of = [&](const char* name) { return G + params_info_[param_index_.at(name)].offset; };
-  auto param_of = [&](const char* name) { return P + params_info_[param_index_.at(name)].offset; };
+  auto ready = [&](int64_t offset) {
+    if (grad_ready_) grad_ready_(offset);
+  };
 
   std::memset(G, 0, static_cast<size_t>(buffer_size_) * sizeof(T));
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
-  k_.classifier(losses_, dbuf_, grad_of("wte.weight"), logits_, lnf_, param_of("wte.weight"), targets, N, C,
-                cfg_.vocab_size, classifier_chunk_, T(1) / static_cast<T>(N));
+  classifier(dbuf_, G + offset_of("wte.weight"), targets, N);
+  tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
   double loss = 0;
   for (int64_t i = 0; i < N; ++i) loss += static_cast<double>(losses_[i]);
   loss /= static_cast<double>(N);
 
   std::memset(dres_, 0, static_cast<size_t>(N * C) * sizeof(T));
-  k_.layernorm_backward(dres_, grad_of("ln_f.weight"), grad_of("ln_f.bias"), dbuf_, res_final_, param_of("ln_f.weight"),
-                        lnf_mean_, lnf_rstd_, N, C);
+  k_.layernorm_backward(dres_, G + offset_of("ln_f.weight"), G + offset_of("ln_f.bias"), dbuf_, res_final_,
+                        P + offset_of("ln_f.weight"), lnf_mean_, lnf_rstd_, N, C);
+  ready(offset_of("ln_f.weight"));
   for (int l = L - 1; l >= 0; --l) {
     const LayerParams w = layer_view(P, l);
     const LayerParams g = layer_view(G, l);
     LayerActs& a = acts_[l];
     // Recompute what forward did not keep: res_mid = res_in + c_proj(atty) and ln_2 = LayerNorm(res_mid), with
     // the same kernels on the same inputs, so the values are bit-identical to the forward pass.
-    k_.matmul_forward(proj_, a.atty, w.attprojw, w.attprojb, N, C, C);
+    k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
+    tp_all_reduce(proj_, N * C, "attn.c_proj output (recompute)");
     k_.residual_layernorm_forward(res_mid_, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
-    k_.gelu_forward(gelu_, a.fch, N * 4 * C);
+    k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
     // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
     // matmul_backward writes dinp after using inp, so d(gelu output) may overwrite the GELU output in place.
-    k_.matmul_backward(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, N, 4 * C, C);
-    k_.gelu_backward(gelu_, a.fch, gelu_, N * 4 * C);
-    k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * C);
+    k_.matmul_backward(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, N, 4 * Cl, C);
+    k_.gelu_backward(gelu_, a.fch, gelu_, N * 4 * Cl);
+    k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * Cl);
+    tp_all_reduce(dbuf_, N * C, "d(ln_2 output)");
     k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid_, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
     // dres_ is now the gradient of res_mid = res_in + attn(...).
-    k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, C, C);
-    k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, C, NH);  // gelu_ now holds d(qkv) (N,3C)
+    k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C);
+    k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, Cl, NHl_);  // gelu_ now holds d(qkv)
     k_.layernorm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N, C);  // recompute ln_1
-    k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * C);
+    k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * Cl);
+    tp_all_reduce(dbuf_, N * C, "d(ln_1 output)");
     k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
+    ready(offset_of(str("h.", l, ".ln_1.weight")));
   }
-  k_.embedding_backward(grad_of("wte.weight"), grad_of("wpe.weight"), dres_, inputs, B, T_, C);
+  k_.embedding_backward(G + offset_of("wte.weight"), G + offset_of("wpe.weight"), dres_, inputs, B, T_, C, v0_, Vl_);
+  ready(0);
   return loss;
 }
 

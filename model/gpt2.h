@@ -6,9 +6,19 @@
 //
 // The model is a template over the scalar type: float for training, double for the gradient checks in tests.
 // Kernels are looked up once in the operator registry (ops/registry.h) for the model's device and dtype.
+//
+// Tensor parallelism (Megatron-LM): with a TP group of size tp, each rank holds
+//   * c_attn column-parallel by heads (its NH/tp heads' q, k and v columns) and attn.c_proj row-parallel;
+//   * mlp.c_fc column-parallel and mlp.c_proj row-parallel;
+//   * wte vocabulary-parallel (rows of a table padded to a multiple of tp), used by the embedding and by the
+//     tied, vocabulary-parallel cross-entropy — full logits are never gathered;
+//   * LayerNorms, wpe and the row-parallel biases replicated.
+// The conjugate pair: row-parallel outputs are all-reduced in forward (identity in backward), and the input
+// gradients of column-parallel layers are all-reduced in backward (identity in forward).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -20,6 +30,7 @@
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/softmax_xent/softmax_xent.h"
+#include "parallel/backend.h"
 #include "runtime/arena.h"
 #include "runtime/safetensors.h"
 
@@ -38,18 +49,36 @@ struct GPT2Config {
 // shapes (a Hugging Face export has no metadata); `heads_override` > 0 supplies n_head when the file lacks it.
 GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_override);
 
+// How a parameter is split over the tensor-parallel ranks.
+enum class TpSplit {
+  Replicated,  // every rank holds all of it
+  VocabRows,   // rows of a [V, C] table padded to a multiple of tp; rank r holds rows r·Vl … (r+1)·Vl−1
+  QkvColumns,  // last dimension 3C = [q | k | v]: rank r holds its heads' slice of each of q, k and v
+  Columns,     // last dimension split evenly
+  Rows,        // first dimension split evenly
+};
+
 struct ParamInfo {
   std::string name;  // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
-  Shape shape;
+  Shape shape;       // this rank's shard
+  Shape full_shape;  // the whole tensor, as in a checkpoint
+  TpSplit split;
   int64_t offset;    // in elements, into the flat parameter (and gradient, and optimizer state) buffer
   bool decay;        // AdamW weight decay applies (tensors with >= 2 dimensions)
+};
+
+// The tensor-parallel group a model instance belongs to; size 1 = the whole model on this rank.
+struct TensorParallel {
+  int size = 1, rank = 0;
+  Backend* group = nullptr;
 };
 
 template <typename T>
 class GPT2 {
  public:
-  // Allocates for batches up to max_batch × max_seq_len tokens (max_seq_len <= cfg.max_seq).
-  GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len);
+  // Allocates for batches up to max_batch × max_seq_len tokens (max_seq_len <= cfg.max_seq). The flat buffers
+  // are padded to a multiple of `buffer_multiple` elements (ZeRO-1 splits them evenly over data-parallel ranks).
+  GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp = {}, int64_t buffer_multiple = 1);
 
   const GPT2Config& config() const { return cfg_; }
   const std::vector<ParamInfo>& params_info() const { return params_info_; }
@@ -60,13 +89,29 @@ class GPT2 {
   const T* params() const { return params_.get(); }
   size_t activation_bytes() const { return acts_arena_.capacity(); }
 
+  const TensorParallel& tensor_parallel() const { return tp_; }
+
   // GPT-2 initialisation: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), biases 0, LayerNorm (1, 0).
+  // The full tensors are drawn in the same order whatever tp is, so every layout starts from the same model.
   void init_random(uint64_t seed);
   // Loads every tensor by its Hugging Face name ("transformer." prefix accepted; attention-mask buffers and a
-  // tied lm_head.weight ignored). The file's configuration must equal config().
-  void load(const SafeTensorsReader& file);
-  // Views of the parameters in Hugging Face order, for writing a checkpoint.
-  std::vector<NamedTensor> named_params();
+  // tied lm_head.weight ignored) and keeps this rank's shard. `prefix` selects e.g. optimizer moments
+  // ("exp_avg.") stored under prefixed names; `dst` defaults to the parameters.
+  void load(const SafeTensorsReader& file, const std::string& prefix = "", T* dst = nullptr);
+  // Whole tensors, in Hugging Face order, assembled from the TP shards of a buffer laid out like the
+  // parameters (the parameters themselves by default, or an optimizer moment). Collective over the TP group.
+  std::vector<NamedTensor> gather_full(const std::string& prefix = "", const T* src = nullptr);
+
+  // Called during backward with an offset X each time every gradient at flat offsets >= X is final (the
+  // buffer is laid out in forward order, and backward finishes it from the end). Data parallelism starts its
+  // bucket all-reduces from here.
+  void set_grad_ready_hook(std::function<void(int64_t)> hook) { grad_ready_ = std::move(hook); }
+  // Milliseconds spent in tensor-parallel collectives since the last call (all of it exposed: they block).
+  double take_tp_comm_ms() {
+    const double t = tp_comm_ms_;
+    tp_comm_ms_ = 0;
+    return t;
+  }
 
   // Mean cross-entropy of the batch; inputs/targets (B,T). No gradients.
   double evaluate(const int32_t* inputs, const int32_t* targets, int B, int T_);
@@ -88,7 +133,7 @@ class GPT2 {
     T *atty, *lse;        // (N,C), (B,NH,T)
     // res_mid = res_in + c_proj(atty) is not stored either: backward recomputes it (one C×C GEMM).
     T *ln2_mean, *ln2_rstd;
-    T* fch;               // (N,4C) pre-GELU; GELU is recomputed in backward instead of stored
+    T* fch;               // (N,4C/tp) pre-GELU; GELU is recomputed in backward instead of stored
   };
   struct Kernels {
     typename ops::Embedding<T>::Forward* embedding_forward;
@@ -111,6 +156,17 @@ class GPT2 {
   LayerParams layer_view(T* base, int l) const;
   void check_batch(int B, int T_) const;
   void forward_to_lnf(const int32_t* inputs, int B, int T_);
+  void tp_all_reduce(T* data, int64_t n, const char* what);
+  const T* row_parallel_bias(const T* bias) const { return tp_.rank == 0 ? bias : nullptr; }
+  int64_t offset_of(const std::string& name) const { return params_info_[param_index_.at(name)].offset; }
+  void classifier(T* dx, T* dwte, const int32_t* targets, int64_t N);
+  static void classifier_hook(void* self, T* data, int64_t n, int is_max);
+  double tp_comm_ms_ = 0;
+
+  // Dimensions of this rank's shards.
+  int Cl_ = 0, NHl_ = 0, Vl_ = 0, v0_ = 0;
+  TensorParallel tp_;
+  std::function<void(int64_t)> grad_ready_;
 
   GPT2Config cfg_;
   int max_batch_, max_seq_len_;

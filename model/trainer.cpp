@@ -11,6 +11,7 @@
 #include <random>
 
 #include "ops/cpu/blas.h"
+#include "parallel/grad_sync.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
 #include "runtime/rng.h"
@@ -90,39 +91,9 @@ std::string new_checkpoint_id() {
 }
 
 struct OptimizerState {
-  std::vector<float> m, v;
-  int64_t step = 0;  // completed optimizer steps
+  std::vector<float> m, v;  // whole local buffer, or this rank's ZeRO-1 slice
+  int64_t step = 0;         // completed optimizer steps
 };
-
-void save_checkpoint(const std::string& path, GPT2<float>& model, const OptimizerState& opt,
-                     const LoaderPosition& data_pos, const Rng& rng, const TrainConfig& cfg) {
-  const std::string id = new_checkpoint_id();
-  // State first, then the model: if we die in between, the model file's id no longer matches the new state
-  // and --resume refuses the pair instead of silently mixing two steps.
-  std::vector<NamedTensor> moments;
-  for (const ParamInfo& p : model.params_info()) {
-    moments.push_back({"exp_avg." + p.name, Tensor(const_cast<float*>(opt.m.data()) + p.offset, DType::F32, p.shape)});
-    moments.push_back({"exp_avg_sq." + p.name, Tensor(const_cast<float*>(opt.v.data()) + p.offset, DType::F32, p.shape)});
-  }
-  const auto rs = rng.state();
-  nlohmann::json options = {{"lr", cfg.schedule.lr},         {"lr_schedule", cfg.schedule.kind},
-                            {"warmup", cfg.schedule.warmup}, {"min_lr", cfg.schedule.min_lr},
-                            {"weight_decay", cfg.weight_decay}, {"beta1", cfg.beta1},
-                            {"beta2", cfg.beta2},           {"eps", cfg.eps},
-                            {"grad_clip", cfg.grad_clip},   {"batch", cfg.batch},
-                            {"seq", cfg.seq},               {"steps", cfg.steps},
-                            {"seed", cfg.seed},             {"data", cfg.data}};
-  std::map<std::string, std::string> meta = model.config().to_metadata();
-  meta["checkpoint_id"] = id;
-  meta["step"] = std::to_string(opt.step);
-  std::map<std::string, std::string> state_meta = meta;
-  state_meta["data_shard"] = std::to_string(data_pos.shard);
-  state_meta["data_position"] = std::to_string(data_pos.position);
-  state_meta["rng_state"] = nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())).dump();
-  state_meta["train_options"] = options.dump();
-  write_safetensors(state_path_for(path), moments, state_meta);
-  write_safetensors(path, model.named_params(), meta);
-}
 
 int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
   const std::optional<int64_t> v = f.metadata_int(key);
@@ -131,102 +102,300 @@ int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
   return *v;
 }
 
-// Loads the training state saved beside `model_path`; returns the data position.
-LoaderPosition load_state(const std::string& model_path, const SafeTensorsReader& weights, GPT2<float>& model,
-                          OptimizerState& opt, Rng& rng) {
-  const std::string sp = state_path_for(model_path);
-  AQ_CHECK(file_exists(sp), "--resume ", model_path, " needs its training state ", sp,
+std::string progress_line(const StepRecord& r, int64_t total, double eta_s, bool parallel) {
+  char buf[320];
+  int n = std::snprintf(buf, sizeof(buf), "step %*lld/%lld | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s",
+                        static_cast<int>(std::to_string(total).size()), static_cast<long long>(r.step),
+                        static_cast<long long>(total), r.loss, r.lr, r.grad_norm, r.ms, r.tokens_per_s);
+  if (parallel)
+    n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | comm %.1f ms (exposed %.1f)", r.comm_ms,
+                       r.exposed_comm_ms);
+  std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | ETA %s", format_duration(eta_s).c_str());
+  return buf;
+}
+
+// One training job on one rank. Members are set up in setup(); every method that communicates is collective.
+class Job {
+ public:
+  Job(const TrainConfig& cfg, ParallelContext& ctx) : cfg_(cfg), ctx_(ctx), rng_(cfg.seed) {}
+
+  void setup();
+  StepRecord step(int64_t s);
+  double evaluate();
+  void save(const std::string& path);
+  int64_t start_step() const { return opt_.step; }
+  void log_summary() const {
+    log_info("model: GPT-2 ", mc_.describe(), " | ", model_->num_params(), " parameters | activations ",
+             model_->activation_bytes() >> 20, " MiB per rank", ctx_.tp() > 1 ? str(" | tp shard of 1/", ctx_.tp()) : "",
+             cfg_.zero ? " | ZeRO-1 optimizer state" : "");
+    log_info("data: ", train_data_->num_shards(), " shard(s), ", train_data_->total_tokens(), " tokens | batch ",
+             cfg_.batch, " x ", cfg_.seq, " per rank, ", static_cast<int64_t>(cfg_.batch) * cfg_.seq * ctx_.dp(),
+             " tokens/step over dp=", ctx_.dp(), buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
+  }
+
+ private:
+  // This rank's share of the optimizer work: the whole buffer, or its ZeRO-1 slice.
+  int64_t slice_begin() const { return cfg_.zero ? ctx_.dp_rank() * slice_len() : 0; }
+  int64_t slice_len() const { return cfg_.zero ? model_->buffer_size() / ctx_.dp() : model_->buffer_size(); }
+  double global_grad_norm(const float* grads);  // grads indexed from slice_begin()
+  void load_state(const SafeTensorsReader& weights);
+  std::vector<float> full_local(const std::vector<float>& part, const char* what);  // ZeRO: all-gather over DP
+
+  TrainConfig cfg_;
+  ParallelContext& ctx_;
+  Rng rng_;
+  GPT2Config mc_;
+  std::unique_ptr<GPT2<float>> model_;
+  std::unique_ptr<DataLoader> train_data_, val_data_;
+  std::unique_ptr<GradBuckets> buckets_;
+  OptimizerState opt_;
+  std::vector<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
+  std::vector<int32_t> inputs_, targets_;
+  ops::AdamW<float>::Update* adamw_ = nullptr;
+  ops::AdamW<float>::SumSquares* sum_squares_ = nullptr;
+};
+
+void Job::setup() {
+  std::unique_ptr<SafeTensorsReader> weights;
+  mc_ = model_config(cfg_, weights);
+  AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
+           "; lower --seq", weights ? "" : str(" or raise --max-seq to at least ", cfg_.seq));
+  AQ_CHECK(cfg_.zero == 0 || cfg_.zero == 1, "--zero must be 0 or 1 (got ", cfg_.zero, ")");
+  if (!cfg_.save.empty()) check_writable(cfg_.save, "checkpoint");
+  if (!cfg_.log.empty() && ctx_.world_rank() == 0) check_writable(cfg_.log, "log");
+
+  // Data first: a bad shard should fail before a large model is allocated. DP rank r of D reads window r of
+  // each global step; the TP ranks of a group read the same window.
+  train_data_ = std::make_unique<DataLoader>(cfg_.data, cfg_.batch, cfg_.seq, mc_.vocab_size, ctx_.dp_rank(), ctx_.dp(),
+                                             "--data");
+  if (!cfg_.val_data.empty())
+    val_data_ = std::make_unique<DataLoader>(cfg_.val_data, cfg_.batch, cfg_.seq, mc_.vocab_size, ctx_.dp_rank(),
+                                             ctx_.dp(), "--val-data");
+
+  TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.tp_group()};
+  model_ = std::make_unique<GPT2<float>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1);
+  opt_.m.assign(static_cast<size_t>(slice_len()), 0.0f);
+  opt_.v.assign(static_cast<size_t>(slice_len()), 0.0f);
+  if (cfg_.zero) grad_slice_.assign(static_cast<size_t>(slice_len()), 0.0f);
+  if (weights)
+    model_->load(*weights);
+  else
+    model_->init_random(rng_.next_u64());
+  if (!cfg_.resume.empty()) load_state(*weights);
+
+  if (ctx_.dp() > 1 && !cfg_.zero) {
+    std::vector<int64_t> boundaries;
+    for (const ParamInfo& p : model_->params_info()) boundaries.push_back(p.offset);
+    buckets_ = std::make_unique<GradBuckets>(ctx_.dp_group(), model_->grads(), model_->buffer_size(), boundaries,
+                                             cfg_.bucket_mb);
+    model_->set_grad_ready_hook([this](int64_t offset) { buckets_->on_ready(offset); });
+  }
+  inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.seq);
+  targets_.resize(inputs_.size());
+  auto& reg = ops::Registry::instance();
+  adamw_ = reg.find<ops::AdamW<float>::Update>("adamw_update", Device::CPU, DType::F32);
+  sum_squares_ = reg.find<ops::AdamW<float>::SumSquares>("sum_squares", Device::CPU, DType::F32);
+}
+
+std::vector<float> Job::full_local(const std::vector<float>& part, const char* what) {
+  if (!cfg_.zero) return part;
+  std::vector<float> full(static_cast<size_t>(model_->buffer_size()));
+  ctx_.dp_group().all_gather(part.data(), full.data(), slice_len(), DType::F32, {what})->wait();
+  return full;
+}
+
+void Job::load_state(const SafeTensorsReader& weights) {
+  const std::string sp = state_path_for(cfg_.resume);
+  AQ_CHECK(file_exists(sp), "--resume ", cfg_.resume, " needs its training state ", sp,
            " (written by --save beside the model); to start a new run from these weights use --init-from");
   SafeTensorsReader state(sp);
-  const std::string id_model = weights.metadata().count("checkpoint_id") ? weights.metadata().at("checkpoint_id") : "";
-  const std::string id_state = state.metadata().count("checkpoint_id") ? state.metadata().at("checkpoint_id") : "";
-  AQ_CHECK(!id_state.empty() && id_model == id_state, model_path, " and ", sp, " belong to different saves (model at step ",
-           weights.metadata().count("step") ? weights.metadata().at("step") : "?", ", state at step ",
-           state.metadata().count("step") ? state.metadata().at("step") : "?",
+  const auto& wm = weights.metadata();
+  const auto& sm = state.metadata();
+  const std::string id_model = wm.count("checkpoint_id") ? wm.at("checkpoint_id") : "";
+  const std::string id_state = sm.count("checkpoint_id") ? sm.at("checkpoint_id") : "";
+  AQ_CHECK(!id_state.empty() && id_model == id_state, cfg_.resume, " and ", sp,
+           " belong to different saves (model at step ", wm.count("step") ? wm.at("step") : "?", ", state at step ",
+           sm.count("step") ? sm.at("step") : "?",
            "): the save was interrupted between the two files; resume from an earlier checkpoint");
-  for (const ParamInfo& p : model.params_info()) {
-    state.read<float>("exp_avg." + p.name, p.shape, opt.m.data() + p.offset);
-    state.read<float>("exp_avg_sq." + p.name, p.shape, opt.v.data() + p.offset);
-  }
-  opt.step = meta_int64(state, "step");
+  // The state is stored whole (consolidated); keep this rank's TP shard, then its ZeRO slice.
+  std::vector<float> m(static_cast<size_t>(model_->buffer_size()), 0.0f), v(m.size(), 0.0f);
+  model_->load(state, "exp_avg.", m.data());
+  model_->load(state, "exp_avg_sq.", v.data());
+  std::copy(m.begin() + slice_begin(), m.begin() + slice_begin() + slice_len(), opt_.m.begin());
+  std::copy(v.begin() + slice_begin(), v.begin() + slice_begin() + slice_len(), opt_.v.begin());
+  opt_.step = meta_int64(state, "step");
   try {
-    auto words = nlohmann::json::parse(state.metadata().at("rng_state")).get<std::vector<uint64_t>>();
+    auto words = nlohmann::json::parse(sm.at("rng_state")).get<std::vector<uint64_t>>();
     AQ_CHECK(words.size() == 4, "bad size");
-    rng.set_state({words[0], words[1], words[2], words[3]});
+    rng_.set_state({words[0], words[1], words[2], words[3]});
   } catch (const std::exception&) {
     fail(str(sp, ": rng_state in the metadata is missing or malformed"));
   }
-  return LoaderPosition{meta_int64(state, "data_shard"), meta_int64(state, "data_position")};
+  train_data_->set_position(LoaderPosition{meta_int64(state, "data_shard"), meta_int64(state, "data_position")});
+  AQ_CHECK(opt_.step < cfg_.steps, cfg_.resume, " is already at step ", opt_.step, " and --steps is ", cfg_.steps,
+           ": nothing to do; raise --steps to train further");
 }
 
-// Names the first parameter whose gradient holds a NaN or Inf (for the error line).
-std::string first_nonfinite_grad(GPT2<float>& model) {
-  for (const ParamInfo& p : model.params_info()) {
-    const float* g = model.grads() + p.offset;
-    for (int64_t i = 0; i < shape_numel(p.shape); ++i)
-      if (!std::isfinite(g[i])) return str(p.name, " (element ", i, " = ", g[i], ")");
+void Job::save(const std::string& path) {
+  // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
+  // rank 0 writes. State first, then the model: if we die in between, the model file's id no longer matches
+  // the new state and --resume refuses the pair instead of silently mixing two steps.
+  const std::vector<float> m = full_local(opt_.m, "checkpoint gather exp_avg");
+  const std::vector<float> v = full_local(opt_.v, "checkpoint gather exp_avg_sq");
+  std::vector<NamedTensor> moments = model_->gather_full("exp_avg.", m.data());
+  for (NamedTensor& t : model_->gather_full("exp_avg_sq.", v.data())) moments.push_back(std::move(t));
+  std::vector<NamedTensor> params = model_->gather_full();
+  std::string error;
+  if (ctx_.world_rank() == 0) {
+    try {
+      const std::string id = new_checkpoint_id();
+      const auto rs = rng_.state();
+      nlohmann::json options = {{"lr", cfg_.schedule.lr},           {"lr_schedule", cfg_.schedule.kind},
+                                {"warmup", cfg_.schedule.warmup},   {"min_lr", cfg_.schedule.min_lr},
+                                {"weight_decay", cfg_.weight_decay}, {"beta1", cfg_.beta1},
+                                {"beta2", cfg_.beta2},              {"eps", cfg_.eps},
+                                {"grad_clip", cfg_.grad_clip},      {"batch", cfg_.batch},
+                                {"seq", cfg_.seq},                  {"steps", cfg_.steps},
+                                {"seed", cfg_.seed},                {"data", cfg_.data},
+                                {"tp", ctx_.tp()},                  {"dp", ctx_.dp()},
+                                {"zero", cfg_.zero}};
+      std::map<std::string, std::string> meta = model_->config().to_metadata();
+      meta["checkpoint_id"] = id;
+      meta["step"] = std::to_string(opt_.step);
+      std::map<std::string, std::string> state_meta = meta;
+      const LoaderPosition pos = train_data_->position();
+      state_meta["data_shard"] = std::to_string(pos.shard);
+      state_meta["data_position"] = std::to_string(pos.position);
+      state_meta["rng_state"] = nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())).dump();
+      state_meta["train_options"] = options.dump();
+      write_safetensors(state_path_for(path), moments, state_meta);
+      write_safetensors(path, params, meta);
+    } catch (const Error& e) {
+      error = e.what();
+    }
   }
-  return "(none found)";
+  error = ctx_.agree_on_failure(error);
+  if (!error.empty()) fail(error);
 }
 
-std::string progress_line(const StepRecord& r, int64_t total, double eta_s) {
-  char buf[256];
-  std::snprintf(buf, sizeof(buf), "step %*lld/%lld | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s | ETA %s",
-                static_cast<int>(std::to_string(total).size()), static_cast<long long>(r.step),
-                static_cast<long long>(total), r.loss, r.lr, r.grad_norm, r.ms, r.tokens_per_s,
-                format_duration(eta_s).c_str());
-  return buf;
+double Job::global_grad_norm(const float* grads) {
+  // TP-sharded tensors are summed across TP ranks; replicated ones have equal gradients on every TP rank and
+  // are counted once. Under ZeRO-1 each DP rank holds a slice, so the slices are summed across DP first.
+  double sq[2] = {0, 0};  // [sharded, replicated]
+  const int64_t lo = slice_begin(), hi = lo + slice_len();
+  for (const ParamInfo& p : model_->params_info()) {
+    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + shape_numel(p.shape));
+    if (a >= b) continue;
+    sq[p.split == TpSplit::Replicated ? 1 : 0] += sum_squares_(grads + (a - lo), b - a);
+  }
+  if (cfg_.zero) ctx_.dp_group().all_reduce(sq, 2, DType::F64, {"grad norm (ZeRO slices)"})->wait();
+  if (ctx_.tp() > 1) ctx_.tp_group().all_reduce(sq, 1, DType::F64, {"grad norm (TP shards)"})->wait();
+  return std::sqrt(sq[0] + sq[1]);
+}
+
+StepRecord Job::step(int64_t s) {
+  Timer t;
+  train_data_->next(inputs_.data(), targets_.data());
+  model_->take_tp_comm_ms();
+  if (buckets_) buckets_->begin_step();
+  double loss = model_->forward_backward(inputs_.data(), targets_.data(), cfg_.batch, cfg_.seq);
+  double comm = 0, exposed = 0;
+  float* grads = model_->grads();
+  if (buckets_) {
+    buckets_->finish();  // data-parallel mean of the gradients
+    comm += buckets_->comm_ms();
+    exposed += buckets_->exposed_ms();
+  } else if (cfg_.zero && ctx_.dp() > 1) {
+    Timer c;
+    ctx_.dp_group().reduce_scatter(grads, grad_slice_.data(), slice_len(), DType::F32, {"ZeRO-1 gradient reduce-scatter"})->wait();
+    const float inv = 1.0f / static_cast<float>(ctx_.dp());
+    for (float& g : grad_slice_) g *= inv;
+    comm += c.ms();
+    exposed += c.ms();
+  }
+  if (cfg_.zero && ctx_.dp() == 1) std::copy(grads, grads + slice_len(), grad_slice_.begin());
+  const float* my_grads = cfg_.zero ? grad_slice_.data() : grads;
+  if (ctx_.dp() > 1) ctx_.dp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
+  loss /= ctx_.dp();
+  AQ_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for ",
+           "this step); lower --lr or keep --grad-clip on");
+  const double norm = global_grad_norm(my_grads);
+  if (!std::isfinite(norm)) {
+    std::string where = "(not on this rank)";
+    for (const ParamInfo& p : model_->params_info()) {
+      const float* g = grads + p.offset;
+      for (int64_t i = 0; i < shape_numel(p.shape) && where[0] == '('; ++i)
+        if (!std::isfinite(g[i])) where = str(p.name, " (element ", i, " of this rank's shard = ", g[i], ")");
+    }
+    fail(str("gradient norm is ", norm, " at step ", s + 1, "; first non-finite gradient on rank ", ctx_.world_rank(),
+             ": ", where, "; lower --lr"));
+  }
+  // torch.nn.utils.clip_grad_norm_: scale by clip/(norm + 1e-6) when that is below 1.
+  ops::AdamWParams hp;
+  hp.grad_scale = cfg_.grad_clip > 0 ? std::min(1.0, cfg_.grad_clip / (norm + 1e-6)) : 1.0;
+  hp.lr = cfg_.schedule.at(s);
+  hp.beta1 = cfg_.beta1;
+  hp.beta2 = cfg_.beta2;
+  hp.eps = cfg_.eps;
+  hp.step = ++opt_.step;
+  const int64_t lo = slice_begin(), hi = lo + slice_len();
+  for (const ParamInfo& p : model_->params_info()) {
+    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + shape_numel(p.shape));
+    if (a >= b) continue;
+    hp.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
+    adamw_(model_->params() + a, my_grads + (a - lo), opt_.m.data() + (a - lo), opt_.v.data() + (a - lo), b - a, hp);
+  }
+  if (cfg_.zero && ctx_.dp() > 1) {
+    Timer c;
+    float* params = model_->params();
+    ctx_.dp_group().all_gather(params + lo, params, slice_len(), DType::F32, {"ZeRO-1 parameter all-gather"})->wait();
+    comm += c.ms();
+    exposed += c.ms();
+  }
+  const double tp_ms = model_->take_tp_comm_ms();
+  StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0, comm + tp_ms, exposed + tp_ms};
+  r.tokens_per_s = static_cast<double>(cfg_.batch) * cfg_.seq * ctx_.dp() / (r.ms / 1000.0);
+  return r;
+}
+
+double Job::evaluate() {
+  val_data_->reset();
+  double sum = 0;
+  for (int64_t i = 0; i < cfg_.eval_batches; ++i) {
+    val_data_->next(inputs_.data(), targets_.data());
+    sum += model_->evaluate(inputs_.data(), targets_.data(), cfg_.batch, cfg_.seq);
+  }
+  double val = sum / static_cast<double>(cfg_.eval_batches);
+  if (ctx_.dp() > 1) ctx_.dp_group().all_reduce(&val, 1, DType::F64, {"validation loss"})->wait();
+  return val / ctx_.dp();
 }
 
 }  // namespace
 
-TrainResult train(const TrainConfig& cfg_in, Communicator& comm) {
+TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   TrainConfig cfg = cfg_in;
-  cfg.validate();
   cfg.schedule.steps = cfg.steps;
   const int nthreads = configure_threads(cfg.threads);
-
-  std::unique_ptr<SafeTensorsReader> weights;
-  const GPT2Config mc = model_config(cfg, weights);
-  AQ_CHECK(cfg.seq <= mc.max_seq, "--seq ", cfg.seq, " exceeds the model's context n_positions=", mc.max_seq,
-           "; lower --seq", weights ? "" : str(" or raise --max-seq to at least ", cfg.seq));
-  if (!cfg.save.empty()) check_writable(cfg.save, "checkpoint");
-  if (!cfg.log.empty()) check_writable(cfg.log, "log");
-
-  // Data first: a bad shard should fail before a large model is allocated.
-  DataLoader train_data(cfg.data, cfg.batch, cfg.seq, mc.vocab_size, comm.rank(), comm.size(), "--data");
-  std::unique_ptr<DataLoader> val_data;
-  if (!cfg.val_data.empty())
-    val_data = std::make_unique<DataLoader>(cfg.val_data, cfg.batch, cfg.seq, mc.vocab_size, comm.rank(), comm.size(),
-                                            "--val-data");
-
-  GPT2<float> model(mc, cfg.batch, cfg.seq);
-  Rng rng(cfg.seed);
-  OptimizerState opt;
-  opt.m.assign(static_cast<size_t>(model.buffer_size()), 0.0f);
-  opt.v.assign(static_cast<size_t>(model.buffer_size()), 0.0f);
-  if (weights) {
-    model.load(*weights);
-  } else {
-    model.init_random(rng.next_u64());
+  Job job(cfg, ctx);
+  // Set-up failures (bad flags, files, shapes) are agreed on, so exactly one rank reports and all exit.
+  std::string error;
+  try {
+    cfg.validate();
+    job.setup();
+  } catch (const CommError&) {
+    throw;
+  } catch (const Error& e) {
+    error = e.what();
   }
-  if (!cfg.resume.empty()) {
-    train_data.set_position(load_state(cfg.resume, *weights, model, opt, rng));
-    AQ_CHECK(opt.step < cfg.steps, cfg.resume, " is already at step ", opt.step, " and --steps is ", cfg.steps,
-             ": nothing to do; raise --steps to train further");
-  }
-  weights.reset();  // unmap the checkpoint
+  error = ctx.agree_on_failure(error);
+  if (!error.empty()) fail(error);
 
-  const int64_t tokens_per_step = static_cast<int64_t>(cfg.batch) * cfg.seq * comm.size();
-  log_info("model: GPT-2 ", mc.describe(), " | ", model.num_params(), " parameters | activations ",
-           model.activation_bytes() >> 20, " MiB");
-  log_info("data: ", train_data.num_shards(), " shard(s), ", train_data.total_tokens(), " tokens | batch ", cfg.batch,
-           " x ", cfg.seq, " = ", tokens_per_step, " tokens/step | ", comm.describe());
-  log_info("threads: ", nthreads, " | BLAS: ", cpu::blas_description());
-  if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", opt.step);
-
+  const bool parallel = ctx.world_size() > 1;
+  job.log_summary();
+  log_info("threads: ", nthreads, " per rank | BLAS: ", cpu::blas_description());
+  if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", job.start_step());
   std::ofstream log_file;
-  if (!cfg.log.empty() && comm.rank() == 0) {
+  if (!cfg.log.empty() && ctx.world_rank() == 0) {
     log_file.open(cfg.log, cfg.resume.empty() ? std::ios::trunc : std::ios::app);
     AQ_CHECK(log_file.good(), "cannot open --log ", cfg.log, " for writing");
   }
@@ -234,76 +403,40 @@ TrainResult train(const TrainConfig& cfg_in, Communicator& comm) {
     if (log_file.is_open()) log_file << j.dump() << "\n" << std::flush;
   };
 
-  auto& reg = ops::Registry::instance();
-  auto* adamw = reg.find<ops::AdamW<float>::Update>("adamw_update", Device::CPU, DType::F32);
-  auto* sum_squares = reg.find<ops::AdamW<float>::SumSquares>("sum_squares", Device::CPU, DType::F32);
-
-  std::vector<int32_t> inputs(static_cast<size_t>(cfg.batch) * cfg.seq), targets(inputs.size());
-  auto evaluate = [&](int64_t step) {
-    val_data->reset();
-    double sum = 0;
-    for (int64_t i = 0; i < cfg.eval_batches; ++i) {
-      val_data->next(inputs.data(), targets.data());
-      sum += model.evaluate(inputs.data(), targets.data(), cfg.batch, cfg.seq);
-    }
-    double val = sum / static_cast<double>(cfg.eval_batches);
-    comm.all_reduce_mean(&val, 1);
-    log_info("step ", step, " | val loss ", val);
-    log_json({{"step", step}, {"split", "val"}, {"loss", val}});
-    return val;
-  };
-
   TrainResult result;
   Timer run_timer;
-  const int64_t first = opt.step;
+  const int64_t first = job.start_step();
   for (int64_t s = first; s < cfg.steps; ++s) {
-    Timer t;
-    train_data.next(inputs.data(), targets.data());
-    double loss = model.forward_backward(inputs.data(), targets.data(), cfg.batch, cfg.seq);
-    comm.all_reduce_mean(&loss, 1);
-    AQ_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", s + 1, " on rank ", comm.rank(),
-             ": training stopped (no checkpoint written for this step); lower --lr or keep --grad-clip on");
-    // Gradient reduction across data-parallel ranks starts here.
-    comm.all_reduce_mean(model.grads(), model.buffer_size());
-    const double norm = std::sqrt(sum_squares(model.grads(), model.buffer_size()));
-    AQ_CHECK(std::isfinite(norm), "gradient norm is ", norm, " at step ", s + 1, " on rank ", comm.rank(),
-             "; first non-finite gradient: ", first_nonfinite_grad(model), "; lower --lr");
-    // torch.nn.utils.clip_grad_norm_: scale by clip/(norm + 1e-6) when that is below 1.
-    double scale = 1.0;
-    if (cfg.grad_clip > 0) scale = std::min(1.0, cfg.grad_clip / (norm + 1e-6));
-
-    ops::AdamWParams hp;
-    hp.lr = cfg.schedule.at(s);
-    hp.beta1 = cfg.beta1;
-    hp.beta2 = cfg.beta2;
-    hp.eps = cfg.eps;
-    hp.step = ++opt.step;
-    hp.grad_scale = scale;
-    for (const ParamInfo& p : model.params_info()) {
-      hp.weight_decay = p.decay ? cfg.weight_decay : 0.0;
-      adamw(model.params() + p.offset, model.grads() + p.offset, opt.m.data() + p.offset, opt.v.data() + p.offset,
-            shape_numel(p.shape), hp);
-    }
-
-    StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0};
-    r.tokens_per_s = static_cast<double>(tokens_per_step) / (r.ms / 1000.0);
+    const StepRecord r = job.step(s);
     result.steps.push_back(r);
     const double per_step_s = run_timer.ms() / 1000.0 / static_cast<double>(s + 1 - first);
-    if (!cfg.quiet) log_info(progress_line(r, cfg.steps, per_step_s * static_cast<double>(cfg.steps - s - 1)));
-    log_json({{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm}, {"ms", r.ms},
-              {"tokens_per_s", r.tokens_per_s}});
+    if (!cfg.quiet) log_info(progress_line(r, cfg.steps, per_step_s * static_cast<double>(cfg.steps - s - 1), parallel));
+    nlohmann::ordered_json j = {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                                {"ms", r.ms},     {"tokens_per_s", r.tokens_per_s}};
+    if (parallel) {
+      j["world"] = ctx.world_size();
+      j["tp"] = ctx.tp();
+      j["dp"] = ctx.dp();
+      j["comm_ms"] = r.comm_ms;
+      j["exposed_comm_ms"] = r.exposed_comm_ms;
+    }
+    log_json(j);
 
     const bool last = s + 1 == cfg.steps;
-    if (val_data && ((cfg.eval_every > 0 && (s + 1) % cfg.eval_every == 0) || last))
-      result.val_losses.emplace_back(s + 1, evaluate(s + 1));
-    if (cfg.save_every > 0 && (s + 1) % cfg.save_every == 0 && !last && comm.rank() == 0) {
-      save_checkpoint(cfg.save, model, opt, train_data.position(), rng, cfg);
+    if (!cfg.val_data.empty() && ((cfg.eval_every > 0 && (s + 1) % cfg.eval_every == 0) || last)) {
+      const double val = job.evaluate();
+      log_info("step ", s + 1, " | val loss ", val);
+      log_json({{"step", s + 1}, {"split", "val"}, {"loss", val}});
+      result.val_losses.emplace_back(s + 1, val);
+    }
+    if (cfg.save_every > 0 && (s + 1) % cfg.save_every == 0 && !last) {
+      job.save(cfg.save);
       log_info("saved ", cfg.save, " (step ", s + 1, ")");
     }
   }
-  if (!cfg.save.empty() && comm.rank() == 0) {
-    save_checkpoint(cfg.save, model, opt, train_data.position(), rng, cfg);
-    log_info("saved ", cfg.save, " and ", state_path_for(cfg.save), " (step ", opt.step, ")");
+  if (!cfg.save.empty()) {
+    job.save(cfg.save);
+    log_info("saved ", cfg.save, " and ", state_path_for(cfg.save), " (step ", job.start_step(), ")");
   }
   return result;
 }

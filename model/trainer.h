@@ -1,8 +1,11 @@
 // trainer.h — the training loop behind aq-train: data, steps, clipping, AdamW, evaluation, checkpoints.
 //
-// One step: next batch → forward_backward → gradient reduction (Communicator::all_reduce_mean) → global norm
-// → clip factor → AdamW → metrics. Checkpoints are a Hugging Face GPT-2 safetensors file plus a companion
-// "<file>.state" (AdamW moments, step, data position, RNG, configuration) so --resume continues bit-identically.
+// One step: next batch → forward_backward (tensor-parallel collectives inside; data-parallel gradient buckets
+// start their all-reduces during backward) → GradBuckets::finish (or, with ZeRO-1, a reduce-scatter) → global
+// norm → clip factor → AdamW (on this rank's shard under ZeRO-1, then an all-gather of parameters) → metrics.
+// Checkpoints are one consolidated Hugging Face GPT-2 safetensors file plus a companion "<file>.state" (AdamW
+// moments, step, data position, RNG, configuration), the same whatever layout wrote them, so --resume works
+// under any tp/dp/zero layout and continues bit-identically under the same one.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +15,7 @@
 
 #include "model/gpt2.h"
 #include "model/schedule.h"
-#include "parallel/communicator.h"
+#include "parallel/context.h"
 
 namespace aq {
 
@@ -31,6 +34,9 @@ struct TrainConfig {
   int64_t save_every = 0, eval_every = 0, eval_batches = 8;
   int threads = 0;               // 0 → all cores
   bool quiet = false;            // no per-step lines (tests)
+  // Parallelism (the TP size is set on the ParallelContext; DP = world / TP).
+  int zero = 0;                  // 1: ZeRO-1, optimizer state sharded over data-parallel ranks
+  double bucket_mb = 25;         // data-parallel gradient bucket size
 
   void validate() const;         // flag-level checks; throws aq::Error with the fix
 };
@@ -38,6 +44,7 @@ struct TrainConfig {
 struct StepRecord {
   int64_t step;                  // 1-based
   double loss, lr, grad_norm, ms, tokens_per_s;
+  double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
 };
 
 struct TrainResult {
@@ -45,8 +52,9 @@ struct TrainResult {
   std::vector<std::pair<int64_t, double>> val_losses;
 };
 
-// Runs the whole training job described by cfg. Throws aq::Error on bad input or a non-finite loss.
-TrainResult train(const TrainConfig& cfg, Communicator& comm);
+// Runs the whole training job described by cfg on the ranks of ctx (configured beforehand). Collective: every
+// rank calls it. Throws aq::Error on bad input or a non-finite loss — the same message on every rank.
+TrainResult train(const TrainConfig& cfg, ParallelContext& ctx);
 
 // Path of the training-state companion of a model checkpoint.
 std::string state_path_for(const std::string& model_path);

@@ -7,6 +7,12 @@
 // classifier: the LM head tied to wte, processed `chunk` rows at a time: logits = x·wteᵀ, softmax_xent, then
 // dx = dlogits·wte and dwte += dlogitsᵀ·x. Only chunk×V logits ever exist — the full (N,V) matrix (200 MB for
 // GPT-2 at B·T = 1024) is never materialised.
+//
+// Vocabulary-parallel form (Megatron): wte holds rows v0 … v0+Vl−1 of a table padded to a multiple of the
+// tensor-parallel size, of which the first V are real. Each rank computes its slice of the logits; the row
+// maximum, the sum of exponentials and the target logit are combined across ranks through `hook`, so the full
+// logits are never gathered on one rank. dx is then a partial sum (the caller all-reduces it). hook == null
+// means a single rank owning the whole vocabulary.
 #pragma once
 
 #include <cstdint>
@@ -21,12 +27,20 @@ struct SoftmaxXent {
   using Forward = void(T* losses, T* logits, const int32_t* targets, int64_t N, int V, T dscale, int backward);
 };
 
+// Combines per-row statistics across the ranks that share the vocabulary (sum, or max when is_max != 0).
+template <typename T>
+struct ReduceHook {
+  void* ctx;
+  void (*all_reduce)(void* ctx, T* data, int64_t n, int is_max);
+};
+
 template <typename T>
 struct Classifier {
-  // losses (N); dx (N,C) overwritten and dwte (V,C) += when non-null (training), both null for evaluation;
-  // scratch (chunk,V); x (N,C); wte (V,C); targets (N); dscale = 1/(number of tokens in the mean)
+  // losses (N); dx (N,C) overwritten and dwte (Vl,C) += when non-null (training), both null for evaluation;
+  // scratch (chunk,Vl); x (N,C); wte (Vl,C) = rows v0…v0+Vl−1; targets (N) in [0,V);
+  // dscale = 1/(number of tokens in the mean); hook null unless the vocabulary is split
   using Forward = void(T* losses, T* dx, T* dwte, T* scratch, const T* x, const T* wte, const int32_t* targets,
-                       int64_t N, int C, int V, int64_t chunk, T dscale);
+                       int64_t N, int C, int Vl, int v0, int V, int64_t chunk, T dscale, const ReduceHook<T>* hook);
 };
 
 void register_softmax_xent_cpu(Registry& r);

@@ -72,7 +72,7 @@ class Training : public test::TempDirTest {
   }
 
   TrainConfig cfg_;
-  LocalCommunicator comm_;
+  ParallelContext& comm_ = ParallelContext::local();
 };
 
 TEST_F(Training, LossFallsOnRealText) {

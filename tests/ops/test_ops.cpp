@@ -4,8 +4,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <barrier>
 #include <cmath>
 #include <set>
+#include <thread>
 
 #include "ops/adamw/adamw.h"
 #include "ops/attention/attention.h"
@@ -111,19 +113,37 @@ TEST(Embedding, ForwardMatchesLookupAndBackwardMatchesFiniteDifferences) {
   std::vector<int32_t> inp = random_tokens(B * T, Vn, 4);
   inp[3] = inp[7];  // a repeated token must accumulate
   V out(B * T * C, NAN);
-  fwd(out.data(), inp.data(), wte.data(), wpe.data(), B, T, C);
+  fwd(out.data(), inp.data(), wte.data(), wpe.data(), B, T, C, 0, Vn);
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < T; ++t)
       for (int c = 0; c < C; ++c)
         EXPECT_EQ(out[(b * T + t) * C + c], wte[inp[b * T + t] * C + c] + wpe[t * C + c]);
   V dwte(wte.size(), 0.0), dwpe(wpe.size(), 0.0);
-  bwd(dwte.data(), dwpe.data(), proj.data(), inp.data(), B, T, C);
+  bwd(dwte.data(), dwpe.data(), proj.data(), inp.data(), B, T, C, 0, Vn);
   auto loss = [&] {
-    fwd(out.data(), inp.data(), wte.data(), wpe.data(), B, T, C);
+    fwd(out.data(), inp.data(), wte.data(), wpe.data(), B, T, C, 0, Vn);
     return project(out, proj);
   };
   expect_gradient(wte, dwte, loss, "wte");
   expect_gradient(wpe, dwpe, loss, "wpe");
+}
+
+TEST(Embedding, VocabularyParallelShardsSumToTheWholeTable) {
+  const int B = 3, T = 4, C = 5, Vn = 11, maxT = 4, Vl = 4;  // three shards: rows 0-3, 4-7, 8-10 (+1 padding)
+  auto fwd = kernel<ops::Embedding<double>::Forward>("embedding_forward", DType::F64);
+  auto bwd = kernel<ops::Embedding<double>::Backward>("embedding_backward", DType::F64);
+  V wte = randn<double>(12 * C, 50), wpe = randn<double>(maxT * C, 51), dout = randn<double>(B * T * C, 52);
+  auto inp = random_tokens(B * T, Vn, 53);
+  V full(B * T * C), sum(B * T * C, 0.0), part(B * T * C), dwte_full(wte.size(), 0.0), dwte_parts(wte.size(), 0.0);
+  fwd(full.data(), inp.data(), wte.data(), wpe.data(), B, T, C, 0, 12);
+  bwd(dwte_full.data(), nullptr, dout.data(), inp.data(), B, T, C, 0, 12);
+  for (int r = 0; r < 3; ++r) {
+    fwd(part.data(), inp.data(), wte.data() + r * Vl * C, r == 0 ? wpe.data() : nullptr, B, T, C, r * Vl, Vl);
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
+    bwd(dwte_parts.data() + r * Vl * C, nullptr, dout.data(), inp.data(), B, T, C, r * Vl, Vl);
+  }
+  EXPECT_EQ(sum, full);
+  EXPECT_EQ(dwte_parts, dwte_full);
 }
 
 // ---- layernorm --------------------------------------------------------------------------------------------
@@ -300,15 +320,64 @@ TEST(Classifier, ChunkedTiedHeadMatchesNaiveForAnyChunk) {
   };
   for (int chunk : {1, 3, N}) {
     V losses(N, NAN), dx(N * C, NAN), dwte(Vn * C, 0.0), scratch(chunk * Vn);
-    k(losses.data(), dx.data(), dwte.data(), scratch.data(), x.data(), wte.data(), tgt.data(), N, C, Vn, chunk,
-      1.0 / N);
+    k(losses.data(), dx.data(), dwte.data(), scratch.data(), x.data(), wte.data(), tgt.data(), N, C, Vn, 0, Vn, chunk,
+      1.0 / N, nullptr);
     EXPECT_NEAR(mean(losses), naive_loss(), 1e-13) << "chunk " << chunk;
     expect_gradient(x, dx, naive_loss, "classifier input");
     expect_gradient(wte, dwte, naive_loss, "classifier wte");
     V eval_losses(N, NAN);  // evaluation path: no gradients
-    k(eval_losses.data(), nullptr, nullptr, scratch.data(), x.data(), wte.data(), tgt.data(), N, C, Vn, chunk, 1.0 / N);
+    k(eval_losses.data(), nullptr, nullptr, scratch.data(), x.data(), wte.data(), tgt.data(), N, C, Vn, 0, Vn, chunk,
+      1.0 / N, nullptr);
     EXPECT_EQ(eval_losses, losses);
   }
+}
+
+// Two "ranks" as threads, each owning half of a padded vocabulary; the hook sums (or maxes) their row
+// statistics through shared memory, as the TP all-reduce does. Losses and dx (summed) must match one rank.
+TEST(Classifier, VocabularyParallelMatchesSingleRank) {
+  const int N = 5, C = 4, Vn = 9, Vl = 5, chunk = 2;  // padded to 10: rank 1 owns rows 5-8 and one padding row
+  V x = randn<double>(N * C, 60), wte = randn<double>(Vn * C, 61);
+  auto tgt = random_tokens(N, Vn, 62);
+  auto k = kernel<ops::Classifier<double>::Forward>("classifier", DType::F64);
+  V losses(N), dx(N * C), dwte(Vn * C, 0.0), scratch(chunk * Vn);
+  k(losses.data(), dx.data(), dwte.data(), scratch.data(), x.data(), wte.data(), tgt.data(), N, C, Vn, 0, Vn, chunk,
+    1.0 / N, nullptr);
+
+  struct Shared {
+    std::barrier<> sync{2};
+    std::vector<double> slot[2];
+  } shared;
+  auto hook_fn = [](void* ctx, double* data, int64_t n, int is_max) {
+    auto* self = static_cast<std::pair<Shared*, int>*>(ctx);
+    Shared& sh = *self->first;
+    sh.slot[self->second].assign(data, data + n);
+    sh.sync.arrive_and_wait();
+    for (int64_t i = 0; i < n; ++i)
+      data[i] = is_max ? std::max(sh.slot[0][i], sh.slot[1][i]) : sh.slot[0][i] + sh.slot[1][i];
+    sh.sync.arrive_and_wait();
+  };
+  V wte_pad(2 * Vl * C, 0.0);
+  std::copy(wte.begin(), wte.end(), wte_pad.begin());
+  V lr[2] = {V(N), V(N)}, dxr[2] = {V(N * C), V(N * C)}, dwr[2] = {V(Vl * C, 0.0), V(Vl * C, 0.0)};
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r)
+    ranks.emplace_back([&, r] {
+      std::pair<Shared*, int> ctx{&shared, r};
+      const ops::ReduceHook<double> hook{&ctx, hook_fn};
+      V sc(chunk * Vl);
+      k(lr[r].data(), dxr[r].data(), dwr[r].data(), sc.data(), x.data(), wte_pad.data() + r * Vl * C, tgt.data(), N,
+        C, Vl, r * Vl, Vn, chunk, 1.0 / N, &hook);
+    });
+  for (auto& t : ranks) t.join();
+  EXPECT_LT(rel_err(lr[0], losses), 1e-14);
+  EXPECT_EQ(lr[0], lr[1]);
+  V dx_sum(N * C);
+  for (int i = 0; i < N * C; ++i) dx_sum[i] = dxr[0][i] + dxr[1][i];
+  EXPECT_LT(rel_err(dx_sum, dx), 1e-13);
+  V dw_joined(dwr[0]);
+  dw_joined.insert(dw_joined.end(), dwr[1].begin(), dwr[1].begin() + (Vn - Vl) * C);
+  EXPECT_LT(rel_err(dw_joined, dwte), 1e-13);
+  for (int i = (Vn - Vl) * C; i < Vl * C; ++i) EXPECT_EQ(dwr[1][i], 0.0) << "padding row got a gradient";
 }
 
 // ---- AdamW, sum of squares --------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+#include "parallel/context.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "runtime/log.h"
+#ifdef AQ_HAVE_MPI
+#include "parallel/mpi_backend.h"
+#endif
+
+namespace aq {
+namespace {
+
+// Whether an MPI launcher started us: Open MPI, PMIx (srun --mpi=pmix), PMI-1/2 (MPICH, srun --mpi=pmi2).
+bool launched_by_mpi() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
+    if (std::getenv(var)) return true;
+  return false;
+}
+
+}  // namespace
+
+ParallelContext& ParallelContext::local() {
+  static ParallelContext ctx;
+  if (!ctx.world_) {
+    ctx.host_ = host_name();
+    ctx.world_ = std::make_shared<LocalBackend>();
+    ctx.tp_group_ = ctx.world_;
+    ctx.dp_group_ = ctx.world_;
+  }
+  return ctx;
+}
+
+ParallelContext& ParallelContext::init(int* argc, char*** argv) {
+  ParallelContext& ctx = local();
+#ifdef AQ_HAVE_MPI
+  if (launched_by_mpi() && !ctx.mpi_) {
+    int provided = 0;
+    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    ctx.mpi_ = true;
+    MPI_Comm_rank(MPI_COMM_WORLD, &ctx.world_rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &ctx.world_size_);
+    MPI_Comm node;
+    check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ctx.world_rank_, MPI_INFO_NULL, &node),
+              "MPI_Comm_split_type");
+    MPI_Comm_rank(node, &ctx.local_rank_);
+    MPI_Comm_size(node, &ctx.local_size_);
+    MPI_Comm_free(&node);
+    set_log_rank(ctx.world_rank_, ctx.world_size_);
+  }
+#else
+  (void)argc;
+  (void)argv;
+  if (launched_by_mpi())
+    log_error("aq: warning: started by an MPI launcher but built without MPI: running as independent single "
+              "processes (install libopenmpi-dev and rebuild)");
+#endif
+  return ctx;
+}
+
+void ParallelContext::configure(int tp, double comm_timeout_s) {
+  AQ_CHECK(tp >= 1, "--tp must be >= 1 (got ", tp, ")");
+  AQ_CHECK(world_size_ % tp == 0, "world size ", world_size_, " is not divisible by --tp ", tp,
+           "; launch a multiple of ", tp, " ranks (mpirun -np ", (world_size_ / tp + 1) * tp, ") or change --tp");
+  AQ_CHECK(comm_timeout_s > 0, "--comm-timeout must be > 0 seconds (got ", comm_timeout_s, ")");
+  tp_ = tp;
+#ifdef AQ_HAVE_MPI
+  if (mpi_) {
+    auto monitor = std::make_shared<JobMonitor>();
+    monitor_ = monitor;
+    MPI_Comm world, tpc, dpc;
+    check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");
+    check_mpi(MPI_Comm_split(MPI_COMM_WORLD, dp_rank(), tp_rank(), &tpc), "MPI_Comm_split (tp)");
+    check_mpi(MPI_Comm_split(MPI_COMM_WORLD, tp_rank(), dp_rank(), &dpc), "MPI_Comm_split (dp)");
+    world_ = std::make_shared<MpiBackend>(world, "world", monitor, comm_timeout_s);
+    tp_group_ = std::make_shared<MpiBackend>(tpc, "tp", monitor, comm_timeout_s);
+    dp_group_ = std::make_shared<MpiBackend>(dpc, "dp", monitor, comm_timeout_s);
+  }
+#endif
+}
+
+std::string ParallelContext::banner() {
+  // Fixed-size records so one all_gather collects everyone's line.
+  constexpr int kLen = 96;
+  char mine[kLen] = {0};
+  std::snprintf(mine, kLen, "%-24.24s rank %4d  local %3d/%-3d  device cpu  (tp %d, dp %d)", host_.c_str(),
+                world_rank_, local_rank_, local_size_, tp_rank(), dp_rank());
+  std::vector<char> all(static_cast<size_t>(kLen) * world_size_);
+  world_->all_gather(mine, all.data(), kLen / 4, DType::I32, {"banner"})->wait();  // 96 chars as 24 int32
+  std::string out = str("world ", world_size_, " = tp ", tp_, " x dp ", dp(), "\n");
+  for (int r = 0; r < world_size_; ++r) out += str("  ", std::string(all.data() + r * kLen), r + 1 < world_size_ ? "\n" : "");
+  return out;
+}
+
+[[noreturn]] void ParallelContext::abort(int code) {
+#ifdef AQ_HAVE_MPI
+  if (mpi_) MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+  std::exit(code);
+}
+
+void ParallelContext::finalize() {
+  tp_group_.reset();
+  dp_group_.reset();
+  world_.reset();
+  monitor_.reset();
+#ifdef AQ_HAVE_MPI
+  if (mpi_) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  }
+#endif
+}
+
+std::string ParallelContext::agree_on_failure(const std::string& my_error) {
+  if (world_size_ == 1) return my_error;
+  // The lowest failing rank wins: all-reduce the negated rank (max of -rank = min rank), then broadcast it.
+  int32_t key = my_error.empty() ? INT32_MIN : -world_rank_;
+  world_->all_reduce(&key, 1, DType::I32, {"failure agreement", ReduceOp::Max})->wait();
+  if (key == INT32_MIN) return "";
+  const int root = -key;
+  int32_t len = world_rank_ == root ? static_cast<int32_t>(my_error.size()) : 0;
+  world_->broadcast(&len, 1, DType::I32, root, {"failure message length"})->wait();
+  std::vector<int32_t> buf(static_cast<size_t>(len));
+  if (world_rank_ == root)
+    for (int32_t i = 0; i < len; ++i) buf[i] = static_cast<unsigned char>(my_error[i]);
+  world_->broadcast(buf.data(), len, DType::I32, root, {"failure message"})->wait();
+  std::string msg(static_cast<size_t>(len), ' ');
+  for (int32_t i = 0; i < len; ++i) msg[i] = static_cast<char>(buf[i]);
+  return msg;
+}
+
+}  // namespace aq

@@ -1,0 +1,61 @@
+// context.h — the process layout of a job: world, tensor-parallel and data-parallel groups.
+//
+// Ranks are laid out Megatron-style with tensor parallelism varying fastest: rank = dp_rank·tp + tp_rank, so a
+// TP group is `tp` consecutive ranks (on one node when ranks are packed by node) and a DP group is the ranks
+// with the same tp_rank. Rank, local rank and local size come from MPI itself (MPI_Comm_split_type with
+// MPI_COMM_TYPE_SHARED), not from one launcher's environment, so mpirun, a hostfile and srun --mpi=pmix all work.
+// A program started without a launcher is a world of one and never initialises MPI.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "parallel/backend.h"
+
+namespace aq {
+
+class ParallelContext {
+ public:
+  // Initialises MPI when the process was started by an MPI launcher; otherwise a world of one.
+  static ParallelContext& init(int* argc, char*** argv);
+  // A world of one without touching MPI (tests, tools).
+  static ParallelContext& local();
+
+  // Creates the TP and DP groups. Every rank must call it with the same arguments.
+  void configure(int tp, double comm_timeout_s);
+
+  int world_rank() const { return world_rank_; }
+  int world_size() const { return world_size_; }
+  int local_rank() const { return local_rank_; }
+  int local_size() const { return local_size_; }
+  int tp() const { return tp_; }
+  int dp() const { return world_size_ / tp_; }
+  int tp_rank() const { return world_rank_ % tp_; }
+  int dp_rank() const { return world_rank_ / tp_; }
+  const std::string& host() const { return host_; }
+  bool uses_mpi() const { return mpi_; }
+
+  Backend& world() { return *world_; }
+  Backend& tp_group() { return *tp_group_; }
+  Backend& dp_group() { return *dp_group_; }
+
+  // Rank 0 gathers every rank's host, local rank, device and (tp, dp) coordinates into a table.
+  std::string banner();
+  // Ends the job from any rank (MPI_Abort under MPI).
+  [[noreturn]] void abort(int code);
+  void finalize();
+
+  // All ranks learn whether any rank failed; the lowest failing rank's message is returned on every rank
+  // (empty when all succeeded). Collective: every rank calls it at the same point.
+  std::string agree_on_failure(const std::string& my_error);
+
+ private:
+  ParallelContext() = default;
+  bool mpi_ = false;
+  int world_rank_ = 0, world_size_ = 1, local_rank_ = 0, local_size_ = 1, tp_ = 1;
+  std::string host_;
+  std::shared_ptr<Backend> world_, tp_group_, dp_group_;
+  std::shared_ptr<void> monitor_;
+};
+
+}  // namespace aq

@@ -1,0 +1,51 @@
+#include "parallel/grad_sync.h"
+
+#include <algorithm>
+
+#include "runtime/sysinfo.h"
+
+namespace aq {
+
+GradBuckets::GradBuckets(Backend& dp, float* grads, int64_t n, const std::vector<int64_t>& boundaries,
+                         double bucket_mb)
+    : dp_(dp), grads_(grads), n_(n) {
+  AQ_CHECK(bucket_mb > 0, "--bucket-mb must be > 0 (got ", bucket_mb, ")");
+  const int64_t target = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * (1 << 20) / sizeof(float)));
+  int64_t end = n;
+  for (size_t i = boundaries.size(); i-- > 0;) {
+    const int64_t begin = boundaries[i];
+    if (end - begin >= target || i == 0) {
+      buckets_.push_back(Bucket{i == 0 ? 0 : begin, end, nullptr});
+      end = begin;
+    }
+  }
+}
+
+void GradBuckets::begin_step() {
+  next_ = 0;
+  comm_ms_ = exposed_ms_ = 0;
+  for (auto& b : buckets_) b.work.reset();
+}
+
+void GradBuckets::launch(Bucket& b) {
+  b.work = dp_.all_reduce(grads_ + b.begin, b.end - b.begin, DType::F32,
+                          {str("gradient bucket [", b.begin, ", ", b.end, ")")});
+}
+
+void GradBuckets::on_ready(int64_t offset) {
+  while (next_ < buckets_.size() && buckets_[next_].begin >= offset) launch(buckets_[next_++]);
+  for (size_t i = 0; i < next_; ++i) buckets_[i].work->test();  // drive progress of in-flight buckets
+}
+
+void GradBuckets::finish() {
+  while (next_ < buckets_.size()) launch(buckets_[next_++]);
+  Timer t;
+  for (auto& b : buckets_) b.work->wait();
+  exposed_ms_ = t.ms();
+  for (auto& b : buckets_) comm_ms_ += b.work->completed_ms() - b.work->started_ms();
+  const float inv = 1.0f / static_cast<float>(dp_.size());
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n_; ++i) grads_[i] *= inv;
+}
+
+}  // namespace aq
