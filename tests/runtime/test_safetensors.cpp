@@ -321,7 +321,7 @@ class Checkpoint : public SafeTensors {
   // Writes the model's tensors after `edit` has changed the list.
   std::string write_model(const std::string& name, const std::function<void(std::vector<NamedTensor>&)>& edit = {},
                           std::map<std::string, std::string> meta = tiny_config().to_metadata()) {
-    std::vector<NamedTensor> t = model_->named_params();
+    std::vector<NamedTensor> t = model_->gather_full();
     if (edit) edit(t);
     const std::string p = path(name);
     write_safetensors(p, t, meta);
