@@ -4,6 +4,8 @@
 #include <omp.h>
 
 #include <cmath>
+#include <csignal>
+#include <thread>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -293,7 +295,23 @@ double Job::global_grad_norm(const float* grads) {
   return std::sqrt(sq[0] + sq[1]);
 }
 
+// Fault injection for the failure tests: AQ_FAULT_INJECT="stall:RANK:STEP" makes that rank stop responding
+// (sleep) at that 1-based step, "die:RANK:STEP" kills it with SIGKILL. Unset in normal runs.
+void maybe_inject_fault(int rank, int64_t step) {
+  static const char* spec = std::getenv("AQ_FAULT_INJECT");
+  if (!spec) return;
+  char kind[16] = {0};
+  int r = -1;
+  long long at = -1;
+  if (std::sscanf(spec, "%15[a-z]:%d:%lld", kind, &r, &at) != 3 || r != rank || at != step) return;
+  log_error(str("aq: fault injection: rank ", rank, " ", kind, " at step ", step));
+  if (std::string(kind) == "die") std::raise(SIGKILL);
+  if (std::string(kind) == "stall")
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+
 StepRecord Job::step(int64_t s) {
+  maybe_inject_fault(ctx_.world_rank(), s + 1);
   Timer t;
   train_data_->next(inputs_.data(), targets_.data());
   model_->take_tp_comm_ms();

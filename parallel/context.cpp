@@ -21,19 +21,22 @@ bool launched_by_mpi() {
 
 }  // namespace
 
+void ParallelContext::make_local() {
+  host_ = host_name();
+  world_ = std::make_shared<LocalBackend>();
+  tp_group_ = world_;
+  dp_group_ = world_;
+}
+
 ParallelContext& ParallelContext::local() {
-  static ParallelContext ctx;
-  if (!ctx.world_) {
-    ctx.host_ = host_name();
-    ctx.world_ = std::make_shared<LocalBackend>();
-    ctx.tp_group_ = ctx.world_;
-    ctx.dp_group_ = ctx.world_;
-  }
+  static ParallelContext ctx;  // never touches MPI, even in a process that also has the MPI context
+  if (!ctx.world_) ctx.make_local();
   return ctx;
 }
 
 ParallelContext& ParallelContext::init(int* argc, char*** argv) {
-  ParallelContext& ctx = local();
+  static ParallelContext ctx;
+  if (!ctx.world_) ctx.make_local();
 #ifdef AQ_HAVE_MPI
   if (launched_by_mpi() && !ctx.mpi_) {
     int provided = 0;
@@ -67,8 +70,10 @@ void ParallelContext::configure(int tp, double comm_timeout_s) {
   tp_ = tp;
 #ifdef AQ_HAVE_MPI
   if (mpi_) {
-    auto monitor = std::make_shared<JobMonitor>();
-    monitor_ = monitor;
+    // One monitor for the life of the job (group ids keep counting up across reconfigurations, identically on
+    // every rank), so arrivals in flight are never sent to a freed communicator.
+    if (!monitor_) monitor_ = std::make_shared<JobMonitor>();
+    auto monitor = std::static_pointer_cast<JobMonitor>(monitor_);
     MPI_Comm world, tpc, dpc;
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");
     check_mpi(MPI_Comm_split(MPI_COMM_WORLD, dp_rank(), tp_rank(), &tpc), "MPI_Comm_split (tp)");

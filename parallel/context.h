@@ -18,7 +18,7 @@ class ParallelContext {
  public:
   // Initialises MPI when the process was started by an MPI launcher; otherwise a world of one.
   static ParallelContext& init(int* argc, char*** argv);
-  // A world of one without touching MPI (tests, tools).
+  // A world of one that never touches MPI (tests, tools, and single-process references inside MPI jobs).
   static ParallelContext& local();
 
   // Creates the TP and DP groups. Every rank must call it with the same arguments.
@@ -51,6 +51,7 @@ class ParallelContext {
 
  private:
   ParallelContext() = default;
+  void make_local();
   bool mpi_ = false;
   int world_rank_ = 0, world_size_ = 1, local_rank_ = 0, local_size_ = 1, tp_ = 1;
   std::string host_;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# failure.sh — a stalled rank and a killed rank must end the whole job, quickly and loudly.
+#   stall: the surviving rank's collective times out after --comm-timeout; the message names the operation,
+#          its sequence number and the rank that did not arrive; every rank exits non-zero within timeout + 30 s.
+#   die:   a rank killed by SIGKILL ends the job (mpirun names the rank) within timeout + 30 s.
+# Usage: failure.sh BUILD_BIN_DIR MPIEXEC
+set -u
+BIN=$1
+MPIEXEC=$2
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+awk 'BEGIN { for (i = 0; i < 3000; i++) print "line " i ": the quick brown fox jumps over the lazy dog." }' > "$TMP/text.txt"
+"$BIN/aq-prepare" --out "$TMP/data" "$TMP/text.txt" > /dev/null || { echo "FAIL: aq-prepare"; exit 1; }
+
+TIMEOUT=5
+ARGS=(--data "$TMP/data/train_*.bin" --layers 2 --heads 2 --dim 16 --seq 16 --batch 2 --steps 20 --threads 1
+      --comm-timeout $TIMEOUT)
+pass=0
+fail=0
+check() {  # NAME FAULT REGEX...
+  local name=$1 fault=$2
+  shift 2
+  local start end rc
+  start=$(date +%s)
+  AQ_FAULT_INJECT=$fault timeout 120 "$MPIEXEC" --allow-run-as-root --oversubscribe --bind-to none -np 2 \
+    "$BIN/aq-train" "${ARGS[@]}" > "$TMP/out.txt" 2>&1
+  rc=$?
+  end=$(date +%s)
+  local why=""
+  [[ $rc -eq 0 ]] && why="exit code 0"
+  [[ $rc -eq 124 ]] && why="still running after 120 s (hang)"
+  (( end - start > TIMEOUT + 30 )) && why="took $((end - start)) s, more than --comm-timeout + 30 s"
+  for re in "$@"; do
+    grep -Eq "$re" "$TMP/out.txt" || why="output lacks /$re/"
+  done
+  if [[ -z $why ]]; then
+    echo "ok $name (exit $rc after $((end - start)) s)"
+    pass=$((pass + 1))
+  else
+    echo "FAIL $name: $why"
+    sed 's/^/    | /' "$TMP/out.txt" | head -30
+    fail=$((fail + 1))
+  fi
+}
+check "stalled rank 1" "stall:1:3" 'timed out after [0-9]+ s' 'sequence number [0-9]+' 'ranks that did not arrive: 1;' \
+  'all_reduce "gradient bucket'
+check "stalled rank 0 (the group leader)" "stall:0:3" 'timed out' 'did not arrive include 0'
+check "killed rank 1" "die:1:3" 'rank 1 .*(exited on signal 9|Killed)'
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]

@@ -1,0 +1,223 @@
+// test_parallel.cpp — run under mpirun (CTest starts it with 2 and with 4 ranks).
+//   * Backend conformance: every collective on the world, TP and DP groups, closed-form expected values
+//     (rank r contributes r+1, so a sum is n(n+1)/2), odd sizes, every supported dtype.
+//   * Equivalence: for every (tp, dp) layout the world allows, with and without ZeRO-1, 6 steps give the
+//     losses and final weights of one process with batch dp·B (losses rel. err < 1e-5, weights < 1e-4).
+//   * Resume across layouts: saved at one layout, resumed at the others and in a single process, the run
+//     continues with the single-process losses.
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "model/trainer.h"
+#include "parallel/context.h"
+#include "runtime/data.h"
+#include "runtime/log.h"
+#include "tests/test_util.h"
+
+namespace aq {
+namespace {
+
+ParallelContext* g_ctx = nullptr;
+
+template <typename T>
+void check_all_reduce(Backend& g, int64_t n, DType dt) {
+  std::vector<T> x(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>((g.rank() + 1) * (i % 5 + 1));
+  g.all_reduce(x.data(), n, dt, {"conformance sum"})->wait();
+  const T total = static_cast<T>(g.size() * (g.size() + 1) / 2);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(x[i], total * static_cast<T>(i % 5 + 1)) << "element " << i;
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(g.rank() + 1 + i);
+  g.all_reduce(x.data(), n, dt, {"conformance max", ReduceOp::Max})->wait();
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(x[i], static_cast<T>(g.size() + i));
+}
+
+void check_group(Backend& g) {
+  SCOPED_TRACE(g.describe());
+  for (int64_t n : {1, 7, 1001}) {
+    check_all_reduce<float>(g, n, DType::F32);
+    check_all_reduce<double>(g, n, DType::F64);
+    check_all_reduce<int32_t>(g, n, DType::I32);
+  }
+  const int P = g.size(), r = g.rank();
+  const int64_t n = 13;
+  // reduce_scatter: block b of rank q holds (q+1)·(b+1); rank r receives Σ_q (q+1)·(r+1).
+  std::vector<float> send(static_cast<size_t>(P * n)), recv(static_cast<size_t>(n), -1.0f);
+  for (int b = 0; b < P; ++b)
+    for (int64_t i = 0; i < n; ++i) send[b * n + i] = static_cast<float>((r + 1) * (b + 1));
+  g.reduce_scatter(send.data(), recv.data(), n, DType::F32, {"conformance reduce_scatter"})->wait();
+  for (float v : recv) ASSERT_EQ(v, static_cast<float>(P * (P + 1) / 2 * (r + 1)));
+  // all_gather: block q holds q+1.
+  std::vector<double> mine(static_cast<size_t>(n), r + 1.0), all(static_cast<size_t>(P * n), -1.0);
+  g.all_gather(mine.data(), all.data(), n, DType::F64, {"conformance all_gather"})->wait();
+  for (int q = 0; q < P; ++q)
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(all[q * n + i], q + 1.0);
+  // broadcast from the last rank.
+  std::vector<int32_t> b(static_cast<size_t>(n), r == P - 1 ? 42 : 0);
+  g.broadcast(b.data(), n, DType::I32, P - 1, {"conformance broadcast"})->wait();
+  for (int32_t v : b) ASSERT_EQ(v, 42);
+  // send/recv around a ring.
+  if (P > 1) {
+    std::vector<float> out(static_cast<size_t>(n), static_cast<float>(r)), in(static_cast<size_t>(n), -1.0f);
+    auto s = g.send(out.data(), n, DType::F32, (r + 1) % P, {"ring send"});
+    auto q = g.recv(in.data(), n, DType::F32, (r + P - 1) % P, {"ring recv"});
+    q->wait();
+    s->wait();
+    for (float v : in) ASSERT_EQ(v, static_cast<float>((r + P - 1) % P));
+  }
+  auto w1 = g.barrier({"conformance barrier"});
+  w1->wait();
+  EXPECT_TRUE(w1->test());
+  auto w2 = g.barrier({"second barrier"});
+  EXPECT_GT(w2->seq(), w1->seq());
+  w2->wait();
+}
+
+TEST(Backend, ConformanceOnEveryGroup) {
+  for (int tp : {1, 2}) {
+    if (g_ctx->world_size() % tp) continue;
+    g_ctx->configure(tp, 60);
+    check_group(g_ctx->world());
+    check_group(g_ctx->tp_group());
+    check_group(g_ctx->dp_group());
+  }
+}
+
+// ---- training equivalence ---------------------------------------------------------------------------------
+
+class Layouts : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // One folder for the job: rank 0 names it, everyone learns the name.
+    int32_t pid = static_cast<int32_t>(::getpid());
+    g_ctx->configure(1, 60);
+    g_ctx->world().broadcast(&pid, 1, DType::I32, 0, {"temp dir"})->wait();
+    dir_ = str("/tmp/aq-test-parallel-", pid);
+    if (g_ctx->world_rank() == 0) {
+      std::filesystem::create_directories(dir_);
+      std::string text;
+      for (int i = 0; i < 4000; ++i) text += str("line ", i, ": the quick brown fox jumps over the lazy dog. ");
+      write_shard(dir_ + "/train.bin", std::vector<uint16_t>(text.begin(), text.end()));
+    }
+    g_ctx->world().barrier({"temp dir ready"})->wait();
+  }
+  static void TearDownTestSuite() {
+    g_ctx->world().barrier({"tests done"})->wait();
+    if (g_ctx->world_rank() == 0) std::filesystem::remove_all(dir_);
+  }
+
+  // A config whose global batch is 4 sequences whatever the layout.
+  static TrainConfig config(int dp) {
+    TrainConfig c;
+    c.layers = 2;
+    c.heads = 4;
+    c.dim = 24;
+    c.vocab = 256;
+    c.max_seq = 16;
+    c.seq = 15;
+    c.batch = 4 / dp;
+    c.steps = 6;
+    c.schedule.lr = 3e-3;
+    c.schedule.kind = "cosine";
+    c.schedule.warmup = 2;
+    c.data = dir_ + "/train.bin";
+    c.quiet = true;
+    c.threads = 1;
+    c.bucket_mb = 0.01;  // several buckets even for this small model
+    return c;
+  }
+  // The single-process reference (every rank computes it for itself).
+  static TrainResult reference(const std::string& save) {
+    TrainConfig c = config(1);
+    c.save = save;
+    return train(c, ParallelContext::local());
+  }
+
+  static void expect_same_losses(const TrainResult& got, const TrainResult& want, size_t skip, const char* what) {
+    ASSERT_EQ(got.steps.size() + skip, want.steps.size()) << what;
+    for (size_t i = 0; i < got.steps.size(); ++i) {
+      const double a = got.steps[i].loss, b = want.steps[i + skip].loss;
+      EXPECT_LT(std::fabs(a - b) / b, 1e-5) << what << ": step " << got.steps[i].step << " loss " << a << " vs " << b;
+    }
+  }
+  static void expect_same_weights(const std::string& got, const std::string& want, const char* what) {
+    if (g_ctx->world_rank() != 0) return;
+    SafeTensorsReader a(got), b(want);
+    ASSERT_EQ(a.entries().size(), b.entries().size()) << what;
+    for (const auto& [name, e] : b.entries()) {
+      std::vector<double> x(static_cast<size_t>(shape_numel(e.shape))), y(x.size());
+      a.read<double>(name, e.shape, x.data());
+      b.read<double>(name, e.shape, y.data());
+      double num = 0, den = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        num += (x[i] - y[i]) * (x[i] - y[i]);
+        den += y[i] * y[i];
+      }
+      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-4) << what << ": tensor " << name;
+    }
+  }
+
+  static inline std::string dir_;
+};
+
+TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
+  const std::string ref_path = str(dir_, "/ref_", g_ctx->world_rank(), ".safetensors");
+  const TrainResult want = reference(ref_path);
+  for (int tp : {1, 2, 4}) {
+    if (g_ctx->world_size() % tp) continue;
+    for (int zero : {0, 1}) {
+      const int dp = g_ctx->world_size() / tp;
+      const std::string what = str("tp=", tp, " dp=", dp, " zero=", zero);
+      g_ctx->configure(tp, 60);
+      TrainConfig c = config(dp);
+      c.zero = zero;
+      c.save = str(dir_, "/tp", tp, "_zero", zero, ".safetensors");
+      const TrainResult got = train(c, *g_ctx);
+      expect_same_losses(got, want, 0, what.c_str());
+      expect_same_weights(c.save, ref_path, what.c_str());
+    }
+  }
+}
+
+TEST_F(Layouts, ResumeAcrossLayouts) {
+  const TrainResult want = reference("");
+  // Save after 3 steps at the widest tensor-parallel layout with ZeRO-1 …
+  const int tp0 = g_ctx->world_size() >= 4 ? 2 : g_ctx->world_size();
+  g_ctx->configure(tp0, 60);
+  TrainConfig first = config(g_ctx->world_size() / tp0);
+  first.steps = 3;
+  first.zero = 1;
+  first.save = dir_ + "/resume_from.safetensors";
+  train(first, *g_ctx);
+  // … and continue at every other layout, and in one process.
+  for (int tp : {1, 2, 4}) {
+    if (g_ctx->world_size() % tp) continue;
+    g_ctx->configure(tp, 60);
+    TrainConfig rest = config(g_ctx->world_size() / tp);
+    rest.resume = first.save;
+    const TrainResult got = train(rest, *g_ctx);
+    expect_same_losses(got, want, 3, str("resume at tp=", tp, " dp=", g_ctx->world_size() / tp).c_str());
+  }
+  TrainConfig single = config(1);
+  single.resume = first.save;
+  expect_same_losses(train(single, ParallelContext::local()), want, 3, "resume in one process");
+}
+
+}  // namespace
+}  // namespace aq
+
+int main(int argc, char** argv) {
+  aq::g_ctx = &aq::ParallelContext::init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  if (aq::g_ctx->world_rank() != 0) {  // one rank prints the gtest report; every rank's result decides the exit
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int rc = RUN_ALL_TESTS();
+  // A failure on any rank fails the run.
+  int32_t worst = rc;
+  aq::g_ctx->world().all_reduce(&worst, 1, aq::DType::I32, {"test result", aq::ReduceOp::Max})->wait();
+  aq::g_ctx->finalize();
+  return worst;
+}
