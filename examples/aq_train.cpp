@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   aq::TrainConfig cfg;
   CLI::App app{"aq-train: train a GPT-2 model on llm.c-format token shards (Aqueduct)"};
   app.get_formatter()->column_width(34);
+  // A flag given twice takes its last value, so scripts can append overrides to their defaults.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
   int layers = 0, heads = 0, dim = 0, vocab = 0, max_seq = 0;
   auto* o_layers = app.add_option("--layers", layers, "Transformer blocks L of a fresh model (default 4)");

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # install_deps.sh — installs the Debian packages Aqueduct needs (only those missing).
-#   scripts/install_deps.sh               build + run: compiler, CMake, OpenBLAS (OpenMP), nlohmann-json, CLI11,
-#                                         GoogleTest, and the fortunes corpus for the default training run
-#   scripts/install_deps.sh --reference   also python3-torch + numpy, for the float64 PyTorch reference check
-#                                         and scripts/bench_vs_pytorch.py
+#   scripts/install_deps.sh               build + run: compiler, CMake, OpenBLAS (OpenMP), Open MPI, nlohmann-json,
+#                                         CLI11, GoogleTest, and the fortunes corpus for the default training run
+#   scripts/install_deps.sh --reference   also python3-torch, numpy and matplotlib: the float64 PyTorch reference
+#                                         check, scripts/bench_vs_pytorch.py and the scaling plot
 set -euo pipefail
-PKGS=(build-essential cmake libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev fortunes)
+PKGS=(build-essential cmake libopenblas-openmp-dev openmpi-bin libopenmpi-dev nlohmann-json3-dev libcli11-dev
+      libgtest-dev fortunes)
 if [[ "${1:-}" == "--reference" ]]; then
-  PKGS+=(python3-numpy python3-torch)
+  PKGS+=(python3-numpy python3-torch python3-matplotlib)
 fi
 missing=()
 for p in "${PKGS[@]}"; do
