@@ -336,7 +336,7 @@ std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const T
     T* f = full.data<T>();
     const T* w = base + p.offset;
     const int64_t n = shape_numel(p.shape);
-    if (p.split == TpSplit::Replicated) {
+    if (p.split == TpSplit::Replicated || tp_.size == 1) {
       std::copy(w, w + n, f);
     } else {
       shards.resize(static_cast<size_t>(n * tp_.size));

@@ -104,14 +104,15 @@ int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
   return *v;
 }
 
-std::string progress_line(const StepRecord& r, int64_t total, double eta_s, bool parallel) {
+std::string progress_line(const StepRecord& r, int64_t total, double eta_s, const ParallelContext& ctx) {
+  const bool parallel = ctx.world_size() > 1;
   char buf[320];
   int n = std::snprintf(buf, sizeof(buf), "step %*lld/%lld | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s",
                         static_cast<int>(std::to_string(total).size()), static_cast<long long>(r.step),
                         static_cast<long long>(total), r.loss, r.lr, r.grad_norm, r.ms, r.tokens_per_s);
   if (parallel)
-    n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | comm %.1f ms (exposed %.1f)", r.comm_ms,
-                       r.exposed_comm_ms);
+    n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | comm %.1f ms (exposed %.1f) | tp%d x dp%d",
+                       r.comm_ms, r.exposed_comm_ms, ctx.tp(), ctx.dp());
   std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | ETA %s", format_duration(eta_s).c_str());
   return buf;
 }
@@ -428,7 +429,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
     const StepRecord r = job.step(s);
     result.steps.push_back(r);
     const double per_step_s = run_timer.ms() / 1000.0 / static_cast<double>(s + 1 - first);
-    if (!cfg.quiet) log_info(progress_line(r, cfg.steps, per_step_s * static_cast<double>(cfg.steps - s - 1), parallel));
+    if (!cfg.quiet) log_info(progress_line(r, cfg.steps, per_step_s * static_cast<double>(cfg.steps - s - 1), ctx));
     nlohmann::ordered_json j = {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                                 {"ms", r.ms},     {"tokens_per_s", r.tokens_per_s}};
     if (parallel) {
