@@ -25,7 +25,7 @@ fi
 BATCH=$(( 16 / NP > 0 ? 16 / NP : 1 ))  # per rank: the global batch stays 16 sequences
 "${LAUNCH[@]}" build/bin/aq-train --data "$DATA/train_*.bin" --val-data "$DATA/val_*.bin" \
   --layers 4 --heads 4 --dim 128 --seq 128 --batch "$BATCH" \
-  --steps 1000 --lr 1e-3 --lr-schedule cosine --warmup 50 --min-lr 1e-4 \
+  --steps 1000 --lr 3e-3 --lr-schedule cosine --warmup 50 --min-lr 3e-4 \
   --eval-every 250 --eval-batches 8 --save out/model.safetensors --log out/train.jsonl "$@"
 
 echo
