@@ -1,5 +1,6 @@
 // register_builtin.cpp — the one place where built-in kernels are registered. A new operator family adds its
-// register_*_cpu (and later register_*_cuda) call here, and a case in tests/ops/test_ops.cpp.
+// register_*_cpu call here (and its register_*_cuda call when it has CUDA kernels), and a case in
+// tests/ops/test_ops.cpp (and tests/ops/test_ops_cuda.cpp).
 #include "ops/adamw/adamw.h"
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
@@ -19,6 +20,12 @@ void register_builtin_kernels(Registry& r) {
   register_gelu_cpu(r);
   register_softmax_xent_cpu(r);
   register_adamw_cpu(r);
+#ifdef AQ_HAVE_CUDA
+  register_embedding_cuda(r);
+  register_layernorm_cuda(r);
+  register_gelu_cuda(r);
+  register_adamw_cuda(r);
+#endif
 }
 
 }  // namespace aq::ops

@@ -26,5 +26,6 @@ struct AdamW {
 };
 
 void register_adamw_cpu(Registry& r);
+void register_adamw_cuda(Registry& r);  // built with the CUDA toolkit
 
 }  // namespace aq::ops

@@ -22,5 +22,6 @@ struct Embedding {
 };
 
 void register_embedding_cpu(Registry& r);
+void register_embedding_cuda(Registry& r);  // built with the CUDA toolkit
 
 }  // namespace aq::ops

@@ -16,5 +16,6 @@ struct Gelu {
 };
 
 void register_gelu_cpu(Registry& r);
+void register_gelu_cuda(Registry& r);  // built with the CUDA toolkit
 
 }  // namespace aq::ops

@@ -28,5 +28,6 @@ struct LayerNorm {
 };
 
 void register_layernorm_cpu(Registry& r);
+void register_layernorm_cuda(Registry& r);  // built with the CUDA toolkit
 
 }  // namespace aq::ops

@@ -444,7 +444,7 @@ TEST(Registry, UnknownOpAndWrongSignatureAreClearErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("different signature"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(r.find<ops::Gelu<float>::Forward>("gelu_forward", Device::CUDA, DType::F32), Error);
+  EXPECT_THROW(r.find<ops::Gelu<double>::Forward>("gelu_forward", Device::CUDA, DType::F64), Error);
 }
 
 TEST(Registry, EveryRegisteredOpIsCoveredByThisFile) {
