@@ -10,9 +10,11 @@
 //
 // `scaling` launches one mpirun per layout, prints the table, and writes it as CSV plus a PNG plot
 // (scripts/plot_scaling.py, Debian's python3-matplotlib).
+#include <omp.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -244,6 +246,7 @@ int main(int argc, char** argv) {
     const BenchConfig& bc = find_config(name);
     AQ_CHECK(steps >= 1 && warmup >= 0, "--steps must be >= 1 and --warmup >= 0");
     ctx.configure(tp, 300);
+    if (threads == 0) threads = std::max(1, omp_get_num_procs() / ctx.local_size());  // share the node's cores
     const nlohmann::ordered_json j = run_once(ctx, bc, batch > 0 ? batch : bc.batch, threads, steps, warmup, zero);
     aq::log_info(bc.name, ": ", j["ms_per_step"].get<double>(), " ms/step, ", j["tokens_per_s"].get<double>(),
                  " tokens/s, peak memory ", j["peak_rss_mb"].get<double>(), " MiB on rank 0, comm ",

@@ -85,6 +85,12 @@ GPT2Config model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReade
   return c;
 }
 
+// JSON text that never throws on a non-UTF-8 string (a file name, say): invalid bytes become U+FFFD.
+template <typename J>
+std::string dump_json(const J& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 std::string new_checkpoint_id() {
   std::random_device rd;
   char buf[17];
@@ -126,6 +132,9 @@ class Job {
   StepRecord step(int64_t s);
   double evaluate();
   void save(const std::string& path);
+  void log_json(const nlohmann::ordered_json& j) {
+    if (log_file_.is_open()) log_file_ << dump_json(j) << "\n" << std::flush;
+  }
   int64_t start_step() const { return opt_.step; }
   void log_summary() const {
     log_info("model: GPT-2 ", mc_.describe(), " | ", model_->num_params(), " parameters | activations ",
@@ -154,6 +163,7 @@ class Job {
   OptimizerState opt_;
   std::vector<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
   std::vector<int32_t> inputs_, targets_;
+  std::ofstream log_file_;
   ops::AdamW<float>::Update* adamw_ = nullptr;
   ops::AdamW<float>::SumSquares* sum_squares_ = nullptr;
 };
@@ -164,8 +174,15 @@ void Job::setup() {
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
            "; lower --seq", weights ? "" : str(" or raise --max-seq to at least ", cfg_.seq));
   AQ_CHECK(cfg_.zero == 0 || cfg_.zero == 1, "--zero must be 0 or 1 (got ", cfg_.zero, ")");
-  if (!cfg_.save.empty()) check_writable(cfg_.save, "checkpoint");
-  if (!cfg_.log.empty() && ctx_.world_rank() == 0) check_writable(cfg_.log, "log");
+  // Only rank 0 writes checkpoints and the log; its failures reach every rank through agree_on_failure.
+  if (ctx_.world_rank() == 0) {
+    if (!cfg_.save.empty()) check_writable(cfg_.save, "checkpoint");
+    if (!cfg_.log.empty()) {
+      check_writable(cfg_.log, "log");
+      log_file_.open(cfg_.log, cfg_.resume.empty() ? std::ios::trunc : std::ios::app);
+      AQ_CHECK(log_file_.good(), "cannot open --log ", cfg_.log, " for writing");
+    }
+  }
 
   // Data first: a bad shard should fail before a large model is allocated. DP rank r of D reads window r of
   // each global step; the TP ranks of a group read the same window.
@@ -269,12 +286,12 @@ void Job::save(const std::string& path) {
       const LoaderPosition pos = train_data_->position();
       state_meta["data_shard"] = std::to_string(pos.shard);
       state_meta["data_position"] = std::to_string(pos.position);
-      state_meta["rng_state"] = nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())).dump();
-      state_meta["train_options"] = options.dump();
+      state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
+      state_meta["train_options"] = dump_json(options);
       write_safetensors(state_path_for(path), moments, state_meta);
       write_safetensors(path, params, meta);
-    } catch (const Error& e) {
-      error = e.what();
+    } catch (const std::exception& e) {  // any failure of the writer must reach every rank
+      error = str("saving ", path, " failed: ", e.what());
     }
   }
   error = ctx_.agree_on_failure(error);
@@ -413,14 +430,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   job.log_summary();
   log_info("threads: ", nthreads, " per rank | BLAS: ", cpu::blas_description());
   if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", job.start_step());
-  std::ofstream log_file;
-  if (!cfg.log.empty() && ctx.world_rank() == 0) {
-    log_file.open(cfg.log, cfg.resume.empty() ? std::ios::trunc : std::ios::app);
-    AQ_CHECK(log_file.good(), "cannot open --log ", cfg.log, " for writing");
-  }
-  auto log_json = [&](const nlohmann::ordered_json& j) {
-    if (log_file.is_open()) log_file << j.dump() << "\n" << std::flush;
-  };
+  auto log_json = [&](const nlohmann::ordered_json& j) { job.log_json(j); };
 
   TrainResult result;
   Timer run_timer;

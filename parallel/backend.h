@@ -58,7 +58,8 @@ class Backend {
 
   // In place over `count` elements.
   virtual WorkPtr all_reduce(void* data, int64_t count, DType dtype, const CollectiveOptions& opts) = 0;
-  // send holds size()·recv_count elements; rank r receives the reduction of block r.
+  // send holds size()·recv_count elements; rank r receives the reduction of block r into recv (a separate
+  // buffer of recv_count elements).
   virtual WorkPtr reduce_scatter(const void* send, void* recv, int64_t recv_count, DType dtype,
                                  const CollectiveOptions& opts) = 0;
   // recv holds size()·send_count elements, rank r's contribution at block r.

@@ -121,6 +121,7 @@ void ParallelContext::finalize() {
 
 std::string ParallelContext::agree_on_failure(const std::string& my_error) {
   if (world_size_ == 1) return my_error;
+  AQ_ASSERT(world_->size() == world_size_, "agree_on_failure before configure(): the MPI groups do not exist yet");
   // The lowest failing rank wins: all-reduce the negated rank (max of -rank = min rank), then broadcast it.
   int32_t key = my_error.empty() ? INT32_MIN : -world_rank_;
   world_->all_reduce(&key, 1, DType::I32, {"failure agreement", ReduceOp::Max})->wait();

@@ -128,10 +128,18 @@ JobMonitor::JobMonitor() {
 }
 
 JobMonitor::~JobMonitor() {
-  for (auto& p : sends_) MPI_Request_free(&p.req);
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (finalized) return;
+  for (auto& p : sends_) {
+    int done = 0;
+    MPI_Test(&p.req, &done, MPI_STATUS_IGNORE);
+    if (!done) {
+      MPI_Request_free(&p.req);
+      (void)p.payload.release();  // MPI may still read it: leak these 8 bytes rather than free them under it
+    }
+  }
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
 int JobMonitor::register_group(const std::vector<int>&) { return next_group_++; }
@@ -195,8 +203,11 @@ MpiBackend::~MpiBackend() {
 std::string MpiBackend::describe() const { return str("MPI ", name_, " group of ", size_); }
 
 uint64_t MpiBackend::begin(bool collective) {
+  // Point-to-point operations involve only some ranks, so they get their own counter: the collective sequence
+  // numbers stay equal across the group, which the watchdog's "did not arrive" list relies on.
+  if (!collective) return ++p2p_seq_;
   ++seq_;
-  if (collective && size_ > 1) {
+  if (size_ > 1) {
     // Members tell the leader; the leader tells the members.
     if (rank_ == 0)
       monitor_->post_arrival(group_id_, seq_, world_ranks_);
@@ -246,9 +257,10 @@ WorkPtr MpiBackend::all_reduce(void* data, int64_t count, DType dtype, const Col
 
 WorkPtr MpiBackend::reduce_scatter(const void* send, void* recv, int64_t recv_count, DType dtype,
                                    const CollectiveOptions& opts) {
+  AQ_ASSERT(send != recv, "reduce_scatter needs separate send and receive buffers");
   const uint64_t seq = begin(true);
   MPI_Request req;
-  check_mpi(MPI_Ireduce_scatter_block(send == recv ? MPI_IN_PLACE : send, recv, mpi_count(recv_count),
+  check_mpi(MPI_Ireduce_scatter_block(send, recv, mpi_count(recv_count),
                                       mpi_dtype(dtype), opts.op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req),
             "MPI_Ireduce_scatter_block");
   return make_work(req, "reduce_scatter", opts, seq);

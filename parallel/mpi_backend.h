@@ -80,7 +80,7 @@ class MpiBackend final : public Backend {
   double default_timeout_s_;
   int rank_ = 0, size_ = 1, group_id_ = 0;
   std::vector<int> world_ranks_;
-  uint64_t seq_ = 0;
+  uint64_t seq_ = 0, p2p_seq_ = 0;
 };
 
 MPI_Datatype mpi_dtype(DType t);

@@ -184,7 +184,7 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
                       {"data_offsets", {offset, offset + t.tensor.nbytes()}}};
     offset += t.tensor.nbytes();
   }
-  std::string text = header.dump();
+  std::string text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data section starts 8-byte aligned
   uint64_t len = text.size();
   AtomicWriter out(path);

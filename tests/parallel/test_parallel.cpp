@@ -113,7 +113,7 @@ class Layouts : public ::testing::Test {
     c.layers = 2;
     c.heads = 4;
     c.dim = 24;
-    c.vocab = 256;
+    c.vocab = 259;  // not a multiple of tp = 2 or 4: exercises the padded vocabulary-parallel path
     c.max_seq = 16;
     c.seq = 15;
     c.batch = 4 / dp;
