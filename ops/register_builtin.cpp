@@ -24,6 +24,8 @@ void register_builtin_kernels(Registry& r) {
   register_embedding_cuda(r);
   register_layernorm_cuda(r);
   register_gelu_cuda(r);
+  register_matmul_cuda(r);
+  register_attention_cuda(r);
   register_adamw_cuda(r);
 #endif
 }

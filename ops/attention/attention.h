@@ -22,5 +22,6 @@ struct Attention {
 };
 
 void register_attention_cpu(Registry& r);
+void register_attention_cuda(Registry& r);  // built with the CUDA toolkit
 
 }  // namespace aq::ops

@@ -24,5 +24,6 @@ template <typename T>
 void column_sums_accumulate(T* out, const T* x, int64_t N, int C);
 
 void register_matmul_cpu(Registry& r);
+void register_matmul_cuda(Registry& r);  // built with the CUDA toolkit
 
 }  // namespace aq::ops

@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include "ops/adamw/adamw.h"
+#include "ops/attention/attention.h"
+#include "ops/matmul/matmul.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
@@ -146,6 +148,46 @@ TEST(CudaOps, AdamWAndSumSquares) {
   const double got = gpu<ops::AdamW<float>::SumSquares>("sum_squares")(gg.get(), n);
   EXPECT_NEAR(got, want, 1e-12 * want);
   EXPECT_EQ(got, gpu<ops::AdamW<float>::SumSquares>("sum_squares")(gg.get(), n));  // bit-reproducible
+}
+
+TEST(CudaOps, MatmulForwardBackwardWithBias) {
+  AQ_REQUIRE_GPU();
+  const int N = 37, IC = 19, OC = 53;
+  F x = randn<float>(N * IC, 16), w = randn<float>(IC * OC, 17), bias = randn<float>(OC, 18), dout = randn<float>(N * OC, 19);
+  F out(N * OC), dx(N * IC), dw = randn<float>(IC * OC, 20), db = randn<float>(OC, 21);
+  const F dw0 = dw, db0 = db;
+  cpu<ops::Matmul<float>::Forward>("matmul_forward")(out.data(), x.data(), w.data(), bias.data(), N, IC, OC);
+  cpu<ops::Matmul<float>::Backward>("matmul_backward")(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                                                       N, IC, OC);
+  Dev<float> gx(x), gw(w), gb(bias), gdout(dout), gout(F(N * OC, NAN)), gdx(F(N * IC, NAN)), gdw(dw0), gdb(db0);
+  gpu<ops::Matmul<float>::Forward>("matmul_forward")(gout.get(), gx.get(), gw.get(), gb.get(), N, IC, OC);
+  gpu<ops::Matmul<float>::Backward>("matmul_backward")(gdx.get(), gdw.get(), gdb.get(), gdout.get(), gx.get(), gw.get(),
+                                                       N, IC, OC);
+  EXPECT_LT(rel_err(gout.read(), out), 1e-5);
+  EXPECT_LT(rel_err(gdx.read(), dx), 1e-5);
+  EXPECT_LT(rel_err(gdw.read(), dw), 1e-5);
+  EXPECT_LT(rel_err(gdb.read(), db), 1e-5);
+  gpu<ops::Matmul<float>::Forward>("matmul_forward")(gout.get(), gx.get(), gw.get(), nullptr, N, IC, OC);  // no bias
+  cpu<ops::Matmul<float>::Forward>("matmul_forward")(out.data(), x.data(), w.data(), nullptr, N, IC, OC);
+  EXPECT_LT(rel_err(gout.read(), out), 1e-5);
+}
+
+TEST(CudaOps, AttentionForwardBackward) {
+  AQ_REQUIRE_GPU();
+  for (auto [B, T, C, NH] : {std::tuple{2, 7, 12, 3}, std::tuple{1, 67, 64, 2}, std::tuple{3, 130, 96, 4}}) {
+    F qkv = randn<float>(B * T * 3 * C, 22), dout = randn<float>(B * T * C, 23), out(B * T * C), lse(B * NH * T),
+      dqkv(qkv.size());
+    cpu<ops::Attention<float>::Forward>("attention_forward")(out.data(), lse.data(), qkv.data(), B, T, C, NH);
+    cpu<ops::Attention<float>::Backward>("attention_backward")(dqkv.data(), dout.data(), qkv.data(), out.data(),
+                                                               lse.data(), B, T, C, NH);
+    Dev<float> gqkv(qkv), gdout(dout), gout(F(out.size(), NAN)), glse(F(lse.size(), NAN)), gdqkv(F(qkv.size(), NAN));
+    gpu<ops::Attention<float>::Forward>("attention_forward")(gout.get(), glse.get(), gqkv.get(), B, T, C, NH);
+    gpu<ops::Attention<float>::Backward>("attention_backward")(gdqkv.get(), gdout.get(), gqkv.get(), gout.get(),
+                                                               glse.get(), B, T, C, NH);
+    EXPECT_LT(rel_err(gout.read(), out), 1e-5) << "T=" << T;
+    EXPECT_LT(rel_err(glse.read(), lse), 1e-5) << "T=" << T;
+    EXPECT_LT(rel_err(gdqkv.read(), dqkv), 1e-5) << "T=" << T;
+  }
 }
 
 TEST(CudaOps, DeviceSelectionExplainsMissingGpus) {
