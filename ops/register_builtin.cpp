@@ -26,6 +26,7 @@ void register_builtin_kernels(Registry& r) {
   register_gelu_cuda(r);
   register_matmul_cuda(r);
   register_attention_cuda(r);
+  register_softmax_xent_cuda(r);
   register_adamw_cuda(r);
 #endif
 }

@@ -44,5 +44,6 @@ struct Classifier {
 };
 
 void register_softmax_xent_cpu(Registry& r);
+void register_softmax_xent_cuda(Registry& r);  // built with the CUDA toolkit
 
 }  // namespace aq::ops

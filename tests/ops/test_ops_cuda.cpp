@@ -6,6 +6,7 @@
 #include "ops/adamw/adamw.h"
 #include "ops/attention/attention.h"
 #include "ops/matmul/matmul.h"
+#include "ops/softmax_xent/softmax_xent.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
@@ -187,6 +188,43 @@ TEST(CudaOps, AttentionForwardBackward) {
     EXPECT_LT(rel_err(gout.read(), out), 1e-5) << "T=" << T;
     EXPECT_LT(rel_err(glse.read(), lse), 1e-5) << "T=" << T;
     EXPECT_LT(rel_err(gdqkv.read(), dqkv), 1e-5) << "T=" << T;
+  }
+}
+
+TEST(CudaOps, SoftmaxXentAndChunkedClassifier) {
+  AQ_REQUIRE_GPU();
+  const int N = 29, C = 24, V = 1031;
+  F x = randn<float>(N * C, 24), wte = randn<float>(V * C, 25, 0.5), logits = randn<float>(N * V, 26, 3.0);
+  auto tgt = test::random_tokens(N, V, 27);
+  Dev<int32_t> gt(tgt);
+  {  // the row kernel alone
+    F l = logits, losses(N);
+    cpu<ops::SoftmaxXent<float>::Forward>("softmax_xent")(losses.data(), l.data(), tgt.data(), N, V, 1.0f / N, 1);
+    Dev<float> gl(logits), glosses(F(N, NAN));
+    gpu<ops::SoftmaxXent<float>::Forward>("softmax_xent")(glosses.get(), gl.get(), gt.get(), N, V, 1.0f / N, 1);
+    EXPECT_LT(rel_err(glosses.read(), losses), 1e-5);
+    EXPECT_LT(rel_err(gl.read(), l), 1e-5);
+  }
+  for (int64_t chunk : {int64_t{7}, int64_t{N}}) {
+    F losses(N), dx(N * C), dwte(V * C, 0.0f), scratch(chunk * V);
+    cpu<ops::Classifier<float>::Forward>("classifier")(losses.data(), dx.data(), dwte.data(), scratch.data(), x.data(),
+                                                       wte.data(), tgt.data(), N, C, V, 0, V, chunk, 1.0f / N, nullptr);
+    Dev<float> gx(x), gw(wte), glosses(F(N, NAN)), gdx(F(N * C, NAN)), gdw(F(V * C, 0.0f)), gs(F(chunk * V, 0.0f));
+    gpu<ops::Classifier<float>::Forward>("classifier")(glosses.get(), gdx.get(), gdw.get(), gs.get(), gx.get(),
+                                                       gw.get(), gt.get(), N, C, V, 0, V, chunk, 1.0f / N, nullptr);
+    EXPECT_LT(rel_err(glosses.read(), losses), 1e-5) << "chunk " << chunk;
+    EXPECT_LT(rel_err(gdx.read(), dx), 1e-5) << "chunk " << chunk;
+    EXPECT_LT(rel_err(gdw.read(), dwte), 1e-5) << "chunk " << chunk;
+  }
+}
+
+TEST(CudaOps, EveryCpuKernelHasACudaTwin) {
+  // The model dispatches every kernel by device: each CPU float kernel needs its CUDA twin (and a test above).
+  auto& r = ops::Registry::instance();
+  for (const std::string& k : r.list()) {
+    if (k.find("/cpu/F32") == std::string::npos) continue;
+    const std::string op = k.substr(0, k.find('/'));
+    EXPECT_TRUE(r.contains(op, Device::CUDA, DType::F32)) << op << " has no CUDA kernel";
   }
 }
 
