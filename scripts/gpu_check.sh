@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# gpu_check.sh — one command for a GPU machine with no network: build for the GPU that is present, run every
+# GPU test and the CPU suite, and end with a summary table. Made to finish well within ten minutes.
+#   scripts/gpu_check.sh            (build folder: build-gpu/, separate from the CPU build)
+# What it covers grows with the CUDA backend: today the CUDA kernels against their CPU twins.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+BUILD=build-gpu
+START=$(date +%s)
+
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
+  echo "gpu_check.sh: no NVIDIA GPU visible (nvidia-smi -L failed); run this on a GPU machine" >&2
+  exit 1
+fi
+nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader | sed 's/^/GPU: /'
+export PATH=/usr/local/cuda/bin:$PATH
+nvcc --version | tail -1 | sed 's/^/nvcc: /'
+
+# Build dependencies: installed through apt when it is reachable, else named so they can be brought along.
+need=()
+for h in /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h:libopenblas-openmp-dev \
+         /usr/include/nlohmann/json.hpp:nlohmann-json3-dev /usr/include/CLI/CLI.hpp:libcli11-dev \
+         /usr/include/gtest/gtest.h:libgtest-dev; do
+  [[ -e ${h%%:*} ]] || need+=("${h##*:}")
+done
+if ((${#need[@]})); then
+  ./scripts/install_deps.sh || { echo "gpu_check.sh: missing build packages: ${need[*]}" >&2; exit 1; }
+fi
+
+if ! cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DAQ_CUDA=ON -DAQ_CUDA_ARCHS=native > "$BUILD.log" 2>&1; then
+  cat "$BUILD.log"
+  echo "gpu_check.sh: CMake configuration failed" >&2
+  exit 1
+fi
+cmake --build "$BUILD" -j"$(nproc)" > "$BUILD.build.log" 2>&1 || { tail -40 "$BUILD.build.log"; exit 1; }
+BUILD_S=$(( $(date +%s) - START ))
+
+summary() {  # LABEL → "passed failed skipped"
+  ctest --test-dir "$BUILD" -L "$1" --output-on-failure --timeout 300 > "$BUILD.$1.log" 2>&1
+  local total passed failed skipped
+  total=$(grep -c "Test *#" "$BUILD.$1.log")
+  failed=$(grep -cE "\*\*\*(Failed|Exception|Timeout)" "$BUILD.$1.log")
+  skipped=$(grep -c "\*\*\*Skipped" "$BUILD.$1.log")
+  passed=$((total - failed - skipped))
+  echo "$passed $failed $skipped"
+}
+read -r GP GF GS < <(summary gpu)
+read -r CP CF CS < <(summary cpu)
+grep -E "\*\*\*(Failed|Exception|Timeout)" "$BUILD.gpu.log" "$BUILD.cpu.log"
+
+echo
+echo "gpu_check summary ($(( $(date +%s) - START )) s; build ${BUILD_S} s)"
+printf '%-22s %7s %7s %8s\n' "suite" "passed" "failed" "skipped"
+printf '%-22s %7d %7d %8d\n' "gpu (CUDA kernels)" "$GP" "$GF" "$GS" "cpu" "$CP" "$CF" "$CS"
+echo "logs: $BUILD.gpu.log $BUILD.cpu.log"
+[[ $GF -eq 0 && $CF -eq 0 && $GS -eq 0 ]]
