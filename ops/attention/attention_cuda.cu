@@ -19,12 +19,6 @@ constexpr int kWarps = kBlock / 32;
 using BlockReduce = cub::BlockReduce<float, kBlock>;
 using WarpReduce = cub::WarpReduce<float>;
 
-struct Max {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct Sum {  // (CCCL 3 dropped cub::Sum)
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
 
 // Dot product of two hs-vectors by one warp; the result is valid in every lane.
 __device__ __forceinline__ float warp_dot(typename WarpReduce::TempStorage& tmp, const float* a, const float* b,
@@ -63,14 +57,14 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* qk
   __syncthreads();
   float m = -INFINITY;
   for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) m = fmaxf(m, s[t2]);
-  m = block_all(btmp, &slot, m, Max{});
+  m = block_all(btmp, &slot, m, cuda::MaxOp{});
   float sum = 0;
   for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
     const float e = expf(s[t2] - m);
     s[t2] = e;
     sum += e;
   }
-  sum = block_all(btmp, &slot, sum, Sum{});
+  sum = block_all(btmp, &slot, sum, cuda::SumOp{});
   for (int i = threadIdx.x; i < hs; i += blockDim.x) {
     float acc = 0;
     for (int t2 = 0; t2 <= t; ++t2) acc += s[t2] * base[t2 * C3 + 2 * C + i];
@@ -95,7 +89,7 @@ __global__ void attention_backward_q_kernel(float* dqkv, float* Dbuf, const floa
   const float* dO = dout + row;
   float d = 0;
   for (int i = threadIdx.x; i < hs; i += blockDim.x) d += dO[i] * out[row + i];
-  const float D = block_all(btmp, &slot, d, Sum{});
+  const float D = block_all(btmp, &slot, d, cuda::SumOp{});
   const int64_t stat = (static_cast<int64_t>(b) * NH + h) * T_ + t;
   if (threadIdx.x == 0) Dbuf[stat] = D;
   const float l = lse[stat];

@@ -15,6 +15,14 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));  // grid-stride loops cover the rest
 }
 
+// Reduction operators for CUB (CCCL 3 dropped cub::Sum and cub::Max).
+struct SumOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
 // Checks the last launch (cheap: no synchronisation).
 #define AQ_CUDA_LAUNCH_CHECK() AQ_CUDA_CHECK(cudaGetLastError())
 

@@ -17,12 +17,6 @@ namespace {
 constexpr int kBlock = 256;
 using BlockReduce = cub::BlockReduce<float, kBlock>;
 
-struct Max {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct Sum {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
 
 __global__ void softmax_xent_kernel(float* losses, float* logits, const int32_t* targets, int V, float dscale,
                                     int backward) {
@@ -32,14 +26,14 @@ __global__ void softmax_xent_kernel(float* losses, float* logits, const int32_t*
   float* row = logits + i * V;
   float m = -INFINITY;
   for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, row[j]);
-  m = BlockReduce(tmp).Reduce(m, Max{});
+  m = BlockReduce(tmp).Reduce(m, cuda::MaxOp{});
   if (threadIdx.x == 0) slot = m;
   __syncthreads();
   m = slot;
   __syncthreads();
   float s = 0;
   for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(row[j] - m);
-  s = BlockReduce(tmp).Reduce(s, Sum{});
+  s = BlockReduce(tmp).Reduce(s, cuda::SumOp{});
   if (threadIdx.x == 0) slot = s;
   __syncthreads();
   s = slot;
