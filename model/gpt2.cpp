@@ -73,7 +73,11 @@ GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_overr
   cfg.n_embd = metadata_int(file, "n_embd", static_cast<int>(wte[1]));
   cfg.max_seq = metadata_int(file, "n_positions", static_cast<int>(wpe[0]));
   cfg.n_layer = metadata_int(file, "n_layer", layers);
-  cfg.n_head = heads_override > 0 ? heads_override : metadata_int(file, "n_head", 0);
+  const int recorded_heads = metadata_int(file, "n_head", 0);
+  AQ_CHECK(heads_override <= 0 || recorded_heads == 0 || heads_override == recorded_heads, "--heads ",
+           heads_override, " disagrees with ", file.path(), ", which records n_head=", recorded_heads,
+           "; drop --heads (it only supplies the head count for files that lack it)");
+  cfg.n_head = heads_override > 0 ? heads_override : recorded_heads;
   AQ_CHECK(cfg.n_head > 0, file.path(), " does not record the head count (no n_head in its metadata, as in a ",
            "Hugging Face export); pass --heads (12 for GPT-2 124M)");
   AQ_CHECK(cfg.n_layer == layers, file.path(), ": metadata says n_layer=", cfg.n_layer, " but the file has ",

@@ -5,12 +5,12 @@
 
 #include <cmath>
 #include <csignal>
-#include <thread>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "ops/cpu/blas.h"
 #include "parallel/grad_sync.h"
