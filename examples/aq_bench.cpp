@@ -46,7 +46,7 @@ const BenchConfig& find_config(const std::string& name) {
 
 // One measurement on the ranks of ctx. Returns the JSON result (meaningful on rank 0).
 nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc, int batch, int threads, int steps,
-                                int warmup, int zero) {
+                                int warmup, int zero, const std::string& device) {
   // Each rank writes the same random shard (same seed) to its own temporary folder.
   char dir[] = "/tmp/aq-bench-XXXXXX";
   AQ_CHECK(::mkdtemp(dir) != nullptr, "cannot create a temporary directory under /tmp");
@@ -69,6 +69,7 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   cfg.data = shard;
   cfg.threads = threads;
   cfg.zero = zero;
+  cfg.device = device;
   aq::TrainResult r;
   try {
     r = aq::train(cfg, ctx);
@@ -232,6 +233,7 @@ int main(int argc, char** argv) {
 
   std::string name = "tiny";
   int threads = 0, steps = 5, warmup = 1, tp = 1, batch = 0, zero = 0;
+  std::string device = "cpu";
   CLI::App app{"aq-bench: training tokens/s, peak memory and communication of named GPT-2 configurations"};
   app.add_option("--config", name, "tiny (L4 H4 C128 V256 T128 B16) | gpt2-124m (L12 H12 C768 V50257 T256 B4)")
       ->capture_default_str();
@@ -241,13 +243,14 @@ int main(int argc, char** argv) {
   app.add_option("--tp", tp, "Tensor-parallel size (under mpirun)")->capture_default_str();
   app.add_option("--batch", batch, "Per-rank batch (default: the config's B)");
   app.add_option("--zero", zero, "1: ZeRO-1")->capture_default_str();
+  app.add_option("--device", device, "cpu | cuda | auto")->capture_default_str();
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   return aq::run_main("aq-bench", app, argc, argv, ctx, [&] {
     const BenchConfig& bc = find_config(name);
     AQ_CHECK(steps >= 1 && warmup >= 0, "--steps must be >= 1 and --warmup >= 0");
     ctx.configure(tp, 300);
     if (threads == 0) threads = std::max(1, omp_get_num_procs() / ctx.local_size());  // share the node's cores
-    const nlohmann::ordered_json j = run_once(ctx, bc, batch > 0 ? batch : bc.batch, threads, steps, warmup, zero);
+    const nlohmann::ordered_json j = run_once(ctx, bc, batch > 0 ? batch : bc.batch, threads, steps, warmup, zero, device);
     aq::log_info(bc.name, ": ", j["ms_per_step"].get<double>(), " ms/step, ", j["tokens_per_s"].get<double>(),
                  " tokens/s, peak memory ", j["peak_rss_mb"].get<double>(), " MiB on rank 0, comm ",
                  j["comm_ms"].get<double>(), " ms/step (exposed ", j["exposed_comm_ms"].get<double>(), ")");

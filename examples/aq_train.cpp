@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
   app.add_option("--eval-batches", cfg.eval_batches, "Batches per validation")->capture_default_str();
   app.add_option("--log", cfg.log, "Append one JSON line per step to this file");
   app.add_option("--threads", cfg.threads, "CPU threads per rank (0 = all cores / local ranks)")->capture_default_str();
+  app.add_option("--device", cfg.device, "cpu | cuda | auto (cuda for a single process when a GPU is visible)")
+      ->capture_default_str();
   int tp = 1;
   double comm_timeout = 300;
   app.add_option("--tp", tp, "Tensor-parallel ranks per group (consecutive ranks); DP = world / TP")
@@ -72,7 +74,6 @@ int main(int argc, char** argv) {
     if (o_max_seq->count()) cfg.max_seq = max_seq;
     if (cfg.threads == 0 && ctx.local_size() > 1) cfg.threads = std::max(1, omp_get_num_procs() / ctx.local_size());
     ctx.configure(tp, comm_timeout);
-    aq::log_info(ctx.banner());
     aq::train(cfg, ctx);
   });
 }

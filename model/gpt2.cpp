@@ -88,11 +88,6 @@ GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_overr
 
 // ---- parameters and their tensor-parallel shards ----------------------------------------------------------
 
-template <typename T>
-void GPT2<T>::FreeDeleter::operator()(T* p) const {
-  std::free(p);
-}
-
 namespace {
 
 // Flat index of local element `li` of a shard inside the full tensor, or -1 for vocabulary padding.
@@ -166,15 +161,6 @@ typename GPT2<T>::LayerParams GPT2<T>::layer_view(T* base, int l) const {
 // ---- construction -----------------------------------------------------------------------------------------
 
 namespace {
-template <typename T>
-T* alloc_zeroed(int64_t n, const char* what) {
-  const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
-  T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
-  AQ_CHECK(p != nullptr, "out of memory allocating the ", what, " (", bytes >> 20, " MiB)");
-  std::memset(p, 0, bytes);
-  return p;
-}
-
 // Rows of logits the classifier holds at once: up to ~16 MiB, split evenly over the batch.
 int64_t classifier_rows(int64_t N, int V, size_t elem) {
   const int64_t max_rows = std::max<int64_t>(1, static_cast<int64_t>((16u << 20) / (static_cast<size_t>(V) * elem)));
@@ -204,7 +190,8 @@ size_t GPT2<T>::plan_activation_bytes() {
 }
 
 template <typename T>
-GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp, int64_t buffer_multiple)
+GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp, int64_t buffer_multiple,
+              Device device)
     : Cl_(check_split(cfg, tp).n_embd / tp.size),
       NHl_(cfg.n_head / tp.size),
       Vl_(local_vocab(cfg, tp)),
@@ -214,7 +201,8 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
       max_batch_(max_batch),
       max_seq_len_(max_seq_len),
       classifier_chunk_(classifier_rows(static_cast<int64_t>(max_batch) * max_seq_len, Vl_, sizeof(T))),
-      acts_arena_(plan_activation_bytes()) {
+      device_(device),
+      acts_arena_(plan_activation_bytes(), device) {
   AQ_CHECK(max_batch >= 1, "--batch must be >= 1 (got ", max_batch, ")");
   AQ_CHECK(max_seq_len >= 1 && max_seq_len <= cfg.max_seq, "sequence length --seq ", max_seq_len,
            " exceeds the model's context n_positions=", cfg.max_seq, "; lower --seq or build the model with --max-seq ",
@@ -222,13 +210,16 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
   build_param_table();
   AQ_ASSERT(buffer_multiple >= 1, "buffer_multiple ", buffer_multiple);
   buffer_size_ = (buffer_size_ + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
-  params_.reset(alloc_zeroed<T>(buffer_size_, "parameters"));
-  grads_.reset(alloc_zeroed<T>(buffer_size_, "gradients"));
+  params_ = DeviceBuffer<T>(device, static_cast<size_t>(buffer_size_));
+  grads_ = DeviceBuffer<T>(device, static_cast<size_t>(buffer_size_));
+  losses_host_.resize(static_cast<size_t>(max_batch) * max_seq_len);
   layout_activations(acts_arena_);
+  AQ_CHECK(device == Device::CPU || tp.size == 1, "tensor parallelism on CUDA needs the NCCL backend, which this ",
+           "build does not have yet; use --device cpu with --tp");
 
   auto& reg = ops::Registry::instance();
   const DType dt = dtype_of<T>();
-  const Device dev = Device::CPU;
+  const Device dev = device;
   k_.embedding_forward = reg.find<typename ops::Embedding<T>::Forward>("embedding_forward", dev, dt);
   k_.embedding_backward = reg.find<typename ops::Embedding<T>::Backward>("embedding_backward", dev, dt);
   k_.layernorm_forward = reg.find<typename ops::LayerNorm<T>::Forward>("layernorm_forward", dev, dt);
@@ -280,13 +271,27 @@ void GPT2<T>::layout_activations(Arena& a) {
 // ---- initialisation, loading, saving ----------------------------------------------------------------------
 
 template <typename T>
+void GPT2<T>::with_host_params(const std::function<void(T*)>& fn) {
+  if (device_ == Device::CPU) return fn(params_.data());  // no staging copy on the CPU (it would double the peak)
+  std::vector<T> host(static_cast<size_t>(buffer_size_), T(0));
+  device_copy(host.data(), Device::CPU, params_.data(), device_, host.size() * sizeof(T));
+  fn(host.data());
+  device_copy(params_.data(), device_, host.data(), Device::CPU, host.size() * sizeof(T));
+}
+
+template <typename T>
 void GPT2<T>::init_random(uint64_t seed) {
+  with_host_params([&](T* P) { init_random_into(P, seed); });
+}
+
+template <typename T>
+void GPT2<T>::init_random_into(T* P, uint64_t seed) {
   Rng rng(seed);
   const double residual_std = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
-  std::fill(params_.get(), params_.get() + buffer_size_, T(0));
+  std::fill(P, P + buffer_size_, T(0));
   std::vector<T> full;
   for (const ParamInfo& p : params_info_) {
-    T* w = params_.get() + p.offset;
+    T* w = P + p.offset;
     const int64_t n = shape_numel(p.shape);
     const bool is_ln = p.name.find("ln_") != std::string::npos;
     if (is_ln) {
@@ -306,8 +311,9 @@ void GPT2<T>::init_random(uint64_t seed) {
 }
 
 template <typename T>
-void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, T* dst) {
-  T* base = dst ? dst : params_.get();
+void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, T* host_dst) {
+  if (!host_dst) return with_host_params([&](T* P) { load(file, prefix, P); });
+  T* base = host_dst;
   std::map<std::string, std::string> names;
   for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
   std::vector<T> full;
@@ -331,8 +337,14 @@ void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, T* 
 }
 
 template <typename T>
-std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const T* src) {
-  const T* base = src ? src : params_.get();
+std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const T* host_src) {
+  std::vector<T> staged;
+  if (!host_src && device_ != Device::CPU) {
+    staged.resize(static_cast<size_t>(buffer_size_));
+    device_copy(staged.data(), Device::CPU, params_.data(), device_, staged.size() * sizeof(T));
+    host_src = staged.data();
+  }
+  const T* base = host_src ? host_src : params_.data();
   std::vector<NamedTensor> out;
   std::vector<T> shards;
   for (const ParamInfo& p : params_info_) {
@@ -373,11 +385,27 @@ void GPT2<T>::tp_all_reduce(T* data, int64_t n, const char* what) {
 }
 
 template <typename T>
-void GPT2<T>::forward_to_lnf(const int32_t* inputs, int B, int T_) {
+const int32_t* GPT2<T>::to_device(int32_t* slot, const int32_t* host, int64_t n) {
+  if (device_ == Device::CPU) return host;
+  device_copy(slot, device_, host, Device::CPU, static_cast<size_t>(n) * sizeof(int32_t));
+  return slot;
+}
+
+template <typename T>
+double GPT2<T>::mean_loss(int64_t N) {
+  device_copy(losses_host_.data(), Device::CPU, losses_, device_, static_cast<size_t>(N) * sizeof(T));
+  double sum = 0;
+  for (int64_t i = 0; i < N; ++i) sum += static_cast<double>(losses_host_[static_cast<size_t>(i)]);
+  return sum / static_cast<double>(N);
+}
+
+template <typename T>
+void GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
   check_batch(B, T_);
+  const int32_t* inputs = to_device(inputs_, host_inputs, static_cast<int64_t>(B) * T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
-  T* P = params_.get();
+  T* P = params_.data();
   const T* wte = P + offset_of("wte.weight");
   const T* wpe = P + offset_of("wpe.weight");
 
@@ -427,7 +455,7 @@ void GPT2<T>::classifier_hook(void* self, T* data, int64_t n, int is_max) {
 template <typename T>
 void GPT2<T>::classifier(T* dx, T* dwte, const int32_t* targets, int64_t N) {
   const ops::ReduceHook<T> hook{this, &GPT2<T>::classifier_hook};
-  k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.get() + offset_of("wte.weight"), targets, N, cfg_.n_embd,
+  k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.data() + offset_of("wte.weight"), targets, N, cfg_.n_embd,
                 Vl_, v0_, cfg_.vocab_size, classifier_chunk_, T(1) / static_cast<T>(N), tp_.size > 1 ? &hook : nullptr);
 }
 
@@ -435,19 +463,17 @@ template <typename T>
 double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T_) {
   forward_to_lnf(inputs, B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
-  classifier(nullptr, nullptr, targets, N);
-  double sum = 0;
-  for (int64_t i = 0; i < N; ++i) sum += static_cast<double>(losses_[i]);
-  return sum / static_cast<double>(N);
+  classifier(nullptr, nullptr, to_device(targets_, targets, N), N);
+  return mean_loss(N);
 }
 
 template <typename T>
 void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
-  AQ_CHECK(tp_.size == 1, "last_logits (generation) runs on a single rank");
+  AQ_CHECK(tp_.size == 1 && device_ == Device::CPU, "last_logits (generation) runs on a single CPU rank");
   forward_to_lnf(tokens, 1, t);
   // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
   const int C = cfg_.n_embd;
-  const T* wte = params_.get() + offset_of("wte.weight");
+  const T* wte = params_.data() + offset_of("wte.weight");
   const T* x = lnf_ + static_cast<int64_t>(t - 1) * C;
   for (int v = 0; v < cfg_.vocab_size; ++v) {
     T acc = 0;
@@ -459,25 +485,25 @@ void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
 // ---- backward ---------------------------------------------------------------------------------------------
 
 template <typename T>
-double GPT2<T>::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T_) {
-  forward_to_lnf(inputs, B, T_);
+double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_) {
+  forward_to_lnf(host_inputs, B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
+  const int32_t* inputs = device_ == Device::CPU ? host_inputs : inputs_;  // copied by forward_to_lnf
+  const int32_t* targets = to_device(targets_, host_targets, N);
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
-  T* P = params_.get();
-  T* G = grads_.get();
+  T* P = params_.data();
+  T* G = grads_.data();
   auto ready = [&](int64_t offset) {
     if (grad_ready_) grad_ready_(offset);
   };
 
-  std::memset(G, 0, static_cast<size_t>(buffer_size_) * sizeof(T));
+  device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(T));
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
   classifier(dbuf_, G + offset_of("wte.weight"), targets, N);
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
-  double loss = 0;
-  for (int64_t i = 0; i < N; ++i) loss += static_cast<double>(losses_[i]);
-  loss /= static_cast<double>(N);
+  const double loss = mean_loss(N);
 
-  std::memset(dres_, 0, static_cast<size_t>(N * C) * sizeof(T));
+  device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
   k_.layernorm_backward(dres_, G + offset_of("ln_f.weight"), G + offset_of("ln_f.bias"), dbuf_, res_final_,
                         P + offset_of("ln_f.weight"), lnf_mean_, lnf_rstd_, N, C);
   ready(offset_of("ln_f.weight"));

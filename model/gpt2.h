@@ -32,6 +32,7 @@
 #include "ops/softmax_xent/softmax_xent.h"
 #include "parallel/backend.h"
 #include "runtime/arena.h"
+#include "runtime/memory.h"
 #include "runtime/safetensors.h"
 
 namespace aq {
@@ -78,15 +79,18 @@ class GPT2 {
  public:
   // Allocates for batches up to max_batch × max_seq_len tokens (max_seq_len <= cfg.max_seq). The flat buffers
   // are padded to a multiple of `buffer_multiple` elements (ZeRO-1 splits them evenly over data-parallel ranks).
-  GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp = {}, int64_t buffer_multiple = 1);
+  // Parameters, gradients and activations live on `device`; inputs, targets and results cross as host data.
+  GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp = {}, int64_t buffer_multiple = 1,
+       Device device = Device::CPU);
 
   const GPT2Config& config() const { return cfg_; }
   const std::vector<ParamInfo>& params_info() const { return params_info_; }
   int64_t num_params() const { return num_params_; }  // real parameters (without alignment padding)
   int64_t buffer_size() const { return buffer_size_; }  // flat buffer length including padding
-  T* params() { return params_.get(); }
-  T* grads() { return grads_.get(); }
-  const T* params() const { return params_.get(); }
+  Device device() const { return device_; }
+  T* params() { return params_.data(); }  // on device()
+  T* grads() { return grads_.data(); }    // on device()
+  const T* params() const { return params_.data(); }
   size_t activation_bytes() const { return acts_arena_.capacity(); }
 
   const TensorParallel& tensor_parallel() const { return tp_; }
@@ -96,11 +100,13 @@ class GPT2 {
   void init_random(uint64_t seed);
   // Loads every tensor by its Hugging Face name ("transformer." prefix accepted; attention-mask buffers and a
   // tied lm_head.weight ignored) and keeps this rank's shard. `prefix` selects e.g. optimizer moments
-  // ("exp_avg.") stored under prefixed names; `dst` defaults to the parameters.
-  void load(const SafeTensorsReader& file, const std::string& prefix = "", T* dst = nullptr);
+  // ("exp_avg.") stored under prefixed names; `host_dst` (host memory laid out like the parameters) defaults
+  // to the parameters themselves.
+  void load(const SafeTensorsReader& file, const std::string& prefix = "", T* host_dst = nullptr);
   // Whole tensors, in Hugging Face order, assembled from the TP shards of a buffer laid out like the
-  // parameters (the parameters themselves by default, or an optimizer moment). Collective over the TP group.
-  std::vector<NamedTensor> gather_full(const std::string& prefix = "", const T* src = nullptr);
+  // parameters: the parameters themselves by default, or host memory such as an optimizer moment. Collective
+  // over the TP group.
+  std::vector<NamedTensor> gather_full(const std::string& prefix = "", const T* host_src = nullptr);
 
   // Called during backward with an offset X each time every gradient at flat offsets >= X is final (the
   // buffer is laid out in forward order, and backward finishes it from the end). Data parallelism starts its
@@ -160,6 +166,11 @@ class GPT2 {
   const T* row_parallel_bias(const T* bias) const { return tp_.rank == 0 ? bias : nullptr; }
   int64_t offset_of(const std::string& name) const { return params_info_[param_index_.at(name)].offset; }
   void classifier(T* dx, T* dwte, const int32_t* targets, int64_t N);
+  const int32_t* to_device(int32_t* slot, const int32_t* host, int64_t n);  // inputs/targets onto the device
+  double mean_loss(int64_t N);
+  // Runs fn on a host image of the parameters and, for a GPU model, uploads it afterwards.
+  void with_host_params(const std::function<void(T*)>& fn);
+  void init_random_into(T* host_params, uint64_t seed);
   static void classifier_hook(void* self, T* data, int64_t n, int is_max);
   double tp_comm_ms_ = 0;
 
@@ -174,10 +185,9 @@ class GPT2 {
   std::vector<ParamInfo> params_info_;
   std::map<std::string, size_t> param_index_;
   int64_t num_params_ = 0, buffer_size_ = 0;
-  struct FreeDeleter {
-    void operator()(T* p) const;
-  };
-  std::unique_ptr<T, FreeDeleter> params_, grads_;
+  Device device_;
+  DeviceBuffer<T> params_, grads_;
+  std::vector<T> losses_host_;  // per-token losses brought back to the host (sized once)
   Kernels k_{};
 
   std::vector<LayerActs> acts_;

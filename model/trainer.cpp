@@ -14,6 +14,10 @@
 
 #include "ops/cpu/blas.h"
 #include "parallel/grad_sync.h"
+#include "runtime/memory.h"
+#ifdef AQ_HAVE_CUDA
+#include "runtime/cuda/device.h"
+#endif
 #include "runtime/data.h"
 #include "runtime/log.h"
 #include "runtime/rng.h"
@@ -99,9 +103,29 @@ std::string new_checkpoint_id() {
 }
 
 struct OptimizerState {
-  std::vector<float> m, v;  // whole local buffer, or this rank's ZeRO-1 slice
-  int64_t step = 0;         // completed optimizer steps
+  DeviceBuffer<float> m, v;  // on the model's device: the whole local buffer, or this rank's ZeRO-1 slice
+  int64_t step = 0;          // completed optimizer steps
 };
+
+// --device: cpu, cuda, or auto (cuda for a single process when a GPU is visible).
+Device choose_device(const std::string& want, const ParallelContext& ctx) {
+  AQ_CHECK(want == "cpu" || want == "cuda" || want == "auto", "--device must be cpu, cuda or auto (got ", want, ")");
+#ifdef AQ_HAVE_CUDA
+  const bool gpu = cuda::device_count() > 0;
+#else
+  const bool gpu = false;
+#endif
+  if (want == "cpu" || (want == "auto" && (!gpu || ctx.world_size() > 1))) return Device::CPU;
+  AQ_CHECK(cuda_built(), "--device cuda: this build has no CUDA backend (configure with the CUDA toolkit, "
+           "-DAQ_CUDA=ON)");
+  AQ_CHECK(ctx.world_size() == 1, "--device cuda with ", ctx.world_size(), " ranks needs the NCCL backend, which ",
+           "this build does not have yet; run one process per GPU job, or --device cpu under mpirun");
+#ifdef AQ_HAVE_CUDA
+  const cuda::DeviceInfo info = cuda::select_device(ctx.local_rank(), ctx.local_size());
+  log_info("device: cuda:", info.index, " ", cuda::describe(info));
+#endif
+  return Device::CUDA;
+}
 
 int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
   const std::optional<int64_t> v = f.metadata_int(key);
@@ -136,6 +160,9 @@ class Job {
     if (log_file_.is_open()) log_file_ << dump_json(j) << "\n" << std::flush;
   }
   int64_t start_step() const { return opt_.step; }
+  std::string device_label() const {
+    return device_ == Device::CPU ? "cpu" : str("cuda:", ctx_.local_rank());
+  }
   void log_summary() const {
     log_info("model: GPT-2 ", mc_.describe(), " | ", model_->num_params(), " parameters | activations ",
              model_->activation_bytes() >> 20, " MiB per rank", ctx_.tp() > 1 ? str(" | tp shard of 1/", ctx_.tp()) : "",
@@ -151,7 +178,8 @@ class Job {
   int64_t slice_len() const { return cfg_.zero ? model_->buffer_size() / ctx_.dp() : model_->buffer_size(); }
   double global_grad_norm(const float* grads);  // grads indexed from slice_begin()
   void load_state(const SafeTensorsReader& weights);
-  std::vector<float> full_local(const std::vector<float>& part, const char* what);  // ZeRO: all-gather over DP
+  // A host copy of a whole local buffer from this rank's part (all-gathered over DP under ZeRO-1).
+  std::vector<float> full_local(const DeviceBuffer<float>& part, const char* what);
 
   TrainConfig cfg_;
   ParallelContext& ctx_;
@@ -160,8 +188,9 @@ class Job {
   std::unique_ptr<GPT2<float>> model_;
   std::unique_ptr<DataLoader> train_data_, val_data_;
   std::unique_ptr<GradBuckets> buckets_;
+  Device device_ = Device::CPU;
   OptimizerState opt_;
-  std::vector<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
+  DeviceBuffer<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
   std::vector<int32_t> inputs_, targets_;
   std::ofstream log_file_;
   ops::AdamW<float>::Update* adamw_ = nullptr;
@@ -192,11 +221,12 @@ void Job::setup() {
     val_data_ = std::make_unique<DataLoader>(cfg_.val_data, cfg_.batch, cfg_.seq, mc_.vocab_size, ctx_.dp_rank(),
                                              ctx_.dp(), "--val-data");
 
+  device_ = choose_device(cfg_.device, ctx_);
   TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.tp_group()};
-  model_ = std::make_unique<GPT2<float>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1);
-  opt_.m.assign(static_cast<size_t>(slice_len()), 0.0f);
-  opt_.v.assign(static_cast<size_t>(slice_len()), 0.0f);
-  if (cfg_.zero) grad_slice_.assign(static_cast<size_t>(slice_len()), 0.0f);
+  model_ = std::make_unique<GPT2<float>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1, device_);
+  opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
+  opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
+  if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (weights)
     model_->load(*weights);
   else
@@ -213,14 +243,16 @@ void Job::setup() {
   inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.seq);
   targets_.resize(inputs_.size());
   auto& reg = ops::Registry::instance();
-  adamw_ = reg.find<ops::AdamW<float>::Update>("adamw_update", Device::CPU, DType::F32);
-  sum_squares_ = reg.find<ops::AdamW<float>::SumSquares>("sum_squares", Device::CPU, DType::F32);
+  adamw_ = reg.find<ops::AdamW<float>::Update>("adamw_update", device_, DType::F32);
+  sum_squares_ = reg.find<ops::AdamW<float>::SumSquares>("sum_squares", device_, DType::F32);
 }
 
-std::vector<float> Job::full_local(const std::vector<float>& part, const char* what) {
-  if (!cfg_.zero) return part;
+std::vector<float> Job::full_local(const DeviceBuffer<float>& part, const char* what) {
+  std::vector<float> mine(part.size());
+  device_copy(mine.data(), Device::CPU, part.data(), part.device(), part.size() * sizeof(float));
+  if (!cfg_.zero || ctx_.dp() == 1) return mine;
   std::vector<float> full(static_cast<size_t>(model_->buffer_size()));
-  ctx_.dp_group().all_gather(part.data(), full.data(), slice_len(), DType::F32, {what})->wait();
+  ctx_.dp_group().all_gather(mine.data(), full.data(), slice_len(), DType::F32, {what})->wait();
   return full;
 }
 
@@ -241,8 +273,9 @@ void Job::load_state(const SafeTensorsReader& weights) {
   std::vector<float> m(static_cast<size_t>(model_->buffer_size()), 0.0f), v(m.size(), 0.0f);
   model_->load(state, "exp_avg.", m.data());
   model_->load(state, "exp_avg_sq.", v.data());
-  std::copy(m.begin() + slice_begin(), m.begin() + slice_begin() + slice_len(), opt_.m.begin());
-  std::copy(v.begin() + slice_begin(), v.begin() + slice_begin() + slice_len(), opt_.v.begin());
+  const size_t bytes = static_cast<size_t>(slice_len()) * sizeof(float);
+  device_copy(opt_.m.data(), device_, m.data() + slice_begin(), Device::CPU, bytes);
+  device_copy(opt_.v.data(), device_, v.data() + slice_begin(), Device::CPU, bytes);
   opt_.step = meta_int64(state, "step");
   try {
     auto words = nlohmann::json::parse(sm.at("rng_state")).get<std::vector<uint64_t>>();
@@ -341,15 +374,17 @@ StepRecord Job::step(int64_t s) {
     buckets_->finish();  // data-parallel mean of the gradients
     comm += buckets_->comm_ms();
     exposed += buckets_->exposed_ms();
-  } else if (cfg_.zero && ctx_.dp() > 1) {
+  } else if (cfg_.zero && ctx_.dp() > 1) {  // (CPU only: multi-rank CUDA is refused at set-up)
     Timer c;
-    ctx_.dp_group().reduce_scatter(grads, grad_slice_.data(), slice_len(), DType::F32, {"ZeRO-1 gradient reduce-scatter"})->wait();
+    float* slice = grad_slice_.data();
+    ctx_.dp_group().reduce_scatter(grads, slice, slice_len(), DType::F32, {"ZeRO-1 gradient reduce-scatter"})->wait();
     const float inv = 1.0f / static_cast<float>(ctx_.dp());
-    for (float& g : grad_slice_) g *= inv;
+    for (int64_t i = 0; i < slice_len(); ++i) slice[i] *= inv;
     comm += c.ms();
     exposed += c.ms();
   }
-  if (cfg_.zero && ctx_.dp() == 1) std::copy(grads, grads + slice_len(), grad_slice_.begin());
+  if (cfg_.zero && ctx_.dp() == 1)
+    device_copy(grad_slice_.data(), device_, grads, device_, static_cast<size_t>(slice_len()) * sizeof(float));
   const float* my_grads = cfg_.zero ? grad_slice_.data() : grads;
   if (ctx_.dp() > 1) ctx_.dp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
   loss /= ctx_.dp();
@@ -358,8 +393,10 @@ StepRecord Job::step(int64_t s) {
   const double norm = global_grad_norm(my_grads);
   if (!std::isfinite(norm)) {
     std::string where = "(not on this rank)";
+    std::vector<float> host(static_cast<size_t>(model_->buffer_size()));
+    device_copy(host.data(), Device::CPU, grads, device_, host.size() * sizeof(float));
     for (const ParamInfo& p : model_->params_info()) {
-      const float* g = grads + p.offset;
+      const float* g = host.data() + p.offset;
       for (int64_t i = 0; i < shape_numel(p.shape) && where[0] == '('; ++i)
         if (!std::isfinite(g[i])) where = str(p.name, " (element ", i, " of this rank's shard = ", g[i], ")");
     }
@@ -427,6 +464,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   if (!error.empty()) fail(error);
 
   const bool parallel = ctx.world_size() > 1;
+  log_info(ctx.banner(job.device_label()));
   job.log_summary();
   log_info("threads: ", nthreads, " per rank | BLAS: ", cpu::blas_description());
   if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", job.start_step());

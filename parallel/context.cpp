@@ -85,12 +85,12 @@ void ParallelContext::configure(int tp, double comm_timeout_s) {
 #endif
 }
 
-std::string ParallelContext::banner() {
+std::string ParallelContext::banner(const std::string& device) {
   // Fixed-size records so one all_gather collects everyone's line.
   constexpr int kLen = 96;
   char mine[kLen] = {0};
-  std::snprintf(mine, kLen, "%-24.24s rank %4d  local %3d/%-3d  device cpu  (tp %d, dp %d)", host_.c_str(),
-                world_rank_, local_rank_, local_size_, tp_rank(), dp_rank());
+  std::snprintf(mine, kLen, "%-24.24s rank %4d  local %3d/%-3d  device %-7.7s (tp %d, dp %d)", host_.c_str(),
+                world_rank_, local_rank_, local_size_, device.c_str(), tp_rank(), dp_rank());
   std::vector<char> all(static_cast<size_t>(kLen) * world_size_);
   world_->all_gather(mine, all.data(), kLen / 4, DType::I32, {"banner"})->wait();  // 96 chars as 24 int32
   std::string out = str("world ", world_size_, " = tp ", tp_, " x dp ", dp(), "\n");

@@ -39,8 +39,8 @@ class ParallelContext {
   Backend& tp_group() { return *tp_group_; }
   Backend& dp_group() { return *dp_group_; }
 
-  // Rank 0 gathers every rank's host, local rank, device and (tp, dp) coordinates into a table.
-  std::string banner();
+  // Rank 0 gathers every rank's host, local rank, device and (tp, dp) coordinates into a table. Collective.
+  std::string banner(const std::string& device);
   // Ends the job from any rank (MPI_Abort under MPI).
   [[noreturn]] void abort(int code);
   void finalize();

@@ -1,18 +1,12 @@
 #include "runtime/arena.h"
 
-#include <cstdlib>
+#include "runtime/memory.h"
 
 namespace aq {
 
-void Arena::Free::operator()(char* p) const { std::free(p); }
+void ArenaFree::operator()(char* p) const { device_free(device, p); }
 
-Arena::Arena(size_t capacity_bytes) : capacity_(capacity_bytes) {
-  size_t rounded = (capacity_bytes + kAlign - 1) / kAlign * kAlign;
-  if (rounded == 0) rounded = kAlign;
-  char* p = static_cast<char*>(std::aligned_alloc(kAlign, rounded));
-  AQ_CHECK(p != nullptr, "out of memory: could not allocate ", capacity_bytes / (1 << 20),
-           " MiB; lower --batch or --seq, or use a smaller model");
-  base_.reset(p);
-}
+Arena::Arena(size_t capacity_bytes, Device device)
+    : base_(static_cast<char*>(device_alloc(device, capacity_bytes)), ArenaFree{device}), capacity_(capacity_bytes) {}
 
 }  // namespace aq

@@ -9,15 +9,23 @@
 #include <memory>
 
 #include "runtime/error.h"
+#include "runtime/tensor.h"
 
 namespace aq {
+
+// Returns an arena's memory to the device it came from.
+struct ArenaFree {
+  Device device = Device::CPU;
+  void operator()(char* p) const;
+};
 
 class Arena {
  public:
   static constexpr size_t kAlign = 64;  // one cache line, and a full AVX-512 vector
 
   static Arena planner() { return Arena(); }   // counts bytes, hands out nullptr
-  explicit Arena(size_t capacity_bytes);       // owns capacity_bytes of memory
+  // Owns capacity_bytes of memory on `device`.
+  explicit Arena(size_t capacity_bytes, Device device = Device::CPU);
 
   template <typename T>
   T* take(size_t count) {
@@ -32,11 +40,8 @@ class Arena {
 
  private:
   Arena() : planning_(true) {}
-  struct Free {
-    void operator()(char* p) const;
-  };
   bool planning_ = false;
-  std::unique_ptr<char, Free> base_;
+  std::unique_ptr<char, ArenaFree> base_;
   size_t capacity_ = 0;
   size_t used_ = 0;
 };

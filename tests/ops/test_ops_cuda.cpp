@@ -2,6 +2,9 @@
 // backward (fp32, relative error < 1e-5). Without a visible GPU each test skips with that reason, so a CPU-only
 // machine reports them as skipped rather than passed. Built only with the CUDA toolkit.
 #include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "ops/adamw/adamw.h"
 #include "ops/attention/attention.h"
@@ -10,7 +13,9 @@
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
+#include "model/trainer.h"
 #include "runtime/cuda/device.h"
+#include "runtime/data.h"
 #include "tests/test_util.h"
 
 namespace aq {
@@ -226,6 +231,36 @@ TEST(CudaOps, EveryCpuKernelHasACudaTwin) {
     const std::string op = k.substr(0, k.find('/'));
     EXPECT_TRUE(r.contains(op, Device::CUDA, DType::F32)) << op << " has no CUDA kernel";
   }
+}
+
+// 20 training steps on the GPU in fp32 follow the CPU run (losses within 1e-4).
+TEST(CudaTraining, TwentyStepsMatchTheCpu) {
+  AQ_REQUIRE_GPU();
+  char tmpl[] = "/tmp/aq-test-cuda-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  std::string text;
+  for (int i = 0; i < 3000; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
+  write_shard(dir + "/train.bin", std::vector<uint16_t>(text.begin(), text.end()));
+  TrainConfig c;
+  c.layers = 2;
+  c.heads = 4;
+  c.dim = 64;
+  c.max_seq = 64;
+  c.seq = 63;
+  c.batch = 5;
+  c.steps = 20;
+  c.schedule.lr = 1e-3;
+  c.data = dir + "/train.bin";
+  c.quiet = true;
+  c.device = "cpu";
+  const TrainResult cpu_run = train(c, ParallelContext::local());
+  c.device = "cuda";
+  const TrainResult gpu_run = train(c, ParallelContext::local());
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
+  for (size_t i = 0; i < cpu_run.steps.size(); ++i)
+    EXPECT_NEAR(gpu_run.steps[i].loss, cpu_run.steps[i].loss, 1e-4 * cpu_run.steps[i].loss) << "step " << i + 1;
 }
 
 TEST(CudaOps, DeviceSelectionExplainsMissingGpus) {
