@@ -2,7 +2,8 @@
 # gpu_check.sh — one command for a GPU machine with no network: build for the GPU that is present, run every
 # GPU test and the CPU suite, and end with a summary table. Made to finish well within ten minutes.
 #   scripts/gpu_check.sh            (build folder: build-gpu/, separate from the CPU build)
-# What it covers grows with the CUDA backend: today the CUDA kernels against their CPU twins.
+# It runs: every CUDA kernel against its CPU twin, 20 GPU training steps against the CPU, a short training under
+# compute-sanitizer memcheck, and aq-bench on the GPU (fp32; bf16 and the PyTorch comparison come later).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -49,9 +50,33 @@ read -r GP GF GS < <(summary gpu)
 read -r CP CF CS < <(summary cpu)
 grep -E "\*\*\*(Failed|Exception|Timeout)" "$BUILD.gpu.log" "$BUILD.cpu.log"
 
+# A short training on the GPU under compute-sanitizer (out-of-bounds and misaligned accesses, leaks).
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+awk 'BEGIN { for (i = 0; i < 20000; i++) print "line " i ": the quick brown fox jumps over the lazy dog." }' > "$TMP/text.txt"
+"$BUILD/bin/aq-prepare" --out "$TMP/data" "$TMP/text.txt" > /dev/null
+TRAIN=("$BUILD/bin/aq-train" --device cuda --data "$TMP/data/train_*.bin" --layers 2 --heads 4 --dim 64 --seq 64
+       --batch 4)
+MEMCHECK="not run (compute-sanitizer missing)"
+if command -v compute-sanitizer > /dev/null; then
+  if compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "${TRAIN[@]}" --steps 2 \
+      > "$BUILD.memcheck.log" 2>&1; then
+    MEMCHECK="clean"
+  else
+    MEMCHECK="ERRORS (see $BUILD.memcheck.log)"
+  fi
+fi
+# Benchmarks: the last line of aq-bench is JSON.
+bench() { "$BUILD/bin/aq-bench" --device cuda --config "$1" --steps "$2" --warmup 2 2>&1 | tail -1; }
+BT=$(bench tiny 20)
+BG=$(bench gpt2-124m 10)
+
 echo
 echo "gpu_check summary ($(( $(date +%s) - START )) s; build ${BUILD_S} s)"
 printf '%-22s %7s %7s %8s\n' "suite" "passed" "failed" "skipped"
 printf '%-22s %7d %7d %8d\n' "gpu (CUDA kernels)" "$GP" "$GF" "$GS" "cpu" "$CP" "$CF" "$CS"
-echo "logs: $BUILD.gpu.log $BUILD.cpu.log"
-[[ $GF -eq 0 && $CF -eq 0 && $GS -eq 0 ]]
+echo "memcheck (2 steps):    $MEMCHECK"
+echo "bench tiny:            $BT"
+echo "bench gpt2-124m fp32:  $BG"
+echo "logs: $BUILD.gpu.log $BUILD.cpu.log $BUILD.memcheck.log"
+[[ $GF -eq 0 && $CF -eq 0 && $GS -eq 0 && $MEMCHECK != ERRORS* ]]
