@@ -250,6 +250,7 @@ void GPT2<T>::layout_activations(Arena& a) {
     l.ln2_mean = a.take<T>(N);
     l.ln2_rstd = a.take<T>(N);
     l.fch = a.take<T>(N * 4 * Cl);
+    if (tp_.size > 1) l.res_mid = a.take<T>(N * C);
   }
   res_final_ = a.take<T>(N * C);
   lnf_ = a.take<T>(N * C);
@@ -424,7 +425,8 @@ void GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
     k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, Cl, NHl_);
     k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);  // row-parallel
     tp_all_reduce(proj_, N * C, "attn.c_proj output");
-    k_.residual_layernorm_forward(res_mid_, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+    T* res_mid = a.res_mid ? a.res_mid : res_mid_;
+    k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
     k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
     k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
     k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C);
@@ -433,9 +435,9 @@ void GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
     if (l + 1 < L) {
       const LayerParams wn = layer_view(P, l + 1);
       LayerActs& n = acts_[l + 1];
-      k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid_, proj_, wn.ln1w, wn.ln1b, N, C);
+      k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid, proj_, wn.ln1w, wn.ln1b, N, C);
     } else {
-      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid_, proj_, P + offset_of("ln_f.weight"),
+      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid, proj_, P + offset_of("ln_f.weight"),
                                     P + offset_of("ln_f.bias"), N, C);
     }
   }
@@ -511,11 +513,16 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     const LayerParams w = layer_view(P, l);
     const LayerParams g = layer_view(G, l);
     LayerActs& a = acts_[l];
-    // Recompute what forward did not keep: res_mid = res_in + c_proj(atty) and ln_2 = LayerNorm(res_mid), with
-    // the same kernels on the same inputs, so the values are bit-identical to the forward pass.
-    k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
-    tp_all_reduce(proj_, N * C, "attn.c_proj output (recompute)");
-    k_.residual_layernorm_forward(res_mid_, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+    // Recompute what forward did not keep: ln_2 = LayerNorm(res_mid), and on one rank res_mid = res_in +
+    // c_proj(atty) itself, with the same kernels on the same inputs, so the values are bit-identical to forward.
+    T* res_mid = a.res_mid;
+    if (res_mid) {
+      k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N, C);
+    } else {
+      res_mid = res_mid_;
+      k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
+      k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+    }
     k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
     // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
     // matmul_backward writes dinp after using inp, so d(gelu output) may overwrite the GELU output in place.
@@ -523,7 +530,7 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     k_.gelu_backward(gelu_, a.fch, gelu_, N * 4 * Cl);
     k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * Cl);
     tp_all_reduce(dbuf_, N * C, "d(ln_2 output)");
-    k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid_, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
+    k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
     // dres_ is now the gradient of res_mid = res_in + attn(...).
     k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C);
     k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, Cl, NHl_);  // gelu_ now holds d(qkv)

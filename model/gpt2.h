@@ -137,7 +137,9 @@ class GPT2 {
     T *ln1_mean, *ln1_rstd;  // (N), (N)
     T* qkv;               // (N,3C)
     T *atty, *lse;        // (N,C), (B,NH,T)
-    // res_mid = res_in + c_proj(atty) is not stored either: backward recomputes it (one C×C GEMM).
+    // res_mid = res_in + c_proj(atty): on one rank backward recomputes it (one C×C GEMM) instead of storing
+    // it; with tensor parallelism the recompute would cost a blocking all-reduce, so it is stored.
+    T* res_mid = nullptr;  // (N,C) when tp > 1
     T *ln2_mean, *ln2_rstd;
     T* fch;               // (N,4C/tp) pre-GELU; GELU is recomputed in backward instead of stored
   };
