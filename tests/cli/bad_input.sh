@@ -179,6 +179,14 @@ expect_fail lr_negative '--lr must be a positive number \(got -1\)' 1 -- "${RUN[
 expect_fail lr_schedule_unknown '--lr-schedule must be constant or cosine \(got foo\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --lr-schedule foo "${SAVE[@]}"
 expect_fail steps_negative '--steps must be >= 0' 1 -- "${RUN[@]}" --data "$DATA" --steps -1 "${SAVE[@]}"
+expect_fail device_unknown '--device must be cpu, cuda or auto \(got tpu\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --device tpu "${SAVE[@]}"
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
+  expect_fail device_cuda_without_gpu '--device cuda: (no CUDA device is visible|this build has no CUDA backend)' 1 -- \
+    "${RUN[@]}" --data "$DATA" --device cuda "${SAVE[@]}"
+fi
+expect_fail tp_does_not_divide_world 'world size 1 is not divisible by --tp 2' 1 -- \
+  "${RUN[@]}" --data "$DATA" --tp 2 "${SAVE[@]}"
 expect_fail heads_do_not_divide_dim 'C=130 is not divisible by the head count H=4' 1 -- \
   "${AQT[@]}" --layers 1 --data "$DATA" --dim 130 --heads 4 "${SAVE[@]}"
 expect_fail vocab_too_large 'vocabulary size 70000' 1 -- "${RUN[@]}" --data "$DATA" --vocab 70000 "${SAVE[@]}"
