@@ -3,7 +3,8 @@
 # GPU test and the CPU suite, and end with a summary table. Made to finish well within ten minutes.
 #   scripts/gpu_check.sh            (build folder: build-gpu/, separate from the CPU build)
 # It runs: every CUDA kernel against its CPU twin, 20 GPU training steps against the CPU, a short training under
-# compute-sanitizer memcheck, and aq-bench on the GPU (fp32; bf16 and the PyTorch comparison come later).
+# compute-sanitizer memcheck, the NCCL backend's conformance test on every GPU, and aq-bench on the GPU (fp32;
+# bf16 and the PyTorch comparison come later).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -66,6 +67,17 @@ if command -v compute-sanitizer > /dev/null; then
     MEMCHECK="ERRORS (see $BUILD.memcheck.log)"
   fi
 fi
+# NCCL across every GPU of the machine (the ctest run above used one rank).
+NCCL="not run (no mpirun or no NCCL build)"
+NGPU=$(nvidia-smi -L | wc -l)
+if command -v mpirun > /dev/null && [[ -x $BUILD/bin/test_nccl ]]; then
+  if mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NGPU" "$BUILD/bin/test_nccl" \
+      > "$BUILD.nccl.log" 2>&1; then
+    NCCL="ok on $NGPU GPU(s)"
+  else
+    NCCL="FAILED (see $BUILD.nccl.log)"
+  fi
+fi
 # Benchmarks: the last line of aq-bench is JSON.
 bench() { "$BUILD/bin/aq-bench" --device cuda --config "$1" --steps "$2" --warmup 2 2>&1 | tail -1; }
 BT=$(bench tiny 20)
@@ -76,7 +88,8 @@ echo "gpu_check summary ($(( $(date +%s) - START )) s; build ${BUILD_S} s)"
 printf '%-22s %7s %7s %8s\n' "suite" "passed" "failed" "skipped"
 printf '%-22s %7d %7d %8d\n' "gpu (CUDA kernels)" "$GP" "$GF" "$GS" "cpu" "$CP" "$CF" "$CS"
 echo "memcheck (2 steps):    $MEMCHECK"
+echo "nccl conformance:      $NCCL"
 echo "bench tiny:            $BT"
 echo "bench gpt2-124m fp32:  $BG"
 echo "logs: $BUILD.gpu.log $BUILD.cpu.log $BUILD.memcheck.log"
-[[ $GF -eq 0 && $CF -eq 0 && $GS -eq 0 && $MEMCHECK != ERRORS* ]]
+[[ $GF -eq 0 && $CF -eq 0 && $GS -eq 0 && $MEMCHECK != ERRORS* && $NCCL != FAILED* ]]
