@@ -425,6 +425,7 @@ StepRecord Job::step(int64_t s) {
     comm += c.ms();
     exposed += c.ms();
   }
+  device_synchronize(device_);  // the step's time includes the queued optimizer kernels
   const double tp_ms = model_->take_tp_comm_ms();
   StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0, comm + tp_ms, exposed + tp_ms};
   r.tokens_per_s = static_cast<double>(cfg_.batch) * cfg_.seq * ctx_.dp() / (r.ms / 1000.0);

@@ -68,6 +68,13 @@ void device_zero(Device d, void* p, size_t bytes) {
 #endif
 }
 
+void device_synchronize(Device d) {
+  if (d == Device::CPU) return;
+#ifdef AQ_HAVE_CUDA
+  AQ_CUDA_CHECK(cudaDeviceSynchronize());
+#endif
+}
+
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
   if (bytes == 0 || dst == src) return;
   if (dst_dev == Device::CPU && src_dev == Device::CPU) {

@@ -18,6 +18,7 @@ void device_zero(Device d, void* p, size_t bytes);
 // Copies between any two places (host ↔ device, or within one); synchronous.
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
 bool cuda_built();  // whether this build has the CUDA backend
+void device_synchronize(Device d);  // waits for the device's queued work (timing); no-op on the CPU
 
 template <typename T>
 class DeviceBuffer {

@@ -51,7 +51,8 @@ read -r GP GF GS < <(summary gpu)
 read -r CP CF CS < <(summary cpu)
 grep -E "\*\*\*(Failed|Exception|Timeout)" "$BUILD.gpu.log" "$BUILD.cpu.log"
 
-# A short training on the GPU under compute-sanitizer (out-of-bounds and misaligned accesses, leaks).
+# A short training on the GPU under compute-sanitizer (out-of-bounds and misaligned accesses). No leak check: the
+# caching allocator keeps its blocks until exit by design.
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 awk 'BEGIN { for (i = 0; i < 20000; i++) print "line " i ": the quick brown fox jumps over the lazy dog." }' > "$TMP/text.txt"
@@ -60,7 +61,7 @@ TRAIN=("$BUILD/bin/aq-train" --device cuda --data "$TMP/data/train_*.bin" --laye
        --batch 4)
 MEMCHECK="not run (compute-sanitizer missing)"
 if command -v compute-sanitizer > /dev/null; then
-  if compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "${TRAIN[@]}" --steps 2 \
+  if compute-sanitizer --tool memcheck --error-exitcode 9 "${TRAIN[@]}" --steps 2 \
       > "$BUILD.memcheck.log" 2>&1; then
     MEMCHECK="clean"
   else

@@ -33,40 +33,70 @@ Lt& lt() {
 // Row-major C (M,N) = op(A) · op(B) (+ bias over columns) with beta·C; A is (M,K) or (K,M) when trans_a, etc.
 }  // namespace
 
+namespace {
+// Destroys the cuBLASLt descriptors of one call on every path, errors included.
+struct LtCall {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~LtCall() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+// Largest power-of-two alignment (≤ 256 bytes) of a pointer, so the heuristic only offers kernels that can
+// read it: views such as x + r0·C are often only 4-byte aligned.
+uint32_t alignment(const void* p) {
+  uint32_t a = 256;
+  while (a > 4 && reinterpret_cast<uintptr_t>(p) % a) a /= 2;
+  return a;
+}
+}  // namespace
+
+// Row-major C (M,N) = op(A) · op(B) (+ bias over columns) with beta·C.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc, const float* bias) {
-  cublasLtMatmulDesc_t desc;
-  AQ_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  LtCall c;
+  AQ_CUBLAS_CHECK(cublasLtMatmulDescCreate(&c.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   // Column-major problem: Cᵀ (N,M) = op'(B-buffer) · op'(A-buffer).
   const cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
-  AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+  AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(c.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+  AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(c.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
   if (bias) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(c.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    AQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(c.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
-  cublasLtMatrixLayout_t la, lb, lc;
-  // Stored B-buffer, seen column-major: (N,K) when not transposed, (K,N) when transposed.
-  AQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, trans_b ? K : N, trans_b ? N : K, ldb));
-  AQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, trans_a ? M : K, trans_a ? K : M, lda));
-  AQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, ldc));
-  cublasLtMatmulPreference_t pref;
-  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspaceBytes,
-                                                       sizeof(kWorkspaceBytes)));
+  // Stored B-buffer, seen column-major: (N,K) when not transposed, (K,N) when transposed; likewise A.
+  AQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c.la, CUDA_R_32F, trans_b ? K : N, trans_b ? N : K, ldb));
+  AQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c.lb, CUDA_R_32F, trans_a ? M : K, trans_a ? K : M, lda));
+  AQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c.lc, CUDA_R_32F, N, M, ldc));
+  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&c.pref));
+  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                       &kWorkspaceBytes, sizeof(kWorkspaceBytes)));
+  const uint32_t align_a = alignment(B), align_b = alignment(A), align_c = alignment(C);  // swapped operands
+  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                       sizeof(align_a)));
+  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                       sizeof(align_b)));
+  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                                       sizeof(align_c)));
+  AQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                                       sizeof(align_c)));
   cublasLtMatmulHeuristicResult_t heur{};
   int found = 0;
-  AQ_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt().handle, desc, la, lb, lc, lc, pref, 1, &heur, &found));
-  AQ_CHECK(found > 0, "cuBLASLt has no algorithm for a ", M, "x", N, "x", K, " fp32 GEMM");
+  const cublasStatus_t hs =
+      cublasLtMatmulAlgoGetHeuristic(lt().handle, c.desc, c.la, c.lb, c.lc, c.lc, c.pref, 1, &heur, &found);
+  AQ_CHECK(hs == CUBLAS_STATUS_SUCCESS && found > 0, "cuBLASLt has no algorithm for a ", M, "x", N, "x", K,
+           " fp32 GEMM (trans ", trans_a, trans_b, ", alignments ", align_b, "/", align_a, "/", align_c,
+           " bytes, status ", static_cast<int>(hs), ")");
   const float alpha = 1.0f;
-  AQ_CUBLAS_CHECK(cublasLtMatmul(lt().handle, desc, &alpha, B, la, A, lb, &beta, C, lc, C, lc, &heur.algo,
+  AQ_CUBLAS_CHECK(cublasLtMatmul(lt().handle, c.desc, &alpha, B, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &heur.algo,
                                  lt().workspace, kWorkspaceBytes, nullptr));
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatmulDescDestroy(desc);
 }
 
 }  // namespace aq::cuda

@@ -32,8 +32,9 @@ void embedding_forward(float* out, const int32_t* inp, const float* wte, const f
 }
 
 __global__ void iota_kernel(int32_t* x, int64_t n) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) x[i] = static_cast<int32_t>(i);
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
+    x[i] = static_cast<int32_t>(i);
 }
 
 // Thread (i, c): if sorted position i starts a run of equal tokens, sum the run's gradients for channel c.
@@ -50,12 +51,14 @@ __global__ void wte_backward_kernel(float* dwte, const int32_t* tokens, const in
 }
 
 __global__ void wpe_backward_kernel(float* dwpe, const float* dout, int B, int T_, int C) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= static_cast<int64_t>(T_) * C) return;
-  const int64_t t = i / C, c = i % C;
-  float acc = 0;
-  for (int b = 0; b < B; ++b) acc += dout[(b * static_cast<int64_t>(T_) + t) * C + c];
-  dwpe[i] += acc;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < static_cast<int64_t>(T_) * C;
+       i += stride) {
+    const int64_t t = i / C, c = i % C;
+    float acc = 0;
+    for (int b = 0; b < B; ++b) acc += dout[(b * static_cast<int64_t>(T_) + t) * C + c];
+    dwpe[i] += acc;
+  }
 }
 
 void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B, int T_, int C,

@@ -107,7 +107,7 @@ DATA=$TMP/data/train_000.bin
 
 # A tiny model trained for one step, saved with its training state. TRAIN is the program with the model shape;
 # RUN adds a small batch. A flag may be given once only (a repeated flag is itself a command-line error).
-AQT=("$BIN/aq-train" --threads 1)
+AQT=("$BIN/aq-train" --threads 1 --device cpu)
 TRAIN=("${AQT[@]}" --layers 1 --heads 2 --dim 16)
 RUN=("${TRAIN[@]}" --seq 16 --batch 2)
 CK=$TMP/ck.safetensors

@@ -55,6 +55,7 @@ class Training : public test::TempDirTest {
     cfg_.data = dir_ + "/train_000.bin";
     cfg_.quiet = true;
     cfg_.threads = 2;
+    cfg_.device = "cpu";  // the CPU trainer is what this suite tests, GPU or not
   }
 
   static std::vector<double> losses(const TrainResult& r) {

@@ -125,6 +125,7 @@ class Layouts : public ::testing::Test {
     c.quiet = true;
     c.threads = 1;
     c.bucket_mb = 0.01;  // several buckets even for this small model
+    c.device = "cpu";
     return c;
   }
   // The single-process reference (every rank computes it for itself).
