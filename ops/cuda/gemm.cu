@@ -30,10 +30,6 @@ Lt& lt() {
   return instance;
 }
 
-// Row-major C (M,N) = op(A) · op(B) (+ bias over columns) with beta·C; A is (M,K) or (K,M) when trans_a, etc.
-}  // namespace
-
-namespace {
 // Destroys the cuBLASLt descriptors of one call on every path, errors included.
 struct LtCall {
   cublasLtMatmulDesc_t desc = nullptr;
