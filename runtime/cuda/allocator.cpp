@@ -18,6 +18,7 @@ size_t CachingAllocator::round_up(size_t bytes) {
 }
 
 void* CachingAllocator::allocate(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
   const size_t size = round_up(bytes == 0 ? 1 : bytes);
   void* p = nullptr;
   auto it = free_.find(size);
@@ -29,7 +30,7 @@ void* CachingAllocator::allocate(size_t bytes) {
     cudaError_t err = cudaMalloc(&p, size);
     if (err == cudaErrorMemoryAllocation && cached_ > 0) {  // give the cache back and try once more
       cudaGetLastError();
-      empty_cache();
+      release_cache();
       err = cudaMalloc(&p, size);
     }
     if (err == cudaErrorMemoryAllocation) {
@@ -50,6 +51,7 @@ void* CachingAllocator::allocate(size_t bytes) {
 
 void CachingAllocator::release(void* p) {
   if (!p) return;
+  std::lock_guard<std::mutex> lock(mutex_);
   auto it = sizes_.find(p);
   AQ_ASSERT(it != sizes_.end(), "release of a pointer the allocator did not hand out");
   free_[it->second].push_back(p);
@@ -59,6 +61,11 @@ void CachingAllocator::release(void* p) {
 }
 
 void CachingAllocator::empty_cache() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  release_cache();
+}
+
+void CachingAllocator::release_cache() {
   for (auto& [size, blocks] : free_)
     for (void* p : blocks) cudaFree(p);
   free_.clear();

@@ -1,11 +1,13 @@
 // allocator.h — a caching device allocator: cudaMalloc only on a cache miss, never inside the step loop once
 // the first step has sized everything. Blocks are rounded up (512 B under 1 MiB, 2 MiB above) and kept in
-// per-size free lists when freed; empty_cache() returns them to the driver. Not thread-safe: one allocator per
-// rank, used from the thread that drives the device.
+// per-size free lists when freed; empty_cache() returns them to the driver. One allocator per process; a mutex
+// makes it safe to call from several host threads. Blocks are reused at once, which is correct while all work
+// runs on one stream (the legacy default stream); a second stream touching them needs an event per block.
 #pragma once
 
 #include <cstddef>
 #include <map>
+#include <mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -24,6 +26,8 @@ class CachingAllocator {
 
  private:
   static size_t round_up(size_t bytes);
+  void release_cache();  // with the mutex held
+  std::mutex mutex_;
   std::map<size_t, std::vector<void*>> free_;  // rounded size → blocks
   std::unordered_map<void*, size_t> sizes_;    // live block → rounded size
   size_t in_use_ = 0, peak_ = 0, cached_ = 0, mallocs_ = 0;

@@ -4,7 +4,9 @@
 #include <cuda_runtime.h>
 #include <unistd.h>
 
+#include <barrier>
 #include <filesystem>
+#include <thread>
 
 #include "ops/adamw/adamw.h"
 #include "ops/attention/attention.h"
@@ -221,6 +223,62 @@ TEST(CudaOps, SoftmaxXentAndChunkedClassifier) {
     EXPECT_LT(rel_err(gdx.read(), dx), 1e-5) << "chunk " << chunk;
     EXPECT_LT(rel_err(gdw.read(), dwte), 1e-5) << "chunk " << chunk;
   }
+}
+
+// Two "ranks" as threads on one GPU, each owning half of a padded vocabulary; the hook combines their device
+// row statistics through the host (as NCCL would on the device). Losses and summed dx must match one rank.
+TEST(CudaOps, VocabularyParallelClassifierMatchesSingleRank) {
+  AQ_REQUIRE_GPU();
+  const int N = 11, C = 8, V = 37, Vl = 19, chunk = 4;  // padded to 38: rank 1 owns rows 19-36 and one padding row
+  F x = randn<float>(N * C, 30), wte = randn<float>(V * C, 31, 0.5);
+  auto tgt = test::random_tokens(N, V, 32);
+  F losses(N), dx(N * C), dwte(V * C, 0.0f), sc(chunk * V);
+  cpu<ops::Classifier<float>::Forward>("classifier")(losses.data(), dx.data(), dwte.data(), sc.data(), x.data(),
+                                                     wte.data(), tgt.data(), N, C, V, 0, V, chunk, 1.0f / N, nullptr);
+  struct Shared {
+    std::barrier<> sync{2};
+    std::vector<float> slot[2];
+  } shared;
+  auto hook_fn = [](void* ctx, float* dev, int64_t n, int is_max) {
+    auto* self = static_cast<std::pair<Shared*, int>*>(ctx);
+    Shared& sh = *self->first;
+    std::vector<float>& mine = sh.slot[self->second];
+    mine.resize(static_cast<size_t>(n));
+    cudaMemcpy(mine.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    sh.sync.arrive_and_wait();
+    std::vector<float> out(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = is_max ? std::max(sh.slot[0][i], sh.slot[1][i]) : sh.slot[0][i] + sh.slot[1][i];
+    sh.sync.arrive_and_wait();
+    cudaMemcpy(dev, out.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+  };
+  F wte_pad(2 * Vl * C, 0.0f);
+  std::copy(wte.begin(), wte.end(), wte_pad.begin());
+  F lr[2] = {F(N), F(N)}, dxr[2] = {F(N * C), F(N * C)}, dwr[2] = {F(Vl * C), F(Vl * C)};
+  std::vector<std::thread> ranks;
+  Dev<float> gx(x);
+  Dev<int32_t> gt(tgt);
+  for (int r = 0; r < 2; ++r)
+    ranks.emplace_back([&, r] {
+      std::pair<Shared*, int> ctx{&shared, r};
+      const ops::ReduceHook<float> hook{&ctx, hook_fn};
+      Dev<float> gw(F(wte_pad.begin() + r * Vl * C, wte_pad.begin() + (r + 1) * Vl * C)), gl(F(N, NAN)),
+          gdx(F(N * C, NAN)), gdw(F(Vl * C, 0.0f)), gs(F(chunk * Vl, 0.0f));
+      gpu<ops::Classifier<float>::Forward>("classifier")(gl.get(), gdx.get(), gdw.get(), gs.get(), gx.get(), gw.get(),
+                                                         gt.get(), N, C, Vl, r * Vl, V, chunk, 1.0f / N, &hook);
+      lr[r] = gl.read();
+      dxr[r] = gdx.read();
+      dwr[r] = gdw.read();
+    });
+  for (auto& t : ranks) t.join();
+  EXPECT_LT(rel_err(lr[0], losses), 1e-5);
+  EXPECT_EQ(lr[0], lr[1]);
+  F dx_sum(N * C);
+  for (int i = 0; i < N * C; ++i) dx_sum[i] = dxr[0][i] + dxr[1][i];
+  EXPECT_LT(rel_err(dx_sum, dx), 1e-5);
+  F joined(dwr[0]);
+  joined.insert(joined.end(), dwr[1].begin(), dwr[1].begin() + (V - Vl) * C);
+  EXPECT_LT(rel_err(joined, dwte), 1e-5);
 }
 
 TEST(CudaOps, EveryCpuKernelHasACudaTwin) {
