@@ -214,8 +214,6 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
   grads_ = DeviceBuffer<T>(device, static_cast<size_t>(buffer_size_));
   losses_host_.resize(static_cast<size_t>(max_batch) * max_seq_len);
   layout_activations(acts_arena_);
-  AQ_CHECK(device == Device::CPU || tp.size == 1, "tensor parallelism on CUDA needs the NCCL backend, which this ",
-           "build does not have yet; use --device cpu with --tp");
 
   auto& reg = ops::Registry::instance();
   const DType dt = dtype_of<T>();
@@ -357,7 +355,8 @@ std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const T
       std::copy(w, w + n, f);
     } else {
       shards.resize(static_cast<size_t>(n * tp_.size));
-      tp_.group->all_gather(w, shards.data(), n, dtype_of<T>(), {"checkpoint gather " + p.name})->wait();
+      Backend* g = tp_.host_group ? tp_.host_group : tp_.group;  // w and shards are host memory here
+      g->all_gather(w, shards.data(), n, dtype_of<T>(), {"checkpoint gather " + p.name})->wait();
       for (int r = 0; r < tp_.size; ++r)
         for (int64_t i = 0; i < n; ++i) {
           const int64_t fi = full_index(p, r, i);

@@ -71,7 +71,8 @@ struct ParamInfo {
 // The tensor-parallel group a model instance belongs to; size 1 = the whole model on this rank.
 struct TensorParallel {
   int size = 1, rank = 0;
-  Backend* group = nullptr;
+  Backend* group = nullptr;       // collectives on the model's own buffers (its device)
+  Backend* host_group = nullptr;  // the same ranks for host memory (checkpoint gathers); null: `group`
 };
 
 template <typename T>

@@ -107,7 +107,7 @@ struct OptimizerState {
   int64_t step = 0;          // completed optimizer steps
 };
 
-// --device: cpu, cuda, or auto (cuda for a single process when a GPU is visible).
+// --device: cpu, cuda, or auto (cuda when a GPU is visible).
 Device choose_device(const std::string& want, const ParallelContext& ctx) {
   AQ_CHECK(want == "cpu" || want == "cuda" || want == "auto", "--device must be cpu, cuda or auto (got ", want, ")");
 #ifdef AQ_HAVE_CUDA
@@ -115,11 +115,9 @@ Device choose_device(const std::string& want, const ParallelContext& ctx) {
 #else
   const bool gpu = false;
 #endif
-  if (want == "cpu" || (want == "auto" && (!gpu || ctx.world_size() > 1))) return Device::CPU;
+  if (want == "cpu" || (want == "auto" && !gpu)) return Device::CPU;
   AQ_CHECK(cuda_built(), "--device cuda: this build has no CUDA backend (configure with the CUDA toolkit, "
            "-DAQ_CUDA=ON)");
-  AQ_CHECK(ctx.world_size() == 1, "--device cuda with ", ctx.world_size(), " ranks needs the NCCL backend, which ",
-           "this build does not have yet; run one process per GPU job, or --device cpu under mpirun");
 #ifdef AQ_HAVE_CUDA
   const cuda::DeviceInfo info = cuda::select_device(ctx.local_rank(), ctx.local_size());
   log_info("device: cuda:", info.index, " ", cuda::describe(info));
@@ -152,7 +150,8 @@ class Job {
  public:
   Job(const TrainConfig& cfg, ParallelContext& ctx) : cfg_(cfg), ctx_(ctx), rng_(cfg.seed) {}
 
-  void setup();
+  void setup();  // flags, files, device: everything that can fail differently on different ranks
+  void build();  // device groups (collective), model, optimizer state, buckets
   StepRecord step(int64_t s);
   double evaluate();
   void save(const std::string& path);
@@ -189,6 +188,7 @@ class Job {
   std::unique_ptr<DataLoader> train_data_, val_data_;
   std::unique_ptr<GradBuckets> buckets_;
   Device device_ = Device::CPU;
+  int gpus_on_node_ = 0;
   OptimizerState opt_;
   DeviceBuffer<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
   std::vector<int32_t> inputs_, targets_;
@@ -222,7 +222,18 @@ void Job::setup() {
                                              ctx_.dp(), "--val-data");
 
   device_ = choose_device(cfg_.device, ctx_);
-  TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.tp_group()};
+  gpus_on_node_ = 0;
+#ifdef AQ_HAVE_CUDA
+  if (device_ == Device::CUDA) gpus_on_node_ = cuda::device_count();
+#endif
+}
+
+void Job::build() {
+  std::unique_ptr<SafeTensorsReader> weights;
+  if (!cfg_.resume.empty() || !cfg_.init_from.empty())
+    weights = std::make_unique<SafeTensorsReader>(!cfg_.resume.empty() ? cfg_.resume : cfg_.init_from);
+  ctx_.enable_device_groups(device_, gpus_on_node_);
+  TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.device_tp_group(), &ctx_.tp_group()};
   model_ = std::make_unique<GPT2<float>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1, device_);
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
@@ -236,8 +247,8 @@ void Job::setup() {
   if (ctx_.dp() > 1 && !cfg_.zero) {
     std::vector<int64_t> boundaries;
     for (const ParamInfo& p : model_->params_info()) boundaries.push_back(p.offset);
-    buckets_ = std::make_unique<GradBuckets>(ctx_.dp_group(), model_->grads(), model_->buffer_size(), boundaries,
-                                             cfg_.bucket_mb);
+    buckets_ = std::make_unique<GradBuckets>(ctx_.device_dp_group(), model_->grads(), model_->buffer_size(),
+                                             boundaries, cfg_.bucket_mb);
     model_->set_grad_ready_hook([this](int64_t offset) { buckets_->on_ready(offset); });
   }
   inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.seq);
@@ -374,12 +385,11 @@ StepRecord Job::step(int64_t s) {
     buckets_->finish();  // data-parallel mean of the gradients
     comm += buckets_->comm_ms();
     exposed += buckets_->exposed_ms();
-  } else if (cfg_.zero && ctx_.dp() > 1) {  // (CPU only: multi-rank CUDA is refused at set-up)
+  } else if (cfg_.zero && ctx_.dp() > 1) {
     Timer c;
-    float* slice = grad_slice_.data();
-    ctx_.dp_group().reduce_scatter(grads, slice, slice_len(), DType::F32, {"ZeRO-1 gradient reduce-scatter"})->wait();
-    const float inv = 1.0f / static_cast<float>(ctx_.dp());
-    for (int64_t i = 0; i < slice_len(); ++i) slice[i] *= inv;
+    ctx_.device_dp_group()
+        .reduce_scatter(grads, grad_slice_.data(), slice_len(), DType::F32, {"ZeRO-1 gradient reduce-scatter"})
+        ->wait();
     comm += c.ms();
     exposed += c.ms();
   }
@@ -390,7 +400,10 @@ StepRecord Job::step(int64_t s) {
   loss /= ctx_.dp();
   AQ_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for ",
            "this step); lower --lr or keep --grad-clip on");
-  const double norm = global_grad_norm(my_grads);
+  // The reductions above sum over the DP ranks; the mean is taken here, once, instead of in another pass over
+  // the gradients: the norm is divided by dp and the division is folded into AdamW's gradient scale.
+  const double dp_scale = 1.0 / ctx_.dp();
+  const double norm = global_grad_norm(my_grads) * dp_scale;
   if (!std::isfinite(norm)) {
     std::string where = "(not on this rank)";
     std::vector<float> host(static_cast<size_t>(model_->buffer_size()));
@@ -405,7 +418,7 @@ StepRecord Job::step(int64_t s) {
   }
   // torch.nn.utils.clip_grad_norm_: scale by clip/(norm + 1e-6) when that is below 1.
   ops::AdamWParams hp;
-  hp.grad_scale = cfg_.grad_clip > 0 ? std::min(1.0, cfg_.grad_clip / (norm + 1e-6)) : 1.0;
+  hp.grad_scale = (cfg_.grad_clip > 0 ? std::min(1.0, cfg_.grad_clip / (norm + 1e-6)) : 1.0) * dp_scale;
   hp.lr = cfg_.schedule.at(s);
   hp.beta1 = cfg_.beta1;
   hp.beta2 = cfg_.beta2;
@@ -421,7 +434,9 @@ StepRecord Job::step(int64_t s) {
   if (cfg_.zero && ctx_.dp() > 1) {
     Timer c;
     float* params = model_->params();
-    ctx_.dp_group().all_gather(params + lo, params, slice_len(), DType::F32, {"ZeRO-1 parameter all-gather"})->wait();
+    ctx_.device_dp_group()
+        .all_gather(params + lo, params, slice_len(), DType::F32, {"ZeRO-1 parameter all-gather"})
+        ->wait();
     comm += c.ms();
     exposed += c.ms();
   }
@@ -452,17 +467,25 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   const int nthreads = configure_threads(cfg.threads);
   Job job(cfg, ctx);
   // Set-up failures (bad flags, files, shapes) are agreed on, so exactly one rank reports and all exit.
-  std::string error;
-  try {
-    cfg.validate();
-    job.setup();
-  } catch (const CommError&) {
-    throw;
-  } catch (const Error& e) {
-    error = e.what();
+  // Set-up failures (bad flags, files, shapes, devices) are agreed on, so exactly one rank reports and all exit;
+  // the collective part of building (device groups) starts only once every rank got that far.
+  for (int phase = 0; phase < 2; ++phase) {
+    std::string error;
+    try {
+      if (phase == 0) {
+        cfg.validate();
+        job.setup();
+      } else {
+        job.build();
+      }
+    } catch (const CommError&) {
+      throw;
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    error = ctx.agree_on_failure(error);
+    if (!error.empty()) fail(error);
   }
-  error = ctx.agree_on_failure(error);
-  if (!error.empty()) fail(error);
 
   const bool parallel = ctx.world_size() > 1;
   log_info(ctx.banner(job.device_label()));

@@ -4,9 +4,13 @@
 #include <cstring>
 #include <vector>
 
+#include "parallel/staged_backend.h"
 #include "runtime/log.h"
 #ifdef AQ_HAVE_MPI
 #include "parallel/mpi_backend.h"
+#endif
+#ifdef AQ_HAVE_NCCL
+#include "parallel/nccl_backend.h"
 #endif
 
 namespace aq {
@@ -26,6 +30,8 @@ void ParallelContext::make_local() {
   world_ = std::make_shared<LocalBackend>();
   tp_group_ = world_;
   dp_group_ = world_;
+  device_tp_ = tp_group_;
+  device_dp_ = dp_group_;
 }
 
 ParallelContext& ParallelContext::local() {
@@ -83,6 +89,37 @@ void ParallelContext::configure(int tp, double comm_timeout_s) {
     dp_group_ = std::make_shared<MpiBackend>(dpc, "dp", monitor, comm_timeout_s);
   }
 #endif
+  timeout_s_ = comm_timeout_s;
+  device_ = Device::CPU;
+  device_tp_ = tp_group_;
+  device_dp_ = dp_group_;
+}
+
+void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
+  device_ = device;
+  if (device == Device::CPU || world_size_ == 1) {
+    device_tp_ = tp_group_;
+    device_dp_ = dp_group_;
+    return;
+  }
+#ifdef AQ_HAVE_NCCL
+  if (mpi_ && local_size_ <= gpus_on_node) {
+    auto comm_of = [](Backend& g) {
+      MPI_Comm dup;
+      check_mpi(MPI_Comm_dup(static_cast<MpiBackend&>(g).comm(), &dup), "MPI_Comm_dup (NCCL id exchange)");
+      return dup;
+    };
+    MPI_Comm tpc = comm_of(*tp_group_), dpc = comm_of(*dp_group_);
+    device_tp_ = std::make_shared<NcclBackend>(tpc, "tp", timeout_s_);
+    device_dp_ = std::make_shared<NcclBackend>(dpc, "dp", timeout_s_);
+    MPI_Comm_free(&tpc);
+    MPI_Comm_free(&dpc);
+    return;
+  }
+#endif
+  (void)gpus_on_node;
+  device_tp_ = std::make_shared<StagedBackend>(*tp_group_, device);
+  device_dp_ = std::make_shared<StagedBackend>(*dp_group_, device);
 }
 
 std::string ParallelContext::banner(const std::string& device) {
@@ -106,6 +143,8 @@ std::string ParallelContext::banner(const std::string& device) {
 }
 
 void ParallelContext::finalize() {
+  device_tp_.reset();
+  device_dp_.reset();
   tp_group_.reset();
   dp_group_.reset();
   world_.reset();

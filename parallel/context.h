@@ -35,9 +35,18 @@ class ParallelContext {
   const std::string& host() const { return host_; }
   bool uses_mpi() const { return mpi_; }
 
+  // Groups for host memory (MPI).
   Backend& world() { return *world_; }
   Backend& tp_group() { return *tp_group_; }
   Backend& dp_group() { return *dp_group_; }
+
+  // Groups for buffers on `device` (the model's compute and gradients): the host groups for the CPU; for CUDA,
+  // NCCL when this build has it and every rank of the node has its own GPU, otherwise the MPI groups staged
+  // through host memory. Collective: every rank calls it with the same device, after configure().
+  void enable_device_groups(Device device, int gpus_on_node);
+  Device device() const { return device_; }
+  Backend& device_tp_group() { return *device_tp_; }
+  Backend& device_dp_group() { return *device_dp_; }
 
   // Rank 0 gathers every rank's host, local rank, device and (tp, dp) coordinates into a table. Collective.
   std::string banner(const std::string& device);
@@ -54,8 +63,11 @@ class ParallelContext {
   void make_local();
   bool mpi_ = false;
   int world_rank_ = 0, world_size_ = 1, local_rank_ = 0, local_size_ = 1, tp_ = 1;
+  double timeout_s_ = 300;
   std::string host_;
   std::shared_ptr<Backend> world_, tp_group_, dp_group_;
+  Device device_ = Device::CPU;
+  std::shared_ptr<Backend> device_tp_, device_dp_;
   std::shared_ptr<void> monitor_;
 };
 

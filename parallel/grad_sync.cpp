@@ -43,9 +43,6 @@ void GradBuckets::finish() {
   for (auto& b : buckets_) b.work->wait();
   exposed_ms_ = t.ms();
   for (auto& b : buckets_) comm_ms_ += b.work->completed_ms() - b.work->started_ms();
-  const float inv = 1.0f / static_cast<float>(dp_.size());
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n_; ++i) grads_[i] *= inv;
 }
 
 }  // namespace aq

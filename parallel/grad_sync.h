@@ -4,7 +4,9 @@
 // end because backward finishes the gradients from the end. The model reports "every gradient at offset >= X
 // is final" after each block (GPT2::set_grad_ready_hook); each bucket that is then complete starts its
 // asynchronous all-reduce at once, and in-flight ones are polled so MPI makes progress while backward
-// continues. finish() starts what is left, waits, and divides by the data-parallel size (the mean).
+// continues. finish() starts what is left and waits. The buffer then holds the SUM over the data-parallel ranks:
+// the caller takes the mean where it is free (the trainer folds 1/dp into the norm and AdamW's gradient scale),
+// which saves a pass over the gradients and works the same on any device.
 //
 // Every rank of the DP group builds the same buckets from the same layout, so the all-reduces match.
 #pragma once
@@ -18,7 +20,8 @@ namespace aq {
 
 class GradBuckets {
  public:
-  // boundaries: offsets where tensors start, ascending (the first is 0); n: buffer length.
+  // boundaries: offsets where tensors start, ascending (the first is 0); n: buffer length. grads may live on a
+  // GPU when `dp` is a device group.
   GradBuckets(Backend& dp, float* grads, int64_t n, const std::vector<int64_t>& boundaries, double bucket_mb);
 
   void begin_step();

@@ -1,5 +1,6 @@
 // test_parallel.cpp — run under mpirun (CTest starts it with 2 and with 4 ranks).
-//   * Backend conformance: every collective on the world, TP and DP groups, closed-form expected values
+//   * Backend conformance: every collective on the world, TP and DP groups (MPI, and MPI staged through host
+//     memory as GPU buffers use it without NCCL), closed-form expected values
 //     (rank r contributes r+1, so a sum is n(n+1)/2), odd sizes, every supported dtype.
 //   * Equivalence: for every (tp, dp) layout the world allows, with and without ZeRO-1, 6 steps give the
 //     losses and final weights of one process with batch dp·B (losses rel. err < 1e-5, weights < 1e-4).
@@ -12,6 +13,7 @@
 
 #include "model/trainer.h"
 #include "parallel/context.h"
+#include "parallel/staged_backend.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
 #include "tests/test_util.h"
@@ -81,6 +83,11 @@ TEST(Backend, ConformanceOnEveryGroup) {
     check_group(g_ctx->world());
     check_group(g_ctx->tp_group());
     check_group(g_ctx->dp_group());
+    // The host-staged form that carries GPU buffers over MPI (several ranks per GPU, or no NCCL), here with
+    // host "device" memory so its copying and in-place conventions are checked on any machine.
+    StagedBackend staged_world(g_ctx->world(), Device::CPU), staged_dp(g_ctx->dp_group(), Device::CPU);
+    check_group(staged_world);
+    check_group(staged_dp);
   }
 }
 
