@@ -16,6 +16,8 @@
 #include "parallel/grad_sync.h"
 #include "runtime/memory.h"
 #ifdef AQ_HAVE_CUDA
+#include <cublasLt.h>
+
 #include "runtime/cuda/device.h"
 #endif
 #include "runtime/data.h"
@@ -120,7 +122,9 @@ Device choose_device(const std::string& want, const ParallelContext& ctx) {
            "-DAQ_CUDA=ON)");
 #ifdef AQ_HAVE_CUDA
   const cuda::DeviceInfo info = cuda::select_device(ctx.local_rank(), ctx.local_size());
-  log_info("device: cuda:", info.index, " ", cuda::describe(info));
+  const size_t lt = cublasLtGetVersion();
+  log_info("device: cuda:", info.index, " ", cuda::describe(info), ", cuBLASLt ", lt / 10000, ".", (lt / 100) % 100,
+           ".", lt % 100);
 #endif
   return Device::CUDA;
 }
@@ -233,6 +237,7 @@ void Job::build() {
   if (!cfg_.resume.empty() || !cfg_.init_from.empty())
     weights = std::make_unique<SafeTensorsReader>(!cfg_.resume.empty() ? cfg_.resume : cfg_.init_from);
   ctx_.enable_device_groups(device_, gpus_on_node_);
+  if (device_ != Device::CPU && ctx_.world_size() > 1) log_info("device collectives: ", ctx_.device_dp_group().describe());
   TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.device_tp_group(), &ctx_.tp_group()};
   model_ = std::make_unique<GPT2<float>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1, device_);
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
