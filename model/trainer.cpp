@@ -116,6 +116,7 @@ Device choose_device(const std::string& want, const ParallelContext& ctx) {
   const bool gpu = cuda::device_count() > 0;
 #else
   const bool gpu = false;
+  (void)ctx;
 #endif
   if (want == "cpu" || (want == "auto" && !gpu)) return Device::CPU;
   AQ_CHECK(cuda_built(), "--device cuda: this build has no CUDA backend (configure with the CUDA toolkit, "
