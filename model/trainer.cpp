@@ -109,7 +109,7 @@ struct OptimizerState {
   int64_t step = 0;          // completed optimizer steps
 };
 
-// --device: cpu, cuda, or auto (cuda when a GPU is visible).
+// --device: cpu, cuda, or auto (cuda for a single process when a GPU is visible).
 Device choose_device(const std::string& want, const ParallelContext& ctx) {
   AQ_CHECK(want == "cpu" || want == "cuda" || want == "auto", "--device must be cpu, cuda or auto (got ", want, ")");
 #ifdef AQ_HAVE_CUDA
@@ -118,7 +118,9 @@ Device choose_device(const std::string& want, const ParallelContext& ctx) {
   const bool gpu = false;
   (void)ctx;
 #endif
-  if (want == "cpu" || (want == "auto" && !gpu)) return Device::CPU;
+  // auto stays on the CPU for several ranks: every rank must choose the same device, and a rank's view of the
+  // GPUs (driver, CUDA_VISIBLE_DEVICES, ranks per node) may differ; multi-rank GPU runs say --device cuda.
+  if (want == "cpu" || (want == "auto" && (!gpu || ctx.world_size() > 1))) return Device::CPU;
   AQ_CHECK(cuda_built(), "--device cuda: this build has no CUDA backend (configure with the CUDA toolkit, "
            "-DAQ_CUDA=ON)");
 #ifdef AQ_HAVE_CUDA
@@ -194,6 +196,7 @@ class Job {
   std::unique_ptr<GradBuckets> buckets_;
   Device device_ = Device::CPU;
   int gpus_on_node_ = 0;
+  std::unique_ptr<SafeTensorsReader> weights_;  // --init-from / --resume file, opened in setup()
   OptimizerState opt_;
   DeviceBuffer<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
   std::vector<int32_t> inputs_, targets_;
@@ -203,7 +206,7 @@ class Job {
 };
 
 void Job::setup() {
-  std::unique_ptr<SafeTensorsReader> weights;
+  std::unique_ptr<SafeTensorsReader>& weights = weights_;  // kept open for build()
   mc_ = model_config(cfg_, weights);
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
            "; lower --seq", weights ? "" : str(" or raise --max-seq to at least ", cfg_.seq));
@@ -234,10 +237,8 @@ void Job::setup() {
 }
 
 void Job::build() {
-  std::unique_ptr<SafeTensorsReader> weights;
-  if (!cfg_.resume.empty() || !cfg_.init_from.empty())
-    weights = std::make_unique<SafeTensorsReader>(!cfg_.resume.empty() ? cfg_.resume : cfg_.init_from);
-  ctx_.enable_device_groups(device_, gpus_on_node_);
+  ctx_.enable_device_groups(device_, gpus_on_node_);  // first: collective, and nothing before it can fail
+  std::unique_ptr<SafeTensorsReader> weights = std::move(weights_);
   if (device_ != Device::CPU && ctx_.world_size() > 1) log_info("device collectives: ", ctx_.device_dp_group().describe());
   TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.device_tp_group(), &ctx_.tp_group()};
   model_ = std::make_unique<GPT2<float>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1, device_);
@@ -345,7 +346,7 @@ void Job::save(const std::string& path) {
     }
   }
   error = ctx_.agree_on_failure(error);
-  if (!error.empty()) fail(error);
+  if (!error.empty()) throw AgreedError(error);
 }
 
 double Job::global_grad_norm(const float* grads) {
@@ -388,7 +389,7 @@ StepRecord Job::step(int64_t s) {
   double comm = 0, exposed = 0;
   float* grads = model_->grads();
   if (buckets_) {
-    buckets_->finish();  // data-parallel mean of the gradients
+    buckets_->finish();  // data-parallel sum of the gradients (the mean is folded in below)
     comm += buckets_->comm_ms();
     exposed += buckets_->exposed_ms();
   } else if (cfg_.zero && ctx_.dp() > 1) {
@@ -404,8 +405,9 @@ StepRecord Job::step(int64_t s) {
   const float* my_grads = cfg_.zero ? grad_slice_.data() : grads;
   if (ctx_.dp() > 1) ctx_.dp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
   loss /= ctx_.dp();
-  AQ_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for ",
-           "this step); lower --lr or keep --grad-clip on");
+  if (!std::isfinite(loss))  // the loss is all-reduced, so every rank stops here together
+    throw AgreedError(str("loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for this ",
+                          "step); lower --lr or keep --grad-clip on"));
   // The reductions above sum over the DP ranks; the mean is taken here, once, instead of in another pass over
   // the gradients: the norm is divided by dp and the division is folded into AdamW's gradient scale.
   const double dp_scale = 1.0 / ctx_.dp();
@@ -419,8 +421,8 @@ StepRecord Job::step(int64_t s) {
       for (int64_t i = 0; i < shape_numel(p.shape) && where[0] == '('; ++i)
         if (!std::isfinite(g[i])) where = str(p.name, " (element ", i, " of this rank's shard = ", g[i], ")");
     }
-    fail(str("gradient norm is ", norm, " at step ", s + 1, "; first non-finite gradient on rank ", ctx_.world_rank(),
-             ": ", where, "; lower --lr"));
+    throw AgreedError(str("gradient norm is ", norm, " at step ", s + 1, "; first non-finite gradient on rank ",
+                          ctx_.world_rank(), ": ", where, "; lower --lr"));
   }
   // torch.nn.utils.clip_grad_norm_: scale by clip/(norm + 1e-6) when that is below 1.
   ops::AdamWParams hp;
@@ -465,42 +467,11 @@ double Job::evaluate() {
   return val / ctx_.dp();
 }
 
-}  // namespace
 
-TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
-  TrainConfig cfg = cfg_in;
-  cfg.schedule.steps = cfg.steps;
-  const int nthreads = configure_threads(cfg.threads);
-  Job job(cfg, ctx);
-  // Set-up failures (bad flags, files, shapes) are agreed on, so exactly one rank reports and all exit.
-  // Set-up failures (bad flags, files, shapes, devices) are agreed on, so exactly one rank reports and all exit;
-  // the collective part of building (device groups) starts only once every rank got that far.
-  for (int phase = 0; phase < 2; ++phase) {
-    std::string error;
-    try {
-      if (phase == 0) {
-        cfg.validate();
-        job.setup();
-      } else {
-        job.build();
-      }
-    } catch (const CommError&) {
-      throw;
-    } catch (const Error& e) {
-      error = e.what();
-    }
-    error = ctx.agree_on_failure(error);
-    if (!error.empty()) fail(error);
-  }
-
+// The steps, evaluations and saves of one job.
+void run_loop(Job& job, const TrainConfig& cfg, ParallelContext& ctx, TrainResult& result) {
   const bool parallel = ctx.world_size() > 1;
-  log_info(ctx.banner(job.device_label()));
-  job.log_summary();
-  log_info("threads: ", nthreads, " per rank | BLAS: ", cpu::blas_description());
-  if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", job.start_step());
   auto log_json = [&](const nlohmann::ordered_json& j) { job.log_json(j); };
-
-  TrainResult result;
   Timer run_timer;
   const int64_t first = job.start_step();
   for (int64_t s = first; s < cfg.steps; ++s) {
@@ -534,6 +505,52 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   if (!cfg.save.empty()) {
     job.save(cfg.save);
     log_info("saved ", cfg.save, " and ", state_path_for(cfg.save), " (step ", job.start_step(), ")");
+  }
+}
+}  // namespace
+
+TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
+  TrainConfig cfg = cfg_in;
+  cfg.schedule.steps = cfg.steps;
+  const int nthreads = configure_threads(cfg.threads);
+  Job job(cfg, ctx);
+  // Set-up failures (bad flags, files, shapes, devices) are agreed on, so exactly one rank reports and all exit;
+  // the collective part of building (device groups) starts only once every rank got that far.
+  for (int phase = 0; phase < 2; ++phase) {
+    std::string error;
+    try {
+      if (phase == 0) {
+        cfg.validate();
+        job.setup();
+      } else {
+        job.build();
+      }
+    } catch (const CommError&) {
+      throw;
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    error = ctx.agree_on_failure(error);
+    if (!error.empty()) throw AgreedError(error);
+  }
+
+  log_info(ctx.banner(job.device_label()));
+  job.log_summary();
+  log_info("threads: ", nthreads, " per rank | BLAS: ", cpu::blas_description());
+  if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", job.start_step());
+
+  TrainResult result;
+  try {
+    run_loop(job, cfg, ctx, result);
+  } catch (const AgreedError&) {
+    throw;
+  } catch (const CommError&) {
+    throw;
+  } catch (const Error& e) {
+    if (ctx.world_size() == 1) throw;
+    // Raised on this rank only (a CUDA error, a full disk…): its peers would wait in the next collective.
+    log_error(str("aq: error on rank ", ctx.world_rank(), " (host ", ctx.host(), "): ", e.what(), "; ending the job"));
+    ctx.abort(1);
   }
   return result;
 }

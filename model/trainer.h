@@ -34,7 +34,7 @@ struct TrainConfig {
   int64_t save_every = 0, eval_every = 0, eval_batches = 8;
   int threads = 0;               // 0 → all cores
   std::string device = "auto";   // cpu | cuda | auto (cuda when this build has it, a GPU is visible and the
-                                 // job is a single process; multi-rank CUDA needs the NCCL backend, not built yet)
+                                 // job is a single process; several ranks on GPUs say cuda explicitly)
   bool quiet = false;            // no per-step lines (tests)
   // Parallelism (the TP size is set on the ParallelContext; DP = world / TP).
   int zero = 0;                  // 1: ZeRO-1, optimizer state sharded over data-parallel ranks

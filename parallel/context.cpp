@@ -69,6 +69,8 @@ ParallelContext& ParallelContext::init(int* argc, char*** argv) {
 }
 
 void ParallelContext::configure(int tp, double comm_timeout_s) {
+  device_tp_.reset();  // they may refer to the groups replaced below
+  device_dp_.reset();
   AQ_CHECK(tp >= 1, "--tp must be >= 1 (got ", tp, ")");
   AQ_CHECK(world_size_ % tp == 0, "world size ", world_size_, " is not divisible by --tp ", tp,
            "; launch a multiple of ", tp, " ranks (mpirun -np ", (world_size_ / tp + 1) * tp, ") or change --tp");
@@ -103,17 +105,27 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
     return;
   }
 #ifdef AQ_HAVE_NCCL
-  if (mpi_ && local_size_ <= gpus_on_node) {
-    auto comm_of = [](Backend& g) {
-      MPI_Comm dup;
-      check_mpi(MPI_Comm_dup(static_cast<MpiBackend&>(g).comm(), &dup), "MPI_Comm_dup (NCCL id exchange)");
-      return dup;
-    };
-    MPI_Comm tpc = comm_of(*tp_group_), dpc = comm_of(*dp_group_);
-    device_tp_ = std::make_shared<NcclBackend>(tpc, "tp", timeout_s_);
-    device_dp_ = std::make_shared<NcclBackend>(dpc, "dp", timeout_s_);
-    MPI_Comm_free(&tpc);
-    MPI_Comm_free(&dpc);
+  // NCCL needs a GPU per rank. Every rank must take the same branch, so the answer is agreed first.
+  int32_t cannot = mpi_ && local_size_ <= gpus_on_node ? 0 : 1;
+  world_->all_reduce(&cannot, 1, DType::I32, {"NCCL impossible on some rank", ReduceOp::Max})->wait();
+  if (!cannot) {
+    // A failure here cannot be agreed on (peers are inside MPI/NCCL calls): report it on this rank and end the job.
+    try {
+      auto comm_of = [](Backend& g) {
+        MPI_Comm dup;
+        check_mpi(MPI_Comm_dup(static_cast<MpiBackend&>(g).comm(), &dup), "MPI_Comm_dup (NCCL id exchange)");
+        return dup;
+      };
+      MPI_Comm tpc = comm_of(*tp_group_), dpc = comm_of(*dp_group_);
+      device_tp_ = std::make_shared<NcclBackend>(tpc, "tp", timeout_s_);
+      device_dp_ = std::make_shared<NcclBackend>(dpc, "dp", timeout_s_);
+      MPI_Comm_free(&tpc);
+      MPI_Comm_free(&dpc);
+    } catch (const std::exception& e) {
+      log_error(str("aq: error: setting up NCCL on rank ", world_rank_, " (host ", host_, "): ", e.what(),
+                    "; ending the job"));
+      abort(3);
+    }
     return;
   }
 #endif

@@ -41,8 +41,9 @@ class ParallelContext {
   Backend& dp_group() { return *dp_group_; }
 
   // Groups for buffers on `device` (the model's compute and gradients): the host groups for the CPU; for CUDA,
-  // NCCL when this build has it and every rank of the node has its own GPU, otherwise the MPI groups staged
-  // through host memory. Collective: every rank calls it with the same device, after configure().
+  // NCCL when this build has it and every rank has its own GPU (agreed across ranks), otherwise the MPI groups
+  // staged through host memory (a build without NCCL). Collective: every rank calls it with the same device,
+  // after configure(). A failure while creating NCCL communicators is reported by its rank and ends the job.
   void enable_device_groups(Device device, int gpus_on_node);
   Device device() const { return device_; }
   Backend& device_tp_group() { return *device_tp_; }

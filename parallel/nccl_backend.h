@@ -25,6 +25,8 @@ class NcclBackend final : public Backend {
   // must already be selected. compute_stream is where the producing kernels run (0: the legacy default stream).
   NcclBackend(MPI_Comm comm, std::string name, double default_timeout_s, cudaStream_t compute_stream = nullptr);
   ~NcclBackend() override;
+  NcclBackend(const NcclBackend&) = delete;
+  NcclBackend& operator=(const NcclBackend&) = delete;
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }

@@ -26,6 +26,14 @@ std::string str(const Args&... args) {
   return os.str();
 }
 
+// An error raised identically on every rank at the same point (agreed set-up failures, a non-finite loss
+// computed from all-reduced values): one rank reports it and every rank exits. Any other Error that escapes
+// the training loop of a parallel job is reported by the rank that raised it, which then ends the job.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
 [[noreturn]] inline void fail(const std::string& message) { throw Error(message); }
 
 namespace detail {

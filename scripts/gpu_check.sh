@@ -70,14 +70,14 @@ if command -v compute-sanitizer > /dev/null; then
 fi
 # NCCL across every GPU of the machine (the ctest run above used one rank).
 NCCL="not run (no mpirun or no NCCL build)"
-NGPU=$(nvidia-smi -L | wc -l)
+NGPU=$(nvidia-smi -L | grep -c '^GPU')  # whole GPUs (MIG instances are indented lines)
 if command -v mpirun > /dev/null && [[ -x $BUILD/bin/test_nccl ]]; then
-  if mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NGPU" "$BUILD/bin/test_nccl" \
-      > "$BUILD.nccl.log" 2>&1; then
-    NCCL="ok on $NGPU GPU(s)"
-  else
-    NCCL="FAILED (see $BUILD.nccl.log)"
-  fi
+  mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NGPU" "$BUILD/bin/test_nccl" > "$BUILD.nccl.log" 2>&1
+  case $? in
+    0) NCCL="ok on $NGPU GPU(s)" ;;
+    77) NCCL="skipped: $(grep -m1 SKIP "$BUILD.nccl.log")" ;;
+    *) NCCL="FAILED (see $BUILD.nccl.log)" ;;
+  esac
 fi
 # Benchmarks: the last line of aq-bench is JSON.
 bench() { "$BUILD/bin/aq-bench" --device cuda --config "$1" --steps "$2" --warmup 2 2>&1 | tail -1; }

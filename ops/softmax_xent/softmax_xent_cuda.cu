@@ -2,9 +2,8 @@
 //
 // One block per row: maximum, sum of exponentials (CUB block reductions), loss, and — for training — the row
 // overwritten in place by (softmax − onehot)·dscale, all in one kernel. The classifier runs cuBLASLt GEMMs
-// around it, chunk by chunk, as the CPU kernel does. The vocabulary-parallel form (hook != null) needs the
-// row statistics all-reduced on the device, which arrives with the NCCL backend; until then it is refused
-// with a clear error instead of staging through the host.
+// around it, chunk by chunk, as the CPU kernel does. In the vocabulary-parallel form (hook != null) the row
+// statistics live in device memory and the hook all-reduces them there (NCCL, or MPI staged through the host).
 #include <cfloat>
 #include <cub/block/block_reduce.cuh>
 

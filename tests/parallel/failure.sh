@@ -13,7 +13,7 @@ awk 'BEGIN { for (i = 0; i < 3000; i++) print "line " i ": the quick brown fox j
 "$BIN/aq-prepare" --out "$TMP/data" "$TMP/text.txt" > /dev/null || { echo "FAIL: aq-prepare"; exit 1; }
 
 TIMEOUT=5
-ARGS=(--data "$TMP/data/train_*.bin" --layers 2 --heads 2 --dim 16 --seq 16 --batch 2 --steps 20 --threads 1
+ARGS=(--device cpu --data "$TMP/data/train_*.bin" --layers 2 --heads 2 --dim 16 --seq 16 --batch 2 --steps 20 --threads 1
       --comm-timeout $TIMEOUT)
 pass=0
 fail=0
