@@ -7,6 +7,10 @@
 // the op, its sequence number and the rank, aborts the communicator (so peers do not hang) and ends the job.
 //
 // Rule: every rank of a group calls its collectives in the same order (NCCL hangs otherwise).
+// Known limits: with tp > 1 and dp > 1 two communicators share a GPU (TP all-reduces and in-flight DP buckets);
+// NCCL documents that a device-wide synchronisation meanwhile (e.g. the caching allocator's cudaFree after an
+// out-of-memory retry) can deadlock them. A Work destroyed during stack unwinding still waits (up to the
+// timeout) before the job ends.
 #pragma once
 
 #include <cuda_runtime.h>
