@@ -121,41 +121,41 @@ void GPT2<T>::build_param_table() {
     if (split == TpSplit::VocabRows) local[0] = Vl_;
     if (split == TpSplit::Columns || split == TpSplit::QkvColumns) local.back() /= tp;
     if (split == TpSplit::Rows) local[0] /= tp;
-    param_index_[name] = params_info_.size();
     const int64_t n = shape_numel(local);
     params_info_.push_back(ParamInfo{name, local, full, split, offset, full.size() >= 2});
     num_params_ += shape_numel(full);
+    const int64_t at = offset;
     offset += (n + 15) / 16 * 16;  // keep every tensor 64-byte aligned
+    return at;
   };
-  add("wte.weight", {V, C}, TpSplit::VocabRows);
-  add("wpe.weight", {maxT, C}, TpSplit::Replicated);
+  wte_off_ = add("wte.weight", {V, C}, TpSplit::VocabRows);
+  wpe_off_ = add("wpe.weight", {maxT, C}, TpSplit::Replicated);
+  layer_offsets_.resize(static_cast<size_t>(cfg_.n_layer));
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const std::string h = str("h.", l, ".");
-    add(h + "ln_1.weight", {C}, TpSplit::Replicated);
-    add(h + "ln_1.bias", {C}, TpSplit::Replicated);
-    add(h + "attn.c_attn.weight", {C, 3 * C}, TpSplit::QkvColumns);
-    add(h + "attn.c_attn.bias", {3 * C}, TpSplit::QkvColumns);
-    add(h + "attn.c_proj.weight", {C, C}, TpSplit::Rows);
-    add(h + "attn.c_proj.bias", {C}, TpSplit::Replicated);
-    add(h + "ln_2.weight", {C}, TpSplit::Replicated);
-    add(h + "ln_2.bias", {C}, TpSplit::Replicated);
-    add(h + "mlp.c_fc.weight", {C, 4 * C}, TpSplit::Columns);
-    add(h + "mlp.c_fc.bias", {4 * C}, TpSplit::Columns);
-    add(h + "mlp.c_proj.weight", {4 * C, C}, TpSplit::Rows);
-    add(h + "mlp.c_proj.bias", {C}, TpSplit::Replicated);
+    layer_offsets_[l] = {add(h + "ln_1.weight", {C}, TpSplit::Replicated),
+                         add(h + "ln_1.bias", {C}, TpSplit::Replicated),
+                         add(h + "attn.c_attn.weight", {C, 3 * C}, TpSplit::QkvColumns),
+                         add(h + "attn.c_attn.bias", {3 * C}, TpSplit::QkvColumns),
+                         add(h + "attn.c_proj.weight", {C, C}, TpSplit::Rows),
+                         add(h + "attn.c_proj.bias", {C}, TpSplit::Replicated),
+                         add(h + "ln_2.weight", {C}, TpSplit::Replicated),
+                         add(h + "ln_2.bias", {C}, TpSplit::Replicated),
+                         add(h + "mlp.c_fc.weight", {C, 4 * C}, TpSplit::Columns),
+                         add(h + "mlp.c_fc.bias", {4 * C}, TpSplit::Columns),
+                         add(h + "mlp.c_proj.weight", {4 * C, C}, TpSplit::Rows),
+                         add(h + "mlp.c_proj.bias", {C}, TpSplit::Replicated)};
   }
-  add("ln_f.weight", {C}, TpSplit::Replicated);
-  add("ln_f.bias", {C}, TpSplit::Replicated);
+  lnfw_off_ = add("ln_f.weight", {C}, TpSplit::Replicated);
+  lnfb_off_ = add("ln_f.bias", {C}, TpSplit::Replicated);
   buffer_size_ = offset;
 }
 
 template <typename T>
 typename GPT2<T>::LayerParams GPT2<T>::layer_view(T* base, int l) const {
-  auto at = [&](const char* suffix) { return base + offset_of(str("h.", l, ".", suffix)); };
-  return LayerParams{at("ln_1.weight"),        at("ln_1.bias"),         at("attn.c_attn.weight"),
-                     at("attn.c_attn.bias"),   at("attn.c_proj.weight"), at("attn.c_proj.bias"),
-                     at("ln_2.weight"),        at("ln_2.bias"),         at("mlp.c_fc.weight"),
-                     at("mlp.c_fc.bias"),      at("mlp.c_proj.weight"), at("mlp.c_proj.bias")};
+  const auto& o = layer_offsets_[static_cast<size_t>(l)];
+  return LayerParams{base + o[0], base + o[1], base + o[2], base + o[3],  base + o[4],  base + o[5],
+                     base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
 }
 
 // ---- construction -----------------------------------------------------------------------------------------
@@ -406,8 +406,8 @@ void GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
   const int64_t N = static_cast<int64_t>(B) * T_;
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
   T* P = params_.data();
-  const T* wte = P + offset_of("wte.weight");
-  const T* wpe = P + offset_of("wpe.weight");
+  const T* wte = P + wte_off_;
+  const T* wpe = P + wpe_off_;
 
   // Vocabulary-parallel embedding: each rank adds the rows it owns; positions are added by TP rank 0 only, so
   // the all-reduce sums exactly one wte row and one wpe row per token.
@@ -436,8 +436,8 @@ void GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
       LayerActs& n = acts_[l + 1];
       k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid, proj_, wn.ln1w, wn.ln1b, N, C);
     } else {
-      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid, proj_, P + offset_of("ln_f.weight"),
-                                    P + offset_of("ln_f.bias"), N, C);
+      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid, proj_, P + lnfw_off_,
+                                    P + lnfb_off_, N, C);
     }
   }
 }
@@ -456,7 +456,7 @@ void GPT2<T>::classifier_hook(void* self, T* data, int64_t n, int is_max) {
 template <typename T>
 void GPT2<T>::classifier(T* dx, T* dwte, const int32_t* targets, int64_t N) {
   const ops::ReduceHook<T> hook{this, &GPT2<T>::classifier_hook};
-  k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.data() + offset_of("wte.weight"), targets, N, cfg_.n_embd,
+  k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.data() + wte_off_, targets, N, cfg_.n_embd,
                 Vl_, v0_, cfg_.vocab_size, classifier_chunk_, T(1) / static_cast<T>(N), tp_.size > 1 ? &hook : nullptr);
 }
 
@@ -474,7 +474,7 @@ void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
   forward_to_lnf(tokens, 1, t);
   // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
   const int C = cfg_.n_embd;
-  const T* wte = params_.data() + offset_of("wte.weight");
+  const T* wte = params_.data() + wte_off_;
   const T* x = lnf_ + static_cast<int64_t>(t - 1) * C;
   for (int v = 0; v < cfg_.vocab_size; ++v) {
     T acc = 0;
@@ -500,14 +500,14 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
 
   device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(T));
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
-  classifier(dbuf_, G + offset_of("wte.weight"), targets, N);
+  classifier(dbuf_, G + wte_off_, targets, N);
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
   const double loss = mean_loss(N);
 
   device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
-  k_.layernorm_backward(dres_, G + offset_of("ln_f.weight"), G + offset_of("ln_f.bias"), dbuf_, res_final_,
-                        P + offset_of("ln_f.weight"), lnf_mean_, lnf_rstd_, N, C);
-  ready(offset_of("ln_f.weight"));
+  k_.layernorm_backward(dres_, G + lnfw_off_, G + lnfb_off_, dbuf_, res_final_,
+                        P + lnfw_off_, lnf_mean_, lnf_rstd_, N, C);
+  ready(lnfw_off_);
   for (int l = L - 1; l >= 0; --l) {
     const LayerParams w = layer_view(P, l);
     const LayerParams g = layer_view(G, l);
@@ -537,9 +537,9 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * Cl);
     tp_all_reduce(dbuf_, N * C, "d(ln_1 output)");
     k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
-    ready(offset_of(str("h.", l, ".ln_1.weight")));
+    ready(layer_offsets_[static_cast<size_t>(l)][0]);  // block l's first tensor
   }
-  k_.embedding_backward(G + offset_of("wte.weight"), G + offset_of("wpe.weight"), dres_, inputs, B, T_, C, v0_, Vl_);
+  k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_);
   ready(0);
   return loss;
 }

@@ -17,6 +17,7 @@
 // gradients of column-parallel layers are all-reduced in backward (identity in forward).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -167,7 +168,6 @@ class GPT2 {
   void forward_to_lnf(const int32_t* inputs, int B, int T_);
   void tp_all_reduce(T* data, int64_t n, const char* what);
   const T* row_parallel_bias(const T* bias) const { return tp_.rank == 0 ? bias : nullptr; }
-  int64_t offset_of(const std::string& name) const { return params_info_[param_index_.at(name)].offset; }
   void classifier(T* dx, T* dwte, const int32_t* targets, int64_t N);
   const int32_t* to_device(int32_t* slot, const int32_t* host, int64_t n);  // inputs/targets onto the device
   double mean_loss(int64_t N);
@@ -186,7 +186,9 @@ class GPT2 {
   int max_batch_, max_seq_len_;
   int64_t classifier_chunk_ = 0;
   std::vector<ParamInfo> params_info_;
-  std::map<std::string, size_t> param_index_;
+  // Flat-buffer offsets, fixed at construction so the step never looks a name up.
+  int64_t wte_off_ = 0, wpe_off_ = 0, lnfw_off_ = 0, lnfb_off_ = 0;
+  std::vector<std::array<int64_t, 12>> layer_offsets_;  // per block, in LayerParams field order
   int64_t num_params_ = 0, buffer_size_ = 0;
   Device device_;
   DeviceBuffer<T> params_, grads_;

@@ -16,8 +16,7 @@
 #include "parallel/grad_sync.h"
 #include "runtime/memory.h"
 #ifdef AQ_HAVE_CUDA
-#include <cublasLt.h>
-
+#include "ops/cuda/gemm.h"
 #include "runtime/cuda/device.h"
 #endif
 #include "runtime/data.h"
@@ -112,20 +111,20 @@ struct OptimizerState {
 // --device: cpu, cuda, or auto (cuda for a single process when a GPU is visible).
 Device choose_device(const std::string& want, const ParallelContext& ctx) {
   AQ_CHECK(want == "cpu" || want == "cuda" || want == "auto", "--device must be cpu, cuda or auto (got ", want, ")");
-#ifdef AQ_HAVE_CUDA
-  const bool gpu = cuda::device_count() > 0;
-#else
-  const bool gpu = false;
-  (void)ctx;
-#endif
   // auto stays on the CPU for several ranks: every rank must choose the same device, and a rank's view of the
   // GPUs (driver, CUDA_VISIBLE_DEVICES, ranks per node) may differ; multi-rank GPU runs say --device cuda.
-  if (want == "cpu" || (want == "auto" && (!gpu || ctx.world_size() > 1))) return Device::CPU;
+  // The CUDA runtime is only asked when a GPU could be used: initialising it costs ~150 MiB of resident memory.
+  if (want == "cpu" || (want == "auto" && ctx.world_size() > 1)) return Device::CPU;
+#ifdef AQ_HAVE_CUDA
+  if (want == "auto" && cuda::device_count() == 0) return Device::CPU;
+#else
+  if (want == "auto") return Device::CPU;
+#endif
   AQ_CHECK(cuda_built(), "--device cuda: this build has no CUDA backend (configure with the CUDA toolkit, "
            "-DAQ_CUDA=ON)");
 #ifdef AQ_HAVE_CUDA
   const cuda::DeviceInfo info = cuda::select_device(ctx.local_rank(), ctx.local_size());
-  const size_t lt = cublasLtGetVersion();
+  const size_t lt = cuda::cublaslt_version();
   log_info("device: cuda:", info.index, " ", cuda::describe(info), ", cuBLASLt ", lt / 10000, ".", (lt / 100) % 100,
            ".", lt % 100);
 #endif

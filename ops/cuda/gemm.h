@@ -10,6 +10,9 @@
 
 namespace aq::cuda {
 
+// Version of the cuBLASLt library in use (loads it on first use), e.g. 130100 for 13.1.0.
+size_t cublaslt_version();
+
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc, const float* bias);
 
