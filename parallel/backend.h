@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -43,8 +44,17 @@ class Work {
   double completed_ms() const { return completed_ms_; }  // when test()/wait() first saw it done; 0 before
 
  protected:
+  // op: "all_reduce", …; stamps the start time.
+  Work(uint64_t seq, std::string name, const char* op, double timeout_s);
+  // The shared wait loop: polls test() with a polite back-off (spin, then yield, then sleep, so oversubscribed
+  // ranks do not steal each other's cores). The limit is `timeout_s` if >= 0, else the options' timeout, else
+  // `default_timeout_s`; past it, on_timeout(waited seconds) is called, which reports and does not return.
+  void poll_until_done(double timeout_s, double default_timeout_s, const std::function<void(double)>& on_timeout);
+
   uint64_t seq_ = 0;
   std::string name_;
+  const char* op_ = "";
+  double timeout_s_ = -1;  // from the options; < 0: the backend's default
   double started_ms_ = 0, completed_ms_ = 0;
 };
 using WorkPtr = std::shared_ptr<Work>;

@@ -6,10 +6,7 @@ namespace aq {
 namespace {
 class DoneWork final : public Work {
  public:
-  DoneWork(uint64_t seq, const std::string& name) {
-    seq_ = seq;
-    name_ = name;
-  }
+  DoneWork(uint64_t seq, const std::string& name) : Work(seq, name, "local", -1) { completed_ms_ = started_ms_; }
   bool test() override { return true; }
   void wait(double) override {}
 };

@@ -1,6 +1,5 @@
 #include "parallel/mpi_backend.h"
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,28 +12,6 @@
 namespace aq {
 namespace {
 
-double now_ms() {
-  using namespace std::chrono;
-  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
-// Waits politely: spin briefly (latency of small TP collectives), then yield, then sleep with back-off.
-class Backoff {
- public:
-  void pause() {
-    ++n_;
-    if (n_ < 64) return;
-    if (n_ < 2048) {
-      sched_yield();
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(std::min<int64_t>(1000, (n_ - 2048) / 16 + 20)));
-  }
-
- private:
-  int64_t n_ = 0;
-};
-
 std::string rank_list(const std::vector<int>& ranks) {
   std::string s;
   for (size_t i = 0; i < ranks.size(); ++i) s += str(i ? ", " : "", ranks[i]);
@@ -44,11 +21,7 @@ std::string rank_list(const std::vector<int>& ranks) {
 class MpiWork final : public Work {
  public:
   MpiWork(MpiBackend* backend, MPI_Request req, const char* op, const CollectiveOptions& opts, uint64_t seq)
-      : backend_(backend), req_(req), op_(op), timeout_s_(opts.timeout_s) {
-    seq_ = seq;
-    name_ = opts.name;
-    started_ms_ = now_ms();
-  }
+      : Work(seq, opts.name, op, opts.timeout_s), backend_(backend), req_(req) {}
   ~MpiWork() override {
     // A Work dropped before completion must not leave MPI writing into freed memory: finish it.
     if (req_ != MPI_REQUEST_NULL) wait(-1);
@@ -61,27 +34,19 @@ class MpiWork final : public Work {
     backend_->monitor().poll();
     if (flag) {
       req_ = MPI_REQUEST_NULL;
-      completed_ms_ = now_ms();
+      completed_ms_ = steady_ms();
     }
     return flag != 0;
   }
 
   void wait(double timeout_s) override {
-    const double limit = timeout_s >= 0 ? timeout_s : timeout_s_ >= 0 ? timeout_s_ : backend_->default_timeout_s();
-    const double t0 = now_ms();
-    Backoff backoff;
-    while (!test()) {
-      const double waited = (now_ms() - t0) / 1000.0;
-      if (waited > limit) backend_->timed_out(op_, name_, seq_, waited);
-      backoff.pause();
-    }
+    poll_until_done(timeout_s, backend_->default_timeout_s(),
+                    [&](double waited) { backend_->timed_out(op_, name_, seq_, waited); });
   }
 
  private:
   MpiBackend* backend_;
   MPI_Request req_;
-  const char* op_;
-  double timeout_s_;
 };
 
 constexpr int kPointToPointTag = 1;

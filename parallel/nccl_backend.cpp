@@ -6,6 +6,7 @@
 #include "parallel/mpi_backend.h"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/log.h"
+#include "runtime/sysinfo.h"
 
 namespace aq {
 namespace {
@@ -32,19 +33,10 @@ ncclDataType_t nccl_dtype(DType t) {
 // Types for operations that only move data (no arithmetic): 16-bit integers travel as 16-bit floats.
 ncclDataType_t movement_dtype(DType t) { return nccl_dtype(t == DType::U16 ? DType::F16 : t); }
 
-double now_ms() {
-  using namespace std::chrono;
-  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
 class NcclWork final : public Work {
  public:
   NcclWork(NcclBackend* backend, cudaEvent_t done, const char* op, const CollectiveOptions& opts, uint64_t seq)
-      : backend_(backend), done_(done), op_(op), timeout_s_(opts.timeout_s) {
-    seq_ = seq;
-    name_ = opts.name;
-    started_ms_ = now_ms();
-  }
+      : Work(seq, opts.name, op, opts.timeout_s), backend_(backend), done_(done) {}
   ~NcclWork() override {
     if (done_) {
       wait(-1);
@@ -63,29 +55,21 @@ class NcclWork final : public Work {
       return false;
     }
     AQ_CUDA_CHECK(q);
-    completed_ms_ = now_ms();
+    completed_ms_ = steady_ms();
     // Kernels queued after this point on the compute stream see the result.
     AQ_CUDA_CHECK(cudaStreamWaitEvent(backend_->compute_stream(), done_, 0));
     return true;
   }
 
   void wait(double timeout_s) override {
-    const double limit = timeout_s >= 0 ? timeout_s : timeout_s_ >= 0 ? timeout_s_ : backend_->default_timeout_s();
-    const double t0 = now_ms();
-    int n = 0;
-    while (!test()) {
-      const double waited = (now_ms() - t0) / 1000.0;
-      if (waited > limit)
-        backend_->fail_op(op_, name_, seq_, str("timed out after ", static_cast<int>(waited), " s"));
-      if (++n > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
+    poll_until_done(timeout_s, backend_->default_timeout_s(), [&](double waited) {
+      backend_->fail_op(op_, name_, seq_, str("timed out after ", static_cast<int>(waited), " s"));
+    });
   }
 
  private:
   NcclBackend* backend_;
   cudaEvent_t done_;
-  const char* op_;
-  double timeout_s_;
 };
 
 }  // namespace

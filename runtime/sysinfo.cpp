@@ -17,6 +17,10 @@ double status_field_mib(const char* key) {
 }
 }  // namespace
 
+double steady_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 double peak_rss_mib() { return status_field_mib("VmHWM"); }
 double current_rss_mib() { return status_field_mib("VmRSS"); }
 

@@ -18,6 +18,7 @@ class Timer {
   std::chrono::steady_clock::time_point start_;
 };
 
+double steady_ms();        // a monotonic clock in milliseconds (for start/completion stamps)
 double peak_rss_mib();     // VmHWM: the most resident memory this process has held
 double current_rss_mib();  // VmRSS
 std::string format_duration(double seconds);  // "1h02m", "3m20s", "12s"
