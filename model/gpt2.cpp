@@ -400,7 +400,7 @@ double GPT2<T>::mean_loss(int64_t N) {
 }
 
 template <typename T>
-void GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
+const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
   check_batch(B, T_);
   const int32_t* inputs = to_device(inputs_, host_inputs, static_cast<int64_t>(B) * T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
@@ -440,6 +440,7 @@ void GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
                                     P + lnfb_off_, N, C);
     }
   }
+  return inputs;
 }
 
 template <typename T>
@@ -487,9 +488,8 @@ void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
 
 template <typename T>
 double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_) {
-  forward_to_lnf(host_inputs, B, T_);
+  const int32_t* inputs = forward_to_lnf(host_inputs, B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
-  const int32_t* inputs = device_ == Device::CPU ? host_inputs : inputs_;  // copied by forward_to_lnf
   const int32_t* targets = to_device(targets_, host_targets, N);
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
   T* P = params_.data();

@@ -165,7 +165,8 @@ class GPT2 {
   void build_param_table();
   LayerParams layer_view(T* base, int l) const;
   void check_batch(int B, int T_) const;
-  void forward_to_lnf(const int32_t* inputs, int B, int T_);
+  // Runs the model up to ln_f; returns the inputs as the kernels see them (copied to the device if needed).
+  const int32_t* forward_to_lnf(const int32_t* inputs, int B, int T_);
   void tp_all_reduce(T* data, int64_t n, const char* what);
   const T* row_parallel_bias(const T* bias) const { return tp_.rank == 0 ? bias : nullptr; }
   void classifier(T* dx, T* dwte, const int32_t* targets, int64_t N);

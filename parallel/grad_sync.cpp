@@ -15,7 +15,8 @@ GradBuckets::GradBuckets(Backend& dp, float* grads, int64_t n, const std::vector
   for (size_t i = boundaries.size(); i-- > 0;) {
     const int64_t begin = boundaries[i];
     if (end - begin >= target || i == 0) {
-      buckets_.push_back(Bucket{i == 0 ? 0 : begin, end, nullptr});
+      const int64_t b = i == 0 ? 0 : begin;
+      buckets_.push_back(Bucket{b, end, str("gradient bucket [", b, ", ", end, ")"), nullptr});
       end = begin;
     }
   }
@@ -28,8 +29,7 @@ void GradBuckets::begin_step() {
 }
 
 void GradBuckets::launch(Bucket& b) {
-  b.work = dp_.all_reduce(grads_ + b.begin, b.end - b.begin, DType::F32,
-                          {str("gradient bucket [", b.begin, ", ", b.end, ")")});
+  b.work = dp_.all_reduce(grads_ + b.begin, b.end - b.begin, DType::F32, {b.name});
 }
 
 void GradBuckets::on_ready(int64_t offset) {

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "parallel/backend.h"
@@ -35,6 +36,7 @@ class GradBuckets {
  private:
   struct Bucket {
     int64_t begin, end;
+    std::string name;  // for diagnostics, built once
     WorkPtr work;
   };
   void launch(Bucket& b);

@@ -1,8 +1,5 @@
 #include "parallel/nccl_backend.h"
 
-#include <chrono>
-#include <thread>
-
 #include "parallel/mpi_backend.h"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/log.h"

@@ -196,6 +196,8 @@ expect_fail seq_above_checkpoint_context "--seq 200 exceeds .*n_positions=128" 1
   "${TRAIN[@]}" --data "$DATA" --seq 200 --init-from "$CK" "${SAVE[@]}"
 expect_fail flag_disagrees_with_checkpoint '--layers 2 disagrees with .*ck\.safetensors' 1 -- \
   "${AQT[@]}" --data "$DATA" --layers 2 --init-from "$CK" "${SAVE[@]}"
+expect_fail heads_disagree_with_checkpoint '--heads 4 disagrees with .*ck\.safetensors, which records n_head=2' 1 -- \
+  "${AQT[@]}" --data "$DATA" --heads 4 --init-from "$CK" "${SAVE[@]}"
 expect_fail resume_and_init_from 'exclude each other' 1 -- \
   "${RUN[@]}" --data "$DATA" --resume "$CK" --init-from "$CK" "${SAVE[@]}"
 expect_fail threads_negative '--threads must be >= 0' 1 -- "$BIN/aq-train" --data "$DATA" --threads -1 "${SAVE[@]}"
