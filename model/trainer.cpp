@@ -364,7 +364,8 @@ double Job::global_grad_norm(const float* grads) {
 }
 
 // Fault injection for the failure tests: AQ_FAULT_INJECT="stall:RANK:STEP" makes that rank stop responding
-// (sleep) at that 1-based step, "die:RANK:STEP" kills it with SIGKILL. Unset in normal runs.
+// (sleep) at that 1-based step, "die:RANK:STEP" kills it with SIGKILL, "error:RANK:STEP" raises an error on
+// that rank alone. Unset in normal runs.
 void maybe_inject_fault(int rank, int64_t step) {
   static const char* spec = std::getenv("AQ_FAULT_INJECT");
   if (!spec) return;
@@ -374,6 +375,7 @@ void maybe_inject_fault(int rank, int64_t step) {
   if (std::sscanf(spec, "%15[a-z]:%d:%lld", kind, &r, &at) != 3 || r != rank || at != step) return;
   log_error(str("aq: fault injection: rank ", rank, " ", kind, " at step ", step));
   if (std::string(kind) == "die") std::raise(SIGKILL);
+  if (std::string(kind) == "error") fail("injected fault");
   if (std::string(kind) == "stall")
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }

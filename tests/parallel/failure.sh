@@ -3,6 +3,7 @@
 #   stall: the surviving rank's collective times out after --comm-timeout; the message names the operation,
 #          its sequence number and the rank that did not arrive; every rank exits non-zero within timeout + 30 s.
 #   die:   a rank killed by SIGKILL ends the job (mpirun names the rank) within timeout + 30 s.
+#   error: an error raised on one rank only is reported by that rank, which ends the job at once.
 # Usage: failure.sh BUILD_BIN_DIR MPIEXEC
 set -u
 BIN=$1
@@ -46,5 +47,6 @@ check "stalled rank 1" "stall:1:3" 'timed out after [0-9]+ s' 'sequence number [
   'all_reduce "gradient bucket'
 check "stalled rank 0 (the group leader)" "stall:0:3" 'timed out' 'did not arrive include 0'
 check "killed rank 1" "die:1:3" 'rank 1 .*(exited on signal 9|Killed)'
+check "error on rank 1 only" "error:1:3" 'aq: error on rank 1 .*injected fault; ending the job'
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
