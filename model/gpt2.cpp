@@ -158,17 +158,30 @@ typename GPT2<T>::LayerParams GPT2<T>::layer_view(T* base, int l) const {
                      base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
 }
 
+template <typename T>
+typename GPT2<T>::LayerGrads GPT2<T>::grad_view(M* base, int l) const {
+  const auto& o = layer_offsets_[static_cast<size_t>(l)];
+  return LayerGrads{base + o[0], base + o[1], base + o[2], base + o[3],  base + o[4],  base + o[5],
+                    base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
+}
+
 // ---- construction -----------------------------------------------------------------------------------------
 
 namespace {
-// Rows of logits the classifier holds at once: up to ~16 MiB, split evenly over the batch.
-int64_t classifier_rows(int64_t N, int V, size_t elem) {
-  const int64_t max_rows = std::max<int64_t>(1, static_cast<int64_t>((16u << 20) / (static_cast<size_t>(V) * elem)));
+// Rows of logits the classifier holds at once: up to ~16 MiB of scratch, split evenly over the batch.
+int64_t classifier_rows(int64_t N, size_t row_bytes) {
+  const int64_t max_rows = std::max<int64_t>(1, static_cast<int64_t>((16u << 20) / row_bytes));
   const int64_t chunks = (N + max_rows - 1) / max_rows;
   return (N + chunks - 1) / chunks;
 }
 
-int local_vocab(const GPT2Config& cfg, const TensorParallel& tp) { return (cfg.vocab_size + tp.size - 1) / tp.size; }
+// Rows of the token table on each TP rank. On the GPU they are padded to a multiple of 64, so every row of
+// the classifier's logits starts 16-byte aligned (GPT-2's V = 50257 is odd) and cuBLASLt can use its fastest
+// kernels; the padding rows are zero and receive no gradient.
+int local_vocab(const GPT2Config& cfg, const TensorParallel& tp, Device device) {
+  const int rows = (cfg.vocab_size + tp.size - 1) / tp.size;
+  return device == Device::CUDA ? (rows + 63) / 64 * 64 : rows;
+}
 
 // Validates the tensor-parallel split before anything is sized from it.
 const GPT2Config& check_split(const GPT2Config& cfg, const TensorParallel& tp) {
@@ -194,16 +207,20 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
               Device device)
     : Cl_(check_split(cfg, tp).n_embd / tp.size),
       NHl_(cfg.n_head / tp.size),
-      Vl_(local_vocab(cfg, tp)),
-      v0_(tp.rank * local_vocab(cfg, tp)),
+      Vl_(local_vocab(cfg, tp, device)),
+      v0_(tp.rank * local_vocab(cfg, tp, device)),
       tp_(tp),
       cfg_(cfg),
       max_batch_(max_batch),
       max_seq_len_(max_seq_len),
-      classifier_chunk_(classifier_rows(static_cast<int64_t>(max_batch) * max_seq_len, Vl_, sizeof(T))),
+      classifier_chunk_(classifier_rows(static_cast<int64_t>(max_batch) * max_seq_len,
+                                        ops::classifier_scratch_bytes<T>(1, Vl_))),
       device_(device),
       acts_arena_(plan_activation_bytes(), device) {
   AQ_CHECK(max_batch >= 1, "--batch must be >= 1 (got ", max_batch, ")");
+  constexpr bool kBf16 = std::is_same_v<T, bf16>;
+  AQ_CHECK(!kBf16 || device == Device::CUDA, "--dtype bf16 runs on a GPU (--device cuda); on the ",
+           "CPU use --dtype fp32");
   AQ_CHECK(max_seq_len >= 1 && max_seq_len <= cfg.max_seq, "sequence length --seq ", max_seq_len,
            " exceeds the model's context n_positions=", cfg.max_seq, "; lower --seq or build the model with --max-seq ",
            max_seq_len);
@@ -211,7 +228,8 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
   AQ_ASSERT(buffer_multiple >= 1, "buffer_multiple ", buffer_multiple);
   buffer_size_ = (buffer_size_ + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   params_ = DeviceBuffer<T>(device, static_cast<size_t>(buffer_size_));
-  grads_ = DeviceBuffer<T>(device, static_cast<size_t>(buffer_size_));
+  if (!std::is_same_v<T, M>) master_ = DeviceBuffer<M>(device, static_cast<size_t>(buffer_size_));
+  grads_ = DeviceBuffer<M>(device, static_cast<size_t>(buffer_size_));
   losses_host_.resize(static_cast<size_t>(max_batch) * max_seq_len);
   layout_activations(acts_arena_);
 
@@ -226,11 +244,14 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
   k_.layernorm_backward = reg.find<typename ops::LayerNorm<T>::Backward>("layernorm_backward", dev, dt);
   k_.matmul_forward = reg.find<typename ops::Matmul<T>::Forward>("matmul_forward", dev, dt);
   k_.matmul_backward = reg.find<typename ops::Matmul<T>::Backward>("matmul_backward", dev, dt);
+  k_.matmul_gelu_forward = reg.find<typename ops::Matmul<T>::GeluForward>("matmul_gelu_forward", dev, dt);
+  k_.matmul_backward_dgelu = reg.find<typename ops::Matmul<T>::DgeluBackward>("matmul_backward_dgelu", dev, dt);
   k_.attention_forward = reg.find<typename ops::Attention<T>::Forward>("attention_forward", dev, dt);
   k_.attention_backward = reg.find<typename ops::Attention<T>::Backward>("attention_backward", dev, dt);
   k_.gelu_forward = reg.find<typename ops::Gelu<T>::Forward>("gelu_forward", dev, dt);
-  k_.gelu_backward = reg.find<typename ops::Gelu<T>::Backward>("gelu_backward", dev, dt);
   k_.classifier = reg.find<typename ops::Classifier<T>::Forward>("classifier", dev, dt);
+  if (!std::is_same_v<T, M>)
+    k_.cast_to_working = reg.find<typename ops::MultiAdamW<T>::Cast>("cast_to_working", dev, dt);
 }
 
 template <typename T>
@@ -240,20 +261,20 @@ void GPT2<T>::layout_activations(Arena& a) {
   acts_.assign(static_cast<size_t>(cfg_.n_layer), LayerActs{});
   for (auto& l : acts_) {
     l.res_in = a.take<T>(N * C);
-    l.ln1_mean = a.take<T>(N);
-    l.ln1_rstd = a.take<T>(N);
+    l.ln1_mean = a.take<M>(N);
+    l.ln1_rstd = a.take<M>(N);
     l.qkv = a.take<T>(N * 3 * Cl);
     l.atty = a.take<T>(N * Cl);
-    l.lse = a.take<T>(N * NHl_);
-    l.ln2_mean = a.take<T>(N);
-    l.ln2_rstd = a.take<T>(N);
+    l.lse = a.take<M>(N * NHl_);
+    l.ln2_mean = a.take<M>(N);
+    l.ln2_rstd = a.take<M>(N);
     l.fch = a.take<T>(N * 4 * Cl);
     if (tp_.size > 1) l.res_mid = a.take<T>(N * C);
   }
   res_final_ = a.take<T>(N * C);
   lnf_ = a.take<T>(N * C);
-  lnf_mean_ = a.take<T>(N);
-  lnf_rstd_ = a.take<T>(N);
+  lnf_mean_ = a.take<M>(N);
+  lnf_rstd_ = a.take<M>(N);
   // Scratch shared by all layers.
   lnbuf_ = a.take<T>(N * C);      // ln_1 / ln_2 output of the block being computed
   proj_ = a.take<T>(N * C);       // c_proj outputs before the residual add
@@ -261,8 +282,8 @@ void GPT2<T>::layout_activations(Arena& a) {
   res_mid_ = a.take<T>(N * C);
   dres_ = a.take<T>(N * C);       // gradient of the residual stream
   dbuf_ = a.take<T>(N * C);       // d(ln outputs), d(attention output)
-  logits_ = a.take<T>(classifier_chunk_ * Vl_);
-  losses_ = a.take<T>(N);
+  logits_ = a.take<char>(ops::classifier_scratch_bytes<T>(classifier_chunk_, Vl_));
+  losses_ = a.take<M>(N);
   inputs_ = a.take<int32_t>(N);
   targets_ = a.take<int32_t>(N);
 }
@@ -270,93 +291,100 @@ void GPT2<T>::layout_activations(Arena& a) {
 // ---- initialisation, loading, saving ----------------------------------------------------------------------
 
 template <typename T>
-void GPT2<T>::with_host_params(const std::function<void(T*)>& fn) {
-  if (device_ == Device::CPU) return fn(params_.data());  // no staging copy on the CPU (it would double the peak)
-  std::vector<T> host(static_cast<size_t>(buffer_size_), T(0));
-  device_copy(host.data(), Device::CPU, params_.data(), device_, host.size() * sizeof(T));
+void GPT2<T>::with_host_params(const std::function<void(M*)>& fn) {
+  M* master = master_ptr();
+  if (device_ == Device::CPU) return fn(master);  // no staging copy on the CPU (it would double the peak)
+  std::vector<M> host(static_cast<size_t>(buffer_size_), M(0));
+  device_copy(host.data(), Device::CPU, master, device_, host.size() * sizeof(M));
   fn(host.data());
-  device_copy(params_.data(), device_, host.data(), Device::CPU, host.size() * sizeof(T));
+  device_copy(master, device_, host.data(), Device::CPU, host.size() * sizeof(M));
+  refresh_working_copy();
+}
+
+template <typename T>
+void GPT2<T>::refresh_working_copy() {
+  if constexpr (!std::is_same_v<T, M>) k_.cast_to_working(params_.data(), master_.data(), buffer_size_);
 }
 
 template <typename T>
 void GPT2<T>::init_random(uint64_t seed) {
-  with_host_params([&](T* P) { init_random_into(P, seed); });
+  with_host_params([&](M* P) { init_random_into(P, seed); });
 }
 
 template <typename T>
-void GPT2<T>::init_random_into(T* P, uint64_t seed) {
+void GPT2<T>::init_random_into(M* P, uint64_t seed) {
   Rng rng(seed);
   const double residual_std = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
-  std::fill(P, P + buffer_size_, T(0));
-  std::vector<T> full;
+  std::fill(P, P + buffer_size_, M(0));
+  std::vector<M> full;
   for (const ParamInfo& p : params_info_) {
-    T* w = P + p.offset;
+    M* w = P + p.offset;
     const int64_t n = shape_numel(p.shape);
     const bool is_ln = p.name.find("ln_") != std::string::npos;
     if (is_ln) {
-      if (p.name.ends_with(".weight")) std::fill(w, w + n, T(1));
+      if (p.name.ends_with(".weight")) std::fill(w, w + n, M(1));
       continue;  // LayerNorm bias stays 0
     }
     if (!p.name.ends_with(".weight")) continue;  // linear biases stay 0
     const bool residual = p.name.ends_with("attn.c_proj.weight") || p.name.ends_with("mlp.c_proj.weight");
     const double std = residual ? residual_std : 0.02;
     full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
-    for (auto& x : full) x = static_cast<T>(std * rng.normal());
+    for (auto& x : full) x = static_cast<M>(std * rng.normal());
     for (int64_t i = 0; i < n; ++i) {
       const int64_t fi = full_index(p, tp_.rank, i);
-      w[i] = fi < 0 ? T(0) : full[static_cast<size_t>(fi)];
+      w[i] = fi < 0 ? M(0) : full[static_cast<size_t>(fi)];
     }
   }
 }
 
 template <typename T>
-void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, T* host_dst) {
-  if (!host_dst) return with_host_params([&](T* P) { load(file, prefix, P); });
-  T* base = host_dst;
+void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, M* host_dst) {
+  if (!host_dst) return with_host_params([&](M* P) { load(file, prefix, P); });
+  M* base = host_dst;
   std::map<std::string, std::string> names;
   for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
-  std::vector<T> full;
+  std::vector<M> full;
   for (const ParamInfo& p : params_info_) {
     auto it = names.find(prefix + p.name);
     AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", prefix + p.name, "\" required by a ",
              cfg_.describe(), " GPT-2");
-    T* w = base + p.offset;
+    M* w = base + p.offset;
     const int64_t n = shape_numel(p.shape);
     if (p.split == TpSplit::Replicated) {
-      file.read<T>(it->second, p.full_shape, w);
+      file.read<M>(it->second, p.full_shape, w);
       continue;
     }
     full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
-    file.read<T>(it->second, p.full_shape, full.data());
+    file.read<M>(it->second, p.full_shape, full.data());
     for (int64_t i = 0; i < n; ++i) {
       const int64_t fi = full_index(p, tp_.rank, i);
-      w[i] = fi < 0 ? T(0) : full[static_cast<size_t>(fi)];
+      w[i] = fi < 0 ? M(0) : full[static_cast<size_t>(fi)];
     }
   }
 }
 
 template <typename T>
-std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const T* host_src) {
-  std::vector<T> staged;
+std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const M* host_src) {
+  std::vector<M> staged;
   if (!host_src && device_ != Device::CPU) {
     staged.resize(static_cast<size_t>(buffer_size_));
-    device_copy(staged.data(), Device::CPU, params_.data(), device_, staged.size() * sizeof(T));
+    device_copy(staged.data(), Device::CPU, master_ptr(), device_, staged.size() * sizeof(M));
     host_src = staged.data();
   }
-  const T* base = host_src ? host_src : params_.data();
+  const M* base = host_src ? host_src : master_ptr();
   std::vector<NamedTensor> out;
-  std::vector<T> shards;
+  std::vector<M> shards;
   for (const ParamInfo& p : params_info_) {
-    Tensor full = Tensor::zeros(dtype_of<T>(), p.full_shape);
-    T* f = full.data<T>();
-    const T* w = base + p.offset;
+    Tensor full = Tensor::zeros(dtype_of<M>(), p.full_shape);
+    M* f = full.data<M>();
+    const M* w = base + p.offset;
     const int64_t n = shape_numel(p.shape);
     if (p.split == TpSplit::Replicated || tp_.size == 1) {
       std::copy(w, w + n, f);
     } else {
       shards.resize(static_cast<size_t>(n * tp_.size));
       Backend* g = tp_.host_group ? tp_.host_group : tp_.group;  // w and shards are host memory here
-      g->all_gather(w, shards.data(), n, dtype_of<T>(), {"checkpoint gather " + p.name})->wait();
+      g->all_gather(w, shards.data(), n, dtype_of<M>(), {"checkpoint gather " + p.name})->wait();
       for (int r = 0; r < tp_.size; ++r)
         for (int64_t i = 0; i < n; ++i) {
           const int64_t fi = full_index(p, r, i);
@@ -393,7 +421,7 @@ const int32_t* GPT2<T>::to_device(int32_t* slot, const int32_t* host, int64_t n)
 
 template <typename T>
 double GPT2<T>::mean_loss(int64_t N) {
-  device_copy(losses_host_.data(), Device::CPU, losses_, device_, static_cast<size_t>(N) * sizeof(T));
+  device_copy(losses_host_.data(), Device::CPU, losses_, device_, static_cast<size_t>(N) * sizeof(M));
   double sum = 0;
   for (int64_t i = 0; i < N; ++i) sum += static_cast<double>(losses_host_[static_cast<size_t>(i)]);
   return sum / static_cast<double>(N);
@@ -405,7 +433,7 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
   const int32_t* inputs = to_device(inputs_, host_inputs, static_cast<int64_t>(B) * T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
-  T* P = params_.data();
+  T* P = params_.data();  // the working copy
   const T* wte = P + wte_off_;
   const T* wpe = P + wpe_off_;
 
@@ -426,8 +454,7 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
     tp_all_reduce(proj_, N * C, "attn.c_proj output");
     T* res_mid = a.res_mid ? a.res_mid : res_mid_;
     k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
-    k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
-    k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
+    k_.matmul_gelu_forward(gelu_, a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);  // fch = pre-GELU, gelu_ = GELU(fch)
     k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C);
     tp_all_reduce(proj_, N * C, "mlp.c_proj output");
     // The block's residual add is fused into the next LayerNorm (ln_1 of block l+1, or ln_f).
@@ -444,21 +471,21 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
 }
 
 template <typename T>
-void GPT2<T>::classifier_hook(void* self, T* data, int64_t n, int is_max) {
+void GPT2<T>::classifier_hook(void* self, M* data, int64_t n, int is_max) {
   auto* m = static_cast<GPT2<T>*>(self);
   Timer t;
   m->tp_.group
-      ->all_reduce(data, n, dtype_of<T>(), {is_max ? "vocab-parallel row max" : "vocab-parallel row sums",
+      ->all_reduce(data, n, dtype_of<M>(), {is_max ? "vocab-parallel row max" : "vocab-parallel row sums",
                                             is_max ? ReduceOp::Max : ReduceOp::Sum})
       ->wait();
   m->tp_comm_ms_ += t.ms();
 }
 
 template <typename T>
-void GPT2<T>::classifier(T* dx, T* dwte, const int32_t* targets, int64_t N) {
-  const ops::ReduceHook<T> hook{this, &GPT2<T>::classifier_hook};
+void GPT2<T>::classifier(T* dx, M* dwte, const int32_t* targets, int64_t N) {
+  const ops::ReduceHook<M> hook{this, &GPT2<T>::classifier_hook};
   k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.data() + wte_off_, targets, N, cfg_.n_embd,
-                Vl_, v0_, cfg_.vocab_size, classifier_chunk_, T(1) / static_cast<T>(N), tp_.size > 1 ? &hook : nullptr);
+                Vl_, v0_, cfg_.vocab_size, classifier_chunk_, M(1) / static_cast<M>(N), tp_.size > 1 ? &hook : nullptr);
 }
 
 template <typename T>
@@ -470,8 +497,11 @@ double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, i
 }
 
 template <typename T>
-void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
+void GPT2<T>::last_logits(const int32_t* tokens, int t, M* logits) {
   AQ_CHECK(tp_.size == 1 && device_ == Device::CPU, "last_logits (generation) runs on a single CPU rank");
+  if constexpr (std::is_same_v<T, bf16>) {
+    fail("last_logits (generation) runs in fp32 on the CPU");
+  } else {
   forward_to_lnf(tokens, 1, t);
   // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
   const int C = cfg_.n_embd;
@@ -481,6 +511,7 @@ void GPT2<T>::last_logits(const int32_t* tokens, int t, T* logits) {
     T acc = 0;
     for (int c = 0; c < C; ++c) acc += x[c] * wte[static_cast<int64_t>(v) * C + c];
     logits[v] = acc;
+  }
   }
 }
 
@@ -493,12 +524,12 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
   const int32_t* targets = to_device(targets_, host_targets, N);
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
   T* P = params_.data();
-  T* G = grads_.data();
+  M* G = grads_.data();
   auto ready = [&](int64_t offset) {
     if (grad_ready_) grad_ready_(offset);
   };
 
-  device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(T));
+  device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(M));
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
   classifier(dbuf_, G + wte_off_, targets, N);
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
@@ -510,7 +541,7 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
   ready(lnfw_off_);
   for (int l = L - 1; l >= 0; --l) {
     const LayerParams w = layer_view(P, l);
-    const LayerParams g = layer_view(G, l);
+    const LayerGrads g = grad_view(G, l);
     LayerActs& a = acts_[l];
     // Recompute what forward did not keep: ln_2 = LayerNorm(res_mid), and on one rank res_mid = res_in +
     // c_proj(atty) itself, with the same kernels on the same inputs, so the values are bit-identical to forward.
@@ -524,9 +555,9 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     }
     k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
     // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
-    // matmul_backward writes dinp after using inp, so d(gelu output) may overwrite the GELU output in place.
-    k_.matmul_backward(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, N, 4 * Cl, C);
-    k_.gelu_backward(gelu_, a.fch, gelu_, N * 4 * Cl);
+    // The kernel writes d(fch) = GELU'(fch) ⊙ (dres_·Wᵀ) after its last read of the GELU output, so it may
+    // overwrite that buffer in place.
+    k_.matmul_backward_dgelu(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, a.fch, N, 4 * Cl, C);
     k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * Cl);
     tp_all_reduce(dbuf_, N * C, "d(ln_2 output)");
     k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
@@ -546,5 +577,6 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
 
 template class GPT2<float>;
 template class GPT2<double>;
+template class GPT2<bf16>;
 
 }  // namespace aq

@@ -4,8 +4,12 @@
 // LayerNorm and an LM head tied to the token embedding; learned positions. Parameters, gradients and all
 // activations live in three allocations made at construction: the step itself never allocates.
 //
-// The model is a template over the scalar type: float for training, double for the gradient checks in tests.
-// Kernels are looked up once in the operator registry (ops/registry.h) for the model's device and dtype.
+// The model is a template over the element type T of weights and activations: float for training, double for
+// the gradient checks in tests, bf16 for mixed precision on a GPU. Everything kept at full precision — master
+// weights, parameter gradients, statistics, losses — has type M = master_t<T> (runtime/bf16.h): for bf16 the
+// model holds fp32 master weights beside the bf16 working copy the kernels read, and fp32 gradients (so the
+// data-parallel reductions are fp32). Kernels are looked up once in the operator registry (ops/registry.h)
+// for the model's device and dtype.
 //
 // Tensor parallelism (Megatron-LM): with a TP group of size tp, each rank holds
 //   * c_attn column-parallel by heads (its NH/tp heads' q, k and v columns) and attn.c_proj row-parallel;
@@ -79,6 +83,8 @@ struct TensorParallel {
 template <typename T>
 class GPT2 {
  public:
+  using M = master_t<T>;
+
   // Allocates for batches up to max_batch × max_seq_len tokens (max_seq_len <= cfg.max_seq). The flat buffers
   // are padded to a multiple of `buffer_multiple` elements (ZeRO-1 splits them evenly over data-parallel ranks).
   // Parameters, gradients and activations live on `device`; inputs, targets and results cross as host data.
@@ -90,9 +96,14 @@ class GPT2 {
   int64_t num_params() const { return num_params_; }  // real parameters (without alignment padding)
   int64_t buffer_size() const { return buffer_size_; }  // flat buffer length including padding
   Device device() const { return device_; }
-  T* params() { return params_.data(); }  // on device()
-  T* grads() { return grads_.data(); }    // on device()
-  const T* params() const { return params_.data(); }
+  // Master weights (fp32 for bf16; the parameters themselves otherwise) and gradients, on device(). Whoever
+  // changes the master weights of a bf16 model calls refresh_working_copy() (or writes the copy itself, as the
+  // fused AdamW does).
+  M* params() { return master_ptr(); }
+  const M* params() const { return const_cast<GPT2*>(this)->master_ptr(); }
+  M* grads() { return grads_.data(); }
+  T* working_params() { return params_.data(); }  // what the kernels read; == params() unless T is bf16
+  void refresh_working_copy();
   size_t activation_bytes() const { return acts_arena_.capacity(); }
 
   const TensorParallel& tensor_parallel() const { return tp_; }
@@ -104,11 +115,11 @@ class GPT2 {
   // tied lm_head.weight ignored) and keeps this rank's shard. `prefix` selects e.g. optimizer moments
   // ("exp_avg.") stored under prefixed names; `host_dst` (host memory laid out like the parameters) defaults
   // to the parameters themselves.
-  void load(const SafeTensorsReader& file, const std::string& prefix = "", T* host_dst = nullptr);
+  void load(const SafeTensorsReader& file, const std::string& prefix = "", M* host_dst = nullptr);
   // Whole tensors, in Hugging Face order, assembled from the TP shards of a buffer laid out like the
   // parameters: the parameters themselves by default, or host memory such as an optimizer moment. Collective
   // over the TP group.
-  std::vector<NamedTensor> gather_full(const std::string& prefix = "", const T* host_src = nullptr);
+  std::vector<NamedTensor> gather_full(const std::string& prefix = "", const M* host_src = nullptr);
 
   // Called during backward with an offset X each time every gradient at flat offsets >= X is final (the
   // buffer is laid out in forward order, and backward finishes it from the end). Data parallelism starts its
@@ -126,7 +137,7 @@ class GPT2 {
   // Zeroes the gradients, runs forward and backward, and returns the mean loss (of the forward pass).
   double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T_);
   // Logits (V) of the last position of a single sequence of length t (generation).
-  void last_logits(const int32_t* tokens, int t, T* logits);
+  void last_logits(const int32_t* tokens, int t, M* logits);
 
  private:
   struct LayerParams {
@@ -136,13 +147,14 @@ class GPT2 {
     // LayerNorm outputs are not stored: backward recomputes them from the residual stream (one cheap pass)
     // into a shared scratch buffer, which saves 2·N·C values per layer.
     T* res_in;            // (N,C) residual stream entering the block
-    T *ln1_mean, *ln1_rstd;  // (N), (N)
+    M *ln1_mean, *ln1_rstd;  // (N), (N)
     T* qkv;               // (N,3C)
-    T *atty, *lse;        // (N,C), (B,NH,T)
+    T* atty;              // (N,C)
+    M* lse;               // (B,NH,T)
     // res_mid = res_in + c_proj(atty): on one rank backward recomputes it (one C×C GEMM) instead of storing
     // it; with tensor parallelism the recompute would cost a blocking all-reduce, so it is stored.
     T* res_mid = nullptr;  // (N,C) when tp > 1
-    T *ln2_mean, *ln2_rstd;
+    M *ln2_mean, *ln2_rstd;
     T* fch;               // (N,4C/tp) pre-GELU; GELU is recomputed in backward instead of stored
   };
   struct Kernels {
@@ -153,29 +165,36 @@ class GPT2 {
     typename ops::LayerNorm<T>::Backward* layernorm_backward;
     typename ops::Matmul<T>::Forward* matmul_forward;
     typename ops::Matmul<T>::Backward* matmul_backward;
+    typename ops::Matmul<T>::GeluForward* matmul_gelu_forward;
+    typename ops::Matmul<T>::DgeluBackward* matmul_backward_dgelu;
     typename ops::Attention<T>::Forward* attention_forward;
     typename ops::Attention<T>::Backward* attention_backward;
     typename ops::Gelu<T>::Forward* gelu_forward;
-    typename ops::Gelu<T>::Backward* gelu_backward;
     typename ops::Classifier<T>::Forward* classifier;
+    typename ops::MultiAdamW<T>::Cast* cast_to_working = nullptr;  // bf16 only
   };
+  M* master_ptr() { return std::is_same_v<T, M> ? reinterpret_cast<M*>(params_.data()) : master_.data(); }
 
   void layout_activations(Arena& arena);
   size_t plan_activation_bytes();
   void build_param_table();
   LayerParams layer_view(T* base, int l) const;
+  struct LayerGrads {
+    M *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+  };
+  LayerGrads grad_view(M* base, int l) const;
   void check_batch(int B, int T_) const;
   // Runs the model up to ln_f; returns the inputs as the kernels see them (copied to the device if needed).
   const int32_t* forward_to_lnf(const int32_t* inputs, int B, int T_);
   void tp_all_reduce(T* data, int64_t n, const char* what);
   const T* row_parallel_bias(const T* bias) const { return tp_.rank == 0 ? bias : nullptr; }
-  void classifier(T* dx, T* dwte, const int32_t* targets, int64_t N);
+  void classifier(T* dx, M* dwte, const int32_t* targets, int64_t N);
   const int32_t* to_device(int32_t* slot, const int32_t* host, int64_t n);  // inputs/targets onto the device
   double mean_loss(int64_t N);
-  // Runs fn on a host image of the parameters and, for a GPU model, uploads it afterwards.
-  void with_host_params(const std::function<void(T*)>& fn);
-  void init_random_into(T* host_params, uint64_t seed);
-  static void classifier_hook(void* self, T* data, int64_t n, int is_max);
+  // Runs fn on a host image of the (master) parameters and, for a GPU model, uploads it afterwards.
+  void with_host_params(const std::function<void(M*)>& fn);
+  void init_random_into(M* host_params, uint64_t seed);
+  static void classifier_hook(void* self, M* data, int64_t n, int is_max);
   double tp_comm_ms_ = 0;
 
   // Dimensions of this rank's shards.
@@ -192,15 +211,19 @@ class GPT2 {
   std::vector<std::array<int64_t, 12>> layer_offsets_;  // per block, in LayerParams field order
   int64_t num_params_ = 0, buffer_size_ = 0;
   Device device_;
-  DeviceBuffer<T> params_, grads_;
-  std::vector<T> losses_host_;  // per-token losses brought back to the host (sized once)
+  DeviceBuffer<T> params_;  // the working parameters the kernels read
+  DeviceBuffer<M> master_;  // bf16 only: the fp32 master weights (empty otherwise)
+  DeviceBuffer<M> grads_;
+  std::vector<M> losses_host_;  // per-token losses brought back to the host (sized once)
   Kernels k_{};
 
   std::vector<LayerActs> acts_;
   T* res_mid_ = nullptr;  // (N,C) residual after attention of the block being computed
-  T *res_final_ = nullptr, *lnf_ = nullptr, *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr;
+  T *res_final_ = nullptr, *lnf_ = nullptr;
+  M *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr;
   T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr;
-  T *logits_ = nullptr, *losses_ = nullptr;
+  void* logits_ = nullptr;  // classifier scratch (ops::classifier_scratch_bytes)
+  M* losses_ = nullptr;
   int32_t *inputs_ = nullptr, *targets_ = nullptr;
   // Last member: its initialiser runs the layout in planning mode, which writes the members above.
   Arena acts_arena_;

@@ -108,6 +108,14 @@ struct OptimizerState {
   int64_t step = 0;          // completed optimizer steps
 };
 
+// --dtype: fp32, bf16, or auto (bf16 on a GPU, fp32 on the CPU).
+bool use_bf16(const std::string& want, Device device) {
+  AQ_CHECK(want == "fp32" || want == "bf16" || want == "auto", "--dtype must be fp32, bf16 or auto (got ", want, ")");
+  AQ_CHECK(want != "bf16" || device == Device::CUDA, "--dtype bf16 runs on a GPU (--device cuda); the CPU engine ",
+           "trains in fp32: use --dtype fp32 or leave --dtype at auto");
+  return want == "bf16" || (want == "auto" && device == Device::CUDA);
+}
+
 // --device: cpu, cuda, or auto (cuda for a single process when a GPU is visible).
 Device choose_device(const std::string& want, const ParallelContext& ctx) {
   AQ_CHECK(want == "cpu" || want == "cuda" || want == "auto", "--device must be cpu, cuda or auto (got ", want, ")");
@@ -151,27 +159,55 @@ std::string progress_line(const StepRecord& r, int64_t total, double eta_s, cons
   return buf;
 }
 
-// One training job on one rank. Members are set up in setup(); every method that communicates is collective.
-class Job {
+// What the training loop needs from a job, whatever the model's element type.
+class JobApi {
  public:
-  Job(const TrainConfig& cfg, ParallelContext& ctx) : cfg_(cfg), ctx_(ctx), rng_(cfg.seed) {}
+  virtual ~JobApi() = default;
+  virtual void setup() = 0;  // flags, files: everything that can fail differently on different ranks
+  virtual void build() = 0;  // device groups (collective), model, optimizer state, buckets
+  virtual StepRecord step(int64_t s) = 0;
+  virtual double evaluate() = 0;
+  virtual void save(const std::string& path) = 0;
+  virtual void log_json(const nlohmann::ordered_json& j) = 0;
+  virtual int64_t start_step() const = 0;
+  virtual std::string device_label() const = 0;
+  virtual void log_summary() const = 0;
+  virtual void describe(TrainResult& r) const = 0;  // device, dtype, parameters, device memory
+  virtual Device device() const = 0;
+};
 
-  void setup();  // flags, files, device: everything that can fail differently on different ranks
-  void build();  // device groups (collective), model, optimizer state, buckets
-  StepRecord step(int64_t s);
-  double evaluate();
-  void save(const std::string& path);
-  void log_json(const nlohmann::ordered_json& j) {
+// One training job on one rank, for a model of element type T (float, or bf16 with fp32 master weights).
+// Members are set up in setup(); every method that communicates is collective.
+template <typename T>
+class Job final : public JobApi {
+ public:
+  Job(const TrainConfig& cfg, ParallelContext& ctx, Device device)
+      : cfg_(cfg), ctx_(ctx), rng_(cfg.seed), device_(device) {}
+
+  void setup() override;
+  void build() override;
+  StepRecord step(int64_t s) override;
+  double evaluate() override;
+  void save(const std::string& path) override;
+  void log_json(const nlohmann::ordered_json& j) override {
     if (log_file_.is_open()) log_file_ << dump_json(j) << "\n" << std::flush;
   }
-  int64_t start_step() const { return opt_.step; }
-  std::string device_label() const {
+  int64_t start_step() const override { return opt_.step; }
+  Device device() const override { return device_; }
+  std::string device_label() const override {
     return device_ == Device::CPU ? "cpu" : str("cuda:", ctx_.local_rank());
   }
-  void log_summary() const {
-    log_info("model: GPT-2 ", mc_.describe(), " | ", model_->num_params(), " parameters | activations ",
-             model_->activation_bytes() >> 20, " MiB per rank", ctx_.tp() > 1 ? str(" | tp shard of 1/", ctx_.tp()) : "",
-             cfg_.zero ? " | ZeRO-1 optimizer state" : "");
+  void describe(TrainResult& r) const override {
+    r.device = device_ == Device::CPU ? "cpu" : "cuda";
+    r.dtype = std::is_same_v<T, bf16> ? "bf16" : "fp32";
+    r.num_params = model_->num_params();
+    r.device_peak_bytes = device_peak_bytes(device_);
+  }
+  void log_summary() const override {
+    log_info("model: GPT-2 ", mc_.describe(), " | ", model_->num_params(), " parameters | ",
+             std::is_same_v<T, bf16> ? "bf16 (fp32 master weights, gradients and optimizer state)" : "fp32",
+             " | activations ", model_->activation_bytes() >> 20, " MiB per rank",
+             ctx_.tp() > 1 ? str(" | tp shard of 1/", ctx_.tp()) : "", cfg_.zero ? " | ZeRO-1 optimizer state" : "");
     log_info("data: ", train_data_->num_shards(), " shard(s), ", train_data_->total_tokens(), " tokens | batch ",
              cfg_.batch, " x ", cfg_.seq, " per rank, ", static_cast<int64_t>(cfg_.batch) * cfg_.seq * ctx_.dp(),
              " tokens/step over dp=", ctx_.dp(), buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
@@ -183,28 +219,33 @@ class Job {
   int64_t slice_len() const { return cfg_.zero ? model_->buffer_size() / ctx_.dp() : model_->buffer_size(); }
   double global_grad_norm(const float* grads);  // grads indexed from slice_begin()
   void load_state(const SafeTensorsReader& weights);
-  // A host copy of a whole local buffer from this rank's part (all-gathered over DP under ZeRO-1).
-  std::vector<float> full_local(const DeviceBuffer<float>& part, const char* what);
+  // A host copy of a whole local buffer from this rank's part `part` (n values on the model's device), all-
+  // gathered over DP under ZeRO-1.
+  std::vector<float> full_local(const float* part, int64_t n, const char* what);
 
   TrainConfig cfg_;
   ParallelContext& ctx_;
   Rng rng_;
   GPT2Config mc_;
-  std::unique_ptr<GPT2<float>> model_;
+  std::unique_ptr<GPT2<T>> model_;
   std::unique_ptr<DataLoader> train_data_, val_data_;
   std::unique_ptr<GradBuckets> buckets_;
-  Device device_ = Device::CPU;
+  Device device_;
   int gpus_on_node_ = 0;
+  // This rank's share of the parameters (its ZeRO-1 slice or the whole buffer) as chunks for the multi-tensor
+  // AdamW and norm, on the model's device; offsets relative to slice_begin().
+  DeviceBuffer<ops::TensorChunk> chunks_;
   std::unique_ptr<SafeTensorsReader> weights_;  // --init-from / --resume file, opened in setup()
   OptimizerState opt_;
   DeviceBuffer<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
   std::vector<int32_t> inputs_, targets_;
   std::ofstream log_file_;
-  ops::AdamW<float>::Update* adamw_ = nullptr;
-  ops::AdamW<float>::SumSquares* sum_squares_ = nullptr;
+  typename ops::MultiAdamW<T>::Update* adamw_ = nullptr;
+  ops::MultiAdamW<float>::SumSquares* sum_squares_ = nullptr;
 };
 
-void Job::setup() {
+template <typename T>
+void Job<T>::setup() {
   std::unique_ptr<SafeTensorsReader>& weights = weights_;  // kept open for build()
   mc_ = model_config(cfg_, weights);
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
@@ -228,19 +269,19 @@ void Job::setup() {
     val_data_ = std::make_unique<DataLoader>(cfg_.val_data, cfg_.batch, cfg_.seq, mc_.vocab_size, ctx_.dp_rank(),
                                              ctx_.dp(), "--val-data");
 
-  device_ = choose_device(cfg_.device, ctx_);
   gpus_on_node_ = 0;
 #ifdef AQ_HAVE_CUDA
   if (device_ == Device::CUDA) gpus_on_node_ = cuda::device_count();
 #endif
 }
 
-void Job::build() {
+template <typename T>
+void Job<T>::build() {
   ctx_.enable_device_groups(device_, gpus_on_node_);  // first: collective, and nothing before it can fail
   std::unique_ptr<SafeTensorsReader> weights = std::move(weights_);
   if (device_ != Device::CPU && ctx_.world_size() > 1) log_info("device collectives: ", ctx_.device_dp_group().describe());
   TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.device_tp_group(), &ctx_.tp_group()};
-  model_ = std::make_unique<GPT2<float>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1, device_);
+  model_ = std::make_unique<GPT2<T>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1, device_);
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
@@ -260,20 +301,31 @@ void Job::build() {
   inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.seq);
   targets_.resize(inputs_.size());
   auto& reg = ops::Registry::instance();
-  adamw_ = reg.find<ops::AdamW<float>::Update>("adamw_update", device_, DType::F32);
-  sum_squares_ = reg.find<ops::AdamW<float>::SumSquares>("sum_squares", device_, DType::F32);
+  adamw_ = reg.find<typename ops::MultiAdamW<T>::Update>("multi_adamw", device_, dtype_of<T>());
+  sum_squares_ = reg.find<ops::MultiAdamW<float>::SumSquares>("multi_sum_squares", device_, DType::F32);
+  // The chunk table of this rank's slice: TP-sharded tensors count in norm class 0, replicated ones in 1.
+  std::vector<ops::TensorChunk> chunks;
+  const int64_t lo = slice_begin(), hi = lo + slice_len();
+  for (const ParamInfo& p : model_->params_info()) {
+    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + shape_numel(p.shape));
+    if (a < b) ops::append_chunks(chunks, a - lo, b - a, p.decay, p.split == TpSplit::Replicated ? 1 : 0);
+  }
+  chunks_ = DeviceBuffer<ops::TensorChunk>(device_, chunks.size());
+  device_copy(chunks_.data(), device_, chunks.data(), Device::CPU, chunks.size() * sizeof(ops::TensorChunk));
 }
 
-std::vector<float> Job::full_local(const DeviceBuffer<float>& part, const char* what) {
-  std::vector<float> mine(part.size());
-  device_copy(mine.data(), Device::CPU, part.data(), part.device(), part.size() * sizeof(float));
+template <typename T>
+std::vector<float> Job<T>::full_local(const float* part, int64_t n, const char* what) {
+  std::vector<float> mine(static_cast<size_t>(n));
+  device_copy(mine.data(), Device::CPU, part, device_, mine.size() * sizeof(float));
   if (!cfg_.zero || ctx_.dp() == 1) return mine;
   std::vector<float> full(static_cast<size_t>(model_->buffer_size()));
   ctx_.dp_group().all_gather(mine.data(), full.data(), slice_len(), DType::F32, {what})->wait();
   return full;
 }
 
-void Job::load_state(const SafeTensorsReader& weights) {
+template <typename T>
+void Job<T>::load_state(const SafeTensorsReader& weights) {
   const std::string sp = state_path_for(cfg_.resume);
   AQ_CHECK(file_exists(sp), "--resume ", cfg_.resume, " needs its training state ", sp,
            " (written by --save beside the model); to start a new run from these weights use --init-from");
@@ -306,15 +358,21 @@ void Job::load_state(const SafeTensorsReader& weights) {
            ": nothing to do; raise --steps to train further");
 }
 
-void Job::save(const std::string& path) {
+template <typename T>
+void Job<T>::save(const std::string& path) {
   // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
   // rank 0 writes. State first, then the model: if we die in between, the model file's id no longer matches
   // the new state and --resume refuses the pair instead of silently mixing two steps.
-  const std::vector<float> m = full_local(opt_.m, "checkpoint gather exp_avg");
-  const std::vector<float> v = full_local(opt_.v, "checkpoint gather exp_avg_sq");
+  const std::vector<float> m = full_local(opt_.m.data(), slice_len(), "checkpoint gather exp_avg");
+  const std::vector<float> v = full_local(opt_.v.data(), slice_len(), "checkpoint gather exp_avg_sq");
   std::vector<NamedTensor> moments = model_->gather_full("exp_avg.", m.data());
   for (NamedTensor& t : model_->gather_full("exp_avg_sq.", v.data())) moments.push_back(std::move(t));
-  std::vector<NamedTensor> params = model_->gather_full();
+  // fp32 weights are all-gathered every ZeRO-1 step; a bf16 model gathers only its working copy, so its master
+  // weights (each DP rank owns its slice) are gathered here.
+  std::vector<float> master;
+  if (!std::is_same_v<T, float> && cfg_.zero && ctx_.dp() > 1)
+    master = full_local(model_->params() + slice_begin(), slice_len(), "checkpoint gather master weights");
+  std::vector<NamedTensor> params = model_->gather_full("", master.empty() ? nullptr : master.data());
   std::string error;
   if (ctx_.world_rank() == 0) {
     try {
@@ -348,16 +406,12 @@ void Job::save(const std::string& path) {
   if (!error.empty()) throw AgreedError(error);
 }
 
-double Job::global_grad_norm(const float* grads) {
+template <typename T>
+double Job<T>::global_grad_norm(const float* grads) {
   // TP-sharded tensors are summed across TP ranks; replicated ones have equal gradients on every TP rank and
   // are counted once. Under ZeRO-1 each DP rank holds a slice, so the slices are summed across DP first.
-  double sq[2] = {0, 0};  // [sharded, replicated]
-  const int64_t lo = slice_begin(), hi = lo + slice_len();
-  for (const ParamInfo& p : model_->params_info()) {
-    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + shape_numel(p.shape));
-    if (a >= b) continue;
-    sq[p.split == TpSplit::Replicated ? 1 : 0] += sum_squares_(grads + (a - lo), b - a);
-  }
+  double sq[2] = {0, 0};  // [sharded, replicated]: the chunks' norm classes
+  sum_squares_(sq, grads, chunks_.data(), static_cast<int64_t>(chunks_.size()));
   if (cfg_.zero) ctx_.dp_group().all_reduce(sq, 2, DType::F64, {"grad norm (ZeRO slices)"})->wait();
   if (ctx_.tp() > 1) ctx_.tp_group().all_reduce(sq, 1, DType::F64, {"grad norm (TP shards)"})->wait();
   return std::sqrt(sq[0] + sq[1]);
@@ -380,7 +434,8 @@ void maybe_inject_fault(int rank, int64_t step) {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
-StepRecord Job::step(int64_t s) {
+template <typename T>
+StepRecord Job<T>::step(int64_t s) {
   maybe_inject_fault(ctx_.world_rank(), s + 1);
   Timer t;
   train_data_->next(inputs_.data(), targets_.data());
@@ -433,18 +488,19 @@ StepRecord Job::step(int64_t s) {
   hp.beta2 = cfg_.beta2;
   hp.eps = cfg_.eps;
   hp.step = ++opt_.step;
-  const int64_t lo = slice_begin(), hi = lo + slice_len();
-  for (const ParamInfo& p : model_->params_info()) {
-    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + shape_numel(p.shape));
-    if (a >= b) continue;
-    hp.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
-    adamw_(model_->params() + a, my_grads + (a - lo), opt_.m.data() + (a - lo), opt_.v.data() + (a - lo), b - a, hp);
-  }
+  hp.weight_decay = cfg_.weight_decay;  // for the chunks of tensors that decay (2-D and up)
+  // One launch for every tensor of this rank's slice; a bf16 model's working copy is written in the same pass.
+  const int64_t lo = slice_begin();
+  T* copy = std::is_same_v<T, float> ? nullptr : model_->working_params() + lo;
+  adamw_(model_->params() + lo, copy, my_grads, opt_.m.data(), opt_.v.data(), chunks_.data(),
+         static_cast<int64_t>(chunks_.size()), hp);
   if (cfg_.zero && ctx_.dp() > 1) {
+    // Every rank needs the updated weights the kernels read: fp32 parameters, or the bf16 working copy (half
+    // the bytes; the fp32 master slices stay with their owners until a checkpoint gathers them).
     Timer c;
-    float* params = model_->params();
+    T* params = model_->working_params();
     ctx_.device_dp_group()
-        .all_gather(params + lo, params, slice_len(), DType::F32, {"ZeRO-1 parameter all-gather"})
+        .all_gather(params + lo, params, slice_len(), dtype_of<T>(), {"ZeRO-1 parameter all-gather"})
         ->wait();
     comm += c.ms();
     exposed += c.ms();
@@ -456,7 +512,8 @@ StepRecord Job::step(int64_t s) {
   return r;
 }
 
-double Job::evaluate() {
+template <typename T>
+double Job<T>::evaluate() {
   val_data_->reset();
   double sum = 0;
   for (int64_t i = 0; i < cfg_.eval_batches; ++i) {
@@ -470,14 +527,17 @@ double Job::evaluate() {
 
 
 // The steps, evaluations and saves of one job.
-void run_loop(Job& job, const TrainConfig& cfg, ParallelContext& ctx, TrainResult& result) {
+void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainResult& result) {
   const bool parallel = ctx.world_size() > 1;
   auto log_json = [&](const nlohmann::ordered_json& j) { job.log_json(j); };
   Timer run_timer;
   const int64_t first = job.start_step();
+  size_t allocs_after_first = 0;
   for (int64_t s = first; s < cfg.steps; ++s) {
     const StepRecord r = job.step(s);
     result.steps.push_back(r);
+    // From here on every buffer has been sized: the caching allocator must not call cudaMalloc again.
+    if (s == first) allocs_after_first = device_driver_allocations(job.device());
     const double per_step_s = run_timer.ms() / 1000.0 / static_cast<double>(s + 1 - first);
     if (!cfg.quiet) log_info(progress_line(r, cfg.steps, per_step_s * static_cast<double>(cfg.steps - s - 1), ctx));
     nlohmann::ordered_json j = {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
@@ -503,10 +563,18 @@ void run_loop(Job& job, const TrainConfig& cfg, ParallelContext& ctx, TrainResul
       log_info("saved ", cfg.save, " (step ", s + 1, ")");
     }
   }
+  if (cfg.steps > first) result.step_loop_device_mallocs = device_driver_allocations(job.device()) - allocs_after_first;
   if (!cfg.save.empty()) {
     job.save(cfg.save);
     log_info("saved ", cfg.save, " and ", state_path_for(cfg.save), " (step ", job.start_step(), ")");
   }
+}
+
+// Resolves --device and --dtype (which decide the model's element type), then makes the job.
+std::unique_ptr<JobApi> make_job(const TrainConfig& cfg, ParallelContext& ctx) {
+  const Device device = choose_device(cfg.device, ctx);
+  if (use_bf16(cfg.dtype, device)) return std::make_unique<Job<bf16>>(cfg, ctx, device);
+  return std::make_unique<Job<float>>(cfg, ctx, device);
 }
 }  // namespace
 
@@ -514,7 +582,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   TrainConfig cfg = cfg_in;
   cfg.schedule.steps = cfg.steps;
   const int nthreads = configure_threads(cfg.threads);
-  Job job(cfg, ctx);
+  std::unique_ptr<JobApi> job_ptr;
   // Set-up failures (bad flags, files, shapes, devices) are agreed on, so exactly one rank reports and all exit;
   // the collective part of building (device groups) starts only once every rank got that far.
   for (int phase = 0; phase < 2; ++phase) {
@@ -522,9 +590,10 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
     try {
       if (phase == 0) {
         cfg.validate();
-        job.setup();
+        job_ptr = make_job(cfg, ctx);
+        job_ptr->setup();
       } else {
-        job.build();
+        job_ptr->build();
       }
     } catch (const CommError&) {
       throw;
@@ -535,6 +604,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
     if (!error.empty()) throw AgreedError(error);
   }
 
+  JobApi& job = *job_ptr;
   log_info(ctx.banner(job.device_label()));
   job.log_summary();
   log_info("threads: ", nthreads, " per rank | BLAS: ", cpu::blas_description());
@@ -543,6 +613,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   TrainResult result;
   try {
     run_loop(job, cfg, ctx, result);
+    job.describe(result);
   } catch (const AgreedError&) {
     throw;
   } catch (const CommError&) {

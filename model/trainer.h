@@ -35,6 +35,8 @@ struct TrainConfig {
   int threads = 0;               // 0 → all cores
   std::string device = "auto";   // cpu | cuda | auto (cuda when this build has it, a GPU is visible and the
                                  // job is a single process; several ranks on GPUs say cuda explicitly)
+  std::string dtype = "auto";    // fp32 | bf16 | auto (bf16 on a GPU, fp32 on the CPU); bf16 keeps fp32 master
+                                 // weights, gradients and optimizer state
   bool quiet = false;            // no per-step lines (tests)
   // Parallelism (the TP size is set on the ParallelContext; DP = world / TP).
   int zero = 0;                  // 1: ZeRO-1, optimizer state sharded over data-parallel ranks
@@ -52,6 +54,11 @@ struct StepRecord {
 struct TrainResult {
   std::vector<StepRecord> steps;  // the steps this run executed
   std::vector<std::pair<int64_t, double>> val_losses;
+  std::string device = "cpu";          // what the run used: "cpu" or "cuda"
+  std::string dtype = "fp32";          // "fp32" or "bf16"
+  int64_t num_params = 0;              // real parameters of the whole model (all TP shards)
+  size_t device_peak_bytes = 0;        // CUDA: peak device memory of this rank (caching allocator)
+  size_t step_loop_device_mallocs = 0; // CUDA: cudaMalloc calls after the first step (expected 0)
 };
 
 // Runs the whole training job described by cfg on the ranks of ctx (configured beforehand). Collective: every

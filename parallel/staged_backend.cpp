@@ -13,14 +13,25 @@ WorkPtr StagedBackend::all_reduce(void* data, int64_t count, DType dtype, const 
   const size_t bytes = static_cast<size_t>(count) * dtype_size(dtype);
   char* h = stage(bytes);
   device_copy(h, Device::CPU, data, device_, bytes);
-  WorkPtr w = host_.all_reduce(h, count, dtype, opts);
-  w->wait();
+  WorkPtr w;
+  if (dtype == DType::BF16) {
+    bf16* x = reinterpret_cast<bf16*>(h);
+    wide_.resize(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) wide_[static_cast<size_t>(i)] = bf16_to_float(x[i]);
+    w = host_.all_reduce(wide_.data(), count, DType::F32, opts);
+    w->wait();
+    for (int64_t i = 0; i < count; ++i) x[i] = float_to_bf16(wide_[static_cast<size_t>(i)]);
+  } else {
+    w = host_.all_reduce(h, count, dtype, opts);
+    w->wait();
+  }
   device_copy(data, device_, h, Device::CPU, bytes);
   return w;
 }
 
 WorkPtr StagedBackend::reduce_scatter(const void* send, void* recv, int64_t recv_count, DType dtype,
                                       const CollectiveOptions& opts) {
+  AQ_ASSERT(dtype != DType::BF16, "staged reduce_scatter on bf16 (gradients are reduced in fp32)");
   const size_t out = static_cast<size_t>(recv_count) * dtype_size(dtype), in = out * static_cast<size_t>(size());
   char* h = stage(in);
   if (b_.size() < out) b_.resize(out);

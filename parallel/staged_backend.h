@@ -5,6 +5,8 @@
 // waits, and copies the result back, so its Work is complete on return: correct and simple, with no overlap.
 // send() returns only once the message is delivered, so a ring of sends must post its receives from another
 // thread, or keep messages small enough for MPI's eager protocol.
+// MPI has no bf16 type: bf16 reductions are widened to fp32 in the host buffer, reduced, and rounded back
+// (which is also what NCCL does inside its bf16 reductions).
 #pragma once
 
 #include <string>
@@ -37,6 +39,7 @@ class StagedBackend final : public Backend {
   Backend& host_;
   Device device_;
   std::vector<char> a_, b_;  // host staging buffers, grown once
+  std::vector<float> wide_;  // bf16 reductions, widened
 };
 
 }  // namespace aq

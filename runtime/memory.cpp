@@ -68,6 +68,22 @@ void device_zero(Device d, void* p, size_t bytes) {
 #endif
 }
 
+size_t device_peak_bytes(Device d) {
+#ifdef AQ_HAVE_CUDA
+  if (d == Device::CUDA) return cuda::CachingAllocator::instance().peak_bytes();
+#endif
+  (void)d;
+  return 0;
+}
+
+size_t device_driver_allocations(Device d) {
+#ifdef AQ_HAVE_CUDA
+  if (d == Device::CUDA) return cuda::CachingAllocator::instance().driver_allocations();
+#endif
+  (void)d;
+  return 0;
+}
+
 void device_synchronize(Device d) {
   if (d == Device::CPU) return;
 #ifdef AQ_HAVE_CUDA

@@ -19,6 +19,10 @@ void device_zero(Device d, void* p, size_t bytes);
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
 bool cuda_built();  // whether this build has the CUDA backend
 void device_synchronize(Device d);  // waits for the device's queued work (timing); no-op on the CPU
+// Device memory statistics of this process (CUDA: the caching allocator's; 0 on the CPU): peak bytes handed
+// out, and driver allocations (cudaMalloc calls) so far — constant once the step loop is warm.
+size_t device_peak_bytes(Device d);
+size_t device_driver_allocations(Device d);
 
 template <typename T>
 class DeviceBuffer {

@@ -8,13 +8,6 @@
 namespace aq {
 namespace {
 
-float bf16_to_float(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 float f16_to_float(uint16_t h) {
   uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
   float mag;
@@ -159,7 +152,7 @@ void SafeTensorsReader::read(const std::string& name, const Shape& shape, T* dst
       for (size_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = static_cast<T>(e.dtype == DType::BF16 ? bf16_to_float(h) : f16_to_float(h));
+        dst[i] = static_cast<T>(e.dtype == DType::BF16 ? bf16_to_float(bf16{h}) : f16_to_float(h));
       }
       break;
     default:

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/bf16.h"
 #include "runtime/error.h"
 
 namespace aq {
@@ -32,6 +33,8 @@ template <>
 constexpr DType dtype_of<int32_t>() { return DType::I32; }
 template <>
 constexpr DType dtype_of<uint16_t>() { return DType::U16; }
+template <>
+constexpr DType dtype_of<bf16>() { return DType::BF16; }
 
 using Shape = std::vector<int64_t>;
 int64_t shape_numel(const Shape& s);

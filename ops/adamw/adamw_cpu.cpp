@@ -47,6 +47,38 @@ double sum_squares(const T* x, int64_t n) {
   return total;
 }
 
+// Multi-tensor forms: the chunks are independent, so they run in parallel; each uses the per-tensor kernels'
+// arithmetic, so the result is bit-identical to updating tensor by tensor.
+void multi_adamw(float* master, float* copy, const float* grad, float* m, float* v, const TensorChunk* chunks,
+                 int64_t nchunks, const AdamWParams& hp) {
+  AQ_ASSERT(copy == nullptr, "an fp32 model has no separate working copy");
+  AdamWParams no_decay = hp;
+  no_decay.weight_decay = 0.0;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const TensorChunk& k = chunks[c];
+    const int64_t o = k.offset;
+    // Nested: each call runs serially inside this parallel region (OpenMP does not nest by default).
+    adamw_update(master + o, grad + o, m + o, v + o, k.n, k.decay ? hp : no_decay);
+  }
+}
+
+void multi_sum_squares(double* sums, const float* x, const TensorChunk* chunks, int64_t nchunks) {
+  thread_local std::vector<double> partial;
+  partial.assign(static_cast<size_t>(nchunks), 0.0);
+  double* out = partial.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const float* p = x + chunks[c].offset;
+    double acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int32_t i = 0; i < chunks[c].n; ++i) acc += static_cast<double>(p[i]) * static_cast<double>(p[i]);
+    out[c] = acc;
+  }
+  sums[0] = sums[1] = 0.0;
+  for (int64_t c = 0; c < nchunks; ++c) sums[chunks[c].norm_class ? 1 : 0] += partial[static_cast<size_t>(c)];
+}
+
 template <typename T>
 void add_kernels(Registry& r) {
   r.add<typename AdamW<T>::Update>("adamw_update", Device::CPU, dtype_of<T>(), &adamw_update<T>);
@@ -55,9 +87,17 @@ void add_kernels(Registry& r) {
 
 }  // namespace
 
+void append_chunks(std::vector<TensorChunk>& out, int64_t offset, int64_t n, bool decay, int norm_class) {
+  for (int64_t i = 0; i < n; i += kTensorChunk)
+    out.push_back(TensorChunk{offset + i, static_cast<int32_t>(std::min(kTensorChunk, n - i)),
+                              static_cast<uint8_t>(decay ? 1 : 0), static_cast<uint8_t>(norm_class)});
+}
+
 void register_adamw_cpu(Registry& r) {
   add_kernels<float>(r);
   add_kernels<double>(r);
+  r.add<MultiAdamW<float>::Update>("multi_adamw", Device::CPU, DType::F32, &multi_adamw);
+  r.add<MultiAdamW<float>::SumSquares>("multi_sum_squares", Device::CPU, DType::F32, &multi_sum_squares);
 }
 
 }  // namespace aq::ops

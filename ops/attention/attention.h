@@ -12,12 +12,13 @@
 
 namespace aq::ops {
 
-template <typename T>
+// lse is kept in master precision M (float for a bf16 model); all softmax arithmetic is in at least fp32.
+template <typename T, typename M = master_t<T>>
 struct Attention {
   // out (B,T,C), lse (B,NH,T), qkv (B,T,3C)
-  using Forward = void(T* out, T* lse, const T* qkv, int B, int T_, int C, int NH);
+  using Forward = void(T* out, M* lse, const T* qkv, int B, int T_, int C, int NH);
   // dqkv (B,T,3C) overwritten; dout (B,T,C), qkv (B,T,3C), out (B,T,C), lse (B,NH,T)
-  using Backward = void(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B, int T_, int C,
+  using Backward = void(T* dqkv, const T* dout, const T* qkv, const T* out, const M* lse, int B, int T_, int C,
                         int NH);
 };
 

@@ -17,8 +17,9 @@ template <typename T>
 struct Embedding {
   // out (B,T,C), inp (B,T), wte (Vl,C) rows v0…v0+Vl−1, wpe (maxT,C) or null
   using Forward = void(T* out, const int32_t* inp, const T* wte, const T* wpe, int B, int T_, int C, int v0, int Vl);
-  // dwte (Vl,C) +=, dwpe (maxT,C) += or null, dout (B,T,C), inp (B,T)
-  using Backward = void(T* dwte, T* dwpe, const T* dout, const int32_t* inp, int B, int T_, int C, int v0, int Vl);
+  // dwte (Vl,C) +=, dwpe (maxT,C) += or null (parameter gradients, master precision), dout (B,T,C), inp (B,T)
+  using Backward = void(master_t<T>* dwte, master_t<T>* dwpe, const T* dout, const int32_t* inp, int B, int T_,
+                        int C, int v0, int Vl);
 };
 
 void register_embedding_cpu(Registry& r);

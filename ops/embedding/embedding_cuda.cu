@@ -1,4 +1,5 @@
-// embedding_cuda.cu — token + position embedding on CUDA, forward and a deterministic backward.
+// embedding_cuda.cu — token + position embedding on CUDA, forward and a deterministic backward; float and bf16
+// activations, fp32 gradients.
 //
 // Backward without float atomics: the (token, position) pairs are sorted by token with CUB's stable radix
 // sort, and one thread per (run of equal tokens, channel) sums that token's gradients in position order.
@@ -11,21 +12,23 @@
 namespace aq::ops {
 namespace {
 
-__global__ void embedding_forward_kernel(float* out, const int32_t* inp, const float* wte, const float* wpe,
-                                         int64_t BT, int T_, int C, int v0, int Vl) {
+// out (B·T,C), inp (B·T), wte (Vl,C), wpe (maxT,C) or null
+template <typename T>
+__global__ void embedding_forward_kernel(T* out, const int32_t* inp, const T* wte, const T* wpe, int64_t BT, int T_,
+                                         int C, int v0, int Vl) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < BT * C; i += stride) {
     const int64_t bt = i / C;
     const int c = static_cast<int>(i % C);
     const int tok = inp[bt] - v0;
-    float v = (tok >= 0 && tok < Vl) ? wte[static_cast<int64_t>(tok) * C + c] : 0.0f;
-    if (wpe) v += wpe[(bt % T_) * C + c];
-    out[i] = v;
+    float v = (tok >= 0 && tok < Vl) ? cuda::to_f(wte[static_cast<int64_t>(tok) * C + c]) : 0.0f;
+    if (wpe) v += cuda::to_f(wpe[(bt % T_) * C + c]);
+    out[i] = cuda::from_f<T>(v);
   }
 }
 
-void embedding_forward(float* out, const int32_t* inp, const float* wte, const float* wpe, int B, int T_, int C,
-                       int v0, int Vl) {
+template <typename T>
+void embedding_forward(T* out, const int32_t* inp, const T* wte, const T* wpe, int B, int T_, int C, int v0, int Vl) {
   const int64_t BT = static_cast<int64_t>(B) * T_;
   embedding_forward_kernel<<<cuda::blocks_for(BT * C), cuda::kThreads>>>(out, inp, wte, wpe, BT, T_, C, v0, Vl);
   AQ_CUDA_LAUNCH_CHECK();
@@ -38,31 +41,34 @@ __global__ void iota_kernel(int32_t* x, int64_t n) {
 }
 
 // Thread (i, c): if sorted position i starts a run of equal tokens, sum the run's gradients for channel c.
-__global__ void wte_backward_kernel(float* dwte, const int32_t* tokens, const int32_t* positions,
-                                    const float* dout, int64_t BT, int C, int v0, int Vl) {
+template <typename T>
+__global__ void wte_backward_kernel(float* dwte, const int32_t* tokens, const int32_t* positions, const T* dout,
+                                    int64_t BT, int C, int v0, int Vl) {
   const int64_t i = blockIdx.x;
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= C || (i > 0 && tokens[i] == tokens[i - 1])) return;
   const int tok = tokens[i] - v0;
   if (tok < 0 || tok >= Vl) return;
   float acc = 0;
-  for (int64_t j = i; j < BT && tokens[j] == tokens[i]; ++j) acc += dout[static_cast<int64_t>(positions[j]) * C + c];
+  for (int64_t j = i; j < BT && tokens[j] == tokens[i]; ++j) acc += cuda::to_f(dout[static_cast<int64_t>(positions[j]) * C + c]);
   dwte[static_cast<int64_t>(tok) * C + c] += acc;
 }
 
-__global__ void wpe_backward_kernel(float* dwpe, const float* dout, int B, int T_, int C) {
+template <typename T>
+__global__ void wpe_backward_kernel(float* dwpe, const T* dout, int B, int T_, int C) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < static_cast<int64_t>(T_) * C;
        i += stride) {
     const int64_t t = i / C, c = i % C;
     float acc = 0;
-    for (int b = 0; b < B; ++b) acc += dout[(b * static_cast<int64_t>(T_) + t) * C + c];
+    for (int b = 0; b < B; ++b) acc += cuda::to_f(dout[(b * static_cast<int64_t>(T_) + t) * C + c]);
     dwpe[i] += acc;
   }
 }
 
-void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B, int T_, int C,
-                        int v0, int Vl) {
+template <typename T>
+void embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t* inp, int B, int T_, int C, int v0,
+                        int Vl) {
   const int64_t BT = static_cast<int64_t>(B) * T_;
   // keys_out, positions in/out, then CUB's temporary storage.
   size_t sort_bytes = 0;
@@ -86,11 +92,17 @@ void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32
   }
 }
 
+template <typename T>
+void add_kernels(Registry& r) {
+  r.add<typename Embedding<T>::Forward>("embedding_forward", Device::CUDA, dtype_of<T>(), &embedding_forward<T>);
+  r.add<typename Embedding<T>::Backward>("embedding_backward", Device::CUDA, dtype_of<T>(), &embedding_backward<T>);
+}
+
 }  // namespace
 
 void register_embedding_cuda(Registry& r) {
-  r.add<Embedding<float>::Forward>("embedding_forward", Device::CUDA, DType::F32, &embedding_forward);
-  r.add<Embedding<float>::Backward>("embedding_backward", Device::CUDA, DType::F32, &embedding_backward);
+  add_kernels<float>(r);
+  add_kernels<bf16>(r);
 }
 
 }  // namespace aq::ops

@@ -15,6 +15,18 @@ struct Gelu {
   using Backward = void(T* dinp, const T* inp, const T* dout, int64_t n);
 };
 
+// The CPU kernels themselves, for fused CPU operators built from them (ops/matmul); float and double.
+template <typename T>
+void gelu_forward_cpu(T* out, const T* inp, int64_t n);
+template <typename T>
+void gelu_backward_cpu(T* dinp, const T* inp, const T* dout, int64_t n);
+
+// The CUDA launchers (float and bf16; built with the CUDA toolkit), for fused CUDA operators.
+template <typename T>
+void gelu_forward_cuda(T* out, const T* inp, int64_t n);
+template <typename T>
+void gelu_backward_cuda(T* dinp, const T* inp, const T* dout, int64_t n);
+
 void register_gelu_cpu(Registry& r);
 void register_gelu_cuda(Registry& r);  // built with the CUDA toolkit
 

@@ -6,12 +6,13 @@
 
 namespace aq::ops {
 namespace {
-
 constexpr double kSqrt2OverPi = 0.7978845608028654;
 constexpr double kCubic = 0.044715;
 
+}  // namespace
+
 template <typename T>
-void gelu_forward(T* __restrict out, const T* __restrict inp, int64_t n) {
+void gelu_forward_cpu(T* __restrict out, const T* __restrict inp, int64_t n) {
   const T k = static_cast<T>(kSqrt2OverPi), a = static_cast<T>(kCubic);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
@@ -21,7 +22,7 @@ void gelu_forward(T* __restrict out, const T* __restrict inp, int64_t n) {
 }
 
 template <typename T>
-void gelu_backward(T* dinp, const T* __restrict inp, const T* dout, int64_t n) {
+void gelu_backward_cpu(T* dinp, const T* __restrict inp, const T* dout, int64_t n) {
   const T k = static_cast<T>(kSqrt2OverPi), a = static_cast<T>(kCubic);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
@@ -33,12 +34,17 @@ void gelu_backward(T* dinp, const T* __restrict inp, const T* dout, int64_t n) {
   }
 }
 
+template void gelu_forward_cpu<float>(float*, const float*, int64_t);
+template void gelu_forward_cpu<double>(double*, const double*, int64_t);
+template void gelu_backward_cpu<float>(float*, const float*, const float*, int64_t);
+template void gelu_backward_cpu<double>(double*, const double*, const double*, int64_t);
+
+namespace {
 template <typename T>
 void add_kernels(Registry& r) {
-  r.add<typename Gelu<T>::Forward>("gelu_forward", Device::CPU, dtype_of<T>(), &gelu_forward<T>);
-  r.add<typename Gelu<T>::Backward>("gelu_backward", Device::CPU, dtype_of<T>(), &gelu_backward<T>);
+  r.add<typename Gelu<T>::Forward>("gelu_forward", Device::CPU, dtype_of<T>(), &gelu_forward_cpu<T>);
+  r.add<typename Gelu<T>::Backward>("gelu_backward", Device::CPU, dtype_of<T>(), &gelu_backward_cpu<T>);
 }
-
 }  // namespace
 
 void register_gelu_cpu(Registry& r) {

@@ -15,16 +15,17 @@ namespace aq::ops {
 
 constexpr double kLayerNormEps = 1e-5;
 
-template <typename T>
+// Statistics (mean, rstd) and weight gradients are kept in master precision M (float for bf16 models).
+template <typename T, typename M = master_t<T>>
 struct LayerNorm {
   // out (N,C), mean (N), rstd (N), inp (N,C), w (C), b (C)
-  using Forward = void(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int64_t N, int C);
+  using Forward = void(T* out, M* mean, M* rstd, const T* inp, const T* w, const T* b, int64_t N, int C);
   // res (N,C) = a + b_in; then as Forward on res
-  using ResidualForward = void(T* res, T* out, T* mean, T* rstd, const T* a, const T* b_in, const T* w,
+  using ResidualForward = void(T* res, T* out, M* mean, M* rstd, const T* a, const T* b_in, const T* w,
                                const T* b, int64_t N, int C);
   // dinp (N,C) +=, dw (C) +=, db (C) +=; dout (N,C), inp (N,C), w (C), mean (N), rstd (N)
-  using Backward = void(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w, const T* mean,
-                        const T* rstd, int64_t N, int C);
+  using Backward = void(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* w, const M* mean,
+                        const M* rstd, int64_t N, int C);
 };
 
 void register_layernorm_cpu(Registry& r);

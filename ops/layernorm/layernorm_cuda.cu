@@ -1,4 +1,5 @@
-// layernorm_cuda.cu — LayerNorm (optionally fused with the residual add) on CUDA, forward and backward.
+// layernorm_cuda.cu — LayerNorm (optionally fused with the residual add) on CUDA, forward and backward, for
+// float and bf16 activations (statistics, arithmetic and weight gradients in fp32).
 //
 // One warp per row, reductions with cub::WarpReduce. The weight gradients are summed deterministically: each
 // block sums a fixed range of rows for every column into a partial row, and a second pass adds the partials in
@@ -15,88 +16,100 @@ constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 8;  // warps per block
 using WarpReduce = cub::WarpReduce<float>;
 
-// res (optional) = a + b_in; out = LayerNorm(res or inp)
-__global__ void layernorm_forward_kernel(float* res, float* out, float* mean, float* rstd, const float* a,
-                                         const float* b_in, const float* w, const float* b, int64_t N, int C) {
+// res (N,C) (optional) = a + b_in; out (N,C) = LayerNorm(res or a); mean, rstd (N); w, b (C)
+// With bf16, the rounded residual is what gets normalised (and what backward reads).
+template <typename T>
+__global__ void layernorm_forward_kernel(T* res, T* out, float* mean, float* rstd, const T* a, const T* b_in,
+                                         const T* w, const T* b, int64_t N, int C) {
   __shared__ typename WarpReduce::TempStorage tmp[kRowsPerBlock];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
   if (row >= N) return;
-  const float* x = a + row * C;
-  float* r = res ? res + row * C : nullptr;
+  const T* x = a + row * C;
+  T* r = res ? res + row * C : nullptr;
   float sum = 0;
   for (int c = lane; c < C; c += kWarp) {
-    float v = x[c];
+    float v = cuda::to_f(x[c]);
     if (r) {
-      v += b_in[row * C + c];
-      r[c] = v;
+      const T rv = cuda::from_f<T>(v + cuda::to_f(b_in[row * C + c]));
+      r[c] = rv;
+      v = cuda::to_f(rv);
     }
     sum += v;
   }
-  const float* src = r ? r : x;
+  __syncwarp();  // this lane's stores to r are visible to the other lanes below
+  const T* src = r ? r : x;
   const float m = __shfl_sync(0xffffffff, WarpReduce(tmp[warp]).Sum(sum), 0) / C;
   __syncwarp();
   float var = 0;
-  for (int c = lane; c < C; c += kWarp) var += (src[c] - m) * (src[c] - m);
+  for (int c = lane; c < C; c += kWarp) {
+    const float d = cuda::to_f(src[c]) - m;
+    var += d * d;
+  }
   const float s = rsqrtf(__shfl_sync(0xffffffff, WarpReduce(tmp[warp]).Sum(var), 0) / C + static_cast<float>(kLayerNormEps));
-  for (int c = lane; c < C; c += kWarp) out[row * C + c] = (src[c] - m) * s * w[c] + b[c];
+  for (int c = lane; c < C; c += kWarp)
+    out[row * C + c] = cuda::from_f<T>((cuda::to_f(src[c]) - m) * s * cuda::to_f(w[c]) + cuda::to_f(b[c]));
   if (lane == 0) {
     mean[row] = m;
     rstd[row] = s;
   }
 }
 
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
-                       int64_t N, int C) {
+template <typename T>
+void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N, int C) {
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  layernorm_forward_kernel<<<blocks, kRowsPerBlock * kWarp>>>(nullptr, out, mean, rstd, inp, nullptr, w, b, N, C);
+  layernorm_forward_kernel<T><<<blocks, kRowsPerBlock * kWarp>>>(nullptr, out, mean, rstd, inp, nullptr, w, b, N, C);
   AQ_CUDA_LAUNCH_CHECK();
 }
 
-void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b_in,
-                                const float* w, const float* b, int64_t N, int C) {
+template <typename T>
+void residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const T* a, const T* b_in, const T* w,
+                                const T* b, int64_t N, int C) {
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
   layernorm_forward_kernel<<<blocks, kRowsPerBlock * kWarp>>>(res, out, mean, rstd, a, b_in, w, b, N, C);
   AQ_CUDA_LAUNCH_CHECK();
 }
 
-__global__ void layernorm_backward_input_kernel(float* dinp, const float* dout, const float* inp, const float* w,
-                                                const float* mean, const float* rstd, int64_t N, int C) {
+// dinp (N,C) += d/dinp; dout, inp (N,C); w (C); mean, rstd (N)
+template <typename T>
+__global__ void layernorm_backward_input_kernel(T* dinp, const T* dout, const T* inp, const T* w, const float* mean,
+                                                const float* rstd, int64_t N, int C) {
   __shared__ typename WarpReduce::TempStorage tmp[kRowsPerBlock];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
   if (row >= N) return;
-  const float* x = inp + row * C;
-  const float* d = dout + row * C;
+  const T* x = inp + row * C;
+  const T* d = dout + row * C;
   const float m = mean[row], s = rstd[row];
   float a = 0, bsum = 0;
   for (int c = lane; c < C; c += kWarp) {
-    const float dn = d[c] * w[c];
+    const float dn = cuda::to_f(d[c]) * cuda::to_f(w[c]);
     a += dn;
-    bsum += dn * (x[c] - m) * s;
+    bsum += dn * (cuda::to_f(x[c]) - m) * s;
   }
   const float dnorm_mean = __shfl_sync(0xffffffff, WarpReduce(tmp[warp]).Sum(a), 0) / C;
   __syncwarp();
   const float dnorm_xhat_mean = __shfl_sync(0xffffffff, WarpReduce(tmp[warp]).Sum(bsum), 0) / C;
   for (int c = lane; c < C; c += kWarp) {
-    const float xhat = (x[c] - m) * s;
-    dinp[row * C + c] += (d[c] * w[c] - dnorm_mean - xhat * dnorm_xhat_mean) * s;
+    const float xhat = (cuda::to_f(x[c]) - m) * s;
+    const float g = (cuda::to_f(d[c]) * cuda::to_f(w[c]) - dnorm_mean - xhat * dnorm_xhat_mean) * s;
+    dinp[row * C + c] = cuda::from_f<T>(cuda::to_f(dinp[row * C + c]) + g);
   }
 }
 
 constexpr int64_t kRowsPerPartial = 256;
 
 // partial[p, c] = Σ over rows of chunk p of (dout·xhat, dout) for column c.
-__global__ void layernorm_weight_partials_kernel(float* partial_w, float* partial_b, const float* dout,
-                                                 const float* inp, const float* mean, const float* rstd, int64_t N,
-                                                 int C) {
+template <typename T>
+__global__ void layernorm_weight_partials_kernel(float* partial_w, float* partial_b, const T* dout, const T* inp,
+                                                 const float* mean, const float* rstd, int64_t N, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t p = blockIdx.y;
   if (c >= C) return;
   float aw = 0, ab = 0;
   for (int64_t row = p * kRowsPerPartial; row < min(N, (p + 1) * kRowsPerPartial); ++row) {
-    const float d = dout[row * C + c];
-    aw += d * (inp[row * C + c] - mean[row]) * rstd[row];
+    const float d = cuda::to_f(dout[row * C + c]);
+    aw += d * (cuda::to_f(inp[row * C + c]) - mean[row]) * rstd[row];
     ab += d;
   }
   partial_w[p * C + c] = aw;
@@ -116,8 +129,9 @@ __global__ void layernorm_weight_sum_kernel(float* dw, float* db, const float* p
   db[c] += ab;
 }
 
-void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
-                        const float* mean, const float* rstd, int64_t N, int C) {
+template <typename T>
+void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
+                        const float* rstd, int64_t N, int C) {
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
   layernorm_backward_input_kernel<<<blocks, kRowsPerBlock * kWarp>>>(dinp, dout, inp, w, mean, rstd, N, C);
   AQ_CUDA_LAUNCH_CHECK();
@@ -133,13 +147,19 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
   AQ_CUDA_LAUNCH_CHECK();
 }
 
+template <typename T>
+void add_kernels(Registry& r) {
+  r.add<typename LayerNorm<T>::Forward>("layernorm_forward", Device::CUDA, dtype_of<T>(), &layernorm_forward<T>);
+  r.add<typename LayerNorm<T>::ResidualForward>("residual_layernorm_forward", Device::CUDA, dtype_of<T>(),
+                                                &residual_layernorm_forward<T>);
+  r.add<typename LayerNorm<T>::Backward>("layernorm_backward", Device::CUDA, dtype_of<T>(), &layernorm_backward<T>);
+}
+
 }  // namespace
 
 void register_layernorm_cuda(Registry& r) {
-  r.add<LayerNorm<float>::Forward>("layernorm_forward", Device::CUDA, DType::F32, &layernorm_forward);
-  r.add<LayerNorm<float>::ResidualForward>("residual_layernorm_forward", Device::CUDA, DType::F32,
-                                           &residual_layernorm_forward);
-  r.add<LayerNorm<float>::Backward>("layernorm_backward", Device::CUDA, DType::F32, &layernorm_backward);
+  add_kernels<float>(r);
+  add_kernels<bf16>(r);
 }
 
 }  // namespace aq::ops

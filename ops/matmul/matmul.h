@@ -4,6 +4,12 @@
 // backward: dweight (IC,OC) += inp^T @ dout;  dbias (OC) += column sums of dout (skipped when null);
 //           then dinp (N,IC) = dout @ weight^T (overwritten; skipped when null). Because dinp is written last,
 //           it may alias inp — the model uses that to reuse one scratch buffer.
+// Parameter gradients are in master precision (float for a bf16 model; the GEMM accumulates in fp32).
+//
+// Fused with GELU (the MLP's c_fc → GELU → c_proj), so the GPU does it in cuBLASLt epilogues:
+// gelu forward:  pre (N,OC) = inp @ weight + bias;  out (N,OC) = gelu(pre)
+// dgelu backward (for the layer after the GELU, whose input is gelu(pre)): dweight, dbias as above, then
+//           dpre (N,IC) = gelu'(pre) ⊙ (dout @ weight^T); dpre may alias inp (written last).
 #pragma once
 
 #include <cstdint>
@@ -12,11 +18,17 @@
 
 namespace aq::ops {
 
-template <typename T>
+template <typename T, typename M = master_t<T>>
 struct Matmul {
   using Forward = void(T* out, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC);
-  using Backward = void(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int64_t N,
+  using Backward = void(T* dinp, M* dweight, M* dbias, const T* dout, const T* inp, const T* weight, int64_t N,
                         int IC, int OC);
+  // out (N,OC) = gelu(pre), pre (N,OC); inp (N,IC), weight (IC,OC), bias (OC) or null
+  using GeluForward = void(T* out, T* pre, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC);
+  // dpre (N,IC) overwritten; dweight (IC,OC) +=, dbias (OC) += or null; dout (N,OC), inp (N,IC) = gelu(pre),
+  // weight (IC,OC), pre (N,IC)
+  using DgeluBackward = void(T* dpre, M* dweight, M* dbias, const T* dout, const T* inp, const T* weight,
+                             const T* pre, int64_t N, int IC, int OC);
 };
 
 // Column sums accumulated into out (C) +=: sum over the N rows of x (N,C), in row order (deterministic).

@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "ops/cpu/blas.h"
+#include "ops/gelu/gelu.h"
 #include "ops/matmul/matmul.h"
 
 namespace aq::ops {
@@ -46,10 +47,27 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
   if (dinp) cpu::gemm(false, true, N, IC, OC, T(1), dout, OC, weight, OC, T(0), dinp, IC);  // may alias inp
 }
 
+// The GELU fusions are plain compositions on the CPU (the GELU is memory-bound next to the GEMM either way).
+template <typename T>
+void matmul_gelu_forward(T* out, T* pre, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC) {
+  matmul_forward(pre, inp, weight, bias, N, IC, OC);
+  gelu_forward_cpu(out, pre, N * OC);
+}
+
+template <typename T>
+void matmul_backward_dgelu(T* dpre, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                           const T* pre, int64_t N, int IC, int OC) {
+  matmul_backward(dpre, dweight, dbias, dout, inp, weight, N, IC, OC);
+  gelu_backward_cpu(dpre, pre, dpre, N * IC);
+}
+
 template <typename T>
 void add_kernels(Registry& r) {
   r.add<typename Matmul<T>::Forward>("matmul_forward", Device::CPU, dtype_of<T>(), &matmul_forward<T>);
   r.add<typename Matmul<T>::Backward>("matmul_backward", Device::CPU, dtype_of<T>(), &matmul_backward<T>);
+  r.add<typename Matmul<T>::GeluForward>("matmul_gelu_forward", Device::CPU, dtype_of<T>(), &matmul_gelu_forward<T>);
+  r.add<typename Matmul<T>::DgeluBackward>("matmul_backward_dgelu", Device::CPU, dtype_of<T>(),
+                                           &matmul_backward_dgelu<T>);
 }
 
 }  // namespace

@@ -1,9 +1,15 @@
-// matmul_cuda.cu — the dense layer on CUDA through cuBLASLt, bias fused into the forward GEMM's epilogue.
+// matmul_cuda.cu — the dense layer on CUDA through cuBLASLt, for float and bf16 activations.
 //
-// The GEMMs are cuda::gemm (ops/cuda/gemm.h). The bias gradient is a deterministic column
-// sum (fixed row chunks, then the partials in order), not cuBLASLt's BGRADB epilogue, whose order is unspecified.
+// Forward: bias fused into the GEMM's epilogue; with GELU, cuBLASLt's GELU_AUX_BIAS epilogue writes both the
+// pre-activation and the GELU output in one pass. Backward: weight gradients accumulate in fp32 (for bf16 the
+// GEMM reads bf16 and writes fp32 with beta = 1); the bias gradient is a deterministic column sum (fixed row
+// chunks, then the partials in order) rather than cuBLASLt's BGRAD epilogues, whose summation order is
+// unspecified; after a GELU the input gradient gets GELU' from the DGELU epilogue. Where cuBLASLt offers no
+// algorithm for an epilogue (odd leading dimensions, an older library) the unfused kernels run instead, with
+// the same arithmetic.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
+#include "ops/gelu/gelu.h"
 #include "ops/matmul/matmul.h"
 
 namespace aq::ops {
@@ -11,15 +17,19 @@ namespace {
 
 constexpr int64_t kRowsPerPartial = 256;
 
-__global__ void column_partials_kernel(float* partial, const float* x, int64_t N, int C) {
+// partial[p, c] = Σ over rows of chunk p of x[row, c]     x (N,C), partial (parts,C)
+template <typename T>
+__global__ void column_partials_kernel(float* partial, const T* x, int64_t N, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t p = blockIdx.y;
   if (c >= C) return;
   float acc = 0;
-  for (int64_t row = p * kRowsPerPartial; row < min(N, (p + 1) * kRowsPerPartial); ++row) acc += x[row * C + c];
+  for (int64_t row = p * kRowsPerPartial; row < min(N, (p + 1) * kRowsPerPartial); ++row)
+    acc += cuda::to_f(x[row * C + c]);
   partial[p * C + c] = acc;
 }
 
+// out (C) += Σ_p partial[p, c], in p order
 __global__ void column_sum_kernel(float* out, const float* partial, int64_t parts, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -28,30 +38,93 @@ __global__ void column_sum_kernel(float* out, const float* partial, int64_t part
   out[c] += acc;
 }
 
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int IC, int OC) {
+// dbias (OC) += column sums of dout (N,OC)
+template <typename T>
+void bias_gradient(float* dbias, const T* dout, int64_t N, int OC) {
+  const int64_t parts = (N + kRowsPerPartial - 1) / kRowsPerPartial;
+  if (parts == 0) return;
+  cuda::DeviceScratch scratch(static_cast<size_t>(parts * OC) * sizeof(float));
+  const unsigned cb = static_cast<unsigned>((OC + 127) / 128);
+  column_partials_kernel<<<dim3(cb, static_cast<unsigned>(parts)), 128>>>(scratch.as<float>(), dout, N, OC);
+  AQ_CUDA_LAUNCH_CHECK();
+  column_sum_kernel<<<cb, 128>>>(dbias, scratch.as<float>(), parts, OC);
+  AQ_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC) {
   cuda::gemm(false, false, N, OC, IC, inp, IC, weight, OC, 0.0f, out, OC, bias);
 }
 
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t N, int IC, int OC) {
-  cuda::gemm(true, false, IC, OC, N, inp, IC, dout, OC, 1.0f, dweight, OC, nullptr);  // dW += inpᵀ·dout
-  if (dbias) {
-    const int64_t parts = (N + kRowsPerPartial - 1) / kRowsPerPartial;
-    cuda::DeviceScratch scratch(static_cast<size_t>(parts * OC) * sizeof(float));
-    const unsigned cb = static_cast<unsigned>((OC + 127) / 128);
-    column_partials_kernel<<<dim3(cb, static_cast<unsigned>(parts)), 128>>>(scratch.as<float>(), dout, N, OC);
-    AQ_CUDA_LAUNCH_CHECK();
-    column_sum_kernel<<<cb, 128>>>(dbias, scratch.as<float>(), parts, OC);
-    AQ_CUDA_LAUNCH_CHECK();
-  }
-  if (dinp) cuda::gemm(false, true, N, IC, OC, dout, OC, weight, OC, 0.0f, dinp, IC, nullptr);  // may alias inp
+template <typename T>
+void matmul_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight, int64_t N,
+                     int IC, int OC) {
+  cuda::gemm<T, float>(true, false, IC, OC, N, inp, IC, dout, OC, 1.0f, dweight, OC, nullptr);  // dW += inpᵀ·dout
+  if (dbias) bias_gradient(dbias, dout, N, OC);
+  if (dinp) cuda::gemm<T, T>(false, true, N, IC, OC, dout, OC, weight, OC, 0.0f, dinp, IC, nullptr);  // may alias inp
+}
+
+template <typename T>
+void matmul_gelu_forward(T* out, T* pre, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC) {
+  cuda::GemmArgs g;
+  g.M = N;
+  g.N = OC;
+  g.K = IC;
+  g.A = inp;
+  g.lda = IC;
+  g.B = weight;
+  g.ldb = OC;
+  g.D = out;
+  g.ldd = OC;
+  g.ab_type = g.d_type = cuda::cuda_dtype<T>();
+  g.epilogue = cuda::Epilogue::GeluAuxBias;
+  g.bias = bias;
+  g.aux = pre;
+  g.ld_aux = OC;
+  if (cuda::gemm(g, /*required=*/false)) return;
+  matmul_forward(pre, inp, weight, bias, N, IC, OC);
+  gelu_forward_cuda(out, pre, N * OC);
+}
+
+template <typename T>
+void matmul_backward_dgelu(T* dpre, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight,
+                           const T* pre, int64_t N, int IC, int OC) {
+  matmul_backward<T>(nullptr, dweight, dbias, dout, inp, weight, N, IC, OC);
+  // dpre (N,IC) = gelu'(pre) ⊙ (dout · weightᵀ); written after inp was last read, so it may alias inp.
+  cuda::GemmArgs g;
+  g.trans_b = true;
+  g.M = N;
+  g.N = IC;
+  g.K = OC;
+  g.A = dout;
+  g.lda = OC;
+  g.B = weight;
+  g.ldb = OC;
+  g.D = dpre;
+  g.ldd = IC;
+  g.ab_type = g.d_type = cuda::cuda_dtype<T>();
+  g.epilogue = cuda::Epilogue::Dgelu;
+  g.aux = const_cast<T*>(pre);  // read-only for this epilogue
+  g.ld_aux = IC;
+  if (cuda::gemm(g, /*required=*/false)) return;
+  cuda::gemm<T, T>(false, true, N, IC, OC, dout, OC, weight, OC, 0.0f, dpre, IC, nullptr);
+  gelu_backward_cuda(dpre, pre, dpre, N * IC);
+}
+
+template <typename T>
+void add_kernels(Registry& r) {
+  r.add<typename Matmul<T>::Forward>("matmul_forward", Device::CUDA, dtype_of<T>(), &matmul_forward<T>);
+  r.add<typename Matmul<T>::Backward>("matmul_backward", Device::CUDA, dtype_of<T>(), &matmul_backward<T>);
+  r.add<typename Matmul<T>::GeluForward>("matmul_gelu_forward", Device::CUDA, dtype_of<T>(), &matmul_gelu_forward<T>);
+  r.add<typename Matmul<T>::DgeluBackward>("matmul_backward_dgelu", Device::CUDA, dtype_of<T>(),
+                                           &matmul_backward_dgelu<T>);
 }
 
 }  // namespace
 
 void register_matmul_cuda(Registry& r) {
-  r.add<Matmul<float>::Forward>("matmul_forward", Device::CUDA, DType::F32, &matmul_forward);
-  r.add<Matmul<float>::Backward>("matmul_backward", Device::CUDA, DType::F32, &matmul_backward);
+  add_kernels<float>(r);
+  add_kernels<bf16>(r);
 }
 
 }  // namespace aq::ops

@@ -34,14 +34,24 @@ struct ReduceHook {
   void (*all_reduce)(void* ctx, T* data, int64_t n, int is_max);
 };
 
-template <typename T>
+// Losses, the row statistics and dwte are in master precision M; for a bf16 model the logits are computed and
+// normalised in fp32 and only dlogits is rounded to bf16 for the two backward GEMMs.
+template <typename T, typename M = master_t<T>>
 struct Classifier {
   // losses (N); dx (N,C) overwritten and dwte (Vl,C) += when non-null (training), both null for evaluation;
-  // scratch (chunk,Vl); x (N,C); wte (Vl,C) = rows v0…v0+Vl−1; targets (N) in [0,V);
-  // dscale = 1/(number of tokens in the mean); hook null unless the vocabulary is split
-  using Forward = void(T* losses, T* dx, T* dwte, T* scratch, const T* x, const T* wte, const int32_t* targets,
-                       int64_t N, int C, int Vl, int v0, int V, int64_t chunk, T dscale, const ReduceHook<T>* hook);
+  // scratch: classifier_scratch_bytes<T>(chunk, Vl) bytes of device memory; x (N,C); wte (Vl,C) = rows
+  // v0…v0+Vl−1; targets (N) in [0,V); dscale = 1/(number of tokens in the mean); hook null unless the
+  // vocabulary is split
+  using Forward = void(M* losses, T* dx, M* dwte, void* scratch, const T* x, const T* wte, const int32_t* targets,
+                       int64_t N, int C, int Vl, int v0, int V, int64_t chunk, M dscale, const ReduceHook<M>* hook);
 };
+
+// Scratch of the classifier: chunk×Vl logits in master precision, plus the bf16 dlogits when T is narrower.
+template <typename T>
+constexpr size_t classifier_scratch_bytes(int64_t chunk, int Vl) {
+  const size_t n = static_cast<size_t>(chunk) * static_cast<size_t>(Vl);
+  return n * sizeof(master_t<T>) + (sizeof(T) < sizeof(master_t<T>) ? n * sizeof(T) : 0);
+}
 
 void register_softmax_xent_cpu(Registry& r);
 void register_softmax_xent_cuda(Registry& r);  // built with the CUDA toolkit

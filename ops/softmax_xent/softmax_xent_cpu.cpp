@@ -37,9 +37,10 @@ void softmax_xent(T* losses, T* logits, const int32_t* targets, int64_t N, int V
 }
 
 template <typename T>
-void classifier(T* losses, T* dx, T* dwte, T* scratch, const T* x, const T* wte, const int32_t* targets, int64_t N,
+void classifier(T* losses, T* dx, T* dwte, void* scratch_bytes, const T* x, const T* wte, const int32_t* targets, int64_t N,
                 int C, int Vl, int v0, int V, int64_t chunk, T dscale, const ReduceHook<T>* hook) {
   const bool backward = dx != nullptr;
+  T* scratch = static_cast<T*>(scratch_bytes);  // (chunk, Vl)
   if (!hook) {  // the whole vocabulary on this rank: the fused row kernel does everything
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);

@@ -238,6 +238,42 @@ TEST(Matmul, BackwardInputMayAliasForwardInput) {
   EXPECT_EQ(dw2, dw);
 }
 
+TEST(MatmulGelu, ForwardIsMatmulThenGelu) {
+  const int N = 7, IC = 11, OC = 13;
+  V x = randn<double>(N * IC, 60), w = randn<double>(IC * OC, 61, 0.5), bias = randn<double>(OC, 62);
+  V out(N * OC, NAN), pre(N * OC, NAN);
+  kernel<ops::Matmul<double>::GeluForward>("matmul_gelu_forward", DType::F64)(out.data(), pre.data(), x.data(),
+                                                                              w.data(), bias.data(), N, IC, OC);
+  const V ref_pre = ref_matmul(x, w, &bias, N, IC, OC);
+  V ref_out(ref_pre.size());
+  for (size_t i = 0; i < ref_pre.size(); ++i) ref_out[i] = ref_gelu(ref_pre[i]);
+  EXPECT_LT(rel_err(pre, ref_pre), 1e-14);
+  EXPECT_LT(rel_err(out, ref_out), 1e-14);
+}
+
+TEST(MatmulGelu, DgeluBackwardMatchesFiniteDifferencesAndMayAliasItsInput) {
+  // The layer after a GELU: y = gelu(pre) @ w + bias. The kernel returns d(pre), dw and dbias.
+  const int N = 5, IC = 9, OC = 7;
+  V pre = randn<double>(N * IC, 63), w = randn<double>(IC * OC, 64), bias = randn<double>(OC, 65);
+  V proj = randn<double>(N * OC, 66);
+  auto gelu_of = [](const V& p) {
+    V g(p.size());
+    for (size_t i = 0; i < p.size(); ++i) g[i] = ref_gelu(p[i]);
+    return g;
+  };
+  V inp = gelu_of(pre), dpre(N * IC, NAN), dw(IC * OC, 0.0), db(OC, 0.0);
+  auto bwd = kernel<ops::Matmul<double>::DgeluBackward>("matmul_backward_dgelu", DType::F64);
+  bwd(dpre.data(), dw.data(), db.data(), proj.data(), inp.data(), w.data(), pre.data(), N, IC, OC);
+  auto loss = [&] { return project(ref_matmul(gelu_of(pre), w, &bias, N, IC, OC), proj); };
+  expect_gradient(pre, dpre, loss, "dgelu pre-activation");
+  expect_gradient(w, dw, loss, "dgelu weight");
+  expect_gradient(bias, db, loss, "dgelu bias");
+  V alias = inp, dw2(IC * OC, 0.0);
+  bwd(alias.data(), dw2.data(), nullptr, proj.data(), alias.data(), w.data(), pre.data(), N, IC, OC);
+  EXPECT_EQ(alias, dpre);
+  EXPECT_EQ(dw2, dw);
+}
+
 // ---- attention --------------------------------------------------------------------------------------------
 
 TEST(Attention, ForwardMatchesNaiveCausalSoftmax) {
@@ -428,6 +464,52 @@ TEST(SumSquares, MatchesNaiveAndIsIndependentOfThreadCount) {
   EXPECT_EQ(one, two);
 }
 
+TEST(MultiAdamW, EqualsPerTensorUpdatesBitForBitAndSumsSquaresByClass) {
+  // Three tensors laid out as in a model: one spans several chunks, and decay and norm class differ.
+  const std::vector<int64_t> sizes = {1000, 3 * ops::kTensorChunk + 17, 333};
+  const std::vector<bool> decay = {false, true, true};
+  const std::vector<int> cls = {1, 0, 1};
+  std::vector<ops::TensorChunk> chunks;
+  int64_t n = 0;
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    ops::append_chunks(chunks, n, sizes[t], decay[t], cls[t]);
+    n += sizes[t];
+  }
+  for (const auto& c : chunks) EXPECT_TRUE(c.n >= 1 && c.n <= ops::kTensorChunk);
+  auto p = randn<float>(static_cast<size_t>(n), 70), g = randn<float>(static_cast<size_t>(n), 71);
+  std::vector<float> m(p.size(), 0.0f), v(p.size(), 0.0f), rp = p, rm = m, rv = v;
+  ops::AdamWParams hp;
+  hp.lr = 1e-2;
+  hp.weight_decay = 0.1;
+  hp.grad_scale = 0.7;
+  auto multi = kernel<ops::MultiAdamW<float>::Update>("multi_adamw", DType::F32);
+  auto single = kernel<ops::AdamW<float>::Update>("adamw_update", DType::F32);
+  for (int step = 1; step <= 2; ++step) {
+    hp.step = step;
+    multi(p.data(), nullptr, g.data(), m.data(), v.data(), chunks.data(), static_cast<int64_t>(chunks.size()), hp);
+    int64_t o = 0;
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      ops::AdamWParams h = hp;
+      h.weight_decay = decay[t] ? hp.weight_decay : 0.0;
+      single(rp.data() + o, g.data() + o, rm.data() + o, rv.data() + o, sizes[t], h);
+      o += sizes[t];
+    }
+  }
+  EXPECT_EQ(p, rp);
+  EXPECT_EQ(m, rm);
+  EXPECT_EQ(v, rv);
+
+  double sums[2] = {-1, -1};
+  kernel<ops::MultiAdamW<float>::SumSquares>("multi_sum_squares", DType::F32)(sums, g.data(), chunks.data(),
+                                                                              static_cast<int64_t>(chunks.size()));
+  long double naive[2] = {0, 0};
+  int64_t o = 0;
+  for (size_t t = 0; t < sizes.size(); ++t)
+    for (int64_t i = 0; i < sizes[t]; ++i, ++o) naive[cls[t]] += static_cast<long double>(g[o]) * g[o];
+  for (int c = 0; c < 2; ++c)
+    EXPECT_NEAR(sums[c], static_cast<double>(naive[c]), 1e-12 * static_cast<double>(naive[c])) << "class " << c;
+}
+
 // ---- registry ---------------------------------------------------------------------------------------------
 
 TEST(Registry, UnknownOpAndWrongSignatureAreClearErrors) {
@@ -452,7 +534,10 @@ TEST(Registry, EveryRegisteredOpIsCoveredByThisFile) {
   const std::set<std::string> tested = {"embedding_forward", "embedding_backward", "layernorm_forward",
                                         "residual_layernorm_forward", "layernorm_backward", "matmul_forward",
                                         "matmul_backward", "attention_forward", "attention_backward", "gelu_forward",
-                                        "gelu_backward", "softmax_xent", "classifier", "adamw_update", "sum_squares"};
+                                        "gelu_backward", "softmax_xent", "classifier", "adamw_update", "sum_squares",
+                                        "matmul_gelu_forward", "matmul_backward_dgelu", "multi_adamw",
+                                        "multi_sum_squares",
+                                        "cast_to_working"};  // CUDA only: tests/ops/test_ops_cuda.cpp
   for (const std::string& k : ops::Registry::instance().list()) {
     const std::string op = k.substr(0, k.find('/'));
     EXPECT_TRUE(tested.count(op)) << "kernel " << k << " has no test in tests/ops/test_ops.cpp";

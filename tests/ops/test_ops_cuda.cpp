@@ -1,5 +1,5 @@
 // test_ops_cuda.cpp — every CUDA kernel against its CPU twin on random inputs at odd sizes, forward and
-// backward (fp32, relative error < 1e-5). Without a visible GPU each test skips with that reason, so a CPU-only
+// backward (fp32, relative error < 1e-5; the bf16 kernels are in test_bf16_cuda.cpp). Without a visible GPU each test skips with that reason, so a CPU-only
 // machine reports them as skipped rather than passed. Built only with the CUDA toolkit.
 #include <cuda_runtime.h>
 #include <unistd.h>
@@ -18,6 +18,7 @@
 #include "model/trainer.h"
 #include "runtime/cuda/device.h"
 #include "runtime/data.h"
+#include "tests/ops/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace aq {
@@ -27,31 +28,7 @@ using test::randn;
 using test::rel_err;
 using F = std::vector<float>;
 
-#define AQ_REQUIRE_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device visible (CPU-only machine): GPU test not run"
-
-// A device copy of a host vector; read() brings it back.
-template <typename T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    EXPECT_EQ(cudaMalloc(&p_, bytes()), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(p_, h.data(), bytes(), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~Dev() { cudaFree(p_); }
-  T* get() { return p_; }
-  std::vector<T> read() const {
-    std::vector<T> h(n_);
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(h.data(), p_, bytes(), cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-
- private:
-  size_t bytes() const { return std::max<size_t>(1, n_) * sizeof(T); }
-  T* p_ = nullptr;
-  size_t n_;
-};
+using test::Dev;
 
 template <typename Fn>
 Fn* cpu(const char* op) {
@@ -314,6 +291,7 @@ TEST(CudaTraining, TwentyStepsMatchTheCpu) {
   c.device = "cpu";
   const TrainResult cpu_run = train(c, ParallelContext::local());
   c.device = "cuda";
+  c.dtype = "fp32";
   const TrainResult gpu_run = train(c, ParallelContext::local());
   std::filesystem::remove_all(dir);
   ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
