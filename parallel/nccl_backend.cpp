@@ -1,6 +1,7 @@
 #include "parallel/nccl_backend.h"
 
 #include "parallel/mpi_backend.h"
+#include "runtime/cuda/allocator.h"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/log.h"
 #include "runtime/sysinfo.h"
@@ -112,9 +113,12 @@ std::string NcclBackend::describe() const {
   throw CommError(what);
 }
 
-void NcclBackend::gate() {
+void NcclBackend::gate(const void* a, const void* b) {
   AQ_CUDA_CHECK(cudaEventRecord(ready_, compute_));
   AQ_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+  // Blocks of the caching allocator used here must not be reused before this stream is done with them.
+  for (const void* p : {a, b})
+    if (p) cuda::CachingAllocator::instance().record_stream(const_cast<void*>(p), stream_);
 }
 
 WorkPtr NcclBackend::finish(const char* op, const CollectiveOptions& opts, uint64_t seq) {
@@ -125,7 +129,7 @@ WorkPtr NcclBackend::finish(const char* op, const CollectiveOptions& opts, uint6
 }
 
 WorkPtr NcclBackend::all_reduce(void* data, int64_t count, DType dtype, const CollectiveOptions& opts) {
-  gate();
+  gate(data);
   AQ_NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_dtype(dtype),
                               opts.op == ReduceOp::Sum ? ncclSum : ncclMax, comm_, stream_));
   return finish("all_reduce", opts, ++seq_);
@@ -134,7 +138,7 @@ WorkPtr NcclBackend::all_reduce(void* data, int64_t count, DType dtype, const Co
 WorkPtr NcclBackend::reduce_scatter(const void* send, void* recv, int64_t recv_count, DType dtype,
                                     const CollectiveOptions& opts) {
   AQ_ASSERT(send != recv, "reduce_scatter needs separate send and receive buffers");
-  gate();
+  gate(send, recv);
   AQ_NCCL_CHECK(ncclReduceScatter(send, recv, static_cast<size_t>(recv_count), nccl_dtype(dtype),
                                   opts.op == ReduceOp::Sum ? ncclSum : ncclMax, comm_, stream_));
   return finish("reduce_scatter", opts, ++seq_);
@@ -142,28 +146,28 @@ WorkPtr NcclBackend::reduce_scatter(const void* send, void* recv, int64_t recv_c
 
 WorkPtr NcclBackend::all_gather(const void* send, void* recv, int64_t send_count, DType dtype,
                                 const CollectiveOptions& opts) {
-  gate();
+  gate(send, recv);
   // NCCL's in-place form is exactly ours: send == recv + rank·send_count.
   AQ_NCCL_CHECK(ncclAllGather(send, recv, static_cast<size_t>(send_count), movement_dtype(dtype), comm_, stream_));
   return finish("all_gather", opts, ++seq_);
 }
 
 WorkPtr NcclBackend::broadcast(void* data, int64_t count, DType dtype, int root, const CollectiveOptions& opts) {
-  gate();
+  gate(data);
   AQ_NCCL_CHECK(ncclBroadcast(data, data, static_cast<size_t>(count),
                               movement_dtype(dtype), root, comm_, stream_));
   return finish("broadcast", opts, ++seq_);
 }
 
 WorkPtr NcclBackend::send(const void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) {
-  gate();
+  gate(data);
   AQ_NCCL_CHECK(ncclSend(data, static_cast<size_t>(count), movement_dtype(dtype), peer,
                          comm_, stream_));
   return finish("send", opts, ++p2p_seq_);
 }
 
 WorkPtr NcclBackend::recv(void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) {
-  gate();
+  gate(data);
   AQ_NCCL_CHECK(ncclRecv(data, static_cast<size_t>(count), movement_dtype(dtype), peer,
                          comm_, stream_));
   return finish("recv", opts, ++p2p_seq_);

@@ -9,7 +9,8 @@
 // Rule: every rank of a group calls its collectives in the same order (NCCL hangs otherwise).
 // Known limits: with tp > 1 and dp > 1 two communicators share a GPU (TP all-reduces and in-flight DP buckets);
 // NCCL documents that a device-wide synchronisation meanwhile (e.g. the caching allocator's cudaFree after an
-// out-of-memory retry) can deadlock them. A Work destroyed during stack unwinding still waits (up to the
+// out-of-memory retry) can deadlock them. Allocator blocks handed to a collective are recorded for the
+// communication stream (CachingAllocator::record_stream), so they are not reused while NCCL still uses them. A Work destroyed during stack unwinding still waits (up to the
 // timeout) before the job ends.
 #pragma once
 
@@ -53,7 +54,9 @@ class NcclBackend final : public Backend {
   cudaStream_t compute_stream() const { return compute_; }
 
  private:
-  void gate();  // the communication stream waits for the work already queued on the compute stream
+  // The communication stream waits for the work already queued on the compute stream; the buffers a and b
+  // (when they are blocks of the caching allocator) are marked as used by the communication stream.
+  void gate(const void* a = nullptr, const void* b = nullptr);
   WorkPtr finish(const char* op, const CollectiveOptions& opts, uint64_t seq);
 
   ncclComm_t comm_ = nullptr;

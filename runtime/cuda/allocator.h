@@ -1,8 +1,12 @@
 // allocator.h — a caching device allocator: cudaMalloc only on a cache miss, never inside the step loop once
 // the first step has sized everything. Blocks are rounded up (512 B under 1 MiB, 2 MiB above) and kept in
 // per-size free lists when freed; empty_cache() returns them to the driver. One allocator per process; a mutex
-// makes it safe to call from several host threads. Blocks are reused at once, which is correct while all work
-// runs on one stream (the legacy default stream); a second stream touching them needs an event per block.
+// makes it safe to call from several host threads.
+//
+// Streams: a released block is reused at once, which is correct for work on the compute stream (the legacy
+// default stream orders it). A block that another stream also uses (NCCL's communication stream) is marked
+// with record_stream(); when it is released, an event is recorded on each such stream and the block returns
+// to the free lists only once those events have completed — the rule PyTorch's caching allocator follows.
 #pragma once
 
 #include <cstddef>
@@ -11,13 +15,19 @@
 #include <unordered_map>
 #include <vector>
 
+struct CUstream_st;  // cudaStream_t and cudaEvent_t are pointers to these (cuda_runtime.h)
+struct CUevent_st;
+
 namespace aq::cuda {
 
 class CachingAllocator {
  public:
   static CachingAllocator& instance();
   void* allocate(size_t bytes);
-  void release(void* p);  // back to the cache
+  void release(void* p);  // back to the cache (at once, or when the streams recorded for it are done)
+  // Marks that `stream` uses the block starting at p. Pointers the allocator did not hand out (views inside
+  // an arena, which lives as long as its model) are ignored.
+  void record_stream(void* p, CUstream_st* stream);
   void empty_cache();
   size_t bytes_in_use() const { return in_use_; }
   size_t peak_bytes() const { return peak_; }
@@ -26,10 +36,19 @@ class CachingAllocator {
 
  private:
   static size_t round_up(size_t bytes);
-  void release_cache();  // with the mutex held
+  void release_cache();    // with the mutex held
+  void reclaim_pending();  // with the mutex held: blocks whose streams are done go back to the free lists
+  struct Pending {
+    void* block;
+    size_t size;
+    std::vector<CUevent_st*> events;  // one per stream that used the block
+  };
   std::mutex mutex_;
   std::map<size_t, std::vector<void*>> free_;  // rounded size → blocks
   std::unordered_map<void*, size_t> sizes_;    // live block → rounded size
+  std::unordered_map<void*, std::vector<CUstream_st*>> streams_;  // live block → other streams using it
+  std::vector<Pending> pending_;
+  std::vector<CUevent_st*> event_pool_;
   size_t in_use_ = 0, peak_ = 0, cached_ = 0, mallocs_ = 0;
 };
 

@@ -181,6 +181,10 @@ expect_fail lr_schedule_unknown '--lr-schedule must be constant or cosine \(got 
 expect_fail steps_negative '--steps must be >= 0' 1 -- "${RUN[@]}" --data "$DATA" --steps -1 "${SAVE[@]}"
 expect_fail device_unknown '--device must be cpu, cuda or auto \(got tpu\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --device tpu "${SAVE[@]}"
+expect_fail dtype_unknown '--dtype must be fp32, bf16 or auto \(got fp16\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --dtype fp16 "${SAVE[@]}"
+expect_fail dtype_bf16_on_cpu '--dtype bf16 runs on a GPU \(--device cuda\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --dtype bf16 "${SAVE[@]}"
 if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
   expect_fail device_cuda_without_gpu '--device cuda: (no CUDA device is visible|this build has no CUDA backend)' 1 -- \
     "${RUN[@]}" --data "$DATA" --device cuda "${SAVE[@]}"
