@@ -1,12 +1,21 @@
 // aq-bench — training throughput, memory and communication of named model configurations.
 //
-//   build/bin/aq-bench --config gpt2-124m --threads 2 --steps 5          one process
+//   build/bin/aq-bench --config gpt2-124m --threads 2 --steps 5          one process on the CPU
+//   build/bin/aq-bench --config gpt2-124m-1k --device cuda --dtype bf16 --steps 20 --warmup 3   one GPU
 //   mpirun -np 2 build/bin/aq-bench --config tiny --tp 1 --threads 1     one layout, several ranks
 //   build/bin/aq-bench scaling --config tiny --worlds 1,2 --tp 1,2       weak and strong scaling table
 // Runs the real training path (aq::train: data loader, forward, backward, gradient reduction, clipping,
 // AdamW) on a random-token shard and skips --warmup steps. It prints tokens/s (all ranks' tokens), peak
 // resident memory, and per-step compute, total communication and exposed communication (what overlap did not
-// hide). The last line is JSON for scripts (scripts/bench_vs_pytorch.py compares it with PyTorch).
+// hide). On a GPU it also prints the model-FLOPs utilisation, with the formula, the per-token figure and the peak
+// it divided by (and where that peak came from), the peak device memory and the number of cudaMalloc calls in
+// the step loop (expected 0: the caching allocator serves every step after the first). The last line is JSON for
+// scripts (scripts/bench_vs_pytorch.py compares it with PyTorch; scripts/gpu_check.sh summarises it).
+//
+// MFU = (FLOPs/token x tokens/s) / (devices x peak), FLOPs/token = 6*N + 6*L*C*T: 6N for the forward and
+// backward matmuls against every parameter (the tied LM head included), 6*L*C*T for causal attention's QK^T
+// and AV (forward 2*2*C*T/2 per token per layer, as only the lower triangle is useful; the backward twice
+// that). PaLM and nanoGPT count the full square, 12*L*C*T, which reads ~7% higher at GPT-2 124M and T=1024.
 //
 // `scaling` launches one mpirun per layout, prints the table, and writes it as CSV plus a PNG plot
 // (scripts/plot_scaling.py, Debian's python3-matplotlib).
@@ -15,12 +24,16 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "examples/main_guard.h"
+#ifdef AQ_HAVE_CUDA
+#include "runtime/cuda/device.h"
+#endif
 #include "model/trainer.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
@@ -36,17 +49,91 @@ struct BenchConfig {
 constexpr BenchConfig kConfigs[] = {
     {"tiny", 4, 4, 128, 256, 128, 128, 16},
     {"gpt2-124m", 12, 12, 768, 50257, 1024, 256, 4},
+    // GPT-2 124M at its full context, for one GPU: B=16 fits an 80 GB H100 with room to spare (--batch to change).
+    {"gpt2-124m-1k", 12, 12, 768, 50257, 1024, 1024, 16},
 };
+constexpr const char* kConfigHelp =
+    "tiny (L4 H4 C128 V256 T128 B16) | gpt2-124m (L12 H12 C768 V50257 T256 B4) | "
+    "gpt2-124m-1k (L12 H12 C768 V50257 T1024 B16, for a GPU)";
 
 const BenchConfig& find_config(const std::string& name) {
   for (const auto& c : kConfigs)
     if (name == c.name) return c;
-  aq::fail(aq::str("unknown --config ", name, " (choose tiny or gpt2-124m)"));
+  aq::fail(aq::str("unknown --config ", name, " (choose tiny, gpt2-124m or gpt2-124m-1k)"));
 }
 
-// One measurement on the ranks of ctx. Returns the JSON result (meaningful on rank 0).
-nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc, int batch, int threads, int steps,
-                                int warmup, int zero, const std::string& device) {
+// Real parameters of a GPT-2 (tied LM head): wte, wpe, per block 12C^2 + 13C, ln_f. 124,439,808 for GPT-2 124M.
+int64_t gpt2_params(const BenchConfig& bc) {
+  const int64_t C = bc.dim;
+  return static_cast<int64_t>(bc.vocab) * C + static_cast<int64_t>(bc.max_seq) * C +
+         bc.layers * (12 * C * C + 13 * C) + 2 * C;
+}
+
+// Dense peak of one GPU in TFLOPS, from NVIDIA's datasheets (their tensor-core figures "with sparsity" halved).
+// bf16: BF16 tensor cores; fp32: plain FP32 (CUDA cores, no TF32; Aqueduct's fp32 GEMMs use CUBLAS_COMPUTE_32F).
+// 0: not known here. Keys match whole words of the CUDA device name, most specific first ("H100 PCIe" before
+// "H100"; "L4" does not match "L40S").
+struct PeakEntry {
+  const char* key;    // word(s) in cudaDeviceProp::name, e.g. "NVIDIA H100 80GB HBM3"
+  const char* label;  // what is printed as the source
+  double bf16, fp32;
+};
+constexpr PeakEntry kPeaks[] = {
+    {"H100 PCIe", "H100 PCIe", 756.0, 51.2},
+    {"H100 NVL", "H100 NVL", 835.0, 0},
+    {"GH200", "GH200 (H100/H200 SXM clocks)", 989.4, 66.9},
+    {"H200 NVL", "H200 NVL", 835.5, 0},
+    {"H100", "H100 SXM", 989.4, 66.9},  // "NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM5 ..."
+    {"H200", "H200 SXM", 989.4, 66.9},
+    {"A100", "A100", 312.0, 19.5},
+    {"L40S", "L40S", 362.0, 0},
+    {"L4", "L4", 121.0, 0},
+};
+
+bool has_word(const std::string& name, const std::string& key) {
+  for (size_t p = name.find(key); p != std::string::npos; p = name.find(key, p + 1)) {
+    const size_t e = p + key.size();
+    const bool left = p == 0 || !std::isalnum(static_cast<unsigned char>(name[p - 1]));
+    const bool right = e == name.size() || !std::isalnum(static_cast<unsigned char>(name[e]));
+    if (left && right) return true;
+  }
+  return false;
+}
+
+struct Peak {
+  double tflops = 0;   // per device; 0 = unknown (MFU n/a)
+  std::string source;  // where the figure came from, or why there is none
+};
+
+// The peak an MFU divides by: --peak-tflops when given, else the table for a GPU; none for a CPU.
+Peak find_peak(bool gpu, const std::string& device_name, const std::string& dtype, double override_tflops) {
+  if (override_tflops > 0) return {override_tflops, "--peak-tflops"};
+  if (!gpu) return {0, "no peak table for CPUs; pass --peak-tflops X (dense TFLOPS of one rank's cores) for an MFU"};
+  if (has_word(device_name, "MIG"))
+    return {0, aq::str("\"", device_name, "\" is a MIG slice (a fraction of the GPU's peak); pass --peak-tflops X")};
+  for (const PeakEntry& e : kPeaks)
+    if (has_word(device_name, e.key)) {
+      const double v = dtype == "bf16" ? e.bf16 : e.fp32;
+      if (v > 0)
+        return {v, aq::str("table: ", e.label, ", dense ",
+                           dtype == "bf16" ? "BF16 tensor core" : "FP32 without tensor cores (no TF32)",
+                           ", NVIDIA datasheet")};
+      return {0, aq::str("aq-bench's table has no ", dtype, " peak for ", e.label, "; pass --peak-tflops X")};
+    }
+  return {0, aq::str("device \"", device_name, "\" is not in aq-bench's peak table; pass --peak-tflops X (dense ",
+                     dtype, " TFLOPS of one GPU) for an MFU")};
+}
+
+struct BenchOptions {
+  int batch = 0, threads = 0, steps = 5, warmup = 1, zero = 0;
+  std::string device = "cpu", dtype = "auto";
+  double peak_tflops = 0;  // 0: from the table (GPUs only)
+};
+
+// One measurement on the ranks of ctx. Collective: every rank calls it. Returns the JSON result (meaningful on
+// rank 0; device memory and cudaMalloc counts are the maxima over ranks).
+nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc, const BenchOptions& o) {
+  const int batch = o.batch, steps = o.steps, warmup = o.warmup;
   // Each rank writes the same random shard (same seed) to its own temporary folder.
   char dir[] = "/tmp/aq-bench-XXXXXX";
   AQ_CHECK(::mkdtemp(dir) != nullptr, "cannot create a temporary directory under /tmp");
@@ -67,9 +154,10 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   cfg.batch = batch;
   cfg.steps = steps + warmup;
   cfg.data = shard;
-  cfg.threads = threads;
-  cfg.zero = zero;
-  cfg.device = device;
+  cfg.threads = o.threads;
+  cfg.zero = o.zero;
+  cfg.device = o.device;
+  cfg.dtype = o.dtype;
   aq::TrainResult r;
   try {
     r = aq::train(cfg, ctx);
@@ -88,19 +176,105 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     exposed += r.steps[i].exposed_comm_ms;
   }
   const double tokens = static_cast<double>(batch) * bc.seq * ctx.dp() * steps;
-  return {{"config", bc.name},
-          {"world", ctx.world_size()},
-          {"tp", ctx.tp()},
-          {"dp", ctx.dp()},
-          {"batch_per_rank", batch},
-          {"threads", threads},
-          {"steps", steps},
-          {"tokens_per_s", tokens / (ms / 1000.0)},
-          {"ms_per_step", ms / steps},
-          {"comm_ms", comm / steps},
-          {"exposed_comm_ms", exposed / steps},
-          {"compute_ms", (ms - exposed) / steps},
-          {"peak_rss_mb", aq::peak_rss_mib()}};
+  const double tokens_per_s = tokens / (ms / 1000.0);
+
+  // The worst rank's device memory and step-loop cudaMalloc count. Every rank calls this, in the same order.
+  double worst[2] = {static_cast<double>(r.device_peak_bytes), static_cast<double>(r.step_loop_device_mallocs)};
+  ctx.world().all_reduce_sync(worst, 2, aq::DType::F64, {"aq-bench: device memory and mallocs (max over ranks)",
+                                                         aq::ReduceOp::Max});
+  const bool gpu = r.device == "cuda";
+  std::string device_name = "cpu";
+#ifdef AQ_HAVE_CUDA
+  if (gpu) device_name = aq::cuda::select_device(ctx.local_rank(), ctx.local_size()).name;  // the GPU it trained on
+#endif
+
+  // Model FLOPs per token (see the top of this file) and the MFU against one device's dense peak.
+  const int64_t n_params = r.num_params > 0 ? r.num_params : gpt2_params(bc);
+  const double attn_flops = 6.0 * bc.layers * bc.dim * bc.seq;
+  const double flops_per_token = 6.0 * static_cast<double>(n_params) + attn_flops;
+  const double achieved_tflops = flops_per_token * tokens_per_s / ctx.world_size() / 1e12;  // per device
+  const Peak peak = find_peak(gpu, device_name, r.dtype, o.peak_tflops);
+  const double mib = 1024.0 * 1024.0;
+
+  nlohmann::ordered_json j = {{"config", bc.name},
+                              {"world", ctx.world_size()},
+                              {"tp", ctx.tp()},
+                              {"dp", ctx.dp()},
+                              {"batch_per_rank", batch},
+                              {"seq", bc.seq},
+                              {"threads", o.threads},
+                              {"steps", steps},
+                              {"warmup", warmup},
+                              {"device", r.device},
+                              {"device_name", device_name},
+                              {"dtype", r.dtype},
+                              {"tokens_per_s", tokens_per_s},
+                              {"ms_per_step", ms / steps},
+                              {"comm_ms", comm / steps},
+                              {"exposed_comm_ms", exposed / steps},
+                              {"compute_ms", (ms - exposed) / steps},
+                              {"peak_rss_mb", aq::peak_rss_mib()},
+                              {"num_params", n_params},
+                              {"flops_formula", "6*N + 6*L*C*T"},
+                              {"flops_per_token", flops_per_token},
+                              {"achieved_tflops", achieved_tflops}};
+  if (peak.tflops > 0) {
+    j["peak_tflops"] = peak.tflops;
+    j["mfu"] = achieved_tflops / peak.tflops;
+  } else {
+    j["peak_tflops"] = nullptr;
+    j["mfu"] = nullptr;
+  }
+  j["peak_source"] = peak.source;
+  if (gpu) {
+    j["device_peak_mib"] = worst[0] / mib;
+    j["step_loop_device_mallocs"] = static_cast<int64_t>(worst[1]);
+  } else {
+    j["device_peak_mib"] = nullptr;
+    j["step_loop_device_mallocs"] = nullptr;
+  }
+  return j;
+}
+
+// The human-readable lines of one measurement (rank 0 prints them), then the JSON line.
+void report(const BenchConfig& bc, const nlohmann::ordered_json& j) {
+  const auto num = [&](const char* k) { return j[k].get<double>(); };
+  aq::log_info(bc.name, ": ", num("ms_per_step"), " ms/step, ", num("tokens_per_s"), " tokens/s, peak memory ",
+               num("peak_rss_mb"), " MiB on rank 0, comm ", num("comm_ms"), " ms/step (exposed ",
+               num("exposed_comm_ms"), ")");
+  const bool gpu = j["device"] == "cuda";
+  char line[512];
+  const std::string where = gpu ? "cuda (" + j["device_name"].get<std::string>() + ")" : "cpu";
+  std::snprintf(line, sizeof(line), "device %s | dtype %s | B %d x T %d per rank x dp %d | %.0f tokens/s",
+                where.c_str(),
+                j["dtype"].get<std::string>().c_str(), j["batch_per_rank"].get<int>(), bc.seq, j["dp"].get<int>(),
+                num("tokens_per_s"));
+  aq::log_info(line);
+  std::snprintf(line, sizeof(line),
+                "FLOPs/token = 6*N + 6*L*C*T = 6*%lld + 6*%d*%d*%d = %.0f (%.4g GFLOP; N = parameters, L layers, "
+                "C width, T sequence)",
+                static_cast<long long>(j["num_params"].get<int64_t>()), bc.layers, bc.dim, bc.seq,
+                num("flops_per_token"), num("flops_per_token") / 1e9);
+  aq::log_info(line);
+  if (!j["mfu"].is_null()) {
+    std::snprintf(line, sizeof(line), "MFU %.1f%% = %.4g TFLOPS achieved per device / peak %.4g TFLOPS (%s)",
+                  100 * num("mfu"), num("achieved_tflops"), num("peak_tflops"),
+                  j["peak_source"].get<std::string>().c_str());
+    aq::log_info(line);
+  } else if (gpu) {
+    std::snprintf(line, sizeof(line), "MFU n/a (%.4g TFLOPS achieved per device): %s", num("achieved_tflops"),
+                  j["peak_source"].get<std::string>().c_str());
+    aq::log_info(line);
+  }
+  if (gpu) {
+    std::snprintf(line, sizeof(line),
+                  "device memory: peak %.0f MiB (caching allocator, max over ranks) | cudaMalloc calls after the "
+                  "first step: %lld%s",
+                  num("device_peak_mib"), static_cast<long long>(j["step_loop_device_mallocs"].get<int64_t>()),
+                  j["step_loop_device_mallocs"].get<int64_t>() == 0 ? " (expected 0)" : " (expected 0: NOT MET)");
+    aq::log_info(line);
+  }
+  aq::log_info(j.dump());
 }
 
 std::vector<int> parse_list(const std::string& s, const char* what) {
@@ -215,7 +389,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "scaling") {
     ScalingOptions o;
     CLI::App app{"aq-bench scaling: weak and strong scaling over world sizes and tensor-parallel layouts"};
-    app.add_option("--config", o.config, "tiny | gpt2-124m")->capture_default_str();
+    app.add_option("--config", o.config, kConfigHelp)->capture_default_str();
     app.add_option("--worlds", o.worlds, "World sizes (ranks)")->capture_default_str();
     app.add_option("--tp", o.tps, "Tensor-parallel sizes to try at each world size")->capture_default_str();
     app.add_option("--modes", o.modes, "weak (fixed per-rank batch), strong (fixed global batch)")
@@ -232,28 +406,32 @@ int main(int argc, char** argv) {
   }
 
   std::string name = "tiny";
-  int threads = 0, steps = 5, warmup = 1, tp = 1, batch = 0, zero = 0;
-  std::string device = "cpu";
-  CLI::App app{"aq-bench: training tokens/s, peak memory and communication of named GPT-2 configurations"};
-  app.add_option("--config", name, "tiny (L4 H4 C128 V256 T128 B16) | gpt2-124m (L12 H12 C768 V50257 T256 B4)")
-      ->capture_default_str();
-  app.add_option("--threads", threads, "CPU threads per rank (0 = all cores)")->capture_default_str();
-  app.add_option("--steps", steps, "Measured steps")->capture_default_str();
-  app.add_option("--warmup", warmup, "Unmeasured steps first")->capture_default_str();
+  BenchOptions o;
+  int tp = 1;
+  CLI::App app{"aq-bench: training tokens/s, MFU, peak memory and communication of named GPT-2 configurations"};
+  app.add_option("--config", name, kConfigHelp)->capture_default_str();
+  app.add_option("--threads", o.threads, "CPU threads per rank (0 = all cores)")->capture_default_str();
+  app.add_option("--steps", o.steps, "Measured steps")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "Unmeasured steps first")->capture_default_str();
   app.add_option("--tp", tp, "Tensor-parallel size (under mpirun)")->capture_default_str();
-  app.add_option("--batch", batch, "Per-rank batch (default: the config's B)");
-  app.add_option("--zero", zero, "1: ZeRO-1")->capture_default_str();
-  app.add_option("--device", device, "cpu | cuda | auto")->capture_default_str();
+  app.add_option("--batch", o.batch, "Per-rank batch (default: the config's B)");
+  app.add_option("--zero", o.zero, "1: ZeRO-1")->capture_default_str();
+  app.add_option("--device", o.device, "cpu | cuda | auto")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "fp32 | bf16 | auto (bf16 on a GPU, fp32 on the CPU)")->capture_default_str();
+  app.add_option("--peak-tflops", o.peak_tflops,
+                 "Dense peak TFLOPS of one device for the MFU (default: NVIDIA's figure for a known GPU and "
+                 "--dtype; none for CPUs)");
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   return aq::run_main("aq-bench", app, argc, argv, ctx, [&] {
     const BenchConfig& bc = find_config(name);
-    AQ_CHECK(steps >= 1 && warmup >= 0, "--steps must be >= 1 and --warmup >= 0");
+    AQ_CHECK(o.steps >= 1 && o.warmup >= 0, "--steps must be >= 1 and --warmup >= 0 (got ", o.steps, " and ",
+             o.warmup, ")");
+    AQ_CHECK(o.dtype == "fp32" || o.dtype == "bf16" || o.dtype == "auto", "--dtype must be fp32, bf16 or auto (got ",
+             o.dtype, ")");
+    AQ_CHECK(o.peak_tflops >= 0, "--peak-tflops must be a positive number of TFLOPS (got ", o.peak_tflops, ")");
     ctx.configure(tp, 300);
-    if (threads == 0) threads = std::max(1, omp_get_num_procs() / ctx.local_size());  // share the node's cores
-    const nlohmann::ordered_json j = run_once(ctx, bc, batch > 0 ? batch : bc.batch, threads, steps, warmup, zero, device);
-    aq::log_info(bc.name, ": ", j["ms_per_step"].get<double>(), " ms/step, ", j["tokens_per_s"].get<double>(),
-                 " tokens/s, peak memory ", j["peak_rss_mb"].get<double>(), " MiB on rank 0, comm ",
-                 j["comm_ms"].get<double>(), " ms/step (exposed ", j["exposed_comm_ms"].get<double>(), ")");
-    aq::log_info(j.dump());
+    if (o.threads == 0) o.threads = std::max(1, omp_get_num_procs() / ctx.local_size());  // share the node's cores
+    if (o.batch <= 0) o.batch = bc.batch;
+    report(bc, run_once(ctx, bc, o));
   });
 }

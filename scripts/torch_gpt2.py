@@ -6,7 +6,11 @@ Contents:
   * llm.c token-shard reader and the data loader that mirrors the C++ one
   * GPT2: an eager GPT-2 nn.Module whose state_dict names and layouts match
     the Hugging Face GPT-2 checkpoint names (linear weights are input-major
-    [in, out], y = x @ W + b), so checkpoints load/save without transposes
+    [in, out], y = x @ W + b), so checkpoints load/save without transposes.
+    GPT2(cfg, attention="sdpa") computes attention with
+    F.scaled_dot_product_attention(is_causal=True) (flash / memory-efficient
+    kernels on a GPU; torch >= 2.0, see HAVE_SDPA) instead of the explicit
+    masked softmax ("math", the default, used by the float64 reference)
   * the learning-rate schedule and the AdamW decay/no-decay parameter groups
 
 Used by torch_reference.py and bench_vs_pytorch.py. Run directly it also
@@ -15,7 +19,9 @@ offers two small generators for tests:
                           --vocab V --positions P --seed S --dtype F32|F64]
   torch_gpt2.py make-shard --out F.bin --tokens N --vocab V [--seed S]
 
-Interpreter: Debian's /usr/bin/python3 (needs numpy and torch).
+Interpreter: Debian's /usr/bin/python3 (needs torch; numpy for the file
+helpers). The model alone needs only torch, so the GPU benchmark also runs
+under a pip-installed torch without numpy.
 """
 
 import argparse
@@ -25,7 +31,10 @@ import math
 import struct
 from dataclasses import dataclass
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # the model needs only torch; the safetensors/shard helpers need numpy
+    np = None
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,7 +45,7 @@ import torch.nn.functional as F
 
 # safetensors dtype tag -> numpy dtype of the stored little-endian data.
 # BF16 has no numpy dtype; it is stored as uint16 and widened to float32.
-_ST_DTYPES = {
+_ST_DTYPES = {} if np is None else {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
@@ -254,12 +263,18 @@ class InputMajorLinear(nn.Module):
         return flat.view(*x.shape[:-1], self.weight.shape[1])
 
 
+# torch >= 2.0: fused causal attention (flash / memory-efficient kernels on a GPU).
+HAVE_SDPA = hasattr(F, "scaled_dot_product_attention")
+ATTENTION_KINDS = ("math", "sdpa")
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, attention="math"):
         super().__init__()
         if cfg.n_embd % cfg.n_head:
             raise ValueError(f"n_embd {cfg.n_embd} not divisible by n_head {cfg.n_head}")
         self.n_head = cfg.n_head
+        self.sdpa = attention == "sdpa"
         self.c_attn = InputMajorLinear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = InputMajorLinear(cfg.n_embd, cfg.n_embd)
 
@@ -268,9 +283,13 @@ class Attention(nn.Module):
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-        att = att.masked_fill(future_mask, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        if self.sdpa:  # the same maths (scale 1/sqrt(hs), causal), without materialising (B, H, T, T)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+            att = att.masked_fill(future_mask, float("-inf")).softmax(dim=-1)
+            y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
 
@@ -285,10 +304,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, attention="math"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, attention)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
         self.mlp = MLP(cfg)
 
@@ -302,14 +321,22 @@ _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
 class GPT2(nn.Module):
-    """GPT-2 with a tied LM head; state_dict names equal the HF tensor names."""
+    """GPT-2 with a tied LM head; state_dict names equal the HF tensor names.
 
-    def __init__(self, cfg):
+    attention: "math" (explicit masked softmax; any dtype and torch version)
+    or "sdpa" (F.scaled_dot_product_attention; needs HAVE_SDPA)."""
+
+    def __init__(self, cfg, attention="math"):
         super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS} (got {attention!r})")
+        if attention == "sdpa" and not HAVE_SDPA:
+            raise ValueError(f"attention='sdpa' needs torch >= 2.0 (this is torch {torch.__version__})")
         self.cfg = cfg
+        self.attention = attention
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(Block(cfg, attention) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=1e-5)
         self.init_weights()
 
@@ -328,21 +355,24 @@ class GPT2(nn.Module):
             else:
                 p.zero_()
 
-    def forward(self, idx, targets=None):
-        """idx, targets: (B, T) int64. Returns (logits, mean CE loss or None)."""
+    def forward(self, idx, targets=None, return_logits=True):
+        """idx, targets: (B, T) int64. Returns (logits, mean CE loss or None);
+        return_logits=False gives (None, loss), so a compiled training step
+        need not write the (B, T, V) logits out as a result."""
         B, T = idx.shape
         if T > self.cfg.n_positions:
             raise ValueError(f"sequence length {T} > n_positions {self.cfg.n_positions}")
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
-        future_mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).triu(1)
+        future_mask = None if self.attention == "sdpa" else \
+            torch.ones(T, T, dtype=torch.bool, device=idx.device).triu(1)
         for block in self.h:
             x = block(x, future_mask)
         logits = F.linear(self.ln_f(x), self.wte.weight)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     @torch.no_grad()
     def load_state(self, tensors):
@@ -363,8 +393,9 @@ class GPT2(nn.Module):
                                  f"!= model shape {list(p.shape)}")
             p.copy_(torch.from_numpy(np.asarray(src)).to(p.dtype))
 
-    def export_state(self, dtype=np.float32):
-        """Return name -> numpy array (HF names/layout) in `dtype`."""
+    def export_state(self, dtype=None):
+        """Return name -> numpy array (HF names/layout) in `dtype` (float32)."""
+        dtype = np.float32 if dtype is None else dtype
         return {name: p.detach().cpu().numpy().astype(dtype)
                 for name, p in self.named_parameters()}
 
