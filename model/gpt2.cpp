@@ -382,8 +382,10 @@ std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const M
     M* f = full.data<M>();
     const M* w = base + p.offset;
     const int64_t n = shape_numel(p.shape);
-    if (p.split == TpSplit::Replicated || tp_.size == 1) {
+    if (p.split == TpSplit::Replicated || (tp_.size == 1 && p.split != TpSplit::VocabRows)) {
       std::copy(w, w + n, f);
+    } else if (tp_.size == 1) {  // the token table, with the GPU's padding rows after the real ones
+      std::copy(w, w + shape_numel(p.full_shape), f);
     } else {
       shards.resize(static_cast<size_t>(n * tp_.size));
       Backend* g = tp_.host_group ? tp_.host_group : tp_.group;  // w and shards are host memory here
@@ -556,6 +558,9 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
       k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
       k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
     }
+    // GELU recomputed from the stored pre-activation. Forward's GELU came out of the fused GEMM from the
+    // unrounded pre-activation, so with bf16 this input to c_proj's weight gradient can differ from forward's
+    // by one bf16 rounding (and by cuBLASLt's GELU vs ours in the last fp32 bits): far below bf16 resolution.
     k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
     // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
     // The kernel writes d(fch) = GELU'(fch) ⊙ (dres_·Wᵀ) after its last read of the GELU output, so it may

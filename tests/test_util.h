@@ -74,6 +74,8 @@ double rel_err(const std::vector<A>& a, const std::vector<B>& b) {
   EXPECT_EQ(a.size(), b.size());
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    // A NaN where the reference has none (an unwritten, poisoned element) is an infinite error.
+    if (std::isnan(static_cast<double>(a[i])) != std::isnan(static_cast<double>(b[i]))) return INFINITY;
     num = std::max(num, std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
     den = std::max(den, std::fabs(static_cast<double>(b[i])));
   }

@@ -148,6 +148,13 @@ void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const
 
 bool gemm(const GemmArgs& g, bool required) {
   AQ_ASSERT(g.epilogue != Epilogue::Dgelu || g.beta == 0.0f, "the dgelu epilogue needs beta = 0");
+  const bool uses_aux = g.epilogue == Epilogue::GeluAuxBias || g.epilogue == Epilogue::Dgelu;
+  // cublasLt.h: the GELU aux matrix's leading dimension "must be divisible by 8"; and its kernels read it with
+  // 16-byte accesses. Otherwise the caller's unfused path runs (an algorithm returned anyway could still fail).
+  if (uses_aux && (g.ld_aux % 8 != 0 || alignment(g.aux) < 16)) {
+    AQ_ASSERT(!required, "GELU epilogue needs an aux leading dimension divisible by 8 and a 16-byte aligned aux");
+    return false;
+  }
   LtCall c;
   AQ_CUBLAS_CHECK(api().cublasLtMatmulDescCreate(&c.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   // Column-major problem: Dᵀ (N,M) = op'(B-buffer) · op'(A-buffer).
@@ -164,7 +171,7 @@ bool gemm(const GemmArgs& g, bool required) {
   if (epi != CUBLASLT_EPILOGUE_DEFAULT) set_desc(c.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, epi);
   if (g.bias && (g.epilogue == Epilogue::Bias || g.epilogue == Epilogue::GeluAuxBias))
     set_desc(c.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
-  if (g.epilogue == Epilogue::GeluAuxBias || g.epilogue == Epilogue::Dgelu) {
+  if (uses_aux) {
     set_desc(c.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
     set_desc(c.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.ld_aux);
   }
@@ -206,8 +213,7 @@ bool gemm(const GemmArgs& g, bool required) {
     algo_cache().map.emplace(key, algo);
   }
   if (!algo.first) {
-    const bool optional = !required && (g.epilogue == Epilogue::GeluAuxBias || g.epilogue == Epilogue::Dgelu);
-    if (optional) return false;
+    if (!required && uses_aux) return false;
     fail(str("cuBLASLt has no algorithm for a ", g.M, "x", g.N, "x", g.K, " GEMM (", type_name(g.ab_type), " -> ",
              type_name(g.d_type), ", trans ", g.trans_a, g.trans_b, ", epilogue ", static_cast<int>(g.epilogue),
              ", alignments ", key.align_b, "/", key.align_a, "/", key.align_d, " bytes, status ",

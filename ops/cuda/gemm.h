@@ -41,8 +41,8 @@ struct GemmArgs {
   float beta = 0.0f;
   Epilogue epilogue = Epilogue::None;
   const void* bias = nullptr;  // Bias, GeluAuxBias (may be null for GeluAuxBias: no bias)
-  void* aux = nullptr;         // GeluAuxBias (written), Dgelu (read)
-  int64_t ld_aux = 0;
+  void* aux = nullptr;         // GeluAuxBias (written), Dgelu (read); 16-byte aligned for the fused path
+  int64_t ld_aux = 0;          // a multiple of 8 for the fused path (cuBLASLt's rule)
 };
 
 // Runs the GEMM. With `required` false, returns false instead of failing when cuBLASLt offers no algorithm

@@ -24,20 +24,22 @@ class CachingAllocator {
  public:
   static CachingAllocator& instance();
   void* allocate(size_t bytes);
-  void release(void* p);  // back to the cache (at once, or when the streams recorded for it are done)
-  // Marks that `stream` uses the block starting at p. Pointers the allocator did not hand out (views inside
-  // an arena, which lives as long as its model) are ignored.
+  void release(void* p) noexcept;  // back to the cache (at once, or when the streams recorded for it are done)
+  // Marks that `stream` uses the block containing p. Pointers outside the allocator's live blocks (views
+  // inside an arena, which lives as long as its model) are ignored.
   void record_stream(void* p, CUstream_st* stream);
   void empty_cache();
   size_t bytes_in_use() const { return in_use_; }
   size_t peak_bytes() const { return peak_; }
-  size_t cached_bytes() const { return cached_; }
+  size_t cached_bytes() const { return cached_; }    // free blocks ready for reuse
+  size_t pending_bytes() const { return pending_bytes_; }  // released blocks waiting for other streams
   size_t driver_allocations() const { return mallocs_; }  // cudaMalloc calls so far
 
  private:
   static size_t round_up(size_t bytes);
   void release_cache();    // with the mutex held
-  void reclaim_pending();  // with the mutex held: blocks whose streams are done go back to the free lists
+  // With the mutex held: blocks whose streams are done go back to the free lists (wait: block until all are).
+  void reclaim_pending(bool wait);
   struct Pending {
     void* block;
     size_t size;
@@ -45,11 +47,12 @@ class CachingAllocator {
   };
   std::mutex mutex_;
   std::map<size_t, std::vector<void*>> free_;  // rounded size → blocks
-  std::unordered_map<void*, size_t> sizes_;    // live block → rounded size
+  std::map<void*, size_t> sizes_;              // live block → rounded size (ordered: record_stream finds
+                                               // the block containing a pointer)
   std::unordered_map<void*, std::vector<CUstream_st*>> streams_;  // live block → other streams using it
   std::vector<Pending> pending_;
   std::vector<CUevent_st*> event_pool_;
-  size_t in_use_ = 0, peak_ = 0, cached_ = 0, mallocs_ = 0;
+  size_t in_use_ = 0, peak_ = 0, cached_ = 0, pending_bytes_ = 0, mallocs_ = 0;
 };
 
 }  // namespace aq::cuda

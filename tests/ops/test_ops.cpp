@@ -537,7 +537,7 @@ TEST(Registry, EveryRegisteredOpIsCoveredByThisFile) {
                                         "gelu_backward", "softmax_xent", "classifier", "adamw_update", "sum_squares",
                                         "matmul_gelu_forward", "matmul_backward_dgelu", "multi_adamw",
                                         "multi_sum_squares",
-                                        "cast_to_working"};  // CUDA only: tests/ops/test_ops_cuda.cpp
+                                        "cast_to_working"};  // CUDA only: tests/ops/test_ops_cuda_bf16.cpp
   for (const std::string& k : ops::Registry::instance().list()) {
     const std::string op = k.substr(0, k.find('/'));
     EXPECT_TRUE(tested.count(op)) << "kernel " << k << " has no test in tests/ops/test_ops.cpp";

@@ -8,7 +8,9 @@
 #include <cuda_runtime.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include "model/trainer.h"
 #include "ops/adamw/adamw.h"
@@ -17,7 +19,9 @@
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/softmax_xent/softmax_xent.h"
+#include "runtime/cuda/allocator.h"
 #include "runtime/data.h"
+#include "runtime/safetensors.h"
 #include "tests/ops/cuda_test_util.h"
 
 namespace aq {
@@ -194,8 +198,8 @@ void check_matmul_gelu(int N, int IC, int OC, double tol) {
 
 TEST(CudaFused, MatmulGeluForwardAndDgeluBackwardFp32) {
   AQ_REQUIRE_GPU();
-  check_matmul_gelu<float>(37, 24, 96, 1e-5);
-  check_matmul_gelu<float>(37, 19, 53, 1e-5);
+  check_matmul_gelu<float>(37, 24, 96, 1e-4);  // cuBLASLt's GELU epilogue: its own tanh, not ours
+  check_matmul_gelu<float>(37, 19, 53, 1e-5);  // unfused fallback: our kernels
 }
 
 TEST(CudaFused, MatmulGeluForwardAndDgeluBackwardBf16) {
@@ -224,6 +228,73 @@ TEST(CudaBf16, ClassifierMatchesFp32OnRoundedInputs) {
   EXPECT_LT(rel_err(glosses.read(), losses), 1e-4);  // fp32 logits from exact bf16 products
   EXPECT_LT(rel_err(to_float(gdx.read()), dx), kBf16Tol);
   EXPECT_LT(rel_err(gdwte.read(), dwte), kBf16Tol);  // dlogits are rounded to bf16 before this GEMM
+}
+
+// The model pads the token table to Vl (a multiple of 64) rows on the GPU: padding columns of the logits get
+// no probability and padding rows of wte no gradient, so the result equals the unpadded CPU classifier's.
+template <typename T>
+void check_padded_classifier(double tol_dx, double tol_dwte) {
+  const int N = 29, C = 40, Vn = 203, Vl = 256;
+  const int64_t chunk = 11;
+  F x = round_bf16(randn<float>(N * C, 43)), wte = round_bf16(randn<float>(Vn * C, 44, 0.3));
+  auto tgt = test::random_tokens(N, Vn, 45);
+  tgt[3] = Vn - 1;  // the last real column
+  F losses(N), dx(N * C), dwte(Vn * C, 0.0f);
+  std::vector<char> scratch(ops::classifier_scratch_bytes<float>(chunk, Vn));
+  cpu<ops::Classifier<float>::Forward>("classifier")(losses.data(), dx.data(), dwte.data(), scratch.data(), x.data(),
+                                                     wte.data(), tgt.data(), N, C, Vn, 0, Vn, chunk, 1.0f / N, nullptr);
+  F wte_padded = wte;
+  wte_padded.resize(static_cast<size_t>(Vl) * C, 0.0f);
+  auto up = [](const F& v) {
+    if constexpr (std::is_same_v<T, bf16>) return to_bf16(v); else return v;
+  };
+  auto down = [](const std::vector<T>& v) {
+    if constexpr (std::is_same_v<T, bf16>) return to_float(v); else return v;
+  };
+  Dev<T> gx(up(x)), gwte(up(wte_padded)), gdx(up(F(N * C, NAN)));
+  Dev<float> glosses(F(N, NAN)), gdwte(F(static_cast<size_t>(Vl) * C, 0.0f));
+  Dev<char> gscratch(std::vector<char>(ops::classifier_scratch_bytes<T>(chunk, Vl)));
+  Dev<int32_t> gtgt(tgt);
+  test::find_kernel<typename ops::Classifier<T>::Forward>("classifier", Device::CUDA, dtype_of<T>())(
+      glosses.get(), gdx.get(), gdwte.get(), gscratch.get(), gx.get(), gwte.get(), gtgt.get(), N, C, Vl, 0, Vn, chunk,
+      1.0f / N, nullptr);
+  EXPECT_LT(rel_err(glosses.read(), losses), 1e-4);
+  EXPECT_LT(rel_err(down(gdx.read()), dx), tol_dx);
+  const F got = gdwte.read();
+  EXPECT_LT(rel_err(F(got.begin(), got.begin() + Vn * C), dwte), tol_dwte);
+  for (size_t i = static_cast<size_t>(Vn) * C; i < got.size(); ++i) ASSERT_EQ(got[i], 0.0f) << "padding row gradient";
+}
+
+TEST(CudaFused, ClassifierWithPaddedVocabularyFp32AndBf16) {
+  AQ_REQUIRE_GPU();
+  check_padded_classifier<float>(1e-5, 1e-5);
+  check_padded_classifier<bf16>(kBf16Tol, kBf16Tol);
+}
+
+// A block that NCCL's stream (here: any second stream) still uses is not handed out again until that stream
+// has finished with it; then it is.
+TEST(CudaAllocator, BlockUsedByAnotherStreamWaitsForIt) {
+  AQ_REQUIRE_GPU();
+  auto& a = cuda::CachingAllocator::instance();
+  cudaStream_t side;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking), cudaSuccess);
+  const size_t bytes = 3 << 20;
+  void* p = a.allocate(bytes);
+  // Hold the side stream busy for a while with a host function, then mark the block as used by it.
+  auto sleep_200ms = [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(200)); };
+  ASSERT_EQ(cudaLaunchHostFunc(side, sleep_200ms, nullptr), cudaSuccess);
+  a.record_stream(static_cast<char*>(p) + 4096, side);  // a view inside the block counts
+  a.release(p);
+  EXPECT_GE(a.pending_bytes(), bytes);
+  void* q = a.allocate(bytes);
+  EXPECT_NE(q, p) << "a block still in use on another stream was reused";
+  a.release(q);
+  ASSERT_EQ(cudaStreamSynchronize(side), cudaSuccess);
+  void* r = a.allocate(bytes);  // reclaimed now: same size class, so one of the two cached blocks
+  EXPECT_TRUE(r == p || r == q);
+  EXPECT_EQ(a.pending_bytes(), 0u);
+  a.release(r);
+  cudaStreamDestroy(side);
 }
 
 TEST(CudaMultiAdamW, MatchesTheCpuAndWritesTheBf16WorkingCopy) {
@@ -290,11 +361,33 @@ TEST(CudaTraining, Bf16LossCurveWithinTwoPercentOfFp32) {
   c.schedule.lr = 1e-3;
   c.data = dir + "/train.bin";
   c.quiet = true;
+  c.vocab = 300;  // not a multiple of 64: the GPU pads the token table (checked again by the save below)
   c.device = "cuda";
   c.dtype = "fp32";
   const TrainResult fp32 = train(c, ParallelContext::local());
   c.dtype = "bf16";
+  c.save = dir + "/bf16.safetensors";
   const TrainResult bf = train(c, ParallelContext::local());
+  {
+    // The checkpoint holds the fp32 master weights at their real shape, and a CPU run starts from it.
+    SafeTensorsReader ck(c.save);
+    EXPECT_EQ(ck.entry("wte.weight").shape, (Shape{300, 64}));
+    EXPECT_EQ(ck.entry("wte.weight").dtype, DType::F32);
+    TrainConfig cpu = c;
+    cpu.layers.reset();
+    cpu.heads.reset();
+    cpu.dim.reset();
+    cpu.vocab.reset();
+    cpu.max_seq.reset();
+    cpu.init_from = c.save;
+    cpu.save.clear();
+    cpu.steps = 1;
+    cpu.device = "cpu";
+    cpu.dtype = "auto";
+    const TrainResult from_ck = train(cpu, ParallelContext::local());
+    ASSERT_EQ(from_ck.steps.size(), 1u);
+    EXPECT_LT(from_ck.steps[0].loss, bf.steps.front().loss);  // it continues from the trained weights
+  }
   std::filesystem::remove_all(dir);
   EXPECT_EQ(bf.dtype, "bf16");
   EXPECT_EQ(bf.step_loop_device_mallocs, 0u) << "cudaMalloc inside the step loop";
