@@ -226,8 +226,8 @@ bool gemm(const GemmArgs& g, bool required) {
 }
 
 template <typename TAB, typename TD>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const TAB* A, int64_t lda, const TAB* B,
-          int64_t ldb, float beta, TD* D, int64_t ldd, const TD* bias) {
+GemmArgs gemm_args(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const TAB* A, int64_t lda,
+                   const TAB* B, int64_t ldb, TD* D, int64_t ldd) {
   GemmArgs g;
   g.trans_a = trans_a;
   g.trans_b = trans_b;
@@ -242,12 +242,23 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const TAB
   g.ldd = ldd;
   g.ab_type = cuda_dtype<TAB>();
   g.d_type = cuda_dtype<TD>();
+  return g;
+}
+
+template <typename TAB, typename TD>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const TAB* A, int64_t lda, const TAB* B,
+          int64_t ldb, float beta, TD* D, int64_t ldd, const TD* bias) {
+  GemmArgs g = gemm_args(trans_a, trans_b, M, N, K, A, lda, B, ldb, D, ldd);
   g.beta = beta;
   g.epilogue = bias ? Epilogue::Bias : Epilogue::None;
   g.bias = bias;
   gemm(g);
 }
 
+template GemmArgs gemm_args<float, float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
+                                          int64_t, float*, int64_t);
+template GemmArgs gemm_args<bf16, bf16>(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*,
+                                        int64_t, bf16*, int64_t);
 template void gemm<float, float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                                  int64_t, float, float*, int64_t, const float*);
 template void gemm<bf16, bf16>(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t,

@@ -50,6 +50,11 @@ struct GemmArgs {
 // are always required.
 bool gemm(const GemmArgs& g, bool required = true);
 
+// The arguments of D (M,N) = op(A)·op(B), element types from the pointers; the caller adds beta and an epilogue.
+template <typename TAB, typename TD>
+GemmArgs gemm_args(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const TAB* A, int64_t lda,
+                   const TAB* B, int64_t ldb, TD* D, int64_t ldd);
+
 // The common case: D (M,N) = op(A)·op(B) + beta·D (+ bias over columns), element types from the pointers.
 template <typename TAB, typename TD>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const TAB* A, int64_t lda, const TAB* B,

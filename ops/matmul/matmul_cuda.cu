@@ -67,17 +67,7 @@ void matmul_backward(T* dinp, float* dweight, float* dbias, const T* dout, const
 
 template <typename T>
 void matmul_gelu_forward(T* out, T* pre, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC) {
-  cuda::GemmArgs g;
-  g.M = N;
-  g.N = OC;
-  g.K = IC;
-  g.A = inp;
-  g.lda = IC;
-  g.B = weight;
-  g.ldb = OC;
-  g.D = out;
-  g.ldd = OC;
-  g.ab_type = g.d_type = cuda::cuda_dtype<T>();
+  cuda::GemmArgs g = cuda::gemm_args(false, false, N, OC, IC, inp, IC, weight, OC, out, OC);
   g.epilogue = cuda::Epilogue::GeluAuxBias;
   g.bias = bias;
   g.aux = pre;
@@ -92,18 +82,7 @@ void matmul_backward_dgelu(T* dpre, float* dweight, float* dbias, const T* dout,
                            const T* pre, int64_t N, int IC, int OC) {
   matmul_backward<T>(nullptr, dweight, dbias, dout, inp, weight, N, IC, OC);
   // dpre (N,IC) = gelu'(pre) ⊙ (dout · weightᵀ); written after inp was last read, so it may alias inp.
-  cuda::GemmArgs g;
-  g.trans_b = true;
-  g.M = N;
-  g.N = IC;
-  g.K = OC;
-  g.A = dout;
-  g.lda = OC;
-  g.B = weight;
-  g.ldb = OC;
-  g.D = dpre;
-  g.ldd = IC;
-  g.ab_type = g.d_type = cuda::cuda_dtype<T>();
+  cuda::GemmArgs g = cuda::gemm_args(false, true, N, IC, OC, dout, OC, weight, OC, dpre, IC);
   g.epilogue = cuda::Epilogue::Dgelu;
   g.aux = const_cast<T*>(pre);  // read-only for this epilogue
   g.ld_aux = IC;

@@ -3,8 +3,14 @@
 #pragma once
 
 #include <cuda_runtime.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <string>
 #include <vector>
+
+#include "model/trainer.h"
+#include "runtime/data.h"
 
 #include "ops/registry.h"
 #include "runtime/bf16.h"
@@ -58,5 +64,39 @@ inline std::vector<float> to_float(const std::vector<bf16>& x) {
 }
 // x rounded to the nearest bf16 values (so a CPU reference sees exactly the GPU's inputs)
 inline std::vector<float> round_bf16(const std::vector<float>& x) { return to_float(to_bf16(x)); }
+
+// A temporary folder holding a byte-level shard of numbered English sentences, and the small GPT-2 the GPU
+// training tests run on it (L2 H4 C64, T ≤ 64). The folder is removed with the object.
+class TextShardDir {
+ public:
+  explicit TextShardDir(int sentences) {
+    char tmpl[] = "/tmp/aq-test-cuda-XXXXXX";
+    EXPECT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    std::string text;
+    for (int i = 0; i < sentences; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
+    write_shard(shard(), std::vector<uint16_t>(text.begin(), text.end()));
+  }
+  ~TextShardDir() { std::filesystem::remove_all(dir_); }
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+  std::string shard() const { return path("train.bin"); }
+  TrainConfig small_model(int seq, int batch, int steps) const {
+    TrainConfig c;
+    c.layers = 2;
+    c.heads = 4;
+    c.dim = 64;
+    c.max_seq = 64;
+    c.seq = seq;
+    c.batch = batch;
+    c.steps = steps;
+    c.schedule.lr = 1e-3;
+    c.data = shard();
+    c.quiet = true;
+    return c;
+  }
+
+ private:
+  std::string dir_;
+};
 
 }  // namespace aq::test

@@ -271,29 +271,13 @@ TEST(CudaOps, EveryCpuKernelHasACudaTwin) {
 // 20 training steps on the GPU in fp32 follow the CPU run (losses within 1e-4).
 TEST(CudaTraining, TwentyStepsMatchTheCpu) {
   AQ_REQUIRE_GPU();
-  char tmpl[] = "/tmp/aq-test-cuda-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  std::string text;
-  for (int i = 0; i < 3000; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
-  write_shard(dir + "/train.bin", std::vector<uint16_t>(text.begin(), text.end()));
-  TrainConfig c;
-  c.layers = 2;
-  c.heads = 4;
-  c.dim = 64;
-  c.max_seq = 64;
-  c.seq = 63;
-  c.batch = 5;
-  c.steps = 20;
-  c.schedule.lr = 1e-3;
-  c.data = dir + "/train.bin";
-  c.quiet = true;
+  const test::TextShardDir data(3000);
+  TrainConfig c = data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/20);
   c.device = "cpu";
   const TrainResult cpu_run = train(c, ParallelContext::local());
   c.device = "cuda";
   c.dtype = "fp32";
   const TrainResult gpu_run = train(c, ParallelContext::local());
-  std::filesystem::remove_all(dir);
   ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
   for (size_t i = 0; i < cpu_run.steps.size(); ++i)
     EXPECT_NEAR(gpu_run.steps[i].loss, cpu_run.steps[i].loss, 1e-4 * cpu_run.steps[i].loss) << "step " << i + 1;

@@ -344,29 +344,14 @@ TEST(CudaMultiAdamW, MatchesTheCpuAndWritesTheBf16WorkingCopy) {
 // Mixed precision trains like fp32: a bf16 run's losses stay within 2% of the fp32 run's at every step.
 TEST(CudaTraining, Bf16LossCurveWithinTwoPercentOfFp32) {
   AQ_REQUIRE_GPU();
-  char tmpl[] = "/tmp/aq-test-bf16-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  std::string text;
-  for (int i = 0; i < 4000; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
-  write_shard(dir + "/train.bin", std::vector<uint16_t>(text.begin(), text.end()));
-  TrainConfig c;
-  c.layers = 2;
-  c.heads = 4;
-  c.dim = 64;
-  c.max_seq = 64;
-  c.seq = 64;
-  c.batch = 8;
-  c.steps = 40;
-  c.schedule.lr = 1e-3;
-  c.data = dir + "/train.bin";
-  c.quiet = true;
+  const test::TextShardDir data(4000);
+  TrainConfig c = data.small_model(/*seq=*/64, /*batch=*/8, /*steps=*/40);
   c.vocab = 300;  // not a multiple of 64: the GPU pads the token table (checked again by the save below)
   c.device = "cuda";
   c.dtype = "fp32";
   const TrainResult fp32 = train(c, ParallelContext::local());
   c.dtype = "bf16";
-  c.save = dir + "/bf16.safetensors";
+  c.save = data.path("bf16.safetensors");
   const TrainResult bf = train(c, ParallelContext::local());
   {
     // The checkpoint holds the fp32 master weights at their real shape, and a CPU run starts from it.
@@ -388,7 +373,6 @@ TEST(CudaTraining, Bf16LossCurveWithinTwoPercentOfFp32) {
     ASSERT_EQ(from_ck.steps.size(), 1u);
     EXPECT_LT(from_ck.steps[0].loss, bf.steps.front().loss);  // it continues from the trained weights
   }
-  std::filesystem::remove_all(dir);
   EXPECT_EQ(bf.dtype, "bf16");
   EXPECT_EQ(bf.step_loop_device_mallocs, 0u) << "cudaMalloc inside the step loop";
   ASSERT_EQ(fp32.steps.size(), bf.steps.size());
