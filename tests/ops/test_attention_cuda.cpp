@@ -13,15 +13,12 @@
 
 #include "ops/attention/attention.h"
 #include "runtime/bf16.h"
-#include "runtime/cuda/device.h"
 #include "runtime/memory.h"
+#include "tests/ops/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace aq {
 namespace {
-
-#define AQ_REQUIRE_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device visible (CPU-only machine): GPU test not run"
 
 struct Shape {
   int B, T, C, NH;
@@ -50,7 +47,7 @@ std::vector<double> widen(const std::vector<T>& v) {
   for (size_t i = 0; i < v.size(); ++i) w[i] = to_double(v[i]);
   return w;
 }
-// test::rel_err's max() passes NaN over, so finiteness is checked on its own.
+// Unwritten (still NaN) or non-finite elements, counted so a failure says how many.
 template <typename T>
 size_t non_finite(const std::vector<T>& v) {
   size_t n = 0;
