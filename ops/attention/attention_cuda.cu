@@ -619,6 +619,7 @@ void flash_backward(T* dqkv, const T* dout, const T* qkv, const float* lse, cons
 // out (B,T_,C), lse (B,NH,T_), qkv (B,T_,3C)
 template <typename T>
 void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, int NH) {
+  AQ_CHECK(NH >= 1 && C % NH == 0, "attention: width C=", C, " is not a multiple of the head count ", NH);
   if (B == 0 || T_ == 0) return;
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(static_cast<float>(hs));
@@ -641,6 +642,7 @@ void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, i
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B, int T_, int C,
                         int NH) {
+  AQ_CHECK(NH >= 1 && C % NH == 0, "attention: width C=", C, " is not a multiple of the head count ", NH);
   if (B == 0 || T_ == 0) return;
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(static_cast<float>(hs));

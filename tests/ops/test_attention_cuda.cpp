@@ -5,6 +5,7 @@
 // 128-bit and scalar load paths must agree bit for bit. Without a visible GPU each test skips with that reason.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -27,9 +28,12 @@ std::ostream& operator<<(std::ostream& os, const Shape& s) {
   return os << "(B,T,C,NH) = (" << s.B << "," << s.T << "," << s.C << "," << s.NH << "), hs " << s.C / s.NH;
 }
 
-// Odd sizes, head sizes 16, 24, 16, 7, 128 (the largest flash tile) and 160 (the row-kernel fallback).
-const Shape kShapes[] = {{2, 37, 48, 3}, {1, 129, 72, 3},  {3, 1, 32, 2},
-                         {2, 70, 21, 3}, {1, 200, 256, 2}, {1, 33, 320, 2}};
+// Odd sizes; head sizes 16, 24, 16, 7, 64 (GPT-2's; the one tile shape with fewer query than key rows in
+// backward), 128 (the largest flash tile) and 160 (the row-kernel fallback, at T below and above its 128
+// threads); and GPT-2 124M's attention at full context.
+const Shape kShapes[] = {{2, 37, 48, 3},   {1, 129, 72, 3},  {3, 1, 32, 2},   {2, 70, 21, 3},
+                         {2, 129, 128, 2}, {1, 200, 192, 3}, {1, 200, 256, 2}, {1, 33, 320, 2},
+                         {1, 300, 320, 2}, {1, 1024, 768, 12}};
 
 double to_double(float x) { return x; }
 double to_double(bf16 x) { return bf16_to_float(x); }
@@ -103,9 +107,11 @@ Reference reference(const std::vector<double>& qkv, const std::vector<double>& d
   return r;
 }
 
-// The CUDA kernels: forward, then backward from the forward's own out and lse. All outputs start as NaN.
-// offset shifts every tensor by that many elements inside its buffer (1 breaks 16-byte alignment, which
-// sends the kernels down their scalar-load path).
+// The CUDA kernels: forward, then backward from the forward's own out and lse. All outputs start as NaN and
+// are followed by kCanary NaN elements that must stay NaN (a write past the end would be finite; the caching
+// allocator's rounding would hide it from compute-sanitizer). offset shifts every tensor by that many elements
+// inside its buffer (1 breaks 16-byte alignment, which sends the kernels down their scalar-load path).
+constexpr size_t kCanary = 64;
 template <typename T>
 struct Result {
   std::vector<T> out;
@@ -120,20 +126,29 @@ Result<T> run_cuda(const Inputs<T>& in, const Shape& s, int offset = 0) {
   auto* bwd = reg.find<typename ops::Attention<T>::Backward>("attention_backward", Device::CUDA, dt);
   const T nan = from_double<T>(NAN);
   auto padded = [&](const std::vector<T>& v) {
-    std::vector<T> p(v.size() + offset, nan);
+    std::vector<T> p(v.size() + offset + kCanary, nan);
     std::copy(v.begin(), v.end(), p.begin() + offset);
     return p;
   };
-  const size_t n = in.dout.size();
+  const size_t n = in.dout.size(), nl = static_cast<size_t>(s.B) * s.NH * s.T;
   DeviceBuffer<T> qkv = upload(padded(in.qkv)), dout = upload(padded(in.dout));
-  DeviceBuffer<T> out = upload(std::vector<T>(n + offset, nan)), dqkv = upload(std::vector<T>(3 * n + offset, nan));
-  DeviceBuffer<float> lse = upload(std::vector<float>(static_cast<size_t>(s.B) * s.NH * s.T, NAN));
+  DeviceBuffer<T> out = upload(std::vector<T>(n + offset + kCanary, nan));
+  DeviceBuffer<T> dqkv = upload(std::vector<T>(3 * n + offset + kCanary, nan));
+  DeviceBuffer<float> lse = upload(std::vector<float>(nl + kCanary, NAN));
   fwd(out.data() + offset, lse.data(), qkv.data() + offset, s.B, s.T, s.C, s.NH);
   bwd(dqkv.data() + offset, dout.data() + offset, qkv.data() + offset, out.data() + offset, lse.data(), s.B, s.T, s.C,
       s.NH);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<T> o = download(out), d = download(dqkv);
-  return {std::vector<T>(o.begin() + offset, o.end()), download(lse), std::vector<T>(d.begin() + offset, d.end())};
+  const std::vector<float> l = download(lse);
+  const auto tail_written = [](auto first, auto last) {
+    return std::count_if(first, last, [](auto x) { return std::isfinite(to_double(x)); });
+  };
+  EXPECT_EQ(tail_written(o.end() - kCanary, o.end()), 0) << "out written past its end; " << s;
+  EXPECT_EQ(tail_written(d.end() - kCanary, d.end()), 0) << "dqkv written past its end; " << s;
+  EXPECT_EQ(tail_written(l.end() - kCanary, l.end()), 0) << "lse written past its end; " << s;
+  return {std::vector<T>(o.begin() + offset, o.end() - kCanary), std::vector<float>(l.begin(), l.end() - kCanary),
+          std::vector<T>(d.begin() + offset, d.end() - kCanary)};
 }
 
 template <typename T>
