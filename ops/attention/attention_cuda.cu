@@ -19,15 +19,31 @@
 // sum runs in a fixed order, so there are no atomics and a run repeats bit for bit.
 // Head sizes above 128 take the row kernels at the end of the file (one block per query or key row, the scores
 // of that row in shared memory), which are slower but fit any head size.
+//
+// Tensor cores: bf16 with a head size that is a multiple of 16, up to 128 (GPT-2's 64 among them), takes the
+// WMMA kernels of attention_wmma.cu instead (same three passes and the same one-writer, fixed-order
+// determinism; 4 warps, each owning 16 rows of a 64-row tile), which run at the bf16 tensor-core rate rather
+// than the fp32 FMA rate. Setting AQ_ATTENTION_FMA=1 in the environment (read at each call) sends bf16 back
+// to the FMA tiles, for comparisons and tests; float always takes the FMA tiles.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
+#include <type_traits>
 
 #include "ops/attention/attention.h"
+#include "ops/attention/attention_cuda.cuh"
 #include "ops/cuda/common.cuh"
 
 namespace aq::ops {
 namespace {
+
+using attention_detail::allow_smem;
+using attention_detail::load_stats;
+using attention_detail::vector_loads;
+using attention_detail::wmma_backward;
+using attention_detail::wmma_forward;
 
 // ---- shared helpers ----------------------------------------------------------------------------------------
 
@@ -103,11 +119,6 @@ __device__ void load_tile(float* dst, const T* src, int64_t stride, int row0, in
       dst[r * P + d] = (row0 + r < T_ && d < hs) ? cuda::to_f(src[(row0 + r) * stride + d]) : 0.0f;
     }
   }
-}
-
-// dst[r] = src[row0 + r] for r < rows (0 past row T_): a tile's lse or D values.
-__device__ __forceinline__ void load_stats(float* dst, const float* src, int row0, int rows, int T_) {
-  for (int r = threadIdx.x; r < rows; r += blockDim.x) dst[r] = row0 + r < T_ ? src[row0 + r] : 0.0f;
 }
 
 // Views of a tile in shared memory (row pitch in floats): Tile reads element (r, c), TileT reads the transpose.
@@ -577,19 +588,6 @@ void check_row_shape(int T_, int hs) {
            "head size ≤ ", kMaxFlashHead);
 }
 
-// Whether the flash kernels may move 128 bits per load: head columns in whole 16-byte chunks, base pointers
-// 16-byte aligned (then every row of every head is, as C = NH·hs is a multiple of the chunk too).
-template <typename T>
-bool vector_loads(int hs, std::initializer_list<const void*> ptrs) {
-  if (hs % (16 / static_cast<int>(sizeof(T))) != 0) return false;
-  return std::all_of(ptrs.begin(), ptrs.end(), [](const void* p) { return cuda::aligned16(p); });
-}
-
-template <typename Kernel>
-void allow_smem(Kernel* kernel, size_t bytes) {
-  AQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 template <typename T, int D>
 void flash_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, int NH, float scale) {
   const bool vec = vector_loads<T>(C / NH, {qkv});
@@ -616,6 +614,20 @@ void flash_backward(T* dqkv, const T* dout, const T* qkv, const float* lse, cons
   AQ_CUDA_LAUNCH_CHECK();
 }
 
+// Whether bf16 attention is sent to the FMA tiles instead of the tensor cores: AQ_ATTENTION_FMA set to
+// anything but "" or "0". Read at each call (one getenv next to several kernel launches), so a test can run
+// both paths in one process.
+bool fma_forced() {
+  const char* e = std::getenv("AQ_ATTENTION_FMA");
+  return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
+}
+
+// The tensor-core kernels take bf16 with head sizes that are whole 16-column fragments, up to 128.
+template <typename T>
+bool use_wmma(int hs) {
+  return std::is_same_v<T, bf16> && hs % 16 == 0 && hs <= kMaxFlashHead && !fma_forced();
+}
+
 // out (B,T_,C), lse (B,NH,T_), qkv (B,T_,3C)
 template <typename T>
 void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, int NH) {
@@ -623,6 +635,20 @@ void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, i
   if (B == 0 || T_ == 0) return;
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (use_wmma<T>(hs)) {
+      if (hs <= 16) {
+        wmma_forward<16>(out, lse, qkv, B, T_, C, NH, scale);
+      } else if (hs <= 32) {
+        wmma_forward<32>(out, lse, qkv, B, T_, C, NH, scale);
+      } else if (hs <= 64) {
+        wmma_forward<64>(out, lse, qkv, B, T_, C, NH, scale);
+      } else {
+        wmma_forward<128>(out, lse, qkv, B, T_, C, NH, scale);
+      }
+      return;
+    }
+  }
   if (hs <= 16) {
     flash_forward<T, 16>(out, lse, qkv, B, T_, C, NH, scale);
   } else if (hs <= 32) {
@@ -651,6 +677,20 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   attention_backward_D_kernel<T>
       <<<static_cast<unsigned>((rows + 7) / 8), 256>>>(D.as<float>(), dout, out, B, T_, C, NH);
   AQ_CUDA_LAUNCH_CHECK();
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (use_wmma<T>(hs)) {
+      if (hs <= 16) {
+        wmma_backward<16>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
+      } else if (hs <= 32) {
+        wmma_backward<32>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
+      } else if (hs <= 64) {
+        wmma_backward<64>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
+      } else {
+        wmma_backward<128>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
+      }
+      return;
+    }
+  }
   if (hs <= 16) {
     flash_backward<T, 16>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
   } else if (hs <= 32) {

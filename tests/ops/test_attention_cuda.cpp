@@ -2,12 +2,16 @@
 // against the CPU kernel run in double, in fp32 (relative error < 1e-5) and bf16 (< 2e-2, on the same
 // bf16-rounded inputs), at odd shapes. Outputs are poisoned with NaN before the kernels run and every element
 // must come back finite, so an unwritten element fails. The backward pass must repeat bit for bit, and the
-// 128-bit and scalar load paths must agree bit for bit. Without a visible GPU each test skips with that reason.
+// 128-bit and scalar load paths must agree bit for bit. bf16 at head sizes that are multiples of 16 takes the
+// tensor-core (WMMA) kernels by default and the FMA tiles under AQ_ATTENTION_FMA=1; one test runs both. Without
+// a visible GPU each test skips with that reason.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -174,6 +178,54 @@ TEST(CudaAttention, Fp32MatchesCpuDouble) {
 TEST(CudaAttention, Bf16MatchesCpuDoubleOnRoundedInputs) {
   AQ_REQUIRE_GPU();
   expect_matches_reference<bf16>(2e-2, 202);
+}
+
+// Sets an environment variable for its lifetime, then restores the previous value (or its absence).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(name_, old_.c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_;
+  std::string old_;
+};
+
+// bf16 with head sizes that are multiples of 16 (up to 128) runs on the tensor cores (WMMA) unless
+// AQ_ATTENTION_FMA=1 sends it to the fp32 FMA tiles; both paths must match the reference at head sizes 64
+// (GPT-2's, with its full 1024-token context) and 128, and at a single-token sequence.
+TEST(CudaAttention, Bf16TensorCoreAndFmaPathsMatchCpuDouble) {
+  AQ_REQUIRE_GPU();
+  for (const Shape& s : {Shape{2, 129, 128, 2}, Shape{1, 200, 192, 3}, Shape{1, 1024, 768, 12}, Shape{1, 200, 256, 2},
+                         Shape{3, 1, 32, 2}, Shape{2, 37, 96, 2}}) {
+    const Inputs<bf16> in = random_inputs<bf16>(s, 505);
+    const Reference ref = reference(widen(in.qkv), widen(in.dout), s);
+    for (const char* path : {"0", "1"}) {
+      ScopedEnv env("AQ_ATTENTION_FMA", path);
+      const Result<bf16> got = run_cuda(in, s);
+      const char* name = path[0] == '1' ? "FMA path; " : "tensor-core path; ";
+      EXPECT_EQ(non_finite(got.out), 0u) << "out: elements not written or not finite; " << name << s;
+      EXPECT_EQ(non_finite(got.lse), 0u) << "lse: elements not written or not finite; " << name << s;
+      EXPECT_EQ(non_finite(got.dqkv), 0u) << "dqkv: elements not written or not finite; " << name << s;
+      EXPECT_LT(test::rel_err(widen(got.out), ref.out), 2e-2) << "out; " << name << s;
+      EXPECT_LT(test::rel_err(widen(got.lse), ref.lse), 2e-2) << "lse; " << name << s;
+      EXPECT_LT(test::rel_err(widen(got.dqkv), ref.dqkv), 2e-2) << "dqkv; " << name << s;
+    }
+  }
 }
 
 // Every element of dqkv has one writer and every sum a fixed order: a second run gives the same bits.
