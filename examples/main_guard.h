@@ -23,11 +23,7 @@ inline int run_main(const char* program, CLI::App& app, int argc, char** argv, P
   int code = 0;
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    code = reporter ? app.exit(e) : 0;
-    ctx.finalize();
-    return code;
-  } catch (const CLI::CallForAllHelp& e) {
+  } catch (const CLI::Success& e) {  // --help and friends
     code = reporter ? app.exit(e) : 0;
     ctx.finalize();
     return code;

@@ -7,8 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "runtime/rng.h"
@@ -186,13 +184,17 @@ int local_vocab(const GPT2Config& cfg, const TensorParallel& tp, Device device) 
   return device == Device::CUDA ? (rows + 63) / 64 * 64 : rows;
 }
 
-// Validates the tensor-parallel split before anything is sized from it.
-const GPT2Config& check_split(const GPT2Config& cfg, const TensorParallel& tp) {
+// Validates the configuration, the batch and the tensor-parallel split before anything is sized from them.
+// (C % H == 0 and H % tp == 0 give C % tp == 0, so every column split below is whole.)
+const GPT2Config& check_args(const GPT2Config& cfg, int max_batch, int max_seq_len, const TensorParallel& tp) {
   cfg.validate();
+  AQ_CHECK(max_batch >= 1, "--batch must be >= 1 (got ", max_batch, ")");
+  AQ_CHECK(max_seq_len >= 1 && max_seq_len <= cfg.max_seq, "sequence length --seq ", max_seq_len,
+           " exceeds the model's context n_positions=", cfg.max_seq, "; lower --seq or build the model with --max-seq ",
+           max_seq_len);
   AQ_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size, "bad tensor-parallel rank ", tp.rank, " of ", tp.size);
   AQ_CHECK(cfg.n_head % tp.size == 0, "--tp ", tp.size, " must divide the head count H=", cfg.n_head,
            " (each rank computes whole heads); choose --tp among the divisors of ", cfg.n_head);
-  AQ_CHECK((4 * cfg.n_embd) % tp.size == 0, "--tp ", tp.size, " must divide the MLP width 4C=", 4 * cfg.n_embd);
   AQ_CHECK(tp.size == 1 || tp.group != nullptr, "tensor parallelism needs a TP process group");
   return cfg;
 }
@@ -208,10 +210,10 @@ size_t GPT2<T>::plan_activation_bytes() {
 template <typename T>
 GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp, int64_t buffer_multiple,
               Device device)
-    : Cl_(check_split(cfg, tp).n_embd / tp.size),
+    : Cl_(check_args(cfg, max_batch, max_seq_len, tp).n_embd / tp.size),
       NHl_(cfg.n_head / tp.size),
       Vl_(local_vocab(cfg, tp, device)),
-      v0_(tp.rank * local_vocab(cfg, tp, device)),
+      v0_(tp.rank * Vl_),
       tp_(tp),
       cfg_(cfg),
       max_batch_(max_batch),
@@ -220,13 +222,9 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
                                         ops::classifier_scratch_bytes<T>(1, Vl_), device)),
       device_(device),
       acts_arena_(plan_activation_bytes(), device) {
-  AQ_CHECK(max_batch >= 1, "--batch must be >= 1 (got ", max_batch, ")");
   constexpr bool kBf16 = std::is_same_v<T, bf16>;
   AQ_CHECK(!kBf16 || device == Device::CUDA, "--dtype bf16 runs on a GPU (--device cuda); on the ",
            "CPU use --dtype fp32");
-  AQ_CHECK(max_seq_len >= 1 && max_seq_len <= cfg.max_seq, "sequence length --seq ", max_seq_len,
-           " exceeds the model's context n_positions=", cfg.max_seq, "; lower --seq or build the model with --max-seq ",
-           max_seq_len);
   build_param_table();
   AQ_ASSERT(buffer_multiple >= 1, "buffer_multiple ", buffer_multiple);
   buffer_size_ = (buffer_size_ + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
@@ -282,7 +280,7 @@ void GPT2<T>::layout_activations(Arena& a) {
   lnbuf_ = a.take<T>(N * C);      // ln_1 / ln_2 output of the block being computed
   proj_ = a.take<T>(N * C);       // c_proj outputs before the residual add
   gelu_ = a.take<T>(N * 4 * Cl);  // GELU output; in backward also d(fch) and d(qkv)
-  res_mid_ = a.take<T>(N * C);
+  if (tp_.size == 1) res_mid_ = a.take<T>(N * C);  // with tp > 1 every block keeps its own res_mid
   dres_ = a.take<T>(N * C);       // gradient of the residual stream
   dbuf_ = a.take<T>(N * C);       // d(ln outputs), d(attention output)
   logits_ = a.take<char>(ops::classifier_scratch_bytes<T>(classifier_chunk_, Vl_));
@@ -382,9 +380,8 @@ std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const M
     M* f = full.data<M>();
     const M* w = base + p.offset;
     const int64_t n = shape_numel(p.shape);
-    if (p.split == TpSplit::Replicated || (tp_.size == 1 && p.split != TpSplit::VocabRows)) {
-      std::copy(w, w + n, f);
-    } else if (tp_.size == 1) {  // the token table, with the GPU's padding rows after the real ones
+    if (p.split == TpSplit::Replicated || tp_.size == 1) {
+      // The whole tensor is here; a padded token table (GPU) has its real rows first.
       std::copy(w, w + shape_numel(p.full_shape), f);
     } else {
       shards.resize(static_cast<size_t>(n * tp_.size));
@@ -504,19 +501,17 @@ double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, i
 template <typename T>
 void GPT2<T>::last_logits(const int32_t* tokens, int t, M* logits) {
   AQ_CHECK(tp_.size == 1 && device_ == Device::CPU, "last_logits (generation) runs on a single CPU rank");
-  if constexpr (std::is_same_v<T, bf16>) {
-    fail("last_logits (generation) runs in fp32 on the CPU");
-  } else {
-  forward_to_lnf(tokens, 1, t);
-  // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
-  const int C = cfg_.n_embd;
-  const T* wte = params_.data() + wte_off_;
-  const T* x = lnf_ + static_cast<int64_t>(t - 1) * C;
-  for (int v = 0; v < cfg_.vocab_size; ++v) {
-    T acc = 0;
-    for (int c = 0; c < C; ++c) acc += x[c] * wte[static_cast<int64_t>(v) * C + c];
-    logits[v] = acc;
-  }
+  if constexpr (std::is_same_v<T, M>) {  // a bf16 model lives on a GPU (checked at construction)
+    forward_to_lnf(tokens, 1, t);
+    // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
+    const int C = cfg_.n_embd;
+    const T* wte = params_.data() + wte_off_;
+    const T* x = lnf_ + static_cast<int64_t>(t - 1) * C;
+    for (int v = 0; v < cfg_.vocab_size; ++v) {
+      T acc = 0;
+      for (int c = 0; c < C; ++c) acc += x[c] * wte[static_cast<int64_t>(v) * C + c];
+      logits[v] = acc;
+    }
   }
 }
 
@@ -538,7 +533,6 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
   classifier(dbuf_, G + wte_off_, targets, N);
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
-  const double loss = mean_loss(N);
 
   device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
   k_.layernorm_backward(dres_, G + lnfw_off_, G + lnfb_off_, dbuf_, res_final_,
@@ -580,7 +574,8 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
   }
   k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_);
   ready(0);
-  return loss;
+  // Read last: on a GPU this copy waits for the device, which would stall queuing the backward pass.
+  return mean_loss(N);
 }
 
 template class GPT2<float>;

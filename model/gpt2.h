@@ -14,8 +14,8 @@
 // Tensor parallelism (Megatron-LM): with a TP group of size tp, each rank holds
 //   * c_attn column-parallel by heads (its NH/tp heads' q, k and v columns) and attn.c_proj row-parallel;
 //   * mlp.c_fc column-parallel and mlp.c_proj row-parallel;
-//   * wte vocabulary-parallel (rows of a table padded to a multiple of tp), used by the embedding and by the
-//     tied, vocabulary-parallel cross-entropy — full logits are never gathered;
+//   * wte vocabulary-parallel (ceil(V/tp) rows per rank, rounded up to a multiple of 64 on a GPU), used by the
+//     embedding and by the tied, vocabulary-parallel cross-entropy — full logits are never gathered;
 //   * LayerNorms, wpe and the row-parallel biases replicated.
 // The conjugate pair: row-parallel outputs are all-reduced in forward (identity in backward), and the input
 // gradients of column-parallel layers are all-reduced in backward (identity in forward).
@@ -58,7 +58,7 @@ GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_overr
 // How a parameter is split over the tensor-parallel ranks.
 enum class TpSplit {
   Replicated,  // every rank holds all of it
-  VocabRows,   // rows of a [V, C] table padded to a multiple of tp; rank r holds rows r·Vl … (r+1)·Vl−1
+  VocabRows,   // rows of a [V, C] table, Vl per rank (padded; see above); rank r holds rows r·Vl … (r+1)·Vl−1
   QkvColumns,  // last dimension 3C = [q | k | v]: rank r holds its heads' slice of each of q, k and v
   Columns,     // last dimension split evenly
   Rows,        // first dimension split evenly

@@ -59,6 +59,8 @@ void TrainConfig::validate() const {
   AQ_CHECK(!data.empty(), "--data is required: a shard file or glob, e.g. --data 'data/train_*.bin' ",
            "(make shards with aq-prepare)");
   AQ_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores; got ", threads, ")");
+  AQ_CHECK(bucket_mb > 0, "--bucket-mb must be > 0 (got ", bucket_mb, ")");
+  AQ_CHECK(zero == 0 || zero == 1, "--zero must be 0 or 1 (got ", zero, ")");
 }
 
 namespace {
@@ -246,11 +248,13 @@ class Job final : public JobApi {
 
 template <typename T>
 void Job<T>::setup() {
+  // ZeRO-1 over a single data-parallel rank has nothing to shard: run without it (one rule, here, instead of
+  // a dp == 1 case at every use).
+  if (ctx_.dp() == 1) cfg_.zero = 0;
   std::unique_ptr<SafeTensorsReader>& weights = weights_;  // kept open for build()
   mc_ = model_config(cfg_, weights);
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
            "; lower --seq", weights ? "" : str(" or raise --max-seq to at least ", cfg_.seq));
-  AQ_CHECK(cfg_.zero == 0 || cfg_.zero == 1, "--zero must be 0 or 1 (got ", cfg_.zero, ")");
   // Only rank 0 writes checkpoints and the log; its failures reach every rank through agree_on_failure.
   if (ctx_.world_rank() == 0) {
     if (!cfg_.save.empty()) check_writable(cfg_.save, "checkpoint");
@@ -318,7 +322,7 @@ template <typename T>
 std::vector<float> Job<T>::full_local(const float* part, int64_t n, const char* what) {
   std::vector<float> mine(static_cast<size_t>(n));
   device_copy(mine.data(), Device::CPU, part, device_, mine.size() * sizeof(float));
-  if (!cfg_.zero || ctx_.dp() == 1) return mine;
+  if (!cfg_.zero) return mine;
   std::vector<float> full(static_cast<size_t>(model_->buffer_size()));
   ctx_.dp_group().all_gather(mine.data(), full.data(), slice_len(), DType::F32, {what})->wait();
   return full;
@@ -370,7 +374,7 @@ void Job<T>::save(const std::string& path) {
   // fp32 weights are all-gathered every ZeRO-1 step; a bf16 model gathers only its working copy, so its master
   // weights (each DP rank owns its slice) are gathered here.
   std::vector<float> master;
-  if (!std::is_same_v<T, float> && cfg_.zero && ctx_.dp() > 1)
+  if (!std::is_same_v<T, float> && cfg_.zero)
     master = full_local(model_->params() + slice_begin(), slice_len(), "checkpoint gather master weights");
   std::vector<NamedTensor> params = model_->gather_full("", master.empty() ? nullptr : master.data());
   std::string error;
@@ -448,16 +452,15 @@ StepRecord Job<T>::step(int64_t s) {
     buckets_->finish();  // data-parallel sum of the gradients (the mean is folded in below)
     comm += buckets_->comm_ms();
     exposed += buckets_->exposed_ms();
-  } else if (cfg_.zero && ctx_.dp() > 1) {
+  } else if (cfg_.zero) {
     Timer c;
     ctx_.device_dp_group()
         .reduce_scatter(grads, grad_slice_.data(), slice_len(), DType::F32, {"ZeRO-1 gradient reduce-scatter"})
         ->wait();
-    comm += c.ms();
-    exposed += c.ms();
+    const double ms = c.ms();
+    comm += ms;
+    exposed += ms;
   }
-  if (cfg_.zero && ctx_.dp() == 1)
-    device_copy(grad_slice_.data(), device_, grads, device_, static_cast<size_t>(slice_len()) * sizeof(float));
   const float* my_grads = cfg_.zero ? grad_slice_.data() : grads;
   if (ctx_.dp() > 1) ctx_.dp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
   loss /= ctx_.dp();
@@ -494,7 +497,7 @@ StepRecord Job<T>::step(int64_t s) {
   T* copy = std::is_same_v<T, float> ? nullptr : model_->working_params() + lo;
   adamw_(model_->params() + lo, copy, my_grads, opt_.m.data(), opt_.v.data(), chunks_.data(),
          static_cast<int64_t>(chunks_.size()), hp);
-  if (cfg_.zero && ctx_.dp() > 1) {
+  if (cfg_.zero) {
     // Every rank needs the updated weights the kernels read: fp32 parameters, or the bf16 working copy (half
     // the bytes; the fp32 master slices stay with their owners until a checkpoint gathers them).
     Timer c;
@@ -502,8 +505,9 @@ StepRecord Job<T>::step(int64_t s) {
     ctx_.device_dp_group()
         .all_gather(params + lo, params, slice_len(), dtype_of<T>(), {"ZeRO-1 parameter all-gather"})
         ->wait();
-    comm += c.ms();
-    exposed += c.ms();
+    const double ms = c.ms();
+    comm += ms;
+    exposed += ms;
   }
   device_synchronize(device_);  // the step's time includes the queued optimizer kernels
   const double tp_ms = model_->take_tp_comm_ms();

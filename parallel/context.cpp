@@ -1,7 +1,6 @@
 #include "parallel/context.h"
 
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "parallel/staged_backend.h"
@@ -81,7 +80,7 @@ void ParallelContext::configure(int tp, double comm_timeout_s) {
     // One monitor for the life of the job (group ids keep counting up across reconfigurations, identically on
     // every rank), so arrivals in flight are never sent to a freed communicator.
     if (!monitor_) monitor_ = std::make_shared<JobMonitor>();
-    auto monitor = std::static_pointer_cast<JobMonitor>(monitor_);
+    const std::shared_ptr<JobMonitor>& monitor = monitor_;
     MPI_Comm world, tpc, dpc;
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");
     check_mpi(MPI_Comm_split(MPI_COMM_WORLD, dp_rank(), tp_rank(), &tpc), "MPI_Comm_split (tp)");

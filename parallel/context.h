@@ -14,6 +14,8 @@
 
 namespace aq {
 
+class JobMonitor;  // parallel/mpi_backend.h (MPI builds)
+
 class ParallelContext {
  public:
   // Initialises MPI when the process was started by an MPI launcher; otherwise a world of one.
@@ -69,7 +71,7 @@ class ParallelContext {
   std::shared_ptr<Backend> world_, tp_group_, dp_group_;
   Device device_ = Device::CPU;
   std::shared_ptr<Backend> device_tp_, device_dp_;
-  std::shared_ptr<void> monitor_;
+  std::shared_ptr<JobMonitor> monitor_;  // MPI jobs: the watchdog's arrival channel
 };
 
 }  // namespace aq

@@ -8,8 +8,8 @@ namespace aq {
 
 GradBuckets::GradBuckets(Backend& dp, float* grads, int64_t n, const std::vector<int64_t>& boundaries,
                          double bucket_mb)
-    : dp_(dp), grads_(grads), n_(n) {
-  AQ_CHECK(bucket_mb > 0, "--bucket-mb must be > 0 (got ", bucket_mb, ")");
+    : dp_(dp), grads_(grads) {
+  AQ_ASSERT(bucket_mb > 0, "bucket size ", bucket_mb, " MiB (TrainConfig::validate checks --bucket-mb)");
   const int64_t target = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * (1 << 20) / sizeof(float)));
   int64_t end = n;
   for (size_t i = boundaries.size(); i-- > 0;) {

@@ -42,7 +42,6 @@ class GradBuckets {
   void launch(Bucket& b);
   Backend& dp_;
   float* grads_;
-  int64_t n_;
   std::vector<Bucket> buckets_;  // ordered from the end of the buffer to its start
   size_t next_ = 0;              // first bucket not yet launched
   double comm_ms_ = 0, exposed_ms_ = 0;

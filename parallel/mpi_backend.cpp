@@ -107,7 +107,7 @@ JobMonitor::~JobMonitor() {
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
-int JobMonitor::register_group(const std::vector<int>&) { return next_group_++; }
+int JobMonitor::register_group() { return next_group_++; }
 
 void JobMonitor::post_arrival(int group, uint64_t seq, const std::vector<int>& to_world_ranks) {
   arrivals_[{group, world_rank_}] = seq;
@@ -156,7 +156,7 @@ MpiBackend::MpiBackend(MPI_Comm comm, std::string name, std::shared_ptr<JobMonit
   const int me = monitor_->world_rank();
   check_mpi(MPI_Allgather(&me, 1, MPI_INT, world_ranks_.data(), 1, MPI_INT, comm_), "MPI_Allgather (group ranks)");
   // Every process creates the groups in the same order, so the ids agree across the job.
-  group_id_ = monitor_->register_group(world_ranks_);
+  group_id_ = monitor_->register_group();
 }
 
 MpiBackend::~MpiBackend() {

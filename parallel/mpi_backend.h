@@ -26,7 +26,7 @@ class JobMonitor {
  public:
   JobMonitor();
   ~JobMonitor();
-  int register_group(const std::vector<int>& world_ranks);  // returns the group id (the message tag)
+  int register_group();  // returns a new group id (the message tag); every rank registers groups in one order
   void post_arrival(int group, uint64_t seq, const std::vector<int>& to_world_ranks);
   void poll();  // drains arrivals and completed sends
   uint64_t last_arrival(int group, int world_rank) const;
@@ -68,7 +68,6 @@ class MpiBackend final : public Backend {
   double default_timeout_s() const { return default_timeout_s_; }
   JobMonitor& monitor() { return *monitor_; }
   MPI_Comm comm() const { return comm_; }
-  int world_rank_of(int group_rank) const { return world_ranks_[static_cast<size_t>(group_rank)]; }
 
  private:
   uint64_t begin(bool collective);  // next sequence number; posts the arrival

@@ -191,6 +191,11 @@ if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
 fi
 expect_fail tp_does_not_divide_world 'world size 1 is not divisible by --tp 2' 1 -- \
   "${RUN[@]}" --data "$DATA" --tp 2 "${SAVE[@]}"
+expect_fail tp_zero '--tp must be >= 1 \(got 0\)' 1 -- "${RUN[@]}" --data "$DATA" --tp 0 "${SAVE[@]}"
+expect_fail comm_timeout_zero '--comm-timeout must be > 0 seconds \(got 0\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --comm-timeout 0 "${SAVE[@]}"
+expect_fail bucket_mb_zero '--bucket-mb must be > 0 \(got 0\)' 1 -- "${RUN[@]}" --data "$DATA" --bucket-mb 0 "${SAVE[@]}"
+expect_fail zero_two '--zero must be 0 or 1 \(got 2\)' 1 -- "${RUN[@]}" --data "$DATA" --zero 2 "${SAVE[@]}"
 expect_fail heads_do_not_divide_dim 'C=130 is not divisible by the head count H=4' 1 -- \
   "${AQT[@]}" --layers 1 --data "$DATA" --dim 130 --heads 4 "${SAVE[@]}"
 expect_fail vocab_too_large 'vocabulary size 70000' 1 -- "${RUN[@]}" --data "$DATA" --vocab 70000 "${SAVE[@]}"

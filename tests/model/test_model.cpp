@@ -120,5 +120,14 @@ TEST(GPT2Config, RejectsBadShapesWithTheFix) {
   EXPECT_THROW(GPT2<float>(tiny_config(), 1, 8), Error);  // seq 8 > max_seq 7
 }
 
+TEST(GPT2, BatchAndTensorParallelSplitAreCheckedBeforeAnythingIsSized) {
+  test::expect_error([] { GPT2<float>(tiny_config(), 0, 4); }, {"--batch must be >= 1 (got 0)"});
+  GPT2Config c = tiny_config();
+  c.n_head = 3;
+  c.n_embd = 3 * (c.n_embd / 3);
+  test::expect_error([&] { GPT2<float>(c, 1, 4, TensorParallel{2, 0, nullptr}); },
+                     {"--tp 2 must divide the head count H=3", "divisors of 3"});
+}
+
 }  // namespace
 }  // namespace aq
