@@ -3,7 +3,6 @@
 //   build/bin/aq-train --data 'data/fortunes/train_*.bin' --val-data 'data/fortunes/val_*.bin'
 //       --layers 4 --heads 4 --dim 128 --seq 128 --batch 16 --steps 500 --lr 1e-3 --save out/model.safetensors
 //   mpirun -np 4 build/bin/aq-train --tp 2 ...    (2-way tensor parallel x 2-way data parallel)
-#include <omp.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -76,7 +75,6 @@ int main(int argc, char** argv) {
     if (o_dim->count()) cfg.dim = dim;
     if (o_vocab->count()) cfg.vocab = vocab;
     if (o_max_seq->count()) cfg.max_seq = max_seq;
-    if (cfg.threads == 0 && ctx.local_size() > 1) cfg.threads = std::max(1, omp_get_num_procs() / ctx.local_size());
     ctx.configure(tp, comm_timeout);
     aq::train(cfg, ctx);
   });

@@ -28,8 +28,9 @@ namespace aq {
 
 std::string state_path_for(const std::string& model_path) { return model_path + ".state"; }
 
-int configure_threads(int threads) {
-  const int n = threads > 0 ? threads : omp_get_num_procs();
+int configure_threads(int threads, int local_ranks) {
+  // 0: the node's cores shared by the ranks on it.
+  const int n = threads > 0 ? threads : std::max(1, omp_get_num_procs() / std::max(1, local_ranks));
   omp_set_num_threads(n);
   cpu::set_blas_threads(n);
   return n;
@@ -585,7 +586,7 @@ std::unique_ptr<JobApi> make_job(const TrainConfig& cfg, ParallelContext& ctx) {
 TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   TrainConfig cfg = cfg_in;
   cfg.schedule.steps = cfg.steps;
-  const int nthreads = configure_threads(cfg.threads);
+  const int nthreads = configure_threads(cfg.threads, ctx.local_size());
   std::unique_ptr<JobApi> job_ptr;
   // Set-up failures (bad flags, files, shapes, devices) are agreed on, so exactly one rank reports and all exit;
   // the collective part of building (device groups) starts only once every rank got that far.

@@ -69,6 +69,6 @@ TrainResult train(const TrainConfig& cfg, ParallelContext& ctx);
 std::string state_path_for(const std::string& model_path);
 
 // Applies --threads to OpenMP and OpenBLAS; returns the thread count in use.
-int configure_threads(int threads);
+int configure_threads(int threads, int local_ranks = 1);
 
 }  // namespace aq

@@ -210,11 +210,20 @@ WorkPtr MpiBackend::make_work(MPI_Request req, const char* op, const CollectiveO
   throw CommError(what);
 }
 
+namespace {
+// The MPI type of a reduction: MPI has no 16-bit floats (mpi_dtype moves them as MPI_UINT16_T, which would add
+// them as integers); bf16 reductions of device buffers are widened by StagedBackend.
+MPI_Datatype mpi_reduce_dtype(DType dtype, const char* op) {
+  AQ_ASSERT(dtype == DType::F32 || dtype == DType::F64 || dtype == DType::I32, op, " on ", dtype_name(dtype));
+  return mpi_dtype(dtype);
+}
+}  // namespace
+
 WorkPtr MpiBackend::all_reduce(void* data, int64_t count, DType dtype, const CollectiveOptions& opts) {
-  AQ_ASSERT(dtype == DType::F32 || dtype == DType::F64 || dtype == DType::I32, "all_reduce on ", dtype_name(dtype));
+  const MPI_Datatype type = mpi_reduce_dtype(dtype, "all_reduce");
   const uint64_t seq = begin(true);
   MPI_Request req;
-  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, mpi_count(count), mpi_dtype(dtype),
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, mpi_count(count), type,
                            opts.op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req),
             "MPI_Iallreduce");
   return make_work(req, "all_reduce", opts, seq);
@@ -223,10 +232,11 @@ WorkPtr MpiBackend::all_reduce(void* data, int64_t count, DType dtype, const Col
 WorkPtr MpiBackend::reduce_scatter(const void* send, void* recv, int64_t recv_count, DType dtype,
                                    const CollectiveOptions& opts) {
   AQ_ASSERT(send != recv, "reduce_scatter needs separate send and receive buffers");
+  const MPI_Datatype type = mpi_reduce_dtype(dtype, "reduce_scatter");
   const uint64_t seq = begin(true);
   MPI_Request req;
   check_mpi(MPI_Ireduce_scatter_block(send, recv, mpi_count(recv_count),
-                                      mpi_dtype(dtype), opts.op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req),
+                                      type, opts.op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req),
             "MPI_Ireduce_scatter_block");
   return make_work(req, "reduce_scatter", opts, seq);
 }

@@ -181,6 +181,10 @@ expect_fail lr_schedule_unknown '--lr-schedule must be constant or cosine \(got 
 expect_fail steps_negative '--steps must be >= 0' 1 -- "${RUN[@]}" --data "$DATA" --steps -1 "${SAVE[@]}"
 expect_fail device_unknown '--device must be cpu, cuda or auto \(got tpu\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --device tpu "${SAVE[@]}"
+expect_fail bench_unknown_config 'unknown --config nope \(choose ' 1 -- "$BIN/aq-bench" --config nope --threads 1
+expect_fail bench_dtype_unknown '--dtype must be fp32, bf16 or auto \(got fp16\)' 1 -- \
+  "$BIN/aq-bench" --config tiny --steps 1 --threads 1 --dtype fp16
+expect_fail bench_peak_negative '--peak-tflops must be >= 0' 1 -- "$BIN/aq-bench" --config tiny --peak-tflops -1
 expect_fail dtype_unknown '--dtype must be fp32, bf16 or auto \(got fp16\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --dtype fp16 "${SAVE[@]}"
 expect_fail dtype_bf16_on_cpu '--dtype bf16 runs on a GPU \(--device cuda\)' 1 -- \
