@@ -83,19 +83,20 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
     ranges.emplace_back(entry.begin, name);
     entries_[name] = entry;
   }
-  // Sorted by start, a non-empty range overlaps an earlier one exactly when it starts before the furthest end seen
-  // so far (comparing neighbours only would let an empty tensor in between hide an overlap).
+  // Sorted by start, the non-empty ranges are disjoint exactly when each starts at or after the end of the
+  // previous non-empty one (empty tensors are skipped, so one sorted in between cannot hide an overlap; and while
+  // no overlap has been found, the previous range is also the one that ends furthest).
   std::sort(ranges.begin(), ranges.end());
-  const std::string* furthest = nullptr;  // the non-empty tensor with the largest end so far
+  const std::string* prev_name = nullptr;  // the previous non-empty tensor
   for (const auto& [begin, name] : ranges) {
     const Entry& cur = entries_[name];
     if (cur.begin == cur.end) continue;
-    if (furthest) {
-      const Entry& prev = entries_[*furthest];
-      AQ_CHECK(cur.begin >= prev.end, path, ": corrupt safetensors header: tensors \"", *furthest, "\" [", prev.begin,
+    if (prev_name) {
+      const Entry& prev = entries_[*prev_name];
+      AQ_CHECK(cur.begin >= prev.end, path, ": corrupt safetensors header: tensors \"", *prev_name, "\" [", prev.begin,
                ", ", prev.end, ") and \"", name, "\" [", cur.begin, ", ", cur.end, ") overlap");
     }
-    if (!furthest || cur.end > entries_[*furthest].end) furthest = &name;
+    prev_name = &name;
   }
 }
 

@@ -6,7 +6,9 @@
 //
 // sum_squares uses a fixed grid of fixed-size chunks, a CUB block reduction per chunk in double, and a second
 // one-block pass over the partials in chunk order: the result is the same bit for bit on every run and GPU.
+#include <algorithm>
 #include <cub/block/block_reduce.cuh>
+#include <vector>
 
 #include "ops/adamw/adamw.h"
 #include "ops/cuda/common.cuh"
@@ -14,72 +16,14 @@
 namespace aq::ops {
 namespace {
 
-__global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, int64_t n, float lr_decay,
-                             float b1, float b2, float step_size, float inv_bc2_sqrt, float eps, float gs) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
-    const float g = grad[i] * gs;
-    const float mi = b1 * m[i] + (1.0f - b1) * g;
-    const float vi = b2 * v[i] + (1.0f - b2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    param[i] = param[i] * lr_decay - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
-  }
-}
-
-void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWParams& hp) {
-  if (n == 0) return;
-  const float decay = static_cast<float>(1.0 - hp.lr * hp.weight_decay);
-  const float step_size = static_cast<float>(hp.lr / (1.0 - std::pow(hp.beta1, static_cast<double>(hp.step))));
-  const float inv_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(hp.beta2, static_cast<double>(hp.step))));
-  adamw_kernel<<<cuda::blocks_for(n), cuda::kThreads>>>(param, grad, m, v, n, decay, static_cast<float>(hp.beta1),
-                                                        static_cast<float>(hp.beta2), step_size, inv_bc2,
-                                                        static_cast<float>(hp.eps), static_cast<float>(hp.grad_scale));
-  AQ_CUDA_LAUNCH_CHECK();
-}
-
-constexpr int64_t kChunk = 1 << 16;  // same chunking as the CPU kernel
-
-__global__ void partial_squares_kernel(double* partial, const float* x, int64_t n) {
-  using Reduce = cub::BlockReduce<double, cuda::kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  const int64_t lo = blockIdx.x * kChunk, hi = min(n, lo + kChunk);
-  double acc = 0;
-  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) acc += static_cast<double>(x[i]) * x[i];
-  const double total = Reduce(tmp).Sum(acc);
-  if (threadIdx.x == 0) partial[blockIdx.x] = total;
-}
-
-__global__ void sum_partials_kernel(double* out, const double* partial, int64_t count) {
-  if (threadIdx.x == 0 && blockIdx.x == 0) {
-    double s = 0;
-    for (int64_t i = 0; i < count; ++i) s += partial[i];  // in chunk order, like the CPU kernel
-    *out = s;
-  }
-}
-
-double sum_squares(const float* x, int64_t n) {
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  if (chunks == 0) return 0.0;
-  cuda::DeviceScratch scratch(static_cast<size_t>(chunks + 1) * sizeof(double));
-  double* partial = scratch.as<double>();
-  partial_squares_kernel<<<static_cast<unsigned>(chunks), cuda::kThreads>>>(partial, x, n);
-  AQ_CUDA_LAUNCH_CHECK();
-  sum_partials_kernel<<<1, 32>>>(partial + chunks, partial, chunks);
-  AQ_CUDA_LAUNCH_CHECK();
-  double result = 0;
-  AQ_CUDA_CHECK(cudaMemcpy(&result, partial + chunks, sizeof(double), cudaMemcpyDeviceToHost));
-  return result;
-}
-
 // Scalars of one AdamW step, computed once on the host in double.
 struct AdamWScalars {
   float decay, b1, b2, step_size, inv_bc2_sqrt, eps, gs;
 };
-AdamWScalars scalars(const AdamWParams& hp, double weight_decay) {
+AdamWScalars scalars(const AdamWParams& hp) {
   const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
   const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));
-  return {static_cast<float>(1.0 - hp.lr * weight_decay), static_cast<float>(hp.beta1),
+  return {static_cast<float>(1.0 - hp.lr * hp.weight_decay), static_cast<float>(hp.beta1),
           static_cast<float>(hp.beta2),                    static_cast<float>(hp.lr / bc1),
           static_cast<float>(1.0 / std::sqrt(bc2)),        static_cast<float>(hp.eps),
           static_cast<float>(hp.grad_scale)};
@@ -90,10 +34,9 @@ constexpr int kMultiThreads = 512;
 // Block c updates chunk c. master, grad, m, v (fp32) and copy (T, or null) are flat buffers the chunks index.
 template <typename T>
 __global__ void multi_adamw_kernel(float* master, T* copy, const float* grad, float* m, float* v,
-                                   const TensorChunk* chunks, AdamWScalars with_decay, float no_decay) {
+                                   const TensorChunk* chunks, AdamWScalars s) {
   const TensorChunk k = chunks[blockIdx.x];
-  const AdamWScalars s = with_decay;
-  const float decay = k.decay ? s.decay : no_decay;
+  const float decay = k.decay ? s.decay : 1.0f;  // chunks of tensors without weight decay keep their scale
   for (int32_t j = threadIdx.x; j < k.n; j += blockDim.x) {
     const int64_t i = k.offset + j;
     const float g = grad[i] * s.gs;
@@ -114,7 +57,7 @@ void multi_adamw(float* master, T* copy, const float* grad, float* m, float* v, 
   if (nchunks == 0) return;
   AQ_CHECK(nchunks <= 0x7fffffff, "too many parameter chunks (", nchunks, ") for one launch");
   multi_adamw_kernel<T><<<static_cast<unsigned>(nchunks), kMultiThreads>>>(
-      master, copy, grad, m, v, chunks, scalars(hp, hp.weight_decay), 1.0f);
+      master, copy, grad, m, v, chunks, scalars(hp));
   AQ_CUDA_LAUNCH_CHECK();
 }
 
@@ -165,6 +108,35 @@ void cast_to_bf16(bf16* dst, const float* src, int64_t n) {
   if (n == 0) return;
   cast_kernel<<<cuda::blocks_for(n), cuda::kThreads>>>(dst, src, n);
   AQ_CUDA_LAUNCH_CHECK();
+}
+
+// The per-tensor forms are the multi-tensor kernels over a one-tensor chunk table (they serve tests and the
+// registry's CPU/CUDA symmetry; the trainer calls the multi-tensor forms).
+struct OneTensorChunks {
+  std::vector<TensorChunk> host;
+  cuda::DeviceScratch dev;
+  explicit OneTensorChunks(int64_t n) : host(make(n)), dev(std::max<size_t>(1, host.size()) * sizeof(TensorChunk)) {
+    AQ_CUDA_CHECK(cudaMemcpy(dev.as<TensorChunk>(), host.data(), host.size() * sizeof(TensorChunk),
+                             cudaMemcpyHostToDevice));
+  }
+  static std::vector<TensorChunk> make(int64_t n) {
+    std::vector<TensorChunk> c;
+    append_chunks(c, 0, n, /*decay=*/true, /*norm_class=*/0);
+    return c;
+  }
+  int64_t size() const { return static_cast<int64_t>(host.size()); }
+};
+
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWParams& hp) {
+  const OneTensorChunks chunks(n);
+  multi_adamw<float>(param, nullptr, grad, m, v, chunks.dev.as<TensorChunk>(), chunks.size(), hp);
+}
+
+double sum_squares(const float* x, int64_t n) {
+  const OneTensorChunks chunks(n);
+  double sums[2];
+  multi_sum_squares(sums, x, chunks.dev.as<TensorChunk>(), chunks.size());
+  return sums[0];
 }
 
 }  // namespace

@@ -592,7 +592,7 @@ template <typename T, int D>
 void flash_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, int NH, float scale) {
   const bool vec = vector_loads<T>(C / NH, {qkv});
   const size_t smem = forward_smem<D>();
-  allow_smem(flash_forward_kernel<T, D>, smem);
+  allow_smem<flash_forward_kernel<T, D>>(smem);
   const dim3 grid((T_ + Tiles<D>::QF - 1) / Tiles<D>::QF, NH, B);
   flash_forward_kernel<T, D><<<grid, kFlashThreads, smem>>>(out, lse, qkv, T_, C, NH, scale, vec);
   AQ_CUDA_LAUNCH_CHECK();
@@ -603,8 +603,8 @@ void flash_backward(T* dqkv, const T* dout, const T* qkv, const float* lse, cons
                     int NH, float scale) {
   const bool vec = vector_loads<T>(C / NH, {qkv, dout});
   const size_t kv_smem = backward_kv_smem<D>(), q_smem = backward_q_smem<D>();
-  allow_smem(flash_backward_kv_kernel<T, D>, kv_smem);
-  allow_smem(flash_backward_q_kernel<T, D>, q_smem);
+  allow_smem<flash_backward_kv_kernel<T, D>>(kv_smem);
+  allow_smem<flash_backward_q_kernel<T, D>>(q_smem);
   const dim3 kv_grid((T_ + Tiles<D>::KB - 1) / Tiles<D>::KB, NH, B);
   flash_backward_kv_kernel<T, D>
       <<<kv_grid, kFlashThreads, kv_smem>>>(dqkv, dout, qkv, lse, Dbuf, T_, C, NH, scale, vec);

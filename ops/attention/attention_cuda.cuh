@@ -21,9 +21,15 @@ inline bool vector_loads(int hs, std::initializer_list<const void*> ptrs) {
   return std::all_of(ptrs.begin(), ptrs.end(), [](const void* p) { return cuda::aligned16(p); });
 }
 
-template <typename Kernel>
-inline void allow_smem(Kernel* kernel, size_t bytes) {
-  AQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+// Lets Kernel use `bytes` of dynamic shared memory (beyond the 48 KiB default). Set once per kernel instance
+// and process (one device per rank; the size of an instance never changes), not at every launch.
+template <auto Kernel>
+inline void allow_smem(size_t bytes) {
+  static const bool done = [&] {
+    AQ_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    return true;
+  }();
+  (void)done;
 }
 
 // dst[r] = src[row0 + r] for r < rows (0 past row T_): a tile's lse or D values, into shared memory.

@@ -446,7 +446,7 @@ template <int D>
 void wmma_forward(bf16* out, float* lse, const bf16* qkv, int B, int T_, int C, int NH, float scale) {
   const bool vec = vector_loads<bf16>(C / NH, {qkv});
   const size_t smem = wmma_forward_smem<D>();
-  allow_smem(wmma_forward_kernel<D>, smem);
+  allow_smem<wmma_forward_kernel<D>>(smem);
   const dim3 grid((T_ + WTiles<D>::BQ - 1) / WTiles<D>::BQ, NH, B);
   wmma_forward_kernel<D><<<grid, kWmmaThreads, smem>>>(out, lse, qkv, T_, C, NH, scale, vec);
   AQ_CUDA_LAUNCH_CHECK();
@@ -457,8 +457,8 @@ void wmma_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* l
                    int C, int NH, float scale) {
   const bool vec = vector_loads<bf16>(C / NH, {qkv, dout});
   const size_t kv_smem = wmma_backward_kv_smem<D>(), q_smem = wmma_backward_q_smem<D>();
-  allow_smem(wmma_backward_kv_kernel<D>, kv_smem);
-  allow_smem(wmma_backward_q_kernel<D>, q_smem);
+  allow_smem<wmma_backward_kv_kernel<D>>(kv_smem);
+  allow_smem<wmma_backward_q_kernel<D>>(q_smem);
   const dim3 kv_grid((T_ + WTiles<D>::BK - 1) / WTiles<D>::BK, NH, B);
   wmma_backward_kv_kernel<D><<<kv_grid, kWmmaThreads, kv_smem>>>(dqkv, dout, qkv, lse, Dbuf, T_, C, NH, scale, vec);
   AQ_CUDA_LAUNCH_CHECK();

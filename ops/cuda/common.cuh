@@ -22,7 +22,6 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 // Element loads and stores for kernels templated over the storage type (float or aq::bf16): arithmetic is
 // always in float. aq::bf16 has the bit layout of __nv_bfloat16; stores round to nearest even.
 __device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(double x) { return static_cast<float>(x); }
 __device__ __forceinline__ float to_f(aq::bf16 x) { return __uint_as_float(static_cast<uint32_t>(x.bits) << 16); }
 template <typename T>
 __device__ __forceinline__ T from_f(float x);

@@ -1,11 +1,11 @@
 // layernorm_cuda.cu — LayerNorm (optionally fused with the residual add) on CUDA, forward and backward, for
 // float and bf16 activations (statistics, arithmetic and weight gradients in fp32).
 //
-// One warp per row, reductions with cub::WarpReduce. The weight gradients are summed deterministically: each
-// block sums a fixed range of rows for every column into a partial row, and a second pass adds the partials in
-// order (no float atomics, so results repeat bit for bit).
+// One warp per row, reductions with cub::WarpReduce. The weight gradients are deterministic column sums
+// (ops/cuda/column_sums.cuh: fixed row chunks, partials added in order, no float atomics).
 #include <cub/warp/warp_reduce.cuh>
 
+#include "ops/cuda/column_sums.cuh"
 #include "ops/cuda/common.cuh"
 #include "ops/layernorm/layernorm.h"
 
@@ -97,37 +97,18 @@ __global__ void layernorm_backward_input_kernel(T* dinp, const T* dout, const T*
   }
 }
 
-constexpr int64_t kRowsPerPartial = 256;
-
-// partial[p, c] = Σ over rows of chunk p of (dout·xhat, dout) for column c.
+// The weight-gradient terms of one element: (dout·xhat, dout).
 template <typename T>
-__global__ void layernorm_weight_partials_kernel(float* partial_w, float* partial_b, const T* dout, const T* inp,
-                                                 const float* mean, const float* rstd, int64_t N, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t p = blockIdx.y;
-  if (c >= C) return;
-  float aw = 0, ab = 0;
-  for (int64_t row = p * kRowsPerPartial; row < min(N, (p + 1) * kRowsPerPartial); ++row) {
+struct LayerNormWeightTerms {
+  const T *dout, *inp;
+  const float *mean, *rstd;
+  int C;
+  __device__ void operator()(int64_t row, int c, float (&acc)[2]) const {
     const float d = cuda::to_f(dout[row * C + c]);
-    aw += d * (cuda::to_f(inp[row * C + c]) - mean[row]) * rstd[row];
-    ab += d;
+    acc[0] += d * (cuda::to_f(inp[row * C + c]) - mean[row]) * rstd[row];
+    acc[1] += d;
   }
-  partial_w[p * C + c] = aw;
-  partial_b[p * C + c] = ab;
-}
-
-__global__ void layernorm_weight_sum_kernel(float* dw, float* db, const float* partial_w, const float* partial_b,
-                                            int64_t parts, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float aw = 0, ab = 0;
-  for (int64_t p = 0; p < parts; ++p) {
-    aw += partial_w[p * C + c];
-    ab += partial_b[p * C + c];
-  }
-  dw[c] += aw;
-  db[c] += ab;
-}
+};
 
 template <typename T>
 void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
@@ -135,16 +116,7 @@ void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* i
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
   layernorm_backward_input_kernel<<<blocks, kRowsPerBlock * kWarp>>>(dinp, dout, inp, w, mean, rstd, N, C);
   AQ_CUDA_LAUNCH_CHECK();
-  const int64_t parts = (N + kRowsPerPartial - 1) / kRowsPerPartial;
-  cuda::DeviceScratch scratch(static_cast<size_t>(2 * parts * C) * sizeof(float));
-  float* pw = scratch.as<float>();
-  float* pb = pw + parts * C;
-  const unsigned col_blocks = static_cast<unsigned>((C + 127) / 128);
-  layernorm_weight_partials_kernel<<<dim3(col_blocks, static_cast<unsigned>(parts)), 128>>>(pw, pb, dout, inp, mean,
-                                                                                            rstd, N, C);
-  AQ_CUDA_LAUNCH_CHECK();
-  layernorm_weight_sum_kernel<<<col_blocks, 128>>>(dw, db, pw, pb, parts, C);
-  AQ_CUDA_LAUNCH_CHECK();
+  cuda::column_sums<2>({{dw, db}}, N, C, LayerNormWeightTerms<T>{dout, inp, mean, rstd, C});
 }
 
 template <typename T>

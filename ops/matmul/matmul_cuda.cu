@@ -2,12 +2,13 @@
 //
 // Forward: bias fused into the GEMM's epilogue; with GELU, cuBLASLt's GELU_AUX_BIAS epilogue writes both the
 // pre-activation and the GELU output in one pass. Backward: weight gradients accumulate in fp32 (for bf16 the
-// GEMM reads bf16 and writes fp32 with beta = 1); the bias gradient is a deterministic column sum (fixed row
-// chunks, then the partials in order) rather than cuBLASLt's BGRAD epilogues, whose summation order is
+// GEMM reads bf16 and writes fp32 with beta = 1); the bias gradient is a deterministic column sum
+// (ops/cuda/column_sums.cuh) rather than cuBLASLt's BGRAD epilogues, whose summation order is
 // unspecified; after a GELU the input gradient gets GELU' from the DGELU epilogue. Where cuBLASLt offers no
 // algorithm for an epilogue (leading dimensions not a multiple of 8, an older library) the unfused kernels
 // run instead. Both compute the tanh-approximation GELU in fp32, but cuBLASLt's own implementation may differ
 // from ops/gelu in the last bits, so fused and unfused results agree to ~1e-6 relative, not bit for bit.
+#include "ops/cuda/column_sums.cuh"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/gelu/gelu.h"
@@ -16,41 +17,13 @@
 namespace aq::ops {
 namespace {
 
-constexpr int64_t kRowsPerPartial = 256;
-
-// partial[p, c] = Σ over rows of chunk p of x[row, c]     x (N,C), partial (parts,C)
+// The bias-gradient term of one element of dout (N,OC).
 template <typename T>
-__global__ void column_partials_kernel(float* partial, const T* x, int64_t N, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t p = blockIdx.y;
-  if (c >= C) return;
-  float acc = 0;
-  for (int64_t row = p * kRowsPerPartial; row < min(N, (p + 1) * kRowsPerPartial); ++row)
-    acc += cuda::to_f(x[row * C + c]);
-  partial[p * C + c] = acc;
-}
-
-// out (C) += Σ_p partial[p, c], in p order
-__global__ void column_sum_kernel(float* out, const float* partial, int64_t parts, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float acc = 0;
-  for (int64_t p = 0; p < parts; ++p) acc += partial[p * C + c];
-  out[c] += acc;
-}
-
-// dbias (OC) += column sums of dout (N,OC)
-template <typename T>
-void bias_gradient(float* dbias, const T* dout, int64_t N, int OC) {
-  const int64_t parts = (N + kRowsPerPartial - 1) / kRowsPerPartial;
-  if (parts == 0) return;
-  cuda::DeviceScratch scratch(static_cast<size_t>(parts * OC) * sizeof(float));
-  const unsigned cb = static_cast<unsigned>((OC + 127) / 128);
-  column_partials_kernel<<<dim3(cb, static_cast<unsigned>(parts)), 128>>>(scratch.as<float>(), dout, N, OC);
-  AQ_CUDA_LAUNCH_CHECK();
-  column_sum_kernel<<<cb, 128>>>(dbias, scratch.as<float>(), parts, OC);
-  AQ_CUDA_LAUNCH_CHECK();
-}
+struct BiasGradTerm {
+  const T* dout;
+  int OC;
+  __device__ void operator()(int64_t row, int c, float (&acc)[1]) const { acc[0] += cuda::to_f(dout[row * OC + c]); }
+};
 
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC) {
@@ -61,7 +34,7 @@ template <typename T>
 void matmul_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight, int64_t N,
                      int IC, int OC) {
   cuda::gemm<T, float>(true, false, IC, OC, N, inp, IC, dout, OC, 1.0f, dweight, OC, nullptr);  // dW += inpᵀ·dout
-  if (dbias) bias_gradient(dbias, dout, N, OC);
+  if (dbias) cuda::column_sums<1>({{dbias}}, N, OC, BiasGradTerm<T>{dout, OC});  // dbias += column sums of dout
   if (dinp) cuda::gemm<T, T>(false, true, N, IC, OC, dout, OC, weight, OC, 0.0f, dinp, IC, nullptr);  // may alias inp
 }
 

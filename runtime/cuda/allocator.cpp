@@ -142,11 +142,6 @@ void CachingAllocator::reclaim_pending(bool wait) {
   pending_.resize(kept);
 }
 
-void CachingAllocator::empty_cache() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  release_cache();
-}
-
 void CachingAllocator::release_cache() {
   for (auto& [size, blocks] : free_)
     for (void* p : blocks) cudaFree(p);

@@ -1,7 +1,7 @@
 // allocator.h — a caching device allocator: cudaMalloc only on a cache miss, never inside the step loop once
 // the first step has sized everything. Blocks are rounded up (512 B under 1 MiB, 2 MiB above) and kept in
-// per-size free lists when freed; empty_cache() returns them to the driver. One allocator per process; a mutex
-// makes it safe to call from several host threads.
+// per-size free lists when freed; they go back to the driver only when a cudaMalloc runs out of memory. One
+// allocator per process; a mutex makes it safe to call from several host threads.
 //
 // Streams: a released block is reused at once, which is correct for work on the compute stream (the legacy
 // default stream orders it). A block that another stream also uses (NCCL's communication stream) is marked
@@ -28,8 +28,6 @@ class CachingAllocator {
   // Marks that `stream` uses the block containing p. Pointers outside the allocator's live blocks (views
   // inside an arena, which lives as long as its model) are ignored.
   void record_stream(void* p, CUstream_st* stream);
-  void empty_cache();
-  size_t bytes_in_use() const { return in_use_; }
   size_t peak_bytes() const { return peak_; }
   size_t cached_bytes() const { return cached_; }    // free blocks ready for reuse
   size_t pending_bytes() const { return pending_bytes_; }  // released blocks waiting for other streams

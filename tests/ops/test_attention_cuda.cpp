@@ -170,6 +170,19 @@ void expect_matches_reference(double tol, uint64_t seed) {
   }
 }
 
+// Shapes the kernels cannot take are refused with the fix, before any device work (so this runs without a GPU).
+TEST(CudaAttention, RefusesShapesItCannotTakeWithTheFix) {
+  auto* fwd = ops::Registry::instance().find<ops::Attention<float>::Forward>("attention_forward", Device::CUDA,
+                                                                             DType::F32);
+  auto* bwd = ops::Registry::instance().find<ops::Attention<float>::Backward>("attention_backward", Device::CUDA,
+                                                                              DType::F32);
+  test::expect_error([&] { fwd(nullptr, nullptr, nullptr, 1, 4, 10, 3); }, {"C=10", "not a multiple of the head count 3"});
+  test::expect_error([&] { bwd(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 10, 3); },
+                     {"C=10", "not a multiple of the head count 3"});
+  // Head size 160 takes the row kernels, which hold one row of scores in shared memory.
+  test::expect_error([&] { fwd(nullptr, nullptr, nullptr, 1, 6145, 320, 2); }, {"6145 exceeds 6144", "lower --seq"});
+}
+
 TEST(CudaAttention, Fp32MatchesCpuDouble) {
   AQ_REQUIRE_GPU();
   expect_matches_reference<float>(1e-5, 101);

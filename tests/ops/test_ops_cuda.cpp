@@ -256,6 +256,7 @@ TEST(CudaOps, VocabularyParallelClassifierMatchesSingleRank) {
   F joined(dwr[0]);
   joined.insert(joined.end(), dwr[1].begin(), dwr[1].begin() + (V - Vl) * C);
   EXPECT_LT(rel_err(joined, dwte), 1e-5);
+  for (int i = (V - Vl) * C; i < Vl * C; ++i) ASSERT_EQ(dwr[1][i], 0.0f) << "padding row got a gradient";
 }
 
 TEST(CudaOps, EveryCpuKernelHasACudaTwin) {

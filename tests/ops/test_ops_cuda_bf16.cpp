@@ -37,6 +37,9 @@ using F = std::vector<float>;
 using H = std::vector<bf16>;
 
 constexpr double kBf16Tol = 2e-2;
+// Outputs computed in fp32 from exact inputs and rounded once to bf16 are within 2^-9 of the tensor's largest
+// value; this tighter bound would catch a 1% error that kBf16Tol lets through.
+constexpr double kBf16Rounded = 4e-3;
 
 template <typename Fn>
 Fn* cpu(const char* op) {
@@ -69,8 +72,8 @@ TEST(CudaBf16, Gelu) {
     Dev<bf16> gx(to_bf16(x)), gd(to_bf16(d)), gout{H(n)}, gdx{H(n)};
     gpu16<ops::Gelu<bf16>::Forward>("gelu_forward")(gout.get(), gx.get(), n);
     gpu16<ops::Gelu<bf16>::Backward>("gelu_backward")(gdx.get(), gx.get(), gd.get(), n);
-    EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Tol) << "n=" << n;
-    EXPECT_LT(rel_err(to_float(gdx.read()), dx), kBf16Tol) << "n=" << n;
+    EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Rounded) << "n=" << n;
+    EXPECT_LT(rel_err(to_float(gdx.read()), dx), kBf16Rounded) << "n=" << n;
   }
 }
 
@@ -98,7 +101,7 @@ TEST(CudaBf16, LayerNormForwardResidualAndBackward) {
                                                                              grs.get(), ga.get(), gb_in.get(), gw.get(),
                                                                              gb.get(), N, C);
   EXPECT_EQ(to_float(gres.read()), res);  // one rounding of an exact fp32 sum of two bf16 values
-  EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Tol);
+  EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Rounded);
   EXPECT_LT(rel_err(gmu.read(), mu), 1e-5);
   EXPECT_LT(rel_err(grs.read(), rs), 1e-5);
   gpu16<ops::LayerNorm<bf16>::Backward>("layernorm_backward")(gdx.get(), gdw.get(), gdb.get(), gdout.get(), gres.get(),
