@@ -108,6 +108,16 @@ int64_t full_index(const ParamInfo& p, int rank, int64_t li) {
   return -1;
 }
 
+// shard (this rank's part of p) ← the elements of the whole tensor `full` it holds; 0 in vocabulary padding.
+template <typename V>
+void scatter_shard(const ParamInfo& p, int rank, const V* full, V* shard) {
+  const int64_t n = shape_numel(p.shape);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t fi = full_index(p, rank, i);
+    shard[i] = fi < 0 ? V(0) : full[fi];
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -150,17 +160,11 @@ void GPT2<T>::build_param_table() {
 }
 
 template <typename T>
-typename GPT2<T>::LayerParams GPT2<T>::layer_view(T* base, int l) const {
+template <typename P>
+typename GPT2<T>::template LayerPtrs<P> GPT2<T>::layer_view(P* base, int l) const {
   const auto& o = layer_offsets_[static_cast<size_t>(l)];
-  return LayerParams{base + o[0], base + o[1], base + o[2], base + o[3],  base + o[4],  base + o[5],
-                     base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
-}
-
-template <typename T>
-typename GPT2<T>::LayerGrads GPT2<T>::grad_view(M* base, int l) const {
-  const auto& o = layer_offsets_[static_cast<size_t>(l)];
-  return LayerGrads{base + o[0], base + o[1], base + o[2], base + o[3],  base + o[4],  base + o[5],
-                    base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
+  return LayerPtrs<P>{base + o[0], base + o[1], base + o[2], base + o[3],  base + o[4],  base + o[5],
+                      base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
 }
 
 // ---- construction -----------------------------------------------------------------------------------------
@@ -331,10 +335,7 @@ void GPT2<T>::init_random_into(M* P, uint64_t seed) {
     const double std = residual ? residual_std : 0.02;
     full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
     for (auto& x : full) x = static_cast<M>(std * rng.normal());
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t fi = full_index(p, tp_.rank, i);
-      w[i] = fi < 0 ? M(0) : full[static_cast<size_t>(fi)];
-    }
+    scatter_shard(p, tp_.rank, full.data(), w);
   }
 }
 
@@ -350,17 +351,13 @@ void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, M* 
     AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", prefix + p.name, "\" required by a ",
              cfg_.describe(), " GPT-2");
     M* w = base + p.offset;
-    const int64_t n = shape_numel(p.shape);
     if (p.split == TpSplit::Replicated) {
       file.read<M>(it->second, p.full_shape, w);
       continue;
     }
     full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
     file.read<M>(it->second, p.full_shape, full.data());
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t fi = full_index(p, tp_.rank, i);
-      w[i] = fi < 0 ? M(0) : full[static_cast<size_t>(fi)];
-    }
+    scatter_shard(p, tp_.rank, full.data(), w);
   }
 }
 
@@ -540,7 +537,7 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
   ready(lnfw_off_);
   for (int l = L - 1; l >= 0; --l) {
     const LayerParams w = layer_view(P, l);
-    const LayerGrads g = grad_view(G, l);
+    const LayerGrads g = layer_view(G, l);
     LayerActs& a = acts_[l];
     // Recompute what forward did not keep: ln_2 = LayerNorm(res_mid), and on one rank res_mid = res_in +
     // c_proj(atty) itself, with the same kernels on the same inputs, so the values are bit-identical to forward.

@@ -140,9 +140,13 @@ class GPT2 {
   void last_logits(const int32_t* tokens, int t, M* logits);
 
  private:
-  struct LayerParams {
-    T *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+  // One block's tensors inside a flat buffer: the working parameters (P = T) or the gradients (P = M).
+  template <typename P>
+  struct LayerPtrs {
+    P *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
   };
+  using LayerParams = LayerPtrs<T>;
+  using LayerGrads = LayerPtrs<M>;
   struct LayerActs {
     // LayerNorm outputs are not stored: backward recomputes them from the residual stream (one cheap pass)
     // into a shared scratch buffer, which saves 2·N·C values per layer.
@@ -178,11 +182,8 @@ class GPT2 {
   void layout_activations(Arena& arena);
   size_t plan_activation_bytes();
   void build_param_table();
-  LayerParams layer_view(T* base, int l) const;
-  struct LayerGrads {
-    M *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
-  };
-  LayerGrads grad_view(M* base, int l) const;
+  template <typename P>
+  LayerPtrs<P> layer_view(P* base, int l) const;
   void check_batch(int B, int T_) const;
   // Runs the model up to ln_f; returns the inputs as the kernels see them (copied to the device if needed).
   const int32_t* forward_to_lnf(const int32_t* inputs, int B, int T_);
