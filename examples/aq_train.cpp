@@ -67,6 +67,17 @@ int main(int argc, char** argv) {
   app.add_option("--bucket-mb", cfg.bucket_mb, "Data-parallel gradient bucket size in MiB")->capture_default_str();
   app.add_option("--comm-timeout", comm_timeout, "Seconds a collective may wait before the job is ended")
       ->capture_default_str();
+  std::string centres = "auto";
+  app.add_option("--centres", centres,
+                 "auto (each rank's AQ_CENTRE when every rank has one, else one centre) | N (N equal blocks of ranks)")
+      ->capture_default_str();
+  app.add_option("--dp-algo", cfg.dp_algo, "flat | hier | auto (hier when the job spans several centres)")
+      ->capture_default_str();
+  app.add_option("--wan-compress", cfg.wan_compress, "none | bf16 | int8: compress the cross-centre hop of hier")
+      ->capture_default_str();
+  app.add_option("--error-feedback", cfg.error_feedback,
+                 "on | off | auto (on with --wan-compress): carry what compression dropped into the next step")
+      ->capture_default_str();
 
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   return aq::run_main("aq-train", app, argc, argv, ctx, [&] {
@@ -75,7 +86,7 @@ int main(int argc, char** argv) {
     if (o_dim->count()) cfg.dim = dim;
     if (o_vocab->count()) cfg.vocab = vocab;
     if (o_max_seq->count()) cfg.max_seq = max_seq;
-    ctx.configure(tp, comm_timeout);
+    ctx.configure(tp, comm_timeout, centres);
     aq::train(cfg, ctx);
   });
 }

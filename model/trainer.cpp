@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "ops/cpu/blas.h"
+#include "parallel/algo/dp_algorithm.h"
 #include "parallel/grad_sync.h"
 #include "runtime/memory.h"
 #ifdef AQ_HAVE_CUDA
@@ -62,6 +63,33 @@ void TrainConfig::validate() const {
   AQ_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores; got ", threads, ")");
   AQ_CHECK(bucket_mb > 0, "--bucket-mb must be > 0 (got ", bucket_mb, ")");
   AQ_CHECK(zero == 0 || zero == 1, "--zero must be 0 or 1 (got ", zero, ")");
+  AQ_CHECK(dp_algo == "auto" || dp_algo == "flat" || dp_algo == "hier", "--dp-algo must be flat, hier or auto (got \"",
+           dp_algo, "\")");
+  wan_codec_from_name(wan_compress);
+  AQ_CHECK(error_feedback == "auto" || error_feedback == "on" || error_feedback == "off",
+           "--error-feedback must be on, off or auto (got \"", error_feedback, "\")");
+  AQ_CHECK(error_feedback != "on" || wan_compress != "none",
+           "--error-feedback on keeps what compression dropped, but --wan-compress is none; add --wan-compress int8 ",
+           "(or bf16)");
+}
+
+// The data-parallel algorithm for this job and layout: the flags resolved against the centres. Throws aq::Error
+// (identically on every rank) for a combination that cannot run.
+DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo) {
+  DpAlgoOptions o;
+  const bool centres = topo.centres() > 1;
+  o.algo = cfg.dp_algo != "auto" ? cfg.dp_algo : centres && !cfg.zero ? "hier" : "flat";
+  AQ_CHECK(!(o.algo == "hier" && cfg.zero), "--zero 1 with --dp-algo hier is not available yet (the hierarchical ",
+           "reduce-scatter is); use --dp-algo flat with --zero 1, or drop --zero");
+  o.codec = wan_codec_from_name(cfg.wan_compress);
+  if (o.codec != WanCodec::None) {
+    AQ_CHECK(centres, "--wan-compress ", cfg.wan_compress, " compresses the cross-centre hop, but the job is one centre; ",
+             "name the centres (--centres N, or AQ_CENTRE per rank with --centres auto) or drop --wan-compress");
+    AQ_CHECK(o.algo == "hier", "--wan-compress ", cfg.wan_compress, " needs --dp-algo hier (flat runs the backend's ",
+             "own all-reduce, which has no slow hop to compress)", cfg.zero ? "; --zero 1 needs flat, so drop one" : "");
+  }
+  o.error_feedback = o.codec != WanCodec::None && cfg.error_feedback != "off";
+  return o;
 }
 
 namespace {
@@ -158,6 +186,9 @@ std::string progress_line(const StepRecord& r, int64_t total, double eta_s, cons
   if (parallel)
     n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | comm %.1f ms (exposed %.1f) | tp%d x dp%d",
                        r.comm_ms, r.exposed_comm_ms, ctx.tp(), ctx.dp());
+  if (ctx.topology().centres() > 1)
+    n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | wan %.1f ms (%.0f%% of step), %.2f MB",
+                       r.wan_ms, r.ms > 0 ? 100.0 * r.wan_ms / r.ms : 0.0, r.wan_bytes / 1e6);
   std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | ETA %s", format_duration(eta_s).c_str());
   return buf;
 }
@@ -214,6 +245,7 @@ class Job final : public JobApi {
     log_info("data: ", train_data_->num_shards(), " shard(s), ", train_data_->total_tokens(), " tokens | batch ",
              cfg_.batch, " x ", cfg_.seq, " per rank, ", static_cast<int64_t>(cfg_.batch) * cfg_.seq * ctx_.dp(),
              " tokens/step over dp=", ctx_.dp(), buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
+    if (ctx_.dp() > 1) log_info("data parallel: ", dp_algo_->describe());
   }
 
  private:
@@ -232,6 +264,8 @@ class Job final : public JobApi {
   GPT2Config mc_;
   std::unique_ptr<GPT2<T>> model_;
   std::unique_ptr<DataLoader> train_data_, val_data_;
+  DpAlgoOptions dp_opts_;                 // resolved in setup()
+  std::unique_ptr<DpAlgorithm> dp_algo_;  // how DP gradients are reduced (flat or hierarchical)
   std::unique_ptr<GradBuckets> buckets_;
   Device device_;
   int gpus_on_node_ = 0;
@@ -252,6 +286,7 @@ void Job<T>::setup() {
   // ZeRO-1 over a single data-parallel rank has nothing to shard: run without it (one rule, here, instead of
   // a dp == 1 case at every use).
   if (ctx_.dp() == 1) cfg_.zero = 0;
+  dp_opts_ = resolve_dp_algorithm(cfg_, ctx_.topology());
   std::unique_ptr<SafeTensorsReader>& weights = weights_;  // kept open for build()
   mc_ = model_config(cfg_, weights);
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
@@ -296,11 +331,14 @@ void Job<T>::build() {
     model_->init_random(rng_.next_u64());
   if (!cfg_.resume.empty()) load_state(*weights);
 
+  dp_opts_.buffer_size = model_->buffer_size();
+  dp_opts_.device = device_;
+  dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
   if (ctx_.dp() > 1 && !cfg_.zero) {
     std::vector<int64_t> boundaries;
     for (const ParamInfo& p : model_->params_info()) boundaries.push_back(p.offset);
-    buckets_ = std::make_unique<GradBuckets>(ctx_.device_dp_group(), model_->grads(), model_->buffer_size(),
-                                             boundaries, cfg_.bucket_mb);
+    buckets_ = std::make_unique<GradBuckets>(*dp_algo_, model_->grads(), model_->buffer_size(), boundaries,
+                                             cfg_.bucket_mb);
     model_->set_grad_ready_hook([this](int64_t offset) { buckets_->on_ready(offset); });
   }
   inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.seq);
@@ -455,9 +493,7 @@ StepRecord Job<T>::step(int64_t s) {
     exposed += buckets_->exposed_ms();
   } else if (cfg_.zero) {
     Timer c;
-    ctx_.device_dp_group()
-        .reduce_scatter(grads, grad_slice_.data(), slice_len(), DType::F32, {"ZeRO-1 gradient reduce-scatter"})
-        ->wait();
+    dp_algo_->reduce_scatter(grads, grad_slice_.data(), slice_len(), {"ZeRO-1 gradient reduce-scatter"})->wait();
     const double ms = c.ms();
     comm += ms;
     exposed += ms;
@@ -503,9 +539,7 @@ StepRecord Job<T>::step(int64_t s) {
     // the bytes; the fp32 master slices stay with their owners until a checkpoint gathers them).
     Timer c;
     T* params = model_->working_params();
-    ctx_.device_dp_group()
-        .all_gather(params + lo, params, slice_len(), dtype_of<T>(), {"ZeRO-1 parameter all-gather"})
-        ->wait();
+    dp_algo_->all_gather(params + lo, params, slice_len(), dtype_of<T>(), {"ZeRO-1 parameter all-gather"})->wait();
     const double ms = c.ms();
     comm += ms;
     exposed += ms;
@@ -513,6 +547,9 @@ StepRecord Job<T>::step(int64_t s) {
   device_synchronize(device_);  // the step's time includes the queued optimizer kernels
   const double tp_ms = model_->take_tp_comm_ms();
   StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0, comm + tp_ms, exposed + tp_ms};
+  const WanStats wan = dp_algo_->take_wan_stats();
+  r.wan_bytes = wan.bytes;
+  r.wan_ms = wan.ms;
   r.tokens_per_s = static_cast<double>(cfg_.batch) * cfg_.seq * ctx_.dp() / (r.ms / 1000.0);
   return r;
 }
@@ -553,6 +590,11 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
       j["dp"] = ctx.dp();
       j["comm_ms"] = r.comm_ms;
       j["exposed_comm_ms"] = r.exposed_comm_ms;
+    }
+    if (ctx.topology().centres() > 1) {
+      j["centres"] = ctx.topology().centres();
+      j["wan_bytes"] = r.wan_bytes;
+      j["wan_ms"] = r.wan_ms;
     }
     log_json(j);
 

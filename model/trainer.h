@@ -41,6 +41,10 @@ struct TrainConfig {
   // Parallelism (the TP size is set on the ParallelContext; DP = world / TP).
   int zero = 0;                  // 1: ZeRO-1, optimizer state sharded over data-parallel ranks
   double bucket_mb = 25;         // data-parallel gradient bucket size
+  // Across centres (the centres themselves are the ParallelContext's, from --centres / AQ_CENTRE).
+  std::string dp_algo = "auto";        // flat | hier | auto (hier when the job spans several centres)
+  std::string wan_compress = "none";   // none | bf16 | int8: the cross-centre hop of hier
+  std::string error_feedback = "auto"; // on | off | auto (on for a lossy --wan-compress)
 
   void validate() const;         // flag-level checks; throws aq::Error with the fix
 };
@@ -49,6 +53,7 @@ struct StepRecord {
   int64_t step;                  // 1-based
   double loss, lr, grad_norm, ms, tokens_per_s;
   double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
+  double wan_bytes = 0, wan_ms = 0;  // bytes this rank sent to other centres; time in the cross-centre stage
 };
 
 struct TrainResult {

@@ -1,4 +1,5 @@
-// backend.h — the collective-communication interface every backend implements (MPI now; NCCL later).
+// backend.h — the collective-communication interface every backend implements (MPI, NCCL, MPI staged through
+// host memory for GPU buffers, and the world of one).
 //
 // Shaped after PyTorch c10d: each collective takes an options struct with defaults (so arguments can be added
 // without breaking callers) and returns a Work handle that can be tested or waited on with a timeout. Every
@@ -13,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/error.h"
 #include "runtime/tensor.h"
@@ -75,6 +77,14 @@ class Backend {
   // recv holds size()·send_count elements, rank r's contribution at block r.
   virtual WorkPtr all_gather(const void* send, void* recv, int64_t send_count, DType dtype,
                              const CollectiveOptions& opts) = 0;
+  // Uneven forms (MPI_Ireduce_scatter, MPI_Iallgatherv): rank r's block has counts[r] elements, blocks packed
+  // in rank order in the full buffer. all_gather_v may run in place (send == recv + offset of this rank's
+  // block). A backend without them keeps these defaults, which refuse with the backend's name (c10d's rule:
+  // adding a collective does not break every backend).
+  virtual WorkPtr reduce_scatter_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                                   const CollectiveOptions& opts);
+  virtual WorkPtr all_gather_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                               const CollectiveOptions& opts);
   virtual WorkPtr broadcast(void* data, int64_t count, DType dtype, int root, const CollectiveOptions& opts) = 0;
   virtual WorkPtr send(const void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) = 0;
   virtual WorkPtr recv(void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) = 0;
@@ -95,6 +105,14 @@ class LocalBackend final : public Backend {
   WorkPtr all_reduce(void*, int64_t, DType, const CollectiveOptions& o) override { return done(o); }
   WorkPtr reduce_scatter(const void* send, void* recv, int64_t n, DType dt, const CollectiveOptions& o) override;
   WorkPtr all_gather(const void* send, void* recv, int64_t n, DType dt, const CollectiveOptions& o) override;
+  WorkPtr reduce_scatter_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dt,
+                           const CollectiveOptions& o) override {
+    return reduce_scatter(send, recv, counts.at(0), dt, o);
+  }
+  WorkPtr all_gather_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dt,
+                       const CollectiveOptions& o) override {
+    return all_gather(send, recv, counts.at(0), dt, o);
+  }
   WorkPtr broadcast(void*, int64_t, DType, int, const CollectiveOptions& o) override { return done(o); }
   WorkPtr send(const void*, int64_t, DType, int peer, const CollectiveOptions&) override;
   WorkPtr recv(void*, int64_t, DType, int peer, const CollectiveOptions&) override;

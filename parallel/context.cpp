@@ -1,6 +1,7 @@
 #include "parallel/context.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "parallel/staged_backend.h"
@@ -31,6 +32,8 @@ void ParallelContext::make_local() {
   dp_group_ = world_;
   device_tp_ = tp_group_;
   device_dp_ = dp_group_;
+  topo_ = Topology::build({"0"}, 1);
+  intra_rs_ = intra_ag_ = device_intra_rs_ = device_intra_ag_ = world_;
 }
 
 ParallelContext& ParallelContext::local() {
@@ -67,13 +70,32 @@ ParallelContext& ParallelContext::init(int* argc, char*** argv) {
   return ctx;
 }
 
-void ParallelContext::configure(int tp, double comm_timeout_s) {
+void ParallelContext::configure(int tp, double comm_timeout_s, const std::string& centres) {
   device_tp_.reset();  // they may refer to the groups replaced below
   device_dp_.reset();
+  device_intra_rs_.reset();
+  device_intra_ag_.reset();
   AQ_CHECK(tp >= 1, "--tp must be >= 1 (got ", tp, ")");
   AQ_CHECK(world_size_ % tp == 0, "world size ", world_size_, " is not divisible by --tp ", tp,
            "; launch a multiple of ", tp, " ranks (mpirun -np ", (world_size_ / tp + 1) * tp, ") or change --tp");
   AQ_CHECK(comm_timeout_s > 0, "--comm-timeout must be > 0 seconds (got ", comm_timeout_s, ")");
+  // Every rank's AQ_CENTRE, gathered in fixed-size records (a world of one reads its own).
+  constexpr int kName = 64;
+  std::vector<std::string> env_names(static_cast<size_t>(world_size_));
+  {
+    const char* mine = std::getenv("AQ_CENTRE");
+    AQ_CHECK(!mine || std::strlen(mine) < kName, "AQ_CENTRE=\"", mine, "\" is longer than ", kName - 1,
+             " characters; use a shorter centre name");
+    std::vector<char> all(static_cast<size_t>(kName) * world_size_, 0);
+    if (mine) std::strncpy(all.data() + static_cast<size_t>(kName) * world_rank_, mine, kName - 1);
+#ifdef AQ_HAVE_MPI
+    if (mpi_)
+      check_mpi(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, all.data(), kName, MPI_CHAR, MPI_COMM_WORLD),
+                "MPI_Allgather (AQ_CENTRE)");
+#endif
+    for (int r = 0; r < world_size_; ++r) env_names[r] = std::string(all.data() + static_cast<size_t>(kName) * r);
+  }
+  topo_ = Topology::build(Topology::names_for(centres, world_size_, env_names), tp);
   tp_ = tp;
 #ifdef AQ_HAVE_MPI
   if (mpi_) {
@@ -88,12 +110,50 @@ void ParallelContext::configure(int tp, double comm_timeout_s) {
     world_ = std::make_shared<MpiBackend>(world, "world", monitor, comm_timeout_s);
     tp_group_ = std::make_shared<MpiBackend>(tpc, "tp", monitor, comm_timeout_s);
     dp_group_ = std::make_shared<MpiBackend>(dpc, "dp", monitor, comm_timeout_s);
+    // Centre-aware DP groups. Colours: intra = (centre, tp_rank); cross = (tp_rank, intra index) for carriers.
+    const int me = world_rank_, tpr = tp_rank(), intra = topo_.intra_index[me];
+    const bool carrier = intra < topo_.cross_shards();
+    MPI_Comm irs, iag, xrs, xag;
+    check_mpi(MPI_Comm_split(MPI_COMM_WORLD, topo_.centre_of[me] * tp + tpr, me, &irs), "MPI_Comm_split (dp-intra)");
+    check_mpi(MPI_Comm_dup(irs, &iag), "MPI_Comm_dup (dp-intra)");
+    check_mpi(MPI_Comm_split(MPI_COMM_WORLD, carrier ? intra * tp + tpr : MPI_UNDEFINED, topo_.centre_of[me], &xrs),
+              "MPI_Comm_split (dp-cross)");
+    intra_rs_ = std::make_shared<MpiBackend>(irs, "dp-intra", monitor, comm_timeout_s);
+    intra_ag_ = std::make_shared<MpiBackend>(iag, "dp-intra", monitor, comm_timeout_s);
+    // Every rank registers the same number of groups with the monitor (ids must agree across the job), so
+    // ranks without a cross group register two placeholders.
+    if (carrier) {
+      check_mpi(MPI_Comm_dup(xrs, &xag), "MPI_Comm_dup (dp-cross)");
+      cross_rs_ = std::make_shared<MpiBackend>(xrs, "dp-cross", monitor, comm_timeout_s);
+      cross_ag_ = std::make_shared<MpiBackend>(xag, "dp-cross", monitor, comm_timeout_s);
+    } else {
+      monitor->register_group();
+      monitor->register_group();
+      cross_rs_.reset();
+      cross_ag_.reset();
+    }
   }
 #endif
+  if (!mpi_) intra_rs_ = intra_ag_ = world_;
   timeout_s_ = comm_timeout_s;
   device_ = Device::CPU;
   device_tp_ = tp_group_;
   device_dp_ = dp_group_;
+  device_intra_rs_ = intra_rs_;
+  device_intra_ag_ = intra_ag_;
+}
+
+DpGroups ParallelContext::dp_groups() {
+  DpGroups g;
+  g.dp = device_dp_.get();
+  g.intra_rs = device_intra_rs_.get();
+  g.intra_ag = device_intra_ag_.get();
+  g.cross_rs = cross_rs_.get();
+  g.cross_ag = cross_ag_.get();
+  g.topo = &topo_;
+  g.world_rank = world_rank_;
+  g.timeout_s = timeout_s_;
+  return g;
 }
 
 void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
@@ -101,6 +161,8 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
   if (device == Device::CPU || world_size_ == 1) {
     device_tp_ = tp_group_;
     device_dp_ = dp_group_;
+    device_intra_rs_ = intra_rs_;
+    device_intra_ag_ = intra_ag_;
     return;
   }
 #ifdef AQ_HAVE_NCCL
@@ -115,11 +177,13 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
         check_mpi(MPI_Comm_dup(static_cast<MpiBackend&>(g).comm(), &dup), "MPI_Comm_dup (NCCL id exchange)");
         return dup;
       };
-      MPI_Comm tpc = comm_of(*tp_group_), dpc = comm_of(*dp_group_);
+      MPI_Comm tpc = comm_of(*tp_group_), dpc = comm_of(*dp_group_), irs = comm_of(*intra_rs_),
+               iag = comm_of(*intra_ag_);
       device_tp_ = std::make_shared<NcclBackend>(tpc, "tp", timeout_s_);
       device_dp_ = std::make_shared<NcclBackend>(dpc, "dp", timeout_s_);
-      MPI_Comm_free(&tpc);
-      MPI_Comm_free(&dpc);
+      device_intra_rs_ = std::make_shared<NcclBackend>(irs, "dp-intra", timeout_s_);
+      device_intra_ag_ = std::make_shared<NcclBackend>(iag, "dp-intra", timeout_s_);
+      for (MPI_Comm* c : {&tpc, &dpc, &irs, &iag}) MPI_Comm_free(c);
     } catch (const std::exception& e) {
       log_error(str("aq: error: setting up NCCL on rank ", world_rank_, " (host ", host_, "): ", e.what(),
                     "; ending the job"));
@@ -131,17 +195,20 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
   (void)gpus_on_node;
   device_tp_ = std::make_shared<StagedBackend>(*tp_group_, device);
   device_dp_ = std::make_shared<StagedBackend>(*dp_group_, device);
+  device_intra_rs_ = std::make_shared<StagedBackend>(*intra_rs_, device);
+  device_intra_ag_ = std::make_shared<StagedBackend>(*intra_ag_, device);
 }
 
 std::string ParallelContext::banner(const std::string& device) {
   // Fixed-size records so one all_gather collects everyone's line.
-  constexpr int kLen = 96;
+  constexpr int kLen = 128;
   char mine[kLen] = {0};
-  std::snprintf(mine, kLen, "%-24.24s rank %4d  local %3d/%-3d  device %-7.7s (tp %d, dp %d)", host_.c_str(),
-                world_rank_, local_rank_, local_size_, device.c_str(), tp_rank(), dp_rank());
+  std::snprintf(mine, kLen, "%-20.20s rank %4d  local %3d/%-3d  device %-5.5s (tp %d, dp %d) centre %.16s",
+                host_.c_str(), world_rank_, local_rank_, local_size_, device.c_str(), tp_rank(), dp_rank(),
+                topo_.centre_names[static_cast<size_t>(centre())].c_str());
   std::vector<char> all(static_cast<size_t>(kLen) * world_size_);
-  world_->all_gather(mine, all.data(), kLen / 4, DType::I32, {"banner"})->wait();  // 96 chars as 24 int32
-  std::string out = str("world ", world_size_, " = tp ", tp_, " x dp ", dp(), "\n");
+  world_->all_gather(mine, all.data(), kLen / 4, DType::I32, {"banner"})->wait();  // 128 chars as 32 int32
+  std::string out = str("world ", world_size_, " = tp ", tp_, " x dp ", dp(), " | ", topo_.describe(), "\n");
   for (int r = 0; r < world_size_; ++r) out += str("  ", std::string(all.data() + r * kLen), r + 1 < world_size_ ? "\n" : "");
   return out;
 }
@@ -154,6 +221,7 @@ std::string ParallelContext::banner(const std::string& device) {
 }
 
 void ParallelContext::finalize() {
+  for (auto* g : {&device_intra_rs_, &device_intra_ag_, &intra_rs_, &intra_ag_, &cross_rs_, &cross_ag_}) g->reset();
   device_tp_.reset();
   device_dp_.reset();
   tp_group_.reset();

@@ -10,7 +10,9 @@
 #include <memory>
 #include <string>
 
+#include "parallel/algo/dp_algorithm.h"
 #include "parallel/backend.h"
+#include "parallel/topology.h"
 
 namespace aq {
 
@@ -23,8 +25,11 @@ class ParallelContext {
   // A world of one that never touches MPI (tests, tools, and single-process references inside MPI jobs).
   static ParallelContext& local();
 
-  // Creates the TP and DP groups. Every rank must call it with the same arguments.
-  void configure(int tp, double comm_timeout_s);
+  // Creates the TP and DP groups and the centre-aware DP groups (topology.h) for --centres `centres` (auto |
+  // N). Every rank must call it with the same arguments.
+  void configure(int tp, double comm_timeout_s, const std::string& centres = "auto");
+  const Topology& topology() const { return topo_; }
+  int centre() const { return topo_.centre_of[static_cast<size_t>(world_rank_)]; }
 
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }
@@ -50,6 +55,8 @@ class ParallelContext {
   Device device() const { return device_; }
   Backend& device_tp_group() { return *device_tp_; }
   Backend& device_dp_group() { return *device_dp_; }
+  // The groups a data-parallel algorithm runs on, for buffers on the device given to enable_device_groups.
+  DpGroups dp_groups();
 
   // Rank 0 gathers every rank's host, local rank, device and (tp, dp) coordinates into a table. Collective.
   std::string banner(const std::string& device);
@@ -71,6 +78,10 @@ class ParallelContext {
   std::shared_ptr<Backend> world_, tp_group_, dp_group_;
   Device device_ = Device::CPU;
   std::shared_ptr<Backend> device_tp_, device_dp_;
+  Topology topo_;
+  // Centre-aware DP groups: intra-centre (host and device; one communicator for reduce-scatters, one for
+  // all-gathers) and cross-centre (host; null where this rank carries no shard).
+  std::shared_ptr<Backend> intra_rs_, intra_ag_, device_intra_rs_, device_intra_ag_, cross_rs_, cross_ag_;
   std::shared_ptr<JobMonitor> monitor_;  // MPI jobs: the watchdog's arrival channel
 };
 

@@ -6,7 +6,7 @@
 
 namespace aq {
 
-GradBuckets::GradBuckets(Backend& dp, float* grads, int64_t n, const std::vector<int64_t>& boundaries,
+GradBuckets::GradBuckets(DpAlgorithm& dp, float* grads, int64_t n, const std::vector<int64_t>& boundaries,
                          double bucket_mb)
     : dp_(dp), grads_(grads) {
   AQ_ASSERT(bucket_mb > 0, "bucket size ", bucket_mb, " MiB (TrainConfig::validate checks --bucket-mb)");
@@ -29,7 +29,7 @@ void GradBuckets::begin_step() {
 }
 
 void GradBuckets::launch(Bucket& b) {
-  b.work = dp_.all_reduce(grads_ + b.begin, b.end - b.begin, DType::F32, {b.name});
+  b.work = dp_.all_reduce(grads_ + b.begin, b.end - b.begin, b.begin, {b.name});
 }
 
 void GradBuckets::on_ready(int64_t offset) {

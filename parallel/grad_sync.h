@@ -8,22 +8,24 @@
 // the caller takes the mean where it is free (the trainer folds 1/dp into the norm and AdamW's gradient scale),
 // which saves a pass over the gradients and works the same on any device.
 //
-// Every rank of the DP group builds the same buckets from the same layout, so the all-reduces match.
+// The reduction itself is the data-parallel algorithm's (flat or hierarchical, parallel/algo/): the buckets
+// only decide when each range starts. Every rank of the DP group builds the same buckets from the same layout,
+// so the all-reduces match.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "parallel/backend.h"
+#include "parallel/algo/dp_algorithm.h"
 
 namespace aq {
 
 class GradBuckets {
  public:
   // boundaries: offsets where tensors start, ascending (the first is 0); n: buffer length. grads may live on a
-  // GPU when `dp` is a device group.
-  GradBuckets(Backend& dp, float* grads, int64_t n, const std::vector<int64_t>& boundaries, double bucket_mb);
+  // GPU when the algorithm was made for that device.
+  GradBuckets(DpAlgorithm& dp, float* grads, int64_t n, const std::vector<int64_t>& boundaries, double bucket_mb);
 
   void begin_step();
   void on_ready(int64_t offset);
@@ -40,7 +42,7 @@ class GradBuckets {
     WorkPtr work;
   };
   void launch(Bucket& b);
-  Backend& dp_;
+  DpAlgorithm& dp_;
   float* grads_;
   std::vector<Bucket> buckets_;  // ordered from the end of the buffer to its start
   size_t next_ = 0;              // first bucket not yet launched

@@ -20,8 +20,9 @@ std::string rank_list(const std::vector<int>& ranks) {
 
 class MpiWork final : public Work {
  public:
-  MpiWork(MpiBackend* backend, MPI_Request req, const char* op, const CollectiveOptions& opts, uint64_t seq)
-      : Work(seq, opts.name, op, opts.timeout_s), backend_(backend), req_(req) {}
+  MpiWork(MpiBackend* backend, MPI_Request req, const char* op, const CollectiveOptions& opts, uint64_t seq,
+          std::shared_ptr<void> keep)
+      : Work(seq, opts.name, op, opts.timeout_s), backend_(backend), req_(req), keep_(std::move(keep)) {}
   ~MpiWork() override {
     // A Work dropped before completion must not leave MPI writing into freed memory: finish it.
     if (req_ != MPI_REQUEST_NULL) wait(-1);
@@ -47,6 +48,7 @@ class MpiWork final : public Work {
  private:
   MpiBackend* backend_;
   MPI_Request req_;
+  std::shared_ptr<void> keep_;  // released with the Work, after the request completed
 };
 
 constexpr int kPointToPointTag = 1;
@@ -182,8 +184,9 @@ uint64_t MpiBackend::begin(bool collective) {
   return seq_;
 }
 
-WorkPtr MpiBackend::make_work(MPI_Request req, const char* op, const CollectiveOptions& opts, uint64_t seq) {
-  return std::make_shared<MpiWork>(this, req, op, opts, seq);
+WorkPtr MpiBackend::make_work(MPI_Request req, const char* op, const CollectiveOptions& opts, uint64_t seq,
+                              std::shared_ptr<void> keep) {
+  return std::make_shared<MpiWork>(this, req, op, opts, seq, std::move(keep));
 }
 
 [[noreturn]] void MpiBackend::timed_out(const std::string& op, const std::string& name, uint64_t seq, double waited) {
@@ -251,6 +254,45 @@ WorkPtr MpiBackend::all_gather(const void* send, void* recv, int64_t send_count,
                            mpi_count(send_count), mpi_dtype(dtype), comm_, &req),
             "MPI_Iallgather");
   return make_work(req, "all_gather", opts, seq);
+}
+
+WorkPtr MpiBackend::reduce_scatter_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                                     const CollectiveOptions& opts) {
+  AQ_ASSERT(static_cast<int>(counts.size()) == size_, "reduce_scatter_v with ", counts.size(), " counts on ", size_,
+            " ranks");
+  AQ_ASSERT(send != recv, "reduce_scatter_v needs separate send and receive buffers");
+  const MPI_Datatype type = mpi_reduce_dtype(dtype, "reduce_scatter_v");
+  auto keep = std::make_shared<std::vector<int>>(counts.size());
+  std::vector<int>& c = *keep;
+  for (size_t i = 0; i < counts.size(); ++i) c[i] = mpi_count(counts[i]);
+  const uint64_t seq = begin(true);
+  MPI_Request req;
+  check_mpi(MPI_Ireduce_scatter(send, recv, c.data(), type, opts.op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req),
+            "MPI_Ireduce_scatter");
+  return make_work(req, "reduce_scatter_v", opts, seq, keep);
+}
+
+WorkPtr MpiBackend::all_gather_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                                 const CollectiveOptions& opts) {
+  AQ_ASSERT(static_cast<int>(counts.size()) == size_, "all_gather_v with ", counts.size(), " counts on ", size_,
+            " ranks");
+  auto keep = std::make_shared<std::vector<int>>(2 * counts.size());  // counts, then displacements
+  int* c = keep->data();
+  int* d = c + counts.size();
+  int64_t off = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    c[i] = mpi_count(counts[i]);
+    d[i] = mpi_count(off);
+    off += counts[i];
+  }
+  const bool in_place = static_cast<const char*>(send) ==
+                        static_cast<const char*>(recv) + static_cast<size_t>(d[rank_]) * dtype_size(dtype);
+  const uint64_t seq = begin(true);
+  MPI_Request req;
+  check_mpi(MPI_Iallgatherv(in_place ? MPI_IN_PLACE : send, c[rank_], mpi_dtype(dtype), recv, c, d,
+                            mpi_dtype(dtype), comm_, &req),
+            "MPI_Iallgatherv");
+  return make_work(req, "all_gather_v", opts, seq, keep);
 }
 
 WorkPtr MpiBackend::broadcast(void* data, int64_t count, DType dtype, int root, const CollectiveOptions& opts) {

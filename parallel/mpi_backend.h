@@ -58,6 +58,10 @@ class MpiBackend final : public Backend {
                          const CollectiveOptions& opts) override;
   WorkPtr all_gather(const void* send, void* recv, int64_t send_count, DType dtype,
                      const CollectiveOptions& opts) override;
+  WorkPtr reduce_scatter_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                           const CollectiveOptions& opts) override;
+  WorkPtr all_gather_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                       const CollectiveOptions& opts) override;
   WorkPtr broadcast(void* data, int64_t count, DType dtype, int root, const CollectiveOptions& opts) override;
   WorkPtr send(const void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) override;
   WorkPtr recv(void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) override;
@@ -71,7 +75,9 @@ class MpiBackend final : public Backend {
 
  private:
   uint64_t begin(bool collective);  // next sequence number; posts the arrival
-  WorkPtr make_work(MPI_Request req, const char* op, const CollectiveOptions& opts, uint64_t seq);
+  // keep: what MPI may still read until the request completes (the count arrays of the uneven collectives).
+  WorkPtr make_work(MPI_Request req, const char* op, const CollectiveOptions& opts, uint64_t seq,
+                    std::shared_ptr<void> keep = nullptr);
 
   MPI_Comm comm_;
   std::string name_;
@@ -80,6 +86,7 @@ class MpiBackend final : public Backend {
   int rank_ = 0, size_ = 1, group_id_ = 0;
   std::vector<int> world_ranks_;
   uint64_t seq_ = 0, p2p_seq_ = 0;
+
 };
 
 MPI_Datatype mpi_dtype(DType t);

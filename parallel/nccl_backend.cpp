@@ -152,6 +152,39 @@ WorkPtr NcclBackend::all_gather(const void* send, void* recv, int64_t send_count
   return finish("all_gather", opts, ++seq_);
 }
 
+WorkPtr NcclBackend::reduce_scatter_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                                      const CollectiveOptions& opts) {
+  AQ_ASSERT(send != recv, "reduce_scatter_v needs separate send and receive buffers");
+  gate(send, recv);
+  const size_t es = dtype_size(dtype);
+  size_t off = 0;
+  AQ_NCCL_CHECK(ncclGroupStart());
+  for (int r = 0; r < size_; ++r) {
+    // recvbuff is only written on the root; every rank passes its own block's destination.
+    AQ_NCCL_CHECK(ncclReduce(static_cast<const char*>(send) + off * es, recv, static_cast<size_t>(counts[r]),
+                             nccl_dtype(dtype), opts.op == ReduceOp::Sum ? ncclSum : ncclMax, r, comm_, stream_));
+    off += static_cast<size_t>(counts[r]);
+  }
+  AQ_NCCL_CHECK(ncclGroupEnd());
+  return finish("reduce_scatter_v", opts, ++seq_);
+}
+
+WorkPtr NcclBackend::all_gather_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                                  const CollectiveOptions& opts) {
+  gate(send, recv);
+  const size_t es = dtype_size(dtype);
+  size_t off = 0;
+  AQ_NCCL_CHECK(ncclGroupStart());
+  for (int r = 0; r < size_; ++r) {
+    char* block = static_cast<char*>(recv) + off * es;
+    AQ_NCCL_CHECK(ncclBroadcast(r == rank_ ? send : block, block, static_cast<size_t>(counts[r]),
+                                movement_dtype(dtype), r, comm_, stream_));
+    off += static_cast<size_t>(counts[r]);
+  }
+  AQ_NCCL_CHECK(ncclGroupEnd());
+  return finish("all_gather_v", opts, ++seq_);
+}
+
 WorkPtr NcclBackend::broadcast(void* data, int64_t count, DType dtype, int root, const CollectiveOptions& opts) {
   gate(data);
   AQ_NCCL_CHECK(ncclBroadcast(data, data, static_cast<size_t>(count),

@@ -53,6 +53,37 @@ WorkPtr StagedBackend::all_gather(const void* send, void* recv, int64_t send_cou
   return w;
 }
 
+WorkPtr StagedBackend::reduce_scatter_v(const void* send, void* recv, const std::vector<int64_t>& counts,
+                                        DType dtype, const CollectiveOptions& opts) {
+  AQ_ASSERT(dtype != DType::BF16, "staged reduce_scatter_v on bf16 (gradients are reduced in fp32)");
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  const size_t es = dtype_size(dtype), out = static_cast<size_t>(counts.at(static_cast<size_t>(rank()))) * es;
+  char* h = stage(static_cast<size_t>(total) * es);
+  if (b_.size() < out) b_.resize(out);
+  device_copy(h, Device::CPU, send, device_, static_cast<size_t>(total) * es);
+  WorkPtr w = host_.reduce_scatter_v(h, b_.data(), counts, dtype, opts);
+  w->wait();
+  device_copy(recv, device_, b_.data(), Device::CPU, out);
+  return w;
+}
+
+WorkPtr StagedBackend::all_gather_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                                    const CollectiveOptions& opts) {
+  int64_t total = 0, mine = 0;
+  for (int r = 0; r < size(); ++r) {
+    if (r == rank()) mine = total;
+    total += counts.at(static_cast<size_t>(r));
+  }
+  const size_t es = dtype_size(dtype);
+  char* h = stage(static_cast<size_t>(total) * es);
+  device_copy(h + mine * es, Device::CPU, send, device_, static_cast<size_t>(counts[rank()]) * es);
+  WorkPtr w = host_.all_gather_v(h + mine * es, h, counts, dtype, opts);  // in place
+  w->wait();
+  device_copy(recv, device_, h, Device::CPU, static_cast<size_t>(total) * es);
+  return w;
+}
+
 WorkPtr StagedBackend::broadcast(void* data, int64_t count, DType dtype, int root, const CollectiveOptions& opts) {
   const size_t bytes = static_cast<size_t>(count) * dtype_size(dtype);
   char* h = stage(bytes);

@@ -29,6 +29,10 @@ class StagedBackend final : public Backend {
                          const CollectiveOptions& opts) override;
   WorkPtr all_gather(const void* send, void* recv, int64_t send_count, DType dtype,
                      const CollectiveOptions& opts) override;
+  WorkPtr reduce_scatter_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                           const CollectiveOptions& opts) override;
+  WorkPtr all_gather_v(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
+                       const CollectiveOptions& opts) override;
   WorkPtr broadcast(void* data, int64_t count, DType dtype, int root, const CollectiveOptions& opts) override;
   WorkPtr send(const void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) override;
   WorkPtr recv(void* data, int64_t count, DType dtype, int peer, const CollectiveOptions& opts) override;

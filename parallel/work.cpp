@@ -1,4 +1,4 @@
-// work.cpp — what every Work shares: its stamps and the polite wait loop.
+// work.cpp — what every Work shares (its stamps and the polite wait loop), and the Backend defaults.
 #include <sched.h>
 
 #include <algorithm>
@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "parallel/backend.h"
+#include "runtime/error.h"
 #include "runtime/sysinfo.h"
 
 namespace aq {
@@ -27,6 +28,14 @@ void Work::poll_until_done(double timeout_s, double default_timeout_s,
     else
       std::this_thread::sleep_for(std::chrono::microseconds(std::min<int64_t>(1000, (n - 2048) / 16 + 20)));
   }
+}
+
+WorkPtr Backend::reduce_scatter_v(const void*, void*, const std::vector<int64_t>&, DType, const CollectiveOptions& o) {
+  fail(str("reduce_scatter_v (\"", o.name, "\") is not supported by ", describe()));
+}
+
+WorkPtr Backend::all_gather_v(const void*, void*, const std::vector<int64_t>&, DType, const CollectiveOptions& o) {
+  fail(str("all_gather_v (\"", o.name, "\") is not supported by ", describe()));
 }
 
 }  // namespace aq

@@ -180,7 +180,10 @@ class Layouts : public ::testing::Test {
         num += (x[i] - y[i]) * (x[i] - y[i]);
         den += y[i] * y[i];
       }
-      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-4) << what << ": tensor " << name;
+      // 3e-4, not 1e-4: AdamW normalises each element's step, so elements whose gradient is near zero turn
+      // summation-order differences (TP, DP, hierarchical reductions) into relative step differences; with
+      // the AVX-512 (Cooperlake) kernels a TP run's c_proj.bias ends 1.1-1.5e-4 from one process's.
+      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 3e-4) << what << ": tensor " << name;
     }
   }
 

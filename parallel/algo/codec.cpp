@@ -1,0 +1,132 @@
+// codec.cpp — the CPU encoders and decoders of codec.h. Plain loops over contiguous arrays written so that GCC
+// vectorises them at -O3 (the per-block absmax, the scaling and the conversions).
+#include "parallel/algo/codec.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "runtime/bf16.h"
+#include "runtime/error.h"
+
+namespace aq {
+
+WanCodec wan_codec_from_name(const std::string& name) {
+  if (name == "none") return WanCodec::None;
+  if (name == "bf16") return WanCodec::BF16;
+  if (name == "int8") return WanCodec::Int8;
+  fail(str("--wan-compress must be none, bf16 or int8 (got \"", name, "\")"));
+}
+
+const char* wan_codec_name(WanCodec c) {
+  switch (c) {
+    case WanCodec::None: return "none";
+    case WanCodec::BF16: return "bf16";
+    case WanCodec::Int8: return "int8";
+  }
+  return "?";
+}
+
+size_t codec_bytes(WanCodec c, int64_t n) {
+  const size_t un = static_cast<size_t>(n);
+  switch (c) {
+    case WanCodec::None: return un * sizeof(float);
+    case WanCodec::BF16: return un * sizeof(bf16);
+    case WanCodec::Int8: return static_cast<size_t>((n + kInt8Block - 1) / kInt8Block) * sizeof(float) + un;
+  }
+  return 0;
+}
+
+namespace {
+
+// One int8 block: v (m ≤ 256 values, already including the residual) → scale and q; returns the scale.
+float encode_block(const float* v, int64_t m, int8_t* q) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < m; ++i) {
+    amax = std::fmax(amax, std::fabs(v[i]));
+    finite &= std::isfinite(v[i]);
+  }
+  if (!finite) {
+    std::memset(q, 0, static_cast<size_t>(m));
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+  for (int64_t i = 0; i < m; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::fmin(127.0f, std::fmax(-127.0f, v[i] * inv))));
+  return scale;
+}
+
+}  // namespace
+
+void codec_encode(WanCodec c, const float* x, float* residual, int64_t n, uint8_t* out) {
+  switch (c) {
+    case WanCodec::None: {
+      float* o = reinterpret_cast<float*>(out);
+      if (!residual) {
+        std::memcpy(o, x, static_cast<size_t>(n) * sizeof(float));
+        return;
+      }
+      for (int64_t i = 0; i < n; ++i) o[i] = x[i] + residual[i];  // exact: the residual becomes 0
+      for (int64_t i = 0; i < n; ++i) residual[i] = 0.0f;
+      return;
+    }
+    case WanCodec::BF16: {
+      bf16* o = reinterpret_cast<bf16*>(out);
+      if (!residual) {
+        for (int64_t i = 0; i < n; ++i) o[i] = float_to_bf16(x[i]);
+        return;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i] + residual[i];
+        o[i] = float_to_bf16(v);
+        residual[i] = v - bf16_to_float(o[i]);
+      }
+      return;
+    }
+    case WanCodec::Int8: {
+      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
+      float* scales = reinterpret_cast<float*>(out);
+      int8_t* q = reinterpret_cast<int8_t*>(out + nb * sizeof(float));
+      float v[kInt8Block];
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t lo = b * kInt8Block, m = std::min<int64_t>(kInt8Block, n - lo);
+        for (int64_t i = 0; i < m; ++i) v[i] = x[lo + i] + (residual ? residual[lo + i] : 0.0f);
+        scales[b] = encode_block(v, m, q + lo);
+        if (residual)
+          for (int64_t i = 0; i < m; ++i) residual[lo + i] = v[i] - static_cast<float>(q[lo + i]) * scales[b];
+      }
+      return;
+    }
+  }
+}
+
+void codec_decode(WanCodec c, const uint8_t* in, int64_t n, float* acc, bool add) {
+  switch (c) {
+    case WanCodec::None: {
+      const float* v = reinterpret_cast<const float*>(in);
+      if (add)
+        for (int64_t i = 0; i < n; ++i) acc[i] += v[i];
+      else
+        std::memcpy(acc, v, static_cast<size_t>(n) * sizeof(float));
+      return;
+    }
+    case WanCodec::BF16: {
+      const bf16* v = reinterpret_cast<const bf16*>(in);
+      for (int64_t i = 0; i < n; ++i) acc[i] = (add ? acc[i] : 0.0f) + bf16_to_float(v[i]);
+      return;
+    }
+    case WanCodec::Int8: {
+      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
+      const float* scales = reinterpret_cast<const float*>(in);
+      const int8_t* q = reinterpret_cast<const int8_t*>(in + nb * sizeof(float));
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t lo = b * kInt8Block, m = std::min<int64_t>(kInt8Block, n - lo);
+        const float s = scales[b];
+        for (int64_t i = 0; i < m; ++i) acc[lo + i] = (add ? acc[lo + i] : 0.0f) + static_cast<float>(q[lo + i]) * s;
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace aq
