@@ -4,14 +4,20 @@
 //     (rank r contributes r+1, so a sum is n(n+1)/2), odd sizes, every supported dtype.
 //   * Equivalence: for every (tp, dp) layout the world allows, with and without ZeRO-1, 6 steps give the
 //     losses and final weights of one process with batch dp·B (losses rel. err < 1e-5, weights < 1e-4).
+//   * Data-parallel algorithms (flat, hier, hier with bf16/int8 on the cross-centre hop, with and without error
+//     feedback) on one centre, equal centres and unequal centres: closed-form sums at odd sizes, several calls
+//     in flight waited for out of order, bit-identical results on every rank.
 //   * Resume across layouts: saved at one layout, resumed at the others and in a single process, the run
 //     continues with the single-process losses.
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 #include "model/trainer.h"
+#include "parallel/algo/dp_algorithm.h"
 #include "parallel/context.h"
 #include "parallel/staged_backend.h"
 #include "runtime/data.h"
@@ -106,6 +112,91 @@ TEST(Backend, ConformanceOnEveryGroup) {
     check_group(staged_dp);
     check_bf16_all_reduce(staged_world);
     check_bf16_all_reduce(staged_dp);
+  }
+}
+
+// ---- data-parallel algorithms across centres ----------------------------------------------------------------
+
+// The centre layouts this world allows: a --centres spec and, for "auto", every rank's AQ_CENTRE ("" = unset).
+std::vector<std::pair<std::string, std::vector<std::string>>> centre_layouts(int world) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> l = {{"auto", {}}};  // one centre
+  if (world >= 2) l.push_back({std::to_string(world % 2 ? world : 2), {}});        // equal blocks
+  if (world == 3) l.push_back({"auto", {"east", "east", "west"}});                  // 2 + 1
+  if (world == 4) l.push_back({"auto", {"east", "west", "east", "east"}});          // 3 + 1, interleaved
+  return l;
+}
+
+void configure_centres(int tp, const std::string& spec, const std::vector<std::string>& names) {
+  if (names.empty())
+    unsetenv("AQ_CENTRE");
+  else
+    setenv("AQ_CENTRE", names[static_cast<size_t>(g_ctx->world_rank())].c_str(), 1);
+  g_ctx->configure(tp, 60, spec);
+  unsetenv("AQ_CENTRE");
+}
+
+// Every rank must end with the same values: rank 0's are broadcast and compared bit for bit.
+void expect_identical_on_every_rank(const std::vector<float>& x, const std::string& what) {
+  std::vector<float> root = x;
+  g_ctx->world().broadcast(root.data(), static_cast<int64_t>(root.size()), DType::F32, 0, {"compare"})->wait();
+  for (size_t i = 0; i < x.size(); ++i)
+    ASSERT_EQ(std::memcmp(&root[i], &x[i], sizeof(float)), 0) << what << ": element " << i << " " << x[i]
+                                                               << " on rank " << g_ctx->world_rank() << ", "
+                                                               << root[i] << " on rank 0";
+}
+
+TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
+  const int P = g_ctx->world_size();
+  for (const auto& [spec, names] : centre_layouts(P)) {
+    configure_centres(1, spec, names);
+    const Topology& topo = g_ctx->topology();
+    for (const std::string algo : {"flat", "hier"})
+      for (WanCodec codec : {WanCodec::None, WanCodec::BF16, WanCodec::Int8}) {
+        if (codec != WanCodec::None && (algo == "flat" || topo.centres() == 1)) continue;
+        for (bool ef : {false, true}) {
+          if (ef && codec == WanCodec::None) continue;
+          const std::string what = str(topo.describe(), " | ", algo, " ", wan_codec_name(codec), ef ? " + EF" : "");
+          SCOPED_TRACE(what);
+          DpAlgoOptions o;
+          o.algo = algo;
+          o.codec = codec;
+          o.error_feedback = ef;
+          const std::vector<int64_t> sizes = {1, 7, 1001, 4099};  // odd sizes, fewer values than ranks too
+          int64_t total = 0;
+          for (int64_t n : sizes) total += n;
+          o.buffer_size = total;
+          auto dp = make_dp_algorithm(o, g_ctx->dp_groups());
+          for (int round = 0; round < 2; ++round) {  // a second round runs with residuals from the first
+            // Every size in flight at once, waited for in reverse: the stages must still match across ranks.
+            std::vector<std::vector<float>> bufs;
+            std::vector<WorkPtr> works;
+            int64_t offset = 0;
+            for (int64_t n : sizes) {
+              std::vector<float> x(static_cast<size_t>(n));
+              for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>((g_ctx->dp_rank() + 1) * (i % 5 + 1));
+              bufs.push_back(std::move(x));
+            }
+            for (size_t k = 0; k < sizes.size(); ++k) {
+              works.push_back(dp->all_reduce(bufs[k].data(), sizes[k], offset, {str("sum of ", sizes[k])}));
+              offset += sizes[k];
+            }
+            for (size_t k = works.size(); k-- > 0;) works[k]->wait();
+            const double sum = P * (P + 1) / 2.0;
+            for (size_t k = 0; k < sizes.size(); ++k) {
+              for (int64_t i = 0; i < sizes[k]; ++i) {
+                const double want = sum * static_cast<double>(i % 5 + 1);
+                // fp32 and bf16 carry these small integers exactly; int8 rounds each block to 1/127 of its
+                // largest value at most twice (sender, owner), once more per round with carried residuals.
+                const double tol = codec == WanCodec::Int8 ? want / 127.0 * 3 + 5.0 * P / 127.0 : 0.0;
+                ASSERT_LE(std::fabs(bufs[k][i] - want), tol) << "size " << sizes[k] << " element " << i;
+              }
+              expect_identical_on_every_rank(bufs[k], what);
+            }
+          }
+          const WanStats w = dp->take_wan_stats();
+          if (topo.centres() == 1) EXPECT_EQ(w.bytes, 0.0);
+        }
+      }
   }
 }
 
@@ -206,6 +297,18 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
       expect_same_losses(got, want, 0, what.c_str());
       expect_same_weights(c.save, ref_path, what.c_str());
     }
+  }
+  // Two centres: the hierarchical all-reduce (the default there), uncompressed, inside-centre TP of 1 and 2.
+  for (int tp : {1, 2}) {
+    if (g_ctx->world_size() % (2 * tp)) continue;
+    const int dp = g_ctx->world_size() / tp;
+    const std::string what = str("2 centres, tp=", tp, " dp=", dp, " hier");
+    configure_centres(tp, "2", {});
+    TrainConfig c = config(dp);
+    c.save = str(dir_, "/centres_tp", tp, ".safetensors");
+    const TrainResult got = train(c, *g_ctx);
+    expect_same_losses(got, want, 0, what.c_str());
+    expect_same_weights(c.save, ref_path, what.c_str());
   }
 }
 

@@ -1,0 +1,137 @@
+// test_topology_codec.cpp — the pure parts of the cross-centre layer, without MPI:
+//   * Topology: centre names from --centres and AQ_CENTRE, intra indices, dp-intra and dp-cross groups for
+//     equal and unequal centres, and the refusal of a TP group that spans centres;
+//   * the wire codecs: round-trip error bounds (int8: half a quantisation step of each block's scale; bf16:
+//     2^-9 relative), NaN propagation, and the error-feedback identity Σ sent + residual = Σ inputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "parallel/algo/codec.h"
+#include "parallel/topology.h"
+#include "runtime/error.h"
+
+namespace aq {
+namespace {
+
+TEST(Topology, NamesFromSpec) {
+  EXPECT_EQ(Topology::names_for("auto", 3, {"", "", ""}), (std::vector<std::string>{"0", "0", "0"}));
+  EXPECT_EQ(Topology::names_for("auto", 3, {"a", "", "b"}), (std::vector<std::string>{"0", "0", "0"}));  // not all set
+  EXPECT_EQ(Topology::names_for("auto", 3, {"x", "y", "x"}), (std::vector<std::string>{"x", "y", "x"}));
+  EXPECT_EQ(Topology::names_for("2", 6, {}), (std::vector<std::string>{"0", "0", "0", "1", "1", "1"}));
+  EXPECT_THROW(Topology::names_for("4", 6, {}), Error);
+  EXPECT_THROW(Topology::names_for("0", 6, {}), Error);
+  EXPECT_THROW(Topology::names_for("two", 6, {}), Error);
+}
+
+TEST(Topology, UnequalCentres) {
+  // 5 ranks, tp 1: centre A holds ranks 0, 1, 3; B holds 2, 4 (interleaved on purpose).
+  const Topology t = Topology::build({"A", "A", "B", "A", "B"}, 1);
+  EXPECT_EQ(t.centres(), 2);
+  EXPECT_EQ(t.centre_of, (std::vector<int>{0, 0, 1, 0, 1}));
+  EXPECT_EQ(t.intra_index, (std::vector<int>{0, 1, 0, 2, 1}));
+  EXPECT_EQ(t.centre_dp, (std::vector<int>{3, 2}));
+  EXPECT_EQ(t.cross_shards(), 2);
+  EXPECT_FALSE(t.uniform_blocks());
+  EXPECT_EQ(t.intra_group(3), (std::vector<int>{0, 1, 3}));
+  EXPECT_EQ(t.cross_group(1), (std::vector<int>{1, 4}));
+  EXPECT_TRUE(t.cross_group(3).empty());  // A's third rank carries no cross-centre shard
+  EXPECT_EQ(t.describe(), "2 centres: A (3 ranks), B (2 ranks)");
+}
+
+TEST(Topology, TensorParallelInsideCentres) {
+  // tp 2, 8 ranks in 2 centres of 4: TP groups {0,1},{2,3} in c0 and {4,5},{6,7} in c1.
+  const Topology t = Topology::build(Topology::names_for("2", 8, {}), 2);
+  EXPECT_TRUE(t.uniform_blocks());
+  EXPECT_EQ(t.centre_dp, (std::vector<int>{2, 2}));
+  EXPECT_EQ(t.intra_index, (std::vector<int>{0, 0, 1, 1, 0, 0, 1, 1}));
+  EXPECT_EQ(t.intra_group(5), (std::vector<int>{5, 7}));   // same tp_rank 1, same centre
+  EXPECT_EQ(t.cross_group(3), (std::vector<int>{3, 7}));   // tp_rank 1, intra index 1, one per centre
+  // A TP group across centres is refused with the ranks and the fix.
+  try {
+    Topology::build({"a", "a", "a", "b", "b", "b"}, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("spans centres"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("ranks 2..3"), std::string::npos) << e.what();
+  }
+}
+
+std::vector<float> random_values(int64_t n, uint32_t seed, float scale) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = d(g);
+  return x;
+}
+
+TEST(Codec, RoundTripBounds) {
+  for (int64_t n : {1, 255, 256, 257, 1000, 4099}) {
+    std::vector<float> x = random_values(n, static_cast<uint32_t>(n), 0.01f);
+    if (n > 300) x[300] = 5.0f;  // one outlier: only its own block loses resolution
+    for (WanCodec c : {WanCodec::None, WanCodec::BF16, WanCodec::Int8}) {
+      std::vector<uint8_t> wire(codec_bytes(c, n), 0xAB);
+      codec_encode(c, x.data(), nullptr, n, wire.data());
+      std::vector<float> y(static_cast<size_t>(n), -99.0f);
+      codec_decode(c, wire.data(), n, y.data(), false);
+      for (int64_t b = 0; b < n; b += kInt8Block) {
+        const int64_t e = std::min(n, b + kInt8Block);
+        double amax = 0;
+        for (int64_t i = b; i < e; ++i) amax = std::max(amax, std::fabs(static_cast<double>(x[i])));
+        for (int64_t i = b; i < e; ++i) {
+          const double err = std::fabs(static_cast<double>(y[i]) - x[i]);
+          if (c == WanCodec::None) ASSERT_EQ(y[i], x[i]);
+          if (c == WanCodec::BF16) ASSERT_LE(err, std::fabs(x[i]) * std::ldexp(1.0, -8)) << i;  // half an ulp of 8 bits
+          if (c == WanCodec::Int8) ASSERT_LE(err, amax / 127.0 * 0.5 * (1 + 1e-5)) << "n " << n << " element " << i;
+        }
+      }
+      // decode with add = true accumulates (within one rounding: the compiler may fuse the multiply-add).
+      std::vector<float> acc(static_cast<size_t>(n), 1.0f);
+      codec_decode(c, wire.data(), n, acc.data(), true);
+      for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(acc[i], 1.0f + y[i], 1.2e-7 * (1.0f + std::fabs(y[i])));
+    }
+    EXPECT_EQ(codec_bytes(WanCodec::Int8, n), static_cast<size_t>(4 * ((n + 255) / 256) + n));
+  }
+}
+
+TEST(Codec, NonFiniteReachesTheReceiver) {
+  std::vector<float> x = random_values(600, 7, 1.0f);
+  x[400] = std::nanf("");
+  std::vector<uint8_t> wire(codec_bytes(WanCodec::Int8, 600));
+  codec_encode(WanCodec::Int8, x.data(), nullptr, 600, wire.data());
+  std::vector<float> y(600);
+  codec_decode(WanCodec::Int8, wire.data(), 600, y.data(), false);
+  EXPECT_TRUE(std::isnan(y[400]) && std::isnan(y[511]));  // the whole block of the NaN
+  EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[599]));
+}
+
+TEST(Codec, ErrorFeedbackLosesNothing) {
+  // Over many steps of fresh inputs: Σ decode(sent_t) + r_T = Σ x_t (up to fp32 rounding of the sums), while
+  // without feedback the error of the sum grows with the number of steps.
+  const int64_t n = 777;
+  for (WanCodec c : {WanCodec::BF16, WanCodec::Int8}) {
+    std::vector<float> residual(static_cast<size_t>(n), 0.0f), sent(static_cast<size_t>(n));
+    std::vector<double> sum_x(static_cast<size_t>(n), 0.0), sum_sent(static_cast<size_t>(n), 0.0);
+    std::vector<uint8_t> wire(codec_bytes(c, n));
+    for (int step = 0; step < 50; ++step) {
+      const std::vector<float> x = random_values(n, 100u + static_cast<uint32_t>(step), 1e-3f);
+      codec_encode(c, x.data(), residual.data(), n, wire.data());
+      codec_decode(c, wire.data(), n, sent.data(), false);
+      for (int64_t i = 0; i < n; ++i) {
+        sum_x[i] += x[i];
+        sum_sent[i] += sent[i];
+      }
+    }
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      worst = std::max(worst, std::fabs(sum_sent[i] + residual[i] - sum_x[i]));
+      scale = std::max(scale, std::fabs(sum_x[i]));
+    }
+    // Each step's fp32 additions (x + r, then r = v − sent) round at ~6e-8 of 1e-3-sized values.
+    EXPECT_LT(worst, 50 * 2e-10) << wan_codec_name(c) << " (largest |sum| " << scale << ")";
+  }
+}
+
+}  // namespace
+}  // namespace aq
