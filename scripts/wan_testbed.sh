@@ -5,8 +5,8 @@
 #
 # Topology (prefix P, default "aqc"; N centres):
 #
-#     netns P0 (centre0)  wan0 10.77.0.1 ──veth── c0 ┐
-#     netns P1 (centre1)  wan0 10.77.0.2 ──veth── c1 ┼─ br0 10.77.0.254   in netns Phub (mpirun runs here)
+#     netns P-0 (centre0)  wan0 10.77.0.1 ──veth── c0 ┐
+#     netns P-1 (centre1)  wan0 10.77.0.2 ──veth── c1 ┼─ br0 10.77.0.254   in netns P-hub (mpirun runs here)
 #     ...                                            ┘
 #
 #   Each veth end's egress carries a `tc tbf` qdisc at RATE, so every centre has RATE up and RATE down; traffic
@@ -68,7 +68,7 @@ need_root() {
 
 check_name() {
   [[ $PREFIX =~ ^[a-z][a-z0-9]{0,11}$ ]] ||
-    die 2 "--name '$PREFIX' must be 1-12 lower-case letters or digits, starting with a letter (it prefixes namespace names)"
+    die 2 "--name '$PREFIX' must be 1-12 lower-case letters or digits, starting with a letter (namespaces are NAME-0, NAME-1, ..., NAME-hub)"
 }
 
 state_file() { echo "$STATE_DIR/$PREFIX.env"; }
@@ -98,8 +98,9 @@ rate_bits() {  # RATE -> bits per second (tc units bit, kbit, mbit, gbit; k = 10
   local r=$1 num unit
   [[ $r =~ ^([0-9]+)(bit|kbit|mbit|gbit)$ ]] ||
     die 2 "--rate '$r' is not a rate like 100mbit, 1gbit or 500kbit (or 'none' for no shaping)"
-  num=${BASH_REMATCH[1]}
+  num=$((10#${BASH_REMATCH[1]}))
   unit=${BASH_REMATCH[2]}
+  ((num > 0)) || die 2 "--rate '$r' must be above zero (or 'none' for no shaping)"
   case $unit in
     bit) echo "$num" ;;
     kbit) echo $((num * 1000)) ;;
@@ -115,7 +116,7 @@ shape() {  # NS IF RATE: tbf on IF's egress. burst = 10 ms at RATE (>= 16 KB, so
   burst=$((bits / 8 / 100))
   ((burst >= 16384)) || burst=16384
   ip netns exec "$ns" tc qdisc replace dev "$dev" root tbf rate "$rate" burst "$burst" latency 100ms ||
-    { teardown quiet; die 77 "tc tbf failed on $dev in $ns (kernel without sch_tbf?): the testbed cannot shape links here"; }
+    { teardown quiet; die 1 "up: 'tc qdisc replace dev $dev root tbf rate $rate burst $burst latency 100ms' failed in $ns (error above); removed what was created"; }
 }
 
 no_ipv6() {  # NS: IPv6 off, so neighbour discovery and MLD chatter do not add to the link byte counters.
@@ -144,11 +145,11 @@ cmd_up() {
   f=$(state_file)
   [[ ! -f $f ]] || die 3 "up: testbed '$PREFIX' is already up ($f): run '$ME down${PREFIX_FLAG}' first, or pick another --name"
   local existing
-  existing=$(ip netns list | awk '{print $1}' | grep -E "^${PREFIX}([0-9]+|hub)$" || true)
+  existing=$(ip netns list | awk '{print $1}' | grep -E "^${PREFIX}-([0-9]+|hub)$" || true)
   [[ -z $existing ]] ||
     die 3 "up: namespaces $(echo "$existing" | tr '\n' ' ')already exist without a state file: run '$ME down${PREFIX_FLAG}' first"
 
-  HUB_NS=${PREFIX}hub
+  HUB_NS=$PREFIX-hub
   CENTRES=$centres
   RATE=$rate
   CENTRE_NS=()
@@ -156,10 +157,19 @@ cmd_up() {
   CENTRE_ADDR=()
   HUB_IF=()
   mkdir -p "$STATE_DIR/$PREFIX"
-  ip netns add "$HUB_NS" 2> "$STATE_DIR/$PREFIX/err" ||
-    { rm -rf "${STATE_DIR:?}/$PREFIX"; die 77 "cannot create network namespace $HUB_NS ($(cat "$STATE_DIR/$PREFIX/err" 2> /dev/null)): this machine cannot host the testbed"; }
+  local err
+  if ! err=$(ip netns add "$HUB_NS" 2>&1); then
+    rm -rf "${STATE_DIR:?}/$PREFIX"
+    die 77 "cannot create network namespace $HUB_NS (${err//$'\n'/ }): this machine cannot host the testbed"
+  fi
+  if [[ $rate != none ]] &&
+    ! err=$(ip netns exec "$HUB_NS" tc qdisc add dev lo root tbf rate 1mbit burst 16kb latency 100ms 2>&1); then
+    teardown quiet
+    die 77 "cannot shape links: 'tc qdisc add ... tbf' fails (${err//$'\n'/ }); load sch_tbf (modprobe sch_tbf) or use --rate none"
+  fi
   # From here on, any failure removes what was created.
   trap 'rc=$?; teardown quiet; echo "$ME: up failed (exit $rc, error above); removed what it had created" >&2; exit 1' ERR
+  [[ $rate == none ]] || ip netns exec "$HUB_NS" tc qdisc del dev lo root
   no_ipv6 "$HUB_NS"
   ip -n "$HUB_NS" link set lo up
   ip -n "$HUB_NS" link add "$BRIDGE" type bridge
@@ -167,7 +177,7 @@ cmd_up() {
   ip -n "$HUB_NS" link set "$BRIDGE" up
   local k ns
   for ((k = 0; k < centres; k++)); do
-    ns=$PREFIX$k
+    ns=$PREFIX-$k
     CENTRE_NS+=("$ns")
     CENTRE_NAME+=("centre$k")
     CENTRE_ADDR+=("$SUBNET.$((k + 1))")
@@ -205,8 +215,9 @@ cmd_up() {
   } > "$f.tmp"
   mv "$f.tmp" "$f"
   trap - ERR
-  echo "$ME: testbed '$PREFIX' up: $centres centres, each link shaped to $rate up and $rate down (tc tbf);" \
-    "no latency emulated (netem is not available on this kernel)"
+  local shaping="each link shaped to $rate up and $rate down (tc tbf)"
+  [[ $rate != none ]] || shaping="links not shaped (--rate none)"
+  echo "$ME: testbed '$PREFIX' up: $centres centres, $shaping; no latency emulated (netem is not available on this kernel)"
   for ((k = 0; k < centres; k++)); do
     echo "  ${CENTRE_NAME[k]}: netns ${CENTRE_NS[k]}, $CENTRE_IF ${CENTRE_ADDR[k]}/24 <-> ${HUB_IF[k]} on $BRIDGE in $HUB_NS ($HUB_ADDR)"
   done
@@ -249,7 +260,7 @@ teardown() {  # [quiet]: remove every namespace of PREFIX (deleting a namespace 
   #              bridge), this testbed's cgroups and its state.
   local ns removed=""
   trap - ERR
-  for ns in $(ip netns list 2> /dev/null | awk '{print $1}' | grep -E "^${PREFIX}([0-9]+|hub)$" || true); do
+  for ns in $(ip netns list 2> /dev/null | awk '{print $1}' | grep -E "^${PREFIX}-([0-9]+|hub)$" || true); do
     # A namespace still holding processes (a run that is still going) stays alive until they end, but its
     # name is released, so `up` can be run again at once.
     ip netns pids "$ns" 2> /dev/null | while read -r pid; do kill "$pid" 2> /dev/null || true; done
@@ -396,11 +407,11 @@ cmd_run() {
     export "AQ_WAN_CPU_QUOTA_$c=$us"
   done
 
-  # mpirun runs in the hub namespace (hostname ${PREFIX}hub, no ranks there): every centre's daemon is then
+  # mpirun runs in the hub namespace (hostname $PREFIX-hub, no ranks there): every centre's daemon is then
   # started by the agent, and reaches mpirun over its link at $HUB_ADDR. Ranks use TCP only (no shared memory
   # across "nodes"); both the runtime's out-of-band channel and MPI traffic are pinned to the testbed subnet.
   local rc=0
-  ip netns exec "$HUB_NS" unshare --uts sh -c 'hostname "$0" && exec "$@"' "${PREFIX}hub" \
+  ip netns exec "$HUB_NS" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$PREFIX-hub" \
     mpirun --allow-run-as-root --oversubscribe --bind-to none \
     --hostfile "$tmp/hostfile" --map-by slot -np "$np" \
     --mca plm_rsh_agent "$AGENT" --mca plm_rsh_no_tree_spawn 1 \
