@@ -31,6 +31,9 @@
 #   wan_testbed.sh bytes [--name P] [--json]
 #       one line per centre: `centreK tx=BYTES rx=BYTES` (bytes the centre sent / received over its link, from
 #       /sys/class/net/wan0/statistics inside its namespace); --json prints {"centre0":{"tx":..,"rx":..},...}.
+#   wan_testbed.sh throughput [--name P] [--from centre0] [--to centre1] [--seconds 5]
+#       a bounded-time TCP transfer (python3) between two centres: `centre0->centre1 bytes=.. seconds=..
+#       mbit_s=.. shaped_mbit_s=.. share=..` (goodput, without TCP/IP headers; no other traffic meanwhile).
 #   wan_testbed.sh status [--name P]      what is up (exit 0), or exit 3 when this testbed is not up
 #   wan_testbed.sh down [--name P]        remove namespaces, links, cgroups and state; safe to call twice
 #
@@ -344,6 +347,74 @@ cmd_status() {
   done
 }
 
+# Bounded-time TCP transfer from one centre to another (python3 sockets in the two namespaces): what a link
+# really carries, e.g. to check the shaping or calibrate a cost model's bandwidth term.
+TPUT_PY='
+import socket, sys, time
+mode, addr, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+if mode == "recv":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 5201)); s.listen(1); s.settimeout(secs + 10)
+    print("ready", flush=True)
+    c, _ = s.accept(); c.settimeout(secs + 10)
+    n, t0 = 0, None
+    while True:
+        b = c.recv(1 << 20)
+        if not b: break
+        if t0 is None: t0 = time.monotonic()
+        n += len(b)
+    print(n, time.monotonic() - t0)
+else:
+    c = socket.create_connection((addr, 5201), timeout=10)
+    buf, t0 = b"\0" * (1 << 16), time.monotonic()
+    while time.monotonic() - t0 < secs: c.sendall(buf)
+    c.close()
+'
+
+cmd_throughput() {
+  local from=centre0 to=centre1 secs=5
+  while (($#)); do
+    case $1 in
+      --name) PREFIX=${2:-}; PREFIX_FLAG=" --name $PREFIX"; shift 2 ;;
+      --from) from=${2:-}; shift 2 ;;
+      --to) to=${2:-}; shift 2 ;;
+      --seconds) secs=${2:-}; shift 2 ;;
+      *) die 2 "throughput: unknown argument '$1' (usage: throughput [--from centreA] [--to centreB] [--seconds S])" ;;
+    esac
+  done
+  [[ $secs =~ ^[0-9]+$ ]] && ((secs >= 1 && secs <= 120)) || die 2 "throughput: --seconds '$secs' must be 1 to 120"
+  check_name
+  need_root
+  command -v python3 > /dev/null || die 77 "throughput: python3 not found: apt-get install python3"
+  load_state
+  local k fns="" tns="" taddr=""
+  for ((k = 0; k < CENTRES; k++)); do
+    [[ ${CENTRE_NAME[k]} == "$from" ]] && fns=${CENTRE_NS[k]}
+    [[ ${CENTRE_NAME[k]} == "$to" ]] && { tns=${CENTRE_NS[k]}; taddr=${CENTRE_ADDR[k]}; }
+  done
+  [[ -n $fns && -n $tns && $from != "$to" ]] ||
+    die 2 "throughput: --from $from --to $to must be two different centres of ${CENTRE_NAME[*]}"
+  local out
+  out=$(mktemp)
+  timeout $((secs + 20)) ip netns exec "$tns" python3 -c "$TPUT_PY" recv "$taddr" "$secs" > "$out" &
+  local rpid=$! t
+  for ((t = 0; t < 50; t++)); do grep -q ready "$out" && break; sleep 0.1; done
+  grep -q ready "$out" || { kill "$rpid" 2> /dev/null; rm -f "$out"; die 1 "throughput: receiver in $tns did not start within 5 s"; }
+  timeout $((secs + 20)) ip netns exec "$fns" python3 -c "$TPUT_PY" send "$taddr" "$secs" ||
+    { kill "$rpid" 2> /dev/null; rm -f "$out"; die 1 "throughput: sender in $fns failed (error above)"; }
+  wait "$rpid" || { rm -f "$out"; die 1 "throughput: receiver in $tns failed (error above)"; }
+  local bytes dt
+  read -r bytes dt < <(tail -1 "$out")
+  rm -f "$out"
+  local rate_bits_s=0
+  [[ $RATE == none ]] || rate_bits_s=$(rate_bits "$RATE")
+  awk -v f="$from" -v t="$to" -v b="$bytes" -v s="$dt" -v r="$rate_bits_s" 'BEGIN {
+    m = b * 8 / s / 1e6
+    printf "%s->%s bytes=%.0f seconds=%.3f mbit_s=%.1f", f, t, b, s, m
+    if (r > 0) printf " shaped_mbit_s=%.1f share=%.3f", r / 1e6, m * 1e6 / r
+    printf "\n" }'
+}
+
 # ---------------------------------------------------------------------------------------------------------
 # run
 # ---------------------------------------------------------------------------------------------------------
@@ -424,7 +495,7 @@ cmd_run() {
 PREFIX=aqc
 PREFIX_FLAG=""
 CMD=${1:-}
-[[ -n $CMD ]] || die 2 "usage: $ME up|run|bytes|status|down ... (see the header of $0)"
+[[ -n $CMD ]] || die 2 "usage: $ME up|run|bytes|throughput|status|down ... (see the header of $0)"
 shift
 case $CMD in
   up) cmd_up "$@" ;;
@@ -432,6 +503,7 @@ case $CMD in
   run) cmd_run "$@" ;;
   bytes) cmd_bytes "$@" ;;
   status) cmd_status "$@" ;;
+  throughput) cmd_throughput "$@" ;;
   -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-  *) die 2 "unknown command '$CMD': use up, run, bytes, status or down (see the header of $0)" ;;
+  *) die 2 "unknown command '$CMD': use up, run, bytes, throughput, status or down (see the header of $0)" ;;
 esac
