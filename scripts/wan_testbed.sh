@@ -51,8 +51,8 @@ set -euo pipefail
 
 ME=wan_testbed.sh
 STATE_DIR=/run/aq-wan-testbed
-SUBNET=10.77.0          # /24 inside the namespaces only; hub is .254, centre k is .(k+1)
-HUB_ADDR=$SUBNET.254
+NET=10.77.0             # /24 inside the namespaces only; hub is .254, centre k is .(k+1)
+HUB_ADDR=$NET.254
 CENTRE_IF=wan0          # the centre's end of its link, inside the centre's namespace
 BRIDGE=br0              # in the hub namespace
 CGROUP_ROOT=/sys/fs/cgroup/cpu  # cgroup v1 cpu hierarchy on the host (for --cpu-quota)
@@ -183,7 +183,7 @@ cmd_up() {
     ns=$PREFIX-$k
     CENTRE_NS+=("$ns")
     CENTRE_NAME+=("centre$k")
-    CENTRE_ADDR+=("$SUBNET.$((k + 1))")
+    CENTRE_ADDR+=("$NET.$((k + 1))")
     HUB_IF+=("c$k")
     ip netns add "$ns"
     no_ipv6 "$ns"
@@ -192,7 +192,7 @@ cmd_up() {
     ip -n "$HUB_NS" link add "c$k" type veth peer name "$CENTRE_IF" netns "$ns"
     ip -n "$HUB_NS" link set "c$k" master "$BRIDGE"
     ip -n "$HUB_NS" link set "c$k" up
-    ip -n "$ns" addr add "$SUBNET.$((k + 1))/24" dev "$CENTRE_IF"
+    ip -n "$ns" addr add "$NET.$((k + 1))/24" dev "$CENTRE_IF"
     ip -n "$ns" link set "$CENTRE_IF" up
     if [[ $rate != none ]]; then
       shape "$ns" "$CENTRE_IF" "$rate"   # the centre's upload
@@ -205,7 +205,7 @@ cmd_up() {
     echo "PREFIX=$PREFIX"
     echo "CENTRES=$CENTRES"
     echo "RATE=$RATE"
-    echo "SUBNET=$SUBNET.0/24"
+    echo "SUBNET=$NET.0/24"
     echo "HUB_NS=$HUB_NS"
     echo "HUB_ADDR=$HUB_ADDR"
     echo "BRIDGE=$BRIDGE"

@@ -7,6 +7,8 @@
 #     per step, plus 8 MiB for start-up (any all-reduce algorithm lands in this range: a hierarchical exchange
 #     moves one gradient per direction, a flat ring 1.5, recursive doubling 2 per rank pair crossing);
 #   - what centre0 sent, centre1 received (the hub adds only mpirun's control traffic).
+# The bounds hold for fp32 gradients under any algorithm; a compressed exchange (int8) would need lower ones.
+# Runtime byte counts (a step's wan_bytes) are compared with the same before/after deltas of `bytes`.
 # The testbed gets a name of its own (aqt<pid>), so a user's testbed is never touched, and is taken down on any
 # exit. Skips (77) when not root or when this machine cannot create namespaces or tbf qdiscs.
 # Usage: wan_testbed.sh BUILD_BIN_DIR TESTBED_SCRIPT
