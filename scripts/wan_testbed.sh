@@ -34,7 +34,8 @@
 #   wan_testbed.sh throughput [--name P] [--from centre0] [--to centre1] [--seconds 5]
 #       a bounded-time TCP transfer (python3) between two centres: `centre0->centre1 bytes=.. seconds=..
 #       mbit_s=.. shaped_mbit_s=.. share=..` (goodput, without TCP/IP headers; no other traffic meanwhile).
-#   wan_testbed.sh status [--name P]      what is up (exit 0), or exit 3 when this testbed is not up
+#   wan_testbed.sh status [--name P] [--json]   what is up (exit 0; --json: name, centres, rate, rate_bits_per_s,
+#       namespaces and addresses), or exit 3 when this testbed is not up
 #   wan_testbed.sh down [--name P]        remove namespaces, links, cgroups and state; safe to call twice
 #
 # Exit codes: 0 ok; 1 error; 2 bad usage; 3 testbed not up (run/bytes/status) or already up (up);
@@ -304,7 +305,7 @@ parse_name_only() {  # shared by status and bytes; sets JSON
     case $1 in
       --name) PREFIX=${2:-}; PREFIX_FLAG=" --name $PREFIX"; shift 2 ;;
       --json) JSON=1; shift ;;
-      *) die 2 "$CMD: unknown argument '$1' (usage: $CMD [--name PREFIX]$([[ $CMD == bytes ]] && echo ' [--json]'))" ;;
+      *) die 2 "$CMD: unknown argument '$1' (usage: $CMD [--name PREFIX] [--json])" ;;
     esac
   done
   check_name
@@ -338,8 +339,21 @@ cmd_status() {
   parse_name_only "$@"
   need_root
   load_state
-  echo "testbed '$PREFIX': $CENTRES centres, rate $RATE per direction (no latency emulated), hub $HUB_NS $HUB_ADDR"
   local k q
+  if ((JSON)); then
+    local bits=0 sep=""
+    [[ $RATE == none ]] || bits=$(rate_bits "$RATE")
+    printf '{"name":"%s","centres":%d,"rate":"%s","rate_bits_per_s":%s,"latency_emulated":false,"hub_netns":"%s","hub_addr":"%s","centre":[' \
+      "$PREFIX" "$CENTRES" "$RATE" "$bits" "$HUB_NS" "$HUB_ADDR"
+    for ((k = 0; k < CENTRES; k++)); do
+      printf '%s{"name":"%s","netns":"%s","if":"%s","addr":"%s"}' "$sep" "${CENTRE_NAME[k]}" "${CENTRE_NS[k]}" \
+        "$CENTRE_IF" "${CENTRE_ADDR[k]}"
+      sep=","
+    done
+    printf ']}\n'
+    return 0
+  fi
+  echo "testbed '$PREFIX': $CENTRES centres, rate $RATE per direction (no latency emulated), hub $HUB_NS $HUB_ADDR"
   for ((k = 0; k < CENTRES; k++)); do
     q=$(ip netns exec "${CENTRE_NS[k]}" tc qdisc show dev "$CENTRE_IF" | head -1)
     echo "  ${CENTRE_NAME[k]}: netns ${CENTRE_NS[k]} $CENTRE_IF ${CENTRE_ADDR[k]}" \
