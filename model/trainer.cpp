@@ -78,9 +78,12 @@ void TrainConfig::validate() const {
 DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo) {
   DpAlgoOptions o;
   const bool centres = topo.centres() > 1;
-  o.algo = cfg.dp_algo != "auto" ? cfg.dp_algo : centres && !cfg.zero ? "hier" : "flat";
-  AQ_CHECK(!(o.algo == "hier" && cfg.zero), "--zero 1 with --dp-algo hier is not available yet (the hierarchical ",
-           "reduce-scatter is); use --dp-algo flat with --zero 1, or drop --zero");
+  // ZeRO-1's hierarchical reduce-scatter needs equal centres of contiguous ranks (DP rank = centre·g + index).
+  const bool zero_ok = !cfg.zero || topo.uniform_blocks();
+  o.algo = cfg.dp_algo != "auto" ? cfg.dp_algo : centres && zero_ok ? "hier" : "flat";
+  AQ_CHECK(o.algo != "hier" || zero_ok, "--zero 1 with --dp-algo hier needs centres of equal size holding ",
+           "contiguous blocks of ranks (", topo.describe(), "); launch each centre's ranks together with equal ",
+           "counts, or use --dp-algo flat");
   o.codec = wan_codec_from_name(cfg.wan_compress);
   if (o.codec != WanCodec::None) {
     AQ_CHECK(centres, "--wan-compress ", cfg.wan_compress, " compresses the cross-centre hop, but the job is one centre; ",

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "parallel/algo/codec.h"
 #include "parallel/backend.h"
@@ -41,8 +42,13 @@ class DpAlgorithm {
   virtual WorkPtr all_gather(const void* send, void* recv, int64_t slice, DType dtype,
                              const CollectiveOptions& opts) = 0;
   virtual WanStats take_wan_stats() = 0;
-  // Error-feedback residuals over the gradient buffer (null without error feedback), for checkpoints.
+  // Error feedback: this rank's residuals over the gradient buffer (null without error feedback). Inside a
+  // centre every position is quantised by at most one rank, so the sum over the centre's DP ranks is the
+  // centre's residual, which is what a checkpoint keeps.
   virtual float* residuals() { return nullptr; }
+  // Resume: the centre's residual (buffer_size values). Each position is handed to the rank that quantises it,
+  // the first time it does (so another layout inside the centre works too).
+  virtual void restore_residuals(std::vector<float> centre_residual) { (void)centre_residual; }
 };
 
 struct DpAlgoOptions {

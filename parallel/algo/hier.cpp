@@ -1,8 +1,8 @@
-// hier.cpp — the hierarchical all-reduce: reduce-scatter inside the centre, exchange across centres, all-gather
-// inside the centre (dp_algorithm.h), with the slow hop optionally compressed (codec.h).
+// hier.cpp — the hierarchical algorithm: the fast network inside a centre, one exchange per shard across
+// centres, the slow hop optionally compressed (dp_algorithm.h, codec.h).
 //
-// Stages of one all-reduce of n values on a rank with intra index i in a centre of g DP ranks, S = the number
-// of cross-centre shards (the smallest centre's DP size), C centres:
+// All-reduce of n values on a rank with intra index i in a centre of g DP ranks; S = the number of cross-centre
+// shards (the smallest centre's DP size); C centres:
 //   0. intra reduce-scatter: ranks 0..S−1 of the centre receive shard i (n/S values) summed over the centre;
 //      ranks ≥ S receive nothing (their centre is larger than the smallest one).
 //   1. cross A (carriers only, on the cross_rs group): the shard is cut into C chunks; chunk p is encoded
@@ -10,7 +10,11 @@
 //   2. cross B (on cross_ag): the owner decodes the C−1 contributions, adds them to its own chunk in centre
 //      order in fp32, encodes the sum once, keeps the decoded value, and sends the encoding to every peer.
 //   3. the peers decode; the shard goes back into the buffer; intra all-gather (in place) on intra_ag.
-// The cross stage runs on host memory over the host (MPI) cross groups, staging device buffers through the
+// ZeRO-1 (equal centres holding contiguous rank blocks, so DP rank d = c·g + i): the reduce-scatter runs C intra
+// reduce-scatters (segment c' gives rank i the centre's sum of slice c'·g + i), then cross A delivers each
+// slice to its owner, who adds in fp32 (no second hop, so no re-encoding); the parameter all-gather sends each
+// slice to the other centres (uncompressed: weights are not compressed) and runs C in-place intra all-gathers.
+// The cross stages run on host memory over the host (MPI) cross groups, staging device buffers through the
 // host: across centres the link, not PCIe, is the bottleneck, and the cross groups can later be any host
 // transport between separately launched centres.
 #include <algorithm>
@@ -18,7 +22,6 @@
 #include <functional>
 
 #include "parallel/algo/dp_algorithm.h"
-#include "runtime/log.h"
 #include "runtime/memory.h"
 #include "runtime/sysinfo.h"
 
@@ -36,9 +39,10 @@ void split(int64_t n, int k, std::vector<int64_t>& len, std::vector<int64_t>& of
 }
 
 // Byte messages travel as 16-bit words (the backends' smallest type); buffers are padded to an even size.
-int64_t words(size_t bytes) { return static_cast<int64_t>((bytes + 1) / 2); }
-
-class HierAlgorithm;
+using Words = std::vector<uint16_t>;
+Words words_for(size_t bytes) { return Words((bytes + 1) / 2, 0); }
+uint8_t* bytes_of(Words& w) { return reinterpret_cast<uint8_t*>(w.data()); }
+const uint8_t* bytes_of(const Words& w) { return reinterpret_cast<const uint8_t*>(w.data()); }
 
 // One call in flight: its stages, the Works of the stage that runs, and the buffers they use.
 struct HierOp {
@@ -53,17 +57,24 @@ struct HierOp {
       if (!w->test()) return false;
     return true;
   }
+  void add_stage(const char* what, std::function<void(HierOp&)> fn) {
+    stage_names.push_back(what);
+    stages.push_back(std::move(fn));
+  }
   // Buffers owned by the call.
-  std::vector<float> host;                           // the shard in host memory (cross stages)
-  DeviceBuffer<float> shard;                          // the intra reduce-scatter's output
-  std::vector<std::vector<uint16_t>> out, in;         // encoded chunks, per peer
+  std::vector<float> host;       // the shard (or slices) in host memory during the cross stages
+  DeviceBuffer<float> shard;     // intra reduce-scatter output on the buffers' device
+  std::vector<Words> out, in;    // encoded chunks, per peer
   std::vector<int64_t> counts, c_len, c_off;
   int64_t off_i = 0, len_i = 0;
 };
 
+class HierAlgorithm;
+
 class HierWork final : public Work {
  public:
-  HierWork(HierAlgorithm* algo, std::shared_ptr<HierOp> op, uint64_t seq, const CollectiveOptions& opts);
+  HierWork(HierAlgorithm* algo, std::shared_ptr<HierOp> op, uint64_t seq, const CollectiveOptions& opts, const char* what)
+      : Work(seq, opts.name, what, opts.timeout_s), algo_(algo), op_(std::move(op)) {}
   bool test() override;
   void wait(double timeout_s) override;
 
@@ -87,20 +98,24 @@ class HierAlgorithm final : public DpAlgorithm {
   }
 
   WorkPtr all_reduce(float* data, int64_t count, int64_t offset, const CollectiveOptions& opts) override;
-
-  WorkPtr reduce_scatter(const float*, float*, int64_t, const CollectiveOptions&) override {
-    fail("--zero 1 with --dp-algo hier is not available yet; use --dp-algo flat with --zero 1");
-  }
-  WorkPtr all_gather(const void*, void*, int64_t, DType, const CollectiveOptions&) override {
-    fail("--zero 1 with --dp-algo hier is not available yet; use --dp-algo flat with --zero 1");
-  }
+  WorkPtr reduce_scatter(const float* send, float* recv, int64_t slice, const CollectiveOptions& opts) override;
+  WorkPtr all_gather(const void* send, void* recv, int64_t slice, DType dtype, const CollectiveOptions& opts) override;
 
   WanStats take_wan_stats() override {
     WanStats s = stats_;
     stats_ = {};
+    pending_residual_.clear();  // a step has run: every position was claimed by the rank that quantises it
+    pending_residual_.shrink_to_fit();
     return s;
   }
   float* residuals() override { return residual_.empty() ? nullptr : residual_.data(); }
+  void restore_residuals(std::vector<float> centre) override {
+    if (residual_.empty()) return;
+    AQ_ASSERT(centre.size() == residual_.size(), "residuals of ", centre.size(), " values for a buffer of ",
+              residual_.size());
+    std::fill(residual_.begin(), residual_.end(), 0.0f);
+    pending_residual_ = std::move(centre);
+  }
 
   // Starts every stage that may start: a call's next stage when its current one is done and every earlier call
   // has started that stage already (so each group sees its collectives in call order on every rank).
@@ -123,37 +138,70 @@ class HierAlgorithm final : public DpAlgorithm {
     }
   }
 
-  // The call is stuck past its timeout: let the backend Work it waits for report who did not arrive.
+  // A call is stuck past its timeout: let the backend Work it waits for report who did not arrive.
   [[noreturn]] void stuck(HierOp& op, double waited) {
     for (const auto& live : live_)
       for (const WorkPtr& w : live->pending)
         if (!w->test()) w->wait(0);  // reports the missing ranks and ends the job
-    fail(str("hierarchical all-reduce \"", op.name, "\" made no progress in stage ",
-             op.started ? op.stage_names[op.started - 1] : "(none)", " for ", static_cast<int>(waited), " s"));
+    fail(str("hierarchical collective \"", op.name, "\" made no progress in its ",
+             op.started ? op.stage_names[op.started - 1] : "first stage", " for ", static_cast<int>(waited), " s"));
   }
   double timeout_s() const { return g_.timeout_s; }
 
  private:
+  WorkPtr launch(std::shared_ptr<HierOp> op, const CollectiveOptions& opts, const char* what) {
+    live_.push_back(op);
+    auto w = std::make_shared<HierWork>(this, op, ++seq_, opts, what);
+    progress();  // starts stage 0 now (every earlier call has started it), and whatever else may start
+    return w;
+  }
+  // The residual of n values at gradient position pos, with what a restored checkpoint holds for them moved in
+  // on first use; null without error feedback.
+  float* residual_at(int64_t pos, int64_t n) {
+    if (residual_.empty()) return nullptr;
+    float* r = residual_.data() + pos;
+    if (!pending_residual_.empty()) {
+      float* q = pending_residual_.data() + pos;
+      for (int64_t k = 0; k < n; ++k) r[k] += std::exchange(q[k], 0.0f);
+    }
+    return r;
+  }
+  // Posts the receives (one message of in[p].size() words from each peer p ≠ me), then the sends of out[p].
+  void exchange(HierOp& o, Backend& b, bool send_same, const std::string& what) {
+    const int C = b.size(), me = b.rank();
+    for (int p = 0; p < C; ++p)
+      if (p != me)
+        o.pending.push_back(b.recv(o.in[p].data(), static_cast<int64_t>(o.in[p].size()), DType::U16, p, {what}));
+    for (int p = 0; p < C; ++p) {
+      if (p == me) continue;
+      const Words& w = send_same ? o.out[me] : o.out[p];
+      o.pending.push_back(b.send(w.data(), static_cast<int64_t>(w.size()), DType::U16, p, {what}));
+      stats_.bytes += 2.0 * static_cast<double>(w.size());
+    }
+  }
   void wan_begin() {
     if (wan_active_++ == 0) wan_t0_ = steady_ms();
   }
   void wan_end() {
     if (--wan_active_ == 0) stats_.ms += steady_ms() - wan_t0_;
   }
+  void check_zero_layout() const {
+    AQ_CHECK(topo_.uniform_blocks(), "--zero 1 with --dp-algo hier needs centres of equal size holding contiguous ",
+             "blocks of ranks (", topo_.describe(), "); launch each centre's ranks together with equal counts, or use ",
+             "--dp-algo flat");
+  }
 
   DpAlgoOptions o_;
   DpGroups g_;
   const Topology& topo_;
-  std::vector<float> residual_;  // error feedback, over the gradient buffer
+  std::vector<float> residual_;          // error feedback, over the gradient buffer
+  std::vector<float> pending_residual_;  // restored from a checkpoint, not yet claimed
   std::deque<std::shared_ptr<HierOp>> live_;
   uint64_t seq_ = 0;
   WanStats stats_;
   int wan_active_ = 0;
   double wan_t0_ = 0;
 };
-
-HierWork::HierWork(HierAlgorithm* algo, std::shared_ptr<HierOp> op, uint64_t seq, const CollectiveOptions& opts)
-    : Work(seq, opts.name, "hierarchical all_reduce", opts.timeout_s), algo_(algo), op_(std::move(op)) {}
 
 bool HierWork::test() {
   if (completed_ms_ > 0) return true;
@@ -184,25 +232,22 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
   }
   const bool carrier = xrs && xrs->size() > 1 && op->len_i > 0;
   const Device dev = o_.device;
-  // Where this rank's shard lives on the buffers' device during the cross stage.
+  const bool staged = dev != Device::CPU;
+  // This rank's shard on the buffers' device: the reduce-scatter needs a separate output (null for a rank
+  // without a shard); with one rank per centre the shard is the buffer itself.
   float* shard = data + op->off_i;
-  if (g > 1) {  // the reduce-scatter needs a separate output; ranks without a shard receive nothing
+  if (g > 1) {
     if (op->len_i > 0) op->shard = DeviceBuffer<float>(dev, static_cast<size_t>(op->len_i));
     shard = op->shard.data();
   }
-  // Host view of the shard: the shard itself on the CPU, a staging copy for device buffers.
-  const bool staged = dev != Device::CPU;
   const std::string nm = opts.name;
+  const int64_t pos = offset + op->off_i;  // the shard's position in the gradient buffer
 
-  op->stage_names = {"intra-centre reduce-scatter", "cross-centre exchange (to owners)",
-                     "cross-centre exchange (from owners)", "intra-centre all-gather"};
-  // 0: intra reduce-scatter.
-  op->stages.push_back([=, &intra_rs](HierOp& o) {
+  op->add_stage("intra-centre reduce-scatter", [=, &intra_rs](HierOp& o) {
     if (g > 1)
       o.pending.push_back(intra_rs.reduce_scatter_v(data, shard, o.counts, DType::F32, {nm + " (intra reduce-scatter)"}));
   });
-  // 1: encode chunk p for its owner p; post the receives of this rank's own chunk, then the sends.
-  op->stages.push_back([=, this](HierOp& o) {
+  op->add_stage("cross-centre exchange to the owners", [=, this](HierOp& o) {
     if (!carrier) return;
     wan_begin();
     const int C = xrs->size(), j = xrs->rank();
@@ -217,61 +262,37 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
     o.in.resize(static_cast<size_t>(C));
     for (int p = 0; p < C; ++p) {
       if (p == j) continue;
-      o.in[p].resize(static_cast<size_t>(words(codec_bytes(o_.codec, o.c_len[j]))));
-      o.pending.push_back(xrs->recv(o.in[p].data(), static_cast<int64_t>(o.in[p].size()), DType::U16, p,
-                                    {nm + " (cross-centre, to owner)"}));
+      o.in[p] = words_for(codec_bytes(o_.codec, o.c_len[j]));
+      o.out[p] = words_for(codec_bytes(o_.codec, o.c_len[p]));
+      codec_encode(o_.codec, h + o.c_off[p], residual_at(pos + o.c_off[p], o.c_len[p]), o.c_len[p], bytes_of(o.out[p]));
     }
-    for (int p = 0; p < C; ++p) {
-      if (p == j) continue;
-      const size_t bytes = codec_bytes(o_.codec, o.c_len[p]);
-      o.out[p].assign(static_cast<size_t>(words(bytes)), 0);
-      float* res = residual_.empty() ? nullptr : residual_.data() + offset + o.off_i + o.c_off[p];
-      codec_encode(o_.codec, h + o.c_off[p], res, o.c_len[p], reinterpret_cast<uint8_t*>(o.out[p].data()));
-      o.pending.push_back(xrs->send(o.out[p].data(), static_cast<int64_t>(o.out[p].size()), DType::U16, p,
-                                    {nm + " (cross-centre, to owner)"}));
-      stats_.bytes += 2.0 * static_cast<double>(o.out[p].size());
-    }
+    exchange(o, *xrs, false, nm + " (cross-centre, to owners)");
   });
-  // 2: the owner's sum, encoded once, sent to every peer; receive the other owners' chunks.
-  op->stages.push_back([=, this](HierOp& o) {
+  op->add_stage("cross-centre exchange from the owners", [=, this](HierOp& o) {
     if (!carrier) return;
     const int C = xrs->size(), j = xrs->rank();
-    float* h = staged ? o.host.data() : shard;
-    float* mine = h + o.c_off[j];
+    float* mine = (staged ? o.host.data() : shard) + o.c_off[j];
     const int64_t m = o.c_len[j];
     std::vector<float> acc(static_cast<size_t>(m), 0.0f);
     for (int p = 0; p < C; ++p) {  // centre order: the same sum on every run
       if (p == j)
         for (int64_t k = 0; k < m; ++k) acc[k] += mine[k];
       else
-        codec_decode(o_.codec, reinterpret_cast<const uint8_t*>(o.in[p].data()), m, acc.data(), true);
+        codec_decode(o_.codec, bytes_of(o.in[p]), m, acc.data(), true);
     }
-    const size_t bytes = codec_bytes(o_.codec, m);
-    std::vector<uint16_t> enc(static_cast<size_t>(words(bytes)), 0);
-    float* res = residual_.empty() ? nullptr : residual_.data() + offset + o.off_i + o.c_off[j];
-    codec_encode(o_.codec, acc.data(), res, m, reinterpret_cast<uint8_t*>(enc.data()));
-    codec_decode(o_.codec, reinterpret_cast<const uint8_t*>(enc.data()), m, mine, false);  // as the peers see it
-    for (int p = 0; p < C; ++p) {
-      if (p == j) continue;
-      o.in[p].resize(static_cast<size_t>(words(codec_bytes(o_.codec, o.c_len[p]))));
-      o.pending.push_back(xag->recv(o.in[p].data(), static_cast<int64_t>(o.in[p].size()), DType::U16, p,
-                                    {nm + " (cross-centre, from owner)"}));
-    }
-    o.out[j] = std::move(enc);
-    for (int p = 0; p < C; ++p) {
-      if (p == j) continue;
-      o.pending.push_back(xag->send(o.out[j].data(), static_cast<int64_t>(o.out[j].size()), DType::U16, p,
-                                    {nm + " (cross-centre, from owner)"}));
-      stats_.bytes += 2.0 * static_cast<double>(o.out[j].size());
-    }
+    o.out[j] = words_for(codec_bytes(o_.codec, m));
+    codec_encode(o_.codec, acc.data(), residual_at(pos + o.c_off[j], m), m, bytes_of(o.out[j]));
+    codec_decode(o_.codec, bytes_of(o.out[j]), m, mine, false);  // the owner keeps what the peers will see
+    for (int p = 0; p < C; ++p)
+      if (p != j) o.in[p] = words_for(codec_bytes(o_.codec, o.c_len[p]));
+    exchange(o, *xag, true, nm + " (cross-centre, from owners)");
   });
-  // 3: decode the other owners' chunks, put the shard back, all-gather inside the centre.
-  op->stages.push_back([=, this, &intra_ag](HierOp& o) {
+  op->add_stage("intra-centre all-gather", [=, this, &intra_ag](HierOp& o) {
     if (carrier) {
       const int C = xrs->size(), j = xrs->rank();
       float* h = staged ? o.host.data() : shard;
       for (int p = 0; p < C; ++p)
-        if (p != j) codec_decode(o_.codec, reinterpret_cast<const uint8_t*>(o.in[p].data()), o.c_len[p], h + o.c_off[p], false);
+        if (p != j) codec_decode(o_.codec, bytes_of(o.in[p]), o.c_len[p], h + o.c_off[p], false);
       if (staged) device_copy(shard, dev, h, Device::CPU, static_cast<size_t>(o.len_i) * sizeof(float));
       wan_end();
     }
@@ -280,10 +301,106 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
       o.pending.push_back(intra_ag.all_gather_v(data + o.off_i, data, o.counts, DType::F32, {nm + " (intra all-gather)"}));
     }
   });
-  live_.push_back(op);
-  auto w = std::make_shared<HierWork>(this, op, ++seq_, opts);
-  progress();  // starts stage 0 now (every earlier call has started it), and whatever else may start
-  return w;
+  return launch(op, opts, "hierarchical all_reduce");
+}
+
+WorkPtr HierAlgorithm::reduce_scatter(const float* send, float* recv, int64_t L, const CollectiveOptions& opts) {
+  check_zero_layout();
+  auto op = std::make_shared<HierOp>();
+  op->name = opts.name;
+  Backend& intra = *g_.intra_rs;
+  Backend* xrs = g_.cross_rs;
+  const int g = intra.size(), i = intra.rank(), C = topo_.centres();
+  const int j = xrs ? xrs->rank() : 0;
+  const Device dev = o_.device;
+  const size_t bytes = static_cast<size_t>(L) * sizeof(float);
+  const std::string nm = opts.name;
+  // slices (C·L on the device): slice c' = the centre's sum of the global slice c'·g + i. With one rank per centre
+  // the global buffer already is that; with one centre, recv is.
+  const float* slices = send;
+  if (g > 1 && C > 1) {
+    op->shard = DeviceBuffer<float>(dev, static_cast<size_t>(C * L));
+    slices = op->shard.data();
+  }
+  op->add_stage("intra-centre reduce-scatters", [=, &intra](HierOp& o) {
+    if (g == 1) return;
+    for (int c = 0; c < C; ++c)
+      o.pending.push_back(intra.reduce_scatter(send + static_cast<int64_t>(c) * g * L,
+                                               C > 1 ? const_cast<float*>(slices) + c * L : recv, L, DType::F32,
+                                               {str(nm, " (intra reduce-scatter ", c, ")")}));
+  });
+  op->add_stage("cross-centre exchange to the owners", [=, this](HierOp& o) {
+    if (C == 1) return;
+    wan_begin();
+    o.host.resize(static_cast<size_t>(C * L));
+    device_copy(o.host.data(), Device::CPU, slices, dev, o.host.size() * sizeof(float));
+    o.out.resize(static_cast<size_t>(C));
+    o.in.resize(static_cast<size_t>(C));
+    for (int p = 0; p < C; ++p) {
+      if (p == j) continue;
+      o.in[p] = words_for(codec_bytes(o_.codec, L));
+      o.out[p] = words_for(codec_bytes(o_.codec, L));
+      codec_encode(o_.codec, o.host.data() + p * L, residual_at((static_cast<int64_t>(p) * g + i) * L, L), L,
+                   bytes_of(o.out[p]));
+    }
+    exchange(o, *xrs, false, nm + " (cross-centre, to owners)");
+  });
+  op->add_stage("owner's sum", [=, this](HierOp& o) {
+    if (C == 1) return;
+    std::vector<float> acc(static_cast<size_t>(L), 0.0f);
+    for (int p = 0; p < C; ++p) {  // centre order
+      if (p == j)
+        for (int64_t k = 0; k < L; ++k) acc[k] += o.host[static_cast<size_t>(j * L + k)];
+      else
+        codec_decode(o_.codec, bytes_of(o.in[p]), L, acc.data(), true);
+    }
+    device_copy(recv, dev, acc.data(), Device::CPU, bytes);
+    wan_end();
+  });
+  return launch(op, opts, "hierarchical reduce_scatter");
+}
+
+WorkPtr HierAlgorithm::all_gather(const void* send, void* recv, int64_t L, DType dtype, const CollectiveOptions& opts) {
+  check_zero_layout();
+  auto op = std::make_shared<HierOp>();
+  op->name = opts.name;
+  Backend& intra = *g_.intra_ag;
+  Backend* xag = g_.cross_ag;
+  const int g = intra.size(), i = intra.rank(), C = topo_.centres();
+  const int j = xag ? xag->rank() : 0;
+  const Device dev = o_.device;
+  const size_t es = dtype_size(dtype), bytes = static_cast<size_t>(L) * es;
+  char* out = static_cast<char*>(recv);
+  // Global slice d = c·g + i sits at d·L; this rank's is (j·g + i)·L, which is where send points.
+  auto at = [=](int c) { return out + (static_cast<size_t>(c) * g + i) * bytes; };
+  const std::string nm = opts.name;
+  op->add_stage("cross-centre exchange of slices", [=, this](HierOp& o) {
+    if (C == 1) return;
+    wan_begin();
+    o.out.resize(static_cast<size_t>(C));
+    o.in.resize(static_cast<size_t>(C));
+    o.out[j] = words_for(bytes);
+    device_copy(bytes_of(o.out[j]), Device::CPU, send, dev, bytes);
+    for (int p = 0; p < C; ++p)
+      if (p != j) o.in[p] = words_for(bytes);
+    exchange(o, *g_.cross_ag, true, nm + " (cross-centre)");
+  });
+  op->add_stage("intra-centre all-gathers", [=, this, &intra](HierOp& o) {
+    if (C > 1) {
+      for (int p = 0; p < C; ++p)
+        if (p != j) device_copy(at(p), dev, bytes_of(o.in[p]), Device::CPU, bytes);
+      wan_end();
+    }
+    if (g == 1) {
+      if (C == 1 && send != at(0)) device_copy(at(0), dev, send, dev, bytes);
+      return;
+    }
+    for (int c = 0; c < C; ++c)  // in place: this rank's slice of segment c is at(c)
+      o.pending.push_back(intra.all_gather(c == j ? send : at(c), out + static_cast<size_t>(c) * g * bytes, L, dtype,
+                                           {str(nm, " (intra all-gather ", c, ")")}));
+  });
+  (void)xag;
+  return launch(op, opts, "hierarchical all_gather");
 }
 
 }  // namespace

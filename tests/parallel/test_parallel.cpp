@@ -200,6 +200,49 @@ TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
   }
 }
 
+TEST(DpAlgorithms, ZeroReduceScatterAndAllGather) {
+  const int P = g_ctx->world_size();
+  for (const auto& [spec, names] : centre_layouts(P)) {
+    configure_centres(1, spec, names);
+    const Topology& topo = g_ctx->topology();
+    if (!topo.uniform_blocks()) continue;  // ZeRO-1 with hier needs equal, contiguous centres
+    for (const std::string algo : {"flat", "hier"})
+      for (WanCodec codec : {WanCodec::None, WanCodec::Int8}) {
+        if (codec != WanCodec::None && (algo == "flat" || topo.centres() == 1)) continue;
+        SCOPED_TRACE(str(topo.describe(), " | ", algo, " ", wan_codec_name(codec)));
+        DpAlgoOptions o;
+        o.algo = algo;
+        o.codec = codec;
+        o.error_feedback = codec != WanCodec::None;
+        const int64_t L = 37;  // odd slice
+        o.buffer_size = P * L;
+        auto dp = make_dp_algorithm(o, g_ctx->dp_groups());
+        // reduce_scatter: element k of slice d on rank r is (r+1)·(d+1) + k%3; rank d receives Σ_r of slice d.
+        const int me = g_ctx->dp_rank();
+        std::vector<float> send(static_cast<size_t>(P * L)), recv(static_cast<size_t>(L), -1.0f);
+        for (int d = 0; d < P; ++d)
+          for (int64_t k = 0; k < L; ++k) send[d * L + k] = static_cast<float>((me + 1) * (d + 1) + k % 3);
+        dp->reduce_scatter(send.data(), recv.data(), L, {"conformance zero reduce-scatter"})->wait();
+        for (int64_t k = 0; k < L; ++k) {
+          const double want = P * (P + 1) / 2.0 * (me + 1) + P * (k % 3);
+          const double tol = codec == WanCodec::Int8 ? want / 127.0 * 2 : 0.0;
+          ASSERT_LE(std::fabs(recv[k] - want), tol) << "element " << k;
+        }
+        // all_gather in place, fp32 and bf16: slice d holds d+1 (+ k%2 for bf16 exactness).
+        std::vector<float> all(static_cast<size_t>(P * L), -1.0f);
+        for (int64_t k = 0; k < L; ++k) all[me * L + k] = static_cast<float>(me + 1);
+        dp->all_gather(all.data() + me * L, all.data(), L, DType::F32, {"conformance zero all-gather"})->wait();
+        for (int d = 0; d < P; ++d)
+          for (int64_t k = 0; k < L; ++k) ASSERT_EQ(all[d * L + k], d + 1.0f) << "slice " << d;
+        std::vector<bf16> half(static_cast<size_t>(P * L), float_to_bf16(-1.0f));
+        for (int64_t k = 0; k < L; ++k) half[me * L + k] = float_to_bf16(static_cast<float>(me + 1 + k % 2));
+        dp->all_gather(half.data() + me * L, half.data(), L, DType::BF16, {"conformance zero all-gather bf16"})->wait();
+        for (int d = 0; d < P; ++d)
+          for (int64_t k = 0; k < L; ++k) ASSERT_EQ(bf16_to_float(half[d * L + k]), d + 1.0f + k % 2) << "slice " << d;
+      }
+  }
+}
+
 // ---- training equivalence ---------------------------------------------------------------------------------
 
 class Layouts : public ::testing::Test {
@@ -298,18 +341,21 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
       expect_same_weights(c.save, ref_path, what.c_str());
     }
   }
-  // Two centres: the hierarchical all-reduce (the default there), uncompressed, inside-centre TP of 1 and 2.
-  for (int tp : {1, 2}) {
-    if (g_ctx->world_size() % (2 * tp)) continue;
-    const int dp = g_ctx->world_size() / tp;
-    const std::string what = str("2 centres, tp=", tp, " dp=", dp, " hier");
-    configure_centres(tp, "2", {});
-    TrainConfig c = config(dp);
-    c.save = str(dir_, "/centres_tp", tp, ".safetensors");
-    const TrainResult got = train(c, *g_ctx);
-    expect_same_losses(got, want, 0, what.c_str());
-    expect_same_weights(c.save, ref_path, what.c_str());
-  }
+  // Two centres: the hierarchical algorithm (the default there), uncompressed, inside-centre TP of 1 and 2,
+  // with and without ZeRO-1.
+  for (int tp : {1, 2})
+    for (int zero : {0, 1}) {
+      if (g_ctx->world_size() % (2 * tp)) continue;
+      const int dp = g_ctx->world_size() / tp;
+      const std::string what = str("2 centres, tp=", tp, " dp=", dp, " zero=", zero, " hier");
+      configure_centres(tp, "2", {});
+      TrainConfig c = config(dp);
+      c.zero = zero;
+      c.save = str(dir_, "/centres_tp", tp, "_zero", zero, ".safetensors");
+      const TrainResult got = train(c, *g_ctx);
+      expect_same_losses(got, want, 0, what.c_str());
+      expect_same_weights(c.save, ref_path, what.c_str());
+    }
 }
 
 TEST_F(Layouts, ResumeAcrossLayouts) {
