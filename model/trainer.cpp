@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -256,6 +257,10 @@ class Job final : public JobApi {
   int64_t slice_begin() const { return cfg_.zero ? ctx_.dp_rank() * slice_len() : 0; }
   int64_t slice_len() const { return cfg_.zero ? model_->buffer_size() / ctx_.dp() : model_->buffer_size(); }
   double global_grad_norm(const float* grads);  // grads indexed from slice_begin()
+  // Error feedback: appends each centre's residuals ("ef_residual.<centre id>.<tensor>") to `out`; false when
+  // the job keeps none. Collective.
+  bool save_residuals(std::vector<NamedTensor>& out);
+  void load_residuals(const SafeTensorsReader& state);
   void load_state(const SafeTensorsReader& weights);
   // A host copy of a whole local buffer from this rank's part `part` (n values on the model's device), all-
   // gathered over DP under ZeRO-1.
@@ -328,15 +333,15 @@ void Job<T>::build() {
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
+  dp_opts_.buffer_size = model_->buffer_size();
+  dp_opts_.device = device_;
+  dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
   if (weights)
     model_->load(*weights);
   else
     model_->init_random(rng_.next_u64());
   if (!cfg_.resume.empty()) load_state(*weights);
 
-  dp_opts_.buffer_size = model_->buffer_size();
-  dp_opts_.device = device_;
-  dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
   if (ctx_.dp() > 1 && !cfg_.zero) {
     std::vector<int64_t> boundaries;
     for (const ParamInfo& p : model_->params_info()) boundaries.push_back(p.offset);
@@ -400,6 +405,7 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
     fail(str(sp, ": rng_state in the metadata is missing or malformed"));
   }
   train_data_->set_position(LoaderPosition{meta_int64(state, "data_shard"), meta_int64(state, "data_position")});
+  load_residuals(state);
   AQ_CHECK(opt_.step < cfg_.steps, cfg_.resume, " is already at step ", opt_.step, " and --steps is ", cfg_.steps,
            ": nothing to do; raise --steps to train further");
 }
@@ -419,6 +425,7 @@ void Job<T>::save(const std::string& path) {
   if (!std::is_same_v<T, float> && cfg_.zero)
     master = full_local(model_->params() + slice_begin(), slice_len(), "checkpoint gather master weights");
   std::vector<NamedTensor> params = model_->gather_full("", master.empty() ? nullptr : master.data());
+  const bool ef = save_residuals(moments);
   std::string error;
   if (ctx_.world_rank() == 0) {
     try {
@@ -442,6 +449,7 @@ void Job<T>::save(const std::string& path) {
       state_meta["data_position"] = std::to_string(pos.position);
       state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
       state_meta["train_options"] = dump_json(options);
+      if (ef) state_meta["ef_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
       write_safetensors(state_path_for(path), moments, state_meta);
       write_safetensors(path, params, meta);
     } catch (const std::exception& e) {  // any failure of the writer must reach every rank
@@ -450,6 +458,50 @@ void Job<T>::save(const std::string& path) {
   }
   error = ctx_.agree_on_failure(error);
   if (!error.empty()) throw AgreedError(error);
+}
+
+template <typename T>
+bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
+  const float* mine = dp_algo_->residuals();
+  if (!mine) return false;
+  // Inside a centre each position is quantised by one rank, so the centre's sum is its residual; the ranks of
+  // intra index 0 (one per centre and tp_rank) then gather every centre's, and the TP groups consolidate them.
+  const Topology& topo = ctx_.topology();
+  const int64_t n = model_->buffer_size();
+  std::vector<float> centre(mine, mine + n);
+  ctx_.intra_group().all_reduce(centre.data(), n, DType::F32, {"checkpoint error-feedback residuals"})->wait();
+  std::vector<float> all(static_cast<size_t>(n) * topo.centres(), 0.0f);
+  if (topo.intra_index[ctx_.world_rank()] == 0)
+    ctx_.cross_group()->all_gather(centre.data(), all.data(), n, DType::F32, {"checkpoint residuals across centres"})
+        ->wait();
+  for (int c = 0; c < topo.centres(); ++c)
+    for (NamedTensor& t : model_->gather_full(str("ef_residual.", c, "."), all.data() + static_cast<size_t>(c) * n))
+      out.push_back(std::move(t));
+  return true;
+}
+
+template <typename T>
+void Job<T>::load_residuals(const SafeTensorsReader& state) {
+  const bool want = dp_algo_->residuals() != nullptr;
+  const auto& sm = state.metadata();
+  const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
+  if (!sm.count("ef_centres")) {
+    if (want) log_info("resume: ", state.path(), " holds no error-feedback residuals; they start at zero");
+    return;
+  }
+  if (!want) {
+    log_info("resume: the error-feedback residuals in ", state.path(), " are not used (this run keeps none)");
+    return;
+  }
+  const auto names = nlohmann::json::parse(sm.at("ef_centres")).get<std::vector<std::string>>();
+  const auto it = std::find(names.begin(), names.end(), mine);
+  if (it == names.end()) {
+    log_info("resume: ", state.path(), " holds no error-feedback residuals of centre ", mine, "; they start at zero");
+    return;
+  }
+  std::vector<float> centre(static_cast<size_t>(model_->buffer_size()), 0.0f);
+  model_->load(state, str("ef_residual.", it - names.begin(), "."), centre.data());
+  dp_algo_->restore_residuals(std::move(centre));
 }
 
 template <typename T>
@@ -620,6 +672,21 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
   }
 }
 
+// Across centres: what each centre sent over the run (the sum of its ranks' wan_bytes), for the log and for
+// comparison with the link's own byte counters. Collective.
+void report_wan_totals(TrainResult& result, ParallelContext& ctx) {
+  const Topology& topo = ctx.topology();
+  if (topo.centres() == 1) return;
+  std::vector<double> per(static_cast<size_t>(topo.centres()), 0.0);
+  for (const StepRecord& r : result.steps) per[static_cast<size_t>(ctx.centre())] += r.wan_bytes;
+  ctx.world().all_reduce(per.data(), topo.centres(), DType::F64, {"wan bytes per centre"})->wait();
+  std::string line = str("wan: bytes sent by each centre over ", result.steps.size(), " steps:");
+  for (int c = 0; c < topo.centres(); ++c)
+    line += str(c ? "," : "", " ", topo.centre_names[c], " ", static_cast<int64_t>(per[c]));
+  log_info(line);
+  result.wan_bytes_per_centre = per;
+}
+
 // Resolves --device and --dtype (which decide the model's element type), then makes the job.
 std::unique_ptr<JobApi> make_job(const TrainConfig& cfg, ParallelContext& ctx) {
   const Device device = choose_device(cfg.device, ctx);
@@ -664,6 +731,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   try {
     run_loop(job, cfg, ctx, result);
     job.describe(result);
+    report_wan_totals(result, ctx);
   } catch (const AgreedError&) {
     throw;
   } catch (const CommError&) {

@@ -64,6 +64,7 @@ struct TrainResult {
   int64_t num_params = 0;              // real parameters of the whole model (all TP shards)
   size_t device_peak_bytes = 0;        // CUDA: peak device memory of this rank (caching allocator)
   size_t step_loop_device_mallocs = 0; // CUDA: cudaMalloc calls after the first step (expected 0)
+  std::vector<double> wan_bytes_per_centre;  // across centres: bytes each centre sent over the run's steps
 };
 
 // Runs the whole training job described by cfg on the ranks of ctx (configured beforehand). Collective: every

@@ -57,6 +57,10 @@ class ParallelContext {
   Backend& device_dp_group() { return *device_dp_; }
   // The groups a data-parallel algorithm runs on, for buffers on the device given to enable_device_groups.
   DpGroups dp_groups();
+  // Host groups of this rank's centre (same tp_rank) and across centres (null where this rank carries no
+  // cross-centre shard): for checkpoints of per-centre state. Not while an algorithm's call is in flight.
+  Backend& intra_group() { return *intra_rs_; }
+  Backend* cross_group() { return cross_rs_.get(); }
 
   // Rank 0 gathers every rank's host, local rank, device and (tp, dp) coordinates into a table. Collective.
   std::string banner(const std::string& device);
