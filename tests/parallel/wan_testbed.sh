@@ -8,7 +8,8 @@
 #     moves one gradient per direction, a flat ring 1.5, recursive doubling 2 per rank pair crossing);
 #   - what centre0 sent, centre1 received (the hub adds only mpirun's control traffic).
 # The bounds hold for fp32 gradients under any algorithm; a compressed exchange (int8) would need lower ones.
-# Runtime byte counts (a step's wan_bytes) are compared with the same before/after deltas of `bytes`.
+#   - the runtime's count of the bytes each centre sent (the sum of its ranks' wan_bytes) is within 5% of what
+#     the link carried, for the hierarchical exchange in fp32 and with int8 compression (links at MTU 9000).
 # The testbed gets a name of its own (aqt<pid>), so a user's testbed is never touched, and is taken down on any
 # exit. Skips (77) when not root or when this machine cannot create namespaces or tbf qdiscs.
 # Usage: wan_testbed.sh BUILD_BIN_DIR TESTBED_SCRIPT
@@ -29,7 +30,8 @@ trap cleanup EXIT
 trap 'exit 143' TERM INT
 
 rc=0
-"$TB" up --centres 2 --rate 200mbit --name "$NAME" > "$TMP/up.txt" 2>&1 || rc=$?
+# MTU 9000: headers then add ~0.7% to the payload, so the runtime's byte counts can be held to 5% of the link's.
+"$TB" up --centres 2 --rate 200mbit --mtu 9000 --name "$NAME" > "$TMP/up.txt" 2>&1 || rc=$?
 if [[ $rc -eq 77 ]]; then
   echo "SKIP: $(cat "$TMP/up.txt")"
   exit 77
@@ -108,6 +110,29 @@ for pair in "centre0 centre1" "centre1 centre0"; do
   ((diff <= s / 100 + 512 * 1024))
   check "$a sent $s B, $b received $r B" $?
 done
+
+# 3. The runtime's own count: the bytes each centre sent to the other ("wan: bytes sent by each centre", the sum
+#    of its ranks' wan_bytes) within 5% of what its link carried, for the hierarchical exchange in fp32 (the
+#    run above) and in int8.
+counted() {  # FILE CENTRE
+  sed -n 's/.*wan: bytes sent by each centre over [0-9]* steps://p' "$1" | tr ',' '\n' | awk -v c="$2" '$1 == c { print $2 }'
+}
+within5() {  # WHAT COUNTED LINK
+  local what=$1 n=$2 l=$3
+  [[ -n $n && $n -gt 0 ]] && awk -v n="$n" -v l="$l" 'BEGIN { d = (l - n) / n; exit !(d > -0.05 && d < 0.05) }'
+  check "$what: runtime counted $n B, link carried $l B ($(awk -v n="${n:-0}" -v l="$l" 'BEGIN { if (n > 0) printf "%+.2f%%", 100 * (l - n) / n }'))" $?
+}
+for c in centre0 centre1; do within5 "hier fp32, $c" "$(counted "$TMP/train.txt" $c)" "$(delta $c tx)"; done
+"$TB" bytes --name "$NAME" > "$TMP/before.txt"
+rc=0
+timeout 120 "$TB" run 4 --name "$NAME" --env OMP_NUM_THREADS=1 -- "$BIN/aq-train" --device cpu \
+  --data "$TMP/data/train_*.bin" --steps $STEPS --batch 4 --seq 32 --threads 1 --wan-compress int8 \
+  > "$TMP/int8.txt" 2>&1 || rc=$?
+"$TB" bytes --name "$NAME" > "$TMP/after.txt"
+[[ $rc -eq 0 ]]
+check "aq-train --wan-compress int8 across centres exits 0" $?
+[[ $rc -eq 0 ]] || sed 's/^/    | /' "$TMP/int8.txt" | tail -30
+for c in centre0 centre1; do within5 "hier int8, $c" "$(counted "$TMP/int8.txt" $c)" "$(delta $c tx)"; done
 
 echo "$fail failed"
 [[ $fail -eq 0 ]]
