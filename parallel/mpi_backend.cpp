@@ -195,7 +195,11 @@ WorkPtr MpiBackend::make_work(MPI_Request req, const char* op, const CollectiveO
                                static_cast<int>(waited), " s on rank ", monitor_->world_rank(), " (host ", host_name(),
                                ")");
   std::vector<int> missing, arrived;
-  if (rank_ == 0) {
+  if (op == "send" || op == "recv") {
+    // Point-to-point calls post no arrivals: the one rank that matters is the peer, which its name carries.
+    log_error(str("aq: error: ", what, ": the peer never posted the matching ", op == "send" ? "recv" : "send",
+                  ". Ending the job (raise --comm-timeout if a step legitimately takes longer)"));
+  } else if (rank_ == 0) {
     for (int r = 0; r < size_; ++r)
       (monitor_->last_arrival(group_id_, world_ranks_[r]) >= seq ? arrived : missing).push_back(world_ranks_[r]);
     log_error(str("aq: error: ", what, ": ranks that did not arrive: ", rank_list(missing), "; arrived: ",

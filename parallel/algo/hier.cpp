@@ -169,13 +169,15 @@ class HierAlgorithm final : public DpAlgorithm {
   // Posts the receives (one message of in[p].size() words from each peer p ≠ me), then the sends of out[p].
   void exchange(HierOp& o, Backend& b, bool send_same, const std::string& what) {
     const int C = b.size(), me = b.rank();
+    // The peer's centre in the name: a timeout then says whom this rank was waiting for.
+    auto name = [&](int p) { return str(what, ", centre ", topo_.centre_names[static_cast<size_t>(p)]); };
     for (int p = 0; p < C; ++p)
       if (p != me)
-        o.pending.push_back(b.recv(o.in[p].data(), static_cast<int64_t>(o.in[p].size()), DType::U16, p, {what}));
+        o.pending.push_back(b.recv(o.in[p].data(), static_cast<int64_t>(o.in[p].size()), DType::U16, p, {name(p)}));
     for (int p = 0; p < C; ++p) {
       if (p == me) continue;
       const Words& w = send_same ? o.out[me] : o.out[p];
-      o.pending.push_back(b.send(w.data(), static_cast<int64_t>(w.size()), DType::U16, p, {what}));
+      o.pending.push_back(b.send(w.data(), static_cast<int64_t>(w.size()), DType::U16, p, {name(p)}));
       stats_.bytes += 2.0 * static_cast<double>(w.size());
     }
   }

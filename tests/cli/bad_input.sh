@@ -200,6 +200,20 @@ expect_fail comm_timeout_zero '--comm-timeout must be > 0 seconds \(got 0\)' 1 -
   "${RUN[@]}" --data "$DATA" --comm-timeout 0 "${SAVE[@]}"
 expect_fail bucket_mb_zero '--bucket-mb must be > 0 \(got 0\)' 1 -- "${RUN[@]}" --data "$DATA" --bucket-mb 0 "${SAVE[@]}"
 expect_fail zero_two '--zero must be 0 or 1 \(got 2\)' 1 -- "${RUN[@]}" --data "$DATA" --zero 2 "${SAVE[@]}"
+expect_fail centres_do_not_divide_world '--centres 2 does not divide the world of 1 ranks' 1 -- \
+  "${RUN[@]}" --data "$DATA" --centres 2 "${SAVE[@]}"
+expect_fail centres_not_a_number '--centres must be auto or a positive number of centres \(got "two"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --centres two "${SAVE[@]}"
+expect_fail dp_algo_unknown '--dp-algo must be flat, hier or auto \(got "ring"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --dp-algo ring "${SAVE[@]}"
+expect_fail wan_compress_unknown '--wan-compress must be none, bf16 or int8 \(got "fp8"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --wan-compress fp8 "${SAVE[@]}"
+expect_fail wan_compress_one_centre '--wan-compress int8 compresses the cross-centre hop, but the job is one centre' 1 -- \
+  "${RUN[@]}" --data "$DATA" --wan-compress int8 "${SAVE[@]}"
+expect_fail error_feedback_without_compression '--error-feedback on keeps what compression dropped, but --wan-compress is none' 1 -- \
+  "${RUN[@]}" --data "$DATA" --error-feedback on "${SAVE[@]}"
+expect_fail error_feedback_unknown '--error-feedback must be on, off or auto \(got "yes"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --error-feedback yes "${SAVE[@]}"
 expect_fail heads_do_not_divide_dim 'C=130 is not divisible by the head count H=4' 1 -- \
   "${AQT[@]}" --layers 1 --data "$DATA" --dim 130 --heads 4 "${SAVE[@]}"
 expect_fail vocab_too_large 'vocabulary size 70000' 1 -- "${RUN[@]}" --data "$DATA" --vocab 70000 "${SAVE[@]}"

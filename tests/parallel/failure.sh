@@ -4,6 +4,7 @@
 #          its sequence number and the rank that did not arrive; every rank exits non-zero within timeout + 30 s.
 #   die:   a rank killed by SIGKILL ends the job (mpirun names the rank) within timeout + 30 s.
 #   error: an error raised on one rank only is reported by that rank, which ends the job at once.
+#   The stall is also checked across two centres, where the hierarchical exchange's receive names the centre.
 # Usage: failure.sh BUILD_BIN_DIR MPIEXEC
 set -u
 BIN=$1
@@ -18,13 +19,17 @@ ARGS=(--device cpu --data "$TMP/data/train_*.bin" --layers 2 --heads 2 --dim 16 
       --comm-timeout $TIMEOUT)
 pass=0
 fail=0
-check() {  # NAME FAULT REGEX...
-  local name=$1 fault=$2
+check() {  # NAME FAULT [--centres N] REGEX...
+  local name=$1 fault=$2 extra=()
   shift 2
+  if [[ ${1:-} == --centres ]]; then
+    extra=(--centres "$2")
+    shift 2
+  fi
   local start end rc
   start=$(date +%s)
   AQ_FAULT_INJECT=$fault timeout 120 "$MPIEXEC" --allow-run-as-root --oversubscribe --bind-to none -np 2 \
-    "$BIN/aq-train" "${ARGS[@]}" > "$TMP/out.txt" 2>&1
+    "$BIN/aq-train" "${ARGS[@]}" "${extra[@]}" > "$TMP/out.txt" 2>&1
   rc=$?
   end=$(date +%s)
   local why=""
@@ -46,6 +51,8 @@ check() {  # NAME FAULT REGEX...
 check "stalled rank 1" "stall:1:3" 'timed out after [0-9]+ s' 'sequence number [0-9]+' 'ranks that did not arrive: 1;' \
   'all_reduce "gradient bucket'
 check "stalled rank 0 (the group leader)" "stall:0:3" 'timed out' 'did not arrive include 0'
+check "stalled rank 1 in another centre (hierarchical exchange)" "stall:1:3" --centres 2 'timed out after [0-9]+ s' \
+  'recv "gradient bucket .*cross-centre.*centre 1"' 'the peer never posted the matching send'
 check "killed rank 1" "die:1:3" 'rank 1 .*(exited on signal 9|Killed)'
 check "error on rank 1 only" "error:1:3" 'aq: error on rank 1 .*injected fault; ending the job'
 echo "$pass passed, $fail failed"
