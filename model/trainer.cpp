@@ -462,13 +462,12 @@ void Job<T>::save(const std::string& path) {
 
 template <typename T>
 bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
-  const float* mine = dp_algo_->residuals();
-  if (!mine) return false;
+  std::vector<float> centre;
+  if (!dp_algo_->residuals(centre)) return false;
   // Inside a centre each position is quantised by one rank, so the centre's sum is its residual; the ranks of
   // intra index 0 (one per centre and tp_rank) then gather every centre's, and the TP groups consolidate them.
   const Topology& topo = ctx_.topology();
   const int64_t n = model_->buffer_size();
-  std::vector<float> centre(mine, mine + n);
   ctx_.intra_group().all_reduce(centre.data(), n, DType::F32, {"checkpoint error-feedback residuals"})->wait();
   std::vector<float> all(static_cast<size_t>(n) * topo.centres(), 0.0f);
   if (topo.intra_index[ctx_.world_rank()] == 0)
@@ -482,7 +481,8 @@ bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
 
 template <typename T>
 void Job<T>::load_residuals(const SafeTensorsReader& state) {
-  const bool want = dp_algo_->residuals() != nullptr;
+  std::vector<float> unused;
+  const bool want = dp_algo_->residuals(unused);
   const auto& sm = state.metadata();
   const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
   if (!sm.count("ef_centres")) {

@@ -15,6 +15,7 @@
 #   3. ctest -L cpu, nproc/2 tests at a time                                          ~1 min
 #   4. compute-sanitizer memcheck, 2 steps of a 2-layer model          (limit 150 s)    ~30 s
 #   5. NCCL conformance on every GPU (needs MPI)                       (limit 120 s)    ~10 s
+#      and, with 2+ GPUs, 5 steps across 2 centres with int8 on the cross-centre hop (limit 60 s)  ~10 s
 #   6. aq-bench tiny fp32 20 steps, gpt2-124m T=256 fp32 10 steps      (limit 90 s each) ~20 s
 #   7. aq-bench gpt2-124m-1k bf16, 3 warm-up + 30 steps                (limit 150 s)    ~20-30 s
 #   8. bench_vs_pytorch.py --device cuda: aq, torch eager, torch.compile (30 steps each after 3 warm-up; the
@@ -139,6 +140,19 @@ else
       124) NCCL="TIMEOUT after ${L} s (see $BUILD.nccl.log)" ;;
       *) NCCL="FAILED (see $BUILD.nccl.log)" ;;
     esac
+  fi
+fi
+# Two centres on GPUs: the hierarchical exchange with int8 on the cross-centre hop, encoded on the device
+# (parallel/algo/codec_cuda.cu; the kernels alone are in test_codec_cuda above). Needs a GPU per rank.
+if ((NGPU >= 2)) && [[ $NCCL == ok* ]]; then
+  L=$(limit 60)
+  if ((L < 15)); then
+    NCCL="$NCCL; centres: skipped (time budget)"
+  elif timeout "$L" mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 "${TRAIN[@]}" --steps 5 \
+      --centres 2 --wan-compress int8 > "$BUILD.centres.log" 2>&1; then
+    NCCL="$NCCL; 2 centres, hier int8 on GPUs: ok ($(grep -m1 -o 'wan: bytes sent.*' "$BUILD.centres.log"))"
+  else
+    NCCL="$NCCL; 2 centres, hier int8 on GPUs: FAILED (see $BUILD.centres.log)"
   fi
 fi
 T_NCCL=$(($(stamp) - T0))
@@ -274,4 +288,4 @@ else
 fi
 echo "logs: $BUILD.gpu.log $BUILD.cpu.log $BUILD.memcheck.log $BUILD.bench-*.log $BUILD.torch.log"
 [[ $GF -eq 0 && $CF -eq 0 && $GS -eq 0 && $MEMCHECK != ERRORS* && $MEMCHECK != TIMEOUT* && $NCCL != FAILED* &&
-   $NCCL != TIMEOUT* && $BENCH_FAIL -eq 0 ]]
+   $NCCL != TIMEOUT* && $NCCL != *"hier int8 on GPUs: FAILED"* && $BENCH_FAIL -eq 0 ]]

@@ -42,10 +42,13 @@ class DpAlgorithm {
   virtual WorkPtr all_gather(const void* send, void* recv, int64_t slice, DType dtype,
                              const CollectiveOptions& opts) = 0;
   virtual WanStats take_wan_stats() = 0;
-  // Error feedback: this rank's residuals over the gradient buffer (null without error feedback). Inside a
-  // centre every position is quantised by at most one rank, so the sum over the centre's DP ranks is the
-  // centre's residual, which is what a checkpoint keeps.
-  virtual float* residuals() { return nullptr; }
+  // Error feedback: a host copy of this rank's residuals over the gradient buffer; false without error
+  // feedback. Inside a centre every position is quantised by at most one rank, so the sum over the centre's
+  // DP ranks is the centre's residual, which is what a checkpoint keeps.
+  virtual bool residuals(std::vector<float>& host) {
+    (void)host;
+    return false;
+  }
   // Resume: the centre's residual (buffer_size values). Each position is handed to the rank that quantises it,
   // the first time it does (so another layout inside the centre works too).
   virtual void restore_residuals(std::vector<float> centre_residual) { (void)centre_residual; }

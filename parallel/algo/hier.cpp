@@ -14,14 +14,17 @@
 // reduce-scatters (segment c' gives rank i the centre's sum of slice c'·g + i), then cross A delivers each
 // slice to its owner, who adds in fp32 (no second hop, so no re-encoding); the parameter all-gather sends each
 // slice to the other centres (uncompressed: weights are not compressed) and runs C in-place intra all-gathers.
-// The cross stages run on host memory over the host (MPI) cross groups, staging device buffers through the
-// host: across centres the link, not PCIe, is the bottleneck, and the cross groups can later be any host
+// Values stay on the buffers' device: GPU buffers are encoded and decoded by the CUDA codecs (codec_cuda.h), and
+// only the encoded bytes travel through host memory to the host (MPI) cross groups, which can later be any host
 // transport between separately launched centres.
 #include <algorithm>
 #include <deque>
 #include <functional>
 
 #include "parallel/algo/dp_algorithm.h"
+#ifdef AQ_HAVE_CUDA
+#include "parallel/algo/codec_cuda.h"
+#endif
 #include "runtime/memory.h"
 #include "runtime/sysinfo.h"
 
@@ -62,7 +65,6 @@ struct HierOp {
     stages.push_back(std::move(fn));
   }
   // Buffers owned by the call.
-  std::vector<float> host;       // the shard (or slices) in host memory during the cross stages
   DeviceBuffer<float> shard;     // intra reduce-scatter output on the buffers' device
   std::vector<Words> out, in;    // encoded chunks, per peer
   std::vector<int64_t> counts, c_len, c_off;
@@ -88,12 +90,12 @@ class HierAlgorithm final : public DpAlgorithm {
   HierAlgorithm(const DpAlgoOptions& o, const DpGroups& g) : o_(o), g_(g), topo_(*g.topo) {
     AQ_ASSERT(g.intra_rs && g.intra_ag, "hier algorithm without intra-centre groups");
     if (o_.error_feedback && o_.codec != WanCodec::None)
-      residual_.assign(static_cast<size_t>(o_.buffer_size), 0.0f);
+      residual_ = DeviceBuffer<float>(o_.device, static_cast<size_t>(o_.buffer_size));
   }
 
   std::string describe() const override {
     return str("hier (", topo_.centres(), " centres, ", topo_.cross_shards(), " cross-centre shards, wan-compress ",
-               wan_codec_name(o_.codec), o_.codec != WanCodec::None ? (residual_.empty() ? ", no error feedback" :
+               wan_codec_name(o_.codec), o_.codec != WanCodec::None ? (!residual_.size() ? ", no error feedback" :
                ", error feedback") : "", ")");
   }
 
@@ -108,12 +110,17 @@ class HierAlgorithm final : public DpAlgorithm {
     pending_residual_.shrink_to_fit();
     return s;
   }
-  float* residuals() override { return residual_.empty() ? nullptr : residual_.data(); }
+  bool residuals(std::vector<float>& host) override {
+    if (!residual_.size()) return false;
+    host.resize(residual_.size());
+    device_copy(host.data(), Device::CPU, residual_.data(), o_.device, host.size() * sizeof(float));
+    return true;
+  }
   void restore_residuals(std::vector<float> centre) override {
-    if (residual_.empty()) return;
+    if (!residual_.size()) return;
     AQ_ASSERT(centre.size() == residual_.size(), "residuals of ", centre.size(), " values for a buffer of ",
               residual_.size());
-    std::fill(residual_.begin(), residual_.end(), 0.0f);
+    device_zero(o_.device, residual_.data(), residual_.size() * sizeof(float));
     pending_residual_ = std::move(centre);
   }
 
@@ -158,13 +165,52 @@ class HierAlgorithm final : public DpAlgorithm {
   // The residual of n values at gradient position pos, with what a restored checkpoint holds for them moved in
   // on first use; null without error feedback.
   float* residual_at(int64_t pos, int64_t n) {
-    if (residual_.empty()) return nullptr;
+    if (!residual_.size()) return nullptr;
     float* r = residual_.data() + pos;
     if (!pending_residual_.empty()) {
       float* q = pending_residual_.data() + pos;
-      for (int64_t k = 0; k < n; ++k) r[k] += std::exchange(q[k], 0.0f);
+      add_into(r, q, Device::CPU, n);
+      std::fill(q, q + n, 0.0f);
     }
     return r;
+  }
+  // The codecs on the buffers' device. GPU values are encoded there, and only the encoded bytes are copied to
+  // and from the host words that the cross groups carry.
+  void encode(const float* x, float* residual, int64_t n, Words& out) {
+    out = words_for(codec_bytes(o_.codec, n));
+    if (o_.device == Device::CPU) return codec_encode(o_.codec, x, residual, n, bytes_of(out));
+#ifdef AQ_HAVE_CUDA
+    DeviceBuffer<uint8_t> wire(o_.device, codec_bytes(o_.codec, n));
+    cuda::codec_encode(o_.codec, x, residual, n, wire.data());
+    device_copy(out.data(), Device::CPU, wire.data(), o_.device, wire.size());
+#endif
+  }
+  void decode(const Words& in, int64_t n, float* acc, bool add) {
+    if (o_.device == Device::CPU) return codec_decode(o_.codec, bytes_of(in), n, acc, add);
+#ifdef AQ_HAVE_CUDA
+    DeviceBuffer<uint8_t> wire(o_.device, codec_bytes(o_.codec, n));
+    device_copy(wire.data(), o_.device, in.data(), Device::CPU, wire.size());
+    cuda::codec_decode(o_.codec, wire.data(), n, acc, add);
+#endif
+  }
+  // acc (n, on the buffers' device) += x (n, on `where`).
+  void add_into(float* acc, const float* x, Device where, int64_t n) {
+    if (o_.device == Device::CPU) {
+      for (int64_t k = 0; k < n; ++k) acc[k] += x[k];
+      return;
+    }
+#ifdef AQ_HAVE_CUDA
+    const float* src = x;
+    DeviceBuffer<float> staged;
+    if (where == Device::CPU) {
+      staged = DeviceBuffer<float>(o_.device, static_cast<size_t>(n));
+      device_copy(staged.data(), o_.device, x, Device::CPU, static_cast<size_t>(n) * sizeof(float));
+      src = staged.data();
+    }
+    cuda::codec_decode(WanCodec::None, reinterpret_cast<const uint8_t*>(src), n, acc, true);
+#else
+    (void)where;
+#endif
   }
   // Posts the receives (one message of in[p].size() words from each peer p ≠ me), then the sends of out[p].
   void exchange(HierOp& o, Backend& b, bool send_same, const std::string& what) {
@@ -196,7 +242,7 @@ class HierAlgorithm final : public DpAlgorithm {
   DpAlgoOptions o_;
   DpGroups g_;
   const Topology& topo_;
-  std::vector<float> residual_;          // error feedback, over the gradient buffer
+  DeviceBuffer<float> residual_;         // error feedback, over the gradient buffer (on the buffers' device)
   std::vector<float> pending_residual_;  // restored from a checkpoint, not yet claimed
   std::deque<std::shared_ptr<HierOp>> live_;
   uint64_t seq_ = 0;
@@ -234,7 +280,6 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
   }
   const bool carrier = xrs && xrs->size() > 1 && op->len_i > 0;
   const Device dev = o_.device;
-  const bool staged = dev != Device::CPU;
   // This rank's shard on the buffers' device: the reduce-scatter needs a separate output (null for a rank
   // without a shard); with one rank per centre the shard is the buffer itself.
   float* shard = data + op->off_i;
@@ -253,38 +298,30 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
     if (!carrier) return;
     wan_begin();
     const int C = xrs->size(), j = xrs->rank();
-    float* h = shard;
-    if (staged) {
-      o.host.resize(static_cast<size_t>(o.len_i));
-      device_copy(o.host.data(), Device::CPU, shard, dev, o.host.size() * sizeof(float));
-      h = o.host.data();
-    }
     split(o.len_i, C, o.c_len, o.c_off);
     o.out.resize(static_cast<size_t>(C));
     o.in.resize(static_cast<size_t>(C));
     for (int p = 0; p < C; ++p) {
       if (p == j) continue;
       o.in[p] = words_for(codec_bytes(o_.codec, o.c_len[j]));
-      o.out[p] = words_for(codec_bytes(o_.codec, o.c_len[p]));
-      codec_encode(o_.codec, h + o.c_off[p], residual_at(pos + o.c_off[p], o.c_len[p]), o.c_len[p], bytes_of(o.out[p]));
+      encode(shard + o.c_off[p], residual_at(pos + o.c_off[p], o.c_len[p]), o.c_len[p], o.out[p]);
     }
     exchange(o, *xrs, false, nm + " (cross-centre, to owners)");
   });
   op->add_stage("cross-centre exchange from the owners", [=, this](HierOp& o) {
     if (!carrier) return;
     const int C = xrs->size(), j = xrs->rank();
-    float* mine = (staged ? o.host.data() : shard) + o.c_off[j];
+    float* mine = shard + o.c_off[j];
     const int64_t m = o.c_len[j];
-    std::vector<float> acc(static_cast<size_t>(m), 0.0f);
+    DeviceBuffer<float> acc(dev, static_cast<size_t>(m));  // zeros
     for (int p = 0; p < C; ++p) {  // centre order: the same sum on every run
       if (p == j)
-        for (int64_t k = 0; k < m; ++k) acc[k] += mine[k];
+        add_into(acc.data(), mine, dev, m);
       else
-        codec_decode(o_.codec, bytes_of(o.in[p]), m, acc.data(), true);
+        decode(o.in[p], m, acc.data(), true);
     }
-    o.out[j] = words_for(codec_bytes(o_.codec, m));
-    codec_encode(o_.codec, acc.data(), residual_at(pos + o.c_off[j], m), m, bytes_of(o.out[j]));
-    codec_decode(o_.codec, bytes_of(o.out[j]), m, mine, false);  // the owner keeps what the peers will see
+    encode(acc.data(), residual_at(pos + o.c_off[j], m), m, o.out[j]);
+    decode(o.out[j], m, mine, false);  // the owner keeps what the peers will see
     for (int p = 0; p < C; ++p)
       if (p != j) o.in[p] = words_for(codec_bytes(o_.codec, o.c_len[p]));
     exchange(o, *xag, true, nm + " (cross-centre, from owners)");
@@ -292,10 +329,8 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
   op->add_stage("intra-centre all-gather", [=, this, &intra_ag](HierOp& o) {
     if (carrier) {
       const int C = xrs->size(), j = xrs->rank();
-      float* h = staged ? o.host.data() : shard;
       for (int p = 0; p < C; ++p)
-        if (p != j) codec_decode(o_.codec, bytes_of(o.in[p]), o.c_len[p], h + o.c_off[p], false);
-      if (staged) device_copy(shard, dev, h, Device::CPU, static_cast<size_t>(o.len_i) * sizeof(float));
+        if (p != j) decode(o.in[p], o.c_len[p], shard + o.c_off[p], false);
       wan_end();
     }
     if (g > 1) {
@@ -334,29 +369,25 @@ WorkPtr HierAlgorithm::reduce_scatter(const float* send, float* recv, int64_t L,
   op->add_stage("cross-centre exchange to the owners", [=, this](HierOp& o) {
     if (C == 1) return;
     wan_begin();
-    o.host.resize(static_cast<size_t>(C * L));
-    device_copy(o.host.data(), Device::CPU, slices, dev, o.host.size() * sizeof(float));
     o.out.resize(static_cast<size_t>(C));
     o.in.resize(static_cast<size_t>(C));
     for (int p = 0; p < C; ++p) {
       if (p == j) continue;
       o.in[p] = words_for(codec_bytes(o_.codec, L));
-      o.out[p] = words_for(codec_bytes(o_.codec, L));
-      codec_encode(o_.codec, o.host.data() + p * L, residual_at((static_cast<int64_t>(p) * g + i) * L, L), L,
-                   bytes_of(o.out[p]));
+      encode(slices + p * L, residual_at((static_cast<int64_t>(p) * g + i) * L, L), L, o.out[p]);
     }
     exchange(o, *xrs, false, nm + " (cross-centre, to owners)");
   });
   op->add_stage("owner's sum", [=, this](HierOp& o) {
     if (C == 1) return;
-    std::vector<float> acc(static_cast<size_t>(L), 0.0f);
+    DeviceBuffer<float> acc(dev, static_cast<size_t>(L));  // zeros
     for (int p = 0; p < C; ++p) {  // centre order
       if (p == j)
-        for (int64_t k = 0; k < L; ++k) acc[k] += o.host[static_cast<size_t>(j * L + k)];
+        add_into(acc.data(), slices + j * L, dev, L);
       else
-        codec_decode(o_.codec, bytes_of(o.in[p]), L, acc.data(), true);
+        decode(o.in[p], L, acc.data(), true);
     }
-    device_copy(recv, dev, acc.data(), Device::CPU, bytes);
+    device_copy(recv, dev, acc.data(), dev, bytes);
     wan_end();
   });
   return launch(op, opts, "hierarchical reduce_scatter");

@@ -194,7 +194,9 @@ TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
             }
           }
           const WanStats w = dp->take_wan_stats();
-          if (topo.centres() == 1) EXPECT_EQ(w.bytes, 0.0);
+          if (topo.centres() == 1) {
+            EXPECT_EQ(w.bytes, 0.0);
+          }
         }
       }
   }
