@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
   app.add_option("--val-data", cfg.val_data, "Validation shards (file or glob)");
   app.add_option("--batch", cfg.batch, "Sequences per step B")->capture_default_str();
   app.add_option("--seq", cfg.seq, "Tokens per sequence T")->capture_default_str();
+  app.add_option("--grad-accum", cfg.grad_accum,
+                 "Micro-batches of --batch sequences per optimizer step (gradient accumulation)")
+      ->capture_default_str();
   app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")->capture_default_str();
   app.add_option("--lr", cfg.schedule.lr, "Peak learning rate")->capture_default_str();
   app.add_option("--lr-schedule", cfg.schedule.kind, "constant | cosine (linear warmup, cosine decay to --min-lr)")

@@ -515,7 +515,8 @@ void GPT2<T>::last_logits(const int32_t* tokens, int t, M* logits) {
 // ---- backward ---------------------------------------------------------------------------------------------
 
 template <typename T>
-double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_) {
+double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_,
+                                  bool accumulate) {
   const int32_t* inputs = forward_to_lnf(host_inputs, B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
   const int32_t* targets = to_device(targets_, host_targets, N);
@@ -526,7 +527,7 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     if (grad_ready_) grad_ready_(offset);
   };
 
-  device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(M));
+  if (!accumulate) device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(M));
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
   classifier(dbuf_, G + wte_off_, targets, N);
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");

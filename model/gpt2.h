@@ -134,8 +134,10 @@ class GPT2 {
 
   // Mean cross-entropy of the batch; inputs/targets (B,T). No gradients.
   double evaluate(const int32_t* inputs, const int32_t* targets, int B, int T_);
-  // Zeroes the gradients, runs forward and backward, and returns the mean loss (of the forward pass).
-  double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T_);
+  // Runs forward and backward and returns the mean loss (of the forward pass). The gradients are zeroed first,
+  // unless `accumulate` (gradient accumulation: every kernel adds into the parameter gradients, and no
+  // collective touches them during backward, so micro-batches sum).
+  double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T_, bool accumulate = false);
   // Logits (V) of the last position of a single sequence of length t (generation).
   void last_logits(const int32_t* tokens, int t, M* logits);
 

@@ -41,6 +41,7 @@ int configure_threads(int threads, int local_ranks) {
 void TrainConfig::validate() const {
   AQ_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
   AQ_CHECK(seq >= 1, "--seq must be >= 1 (got ", seq, ")");
+  AQ_CHECK(grad_accum >= 1, "--grad-accum must be >= 1 micro-batches per step (got ", grad_accum, ")");
   AQ_CHECK(steps >= 0, "--steps must be >= 0 (got ", steps, ")");
   AQ_CHECK(schedule.lr > 0 && std::isfinite(schedule.lr), "--lr must be a positive number (got ", schedule.lr, ")");
   AQ_CHECK(schedule.min_lr >= 0 && schedule.min_lr <= schedule.lr, "--min-lr must be in [0, --lr] (got ",
@@ -247,7 +248,8 @@ class Job final : public JobApi {
              " | activations ", model_->activation_bytes() >> 20, " MiB per rank",
              ctx_.tp() > 1 ? str(" | tp shard of 1/", ctx_.tp()) : "", cfg_.zero ? " | ZeRO-1 optimizer state" : "");
     log_info("data: ", train_data_->num_shards(), " shard(s), ", train_data_->total_tokens(), " tokens | batch ",
-             cfg_.batch, " x ", cfg_.seq, " per rank, ", static_cast<int64_t>(cfg_.batch) * cfg_.seq * ctx_.dp(),
+             cfg_.batch, " x ", cfg_.seq, " per rank", cfg_.grad_accum > 1 ? str(" x ", cfg_.grad_accum, " micro-batches") : "",
+             ", ", static_cast<int64_t>(cfg_.batch) * cfg_.grad_accum * cfg_.seq * ctx_.dp(),
              " tokens/step over dp=", ctx_.dp(), buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
     if (ctx_.dp() > 1) log_info("data parallel: ", dp_algo_->describe());
   }
@@ -283,7 +285,8 @@ class Job final : public JobApi {
   std::unique_ptr<SafeTensorsReader> weights_;  // --init-from / --resume file, opened in setup()
   OptimizerState opt_;
   DeviceBuffer<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
-  std::vector<int32_t> inputs_, targets_;
+  std::vector<int32_t> inputs_, targets_;  // a step's K micro-batches, (K·B, T)
+  bool last_micro_ = true;                 // the micro-batch running is the step's last
   std::ofstream log_file_;
   typename ops::MultiAdamW<T>::Update* adamw_ = nullptr;
   ops::MultiAdamW<float>::SumSquares* sum_squares_ = nullptr;
@@ -311,8 +314,10 @@ void Job<T>::setup() {
 
   // Data first: a bad shard should fail before a large model is allocated. DP rank r of D reads window r of
   // each global step; the TP ranks of a group read the same window.
-  train_data_ = std::make_unique<DataLoader>(cfg_.data, cfg_.batch, cfg_.seq, mc_.vocab_size, ctx_.dp_rank(), ctx_.dp(),
-                                             "--data");
+  // With gradient accumulation a rank reads its K micro-batches as one window of K·B sequences, so the global
+  // step covers what one process with batch dp·K·B reads.
+  train_data_ = std::make_unique<DataLoader>(cfg_.data, cfg_.batch * cfg_.grad_accum, cfg_.seq, mc_.vocab_size,
+                                             ctx_.dp_rank(), ctx_.dp(), "--data");
   if (!cfg_.val_data.empty())
     val_data_ = std::make_unique<DataLoader>(cfg_.val_data, cfg_.batch, cfg_.seq, mc_.vocab_size, ctx_.dp_rank(),
                                              ctx_.dp(), "--val-data");
@@ -347,9 +352,12 @@ void Job<T>::build() {
     for (const ParamInfo& p : model_->params_info()) boundaries.push_back(p.offset);
     buckets_ = std::make_unique<GradBuckets>(*dp_algo_, model_->grads(), model_->buffer_size(), boundaries,
                                              cfg_.bucket_mb);
-    model_->set_grad_ready_hook([this](int64_t offset) { buckets_->on_ready(offset); });
+    // Buckets start during the last micro-batch's backward only: before it, the gradients are not final.
+    model_->set_grad_ready_hook([this](int64_t offset) {
+      if (last_micro_) buckets_->on_ready(offset);
+    });
   }
-  inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.seq);
+  inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.grad_accum * cfg_.seq);
   targets_.resize(inputs_.size());
   auto& reg = ops::Registry::instance();
   adamw_ = reg.find<typename ops::MultiAdamW<T>::Update>("multi_adamw", device_, dtype_of<T>());
@@ -437,6 +445,7 @@ void Job<T>::save(const std::string& path) {
                                 {"beta2", cfg_.beta2},              {"eps", cfg_.eps},
                                 {"grad_clip", cfg_.grad_clip},      {"batch", cfg_.batch},
                                 {"seq", cfg_.seq},                  {"steps", cfg_.steps},
+                                {"grad_accum", cfg_.grad_accum},
                                 {"seed", cfg_.seed},                {"data", cfg_.data},
                                 {"tp", ctx_.tp()},                  {"dp", ctx_.dp()},
                                 {"zero", cfg_.zero}};
@@ -539,7 +548,17 @@ StepRecord Job<T>::step(int64_t s) {
   train_data_->next(inputs_.data(), targets_.data());
   model_->take_tp_comm_ms();
   if (buckets_) buckets_->begin_step();
-  double loss = model_->forward_backward(inputs_.data(), targets_.data(), cfg_.batch, cfg_.seq);
+  // Gradient accumulation: K micro-batches add into the gradients (zeroed by the first); the loss is their mean
+  // and the sum of their mean gradients is divided by K below, with the DP mean.
+  const int K = cfg_.grad_accum;
+  const size_t micro = static_cast<size_t>(cfg_.batch) * cfg_.seq;
+  double loss = 0;
+  for (int k = 0; k < K; ++k) {
+    last_micro_ = k + 1 == K;
+    loss += model_->forward_backward(inputs_.data() + k * micro, targets_.data() + k * micro, cfg_.batch, cfg_.seq,
+                                     k > 0);
+  }
+  loss /= K;
   double comm = 0, exposed = 0;
   float* grads = model_->grads();
   if (buckets_) {
@@ -561,7 +580,7 @@ StepRecord Job<T>::step(int64_t s) {
                           "step); lower --lr or keep --grad-clip on"));
   // The reductions above sum over the DP ranks; the mean is taken here, once, instead of in another pass over
   // the gradients: the norm is divided by dp and the division is folded into AdamW's gradient scale.
-  const double dp_scale = 1.0 / ctx_.dp();
+  const double dp_scale = 1.0 / (static_cast<double>(ctx_.dp()) * K);
   const double norm = global_grad_norm(my_grads) * dp_scale;
   if (!std::isfinite(norm)) {
     std::string where = "(not on this rank)";
@@ -605,7 +624,7 @@ StepRecord Job<T>::step(int64_t s) {
   const WanStats wan = dp_algo_->take_wan_stats();
   r.wan_bytes = wan.bytes;
   r.wan_ms = wan.ms;
-  r.tokens_per_s = static_cast<double>(cfg_.batch) * cfg_.seq * ctx_.dp() / (r.ms / 1000.0);
+  r.tokens_per_s = static_cast<double>(cfg_.batch) * K * cfg_.seq * ctx_.dp() / (r.ms / 1000.0);
   return r;
 }
 

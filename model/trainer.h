@@ -26,6 +26,7 @@ struct TrainConfig {
   std::string init_from, resume;
   std::string data, val_data;
   int batch = 4, seq = 64;
+  int grad_accum = 1;            // micro-batches of `batch` sequences per optimizer step
   int64_t steps = 100;
   LrSchedule schedule;          // lr, min_lr, warmup, kind (steps is filled from `steps`)
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;

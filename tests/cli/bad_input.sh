@@ -200,6 +200,8 @@ expect_fail comm_timeout_zero '--comm-timeout must be > 0 seconds \(got 0\)' 1 -
   "${RUN[@]}" --data "$DATA" --comm-timeout 0 "${SAVE[@]}"
 expect_fail bucket_mb_zero '--bucket-mb must be > 0 \(got 0\)' 1 -- "${RUN[@]}" --data "$DATA" --bucket-mb 0 "${SAVE[@]}"
 expect_fail zero_two '--zero must be 0 or 1 \(got 2\)' 1 -- "${RUN[@]}" --data "$DATA" --zero 2 "${SAVE[@]}"
+expect_fail grad_accum_zero '--grad-accum must be >= 1 micro-batches per step \(got 0\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --grad-accum 0 "${SAVE[@]}"
 expect_fail centres_do_not_divide_world '--centres 2 does not divide the world of 1 ranks' 1 -- \
   "${RUN[@]}" --data "$DATA" --centres 2 "${SAVE[@]}"
 expect_fail centres_not_a_number '--centres must be auto or a positive number of centres \(got "two"\)' 1 -- \

@@ -117,6 +117,46 @@ TEST_F(Training, ResumeContinuesBitIdentically) {
   EXPECT_EQ(tensor_bytes(state_path_for(rest.save)), tensor_bytes(state_path_for(full.save)));
 }
 
+TEST_F(Training, GradientAccumulationEqualsTheLargerBatch) {
+  // K micro-batches of B sequences ≡ one step of K·B sequences: the same data (read as one K·B window), and
+  // gradients that differ only in the order of summation (per micro-batch GEMMs, then added), so losses and
+  // weights agree to fp32 rounding (the contract: not bit-identical, rel < 1e-5 / 1e-4).
+  TrainConfig big = cfg_;
+  big.batch = 6;
+  big.save = dir_ + "/big.safetensors";
+  const TrainResult ref = train(big, comm_);
+  const auto want = losses(ref);
+  for (int K : {2, 3}) {
+    TrainConfig acc = cfg_;
+    acc.batch = 6 / K;
+    acc.grad_accum = K;
+    acc.save = dir_ + "/acc.safetensors";
+    const TrainResult got = train(acc, comm_);
+    ASSERT_EQ(got.steps.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_LT(std::fabs(got.steps[i].loss - want[i]) / want[i], 1e-5) << "K " << K << " step " << i + 1;
+      // The norm is scale-sensitive where AdamW and clipping are not: it catches a missing 1/K.
+      const double gn = ref.steps[i].grad_norm;
+      EXPECT_LT(std::fabs(got.steps[i].grad_norm - gn) / gn, 1e-5) << "K " << K << " step " << i + 1;
+    }
+    SafeTensorsReader a(acc.save), b(big.save);
+    for (const auto& [name, e] : b.entries()) {
+      std::vector<double> x(static_cast<size_t>(shape_numel(e.shape))), y(x.size());
+      a.read<double>(name, e.shape, x.data());
+      b.read<double>(name, e.shape, y.data());
+      double num = 0, den = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        num += (x[i] - y[i]) * (x[i] - y[i]);
+        den += y[i] * y[i];
+      }
+      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 3e-4) << "K " << K << " tensor " << name;
+    }
+    // The same K twice: bit-identical (accumulation order is fixed).
+    acc.save.clear();
+    EXPECT_EQ(losses(train(acc, comm_)), losses(got)) << "K " << K;
+  }
+}
+
 TEST_F(Training, ResumeRefusesAStateFromAnotherSave) {
   TrainConfig a = cfg_;
   a.steps = 2;

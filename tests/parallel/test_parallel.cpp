@@ -343,6 +343,18 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
       expect_same_weights(c.save, ref_path, what.c_str());
     }
   }
+  // Gradient accumulation under data parallelism: 2 micro-batches of half the batch, buckets started only in
+  // the last one's backward.
+  if (g_ctx->world_size() == 2) {
+    g_ctx->configure(1, 60);
+    TrainConfig c = config(2);
+    c.batch = 1;
+    c.grad_accum = 2;
+    c.save = str(dir_, "/accum.safetensors");
+    const TrainResult got = train(c, *g_ctx);
+    expect_same_losses(got, want, 0, "dp=2 with 2 micro-batches");
+    expect_same_weights(c.save, ref_path, "dp=2 with 2 micro-batches");
+  }
   // Two centres: the hierarchical algorithm (the default there), uncompressed, inside-centre TP of 1 and 2,
   // with and without ZeRO-1.
   for (int tp : {1, 2})
