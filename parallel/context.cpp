@@ -143,6 +143,15 @@ void ParallelContext::configure(int tp, double comm_timeout_s, const std::string
   device_intra_ag_ = intra_ag_;
 }
 
+DpGroups ParallelContext::intra_dp_groups() {
+  DpGroups g;
+  g.dp = g.intra_rs = device_intra_rs_.get();
+  g.intra_ag = device_intra_ag_.get();
+  g.world_rank = world_rank_;
+  g.timeout_s = timeout_s_;
+  return g;  // no topology: nothing here crosses a centre
+}
+
 DpGroups ParallelContext::dp_groups() {
   DpGroups g;
   g.dp = device_dp_.get();

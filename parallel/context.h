@@ -57,6 +57,9 @@ class ParallelContext {
   Backend& device_dp_group() { return *device_dp_; }
   // The groups a data-parallel algorithm runs on, for buffers on the device given to enable_device_groups.
   DpGroups dp_groups();
+  // The groups of data parallelism inside this rank's centre only (DiLoCo's inner steps): the dp-intra groups
+  // as the whole DP group, without centres.
+  DpGroups intra_dp_groups();
   // Host groups of this rank's centre (same tp_rank) and across centres (null where this rank carries no
   // cross-centre shard): for checkpoints of per-centre state. Not while an algorithm's call is in flight.
   Backend& intra_group() { return *intra_rs_; }

@@ -51,6 +51,9 @@ float encode_block(const float* v, int64_t m, int8_t* q) {
     std::memset(q, 0, static_cast<size_t>(m));
     return std::numeric_limits<float>::quiet_NaN();
   }
+  // Below the smallest normal float 127/amax would overflow: such a block is sent as zeros (its values stay in
+  // the residual with error feedback).
+  if (amax < std::numeric_limits<float>::min()) amax = 0.0f;
   const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
   for (int64_t i = 0; i < m; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::fmin(127.0f, std::fmax(-127.0f, v[i] * inv))));
   return scale;

@@ -28,7 +28,7 @@ __global__ void encode_int8_kernel(const float* x, float* residual, int64_t n, f
     if (threadIdx.x < s) amax[threadIdx.x] = fmaxf(amax[threadIdx.x], amax[threadIdx.x + s]);
     __syncthreads();
   }
-  const float m = amax[0];
+  const float m = amax[0] < 1.17549435e-38f ? 0.0f : amax[0];  // as on the CPU: below FLT_MIN, a zero block
   const float scale = bad ? __int_as_float(0x7fc00000) : __fdiv_rn(m, 127.0f);
   const float inv = m > 0 ? __fdiv_rn(127.0f, m) : 0.0f;
   if (threadIdx.x == 0) scales[blockIdx.x] = scale;

@@ -25,6 +25,7 @@
 #ifdef AQ_HAVE_CUDA
 #include "parallel/algo/codec_cuda.h"
 #endif
+#include "runtime/log.h"
 #include "runtime/memory.h"
 #include "runtime/sysinfo.h"
 
@@ -47,28 +48,44 @@ Words words_for(size_t bytes) { return Words((bytes + 1) / 2, 0); }
 uint8_t* bytes_of(Words& w) { return reinterpret_cast<uint8_t*>(w.data()); }
 const uint8_t* bytes_of(const Words& w) { return reinterpret_cast<const uint8_t*>(w.data()); }
 
+// The communicators a stage uses. Stages of one family start in (call, stage) order on every rank: the two
+// intra-centre communicators form one family, because the staged backend blocks and NCCL wants one issue
+// order across communicators, so an all-gather of one call and the reduce-scatter of the next must not swap.
+enum class Family { Compute, Intra, CrossRs, CrossAg };
+
 // One call in flight: its stages, the Works of the stage that runs, and the buffers they use.
 struct HierOp {
+  // Buffers owned by the call, declared before `pending` so they outlive the Works writing into them.
+  DeviceBuffer<float> shard;     // intra reduce-scatter output on the buffers' device
+  std::vector<Words> out, in;    // encoded chunks, per peer
+  std::vector<int64_t> counts, c_len, c_off;
+  int64_t off_i = 0, len_i = 0;
+
   std::string name;
   std::vector<std::function<void(HierOp&)>> stages;
   std::vector<const char*> stage_names;
+  std::vector<Family> families;
   size_t started = 0;  // stages started so far
   std::vector<WorkPtr> pending;
+  ~HierOp() { pending.clear(); }  // an abandoned call finishes its requests while its buffers still exist
+
   bool done() const {
     if (started < stages.size()) return false;
     for (const WorkPtr& w : pending)
       if (!w->test()) return false;
     return true;
   }
-  void add_stage(const char* what, std::function<void(HierOp&)> fn) {
+  void add_stage(const char* what, Family f, std::function<void(HierOp&)> fn) {
     stage_names.push_back(what);
+    families.push_back(f);
     stages.push_back(std::move(fn));
   }
-  // Buffers owned by the call.
-  DeviceBuffer<float> shard;     // intra reduce-scatter output on the buffers' device
-  std::vector<Words> out, in;    // encoded chunks, per peer
-  std::vector<int64_t> counts, c_len, c_off;
-  int64_t off_i = 0, len_i = 0;
+  // Whether every stage of family f has started (so a later call may start one).
+  bool started_all(Family f) const {
+    for (size_t s = started; s < stages.size(); ++s)
+      if (families[s] == f) return false;
+    return true;
+  }
 };
 
 class HierAlgorithm;
@@ -125,19 +142,21 @@ class HierAlgorithm final : public DpAlgorithm {
   }
 
   // Starts every stage that may start: a call's next stage when its current one is done and every earlier call
-  // has started that stage already (so each group sees its collectives in call order on every rank).
+  // has started all its stages of the same family, so every communicator (and the intra-centre pair together)
+  // sees its collectives in one order on every rank, whatever order they complete in.
   void progress() {
-    size_t earlier_min = SIZE_MAX;
     for (auto it = live_.begin(); it != live_.end();) {
       HierOp& op = **it;
       for (;;) {
-        bool ready = op.started < op.stages.size() && op.started < earlier_min;
+        if (op.started == op.stages.size()) break;
+        bool ready = true;
         for (const WorkPtr& w : op.pending) ready = ready && w->test();
+        const Family f = op.families[op.started];
+        for (auto e = live_.begin(); ready && e != it; ++e) ready = (*e)->started_all(f);
         if (!ready) break;
         op.pending.clear();
         op.stages[op.started++](op);
       }
-      earlier_min = std::min(earlier_min, op.started);
       if (op.done())
         it = live_.erase(it);
       else
@@ -147,11 +166,14 @@ class HierAlgorithm final : public DpAlgorithm {
 
   // A call is stuck past its timeout: let the backend Work it waits for report who did not arrive.
   [[noreturn]] void stuck(HierOp& op, double waited) {
+    log_error(str("aq: error: hierarchical collective \"", op.name, "\" made no progress for ", static_cast<int>(waited),
+                  " s (", op.started ? op.stage_names[op.started - 1] : "first stage", "); the request it waits for:"));
     for (const auto& live : live_)
       for (const WorkPtr& w : live->pending)
         if (!w->test()) w->wait(0);  // reports the missing ranks and ends the job
     fail(str("hierarchical collective \"", op.name, "\" made no progress in its ",
-             op.started ? op.stage_names[op.started - 1] : "first stage", " for ", static_cast<int>(waited), " s"));
+             op.started ? op.stage_names[op.started - 1] : "first stage", " for ", static_cast<int>(waited),
+             " s; raise --comm-timeout if a step legitimately takes longer"));
   }
   double timeout_s() const { return g_.timeout_s; }
 
@@ -276,7 +298,9 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
     std::vector<int64_t> len, off;
     split(count, S, len, off);
     for (int k = 0; k < S; ++k) op->counts[k] = len[k];
-    if (i < S) op->off_i = off[i], op->len_i = len[i];
+    // A rank without a shard has an empty block at the end: the all-gather stays in place for it too.
+    op->off_i = i < S ? off[i] : count;
+    op->len_i = i < S ? len[i] : 0;
   }
   const bool carrier = xrs && xrs->size() > 1 && op->len_i > 0;
   const Device dev = o_.device;
@@ -290,11 +314,11 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
   const std::string nm = opts.name;
   const int64_t pos = offset + op->off_i;  // the shard's position in the gradient buffer
 
-  op->add_stage("intra-centre reduce-scatter", [=, &intra_rs](HierOp& o) {
+  op->add_stage("intra-centre reduce-scatter", Family::Intra, [=, &intra_rs](HierOp& o) {
     if (g > 1)
       o.pending.push_back(intra_rs.reduce_scatter_v(data, shard, o.counts, DType::F32, {nm + " (intra reduce-scatter)"}));
   });
-  op->add_stage("cross-centre exchange to the owners", [=, this](HierOp& o) {
+  op->add_stage("cross-centre exchange to the owners", Family::CrossRs, [=, this](HierOp& o) {
     if (!carrier) return;
     wan_begin();
     const int C = xrs->size(), j = xrs->rank();
@@ -308,7 +332,7 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
     }
     exchange(o, *xrs, false, nm + " (cross-centre, to owners)");
   });
-  op->add_stage("cross-centre exchange from the owners", [=, this](HierOp& o) {
+  op->add_stage("cross-centre exchange from the owners", Family::CrossAg, [=, this](HierOp& o) {
     if (!carrier) return;
     const int C = xrs->size(), j = xrs->rank();
     float* mine = shard + o.c_off[j];
@@ -326,7 +350,7 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
       if (p != j) o.in[p] = words_for(codec_bytes(o_.codec, o.c_len[p]));
     exchange(o, *xag, true, nm + " (cross-centre, from owners)");
   });
-  op->add_stage("intra-centre all-gather", [=, this, &intra_ag](HierOp& o) {
+  op->add_stage("intra-centre all-gather", Family::Intra, [=, this, &intra_ag](HierOp& o) {
     if (carrier) {
       const int C = xrs->size(), j = xrs->rank();
       for (int p = 0; p < C; ++p)
@@ -359,14 +383,17 @@ WorkPtr HierAlgorithm::reduce_scatter(const float* send, float* recv, int64_t L,
     op->shard = DeviceBuffer<float>(dev, static_cast<size_t>(C * L));
     slices = op->shard.data();
   }
-  op->add_stage("intra-centre reduce-scatters", [=, &intra](HierOp& o) {
-    if (g == 1) return;
+  op->add_stage("intra-centre reduce-scatters", Family::Intra, [=, &intra](HierOp& o) {
+    if (g == 1) {
+      if (C == 1) device_copy(recv, dev, send, dev, bytes);  // a DP group of one: the sum is the input
+      return;
+    }
     for (int c = 0; c < C; ++c)
       o.pending.push_back(intra.reduce_scatter(send + static_cast<int64_t>(c) * g * L,
                                                C > 1 ? const_cast<float*>(slices) + c * L : recv, L, DType::F32,
                                                {str(nm, " (intra reduce-scatter ", c, ")")}));
   });
-  op->add_stage("cross-centre exchange to the owners", [=, this](HierOp& o) {
+  op->add_stage("cross-centre exchange to the owners", Family::CrossRs, [=, this](HierOp& o) {
     if (C == 1) return;
     wan_begin();
     o.out.resize(static_cast<size_t>(C));
@@ -378,7 +405,7 @@ WorkPtr HierAlgorithm::reduce_scatter(const float* send, float* recv, int64_t L,
     }
     exchange(o, *xrs, false, nm + " (cross-centre, to owners)");
   });
-  op->add_stage("owner's sum", [=, this](HierOp& o) {
+  op->add_stage("owner's sum", Family::Compute, [=, this](HierOp& o) {
     if (C == 1) return;
     DeviceBuffer<float> acc(dev, static_cast<size_t>(L));  // zeros
     for (int p = 0; p < C; ++p) {  // centre order
@@ -407,7 +434,7 @@ WorkPtr HierAlgorithm::all_gather(const void* send, void* recv, int64_t L, DType
   // Global slice d = c·g + i sits at d·L; this rank's is (j·g + i)·L, which is where send points.
   auto at = [=](int c) { return out + (static_cast<size_t>(c) * g + i) * bytes; };
   const std::string nm = opts.name;
-  op->add_stage("cross-centre exchange of slices", [=, this](HierOp& o) {
+  op->add_stage("cross-centre exchange of slices", Family::CrossAg, [=, this](HierOp& o) {
     if (C == 1) return;
     wan_begin();
     o.out.resize(static_cast<size_t>(C));
@@ -418,14 +445,14 @@ WorkPtr HierAlgorithm::all_gather(const void* send, void* recv, int64_t L, DType
       if (p != j) o.in[p] = words_for(bytes);
     exchange(o, *g_.cross_ag, true, nm + " (cross-centre)");
   });
-  op->add_stage("intra-centre all-gathers", [=, this, &intra](HierOp& o) {
+  op->add_stage("intra-centre all-gathers", Family::Intra, [=, this, &intra](HierOp& o) {
     if (C > 1) {
       for (int p = 0; p < C; ++p)
         if (p != j) device_copy(at(p), dev, bytes_of(o.in[p]), Device::CPU, bytes);
       wan_end();
     }
-    if (g == 1) {
-      if (C == 1 && send != at(0)) device_copy(at(0), dev, send, dev, bytes);
+    if (g == 1) {  // this rank's own slice, when it was not gathered in place
+      if (send != at(j)) device_copy(at(j), dev, send, dev, bytes);
       return;
     }
     for (int c = 0; c < C; ++c)  // in place: this rank's slice of segment c is at(c)

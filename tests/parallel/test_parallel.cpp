@@ -193,9 +193,16 @@ TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
               expect_identical_on_every_rank(bufs[k], what);
             }
           }
-          const WanStats w = dp->take_wan_stats();
+          // Bytes on the wire: nothing with one centre; uncompressed hier sends each shard's C−1 chunks to their
+          // owners and each owner's sum back, 2(C−1)·n·4 bytes over the world per call.
+          double bytes = dp->take_wan_stats().bytes;
+          g_ctx->world().all_reduce(&bytes, 1, DType::F64, {"wan bytes"})->wait();
           if (topo.centres() == 1) {
-            EXPECT_EQ(w.bytes, 0.0);
+            EXPECT_EQ(bytes, 0.0);
+          } else if (algo == "hier" && codec == WanCodec::None) {
+            EXPECT_EQ(bytes, 2.0 * 8 * (topo.centres() - 1) * static_cast<double>(total));  // two rounds
+          } else if (algo == "hier") {
+            EXPECT_LT(bytes, 2.0 * 8 * (topo.centres() - 1) * static_cast<double>(total) / (codec == WanCodec::Int8 ? 3.0 : 1.9));
           }
         }
       }
@@ -242,6 +249,108 @@ TEST(DpAlgorithms, ZeroReduceScatterAndAllGather) {
         for (int d = 0; d < P; ++d)
           for (int64_t k = 0; k < L; ++k) ASSERT_EQ(bf16_to_float(half[d * L + k]), d + 1.0f + k % 2) << "slice " << d;
       }
+  }
+}
+
+TEST(DpAlgorithms, ErrorFeedbackLosesNothingAcrossRanks) {
+  // Fixed inputs x_r on every rank, R rounds of a compressed hierarchical all-reduce: whatever the quantisers
+  // dropped sits in some rank's residual at that position, so Σ_rounds output + Σ_ranks residual = R·Σ_ranks x.
+  const int P = g_ctx->world_size();
+  for (const auto& [spec, names] : centre_layouts(P)) {
+    configure_centres(1, spec, names);
+    const Topology& topo = g_ctx->topology();
+    if (topo.centres() == 1) continue;
+    for (WanCodec codec : {WanCodec::BF16, WanCodec::Int8}) {
+      SCOPED_TRACE(str(topo.describe(), " | ", wan_codec_name(codec)));
+      const int64_t n = 3001;
+      DpAlgoOptions o;
+      o.algo = "hier";
+      o.codec = codec;
+      o.error_feedback = true;
+      o.buffer_size = n;
+      auto dp = make_dp_algorithm(o, g_ctx->dp_groups());
+      std::vector<float> x = test::randn<float>(static_cast<size_t>(n), 11 + static_cast<uint64_t>(g_ctx->world_rank()), 1e-2);
+      std::vector<double> outputs(static_cast<size_t>(n), 0.0), want(x.begin(), x.end());
+      const int R = 5;
+      for (int round = 0; round < R; ++round) {
+        std::vector<float> y = x;
+        dp->all_reduce(y.data(), n, 0, {"error feedback round"})->wait();
+        for (int64_t i = 0; i < n; ++i) outputs[i] += y[i];
+      }
+      std::vector<float> res;
+      ASSERT_TRUE(dp->residuals(res));
+      std::vector<double> res_sum(res.begin(), res.end());
+      g_ctx->world().all_reduce(res_sum.data(), n, DType::F64, {"residual sum"})->wait();
+      g_ctx->world().all_reduce(want.data(), n, DType::F64, {"input sum"})->wait();
+      double worst = 0, scale = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        worst = std::max(worst, std::fabs(outputs[i] + res_sum[i] - R * want[i]));
+        scale = std::max(scale, std::fabs(R * want[i]));
+      }
+      EXPECT_LT(worst, 1e-5 * scale) << "largest |R·Σx| " << scale;
+      // and compression did drop something (the test would otherwise prove nothing)
+      double dropped = 0;
+      for (double r : res_sum) dropped = std::max(dropped, std::fabs(r));
+      EXPECT_GT(dropped, 0.0);
+    }
+  }
+}
+
+TEST(DpAlgorithms, HierOnBlockingStagedGroups) {
+  // GPU buffers without NCCL go through StagedBackend, whose collectives block until done. With several
+  // buckets in flight and unequal centres (a rank without a shard goes straight from its reduce-scatter to its
+  // all-gather), any difference between ranks in the order of intra-centre calls would deadlock here.
+  const int P = g_ctx->world_size();
+  for (const auto& [spec, names] : centre_layouts(P)) {
+    configure_centres(1, spec, names);
+    SCOPED_TRACE(g_ctx->topology().describe());
+    DpGroups g = g_ctx->dp_groups();
+    StagedBackend rs(*g.intra_rs, Device::CPU), ag(*g.intra_ag, Device::CPU);
+    g.intra_rs = &rs;
+    g.intra_ag = &ag;
+    DpAlgoOptions o;
+    o.algo = "hier";
+    o.codec = g_ctx->topology().centres() > 1 ? WanCodec::Int8 : WanCodec::None;
+    o.buffer_size = 6 * 777;
+    auto dp = make_dp_algorithm(o, g);
+    std::vector<std::vector<float>> bufs(6, std::vector<float>(777, static_cast<float>(g_ctx->dp_rank() + 1)));
+    std::vector<WorkPtr> works;
+    for (int k = 0; k < 6; ++k) works.push_back(dp->all_reduce(bufs[k].data(), 777, k * 777, {str("staged ", k)}));
+    for (int k = 6; k-- > 0;) works[k]->wait();
+    const float want = P * (P + 1) / 2.0f;
+    for (const auto& b : bufs)
+      for (float v : b) ASSERT_NEAR(v, want, o.codec == WanCodec::Int8 ? want / 40 : 0.0f);
+  }
+}
+
+TEST(DpAlgorithms, DifferentCallsInFlightTogether) {
+  // An all-reduce and a ZeRO all-gather in flight at once (they use the cross-centre and intra-centre groups in
+  // different stages), waited for in reverse: the stage ordering keeps every communicator's calls matched.
+  const int P = g_ctx->world_size();
+  for (const auto& [spec, names] : centre_layouts(P)) {
+    configure_centres(1, spec, names);
+    if (!g_ctx->topology().uniform_blocks()) continue;
+    SCOPED_TRACE(g_ctx->topology().describe());
+    DpAlgoOptions o;
+    o.algo = "hier";
+    o.buffer_size = 1001;
+    auto dp = make_dp_algorithm(o, g_ctx->dp_groups());
+    std::vector<float> a(1001, static_cast<float>(g_ctx->dp_rank() + 1));
+    const int64_t L = 13;
+    std::vector<float> all(static_cast<size_t>(P * L), -1.0f);
+    for (int64_t k = 0; k < L; ++k) all[g_ctx->dp_rank() * L + k] = static_cast<float>(g_ctx->dp_rank());
+    WorkPtr w1 = dp->all_reduce(a.data(), 1001, 0, {"mixed: all-reduce"});
+    WorkPtr w2 = dp->all_gather(all.data() + g_ctx->dp_rank() * L, all.data(), L, DType::F32, {"mixed: all-gather"});
+    std::vector<float> b(7, 1.0f);
+    WorkPtr w3 = dp->all_reduce(b.data(), 7, 0, {"mixed: second all-reduce"});
+    w3->wait();
+    w2->wait();
+    w1->wait();
+    for (int d = 0; d < P; ++d)
+      for (int64_t k = 0; k < L; ++k) ASSERT_EQ(all[d * L + k], static_cast<float>(d));
+    const float s = P * (P + 1) / 2.0f;
+    for (int64_t i = 0; i < 1001; ++i) ASSERT_EQ(a[i], s) << i;
+    for (float v : b) ASSERT_EQ(v, static_cast<float>(P));
   }
 }
 
