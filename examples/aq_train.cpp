@@ -78,6 +78,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--wan-compress", cfg.wan_compress, "none | bf16 | int8: compress the cross-centre hop of hier")
       ->capture_default_str();
+  app.add_option("--outer", cfg.outer,
+                 "none | diloco: each centre trains its own replica and syncs every --outer-steps (DiLoCo)")
+      ->capture_default_str();
+  app.add_option("--outer-steps", cfg.outer_steps, "DiLoCo: inner steps H between outer syncs")->capture_default_str();
+  app.add_option("--outer-lr", cfg.outer_lr, "DiLoCo: outer Nesterov SGD learning rate")->capture_default_str();
+  app.add_option("--outer-momentum", cfg.outer_momentum, "DiLoCo: outer Nesterov momentum")->capture_default_str();
   app.add_option("--error-feedback", cfg.error_feedback,
                  "on | off | auto (on with --wan-compress): carry what compression dropped into the next step")
       ->capture_default_str();

@@ -1,5 +1,6 @@
 // trainer.cpp — the training loop.
 #include "model/trainer.h"
+#include "model/outer_optimizer.h"
 
 #include <omp.h>
 
@@ -70,6 +71,10 @@ void TrainConfig::validate() const {
   wan_codec_from_name(wan_compress);
   AQ_CHECK(error_feedback == "auto" || error_feedback == "on" || error_feedback == "off",
            "--error-feedback must be on, off or auto (got \"", error_feedback, "\")");
+  AQ_CHECK(outer == "none" || outer == "diloco", "--outer must be none or diloco (got \"", outer, "\")");
+  AQ_CHECK(outer_steps >= 1, "--outer-steps must be >= 1 inner steps between outer syncs (got ", outer_steps, ")");
+  AQ_CHECK(outer_lr > 0 && std::isfinite(outer_lr), "--outer-lr must be a positive number (got ", outer_lr, ")");
+  AQ_CHECK(outer_momentum >= 0 && outer_momentum < 1, "--outer-momentum must be in [0, 1) (got ", outer_momentum, ")");
   AQ_CHECK(error_feedback != "on" || wan_compress != "none",
            "--error-feedback on keeps what compression dropped, but --wan-compress is none; add --wan-compress int8 ",
            "(or bf16)");
@@ -81,7 +86,8 @@ DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo)
   DpAlgoOptions o;
   const bool centres = topo.centres() > 1;
   // ZeRO-1's hierarchical reduce-scatter needs equal centres of contiguous ranks (DP rank = centre·g + index).
-  const bool zero_ok = !cfg.zero || topo.uniform_blocks();
+  // With DiLoCo ZeRO-1 is inside each centre, and the algorithm only averages the outer change (an all-reduce).
+  const bool zero_ok = !cfg.zero || cfg.outer == "diloco" || topo.uniform_blocks();
   o.algo = cfg.dp_algo != "auto" ? cfg.dp_algo : centres && zero_ok ? "hier" : "flat";
   AQ_CHECK(o.algo != "hier" || zero_ok, "--zero 1 with --dp-algo hier needs centres of equal size holding ",
            "contiguous blocks of ranks (", topo.describe(), "); launch each centre's ranks together with equal ",
@@ -91,7 +97,7 @@ DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo)
     AQ_CHECK(centres, "--wan-compress ", cfg.wan_compress, " compresses the cross-centre hop, but the job is one centre; ",
              "name the centres (--centres N, or AQ_CENTRE per rank with --centres auto) or drop --wan-compress");
     AQ_CHECK(o.algo == "hier", "--wan-compress ", cfg.wan_compress, " needs --dp-algo hier (flat runs the backend's ",
-             "own all-reduce, which has no slow hop to compress)", cfg.zero ? "; --zero 1 needs flat, so drop one" : "");
+             "own all-reduce, which has no slow hop to compress)", zero_ok ? "" : "; with these centres --zero 1 needs flat, so drop one of them");
   }
   o.error_feedback = o.codec != WanCodec::None && cfg.error_feedback != "off";
   return o;
@@ -191,6 +197,7 @@ std::string progress_line(const StepRecord& r, int64_t total, double eta_s, cons
   if (parallel)
     n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | comm %.1f ms (exposed %.1f) | tp%d x dp%d",
                        r.comm_ms, r.exposed_comm_ms, ctx.tp(), ctx.dp());
+  if (r.outer_sync) n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | outer sync");
   if (ctx.topology().centres() > 1)
     n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | wan %.1f ms (%.0f%% of step), %.2f MB",
                        r.wan_ms, r.ms > 0 ? 100.0 * r.wan_ms / r.ms : 0.0, r.wan_bytes / 1e6);
@@ -251,13 +258,24 @@ class Job final : public JobApi {
              cfg_.batch, " x ", cfg_.seq, " per rank", cfg_.grad_accum > 1 ? str(" x ", cfg_.grad_accum, " micro-batches") : "",
              ", ", static_cast<int64_t>(cfg_.batch) * cfg_.grad_accum * cfg_.seq * ctx_.dp(),
              " tokens/step over dp=", ctx_.dp(), buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
-    if (ctx_.dp() > 1) log_info("data parallel: ", dp_algo_->describe());
+    if (diloco())
+      log_info("outer: DiLoCo every ", cfg_.outer_steps, " steps, Nesterov lr ", cfg_.outer_lr, " momentum ",
+               cfg_.outer_momentum, " | inner data parallel inside each centre (dp=", idp(), " here) | outer exchange: ",
+               outer_algo_->describe());
+    else if (ctx_.dp() > 1)
+      log_info("data parallel: ", dp_algo_->describe());
   }
 
  private:
   // This rank's share of the optimizer work: the whole buffer, or its ZeRO-1 slice.
-  int64_t slice_begin() const { return cfg_.zero ? ctx_.dp_rank() * slice_len() : 0; }
-  int64_t slice_len() const { return cfg_.zero ? model_->buffer_size() / ctx_.dp() : model_->buffer_size(); }
+  int64_t slice_begin() const { return cfg_.zero ? idp_rank() * slice_len() : 0; }
+  int64_t slice_len() const { return cfg_.zero ? model_->buffer_size() / idp() : model_->buffer_size(); }
+  // The data-parallel group of the optimizer step: every DP rank, or with --outer diloco the DP ranks of this
+  // rank's centre (each centre trains its own replica between outer syncs).
+  bool diloco() const { return cfg_.outer == "diloco"; }
+  int idp() const { return diloco() ? ctx_.topology().centre_dp[static_cast<size_t>(ctx_.centre())] : ctx_.dp(); }
+  int idp_rank() const { return diloco() ? ctx_.topology().intra_index[static_cast<size_t>(ctx_.world_rank())] : ctx_.dp_rank(); }
+  Backend& idp_group() { return diloco() ? ctx_.intra_group() : ctx_.dp_group(); }
   double global_grad_norm(const float* grads);  // grads indexed from slice_begin()
   // Error feedback: appends each centre's residuals ("ef_residual.<centre id>.<tensor>") to `out`; false when
   // the job keeps none. Collective.
@@ -276,6 +294,17 @@ class Job final : public JobApi {
   std::unique_ptr<DataLoader> train_data_, val_data_;
   DpAlgoOptions dp_opts_;                 // resolved in setup()
   std::unique_ptr<DpAlgorithm> dp_algo_;  // how DP gradients are reduced (flat or hierarchical)
+  // --outer diloco: the exchange of the outer change across centres (dp_opts_), the global parameters θ_global
+  // and the outer Nesterov momentum (full local buffers, fp32, identical on every rank), and a scratch Δ.
+  std::unique_ptr<DpAlgorithm> outer_algo_;
+  std::vector<float> theta_global_, outer_mom_, delta_;
+  // The algorithm whose traffic crosses centres (and keeps the error-feedback residuals).
+  DpAlgorithm& wan_algo() { return outer_algo_ ? *outer_algo_ : *dp_algo_; }
+  void outer_sync();
+  // Collective: `mine` (a full local buffer, the same on every rank of a centre and tp_rank) of every centre,
+  // appended to `out` as "<prefix><centre id>.<what>.<tensor>".
+  void append_per_centre(const std::vector<float>& mine, const std::string& what, std::vector<NamedTensor>& out);
+  void load_outer_state(const SafeTensorsReader& state);
   std::unique_ptr<GradBuckets> buckets_;
   Device device_;
   int gpus_on_node_ = 0;
@@ -296,8 +325,10 @@ template <typename T>
 void Job<T>::setup() {
   // ZeRO-1 over a single data-parallel rank has nothing to shard: run without it (one rule, here, instead of
   // a dp == 1 case at every use).
-  if (ctx_.dp() == 1) cfg_.zero = 0;
+  if (idp() == 1) cfg_.zero = 0;
   dp_opts_ = resolve_dp_algorithm(cfg_, ctx_.topology());
+  AQ_CHECK(!diloco() || device_ == Device::CPU, "--outer diloco runs on the CPU so far (its outer step has no CUDA ",
+           "kernel yet); use --device cpu, or --outer none on GPUs");
   std::unique_ptr<SafeTensorsReader>& weights = weights_;  // kept open for build()
   mc_ = model_config(cfg_, weights);
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
@@ -334,20 +365,35 @@ void Job<T>::build() {
   std::unique_ptr<SafeTensorsReader> weights = std::move(weights_);
   if (device_ != Device::CPU && ctx_.world_size() > 1) log_info("device collectives: ", ctx_.device_dp_group().describe());
   TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.device_tp_group(), &ctx_.tp_group()};
-  model_ = std::make_unique<GPT2<T>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * ctx_.dp() : 1, device_);
+  model_ = std::make_unique<GPT2<T>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * idp() : 1, device_);
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   dp_opts_.buffer_size = model_->buffer_size();
   dp_opts_.device = device_;
-  dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
+  if (diloco()) {
+    // Inner steps reduce inside the centre (flat over dp-intra); only the outer change crosses centres.
+    DpAlgoOptions inner;
+    inner.buffer_size = dp_opts_.buffer_size;
+    inner.device = device_;
+    dp_algo_ = make_dp_algorithm(inner, ctx_.intra_dp_groups());
+    outer_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
+  } else {
+    dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
+  }
   if (weights)
     model_->load(*weights);
   else
     model_->init_random(rng_.next_u64());
+  if (diloco()) {
+    const float* p = model_->params();
+    theta_global_.assign(p, p + model_->buffer_size());
+    outer_mom_.assign(theta_global_.size(), 0.0f);
+    delta_.assign(theta_global_.size(), 0.0f);
+  }
   if (!cfg_.resume.empty()) load_state(*weights);
 
-  if (ctx_.dp() > 1 && !cfg_.zero) {
+  if (idp() > 1 && !cfg_.zero) {
     std::vector<int64_t> boundaries;
     for (const ParamInfo& p : model_->params_info()) boundaries.push_back(p.offset);
     buckets_ = std::make_unique<GradBuckets>(*dp_algo_, model_->grads(), model_->buffer_size(), boundaries,
@@ -379,7 +425,7 @@ std::vector<float> Job<T>::full_local(const float* part, int64_t n, const char* 
   device_copy(mine.data(), Device::CPU, part, device_, mine.size() * sizeof(float));
   if (!cfg_.zero) return mine;
   std::vector<float> full(static_cast<size_t>(model_->buffer_size()));
-  ctx_.dp_group().all_gather(mine.data(), full.data(), slice_len(), DType::F32, {what})->wait();
+  idp_group().all_gather(mine.data(), full.data(), slice_len(), DType::F32, {what})->wait();
   return full;
 }
 
@@ -414,6 +460,7 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
   }
   train_data_->set_position(LoaderPosition{meta_int64(state, "data_shard"), meta_int64(state, "data_position")});
   load_residuals(state);
+  if (diloco()) load_outer_state(state);
   AQ_CHECK(opt_.step < cfg_.steps, cfg_.resume, " is already at step ", opt_.step, " and --steps is ", cfg_.steps,
            ": nothing to do; raise --steps to train further");
 }
@@ -432,7 +479,18 @@ void Job<T>::save(const std::string& path) {
   std::vector<float> master;
   if (!std::is_same_v<T, float> && cfg_.zero)
     master = full_local(model_->params() + slice_begin(), slice_len(), "checkpoint gather master weights");
-  std::vector<NamedTensor> params = model_->gather_full("", master.empty() ? nullptr : master.data());
+  std::vector<NamedTensor> params;
+  if (diloco()) {
+    // The model file is the global model; each centre's replica, moments and the outer momentum go to the state.
+    params = model_->gather_full("", theta_global_.data());
+    for (NamedTensor& t : model_->gather_full("outer_momentum.", outer_mom_.data())) moments.push_back(std::move(t));
+    const float* p = model_->params();
+    append_per_centre(std::vector<float>(p, p + model_->buffer_size()), "param", moments);
+    append_per_centre(m, "exp_avg", moments);
+    append_per_centre(v, "exp_avg_sq", moments);
+  } else {
+    params = model_->gather_full("", master.empty() ? nullptr : master.data());
+  }
   const bool ef = save_residuals(moments);
   std::string error;
   if (ctx_.world_rank() == 0) {
@@ -448,7 +506,9 @@ void Job<T>::save(const std::string& path) {
                                 {"grad_accum", cfg_.grad_accum},
                                 {"seed", cfg_.seed},                {"data", cfg_.data},
                                 {"tp", ctx_.tp()},                  {"dp", ctx_.dp()},
-                                {"zero", cfg_.zero}};
+                                {"zero", cfg_.zero},                {"outer", cfg_.outer},
+                                {"outer_steps", cfg_.outer_steps},  {"outer_lr", cfg_.outer_lr},
+                                {"outer_momentum", cfg_.outer_momentum}};
       std::map<std::string, std::string> meta = model_->config().to_metadata();
       meta["checkpoint_id"] = id;
       meta["step"] = std::to_string(opt_.step);
@@ -459,6 +519,7 @@ void Job<T>::save(const std::string& path) {
       state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
       state_meta["train_options"] = dump_json(options);
       if (ef) state_meta["ef_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
+      if (diloco()) state_meta["diloco_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
       write_safetensors(state_path_for(path), moments, state_meta);
       write_safetensors(path, params, meta);
     } catch (const std::exception& e) {  // any failure of the writer must reach every rank
@@ -472,7 +533,7 @@ void Job<T>::save(const std::string& path) {
 template <typename T>
 bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
   std::vector<float> centre;
-  if (!dp_algo_->residuals(centre)) return false;
+  if (!wan_algo().residuals(centre)) return false;
   // Inside a centre each position is quantised by one rank, so the centre's sum is its residual; the ranks of
   // intra index 0 (one per centre and tp_rank) then gather every centre's, and the TP groups consolidate them.
   const Topology& topo = ctx_.topology();
@@ -491,7 +552,7 @@ bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
 template <typename T>
 void Job<T>::load_residuals(const SafeTensorsReader& state) {
   std::vector<float> unused;
-  const bool want = dp_algo_->residuals(unused);
+  const bool want = wan_algo().residuals(unused);
   const auto& sm = state.metadata();
   const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
   if (!sm.count("ef_centres")) {
@@ -510,7 +571,70 @@ void Job<T>::load_residuals(const SafeTensorsReader& state) {
   }
   std::vector<float> centre(static_cast<size_t>(model_->buffer_size()), 0.0f);
   model_->load(state, str("ef_residual.", it - names.begin(), "."), centre.data());
-  dp_algo_->restore_residuals(std::move(centre));
+  wan_algo().restore_residuals(std::move(centre));
+}
+
+template <typename T>
+void Job<T>::outer_sync() {
+  // DiLoCo's outer step. Every rank of a centre holds the same θ_local, so summing Δ = θ_global − θ_local over
+  // all DP ranks and dividing by their number weights each centre by its DP ranks, i.e. by the tokens it
+  // trained on. Then Nesterov SGD as torch.optim.SGD(nesterov=True): m ← μm + Δ̄; θ_global ← θ_global −
+  // lr·(Δ̄ + μm); and every rank trains on from θ_global. AdamW's moments stay each centre's own.
+  const int64_t n = model_->buffer_size();
+  float* p = model_->params();
+  float* g = theta_global_.data();
+  float* m = outer_mom_.data();
+  float* d = delta_.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) d[i] = g[i] - p[i];
+  outer_algo_->all_reduce(d, n, 0, {"DiLoCo outer change"})->wait();
+  outer_nesterov_step(g, m, p, d, n, 1.0f / static_cast<float>(ctx_.dp()), static_cast<float>(cfg_.outer_lr),
+                      static_cast<float>(cfg_.outer_momentum));
+}
+
+template <typename T>
+void Job<T>::append_per_centre(const std::vector<float>& mine, const std::string& what, std::vector<NamedTensor>& out) {
+  const Topology& topo = ctx_.topology();
+  const int64_t n = model_->buffer_size();
+  std::vector<float> all(static_cast<size_t>(n) * topo.centres(), 0.0f);
+  if (topo.centres() == 1)
+    std::copy(mine.begin(), mine.end(), all.begin());
+  else if (topo.intra_index[ctx_.world_rank()] == 0)  // one rank per centre and tp_rank gathers every centre's
+    ctx_.cross_group()->all_gather(mine.data(), all.data(), n, DType::F32, {"checkpoint " + what + " of every centre"})
+        ->wait();
+  for (int c = 0; c < topo.centres(); ++c)
+    for (NamedTensor& t : model_->gather_full(str("centre.", c, ".", what, "."), all.data() + static_cast<size_t>(c) * n))
+      out.push_back(std::move(t));
+}
+
+template <typename T>
+void Job<T>::load_outer_state(const SafeTensorsReader& state) {
+  // θ_global is the model file (loaded already); the state has the momentum and each centre's replica.
+  const auto& sm = state.metadata();
+  if (!sm.count("diloco_centres")) {
+    log_info("resume: ", state.path(), " has no DiLoCo state; every centre starts its replica from the model and "
+             "the outer momentum from zero");
+    return;
+  }
+  const int64_t n = model_->buffer_size();
+  model_->load(state, "outer_momentum.", outer_mom_.data());
+  const auto names = nlohmann::json::parse(sm.at("diloco_centres")).get<std::vector<std::string>>();
+  const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
+  const auto it = std::find(names.begin(), names.end(), mine);
+  if (it == names.end()) {
+    log_info("resume: ", state.path(), " has no replica of centre ", mine, "; it starts from the global model");
+    return;
+  }
+  const std::string c = str("centre.", it - names.begin(), ".");
+  std::vector<float> buf(static_cast<size_t>(n), 0.0f);
+  model_->load(state, c + "param.", buf.data());
+  std::copy(buf.begin(), buf.end(), model_->params());
+  for (auto [what, dst] : {std::pair{"exp_avg.", &opt_.m}, std::pair{"exp_avg_sq.", &opt_.v}}) {
+    std::fill(buf.begin(), buf.end(), 0.0f);
+    model_->load(state, c + what, buf.data());
+    device_copy(dst->data(), device_, buf.data() + slice_begin(), Device::CPU,
+                static_cast<size_t>(slice_len()) * sizeof(float));
+  }
 }
 
 template <typename T>
@@ -519,7 +643,7 @@ double Job<T>::global_grad_norm(const float* grads) {
   // are counted once. Under ZeRO-1 each DP rank holds a slice, so the slices are summed across DP first.
   double sq[2] = {0, 0};  // [sharded, replicated]: the chunks' norm classes
   sum_squares_(sq, grads, chunks_.data(), static_cast<int64_t>(chunks_.size()));
-  if (cfg_.zero) ctx_.dp_group().all_reduce(sq, 2, DType::F64, {"grad norm (ZeRO slices)"})->wait();
+  if (cfg_.zero) idp_group().all_reduce(sq, 2, DType::F64, {"grad norm (ZeRO slices)"})->wait();
   if (ctx_.tp() > 1) ctx_.tp_group().all_reduce(sq, 1, DType::F64, {"grad norm (TP shards)"})->wait();
   return std::sqrt(sq[0] + sq[1]);
 }
@@ -573,14 +697,16 @@ StepRecord Job<T>::step(int64_t s) {
     exposed += ms;
   }
   const float* my_grads = cfg_.zero ? grad_slice_.data() : grads;
-  if (ctx_.dp() > 1) ctx_.dp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
-  loss /= ctx_.dp();
+  // The mean over the optimizer's DP group (with DiLoCo: this centre's, so nothing but outer syncs crosses
+  // centres).
+  if (idp() > 1) idp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
+  loss /= idp();
   if (!std::isfinite(loss))  // the loss is all-reduced, so every rank stops here together
     throw AgreedError(str("loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for this ",
                           "step); lower --lr or keep --grad-clip on"));
   // The reductions above sum over the DP ranks; the mean is taken here, once, instead of in another pass over
   // the gradients: the norm is divided by dp and the division is folded into AdamW's gradient scale.
-  const double dp_scale = 1.0 / (static_cast<double>(ctx_.dp()) * K);
+  const double dp_scale = 1.0 / (static_cast<double>(idp()) * K);
   const double norm = global_grad_norm(my_grads) * dp_scale;
   if (!std::isfinite(norm)) {
     std::string where = "(not on this rank)";
@@ -618,10 +744,21 @@ StepRecord Job<T>::step(int64_t s) {
     comm += ms;
     exposed += ms;
   }
+  bool synced = false;
+  if (diloco() && opt_.step % cfg_.outer_steps == 0) {
+    Timer c;
+    outer_sync();
+    const double ms = c.ms();
+    comm += ms;
+    exposed += ms;
+    synced = true;
+  }
   device_synchronize(device_);  // the step's time includes the queued optimizer kernels
   const double tp_ms = model_->take_tp_comm_ms();
   StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0, comm + tp_ms, exposed + tp_ms};
-  const WanStats wan = dp_algo_->take_wan_stats();
+  r.outer_sync = synced;
+  if (outer_algo_) dp_algo_->take_wan_stats();  // inside the centre: nothing crossed
+  const WanStats wan = wan_algo().take_wan_stats();
   r.wan_bytes = wan.bytes;
   r.wan_ms = wan.ms;
   r.tokens_per_s = static_cast<double>(cfg_.batch) * K * cfg_.seq * ctx_.dp() / (r.ms / 1000.0);
@@ -665,6 +802,7 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
       j["comm_ms"] = r.comm_ms;
       j["exposed_comm_ms"] = r.exposed_comm_ms;
     }
+    if (r.outer_sync) j["outer_sync"] = true;
     if (ctx.topology().centres() > 1) {
       j["centres"] = ctx.topology().centres();
       j["wan_bytes"] = r.wan_bytes;

@@ -46,6 +46,12 @@ struct TrainConfig {
   std::string dp_algo = "auto";        // flat | hier | auto (hier when the job spans several centres)
   std::string wan_compress = "none";   // none | bf16 | int8: the cross-centre hop of hier
   std::string error_feedback = "auto"; // on | off | auto (on for a lossy --wan-compress)
+  // Low-communication training across centres (DiLoCo): each centre takes `outer_steps` inner steps on its own
+  // replica, then the centres average their parameter change and an outer Nesterov step updates the global
+  // parameters. "none": synchronous data parallelism everywhere.
+  std::string outer = "none";          // none | diloco
+  int64_t outer_steps = 50;            // H: inner steps between outer syncs
+  double outer_lr = 0.7, outer_momentum = 0.9;
 
   void validate() const;         // flag-level checks; throws aq::Error with the fix
 };
@@ -55,6 +61,7 @@ struct StepRecord {
   double loss, lr, grad_norm, ms, tokens_per_s;
   double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
   double wan_bytes = 0, wan_ms = 0;  // bytes this rank sent to other centres; time in the cross-centre stage
+  bool outer_sync = false;           // --outer diloco: this step ended with an outer sync
 };
 
 struct TrainResult {

@@ -200,6 +200,12 @@ expect_fail comm_timeout_zero '--comm-timeout must be > 0 seconds \(got 0\)' 1 -
   "${RUN[@]}" --data "$DATA" --comm-timeout 0 "${SAVE[@]}"
 expect_fail bucket_mb_zero '--bucket-mb must be > 0 \(got 0\)' 1 -- "${RUN[@]}" --data "$DATA" --bucket-mb 0 "${SAVE[@]}"
 expect_fail zero_two '--zero must be 0 or 1 \(got 2\)' 1 -- "${RUN[@]}" --data "$DATA" --zero 2 "${SAVE[@]}"
+expect_fail outer_unknown '--outer must be none or diloco \(got "localsgd"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --outer localsgd "${SAVE[@]}"
+expect_fail outer_steps_zero '--outer-steps must be >= 1 inner steps between outer syncs \(got 0\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --outer diloco --outer-steps 0 "${SAVE[@]}"
+expect_fail outer_momentum_one '--outer-momentum must be in \[0, 1\) \(got 1\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --outer diloco --outer-momentum 1 "${SAVE[@]}"
 expect_fail grad_accum_zero '--grad-accum must be >= 1 micro-batches per step \(got 0\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --grad-accum 0 "${SAVE[@]}"
 expect_fail centres_do_not_divide_world '--centres 2 does not divide the world of 1 ranks' 1 -- \

@@ -8,6 +8,7 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "model/outer_optimizer.h"
 #include "model/trainer.h"
 #include "runtime/data.h"
 #include "tests/test_util.h"
@@ -201,6 +202,29 @@ TEST_F(Training, JsonLogHasOneLinePerStepAndValidationLines) {
   EXPECT_EQ(expect_step, 7);
   EXPECT_EQ(val_lines, 2);  // steps 3 and 6
   EXPECT_EQ(r.val_losses.size(), 2u);
+}
+
+TEST(OuterOptimizer, NesterovMatchesTheClosedFormSequence) {
+  // torch.optim.SGD(lr, momentum=mu, nesterov=True) on θ with "gradients" Δ̄_t, written out in double:
+  // m_t = mu·m_{t−1} + Δ̄_t;  θ_t = θ_{t−1} − lr·(Δ̄_t + mu·m_t). Here Δ̄_t = sum_t·inv with a sum over 3 ranks.
+  const float lr = 0.7f, mu = 0.9f, inv = 1.0f / 3;
+  const std::vector<float> sums = {0.3f, -0.12f, 0.05f, 0.6f};
+  float theta = 1.5f, m = 0.0f, local = 0.0f;
+  double th = 1.5, mm = 0.0;
+  for (float sum : sums) {
+    outer_nesterov_step(&theta, &m, &local, &sum, 1, inv, lr, mu);
+    const double g = static_cast<double>(sum) / 3;
+    mm = 0.9 * mm + g;
+    th -= 0.7 * (g + 0.9 * mm);
+    EXPECT_NEAR(theta, th, 1e-6);
+    EXPECT_NEAR(m, mm, 1e-6);
+    EXPECT_EQ(local, theta);  // every replica restarts from θ_global
+  }
+  // momentum 0, lr 1: plain averaging, θ_global − mean(θ_global − θ_c) = mean θ_c.
+  float g = 2.0f, m0 = 0.0f, l = 0.0f;
+  const float d = (2.0f - 1.0f) + (2.0f - 1.5f);  // two replicas at 1.0 and 1.5
+  outer_nesterov_step(&g, &m0, &l, &d, 1, 0.5f, 1.0f, 0.0f);
+  EXPECT_FLOAT_EQ(g, 1.25f);
 }
 
 TEST(LrSchedule, WarmupThenCosineToMinLr) {

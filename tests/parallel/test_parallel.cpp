@@ -515,6 +515,7 @@ TEST_F(Layouts, ResumeWithErrorFeedbackIsBitIdentical) {
     TrainConfig c = config(g_ctx->world_size());
     c.zero = zero;
     c.wan_compress = "int8";
+    c.schedule.kind = "constant";  // the cut lowers --steps, which would reshape a cosine schedule
     const TrainResult whole = train(c, *g_ctx);
     TrainConfig first = c;
     first.steps = 3;
@@ -531,6 +532,63 @@ TEST_F(Layouts, ResumeWithErrorFeedbackIsBitIdentical) {
     ASSERT_EQ(got.steps.size(), 3u) << what;
     for (size_t i = 0; i < 3; ++i)
       EXPECT_EQ(got.steps[i].loss, whole.steps[i + 3].loss) << what << ": step " << got.steps[i].step;
+  }
+}
+
+TEST_F(Layouts, DiLoCoWithOneCentreAndPlainAveragingIsDataParallel) {
+  // One centre, H = 1, outer lr 1, momentum 0: every step's outer update replaces θ_global by the replica, so
+  // the run is synchronous data parallelism (up to the rounding of θ_g − (θ_g − θ)).
+  const std::string ref_path = str(dir_, "/diloco_ref_", g_ctx->world_rank(), ".safetensors");
+  const TrainResult want = reference(ref_path);
+  g_ctx->configure(1, 60);
+  TrainConfig c = config(g_ctx->world_size());
+  c.outer = "diloco";
+  c.outer_steps = 1;
+  c.outer_lr = 1.0;
+  c.outer_momentum = 0.0;
+  c.save = str(dir_, "/diloco_dp.safetensors");
+  const TrainResult got = train(c, *g_ctx);
+  for (const StepRecord& r : got.steps) EXPECT_TRUE(r.outer_sync) << "step " << r.step;
+  expect_same_losses(got, want, 0, "DiLoCo H=1 lr=1 mu=0, one centre");
+  expect_same_weights(c.save, ref_path, "DiLoCo H=1 lr=1 mu=0, one centre");
+}
+
+TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
+  if (g_ctx->world_size() % 2) return;
+  configure_centres(1, "2", {});
+  TrainConfig c = config(g_ctx->world_size());
+  c.outer = "diloco";
+  c.outer_steps = 4;
+  c.wan_compress = "int8";
+  // The run is cut by lowering --steps, which would reshape a cosine schedule after the cut: keep it constant.
+  c.schedule.kind = "constant";
+  const TrainResult whole = train(c, *g_ctx);
+  // Only outer syncs cross centres: wan_bytes on steps 4 (and only there, of 6), nothing in between.
+  for (const StepRecord& r : whole.steps) {
+    EXPECT_EQ(r.outer_sync, r.step % 4 == 0) << "step " << r.step;
+    if (r.step % 4 == 0)
+      EXPECT_GT(r.wan_bytes, 0.0) << "step " << r.step;
+    else
+      EXPECT_EQ(r.wan_bytes, 0.0) << "step " << r.step;
+  }
+  // Saved in the middle of an inner phase (step 3) and after the sync (step 5), resumed: bit-identical.
+  for (int64_t at : {3, 5}) {
+    TrainConfig first = c;
+    first.steps = at;
+    first.save = str(dir_, "/diloco_", at, ".safetensors");
+    train(first, *g_ctx);
+    if (g_ctx->world_rank() == 0) {
+      SafeTensorsReader state(state_path_for(first.save));
+      EXPECT_TRUE(state.metadata().count("diloco_centres"));
+      EXPECT_TRUE(state.entries().count("centre.1.param.wte.weight"));
+      EXPECT_TRUE(state.entries().count("outer_momentum.wte.weight"));
+    }
+    TrainConfig rest = c;
+    rest.resume = first.save;
+    const TrainResult got = train(rest, *g_ctx);
+    ASSERT_EQ(got.steps.size(), static_cast<size_t>(6 - at));
+    for (size_t i = 0; i < got.steps.size(); ++i)
+      EXPECT_EQ(got.steps[i].loss, whole.steps[i + at].loss) << "resumed at " << at << ", step " << got.steps[i].step;
   }
 }
 
