@@ -84,6 +84,15 @@ int main(int argc, char** argv) {
   app.add_option("--outer-steps", cfg.outer_steps, "DiLoCo: inner steps H between outer syncs")->capture_default_str();
   app.add_option("--outer-lr", cfg.outer_lr, "DiLoCo: outer Nesterov SGD learning rate")->capture_default_str();
   app.add_option("--outer-momentum", cfg.outer_momentum, "DiLoCo: outer Nesterov momentum")->capture_default_str();
+  app.add_option("--outer-fragments", cfg.outer_fragments,
+                 "DiLoCo: parameter fragments synced on a staggered schedule (streaming)")
+      ->capture_default_str();
+  app.add_option("--outer-overlap", cfg.outer_overlap,
+                 "DiLoCo: inner steps a fragment's exchange runs behind before it is merged (0 .. H-1)")
+      ->capture_default_str();
+  app.add_option("--outer-mix", cfg.outer_mix,
+                 "DiLoCo with overlap: weight of the replica's own values when an update is merged")
+      ->capture_default_str();
   app.add_option("--error-feedback", cfg.error_feedback,
                  "on | off | auto (on with --wan-compress): carry what compression dropped into the next step")
       ->capture_default_str();

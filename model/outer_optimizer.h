@@ -5,6 +5,8 @@
 // torch.optim.SGD(lr, momentum=μ, nesterov=True) with Δ̄ as the gradient:
 //     m ← μ·m + Δ̄;   θ_global ← θ_global − lr·(Δ̄ + μ·m);   θ_local ← θ_global.
 // With H = 1, lr = 1 and μ = 0 it is plain averaging of the replicas (θ_global − Δ̄ = mean θ_c).
+// Streaming DiLoCo's overlapped syncs merge into a replica that trained on meanwhile: θ_local ← mix·θ_local +
+// (1 − mix)·θ_global (mix = 0: the replica restarts from θ_global).
 #pragma once
 
 #include <cstdint>
@@ -13,14 +15,20 @@ namespace aq {
 
 // theta_global, momentum, local (n): updated in place; delta (n): the summed change, read only.
 inline void outer_nesterov_step(float* theta_global, float* momentum, float* local, const float* delta, int64_t n,
-                                float inv, float lr, float mu) {
+                                float inv, float lr, float mu, float mix = 0.0f) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float g = delta[i] * inv;
     momentum[i] = mu * momentum[i] + g;
     theta_global[i] -= lr * (g + mu * momentum[i]);
-    local[i] = theta_global[i];
+    local[i] = mix == 0.0f ? theta_global[i] : mix * local[i] + (1.0f - mix) * theta_global[i];
   }
+}
+
+// Streaming DiLoCo's schedule: fragment f of F syncs at the steps t (1-based) with t ≡ ⌊(f+1)·H/F⌋ (mod H), so
+// every fragment syncs once per H steps and the syncs are spread evenly (F = 1: every H steps).
+inline bool fragment_syncs_at(int f, int F, int64_t H, int64_t t) {
+  return t % H == ((f + 1) * H / F) % H;
 }
 
 }  // namespace aq

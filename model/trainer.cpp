@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -75,6 +76,12 @@ void TrainConfig::validate() const {
   AQ_CHECK(outer_steps >= 1, "--outer-steps must be >= 1 inner steps between outer syncs (got ", outer_steps, ")");
   AQ_CHECK(outer_lr > 0 && std::isfinite(outer_lr), "--outer-lr must be a positive number (got ", outer_lr, ")");
   AQ_CHECK(outer_momentum >= 0 && outer_momentum < 1, "--outer-momentum must be in [0, 1) (got ", outer_momentum, ")");
+  AQ_CHECK(outer_fragments >= 1, "--outer-fragments must be >= 1 (got ", outer_fragments, ")");
+  AQ_CHECK(outer_overlap >= 0 && outer_overlap < outer_steps, "--outer-overlap must be in [0, --outer-steps) = [0, ",
+           outer_steps, ") inner steps (got ", outer_overlap, ")");
+  AQ_CHECK(outer_mix >= 0 && outer_mix < 1, "--outer-mix must be in [0, 1) (got ", outer_mix, ")");
+  AQ_CHECK(outer == "diloco" || (outer_fragments == 1 && outer_overlap == 0),
+           "--outer-fragments and --outer-overlap shape DiLoCo's outer syncs; add --outer diloco");
   AQ_CHECK(error_feedback != "on" || wan_compress != "none",
            "--error-feedback on keeps what compression dropped, but --wan-compress is none; add --wan-compress int8 ",
            "(or bf16)");
@@ -197,7 +204,9 @@ std::string progress_line(const StepRecord& r, int64_t total, double eta_s, cons
   if (parallel)
     n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | comm %.1f ms (exposed %.1f) | tp%d x dp%d",
                        r.comm_ms, r.exposed_comm_ms, ctx.tp(), ctx.dp());
-  if (r.outer_sync) n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | outer sync");
+  if (r.outer_launched || r.outer_merged)
+    n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | outer: %d sent, %d merged (waited %.1f ms)",
+                       r.outer_launched, r.outer_merged, r.outer_exposed_ms);
   if (ctx.topology().centres() > 1)
     n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | wan %.1f ms (%.0f%% of step), %.2f MB",
                        r.wan_ms, r.ms > 0 ? 100.0 * r.wan_ms / r.ms : 0.0, r.wan_bytes / 1e6);
@@ -220,6 +229,8 @@ class JobApi {
   virtual void log_summary() const = 0;
   virtual void describe(TrainResult& r) const = 0;  // device, dtype, parameters, device memory
   virtual Device device() const = 0;
+  // Completes communication still running behind the steps (DiLoCo's overlapped exchanges). Collective.
+  virtual void finish_communication() {}
 };
 
 // One training job on one rank, for a model of element type T (float, or bf16 with fp32 master weights).
@@ -260,7 +271,11 @@ class Job final : public JobApi {
              " tokens/step over dp=", ctx_.dp(), buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
     if (diloco())
       log_info("outer: DiLoCo every ", cfg_.outer_steps, " steps, Nesterov lr ", cfg_.outer_lr, " momentum ",
-               cfg_.outer_momentum, " | inner data parallel inside each centre (dp=", idp(), " here) | outer exchange: ",
+               cfg_.outer_momentum,
+               fragments_.size() > 1 ? str(" | ", fragments_.size(), " fragments on a staggered schedule") : "",
+               cfg_.outer_overlap ? str(" | exchanges overlap ", cfg_.outer_overlap, " inner steps, merged with mix ",
+                                        cfg_.outer_mix) : "",
+               " | inner data parallel inside each centre (dp=", idp(), " here) | outer exchange: ",
                outer_algo_->describe());
     else if (ctx_.dp() > 1)
       log_info("data parallel: ", dp_algo_->describe());
@@ -297,10 +312,30 @@ class Job final : public JobApi {
   // --outer diloco: the exchange of the outer change across centres (dp_opts_), the global parameters θ_global
   // and the outer Nesterov momentum (full local buffers, fp32, identical on every rank), and a scratch Δ.
   std::unique_ptr<DpAlgorithm> outer_algo_;
-  std::vector<float> theta_global_, outer_mom_, delta_;
+  std::vector<float> theta_global_, outer_mom_;
+  std::vector<std::pair<int64_t, int64_t>> fragments_;  // [begin, end) of each fragment, at tensor boundaries
+  // A fragment's exchange in flight: the summed change (the fragment's values), the step that merges it, and
+  // the Work (null once complete, or when restored from a checkpoint).
+  struct PendingSync {
+    int fragment;
+    int64_t merge_step;
+    std::vector<float> delta;
+    WorkPtr work;
+  };
+  std::deque<PendingSync> pending_;
+  void outer_launch(int f, int64_t t);
+  double outer_merge(PendingSync& ps);  // returns the ms it waited
+  void outer_poll() {
+    for (PendingSync& ps : pending_)
+      if (ps.work) ps.work->test();
+  }
   // The algorithm whose traffic crosses centres (and keeps the error-feedback residuals).
   DpAlgorithm& wan_algo() { return outer_algo_ ? *outer_algo_ : *dp_algo_; }
-  void outer_sync();
+  void outer_steps(int64_t t, StepRecord& r);
+  void outer_finish_exchanges();  // completes every exchange in flight (before a save and at the end)
+  void finish_communication() override {
+    if (diloco()) outer_finish_exchanges();
+  }
   // Collective: `mine` (a full local buffer, the same on every rank of a centre and tp_rank) of every centre,
   // appended to `out` as "<prefix><centre id>.<what>.<tensor>".
   void append_per_centre(const std::vector<float>& mine, const std::string& what, std::vector<NamedTensor>& out);
@@ -377,7 +412,8 @@ void Job<T>::build() {
     inner.buffer_size = dp_opts_.buffer_size;
     inner.device = device_;
     dp_algo_ = make_dp_algorithm(inner, ctx_.intra_dp_groups());
-    outer_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
+    // The outer exchange may run behind the inner steps (--outer-overlap), so it gets its own communicators.
+    outer_algo_ = make_dp_algorithm(dp_opts_, ctx_.outer_dp_groups());
   } else {
     dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
   }
@@ -389,7 +425,24 @@ void Job<T>::build() {
     const float* p = model_->params();
     theta_global_.assign(p, p + model_->buffer_size());
     outer_mom_.assign(theta_global_.size(), 0.0f);
-    delta_.assign(theta_global_.size(), 0.0f);
+    // Fragments: consecutive tensors in buffer order (embeddings, blocks, final norm), cut at the first tensor
+    // boundary past each 1/F of the buffer.
+    const auto& info = model_->params_info();
+    AQ_CHECK(cfg_.outer_fragments <= static_cast<int>(info.size()), "--outer-fragments ", cfg_.outer_fragments,
+             " exceeds the model's ", info.size(), " tensors; use at most that many");
+    const int64_t n = model_->buffer_size();
+    int64_t begin = 0;
+    for (size_t k = 1; k <= info.size(); ++k) {
+      const int64_t end = k < info.size() ? info[k].offset : n;
+      const int f = static_cast<int>(fragments_.size());
+      const int left = cfg_.outer_fragments - f;  // fragments still to cut, this one included
+      const bool must = static_cast<int>(info.size() - k) < left;  // one tensor per remaining fragment at least
+      if (left > 1 && (end * cfg_.outer_fragments >= (f + 1) * n || must)) {
+        fragments_.emplace_back(begin, end);
+        begin = end;
+      }
+    }
+    fragments_.emplace_back(begin, n);
   }
   if (!cfg_.resume.empty()) load_state(*weights);
 
@@ -481,7 +534,15 @@ void Job<T>::save(const std::string& path) {
     master = full_local(model_->params() + slice_begin(), slice_len(), "checkpoint gather master weights");
   std::vector<NamedTensor> params;
   if (diloco()) {
-    // The model file is the global model; each centre's replica, moments and the outer momentum go to the state.
+    // The model file is the global model; each centre's replica, moments and the outer momentum go to the state,
+    // and the summed changes of exchanges not merged yet (they are merged at their step after a resume).
+    outer_finish_exchanges();
+    for (size_t k = 0; k < pending_.size(); ++k) {
+      std::vector<float> full(static_cast<size_t>(model_->buffer_size()), 0.0f);
+      const auto [b, e] = fragments_[static_cast<size_t>(pending_[k].fragment)];
+      std::copy(pending_[k].delta.begin(), pending_[k].delta.end(), full.begin() + b);
+      for (NamedTensor& t : model_->gather_full(str("outer_pending.", k, "."), full.data())) moments.push_back(std::move(t));
+    }
     params = model_->gather_full("", theta_global_.data());
     for (NamedTensor& t : model_->gather_full("outer_momentum.", outer_mom_.data())) moments.push_back(std::move(t));
     const float* p = model_->params();
@@ -519,7 +580,13 @@ void Job<T>::save(const std::string& path) {
       state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
       state_meta["train_options"] = dump_json(options);
       if (ef) state_meta["ef_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
-      if (diloco()) state_meta["diloco_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
+      if (diloco()) {
+        state_meta["diloco_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
+        nlohmann::json pend = nlohmann::json::array();
+        for (const PendingSync& ps : pending_) pend.push_back({ps.fragment, ps.merge_step});
+        state_meta["outer_pending"] = dump_json(pend);
+        state_meta["outer_fragments"] = std::to_string(fragments_.size());
+      }
       write_safetensors(state_path_for(path), moments, state_meta);
       write_safetensors(path, params, meta);
     } catch (const std::exception& e) {  // any failure of the writer must reach every rank
@@ -575,21 +642,73 @@ void Job<T>::load_residuals(const SafeTensorsReader& state) {
 }
 
 template <typename T>
-void Job<T>::outer_sync() {
-  // DiLoCo's outer step. Every rank of a centre holds the same θ_local, so summing Δ = θ_global − θ_local over
-  // all DP ranks and dividing by their number weights each centre by its DP ranks, i.e. by the tokens it
-  // trained on. Then Nesterov SGD as torch.optim.SGD(nesterov=True): m ← μm + Δ̄; θ_global ← θ_global −
-  // lr·(Δ̄ + μm); and every rank trains on from θ_global. AdamW's moments stay each centre's own.
-  const int64_t n = model_->buffer_size();
-  float* p = model_->params();
-  float* g = theta_global_.data();
-  float* m = outer_mom_.data();
-  float* d = delta_.data();
+void Job<T>::outer_launch(int f, int64_t t) {
+  // DiLoCo's outer exchange for one fragment. Every rank of a centre holds the same θ_local, so summing
+  // Δ = θ_global − θ_local over all DP ranks (and dividing by their number at the merge) weights each centre by
+  // its DP ranks, i.e. by the tokens it trained on.
+  const auto [b, e] = fragments_[static_cast<size_t>(f)];
+  PendingSync ps{f, t + cfg_.outer_overlap, std::vector<float>(static_cast<size_t>(e - b)), nullptr};
+  const float* p = model_->params() + b;
+  const float* g = theta_global_.data() + b;
+  float* d = ps.delta.data();
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) d[i] = g[i] - p[i];
-  outer_algo_->all_reduce(d, n, 0, {"DiLoCo outer change"})->wait();
-  outer_nesterov_step(g, m, p, d, n, 1.0f / static_cast<float>(ctx_.dp()), static_cast<float>(cfg_.outer_lr),
-                      static_cast<float>(cfg_.outer_momentum));
+  for (int64_t i = 0; i < e - b; ++i) d[i] = g[i] - p[i];
+  ps.work = outer_algo_->all_reduce(d, e - b, b, {str("DiLoCo outer change, fragment ", f)});
+  pending_.push_back(std::move(ps));
+}
+
+template <typename T>
+double Job<T>::outer_merge(PendingSync& ps) {
+  // The outer Nesterov step on the fragment (outer_optimizer.h). With --outer-overlap the replica trained on
+  // while the exchange ran, so it is mixed with the new θ_global instead of replaced.
+  Timer w;
+  if (ps.work) ps.work->wait();
+  ps.work.reset();
+  const double waited = w.ms();
+  const auto [b, e] = fragments_[static_cast<size_t>(ps.fragment)];
+  outer_nesterov_step(theta_global_.data() + b, outer_mom_.data() + b, model_->params() + b, ps.delta.data(), e - b,
+                      1.0f / static_cast<float>(ctx_.dp()), static_cast<float>(cfg_.outer_lr),
+                      static_cast<float>(cfg_.outer_momentum),
+                      cfg_.outer_overlap > 0 ? static_cast<float>(cfg_.outer_mix) : 0.0f);
+  return waited;
+}
+
+template <typename T>
+void Job<T>::outer_steps(int64_t t, StepRecord& r) {
+  // After inner step t: start the exchanges of the fragments due now, then merge those due now (with no
+  // overlap, the ones just started). Every rank runs the same schedule, so the exchanges match.
+  Timer c;
+  const int F = static_cast<int>(fragments_.size());
+  for (int f = 0; f < F; ++f)
+    if (fragment_syncs_at(f, F, cfg_.outer_steps, t)) {
+      outer_launch(f, t);
+      ++r.outer_launched;
+    }
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->merge_step != t) {
+      ++it;
+      continue;
+    }
+    r.outer_exposed_ms += outer_merge(*it);
+    ++r.outer_merged;
+    it = pending_.erase(it);
+  }
+  outer_poll();
+  r.outer_sync = r.outer_merged > 0;
+  // What the step spent here is communication: the launches (encoding) and the waits at the merges.
+  const double ms = c.ms();
+  r.comm_ms += ms;
+  r.exposed_comm_ms += ms;
+  r.outer_exposed_ms = ms;
+}
+
+template <typename T>
+void Job<T>::outer_finish_exchanges() {
+  for (PendingSync& ps : pending_)
+    if (ps.work) {
+      ps.work->wait();
+      ps.work.reset();
+    }
 }
 
 template <typename T>
@@ -618,6 +737,23 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
   }
   const int64_t n = model_->buffer_size();
   model_->load(state, "outer_momentum.", outer_mom_.data());
+  std::vector<float> buf(static_cast<size_t>(n), 0.0f);
+  // Exchanges that were in flight at the save: their summed changes, merged at their step.
+  const auto pend = sm.count("outer_pending") ? nlohmann::json::parse(sm.at("outer_pending")) : nlohmann::json::array();
+  if (!pend.empty()) {
+    const std::string saved_f = sm.count("outer_fragments") ? sm.at("outer_fragments") : "?";
+    AQ_CHECK(saved_f == std::to_string(fragments_.size()), state.path(), " was saved with --outer-fragments ", saved_f,
+             " and ", pend.size(), " outer exchange(s) not merged yet; resume with --outer-fragments ", saved_f);
+    for (size_t k = 0; k < pend.size(); ++k) {
+      std::fill(buf.begin(), buf.end(), 0.0f);
+      model_->load(state, str("outer_pending.", k, "."), buf.data());
+      const int f = pend[k][0].get<int>();
+      const auto [b, e] = fragments_[static_cast<size_t>(f)];
+      pending_.push_back(PendingSync{f, pend[k][1].get<int64_t>(),
+                                     std::vector<float>(buf.begin() + b, buf.begin() + e), nullptr});
+    }
+  }
+
   const auto names = nlohmann::json::parse(sm.at("diloco_centres")).get<std::vector<std::string>>();
   const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
   const auto it = std::find(names.begin(), names.end(), mine);
@@ -626,7 +762,7 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
     return;
   }
   const std::string c = str("centre.", it - names.begin(), ".");
-  std::vector<float> buf(static_cast<size_t>(n), 0.0f);
+  std::fill(buf.begin(), buf.end(), 0.0f);
   model_->load(state, c + "param.", buf.data());
   std::copy(buf.begin(), buf.end(), model_->params());
   for (auto [what, dst] : {std::pair{"exp_avg.", &opt_.m}, std::pair{"exp_avg_sq.", &opt_.v}}) {
@@ -683,6 +819,7 @@ StepRecord Job<T>::step(int64_t s) {
                                      k > 0);
   }
   loss /= K;
+  if (diloco()) outer_poll();  // exchanges running behind the inner steps make progress
   double comm = 0, exposed = 0;
   float* grads = model_->grads();
   if (buckets_) {
@@ -744,20 +881,14 @@ StepRecord Job<T>::step(int64_t s) {
     comm += ms;
     exposed += ms;
   }
-  bool synced = false;
-  if (diloco() && opt_.step % cfg_.outer_steps == 0) {
-    Timer c;
-    outer_sync();
-    const double ms = c.ms();
-    comm += ms;
-    exposed += ms;
-    synced = true;
-  }
   device_synchronize(device_);  // the step's time includes the queued optimizer kernels
   const double tp_ms = model_->take_tp_comm_ms();
   StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0, comm + tp_ms, exposed + tp_ms};
-  r.outer_sync = synced;
-  if (outer_algo_) dp_algo_->take_wan_stats();  // inside the centre: nothing crossed
+  if (diloco()) {
+    outer_steps(opt_.step, r);
+    r.ms = t.ms();
+    dp_algo_->take_wan_stats();  // inside the centre: nothing crossed
+  }
   const WanStats wan = wan_algo().take_wan_stats();
   r.wan_bytes = wan.bytes;
   r.wan_ms = wan.ms;
@@ -802,7 +933,12 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
       j["comm_ms"] = r.comm_ms;
       j["exposed_comm_ms"] = r.exposed_comm_ms;
     }
-    if (r.outer_sync) j["outer_sync"] = true;
+    if (cfg.outer == "diloco") {
+      if (r.outer_sync) j["outer_sync"] = true;
+      j["outer_launched"] = r.outer_launched;
+      j["outer_merged"] = r.outer_merged;
+      j["outer_exposed_ms"] = r.outer_exposed_ms;
+    }
     if (ctx.topology().centres() > 1) {
       j["centres"] = ctx.topology().centres();
       j["wan_bytes"] = r.wan_bytes;
@@ -823,6 +959,8 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
     }
   }
   if (cfg.steps > first) result.step_loop_device_mallocs = device_driver_allocations(job.device()) - allocs_after_first;
+  // Exchanges still in flight (started in the last τ steps) complete here; a save keeps them for a resume.
+  job.finish_communication();
   if (!cfg.save.empty()) {
     job.save(cfg.save);
     log_info("saved ", cfg.save, " and ", state_path_for(cfg.save), " (step ", job.start_step(), ")");

@@ -52,6 +52,9 @@ struct TrainConfig {
   std::string outer = "none";          // none | diloco
   int64_t outer_steps = 50;            // H: inner steps between outer syncs
   double outer_lr = 0.7, outer_momentum = 0.9;
+  int outer_fragments = 1;             // F: parameter fragments synced on a staggered schedule (streaming)
+  int64_t outer_overlap = 0;           // τ: inner steps a fragment's exchange runs behind before it is merged
+  double outer_mix = 0.5;              // τ > 0: weight of the replica's own values at the merge
 
   void validate() const;         // flag-level checks; throws aq::Error with the fix
 };
@@ -61,7 +64,9 @@ struct StepRecord {
   double loss, lr, grad_norm, ms, tokens_per_s;
   double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
   double wan_bytes = 0, wan_ms = 0;  // bytes this rank sent to other centres; time in the cross-centre stage
-  bool outer_sync = false;           // --outer diloco: this step ended with an outer sync
+  bool outer_sync = false;           // --outer diloco: this step merged an outer update (of some fragment)
+  int outer_launched = 0, outer_merged = 0;  // fragments whose exchange started / whose update was merged
+  double outer_exposed_ms = 0;       // time the step waited for outer exchanges (the rest was hidden)
 };
 
 struct TrainResult {

@@ -75,6 +75,8 @@ void ParallelContext::configure(int tp, double comm_timeout_s, const std::string
   device_dp_.reset();
   device_intra_rs_.reset();
   device_intra_ag_.reset();
+  for (auto* g : {&outer_dp_, &outer_intra_rs_, &outer_intra_ag_, &outer_cross_rs_, &outer_cross_ag_}) g->reset();
+  outer_made_ = false;
   AQ_CHECK(tp >= 1, "--tp must be >= 1 (got ", tp, ")");
   AQ_CHECK(world_size_ % tp == 0, "world size ", world_size_, " is not divisible by --tp ", tp,
            "; launch a multiple of ", tp, " ranks (mpirun -np ", (world_size_ / tp + 1) * tp, ") or change --tp");
@@ -150,6 +152,44 @@ DpGroups ParallelContext::intra_dp_groups() {
   g.world_rank = world_rank_;
   g.timeout_s = timeout_s_;
   return g;  // no topology: nothing here crosses a centre
+}
+
+DpGroups ParallelContext::outer_dp_groups() {
+  if (!outer_made_) {
+    outer_made_ = true;
+    outer_dp_ = dp_group_;
+    outer_intra_rs_ = intra_rs_;
+    outer_intra_ag_ = intra_ag_;
+    outer_cross_rs_ = cross_rs_;
+    outer_cross_ag_ = cross_ag_;
+#ifdef AQ_HAVE_MPI
+    if (mpi_) {
+      // Every rank duplicates the same groups in the same order (a rank without cross groups registers
+      // placeholders), so the monitor's group ids stay equal across the job.
+      auto dup = [&](const std::shared_ptr<Backend>& g, const char* name) -> std::shared_ptr<Backend> {
+        if (!g) {
+          monitor_->register_group();
+          return nullptr;
+        }
+        MPI_Comm c;
+        check_mpi(MPI_Comm_dup(static_cast<MpiBackend&>(*g).comm(), &c), "MPI_Comm_dup (outer groups)");
+        return std::make_shared<MpiBackend>(c, name, monitor_, timeout_s_);
+      };
+      outer_dp_ = dup(dp_group_, "dp (outer)");
+      outer_intra_rs_ = dup(intra_rs_, "dp-intra (outer)");
+      outer_intra_ag_ = dup(intra_ag_, "dp-intra (outer)");
+      outer_cross_rs_ = dup(cross_rs_, "dp-cross (outer)");
+      outer_cross_ag_ = dup(cross_ag_, "dp-cross (outer)");
+    }
+#endif
+  }
+  DpGroups g = dp_groups();
+  g.dp = outer_dp_.get();
+  g.intra_rs = outer_intra_rs_.get();
+  g.intra_ag = outer_intra_ag_.get();
+  g.cross_rs = outer_cross_rs_.get();
+  g.cross_ag = outer_cross_ag_.get();
+  return g;
 }
 
 DpGroups ParallelContext::dp_groups() {
@@ -230,7 +270,9 @@ std::string ParallelContext::banner(const std::string& device) {
 }
 
 void ParallelContext::finalize() {
-  for (auto* g : {&device_intra_rs_, &device_intra_ag_, &intra_rs_, &intra_ag_, &cross_rs_, &cross_ag_}) g->reset();
+  for (auto* g : {&device_intra_rs_, &device_intra_ag_, &intra_rs_, &intra_ag_, &cross_rs_, &cross_ag_, &outer_dp_,
+                  &outer_intra_rs_, &outer_intra_ag_, &outer_cross_rs_, &outer_cross_ag_})
+    g->reset();
   device_tp_.reset();
   device_dp_.reset();
   tp_group_.reset();

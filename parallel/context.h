@@ -60,6 +60,10 @@ class ParallelContext {
   // The groups of data parallelism inside this rank's centre only (DiLoCo's inner steps): the dp-intra groups
   // as the whole DP group, without centres.
   DpGroups intra_dp_groups();
+  // Groups for an exchange that runs in the background while the inner steps use the dp-intra groups
+  // (DiLoCo's overlapped outer syncs): duplicates of the centre-aware host groups, made on the first call.
+  // Collective: every rank calls it at the same point. Host buffers only.
+  DpGroups outer_dp_groups();
   // Host groups of this rank's centre (same tp_rank) and across centres (null where this rank carries no
   // cross-centre shard): for checkpoints of per-centre state. Not while an algorithm's call is in flight.
   Backend& intra_group() { return *intra_rs_; }
@@ -89,6 +93,8 @@ class ParallelContext {
   // Centre-aware DP groups: intra-centre (host and device; one communicator for reduce-scatters, one for
   // all-gathers) and cross-centre (host; null where this rank carries no shard).
   std::shared_ptr<Backend> intra_rs_, intra_ag_, device_intra_rs_, device_intra_ag_, cross_rs_, cross_ag_;
+  std::shared_ptr<Backend> outer_dp_, outer_intra_rs_, outer_intra_ag_, outer_cross_rs_, outer_cross_ag_;
+  bool outer_made_ = false;
   std::shared_ptr<JobMonitor> monitor_;  // MPI jobs: the watchdog's arrival channel
 };
 

@@ -123,8 +123,6 @@ class HierAlgorithm final : public DpAlgorithm {
   WanStats take_wan_stats() override {
     WanStats s = stats_;
     stats_ = {};
-    pending_residual_.clear();  // a step has run: every position was claimed by the rank that quantises it
-    pending_residual_.shrink_to_fit();
     return s;
   }
   bool residuals(std::vector<float>& host) override {
@@ -265,7 +263,7 @@ class HierAlgorithm final : public DpAlgorithm {
   DpGroups g_;
   const Topology& topo_;
   DeviceBuffer<float> residual_;         // error feedback, over the gradient buffer (on the buffers' device)
-  std::vector<float> pending_residual_;  // restored from a checkpoint, not yet claimed
+  std::vector<float> pending_residual_;  // restored from a checkpoint, claimed range by range on first use
   std::deque<std::shared_ptr<HierOp>> live_;
   uint64_t seq_ = 0;
   WanStats stats_;

@@ -206,6 +206,10 @@ expect_fail outer_steps_zero '--outer-steps must be >= 1 inner steps between out
   "${RUN[@]}" --data "$DATA" --outer diloco --outer-steps 0 "${SAVE[@]}"
 expect_fail outer_momentum_one '--outer-momentum must be in \[0, 1\) \(got 1\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --outer diloco --outer-momentum 1 "${SAVE[@]}"
+expect_fail outer_overlap_too_long '--outer-overlap must be in \[0, --outer-steps\) = \[0, 4\) inner steps \(got 4\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --outer diloco --outer-steps 4 --outer-overlap 4 "${SAVE[@]}"
+expect_fail outer_fragments_without_diloco '--outer-fragments and --outer-overlap shape DiLoCo' 1 -- \
+  "${RUN[@]}" --data "$DATA" --outer-fragments 4 "${SAVE[@]}"
 expect_fail grad_accum_zero '--grad-accum must be >= 1 micro-batches per step \(got 0\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --grad-accum 0 "${SAVE[@]}"
 expect_fail centres_do_not_divide_world '--centres 2 does not divide the world of 1 ranks' 1 -- \

@@ -227,6 +227,26 @@ TEST(OuterOptimizer, NesterovMatchesTheClosedFormSequence) {
   EXPECT_FLOAT_EQ(g, 1.25f);
 }
 
+TEST(OuterOptimizer, StreamingScheduleSyncsEveryFragmentOncePerH) {
+  for (int64_t H : {1, 4, 7, 50})
+    for (int F : {1, 2, 3, 4, 9}) {
+      std::vector<int> syncs_at_step(static_cast<size_t>(H), 0);
+      for (int f = 0; f < F; ++f) {
+        int count = 0;
+        for (int64_t t = 1; t <= 3 * H; ++t)  // three windows of H steps
+          if (fragment_syncs_at(f, F, H, t)) {
+            ++count;
+            ++syncs_at_step[static_cast<size_t>(t % H)];
+          }
+        EXPECT_EQ(count, 3) << "H " << H << " F " << F << " fragment " << f;
+      }
+      // Staggered: with F ≤ H no step syncs two fragments (the WAN carries 1/F of the model at a time).
+      if (F <= H) {
+        for (int k : syncs_at_step) EXPECT_LE(k, 3) << "H " << H << " F " << F;
+      }
+    }
+}
+
 TEST(LrSchedule, WarmupThenCosineToMinLr) {
   LrSchedule s{"cosine", 1.0, 0.1, 4, 14};
   EXPECT_DOUBLE_EQ(s.at(0), 0.25);

@@ -592,6 +592,47 @@ TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
   }
 }
 
+TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
+  // H = 4, 2 fragments (synced at steps ≡ 2 and ≡ 0 mod 4), overlap τ = 1: fragment 0's exchange starts after
+  // step 2 and is merged after step 3. Saved at step 2, with that exchange in flight, the resumed run must
+  // continue bit for bit.
+  if (g_ctx->world_size() % 2) return;
+  configure_centres(1, "2", {});
+  TrainConfig c = config(g_ctx->world_size());
+  c.outer = "diloco";
+  c.outer_steps = 4;
+  c.outer_fragments = 2;
+  c.outer_overlap = 1;
+  c.wan_compress = "int8";
+  c.schedule.kind = "constant";
+  const TrainResult whole = train(c, *g_ctx);
+  for (const StepRecord& r : whole.steps) {
+    EXPECT_EQ(r.outer_launched, r.step % 2 == 0 ? 1 : 0) << "step " << r.step;
+    EXPECT_EQ(r.outer_merged, r.step % 2 == 1 && r.step > 1 ? 1 : 0) << "step " << r.step;
+    // Bytes leave while the exchange runs: the launch step (and the steps it runs behind).
+    if (r.step == 1) {
+      EXPECT_EQ(r.wan_bytes, 0.0);
+    }
+  }
+  double bytes = 0;
+  for (const StepRecord& r : whole.steps) bytes += r.wan_bytes;
+  EXPECT_GT(bytes, 0.0);
+  TrainConfig first = c;
+  first.steps = 2;
+  first.save = str(dir_, "/streaming.safetensors");
+  train(first, *g_ctx);
+  if (g_ctx->world_rank() == 0) {
+    SafeTensorsReader state(state_path_for(first.save));
+    EXPECT_EQ(state.metadata().at("outer_pending"), "[[0,3]]");
+  }
+  TrainConfig rest = c;
+  rest.resume = first.save;
+  const TrainResult got = train(rest, *g_ctx);
+  ASSERT_EQ(got.steps.size(), 4u);
+  for (size_t i = 0; i < got.steps.size(); ++i)
+    EXPECT_EQ(got.steps[i].loss, whole.steps[i + 2].loss) << "step " << got.steps[i].step;
+}
+
 }  // namespace
 }  // namespace aq
 
