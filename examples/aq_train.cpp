@@ -31,6 +31,12 @@ int main(int argc, char** argv) {
   app.add_option("--val-data", cfg.val_data, "Validation shards (file or glob)");
   app.add_option("--batch", cfg.batch, "Sequences per step B")->capture_default_str();
   app.add_option("--seq", cfg.seq, "Tokens per sequence T")->capture_default_str();
+  app.add_option("--balance", cfg.balance,
+                 "off | auto (time the first steps, then split each step's micro-batches by centre speed) | K0,K1,... "
+                 "(micro-batches per rank of each centre)")
+      ->capture_default_str();
+  app.add_option("--balance-steps", cfg.balance_steps, "--balance auto: steps timed (after one warm-up step)")
+      ->capture_default_str();
   app.add_option("--grad-accum", cfg.grad_accum,
                  "Micro-batches of --batch sequences per optimizer step (gradient accumulation)")
       ->capture_default_str();

@@ -13,6 +13,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "ops/cpu/blas.h"
@@ -76,6 +77,9 @@ void TrainConfig::validate() const {
   AQ_CHECK(outer_steps >= 1, "--outer-steps must be >= 1 inner steps between outer syncs (got ", outer_steps, ")");
   AQ_CHECK(outer_lr > 0 && std::isfinite(outer_lr), "--outer-lr must be a positive number (got ", outer_lr, ")");
   AQ_CHECK(outer_momentum >= 0 && outer_momentum < 1, "--outer-momentum must be in [0, 1) (got ", outer_momentum, ")");
+  AQ_CHECK(balance_steps >= 1, "--balance-steps must be >= 1 timed steps (got ", balance_steps, ")");
+  AQ_CHECK(balance == "off" || outer == "none", "--balance splits the work of synchronous data parallelism; with ",
+           "--outer diloco each centre keeps its own pace, so drop one of them");
   AQ_CHECK(outer_fragments >= 1, "--outer-fragments must be >= 1 (got ", outer_fragments, ")");
   AQ_CHECK(outer_overlap >= 0 && outer_overlap < outer_steps, "--outer-overlap must be in [0, --outer-steps) = [0, ",
            outer_steps, ") inner steps (got ", outer_overlap, ")");
@@ -350,6 +354,16 @@ class Job final : public JobApi {
   OptimizerState opt_;
   DeviceBuffer<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
   std::vector<int32_t> inputs_, targets_;  // a step's K micro-batches, (K·B, T)
+  // Micro-batches per DP rank (work split by speed; all equal to --grad-accum unless --balance), this rank's K
+  // and their total M over the DP ranks. The step's global batch is M·B sequences.
+  std::vector<int> micro_;
+  int K_ = 1;
+  int64_t M_ = 1;
+  double micro_ms_ = 0;  // --balance auto: this rank's time per micro-batch, summed over the timed steps
+  bool balanced_ = false;   // --balance auto: the split was measured (or restored from a checkpoint)
+  int64_t start_step_ = 0;  // the first step this run executes
+  void apply_split(std::vector<int> micro);  // sets micro_, K_, M_ and this rank's data window
+  void balance_now();                        // --balance auto: times → split. Collective.
   bool last_micro_ = true;                 // the micro-batch running is the step's last
   std::ofstream log_file_;
   typename ops::MultiAdamW<T>::Update* adamw_ = nullptr;
@@ -445,6 +459,7 @@ void Job<T>::build() {
     fragments_.emplace_back(begin, n);
   }
   if (!cfg_.resume.empty()) load_state(*weights);
+  start_step_ = opt_.step;
 
   if (idp() > 1 && !cfg_.zero) {
     std::vector<int64_t> boundaries;
@@ -456,8 +471,27 @@ void Job<T>::build() {
       if (last_micro_) buckets_->on_ready(offset);
     });
   }
-  inputs_.resize(static_cast<size_t>(cfg_.batch) * cfg_.grad_accum * cfg_.seq);
-  targets_.resize(inputs_.size());
+  // The work split: --grad-accum micro-batches on every rank, or the fixed per-centre split of --balance K0,K1,…
+  // (a resumed run keeps its saved split; see load_state).
+  if (micro_.empty()) {
+    std::vector<int> micro(static_cast<size_t>(ctx_.dp()), cfg_.grad_accum);
+    if (cfg_.balance != "off" && cfg_.balance != "auto") {
+      const Topology& topo = ctx_.topology();
+      std::vector<int> per_centre;
+      std::stringstream ss(cfg_.balance);
+      for (std::string tok; std::getline(ss, tok, ',');) {
+        char* end = nullptr;
+        const long k = std::strtol(tok.c_str(), &end, 10);
+        AQ_CHECK(!tok.empty() && *end == '\0' && k >= 1 && k <= 100000, "--balance must be off, auto or micro-batches ",
+                 "per rank of each centre, e.g. 3,1 (got \"", cfg_.balance, "\")");
+        per_centre.push_back(static_cast<int>(k));
+      }
+      AQ_CHECK(static_cast<int>(per_centre.size()) == topo.centres(), "--balance ", cfg_.balance, " gives ",
+               per_centre.size(), " centre(s) micro-batches but the job has ", topo.describe());
+      for (int d = 0; d < ctx_.dp(); ++d) micro[d] = per_centre[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
+    }
+    apply_split(std::move(micro));
+  }
   auto& reg = ops::Registry::instance();
   adamw_ = reg.find<typename ops::MultiAdamW<T>::Update>("multi_adamw", device_, dtype_of<T>());
   sum_squares_ = reg.find<ops::MultiAdamW<float>::SumSquares>("multi_sum_squares", device_, DType::F32);
@@ -510,6 +544,17 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
     rng_.set_state({words[0], words[1], words[2], words[3]});
   } catch (const std::exception&) {
     fail(str(sp, ": rng_state in the metadata is missing or malformed"));
+  }
+  // The saved work split first: the data position is one of its global steps.
+  if (sm.count("balance_micro")) {
+    auto micro = nlohmann::json::parse(sm.at("balance_micro")).get<std::vector<int>>();
+    if (static_cast<int>(micro.size()) == ctx_.dp()) {
+      apply_split(std::move(micro));
+      balanced_ = true;
+    } else if (cfg_.balance != "off") {
+      log_info("resume: the saved work split is for ", micro.size(), " DP ranks, this run has ", ctx_.dp(),
+               "; it is measured again");
+    }
   }
   train_data_->set_position(LoaderPosition{meta_int64(state, "data_shard"), meta_int64(state, "data_position")});
   load_residuals(state);
@@ -579,6 +624,7 @@ void Job<T>::save(const std::string& path) {
       state_meta["data_position"] = std::to_string(pos.position);
       state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
       state_meta["train_options"] = dump_json(options);
+      if (cfg_.balance != "off") state_meta["balance_micro"] = dump_json(nlohmann::json(micro_));
       if (ef) state_meta["ef_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
       if (diloco()) {
         state_meta["diloco_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
@@ -774,6 +820,68 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
 }
 
 template <typename T>
+void Job<T>::apply_split(std::vector<int> micro) {
+  // DP rank d reads its K_d·B sequences right after those of ranks < d: the global step is what one process
+  // with batch M·B reads, whatever the split (the mathematics does not depend on it).
+  micro_ = std::move(micro);
+  int64_t total = 0, first = 0;
+  for (int d = 0; d < static_cast<int>(micro_.size()); ++d) {
+    if (d == ctx_.dp_rank()) first = total;
+    total += micro_[static_cast<size_t>(d)];
+  }
+  K_ = micro_[static_cast<size_t>(ctx_.dp_rank())];
+  // M: the micro-batches the optimizer's DP group sums over (with DiLoCo, this centre's; --balance is refused
+  // there, so its ranks all have K).
+  M_ = diloco() ? static_cast<int64_t>(idp()) * K_ : total;
+  train_data_->set_split(first * cfg_.batch, static_cast<int64_t>(K_) * cfg_.batch, total * cfg_.batch);
+  inputs_.resize(static_cast<size_t>(cfg_.batch) * K_ * cfg_.seq);
+  targets_.resize(inputs_.size());
+}
+
+template <typename T>
+void Job<T>::balance_now() {
+  // Each centre's speed: the mean over its ranks of their time per micro-batch. The M micro-batches of a step
+  // are then dealt out to the DP ranks in proportion to their centre's speed (largest remainder, at least one
+  // each), so every rank's step takes about the same time. One all-reduce over the world, once.
+  const Topology& topo = ctx_.topology();
+  const int C = topo.centres();
+  std::vector<double> t(static_cast<size_t>(2 * C), 0.0);
+  if (ctx_.tp_rank() == 0) {  // one report per DP rank
+    t[static_cast<size_t>(ctx_.centre())] = micro_ms_;
+    t[static_cast<size_t>(C + ctx_.centre())] = 1.0;
+  }
+  ctx_.world().all_reduce(t.data(), 2 * C, DType::F64, {"balance: times per centre"})->wait();
+  std::vector<double> speed(static_cast<size_t>(C));
+  for (int c = 0; c < C; ++c) speed[c] = t[C + c] / std::max(t[c], 1e-9);  // micro-batches per ms
+  const int dp = ctx_.dp();
+  double total = 0;
+  for (int d = 0; d < dp; ++d) total += speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
+  std::vector<int> micro(static_cast<size_t>(dp));
+  std::vector<std::pair<double, int>> rest;
+  int64_t given = 0;
+  for (int d = 0; d < dp; ++d) {
+    const double ideal = static_cast<double>(M_) * speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])] / total;
+    micro[d] = std::max(1, static_cast<int>(ideal));
+    given += micro[d];
+    rest.emplace_back(ideal - micro[d], d);
+  }
+  std::sort(rest.begin(), rest.end(), [](auto& a, auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  for (size_t k = 0; given < M_; k = (k + 1) % rest.size(), ++given) ++micro[rest[k].second];
+  for (size_t k = rest.size(); given > M_;)  // the "at least one" rule took too many: give back from the largest
+    if (k-- > 0 && micro[rest[k].second] > 1) --micro[rest[k].second], --given;
+  std::string line = "balance: micro-batches per rank by centre speed:";
+  for (int c = 0; c < C; ++c)
+    for (int d = 0; d < dp; ++d)
+      if (topo.centre_of[d * ctx_.tp()] == c) {
+        line += str(" ", topo.centre_names[c], " ", micro[d], " (",
+                    t[c] / std::max(t[C + c], 1.0) / static_cast<double>(cfg_.balance_steps), " ms per micro-batch)");
+        break;
+      }
+  log_info(line);
+  apply_split(std::move(micro));
+}
+
+template <typename T>
 double Job<T>::global_grad_norm(const float* grads) {
   // TP-sharded tensors are summed across TP ranks; replicated ones have equal gradients on every TP rank and
   // are counted once. Under ZeRO-1 each DP rank holds a slice, so the slices are summed across DP first.
@@ -808,17 +916,20 @@ StepRecord Job<T>::step(int64_t s) {
   train_data_->next(inputs_.data(), targets_.data());
   model_->take_tp_comm_ms();
   if (buckets_) buckets_->begin_step();
-  // Gradient accumulation: K micro-batches add into the gradients (zeroed by the first); the loss is their mean
-  // and the sum of their mean gradients is divided by K below, with the DP mean.
-  const int K = cfg_.grad_accum;
+  // Gradient accumulation: K micro-batches add into the gradients (zeroed by the first). Their losses and mean
+  // gradients are summed here and over the DP ranks, and divided by the step's M micro-batches below.
+  const int K = K_;
   const size_t micro = static_cast<size_t>(cfg_.batch) * cfg_.seq;
   double loss = 0;
+  Timer compute;
   for (int k = 0; k < K; ++k) {
     last_micro_ = k + 1 == K;
     loss += model_->forward_backward(inputs_.data() + k * micro, targets_.data() + k * micro, cfg_.batch, cfg_.seq,
                                      k > 0);
   }
-  loss /= K;
+  const int64_t first_timed = start_step_ + 1;  // --balance auto: after one warm-up step
+  if (cfg_.balance == "auto" && s >= first_timed && s < first_timed + cfg_.balance_steps)
+    micro_ms_ += compute.ms() / K;
   if (diloco()) outer_poll();  // exchanges running behind the inner steps make progress
   double comm = 0, exposed = 0;
   float* grads = model_->grads();
@@ -837,13 +948,13 @@ StepRecord Job<T>::step(int64_t s) {
   // The mean over the optimizer's DP group (with DiLoCo: this centre's, so nothing but outer syncs crosses
   // centres).
   if (idp() > 1) idp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
-  loss /= idp();
+  loss /= static_cast<double>(M_);
   if (!std::isfinite(loss))  // the loss is all-reduced, so every rank stops here together
     throw AgreedError(str("loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for this ",
                           "step); lower --lr or keep --grad-clip on"));
   // The reductions above sum over the DP ranks; the mean is taken here, once, instead of in another pass over
   // the gradients: the norm is divided by dp and the division is folded into AdamW's gradient scale.
-  const double dp_scale = 1.0 / (static_cast<double>(idp()) * K);
+  const double dp_scale = 1.0 / static_cast<double>(M_);
   const double norm = global_grad_norm(my_grads) * dp_scale;
   if (!std::isfinite(norm)) {
     std::string where = "(not on this rank)";
@@ -892,7 +1003,11 @@ StepRecord Job<T>::step(int64_t s) {
   const WanStats wan = wan_algo().take_wan_stats();
   r.wan_bytes = wan.bytes;
   r.wan_ms = wan.ms;
-  r.tokens_per_s = static_cast<double>(cfg_.batch) * K * cfg_.seq * ctx_.dp() / (r.ms / 1000.0);
+  r.tokens_per_s = static_cast<double>(cfg_.batch) * (diloco() ? K * ctx_.dp() : M_) * cfg_.seq / (r.ms / 1000.0);
+  if (cfg_.balance == "auto" && s + 1 == first_timed + cfg_.balance_steps && !balanced_) {
+    balance_now();
+    balanced_ = true;
+  }
   return r;
 }
 

@@ -27,6 +27,11 @@ struct TrainConfig {
   std::string data, val_data;
   int batch = 4, seq = 64;
   int grad_accum = 1;            // micro-batches of `batch` sequences per optimizer step
+  // Work split by speed (synchronous data parallelism over centres of different speed): "off"; "auto" (after
+  // a warm-up step, `balance_steps` steps are timed and the step's dp·grad_accum micro-batches are dealt out in
+  // proportion to each centre's speed); or "K0,K1,…", micro-batches per rank of each centre, in centre order.
+  std::string balance = "off";
+  int64_t balance_steps = 3;
   int64_t steps = 100;
   LrSchedule schedule;          // lr, min_lr, warmup, kind (steps is filled from `steps`)
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;

@@ -61,7 +61,8 @@ std::vector<std::string> expand_glob(const std::string& pattern, const char* wha
 
 DataLoader::DataLoader(const std::string& pattern, int B, int T, int vocab_size, int rank, int num_ranks,
                        const char* what)
-    : B_(B), T_(T), rank_(rank), num_ranks_(num_ranks) {
+    : B_(B), T_(T), rank_(rank), num_ranks_(num_ranks), first_seqs_(static_cast<int64_t>(rank) * B),
+      count_seqs_(B), global_seqs_(static_cast<int64_t>(num_ranks) * B) {
   const size_t need = static_cast<size_t>(num_ranks) * B * T + 1;
   bool any_fits = false;
   for (const std::string& f : expand_glob(pattern, what)) {
@@ -110,13 +111,27 @@ void DataLoader::set_position(LoaderPosition p) {
 }
 
 void DataLoader::next(int32_t* inputs, int32_t* targets) {
-  const uint16_t* tok = shards_[pos_.shard]->tokens() + pos_.position + static_cast<int64_t>(rank_) * B_ * T_;
-  const int64_t n = static_cast<int64_t>(B_) * T_;
+  const uint16_t* tok = shards_[pos_.shard]->tokens() + pos_.position + first_seqs_ * T_;
+  const int64_t n = count_seqs_ * T_;
   for (int64_t i = 0; i < n; ++i) {
     inputs[i] = tok[i];
     targets[i] = tok[i + 1];
   }
-  pos_.position += static_cast<int64_t>(num_ranks_) * B_ * T_;
+  pos_.position += global_seqs_ * T_;
+  skip_to_usable();
+}
+
+void DataLoader::set_split(int64_t first_seqs, int64_t count_seqs, int64_t global_seqs) {
+  AQ_ASSERT(first_seqs >= 0 && count_seqs >= 1 && first_seqs + count_seqs <= global_seqs, "split [", first_seqs, ", +",
+            count_seqs, ") of ", global_seqs, " sequences");
+  size_t largest = 0;
+  for (const auto& sh : shards_) largest = std::max(largest, sh->num_tokens());
+  AQ_CHECK(static_cast<int64_t>(largest) >= global_seqs * T_ + 1, "--data: the largest shard has ", largest,
+           " tokens; a global step of ", global_seqs, " sequences needs ", global_seqs * T_ + 1,
+           "; lower --batch or --grad-accum, or use more data");
+  first_seqs_ = first_seqs;
+  count_seqs_ = count_seqs;
+  global_seqs_ = global_seqs;
   skip_to_usable();
 }
 

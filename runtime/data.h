@@ -54,6 +54,11 @@ class DataLoader {
 
   // Fills inputs (B, T) and targets (B, T) and advances.
   void next(int32_t* inputs, int32_t* targets);
+  // Uneven split of a global step (work split by speed): the step reads `global_seqs` sequences, this rank the
+  // `count_seqs` of them starting at sequence `first_seqs`; next() then fills count_seqs·T values. Every rank
+  // must set the same global_seqs. The default is B sequences at rank·B of num_ranks·B. Fails with one line when
+  // no shard holds a global step.
+  void set_split(int64_t first_seqs, int64_t count_seqs, int64_t global_seqs);
   void reset();
   LoaderPosition position() const { return pos_; }
   void set_position(LoaderPosition p);  // validated against the shard list
@@ -62,9 +67,10 @@ class DataLoader {
 
  private:
   void skip_to_usable();  // moves to the next shard where all ranks' windows fit
-  int64_t global_window() const { return static_cast<int64_t>(num_ranks_) * B_ * T_ + 1; }
+  int64_t global_window() const { return global_seqs_ * T_ + 1; }
   std::vector<std::unique_ptr<Shard>> shards_;
   int B_, T_, rank_, num_ranks_;
+  int64_t first_seqs_, count_seqs_, global_seqs_;  // this rank's part of a global step, in sequences
   LoaderPosition pos_;
 };
 

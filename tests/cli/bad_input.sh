@@ -210,6 +210,12 @@ expect_fail outer_overlap_too_long '--outer-overlap must be in \[0, --outer-step
   "${RUN[@]}" --data "$DATA" --outer diloco --outer-steps 4 --outer-overlap 4 "${SAVE[@]}"
 expect_fail outer_fragments_without_diloco '--outer-fragments and --outer-overlap shape DiLoCo' 1 -- \
   "${RUN[@]}" --data "$DATA" --outer-fragments 4 "${SAVE[@]}"
+expect_fail balance_bad_split '--balance must be off, auto or micro-batches per rank of each centre, e.g. 3,1 \(got "3,x"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --balance 3,x "${SAVE[@]}"
+expect_fail balance_split_per_centre '--balance 3,1 gives 2 centre\(s\) micro-batches but the job has 1 centre' 1 -- \
+  "${RUN[@]}" --data "$DATA" --balance 3,1 "${SAVE[@]}"
+expect_fail balance_with_diloco '--balance splits the work of synchronous data parallelism' 1 -- \
+  "${RUN[@]}" --data "$DATA" --balance auto --outer diloco "${SAVE[@]}"
 expect_fail grad_accum_zero '--grad-accum must be >= 1 micro-batches per step \(got 0\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --grad-accum 0 "${SAVE[@]}"
 expect_fail centres_do_not_divide_world '--centres 2 does not divide the world of 1 ranks' 1 -- \

@@ -633,6 +633,39 @@ TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
     EXPECT_EQ(got.steps[i].loss, whole.steps[i + 2].loss) << "step " << got.steps[i].step;
 }
 
+TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
+  // --balance deals a step's micro-batches out unevenly (by centre speed); rank d reads its K_d·B sequences
+  // right after those of ranks < d, and the sums are divided by the step's M micro-batches, so the run is one
+  // process with batch M·B whatever the split: an explicit 3,1 split, and auto with whatever it measures.
+  if (g_ctx->world_size() != 2) return;
+  configure_centres(1, "2", {});
+  TrainConfig ref = config(1);
+  const TrainResult want = train(ref, ParallelContext::local());  // batch 4 = M·B below
+  TrainConfig fixed = config(2);
+  fixed.batch = 1;
+  fixed.balance = "3,1";
+  expect_same_losses(train(fixed, *g_ctx), want, 0, "--balance 3,1");
+  TrainConfig automatic = config(2);
+  automatic.batch = 1;
+  automatic.grad_accum = 2;  // M = 4
+  automatic.balance = "auto";
+  automatic.balance_steps = 2;
+  expect_same_losses(train(automatic, *g_ctx), want, 0, "--balance auto");
+  // Saved after the split was measured and resumed: the split and the data order come back.
+  automatic.steps = 4;
+  automatic.schedule.kind = "constant";
+  TrainConfig whole = automatic;
+  whole.steps = 6;
+  const TrainResult w = train(whole, *g_ctx);
+  automatic.save = dir_ + "/balance.safetensors";
+  train(automatic, *g_ctx);
+  TrainConfig rest = whole;
+  rest.resume = automatic.save;
+  const TrainResult got = train(rest, *g_ctx);
+  ASSERT_EQ(got.steps.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ(got.steps[i].loss, w.steps[i + 4].loss) << "step " << got.steps[i].step;
+}
+
 }  // namespace
 }  // namespace aq
 
