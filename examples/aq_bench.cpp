@@ -26,6 +26,7 @@
 #include <cctype>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -34,8 +35,11 @@
 #include "runtime/cuda/device.h"
 #endif
 #include "model/trainer.h"
+#include "ops/cpu/blas.h"
+#include "runtime/blas_setup.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
+#include "runtime/op_profile.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
 
@@ -125,9 +129,72 @@ Peak find_peak(bool gpu, const std::string& device_name, const std::string& dtyp
 
 struct BenchOptions {
   int batch = 0, threads = 0, steps = 5, warmup = 1, zero = 0;
+  bool profile = false;
   std::string device = "cpu", dtype = "auto";
   double peak_tflops = 0;  // 0: from the table (GPUs only)
 };
+
+// The sgemm ceiling of a step: every distinct (transposes, M, N, K, leading dimensions, beta) GEMM the step made,
+// timed alone with the same thread count in the same run, weighted by how often the step calls it. Its rate is
+// the fastest the step's own matrix products go on this machine today; the model's FLOP/s divided by it is the
+// CPU MFU. A square sgemm is timed beside it for reference (bad shapes show as a ceiling well below it).
+constexpr int kSquareN = 1536;
+struct Ceiling {
+  int64_t shapes = 0;
+  double calls_per_step = 0, flops_per_step = 0, seconds_per_step = 0, square_gflops = 0;
+  double gflops() const { return seconds_per_step > 0 ? flops_per_step / seconds_per_step / 1e9 : 0; }
+};
+
+Ceiling measure_ceiling(const std::map<aq::cpu::GemmShape, int64_t>& calls, int steps_recorded) {
+  Ceiling c;
+  for (const auto& [shape, n] : calls) {
+    const double per_step = static_cast<double>(n) / steps_recorded;
+    // About 0.3 s per shape at most: enough repetitions for a stable best time, few for the big shapes.
+    const double once = aq::cpu::time_gemm(shape, 1);
+    const int reps = std::clamp(static_cast<int>(0.3 / std::max(once, 1e-6)), 2, 20);
+    const double t = std::min(once, aq::cpu::time_gemm(shape, reps));
+    ++c.shapes;
+    c.calls_per_step += per_step;
+    c.flops_per_step += per_step * shape.flops();
+    c.seconds_per_step += per_step * t;
+  }
+  const aq::cpu::GemmShape sq{false, false, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, false};
+  c.square_gflops = sq.flops() / aq::cpu::time_gemm(sq, 3) / 1e9;
+  return c;
+}
+
+// The op family of a profile entry: "gemm" for every matrix product, else the name without its phase.
+std::string op_family(const std::string& name) {
+  if (name.find("gemm") != std::string::npos) return "gemm";
+  for (const char* prefix : {"bwd recompute ", "fwd ", "bwd "})
+    if (name.rfind(prefix, 0) == 0) return name.substr(std::string(prefix).size());
+  return name;
+}
+
+// Per-step milliseconds of every profiled region, "other" (the step minus every region) and the families.
+nlohmann::ordered_json profile_json(const aq::OpProfile& p, double step_ms) {
+  const double steps = static_cast<double>(std::max<int64_t>(1, p.recorded_steps()));
+  std::vector<std::pair<std::string, aq::OpProfile::Entry>> rows(p.entries().begin(), p.entries().end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  nlohmann::ordered_json ops = nlohmann::ordered_json::array(), fam = nlohmann::ordered_json::object();
+  double covered = 0;
+  for (const auto& [name, e] : rows) {
+    const double ms = e.ms / steps;
+    covered += ms;
+    ops.push_back({{"op", name}, {"ms", ms}, {"pct", 100 * ms / step_ms}, {"calls", e.calls / steps}});
+    const std::string f = op_family(name) == "classifier" ? "other" : op_family(name);
+    fam[f] = fam.value(f, 0.0) + ms;
+  }
+  const double other = std::max(0.0, step_ms - covered);
+  ops.push_back({{"op", "other (outside every region)"}, {"ms", other}, {"pct", 100 * other / step_ms}, {"calls", 1}});
+  fam["other"] = fam.value("other", 0.0) + other;
+  std::vector<std::pair<std::string, double>> fams;
+  for (const auto& [k, v] : fam.items()) fams.emplace_back(k, v.get<double>());
+  std::sort(fams.begin(), fams.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  nlohmann::ordered_json families = nlohmann::ordered_json::array();
+  for (const auto& [k, v] : fams) families.push_back({{"family", k}, {"ms", v}, {"pct", 100 * v / step_ms}});
+  return {{"step_ms", step_ms}, {"steps", p.recorded_steps()}, {"ops", ops}, {"families", families}};
+}
 
 // One measurement on the ranks of ctx. Collective: every rank calls it. Returns the JSON result (meaningful on
 // rank 0; device memory and cudaMalloc counts are the maxima over ranks).
@@ -158,15 +225,23 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   cfg.device = o.device;
   cfg.dtype = o.dtype;
   aq::TrainResult r;
+  std::map<aq::cpu::GemmShape, int64_t> gemm_calls;  // every float GEMM of every step, by shape
+  aq::OpProfile profile(warmup);
+  aq::cpu::set_gemm_recorder(&gemm_calls);
+  if (o.profile) aq::set_active_profile(&profile);
+  auto stop_recording = [&] {
+    aq::cpu::set_gemm_recorder(nullptr);
+    aq::set_active_profile(nullptr);
+    ::unlink(shard.c_str());
+    ::rmdir(dir);
+  };
   try {
     r = aq::train(cfg, ctx);
   } catch (...) {
-    ::unlink(shard.c_str());
-    ::rmdir(dir);
+    stop_recording();
     throw;
   }
-  ::unlink(shard.c_str());
-  ::rmdir(dir);
+  stop_recording();
 
   double ms = 0, comm = 0, exposed = 0;
   for (size_t i = static_cast<size_t>(warmup); i < r.steps.size(); ++i) {
@@ -194,6 +269,7 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   const double achieved_tflops = flops_per_token * tokens_per_s / ctx.world_size() / 1e12;  // per device
   const Peak peak = find_peak(gpu, device_name, r.dtype, o.peak_tflops);
   const double mib = 1024.0 * 1024.0;
+  const Ceiling ceiling = gpu ? Ceiling{} : measure_ceiling(gemm_calls, steps + warmup);
 
   nlohmann::ordered_json j = {{"config", bc.name},
                               {"world", ctx.world_size()},
@@ -225,6 +301,22 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     j["mfu"] = nullptr;
   }
   j["peak_source"] = peak.source;
+  j["blas"] = aq::blas_kernels_line();
+  j["blas_kernels"] = aq::blas_corename();
+  j["blas_choice"] = aq::blas_choice_kind();
+  if (!gpu) {
+    const double step_s = ms / steps / 1000.0;
+    j["gemm_shapes"] = ceiling.shapes;
+    j["gemm_calls_per_step"] = ceiling.calls_per_step;
+    j["gemm_gflop_per_step"] = ceiling.flops_per_step / 1e9;
+    j["gemm_s_per_step_at_ceiling"] = ceiling.seconds_per_step;
+    j["sgemm_ceiling_gflops"] = ceiling.gflops();
+    j["sgemm_square_gflops"] = ceiling.square_gflops;
+    j["sgemm_square_n"] = kSquareN;
+    j["cpu_mfu"] = achieved_tflops * 1e3 / ceiling.gflops();
+    j["gemm_share_at_ceiling"] = ceiling.seconds_per_step / step_s;  // the step if only its GEMMs ran, at the ceiling
+  }
+  if (o.profile) j["profile"] = profile_json(profile, ms / steps);
   if (gpu) {
     j["device_peak_mib"] = worst[0] / mib;
     j["step_loop_device_mallocs"] = static_cast<int64_t>(worst[1]);
@@ -255,6 +347,39 @@ void report(const BenchConfig& bc, const nlohmann::ordered_json& j) {
                 static_cast<long long>(j["num_params"].get<int64_t>()), bc.layers, bc.dim, bc.seq,
                 num("flops_per_token"), num("flops_per_token") / 1e9);
   aq::log_info(line);
+  aq::log_info("blas ", j["blas"].get<std::string>());
+  if (!gpu) {
+    std::snprintf(line, sizeof(line),
+                  "sgemm ceiling %.1f GFLOP/s: the step's %lld GEMM shapes (%.0f calls, %.1f GFLOP per step) timed "
+                  "alone in this run, %d threads; square n=%d: %.1f GFLOP/s",
+                  num("sgemm_ceiling_gflops"), static_cast<long long>(j["gemm_shapes"].get<int64_t>()),
+                  num("gemm_calls_per_step"), num("gemm_gflop_per_step"), j["threads"].get<int>(), kSquareN,
+                  num("sgemm_square_gflops"));
+    aq::log_info(line);
+    std::snprintf(line, sizeof(line),
+                  "CPU MFU vs sgemm ceiling %.1f%% = %.1f GFLOP/s model FLOPs achieved / %.1f GFLOP/s (the step's "
+                  "GEMMs alone at the ceiling would take %.0f%% of its time)",
+                  100 * num("cpu_mfu"), num("achieved_tflops") * 1e3, num("sgemm_ceiling_gflops"),
+                  100 * num("gemm_share_at_ceiling"));
+    aq::log_info(line);
+  }
+  if (j.contains("profile")) {
+    const auto& p = j["profile"];
+    aq::log_info("profile: exclusive wall time per step (mean of ", p["steps"].get<int64_t>(),
+                 " measured steps, rank 0)");
+    std::snprintf(line, sizeof(line), "  %-34s %10s %7s %7s", "op", "ms/step", "%", "calls");
+    aq::log_info(line);
+    for (const auto& e : p["ops"]) {
+      std::snprintf(line, sizeof(line), "  %-34s %10.1f %6.1f%% %7.0f", e["op"].get<std::string>().c_str(),
+                    e["ms"].get<double>(), e["pct"].get<double>(), e["calls"].get<double>());
+      aq::log_info(line);
+    }
+    std::string fams;
+    for (const auto& f : p["families"])
+      fams += aq::str(fams.empty() ? "" : " | ", f["family"].get<std::string>(), " ",
+                      aq::str(static_cast<int>(f["pct"].get<double>() * 10 + 0.5) / 10.0), "%");
+    aq::log_info("  by family: ", fams);
+  }
   if (!j["mfu"].is_null()) {
     std::snprintf(line, sizeof(line), "MFU %.1f%% = %.4g TFLOPS achieved per device / peak %.4g TFLOPS (%s)",
                   100 * num("mfu"), num("achieved_tflops"), num("peak_tflops"),
@@ -385,6 +510,7 @@ void scaling(const ScalingOptions& o, const std::string& self) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
   if (argc > 1 && std::string(argv[1]) == "scaling") {
     ScalingOptions o;
     CLI::App app{"aq-bench scaling: weak and strong scaling over world sizes and tensor-parallel layouts"};
@@ -417,6 +543,9 @@ int main(int argc, char** argv) {
   app.add_option("--zero", o.zero, "1: ZeRO-1")->capture_default_str();
   app.add_option("--device", o.device, "cpu | cuda | auto")->capture_default_str();
   app.add_option("--dtype", o.dtype, "fp32 | bf16 | auto (bf16 on a GPU, fp32 on the CPU)")->capture_default_str();
+  app.add_flag("--profile", o.profile,
+               "Print where a step's time goes: exclusive wall time per op (forward/backward GEMMs by layer, "
+               "layernorm, attention, gelu, softmax-xent, embedding, adamw, grad norm, other); CPU only");
   app.add_option("--peak-tflops", o.peak_tflops,
                  "Dense peak TFLOPS of one device for the MFU (default: NVIDIA's figure for a known GPU and "
                  "--dtype; none for CPUs)");
@@ -427,6 +556,8 @@ int main(int argc, char** argv) {
              o.warmup, ")");
     AQ_CHECK(o.peak_tflops >= 0, "--peak-tflops must be >= 0 TFLOPS (0: the GPU peak table; got ", o.peak_tflops,
              ")");
+    AQ_CHECK(!o.profile || o.device == "cpu", "--profile times CPU kernels, which run synchronously; with --device ",
+             o.device, " the launches are asynchronous (use Nsight Systems there) — drop --profile or use --device cpu");
     ctx.configure(tp, 300);
     if (o.threads == 0) o.threads = aq::configure_threads(0, ctx.local_size());  // the node's cores, shared
     if (o.batch <= 0) o.batch = bc.batch;

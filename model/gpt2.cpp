@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "runtime/op_profile.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
 
@@ -438,25 +439,38 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
 
   // Vocabulary-parallel embedding: each rank adds the rows it owns; positions are added by TP rank 0 only, so
   // the all-reduce sums exactly one wte row and one wpe row per token.
-  k_.embedding_forward(acts_[0].res_in, inputs, wte, tp_.rank == 0 ? wpe : nullptr, B, T_, C, v0_, Vl_);
+  profiled("fwd embedding", [&] {
+    k_.embedding_forward(acts_[0].res_in, inputs, wte, tp_.rank == 0 ? wpe : nullptr, B, T_, C, v0_, Vl_);
+  });
   tp_all_reduce(acts_[0].res_in, N * C, "embedding");
-  {
+  profiled("fwd layernorm", [&] {
     const LayerParams w0 = layer_view(P, 0);
     k_.layernorm_forward(lnbuf_, acts_[0].ln1_mean, acts_[0].ln1_rstd, acts_[0].res_in, w0.ln1w, w0.ln1b, N, C);
-  }
+  });
   for (int l = 0; l < L; ++l) {
     const LayerParams w = layer_view(P, l);
     LayerActs& a = acts_[l];
-    k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, 3 * Cl);  // column-parallel: this rank's heads
-    k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, Cl, NHl_);
-    k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);  // row-parallel
+    profiled("fwd gemm attn.c_attn", [&] {  // column-parallel: this rank's heads
+      k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, 3 * Cl);
+    });
+    profiled("fwd attention", [&] { k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, Cl, NHl_); });
+    profiled("fwd gemm attn.c_proj", [&] {  // row-parallel
+      k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
+    });
     tp_all_reduce(proj_, N * C, "attn.c_proj output");
     T* res_mid = a.res_mid ? a.res_mid : res_mid_;
-    k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
-    k_.matmul_gelu_forward(gelu_, a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);  // fch = pre-GELU, gelu_ = GELU(fch)
-    k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C);
+    profiled("fwd layernorm", [&] {
+      k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+    });
+    profiled("fwd gemm mlp.c_fc", [&] {  // fch = pre-GELU, gelu_ = GELU(fch)
+      k_.matmul_gelu_forward(gelu_, a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
+    });
+    profiled("fwd gemm mlp.c_proj", [&] {
+      k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C);
+    });
     tp_all_reduce(proj_, N * C, "mlp.c_proj output");
     // The block's residual add is fused into the next LayerNorm (ln_1 of block l+1, or ln_f).
+    ProfileScope prof("fwd layernorm");
     if (l + 1 < L) {
       const LayerParams wn = layer_view(P, l + 1);
       LayerActs& n = acts_[l + 1];
@@ -526,14 +540,17 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     if (grad_ready_) grad_ready_(offset);
   };
 
-  device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(M));
-  // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch.
-  classifier(dbuf_, G + wte_off_, targets, N);
+  profiled("zero grads", [&] { device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(M)); });
+  // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch. Its
+  // kernel names its own parts (GEMMs forward and backward, softmax-xent) for the profile.
+  profiled("classifier", [&] { classifier(dbuf_, G + wte_off_, targets, N); });
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
 
-  device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
-  k_.layernorm_backward(dres_, G + lnfw_off_, G + lnfb_off_, dbuf_, res_final_,
-                        P + lnfw_off_, lnf_mean_, lnf_rstd_, N, C);
+  profiled("bwd layernorm", [&] {
+    device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
+    k_.layernorm_backward(dres_, G + lnfw_off_, G + lnfb_off_, dbuf_, res_final_, P + lnfw_off_, lnf_mean_, lnf_rstd_,
+                          N, C);
+  });
   ready(lnfw_off_);
   for (int l = L - 1; l >= 0; --l) {
     const LayerParams w = layer_view(P, l);
@@ -543,33 +560,51 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     // c_proj(atty) itself, with the same kernels on the same inputs, so the values are bit-identical to forward.
     T* res_mid = a.res_mid;
     if (res_mid) {
-      k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N, C);
+      profiled("bwd recompute layernorm", [&] {
+        k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N, C);
+      });
     } else {
       res_mid = res_mid_;
-      k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
-      k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+      profiled("bwd recompute gemm attn.c_proj", [&] {
+        k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
+      });
+      profiled("bwd recompute layernorm", [&] {
+        k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+      });
     }
     // GELU recomputed from the stored pre-activation. Forward's GELU came out of the fused GEMM from the
     // unrounded pre-activation, so with bf16 this input to c_proj's weight gradient can differ from forward's
     // by one bf16 rounding (and by cuBLASLt's GELU vs ours in the last fp32 bits): far below bf16 resolution.
-    k_.gelu_forward(gelu_, a.fch, N * 4 * Cl);
+    profiled("bwd recompute gelu", [&] { k_.gelu_forward(gelu_, a.fch, N * 4 * Cl); });
     // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
     // The kernel writes d(fch) = GELU'(fch) ⊙ (dres_·Wᵀ) after its last read of the GELU output, so it may
     // overwrite that buffer in place.
-    k_.matmul_backward_dgelu(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, a.fch, N, 4 * Cl, C);
-    k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * Cl);
+    profiled("bwd gemm mlp.c_proj", [&] {
+      k_.matmul_backward_dgelu(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, a.fch, N, 4 * Cl, C);
+    });
+    profiled("bwd gemm mlp.c_fc", [&] { k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * Cl); });
     tp_all_reduce(dbuf_, N * C, "d(ln_2 output)");
-    k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
+    profiled("bwd layernorm", [&] {
+      k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
+    });
     // dres_ is now the gradient of res_mid = res_in + attn(...).
-    k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C);
-    k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, Cl, NHl_);  // gelu_ now holds d(qkv)
-    k_.layernorm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N, C);  // recompute ln_1
-    k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * Cl);
+    profiled("bwd gemm attn.c_proj", [&] {
+      k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C);
+    });
+    profiled("bwd attention", [&] {  // gelu_ now holds d(qkv)
+      k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, Cl, NHl_);
+    });
+    profiled("bwd recompute layernorm", [&] {  // ln_1
+      k_.layernorm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N, C);
+    });
+    profiled("bwd gemm attn.c_attn", [&] { k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * Cl); });
     tp_all_reduce(dbuf_, N * C, "d(ln_1 output)");
-    k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
+    profiled("bwd layernorm", [&] {
+      k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
+    });
     ready(layer_offsets_[static_cast<size_t>(l)][0]);  // block l's first tensor
   }
-  k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_);
+  profiled("bwd embedding", [&] { k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_); });
   ready(0);
   // Read last: on a GPU this copy waits for the device, which would stall queuing the backward pass.
   return mean_loss(N);
