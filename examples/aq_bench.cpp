@@ -136,46 +136,77 @@ struct BenchOptions {
 
 // The sgemm ceiling of a step: every distinct (transposes, M, N, K, leading dimensions, beta) GEMM the step made,
 // timed alone with the same thread count in the same run, weighted by how often the step calls it. Its rate is
-// the fastest the step's own matrix products go on this machine today; the model's FLOP/s divided by it is the
-// CPU MFU. A square sgemm is timed beside it for reference (bad shapes show as a ceiling well below it).
+// the fastest the step's own matrix products go on this machine; the model's FLOP/s divided by it is the CPU MFU.
+// It is measured between the steps: after every measured step, one pass times each shape again (outside the
+// step's time). On a machine shared with other work the load moves both the step and the ceiling, so each step is
+// divided by the ceiling measured right after it and the median of those ratios is reported; a single ceiling
+// measured before or after the run swung the ratio by ±30% here. A square sgemm is timed in each pass for
+// reference (bad shapes show as a ceiling well below it).
 constexpr int kSquareN = 1536;
-struct Ceiling {
-  int64_t shapes = 0;
-  nlohmann::ordered_json per_shape = nlohmann::ordered_json::array();  // each shape: sizes, calls/step, GFLOP/s
-  double calls_per_step = 0, flops_per_step = 0, seconds_per_step = 0, square_gflops = 0;
-  double gflops() const { return seconds_per_step > 0 ? flops_per_step / seconds_per_step / 1e9 : 0; }
-};
-
-Ceiling measure_ceiling(const std::map<aq::cpu::GemmShape, int64_t>& calls, int steps_recorded) {
-  // Two passes over the shapes, keeping each shape's best: a neighbour's burst of work on a shared machine slows
-  // one pass, rarely both at the same shape. (A step slowed the same way reads as a lower MFU: conservative.)
-  std::map<aq::cpu::GemmShape, double> best;
-  const aq::cpu::GemmShape sq{false, false, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, false};
-  double square = 1e30;
-  for (int pass = 0; pass < 2; ++pass) {
-    square = std::min(square, aq::cpu::time_gemm(sq, 3));
+class CeilingMeter {
+ public:
+  // One pass after a step that took step_ms; `calls` holds every GEMM of the `steps_so_far` steps run so far.
+  void pass(const std::map<aq::cpu::GemmShape, int64_t>& calls, int64_t steps_so_far, double step_ms) {
+    double flops = 0, seconds = 0;
     for (const auto& [shape, n] : calls) {
-      // About 0.3 s per shape and pass at most: enough repetitions for a stable best, few for the big shapes.
-      const double once = aq::cpu::time_gemm(shape, 1);
-      const int reps = std::clamp(static_cast<int>(0.3 / std::max(once, 1e-6)), 1, 20);
-      const double t = std::min(once, reps > 1 ? aq::cpu::time_gemm(shape, reps) : once);
-      best[shape] = pass == 0 ? t : std::min(best[shape], t);
+      const double per_step = static_cast<double>(n) / static_cast<double>(steps_so_far);
+      auto it = best_.find(shape);
+      const int reps = it != best_.end() && it->second > 0.1 ? 1 : 2;  // big calls are steady; small ones vary
+      const double t = aq::cpu::time_gemm(shape, reps);
+      best_[shape] = it == best_.end() ? t : std::min(it->second, t);
+      flops += per_step * shape.flops();
+      seconds += per_step * t;
     }
+    const aq::cpu::GemmShape sq{false, false, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, false};
+    passes_.push_back({flops / seconds / 1e9, sq.flops() / aq::cpu::time_gemm(sq, 1) / 1e9, step_ms, flops, seconds});
+    calls_per_step_ = 0;
+    for (const auto& [shape, n] : calls) calls_per_step_ += static_cast<double>(n) / static_cast<double>(steps_so_far);
   }
-  Ceiling c;
-  c.square_gflops = sq.flops() / square / 1e9;
-  for (const auto& [shape, n] : calls) {
-    const double per_step = static_cast<double>(n) / steps_recorded, t = best[shape];
-    ++c.shapes;
-    c.per_shape.push_back({{"op", aq::str(shape.trans_a ? "T" : "N", shape.trans_b ? "T" : "N")},
+  bool empty() const { return passes_.empty(); }
+
+  // Results: medians over the passes; model_flops_per_step is what one step of this rank computes (model FLOPs).
+  nlohmann::ordered_json summary(double model_flops_per_step) const {
+    std::vector<double> ceil, square, mfu, share;
+    for (const Pass& p : passes_) {
+      ceil.push_back(p.ceiling_gflops);
+      square.push_back(p.square_gflops);
+      mfu.push_back(model_flops_per_step / (p.step_ms / 1000.0) / 1e9 / p.ceiling_gflops);
+      share.push_back(p.gemm_seconds / (p.step_ms / 1000.0));
+    }
+    nlohmann::ordered_json per_shape = nlohmann::ordered_json::array();
+    for (const auto& [shape, t] : best_)
+      per_shape.push_back({{"op", aq::str(shape.trans_a ? "T" : "N", shape.trans_b ? "T" : "N")},
                            {"M", shape.M}, {"N", shape.N}, {"K", shape.K}, {"accumulate", shape.accumulate},
-                           {"calls", per_step}, {"gflops", shape.flops() / t / 1e9}});
-    c.calls_per_step += per_step;
-    c.flops_per_step += per_step * shape.flops();
-    c.seconds_per_step += per_step * t;
+                           {"gflops", shape.flops() / t / 1e9}});
+    return {{"gemm_shapes", static_cast<int64_t>(best_.size())},
+            {"gemm_calls_per_step", calls_per_step_},
+            {"gemm_gflop_per_step", passes_.back().gemm_flops / 1e9},
+            {"sgemm_ceiling_gflops", median(ceil)},
+            {"sgemm_ceiling_min_gflops", *std::min_element(ceil.begin(), ceil.end())},
+            {"sgemm_ceiling_max_gflops", *std::max_element(ceil.begin(), ceil.end())},
+            {"sgemm_square_gflops", median(square)},
+            {"sgemm_square_n", kSquareN},
+            {"cpu_mfu", median(mfu)},
+            {"cpu_mfu_min", *std::min_element(mfu.begin(), mfu.end())},
+            {"cpu_mfu_max", *std::max_element(mfu.begin(), mfu.end())},
+            {"gemm_share_at_ceiling", median(share)},
+            {"ceiling_passes", static_cast<int64_t>(passes_.size())},
+            {"shapes", per_shape}};
   }
-  return c;
-}
+
+ private:
+  struct Pass {
+    double ceiling_gflops, square_gflops, step_ms, gemm_flops, gemm_seconds;
+  };
+  static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  }
+  std::map<aq::cpu::GemmShape, double> best_;  // fastest seconds per call seen for each shape
+  std::vector<Pass> passes_;
+  double calls_per_step_ = 0;
+};
 
 // The op family of a profile entry: "gemm" for every matrix product, else the name without its phase.
 std::string op_family(const std::string& name) {
@@ -241,6 +272,14 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   aq::TrainResult r;
   std::map<aq::cpu::GemmShape, int64_t> gemm_calls;  // every float GEMM of every step, by shape
   aq::OpProfile profile(warmup);
+  CeilingMeter ceiling;
+  cfg.after_step = [&](const aq::StepRecord& rec) {
+    // CPU only (a GPU run makes no CPU GEMMs), after the warm-up steps, outside the step's own time.
+    if (gemm_calls.empty() || rec.step <= warmup) return;
+    aq::cpu::set_gemm_recorder(nullptr);  // the ceiling's own GEMMs are not the step's
+    ceiling.pass(gemm_calls, rec.step, rec.ms);
+    aq::cpu::set_gemm_recorder(&gemm_calls);
+  };
   aq::cpu::set_gemm_recorder(&gemm_calls);
   if (o.profile) aq::set_active_profile(&profile);
   auto stop_recording = [&] {
@@ -283,7 +322,6 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   const double achieved_tflops = flops_per_token * tokens_per_s / ctx.world_size() / 1e12;  // per device
   const Peak peak = find_peak(gpu, device_name, r.dtype, o.peak_tflops);
   const double mib = 1024.0 * 1024.0;
-  const Ceiling ceiling = gpu ? Ceiling{} : measure_ceiling(gemm_calls, steps + warmup);
 
   nlohmann::ordered_json j = {{"config", bc.name},
                               {"world", ctx.world_size()},
@@ -318,21 +356,19 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   j["blas"] = aq::blas_kernels_line();
   j["blas_kernels"] = aq::blas_corename();
   j["blas_choice"] = aq::blas_choice_kind();
-  if (!gpu) {
-    const double step_s = ms / steps / 1000.0;
-    j["gemm_shapes"] = ceiling.shapes;
-    j["gemm_calls_per_step"] = ceiling.calls_per_step;
-    j["gemm_gflop_per_step"] = ceiling.flops_per_step / 1e9;
-    j["gemm_s_per_step_at_ceiling"] = ceiling.seconds_per_step;
-    j["sgemm_ceiling_gflops"] = ceiling.gflops();
-    j["sgemm_square_gflops"] = ceiling.square_gflops;
-    j["sgemm_square_n"] = kSquareN;
-    j["cpu_mfu"] = achieved_tflops * 1e3 / ceiling.gflops();
-    j["gemm_share_at_ceiling"] = ceiling.seconds_per_step / step_s;  // the step if only its GEMMs ran, at the ceiling
+  nlohmann::ordered_json shapes;
+  if (!gpu && !ceiling.empty()) {
+    // Model FLOPs of one step on this rank: the per-device share of the FLOPs/token formula's work.
+    const double model_flops_per_step = flops_per_token * static_cast<double>(batch) * bc.seq * ctx.dp() /
+                                         ctx.world_size();
+    nlohmann::ordered_json c = ceiling.summary(model_flops_per_step);
+    shapes = c["shapes"];
+    c.erase("shapes");
+    for (const auto& [k, v] : c.items()) j[k] = v;
   }
   if (o.profile) {
     j["profile"] = profile_json(profile, ms / steps);
-    if (!gpu) j["profile"]["gemm_shapes"] = ceiling.per_shape;
+    if (!shapes.is_null()) j["profile"]["gemm_shapes"] = shapes;
   }
   if (gpu) {
     j["device_peak_mib"] = worst[0] / mib;
@@ -365,19 +401,21 @@ void report(const BenchConfig& bc, const nlohmann::ordered_json& j) {
                 num("flops_per_token"), num("flops_per_token") / 1e9);
   aq::log_info(line);
   aq::log_info("blas ", j["blas"].get<std::string>());
-  if (!gpu) {
+  if (j.contains("cpu_mfu")) {
     std::snprintf(line, sizeof(line),
-                  "sgemm ceiling %.1f GFLOP/s: the step's %lld GEMM shapes (%.0f calls, %.1f GFLOP per step) timed "
-                  "alone in this run, %d threads; square n=%d: %.1f GFLOP/s",
-                  num("sgemm_ceiling_gflops"), static_cast<long long>(j["gemm_shapes"].get<int64_t>()),
-                  num("gemm_calls_per_step"), num("gemm_gflop_per_step"), j["threads"].get<int>(), kSquareN,
-                  num("sgemm_square_gflops"));
+                  "sgemm ceiling %.1f GFLOP/s (median of %lld passes between steps, %.1f-%.1f): the step's %lld GEMM "
+                  "shapes (%.0f calls, %.1f GFLOP per step) timed alone, %d threads; square n=%d: %.1f GFLOP/s",
+                  num("sgemm_ceiling_gflops"), static_cast<long long>(j["ceiling_passes"].get<int64_t>()),
+                  num("sgemm_ceiling_min_gflops"), num("sgemm_ceiling_max_gflops"),
+                  static_cast<long long>(j["gemm_shapes"].get<int64_t>()), num("gemm_calls_per_step"),
+                  num("gemm_gflop_per_step"), j["threads"].get<int>(), kSquareN, num("sgemm_square_gflops"));
     aq::log_info(line);
     std::snprintf(line, sizeof(line),
-                  "CPU MFU vs sgemm ceiling %.1f%% = %.1f GFLOP/s model FLOPs achieved / %.1f GFLOP/s (the step's "
-                  "GEMMs alone at the ceiling would take %.0f%% of its time)",
-                  100 * num("cpu_mfu"), num("achieved_tflops") * 1e3, num("sgemm_ceiling_gflops"),
-                  100 * num("gemm_share_at_ceiling"));
+                  "CPU MFU vs sgemm ceiling %.1f%% (median over steps of model FLOP/s / the ceiling measured right "
+                  "after the step; range %.1f-%.1f%%; %.1f GFLOP/s achieved over the run). The step's GEMMs alone "
+                  "at the ceiling would take %.0f%% of it",
+                  100 * num("cpu_mfu"), 100 * num("cpu_mfu_min"), 100 * num("cpu_mfu_max"),
+                  num("achieved_tflops") * 1e3, 100 * num("gemm_share_at_ceiling"));
     aq::log_info(line);
   }
   if (j.contains("profile")) {
@@ -399,11 +437,10 @@ void report(const BenchConfig& bc, const nlohmann::ordered_json& j) {
     if (p.contains("gemm_shapes")) {
       aq::log_info("  GEMM shapes of the step, each timed alone (op: transposes of A and B; +C: accumulates):");
       for (const auto& g : p["gemm_shapes"]) {
-        std::snprintf(line, sizeof(line), "    %s%s M %6lld N %6lld K %6lld  %5.1f calls/step  %6.1f GFLOP/s",
+        std::snprintf(line, sizeof(line), "    %s%s M %6lld N %6lld K %6lld  %6.1f GFLOP/s (best pass)",
                       g["op"].get<std::string>().c_str(), g["accumulate"].get<bool>() ? "+C" : "  ",
                       static_cast<long long>(g["M"].get<int64_t>()), static_cast<long long>(g["N"].get<int64_t>()),
-                      static_cast<long long>(g["K"].get<int64_t>()), g["calls"].get<double>(),
-                      g["gflops"].get<double>());
+                      static_cast<long long>(g["K"].get<int64_t>()), g["gflops"].get<double>());
         aq::log_info(line);
       }
     }

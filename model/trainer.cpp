@@ -548,6 +548,7 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
   for (int64_t s = first; s < cfg.steps; ++s) {
     const StepRecord r = job.step(s);
     result.steps.push_back(r);
+    if (cfg.after_step) cfg.after_step(r);
     // From here on every buffer has been sized: the caching allocator must not call cudaMalloc again.
     if (s == first) allocs_after_first = device_driver_allocations(job.device());
     const double per_step_s = run_timer.ms() / 1000.0 / static_cast<double>(s + 1 - first);

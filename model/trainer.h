@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +19,12 @@
 #include "parallel/context.h"
 
 namespace aq {
+
+struct StepRecord {
+  int64_t step;                  // 1-based
+  double loss, lr, grad_norm, ms, tokens_per_s;
+  double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
+};
 
 struct TrainConfig {
   // Shape of a fresh model. With --init-from/--resume the checkpoint decides, and a flag given explicitly must
@@ -41,15 +48,12 @@ struct TrainConfig {
   // Parallelism (the TP size is set on the ParallelContext; DP = world / TP).
   int zero = 0;                  // 1: ZeRO-1, optimizer state sharded over data-parallel ranks
   double bucket_mb = 25;         // data-parallel gradient bucket size
+  // Called on every rank after each step, outside the step's timing (aq-bench times its sgemm ceiling there).
+  std::function<void(const StepRecord&)> after_step;
 
   void validate() const;         // flag-level checks; throws aq::Error with the fix
 };
 
-struct StepRecord {
-  int64_t step;                  // 1-based
-  double loss, lr, grad_norm, ms, tokens_per_s;
-  double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
-};
 
 struct TrainResult {
   std::vector<StepRecord> steps;  // the steps this run executed

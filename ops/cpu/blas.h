@@ -29,8 +29,8 @@ struct GemmShape {
 // While set, every float GEMM adds one to its shape's count (single-threaded callers only: the model's driver
 // thread). Null stops recording.
 void set_gemm_recorder(std::map<GemmShape, int64_t>* counts);
-// Seconds per call of one shape alone, on fresh buffers with the current BLAS thread count: the best of `reps`
-// timed calls after one warm-up call.
+// Seconds per call of one shape alone, with the current BLAS thread count: the best of `reps` timed calls, on
+// per-thread buffers that only grow (a call that had to grow them runs once untimed first).
 double time_gemm(const GemmShape& s, int reps);
 
 }  // namespace aq::cpu
