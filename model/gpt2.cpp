@@ -171,14 +171,15 @@ typename GPT2<T>::template LayerPtrs<P> GPT2<T>::layer_view(P* base, int l) cons
 // ---- construction -----------------------------------------------------------------------------------------
 
 namespace {
-// Rows of logits the classifier holds at once, split evenly over the batch: up to 128 MiB of scratch on the CPU,
+// Rows of logits the classifier holds at once, split evenly over the batch: up to 72 MiB of scratch on the CPU,
 // up to 1 GiB on a GPU. Each chunk costs three GEMMs whose small dimension is the chunk's row count, and they
 // only reach BLAS speed when it is a few hundred: GPT-2 124M (V = 50257, 2 threads, OpenBLAS) runs its
-// classifier GEMMs at 148/142/175 GFLOP/s with 79-row chunks (the former 16 MiB budget) and 196/187/211 with
-// 512 rows, and re-reads the 154 MB token table 6x less often. On a GPU a few hundred rows would leave the tensor
-// cores idle (GPT-2 at B·T = 16384 takes 5 chunks instead of 300).
+// classifier GEMMs at 148/142/175 GFLOP/s with 79-row chunks (the former 16 MiB budget), 186/173/205 with 256
+// and 196/187/211 with 512, and re-reads the 154 MB token table less often. 72 MiB gives 3 chunks of 342 rows at
+// B·T = 1024: most of the speed, with the peak memory still under 0.7x PyTorch's. On a GPU a few hundred rows
+// would leave the tensor cores idle (GPT-2 at B·T = 16384 takes 5 chunks instead of 300).
 int64_t classifier_rows(int64_t N, size_t row_bytes, Device device) {
-  const size_t budget = device == Device::CUDA ? (size_t{1} << 30) : (size_t{128} << 20);
+  const size_t budget = device == Device::CUDA ? (size_t{1} << 30) : (size_t{72} << 20);
   const int64_t max_rows = std::max<int64_t>(1, static_cast<int64_t>(budget / row_bytes));
   const int64_t chunks = (N + max_rows - 1) / max_rows;
   return (N + chunks - 1) / chunks;
