@@ -176,7 +176,10 @@ class CeilingMeter {
     nlohmann::ordered_json per_shape = nlohmann::ordered_json::array();
     for (const auto& [shape, t] : best_)
       per_shape.push_back({{"op", aq::str(shape.trans_a ? "T" : "N", shape.trans_b ? "T" : "N")},
-                           {"M", shape.M}, {"N", shape.N}, {"K", shape.K}, {"accumulate", shape.accumulate},
+                           {"M", shape.M},
+                           {"N", shape.N},
+                           {"K", shape.K},
+                           {"accumulate", shape.accumulate},
                            {"gflops", shape.flops() / t / 1e9}});
     return {{"gemm_shapes", static_cast<int64_t>(best_.size())},
             {"gemm_calls_per_step", calls_per_step_},
@@ -362,8 +365,8 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   nlohmann::ordered_json shapes;
   if (!gpu && !ceiling.empty()) {
     // Model FLOPs of one step on this rank: the per-device share of the FLOPs/token formula's work.
-    const double model_flops_per_step = flops_per_token * static_cast<double>(batch) * bc.seq * ctx.dp() /
-                                         ctx.world_size();
+    const double model_flops_per_step =
+        flops_per_token * static_cast<double>(batch) * bc.seq * ctx.dp() / ctx.world_size();
     nlohmann::ordered_json c = ceiling.summary(model_flops_per_step);
     shapes = c["shapes"];
     c.erase("shapes");
@@ -625,7 +628,8 @@ int main(int argc, char** argv) {
     AQ_CHECK(o.peak_tflops >= 0, "--peak-tflops must be >= 0 TFLOPS (0: the GPU peak table; got ", o.peak_tflops,
              ")");
     AQ_CHECK(!o.profile || o.device == "cpu", "--profile times CPU kernels, which run synchronously; with --device ",
-             o.device, " the launches are asynchronous (use Nsight Systems there) — drop --profile or use --device cpu");
+             o.device,
+             " the launches are asynchronous (use Nsight Systems there) — drop --profile or use --device cpu");
     ctx.configure(tp, 300);
     if (o.threads == 0) o.threads = aq::configure_threads(0, ctx.local_size());  // the node's cores, shared
     if (o.batch <= 0) o.batch = bc.batch;

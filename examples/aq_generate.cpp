@@ -9,9 +9,9 @@
 #include <numeric>
 
 #include "examples/main_guard.h"
-#include "runtime/blas_setup.h"
 #include "model/gpt2.h"
 #include "model/trainer.h"
+#include "runtime/blas_setup.h"
 #include "runtime/rng.h"
 
 int main(int argc, char** argv) {

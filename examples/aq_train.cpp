@@ -8,8 +8,8 @@
 #include <algorithm>
 
 #include "examples/main_guard.h"
-#include "runtime/blas_setup.h"
 #include "model/trainer.h"
+#include "runtime/blas_setup.h"
 #include "runtime/log.h"
 
 int main(int argc, char** argv) {

@@ -468,9 +468,8 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
     profiled("fwd gemm mlp.c_fc", [&] {  // fch = pre-GELU, gelu_ = GELU(fch)
       k_.matmul_gelu_forward(gelu_, a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
     });
-    profiled("fwd gemm mlp.c_proj", [&] {
-      k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C);
-    });
+    profiled("fwd gemm mlp.c_proj",
+             [&] { k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C); });
     tp_all_reduce(proj_, N * C, "mlp.c_proj output");
     // The block's residual add is fused into the next LayerNorm (ln_1 of block l+1, or ln_f).
     ProfileScope prof("fwd layernorm");
@@ -562,9 +561,8 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     // Recompute what forward did not keep: ln_2 = LayerNorm(res_mid), with the same kernel on the same input, so
     // the values are bit-identical to forward's.
     T* res_mid = a.res_mid;
-    profiled("bwd recompute layernorm", [&] {
-      k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N, C);
-    });
+    profiled("bwd recompute layernorm",
+             [&] { k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N, C); });
     // GELU recomputed from the stored pre-activation. Forward's GELU came out of the fused GEMM from the
     // unrounded pre-activation, so with bf16 this input to c_proj's weight gradient can differ from forward's
     // by one bf16 rounding (and by cuBLASLt's GELU vs ours in the last fp32 bits): far below bf16 resolution.
@@ -581,23 +579,24 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
       k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
     });
     // dres_ is now the gradient of res_mid = res_in + attn(...).
-    profiled("bwd gemm attn.c_proj", [&] {
-      k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C);
-    });
+    profiled("bwd gemm attn.c_proj",
+             [&] { k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C); });
     profiled("bwd attention", [&] {  // gelu_ now holds d(qkv)
       k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, Cl, NHl_);
     });
     profiled("bwd recompute layernorm", [&] {  // ln_1
       k_.layernorm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N, C);
     });
-    profiled("bwd gemm attn.c_attn", [&] { k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * Cl); });
+    profiled("bwd gemm attn.c_attn",
+             [&] { k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * Cl); });
     tp_all_reduce(dbuf_, N * C, "d(ln_1 output)");
     profiled("bwd layernorm", [&] {
       k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
     });
     ready(layer_offsets_[static_cast<size_t>(l)][0]);  // block l's first tensor
   }
-  profiled("bwd embedding", [&] { k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_); });
+  profiled("bwd embedding",
+           [&] { k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_); });
   ready(0);
   // Read last: on a GPU this copy waits for the device, which would stall queuing the backward pass.
   return mean_loss(N);

@@ -19,8 +19,8 @@
 #include "ops/cuda/gemm.h"
 #include "runtime/cuda/device.h"
 #endif
-#include "runtime/data.h"
 #include "runtime/blas_setup.h"
+#include "runtime/data.h"
 #include "runtime/log.h"
 #include "runtime/op_profile.h"
 #include "runtime/rng.h"

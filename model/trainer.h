@@ -21,7 +21,7 @@
 namespace aq {
 
 struct StepRecord {
-  int64_t step;                  // 1-based
+  int64_t step;  // 1-based
   double loss, lr, grad_norm, ms, tokens_per_s;
   double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
 };
@@ -53,7 +53,6 @@ struct TrainConfig {
 
   void validate() const;         // flag-level checks; throws aq::Error with the fix
 };
-
 
 struct TrainResult {
   std::vector<StepRecord> steps;  // the steps this run executed

@@ -21,9 +21,9 @@ std::string lower(std::string s) {
 
 // OpenBLAS core names (as openblas_get_corename() spells them, compared without case) whose kernels predate AVX2.
 bool is_sse_era(const std::string& core) {
-  static const char* kNames[] = {"prescott",  "core2",    "penryn",    "dunnington", "nehalem", "atom",
-                                 "barcelona", "opteron",  "opteron_sse3", "bobcat",  "nano",    "katmai",
-                                 "coppermine", "northwood", "banias",   "athlon",     "generic", "unknown"};
+  static const char* kNames[] = {"prescott",   "core2",     "penryn",       "dunnington", "nehalem", "atom",
+                                 "barcelona",  "opteron",   "opteron_sse3", "bobcat",     "nano",    "katmai",
+                                 "coppermine", "northwood", "banias",       "athlon",     "generic", "unknown"};
   const std::string c = lower(core);
   return std::any_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return c == n; });
 }
@@ -60,14 +60,16 @@ CpuFeatures detect_cpu_features() {
 
 BlasKernelChoice decide_blas_kernels(const std::string& corename, const std::string& config, const CpuFeatures& cpu,
                                      const char* user_coretype) {
-  if (user_coretype && *user_coretype) return {"", std::string("OPENBLAS_CORETYPE=") + user_coretype + " set by the user"};
+  if (user_coretype && *user_coretype)
+    return {"", std::string("OPENBLAS_CORETYPE=") + user_coretype + " set by the user"};
   const bool old = is_sse_era(corename) || is_avx_era(corename);
   if (!old || !(cpu.avx512 || cpu.avx2_fma)) return {"", ""};  // OpenBLAS's choice fits the CPU
   const std::string reason = "OpenBLAS chose " + corename + " on an " + (cpu.avx512 ? "AVX-512" : "AVX2") + " CPU";
   // A build for one fixed core ignores OPENBLAS_CORETYPE: nothing to do but say so.
   if (config.find("DYNAMIC_ARCH") == std::string::npos)
-    return {"", reason + ", and this OpenBLAS is not a DYNAMIC_ARCH build, so it cannot be corrected; install "
-                         "Debian's libopenblas0-openmp"};
+    return {"", reason +
+                    ", and this OpenBLAS is not a DYNAMIC_ARCH build, so it cannot be corrected; install "
+                    "Debian's libopenblas0-openmp"};
   return {cpu.avx512 ? "SkylakeX" : "Haswell", reason};
 }
 
@@ -90,7 +92,8 @@ void ensure_blas_kernels(char** argv) {
 
 std::string blas_corename() {
   // The kernels in use; under the test hook (no correction, no user choice) the pretended fallback itself.
-  if (env("AQ_BLAS_TEST_CORENAME") && !env("AQ_BLAS_CORRECTED") && !env("OPENBLAS_CORETYPE")) return reported_corename();
+  if (env("AQ_BLAS_TEST_CORENAME") && !env("AQ_BLAS_CORRECTED") && !env("OPENBLAS_CORETYPE"))
+    return reported_corename();
   return openblas_get_corename();
 }
 
@@ -108,15 +111,16 @@ std::string blas_kernels_line() {
   size_t end = config.find(' ');
   if (end != std::string::npos) end = config.find(' ', end + 1);
   const int par = openblas_get_parallel();
-  const std::string head = config.substr(0, end) + (par == 0 ? " (sequential)" : par == 1 ? " (pthreads)" : " (OpenMP)");
+  const std::string head = config.substr(0, end) + (par == 0   ? " (sequential)"
+                                                    : par == 1 ? " (pthreads)"
+                                                               : " (OpenMP)");
   const std::string kind = blas_choice_kind();
   std::string why;
   if (kind == "corrected") why = std::string("corrected: ") + env("AQ_BLAS_CORRECTED");
   if (kind == "user") why = std::string("OPENBLAS_CORETYPE=") + env("OPENBLAS_CORETYPE") + " set by the user";
   if (kind == "openblas") why = "OpenBLAS's own choice";
   if (kind == "not corrected")
-    why = "NOT corrected: " +
-          decide_blas_kernels(reported_corename(), config, detect_cpu_features(), nullptr).reason;
+    why = "NOT corrected: " + decide_blas_kernels(reported_corename(), config, detect_cpu_features(), nullptr).reason;
   return head + " kernels " + blas_corename() + " (" + why + ")";
 }
 

@@ -20,7 +20,7 @@ namespace aq {
 class OpProfile {
  public:
   struct Entry {
-    double ms = 0;        // exclusive wall time, summed over calls
+    double ms = 0;  // exclusive wall time, summed over calls
     int64_t calls = 0;
   };
   // Steps whose scopes are recorded: the first `skip` calls of begin_step() are ignored (warm-up steps).

@@ -88,7 +88,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h) {
       T* p = scratch<T>(2 * static_cast<size_t>(kQBlock) * T_);  // (kQBlock, T) probabilities
-      T* ds = p + static_cast<int64_t>(kQBlock) * T_;              // (kQBlock, T) d(scores)
+      T* ds = p + static_cast<int64_t>(kQBlock) * T_;            // (kQBlock, T) d(scores)
       const int64_t qoff = static_cast<int64_t>(b) * T_ * C3 + h * hs;
       const T* q = qkv + qoff;
       const T* k = q + C;

@@ -19,7 +19,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   // Only the driver thread's GEMMs: those inside OpenMP tasks (attention's per-head blocks) are single-threaded
   // pieces of another op, and the map is not thread-safe.
-  if (g_recorder && omp_get_level() == 0) ++(*g_recorder)[GemmShape{trans_a, trans_b, M, N, K, lda, ldb, ldc, beta != 0.0f}];
+  if (g_recorder && omp_get_level() == 0)
+    ++(*g_recorder)[GemmShape{trans_a, trans_b, M, N, K, lda, ldb, ldc, beta != 0.0f}];
   cblas_sgemm(CblasRowMajor, tr(trans_a), tr(trans_b), static_cast<blasint>(M), static_cast<blasint>(N),
               static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
               static_cast<blasint>(ldc));

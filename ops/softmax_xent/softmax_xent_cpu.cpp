@@ -46,12 +46,10 @@ void classifier(T* losses, T* dx, T* dwte, void* scratch_bytes, const T* x, cons
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       // logits (rows,V) = x[r0:r0+rows] (rows,C) · wteᵀ (C,V)
-      profiled("fwd gemm lm_head", [&] {
-        cpu::gemm(false, true, rows, V, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, V);
-      });
-      profiled("softmax-xent", [&] {
-        softmax_xent(losses + r0, scratch, targets + r0, rows, V, dscale, backward ? 1 : 0);
-      });
+      profiled("fwd gemm lm_head",
+               [&] { cpu::gemm(false, true, rows, V, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, V); });
+      profiled("softmax-xent",
+               [&] { softmax_xent(losses + r0, scratch, targets + r0, rows, V, dscale, backward ? 1 : 0); });
       if (!backward) continue;
       // dx (rows,C) = dlogits (rows,V) · wte (V,C);  dwte (V,C) += dlogitsᵀ (V,rows) · x (rows,C)
       ProfileScope prof("bwd gemm lm_head");

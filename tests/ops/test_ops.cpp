@@ -320,11 +320,11 @@ TEST(Attention, QueryBlocksMatchNaiveAtLongOddSequences) {
 
   auto qf = cast<float>(qkv), pf = cast<float>(proj);
   std::vector<float> outf(out.size(), NAN), lsef(lse.size(), NAN), dqkvf(qkv.size(), NAN);
-  kernel<ops::Attention<float>::Forward>("attention_forward", DType::F32)(outf.data(), lsef.data(), qf.data(), B, T,
-                                                                         C, NH);
+  kernel<ops::Attention<float>::Forward>("attention_forward", DType::F32)(outf.data(), lsef.data(), qf.data(), B, T, C,
+                                                                          NH);
   EXPECT_LT(rel_err(outf, out), 1e-5);
   kernel<ops::Attention<float>::Backward>("attention_backward", DType::F32)(dqkvf.data(), pf.data(), qf.data(),
-                                                                           outf.data(), lsef.data(), B, T, C, NH);
+                                                                            outf.data(), lsef.data(), B, T, C, NH);
   EXPECT_LT(rel_err(dqkvf, dqkv), 1e-4);
 }
 

@@ -7,16 +7,17 @@
 
 namespace {
 
-constexpr const char* kDynamic = "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY USE_OPENMP Prescott MAX_THREADS=64";
+constexpr const char* kDynamic =
+    "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY USE_OPENMP Prescott MAX_THREADS=64";
 constexpr const char* kFixed = "OpenBLAS 0.3.21 NO_AFFINITY USE_OPENMP Prescott MAX_THREADS=64";
 
 struct Case {
   const char* core;
   const char* config;
   bool avx2, avx512;
-  const char* user;          // OPENBLAS_CORETYPE set by the user, or null
-  const char* want_core;     // "" = keep OpenBLAS's choice
-  const char* want_reason;   // substring of the reason; "" = no reason
+  const char* user;         // OPENBLAS_CORETYPE set by the user, or null
+  const char* want_core;    // "" = keep OpenBLAS's choice
+  const char* want_reason;  // substring of the reason; "" = no reason
 };
 
 const Case kCases[] = {
@@ -52,7 +53,10 @@ TEST(BlasSetup, DecisionTable) {
     f.avx2_fma = c.avx2;
     f.avx512 = c.avx512;
     const aq::BlasKernelChoice got = aq::decide_blas_kernels(c.core, c.config, f, c.user);
-    SCOPED_TRACE(std::string(c.core) + (c.avx512 ? " avx512" : c.avx2 ? " avx2" : " sse") +
+    SCOPED_TRACE(std::string(c.core) +
+                 (c.avx512 ? " avx512"
+                  : c.avx2 ? " avx2"
+                           : " sse") +
                  (c.user ? std::string(" user=") + c.user : "") + (c.config == kFixed ? " fixed-core build" : ""));
     EXPECT_EQ(got.coretype, c.want_core);
     if (*c.want_reason)
