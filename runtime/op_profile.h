@@ -66,13 +66,11 @@ class ProfileScope {
   ProfileScope* parent_ = nullptr;
 };
 
-}  // namespace aq
-
-namespace aq {
 // Runs f inside a ProfileScope named `name`.
 template <typename F>
 inline void profiled(const char* name, F&& f) {
   ProfileScope scope(name);
   f();
 }
+
 }  // namespace aq
