@@ -410,6 +410,7 @@ void GPT2<T>::check_batch(int B, int T_) const {
 template <typename T>
 void GPT2<T>::tp_all_reduce(T* data, int64_t n, const char* what) {
   if (tp_.size == 1) return;
+  ProfileScope prof("tp all-reduce");
   Timer t;
   tp_.group->all_reduce(data, n, dtype_of<T>(), {what})->wait();
   tp_comm_ms_ += t.ms();
@@ -488,6 +489,7 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
 template <typename T>
 void GPT2<T>::classifier_hook(void* self, M* data, int64_t n, int is_max) {
   auto* m = static_cast<GPT2<T>*>(self);
+  ProfileScope prof("tp all-reduce");
   Timer t;
   m->tp_.group
       ->all_reduce(data, n, dtype_of<M>(), {is_max ? "vocab-parallel row max" : "vocab-parallel row sums",

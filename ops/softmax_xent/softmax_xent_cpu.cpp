@@ -66,7 +66,9 @@ void classifier(T* losses, T* dx, T* dwte, void* scratch_bytes, const T* x, cons
     const int64_t rows = std::min(chunk, N - r0);
     T* mx = stats.data();
     T* sum_tgt = mx + chunk;  // [sum(rows) | target(rows)]
-    cpu::gemm(false, true, rows, Vl, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, Vl);
+    profiled("fwd gemm lm_head",
+             [&] { cpu::gemm(false, true, rows, Vl, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, Vl); });
+    ProfileScope prof("softmax-xent");  // its all-reduces (the hook) are timed by the model as communication
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < rows; ++i) {
       const T* row = scratch + i * Vl;
@@ -103,6 +105,7 @@ void classifier(T* losses, T* dx, T* dwte, void* scratch_bytes, const T* x, cons
       if (t >= 0 && t < valid) row[t] -= dscale;
     }
     if (!backward) continue;
+    ProfileScope prof_bwd("bwd gemm lm_head");
     cpu::gemm(false, false, rows, C, Vl, T(1), scratch, Vl, wte, C, T(0), dx + r0 * C, C);  // partial over ranks
     cpu::gemm(true, false, Vl, C, rows, T(1), scratch, Vl, x + r0 * C, C, T(1), dwte, C);
   }
