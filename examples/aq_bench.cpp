@@ -26,6 +26,7 @@
 #include <cctype>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -34,8 +35,11 @@
 #include "runtime/cuda/device.h"
 #endif
 #include "model/trainer.h"
+#include "ops/cpu/blas.h"
+#include "runtime/blas_setup.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
+#include "runtime/op_profile.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
 
@@ -125,9 +129,120 @@ Peak find_peak(bool gpu, const std::string& device_name, const std::string& dtyp
 
 struct BenchOptions {
   int batch = 0, threads = 0, steps = 5, warmup = 1, zero = 0;
+  bool profile = false;
   std::string device = "cpu", dtype = "auto";
   double peak_tflops = 0;  // 0: from the table (GPUs only)
 };
+
+// The sgemm ceiling of a step: every distinct (transposes, M, N, K, leading dimensions, beta) GEMM the step made,
+// timed alone with the same thread count in the same run, weighted by how often the step calls it. Its rate is
+// the fastest the step's own matrix products go on this machine; the model's FLOP/s divided by it is the CPU MFU.
+// It is measured between the steps: after every measured step, one pass times each shape again (outside the
+// step's time). On a machine shared with other work the load moves both the step and the ceiling, so each step is
+// divided by the ceiling measured right after it and the median of those ratios is reported; a single ceiling
+// measured before or after the run swung the ratio by ±30% here. A square sgemm is timed in each pass for
+// reference (bad shapes show as a ceiling well below it).
+constexpr int kSquareN = 1536;
+class CeilingMeter {
+ public:
+  // One pass after a step that took step_ms; `calls` holds every GEMM of the `steps_so_far` steps run so far.
+  void pass(const std::map<aq::cpu::GemmShape, int64_t>& calls, int64_t steps_so_far, double step_ms) {
+    double flops = 0, seconds = 0;
+    for (const auto& [shape, n] : calls) {
+      const double per_step = static_cast<double>(n) / static_cast<double>(steps_so_far);
+      auto it = best_.find(shape);
+      const int reps = it != best_.end() && it->second > 0.1 ? 1 : 2;  // big calls are steady; small ones vary
+      const double t = aq::cpu::time_gemm(shape, reps);
+      best_[shape] = it == best_.end() ? t : std::min(it->second, t);
+      flops += per_step * shape.flops();
+      seconds += per_step * t;
+    }
+    const aq::cpu::GemmShape sq{false, false, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, kSquareN, false};
+    passes_.push_back({flops / seconds / 1e9, sq.flops() / aq::cpu::time_gemm(sq, 1) / 1e9, step_ms, flops, seconds});
+    calls_per_step_ = 0;
+    for (const auto& [shape, n] : calls) calls_per_step_ += static_cast<double>(n) / static_cast<double>(steps_so_far);
+  }
+  bool empty() const { return passes_.empty(); }
+
+  // Results: medians over the passes; model_flops_per_step is what one step of this rank computes (model FLOPs).
+  nlohmann::ordered_json summary(double model_flops_per_step) const {
+    std::vector<double> ceil, square, mfu, share;
+    for (const Pass& p : passes_) {
+      ceil.push_back(p.ceiling_gflops);
+      square.push_back(p.square_gflops);
+      mfu.push_back(model_flops_per_step / (p.step_ms / 1000.0) / 1e9 / p.ceiling_gflops);
+      share.push_back(p.gemm_seconds / (p.step_ms / 1000.0));
+    }
+    nlohmann::ordered_json per_shape = nlohmann::ordered_json::array();
+    for (const auto& [shape, t] : best_)
+      per_shape.push_back({{"op", aq::str(shape.trans_a ? "T" : "N", shape.trans_b ? "T" : "N")},
+                           {"M", shape.M},
+                           {"N", shape.N},
+                           {"K", shape.K},
+                           {"accumulate", shape.accumulate},
+                           {"gflops", shape.flops() / t / 1e9}});
+    return {{"gemm_shapes", static_cast<int64_t>(best_.size())},
+            {"gemm_calls_per_step", calls_per_step_},
+            {"gemm_gflop_per_step", passes_.back().gemm_flops / 1e9},
+            {"sgemm_ceiling_gflops", median(ceil)},
+            {"sgemm_ceiling_min_gflops", *std::min_element(ceil.begin(), ceil.end())},
+            {"sgemm_ceiling_max_gflops", *std::max_element(ceil.begin(), ceil.end())},
+            {"sgemm_square_gflops", median(square)},
+            {"sgemm_square_n", kSquareN},
+            {"cpu_mfu", median(mfu)},
+            {"cpu_mfu_min", *std::min_element(mfu.begin(), mfu.end())},
+            {"cpu_mfu_max", *std::max_element(mfu.begin(), mfu.end())},
+            {"gemm_share_at_ceiling", median(share)},
+            {"ceiling_passes", static_cast<int64_t>(passes_.size())},
+            {"shapes", per_shape}};
+  }
+
+ private:
+  struct Pass {
+    double ceiling_gflops, square_gflops, step_ms, gemm_flops, gemm_seconds;
+  };
+  static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  }
+  std::map<aq::cpu::GemmShape, double> best_;  // fastest seconds per call seen for each shape
+  std::vector<Pass> passes_;
+  double calls_per_step_ = 0;
+};
+
+// The op family of a profile entry: "gemm" for every matrix product, else the name without its phase.
+std::string op_family(const std::string& name) {
+  if (name.find("gemm") != std::string::npos) return "gemm";
+  for (const char* prefix : {"bwd recompute ", "fwd ", "bwd "})
+    if (name.rfind(prefix, 0) == 0) return name.substr(std::string(prefix).size());
+  return name;
+}
+
+// Per-step milliseconds of every profiled region, "other" (the step minus every region) and the families.
+nlohmann::ordered_json profile_json(const aq::OpProfile& p, double step_ms) {
+  const double steps = static_cast<double>(std::max<int64_t>(1, p.recorded_steps()));
+  std::vector<std::pair<std::string, aq::OpProfile::Entry>> rows(p.entries().begin(), p.entries().end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  nlohmann::ordered_json ops = nlohmann::ordered_json::array(), fam = nlohmann::ordered_json::object();
+  double covered = 0;
+  for (const auto& [name, e] : rows) {
+    const double ms = e.ms / steps;
+    covered += ms;
+    ops.push_back({{"op", name}, {"ms", ms}, {"pct", 100 * ms / step_ms}, {"calls", e.calls / steps}});
+    const std::string f = op_family(name) == "classifier" ? "other" : op_family(name);
+    fam[f] = fam.value(f, 0.0) + ms;
+  }
+  const double other = std::max(0.0, step_ms - covered);
+  ops.push_back({{"op", "other (outside every region)"}, {"ms", other}, {"pct", 100 * other / step_ms}, {"calls", 1}});
+  fam["other"] = fam.value("other", 0.0) + other;
+  std::vector<std::pair<std::string, double>> fams;
+  for (const auto& [k, v] : fam.items()) fams.emplace_back(k, v.get<double>());
+  std::sort(fams.begin(), fams.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  nlohmann::ordered_json families = nlohmann::ordered_json::array();
+  for (const auto& [k, v] : fams) families.push_back({{"family", k}, {"ms", v}, {"pct", 100 * v / step_ms}});
+  return {{"step_ms", step_ms}, {"steps", p.recorded_steps()}, {"ops", ops}, {"families", families}};
+}
 
 // One measurement on the ranks of ctx. Collective: every rank calls it. Returns the JSON result (meaningful on
 // rank 0; device memory and cudaMalloc counts are the maxima over ranks).
@@ -158,15 +273,33 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   cfg.device = o.device;
   cfg.dtype = o.dtype;
   aq::TrainResult r;
+  std::map<aq::cpu::GemmShape, int64_t> gemm_calls;  // every float GEMM of every step, by shape
+  aq::OpProfile profile(warmup);
+  CeilingMeter ceiling;
+  double train_peak_rss = 0;  // MiB, before the ceiling's own buffers exist
+  cfg.after_step = [&](const aq::StepRecord& rec) {
+    // CPU only (a GPU run makes no CPU GEMMs), after the warm-up steps, outside the step's own time.
+    if (gemm_calls.empty() || rec.step <= warmup) return;
+    if (ceiling.empty()) train_peak_rss = aq::peak_rss_mib();
+    aq::cpu::set_gemm_recorder(nullptr);  // the ceiling's own GEMMs are not the step's
+    ceiling.pass(gemm_calls, rec.step, rec.ms);
+    aq::cpu::set_gemm_recorder(&gemm_calls);
+  };
+  aq::cpu::set_gemm_recorder(&gemm_calls);
+  if (o.profile) aq::set_active_profile(&profile);
+  auto stop_recording = [&] {
+    aq::cpu::set_gemm_recorder(nullptr);
+    aq::set_active_profile(nullptr);
+    ::unlink(shard.c_str());
+    ::rmdir(dir);
+  };
   try {
     r = aq::train(cfg, ctx);
   } catch (...) {
-    ::unlink(shard.c_str());
-    ::rmdir(dir);
+    stop_recording();
     throw;
   }
-  ::unlink(shard.c_str());
-  ::rmdir(dir);
+  stop_recording();
 
   double ms = 0, comm = 0, exposed = 0;
   for (size_t i = static_cast<size_t>(warmup); i < r.steps.size(); ++i) {
@@ -212,7 +345,8 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
                               {"comm_ms", comm / steps},
                               {"exposed_comm_ms", exposed / steps},
                               {"compute_ms", (ms - exposed) / steps},
-                              {"peak_rss_mb", aq::peak_rss_mib()},
+                              // Training's peak: the ceiling's GEMM buffers come later and are not counted.
+                              {"peak_rss_mb", train_peak_rss > 0 ? train_peak_rss : aq::peak_rss_mib()},
                               {"num_params", n_params},
                               {"flops_formula", "6*N + 6*L*C*T"},
                               {"flops_per_token", flops_per_token},
@@ -225,6 +359,23 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     j["mfu"] = nullptr;
   }
   j["peak_source"] = peak.source;
+  j["blas"] = aq::blas_kernels_line();
+  j["blas_kernels"] = aq::blas_corename();
+  j["blas_choice"] = aq::blas_choice_kind();
+  nlohmann::ordered_json shapes;
+  if (!gpu && !ceiling.empty()) {
+    // Model FLOPs of one step on this rank: the per-device share of the FLOPs/token formula's work.
+    const double model_flops_per_step =
+        flops_per_token * static_cast<double>(batch) * bc.seq * ctx.dp() / ctx.world_size();
+    nlohmann::ordered_json c = ceiling.summary(model_flops_per_step);
+    shapes = c["shapes"];
+    c.erase("shapes");
+    for (const auto& [k, v] : c.items()) j[k] = v;
+  }
+  if (o.profile) {
+    j["profile"] = profile_json(profile, ms / steps);
+    if (!shapes.is_null()) j["profile"]["gemm_shapes"] = shapes;
+  }
   if (gpu) {
     j["device_peak_mib"] = worst[0] / mib;
     j["step_loop_device_mallocs"] = static_cast<int64_t>(worst[1]);
@@ -255,6 +406,51 @@ void report(const BenchConfig& bc, const nlohmann::ordered_json& j) {
                 static_cast<long long>(j["num_params"].get<int64_t>()), bc.layers, bc.dim, bc.seq,
                 num("flops_per_token"), num("flops_per_token") / 1e9);
   aq::log_info(line);
+  aq::log_info("blas ", j["blas"].get<std::string>());
+  if (j.contains("cpu_mfu")) {
+    std::snprintf(line, sizeof(line),
+                  "sgemm ceiling %.1f GFLOP/s (median of %lld passes between steps, %.1f-%.1f): the step's %lld GEMM "
+                  "shapes (%.0f calls, %.1f GFLOP per step) timed alone, %d threads; square n=%d: %.1f GFLOP/s",
+                  num("sgemm_ceiling_gflops"), static_cast<long long>(j["ceiling_passes"].get<int64_t>()),
+                  num("sgemm_ceiling_min_gflops"), num("sgemm_ceiling_max_gflops"),
+                  static_cast<long long>(j["gemm_shapes"].get<int64_t>()), num("gemm_calls_per_step"),
+                  num("gemm_gflop_per_step"), j["threads"].get<int>(), kSquareN, num("sgemm_square_gflops"));
+    aq::log_info(line);
+    std::snprintf(line, sizeof(line),
+                  "CPU MFU vs sgemm ceiling %.1f%% (median over steps of model FLOP/s / the ceiling measured right "
+                  "after the step; range %.1f-%.1f%%; %.1f GFLOP/s achieved over the run). The step's GEMMs alone "
+                  "at the ceiling would take %.0f%% of it",
+                  100 * num("cpu_mfu"), 100 * num("cpu_mfu_min"), 100 * num("cpu_mfu_max"),
+                  num("achieved_tflops") * 1e3, 100 * num("gemm_share_at_ceiling"));
+    aq::log_info(line);
+  }
+  if (j.contains("profile")) {
+    const auto& p = j["profile"];
+    aq::log_info("profile: exclusive wall time per step (mean of ", p["steps"].get<int64_t>(),
+                 " measured steps, rank 0)");
+    std::snprintf(line, sizeof(line), "  %-34s %10s %7s %7s", "op", "ms/step", "%", "calls");
+    aq::log_info(line);
+    for (const auto& e : p["ops"]) {
+      std::snprintf(line, sizeof(line), "  %-34s %10.1f %6.1f%% %7.0f", e["op"].get<std::string>().c_str(),
+                    e["ms"].get<double>(), e["pct"].get<double>(), e["calls"].get<double>());
+      aq::log_info(line);
+    }
+    std::string fams;
+    for (const auto& f : p["families"])
+      fams += aq::str(fams.empty() ? "" : " | ", f["family"].get<std::string>(), " ",
+                      aq::str(static_cast<int>(f["pct"].get<double>() * 10 + 0.5) / 10.0), "%");
+    aq::log_info("  by family: ", fams);
+    if (p.contains("gemm_shapes")) {
+      aq::log_info("  GEMM shapes of the step, each timed alone (op: transposes of A and B; +C: accumulates):");
+      for (const auto& g : p["gemm_shapes"]) {
+        std::snprintf(line, sizeof(line), "    %s%s M %6lld N %6lld K %6lld  %6.1f GFLOP/s (best pass)",
+                      g["op"].get<std::string>().c_str(), g["accumulate"].get<bool>() ? "+C" : "  ",
+                      static_cast<long long>(g["M"].get<int64_t>()), static_cast<long long>(g["N"].get<int64_t>()),
+                      static_cast<long long>(g["K"].get<int64_t>()), g["gflops"].get<double>());
+        aq::log_info(line);
+      }
+    }
+  }
   if (!j["mfu"].is_null()) {
     std::snprintf(line, sizeof(line), "MFU %.1f%% = %.4g TFLOPS achieved per device / peak %.4g TFLOPS (%s)",
                   100 * num("mfu"), num("achieved_tflops"), num("peak_tflops"),
@@ -385,6 +581,7 @@ void scaling(const ScalingOptions& o, const std::string& self) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
   if (argc > 1 && std::string(argv[1]) == "scaling") {
     ScalingOptions o;
     CLI::App app{"aq-bench scaling: weak and strong scaling over world sizes and tensor-parallel layouts"};
@@ -417,6 +614,9 @@ int main(int argc, char** argv) {
   app.add_option("--zero", o.zero, "1: ZeRO-1")->capture_default_str();
   app.add_option("--device", o.device, "cpu | cuda | auto")->capture_default_str();
   app.add_option("--dtype", o.dtype, "fp32 | bf16 | auto (bf16 on a GPU, fp32 on the CPU)")->capture_default_str();
+  app.add_flag("--profile", o.profile,
+               "Print where a step's time goes: exclusive wall time per op (forward/backward GEMMs by layer, "
+               "layernorm, attention, gelu, softmax-xent, embedding, adamw, grad norm, other); CPU only");
   app.add_option("--peak-tflops", o.peak_tflops,
                  "Dense peak TFLOPS of one device for the MFU (default: NVIDIA's figure for a known GPU and "
                  "--dtype; none for CPUs)");
@@ -427,6 +627,9 @@ int main(int argc, char** argv) {
              o.warmup, ")");
     AQ_CHECK(o.peak_tflops >= 0, "--peak-tflops must be >= 0 TFLOPS (0: the GPU peak table; got ", o.peak_tflops,
              ")");
+    AQ_CHECK(!o.profile || o.device == "cpu", "--profile times CPU kernels, which run synchronously; with --device ",
+             o.device,
+             " the launches are asynchronous (use Nsight Systems there) — drop --profile or use --device cpu");
     ctx.configure(tp, 300);
     if (o.threads == 0) o.threads = aq::configure_threads(0, ctx.local_size());  // the node's cores, shared
     if (o.batch <= 0) o.batch = bc.batch;

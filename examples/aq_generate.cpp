@@ -11,9 +11,11 @@
 #include "examples/main_guard.h"
 #include "model/gpt2.h"
 #include "model/trainer.h"
+#include "runtime/blas_setup.h"
 #include "runtime/rng.h"
 
 int main(int argc, char** argv) {
+  aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
   std::string model_path, prompt = "\n";
   int tokens = 200, top_k = 40, heads = 0, threads = 0;
   double temperature = 0.8;

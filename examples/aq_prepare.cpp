@@ -10,6 +10,7 @@
 #include <iterator>
 
 #include "examples/main_guard.h"
+#include "runtime/blas_setup.h"
 #include "runtime/data.h"
 #include "runtime/file_io.h"
 #include "runtime/log.h"
@@ -35,6 +36,7 @@ void write_split(const std::string& dir, const char* split, const std::vector<ui
 }  // namespace
 
 int main(int argc, char** argv) {
+  aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
   std::string out;
   std::vector<std::string> inputs;
   double val_fraction = 0.1;

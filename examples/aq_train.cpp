@@ -9,9 +9,11 @@
 
 #include "examples/main_guard.h"
 #include "model/trainer.h"
+#include "runtime/blas_setup.h"
 #include "runtime/log.h"
 
 int main(int argc, char** argv) {
+  aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
   aq::TrainConfig cfg;
   CLI::App app{"aq-train: train a GPT-2 model on llm.c-format token shards (Aqueduct)"};
   app.get_formatter()->column_width(34);

@@ -24,8 +24,10 @@
 #include "ops/cuda/gemm.h"
 #include "runtime/cuda/device.h"
 #endif
+#include "runtime/blas_setup.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
+#include "runtime/op_profile.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
 
@@ -886,6 +888,7 @@ double Job<T>::global_grad_norm(const float* grads) {
   // TP-sharded tensors are summed across TP ranks; replicated ones have equal gradients on every TP rank and
   // are counted once. Under ZeRO-1 each DP rank holds a slice, so the slices are summed across DP first.
   double sq[2] = {0, 0};  // [sharded, replicated]: the chunks' norm classes
+  ProfileScope prof("grad norm");
   sum_squares_(sq, grads, chunks_.data(), static_cast<int64_t>(chunks_.size()));
   if (cfg_.zero) idp_group().all_reduce(sq, 2, DType::F64, {"grad norm (ZeRO slices)"})->wait();
   if (ctx_.tp() > 1) ctx_.tp_group().all_reduce(sq, 1, DType::F64, {"grad norm (TP shards)"})->wait();
@@ -912,6 +915,7 @@ void maybe_inject_fault(int rank, int64_t step) {
 template <typename T>
 StepRecord Job<T>::step(int64_t s) {
   maybe_inject_fault(ctx_.world_rank(), s + 1);
+  profile_begin_step();
   Timer t;
   train_data_->next(inputs_.data(), targets_.data());
   model_->take_tp_comm_ms();
@@ -980,8 +984,11 @@ StepRecord Job<T>::step(int64_t s) {
   // One launch for every tensor of this rank's slice; a bf16 model's working copy is written in the same pass.
   const int64_t lo = slice_begin();
   T* copy = std::is_same_v<T, float> ? nullptr : model_->working_params() + lo;
-  adamw_(model_->params() + lo, copy, my_grads, opt_.m.data(), opt_.v.data(), chunks_.data(),
-         static_cast<int64_t>(chunks_.size()), hp);
+  {
+    ProfileScope prof("adamw");
+    adamw_(model_->params() + lo, copy, my_grads, opt_.m.data(), opt_.v.data(), chunks_.data(),
+           static_cast<int64_t>(chunks_.size()), hp);
+  }
   if (cfg_.zero) {
     // Every rank needs the updated weights the kernels read: fp32 parameters, or the bf16 working copy (half
     // the bytes; the fp32 master slices stay with their owners until a checkpoint gathers them).
@@ -1035,6 +1042,7 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
   for (int64_t s = first; s < cfg.steps; ++s) {
     const StepRecord r = job.step(s);
     result.steps.push_back(r);
+    if (cfg.after_step) cfg.after_step(r);
     // From here on every buffer has been sized: the caching allocator must not call cudaMalloc again.
     if (s == first) allocs_after_first = device_driver_allocations(job.device());
     const double per_step_s = run_timer.ms() / 1000.0 / static_cast<double>(s + 1 - first);
@@ -1134,7 +1142,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   JobApi& job = *job_ptr;
   log_info(ctx.banner(job.device_label()));
   job.log_summary();
-  log_info("threads: ", nthreads, " per rank | BLAS: ", cpu::blas_description());
+  log_info("threads: ", nthreads, " per rank | blas ", blas_kernels_line());
   if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", job.start_step());
 
   TrainResult result;

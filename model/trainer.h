@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +19,16 @@
 #include "parallel/context.h"
 
 namespace aq {
+
+struct StepRecord {
+  int64_t step;                  // 1-based
+  double loss, lr, grad_norm, ms, tokens_per_s;
+  double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
+  double wan_bytes = 0, wan_ms = 0;  // bytes this rank sent to other centres; time in the cross-centre stage
+  bool outer_sync = false;           // --outer diloco: this step merged an outer update (of some fragment)
+  int outer_launched = 0, outer_merged = 0;  // fragments whose exchange started / whose update was merged
+  double outer_exposed_ms = 0;       // time the step waited for outer exchanges (the rest was hidden)
+};
 
 struct TrainConfig {
   // Shape of a fresh model. With --init-from/--resume the checkpoint decides, and a flag given explicitly must
@@ -60,18 +71,10 @@ struct TrainConfig {
   int outer_fragments = 1;             // F: parameter fragments synced on a staggered schedule (streaming)
   int64_t outer_overlap = 0;           // τ: inner steps a fragment's exchange runs behind before it is merged
   double outer_mix = 0.5;              // τ > 0: weight of the replica's own values at the merge
+  // Called on every rank after each step, outside the step's timing (aq-bench times its sgemm ceiling there).
+  std::function<void(const StepRecord&)> after_step;
 
   void validate() const;         // flag-level checks; throws aq::Error with the fix
-};
-
-struct StepRecord {
-  int64_t step;                  // 1-based
-  double loss, lr, grad_norm, ms, tokens_per_s;
-  double comm_ms = 0, exposed_comm_ms = 0;  // communication in the step: total, and not hidden behind compute
-  double wan_bytes = 0, wan_ms = 0;  // bytes this rank sent to other centres; time in the cross-centre stage
-  bool outer_sync = false;           // --outer diloco: this step merged an outer update (of some fragment)
-  int outer_launched = 0, outer_merged = 0;  // fragments whose exchange started / whose update was merged
-  double outer_exposed_ms = 0;       // time the step waited for outer exchanges (the rest was hidden)
 };
 
 struct TrainResult {

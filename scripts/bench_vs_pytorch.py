@@ -38,6 +38,17 @@ Configs (B = batch, T = sequence length):
   gpt2-124m-1k  L=12 H=12 C=768 V=50257 n_positions=1024 B=16 T=1024  (GPU default)
 Defaults: CPU --steps 5 --warmup 1; GPU --steps 20 --warmup 3.
 
+BLAS kernels (CPU mode): Debian's OpenBLAS falls back to its SSE3 "Prescott"
+kernels on CPUs it does not know (e.g. Intel family 6 model 207), 3.6x slower.
+aq-bench corrects that itself (runtime/blas_setup.h); for torch, which loads
+the same OpenBLAS through libblas.so.3, a probe process imports torch and asks
+the loaded OpenBLAS for its core name, and when it is an SSE/AVX-era core on an
+AVX2/AVX-512 CPU the torch worker is started with OPENBLAS_CORETYPE=SkylakeX
+(or Haswell), which must be set before torch loads OpenBLAS. A user's
+OPENBLAS_CORETYPE is left alone. The table prints the kernels each side used.
+AQ_BLAS_TEST_CORENAME (tests) makes the probe believe OpenBLAS reported that
+core, as aq-bench does.
+
 Interpreter: CPU mode, Debian's /usr/bin/python3 (python3-torch 1.13). GPU
 mode, a python3 with a CUDA build of torch (>= 2.0 for SDPA, fused AdamW and
 torch.compile). The driver itself uses only the standard library; the workers
@@ -104,6 +115,117 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+# --------------------------------------------------------------------------
+# BLAS kernels: the same rule as runtime/blas_setup.cpp
+# --------------------------------------------------------------------------
+
+_SSE_ERA = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "barcelona", "opteron",
+            "opteron_sse3", "bobcat", "nano", "katmai", "coppermine", "northwood", "banias", "athlon",
+            "generic", "unknown"}
+_AVX_ERA = {"sandybridge", "bulldozer", "piledriver", "steamroller"}
+
+
+def cpu_features():
+    """(avx2_fma, avx512) from /proc/cpuinfo, as __builtin_cpu_supports sees them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        flags = []
+    avx2 = "avx2" in flags and "fma" in flags
+    avx512 = avx2 and all(x in flags for x in ("avx512f", "avx512bw", "avx512dq", "avx512vl"))
+    return avx2, avx512
+
+
+def decide_coretype(corename, config, user_coretype, features):
+    """(OPENBLAS_CORETYPE to set or None, reason) — aq::decide_blas_kernels in Python."""
+    if user_coretype:
+        return None, f"OPENBLAS_CORETYPE={user_coretype} set by the user"
+    avx2, avx512 = features
+    name = (corename or "").lower()
+    if name not in _SSE_ERA and name not in _AVX_ERA or not (avx2 or avx512):
+        return None, ""
+    reason = f"OpenBLAS chose {corename} on an {'AVX-512' if avx512 else 'AVX2'} CPU"
+    if "DYNAMIC_ARCH" not in (config or ""):
+        return None, reason + ", and this OpenBLAS is not a DYNAMIC_ARCH build, so it cannot be corrected"
+    return ("SkylakeX" if avx512 else "Haswell"), reason
+
+
+def loaded_openblas():
+    """Core name, config and path of the OpenBLAS this process has loaded (after `import torch`), or Nones."""
+    import ctypes
+    paths = []
+    with open("/proc/self/maps") as f:
+        for ln in f:
+            path = ln.split()[-1] if len(ln.split()) >= 6 else ""
+            if "blas" in os.path.basename(path).lower() and path not in paths:
+                paths.append(path)
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            lib.openblas_get_config.restype = ctypes.c_char_p
+            return lib.openblas_get_corename().decode(), lib.openblas_get_config().decode(), path
+        except (OSError, AttributeError):
+            continue
+    return None, None, (paths[0] if paths else None)
+
+
+def torch_blas_info():
+    """What the torch in this process uses for its GEMMs: {"blas", "kernels", "choice"} (choice: openblas, user,
+    corrected, not corrected, unknown). Honours the AQ_BLAS_TEST_CORENAME hook like aq-bench."""
+    core, config, path = loaded_openblas()
+    if core is None:
+        return {"blas": f"not OpenBLAS ({path or 'no BLAS library found in the process'})", "kernels": None,
+                "choice": "unknown"}
+    hook = os.environ.get("AQ_BLAS_TEST_CORENAME")
+    corrected = os.environ.get("AQ_BLAS_CORRECTED")
+    user = os.environ.get("OPENBLAS_CORETYPE")
+    if corrected and user:
+        choice, why = "corrected", "corrected: " + corrected
+    elif user:
+        choice, why = "user", f"OPENBLAS_CORETYPE={user} set by the user"
+    else:
+        if hook:
+            core = hook
+        _, reason = decide_coretype(core, config, None, cpu_features())
+        choice, why = ("not corrected", "NOT corrected: " + reason) if reason else ("openblas", "OpenBLAS's own choice")
+    version = " ".join(config.split()[:2])
+    return {"blas": f"{version} kernels {core} ({why})", "kernels": core, "choice": choice, "library": path}
+
+
+# Run by the driver under the workers' interpreter before the torch worker: which OpenBLAS core does torch get?
+_BLAS_PROBE = r"""
+import json, sys
+sys.path.insert(0, %r)
+import bench_vs_pytorch as b
+import torch
+core, config, path = b.loaded_openblas()
+print(json.dumps({"corename": core, "config": config, "library": path}))
+""" % SCRIPT_DIR
+
+
+def torch_blas_env(timeout=120):
+    """Environment for the torch worker: OPENBLAS_CORETYPE set when torch's OpenBLAS falls back (see the top)."""
+    env = dict(os.environ)
+    if env.get("OPENBLAS_CORETYPE") or env.get("AQ_BLAS_CORRECTED"):
+        return env  # the user's choice, or already corrected
+    try:
+        proc = subprocess.run([sys.executable, "-c", _BLAS_PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=timeout)
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
+        print("[torch blas] probe failed; torch runs with OpenBLAS's own choice", flush=True)
+        return env
+    core = env.get("AQ_BLAS_TEST_CORENAME") or info.get("corename")
+    coretype, reason = decide_coretype(core, info.get("config"), None, cpu_features())
+    if coretype:
+        print(f"[torch blas] {reason}: the torch worker runs with OPENBLAS_CORETYPE={coretype}", flush=True)
+        env["OPENBLAS_CORETYPE"] = coretype
+        env["AQ_BLAS_CORRECTED"] = reason
+    return env
+
+
 def torch_worker(name, batch, threads, steps, warmup):
     """CPU: eager float32 training steps (the original comparison)."""
     import torch
@@ -153,6 +275,7 @@ def torch_worker(name, batch, threads, steps, warmup):
         "warmup": warmup,
         "last_loss": loss,
         "torch_version": torch.__version__,
+        **{"blas" if k == "blas" else "blas_" + k: v for k, v in torch_blas_info().items()},
     }), flush=True)
 
 
@@ -290,7 +413,7 @@ class RunFailed(Exception):
     """A benchmark process failed; the message says why."""
 
 
-def run_json(cmd, label, keys=("tokens_per_s", "peak_rss_mb"), timeout=None):
+def run_json(cmd, label, keys=("tokens_per_s", "peak_rss_mb"), timeout=None, env=None):
     """Run `cmd`, echo its output, and parse its last stdout line as JSON.
 
     Raises RunFailed with the reason (exit status and stderr tail, a worker's
@@ -298,7 +421,7 @@ def run_json(cmd, label, keys=("tokens_per_s", "peak_rss_mb"), timeout=None):
     print(f"[{label}] $ {' '.join(cmd)}", flush=True)
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, timeout=timeout)
+                              universal_newlines=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise RunFailed(f"{label} did not finish within {timeout} s (raise --timeout)") from None
     except OSError as e:
@@ -353,6 +476,7 @@ def main_cpu(args, names):
               "--warmup", str(args.warmup)]
     batch_flag = ["--batch", str(args.batch)] if args.batch else []
     results = []
+    torch_env = torch_blas_env()
     try:
         for name in names:
             aq = None
@@ -360,7 +484,7 @@ def main_cpu(args, names):
                 aq = run_json([args.bench, "--config", name] + common + batch_flag, f"aq {name}",
                               timeout=args.timeout)
             pt = run_json([sys.executable, os.path.abspath(__file__), "--torch-worker", name]
-                          + common + batch_flag, f"torch {name}", timeout=args.timeout)
+                          + common + batch_flag, f"torch {name}", timeout=args.timeout, env=torch_env)
             speed = aq["tokens_per_s"] / pt["tokens_per_s"] if aq else None
             memory = aq["peak_rss_mb"] / pt["peak_rss_mb"] if aq else None
             results.append({"config": name, "aq": aq, "torch": pt, "speed_ratio": speed,
@@ -380,6 +504,15 @@ def main_cpu(args, names):
               f"{pt['tokens_per_s']:11.0f} | {fmt(r['speed_ratio'], 16, 2, 'x')} | "
               f"{fmt(aq.get('peak_rss_mb'), 11, 1)} | {pt['peak_rss_mb']:14.1f} | "
               f"{fmt(r['memory_ratio'], 17, 2, 'x')}")
+    print()
+    print("BLAS kernels:")
+    for r in results:
+        aq, pt = r["aq"] or {}, r["torch"]
+        print(f"  {r['config']:<12} aq:    {aq.get('blas', '-')}")
+        print(f"  {r['config']:<12} torch: {pt.get('blas', '-')}")
+        if aq.get("cpu_mfu") is not None:
+            print(f"  {r['config']:<12} aq CPU MFU vs sgemm ceiling {100 * aq['cpu_mfu']:.1f}% "
+                  f"(ceiling {aq['sgemm_ceiling_gflops']:.1f} GFLOP/s on the step's GEMM shapes)")
     print()
     print("targets:")
     for r in results:

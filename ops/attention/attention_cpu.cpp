@@ -1,15 +1,23 @@
-// attention_cpu.cpp — CPU causal attention: one (batch, head) pair per task, so every gradient slice has one
-// owner (no atomics, deterministic). Each task transposes its head's k and v to (hs, T) so the loops over key
-// positions are contiguous and vectorise; scores live in a per-thread row buffer of T values.
+// attention_cpu.cpp — CPU causal attention on BLAS: one (batch, head) pair per OpenMP task, so every gradient
+// slice has one owner (no atomics, deterministic), and inside a task the products run as small GEMMs over
+// blocks of kQBlock queries against the keys they can see (0 … end of the block): QKᵀ, PV and, backward, dOVᵀ,
+// dS·K, dSᵀQ, Pᵀ·dO. The blocks keep the causal skip (about half the square is never computed) while the
+// GEMMs run at several times the speed of the scalar loops they replace (GPT-2 124M, T=256: 29 → ~100 GFLOP/s
+// per step's attention). OpenBLAS (OpenMP build) runs single-threaded inside a parallel region, so each task's
+// GEMMs are its own; q, k and v are read in place from the packed qkv rows (leading dimension 3C).
+// Scores live in a per-thread (kQBlock, T) buffer; masked entries are exact zeros in P and dS.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "ops/attention/attention.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/vmath.h"
 
 namespace aq::ops {
 namespace {
+
+constexpr int kQBlock = 64;  // queries per block: GEMMs big enough for the BLAS kernels, waste on the diagonal small
 
 // Per-thread scratch, grown once and reused every step.
 template <typename T>
@@ -19,24 +27,22 @@ T* scratch(size_t n) {
   return buf.data();
 }
 
-// Copies one head's k or v (T rows of hs values, row stride 3C) into a (hs, T) transposed block, so that the
-// loops over key positions t2 run over contiguous memory and vectorise without horizontal sums.
+// Row r of a block (query t = t0 + r) sees keys 0 … t: the first t + 1 of the n = t1 columns.
+// In place: s ← exp(s − m) with m the row max (forward), masked columns ← 0; returns the row sum and max.
 template <typename T>
-void transpose_head(T* dst, const T* src, int T_, int hs, int64_t stride) {
-  for (int t = 0; t < T_; ++t)
-    for (int i = 0; i < hs; ++i) dst[static_cast<int64_t>(i) * T_ + t] = src[t * stride + i];
-}
-
-// s[0..n) = scale · Σ_i q[i] · kt[i][0..n)
-template <typename T>
-inline void scores(T* __restrict s, const T* q, const T* __restrict kt, int n, int hs, int T_, T scale) {
-  std::fill(s, s + n, T(0));
-  for (int i = 0; i < hs; ++i) {
-    const T qi = q[i] * scale;
-    const T* __restrict k = kt + static_cast<int64_t>(i) * T_;
+inline void softmax_row(T* s, int visible, int n, T* row_max, T* row_sum) {
+  T mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+  for (int j = 0; j < visible; ++j) mx = std::max(mx, s[j]);
 #pragma omp simd
-    for (int t2 = 0; t2 < n; ++t2) s[t2] += qi * k[t2];
-  }
+  for (int j = 0; j < visible; ++j) s[j] -= mx;
+  cpu::exp_inplace(s, visible);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < visible; ++j) sum += s[j];
+  std::fill(s + visible, s + n, T(0));
+  *row_max = mx;
+  *row_sum = sum;
 }
 
 template <typename T>
@@ -47,34 +53,27 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int T_, int C, int N
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h) {
-      T* s = scratch<T>(static_cast<size_t>(T_) * (2 * hs + 1));
-      T* kt = s + T_;
-      T* vt = kt + static_cast<int64_t>(hs) * T_;
-      const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
-      transpose_head(kt, base + C, T_, hs, C3);
-      transpose_head(vt, base + 2 * C, T_, hs, C3);
-      for (int t = 0; t < T_; ++t) {
-        const int n = t + 1;  // causal: keys 0..t
-        scores(s, base + t * C3, kt, n, hs, T_, scale);
-        T mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (int t2 = 0; t2 < n; ++t2) mx = std::max(mx, s[t2]);
+      T* s = scratch<T>(static_cast<size_t>(kQBlock) * T_);  // (kQBlock, T) scores → probabilities
+      const T* q = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
+      const T* k = q + C;
+      const T* v = q + 2 * C;
+      T* o = out + static_cast<int64_t>(b) * T_ * C + h * hs;
+      T* l = lse + (static_cast<int64_t>(b) * NH + h) * T_;
+      for (int t0 = 0; t0 < T_; t0 += kQBlock) {
+        const int rows = std::min(kQBlock, T_ - t0), n = t0 + rows;  // keys 0 … n−1 are visible to the block
+        // s (rows, n) = scale · q[t0:t0+rows] (rows, hs) · k[0:n]ᵀ (hs, n)
+        cpu::gemm(false, true, rows, n, hs, scale, q + t0 * C3, C3, k, C3, T(0), s, T_);
+        for (int r = 0; r < rows; ++r) {
+          T mx, sum;
+          T* sr = s + static_cast<int64_t>(r) * T_;
+          softmax_row(sr, t0 + r + 1, n, &mx, &sum);
+          const T inv = T(1) / sum;
 #pragma omp simd
-        for (int t2 = 0; t2 < n; ++t2) s[t2] -= mx;
-        cpu::exp_inplace(s, n);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int t2 = 0; t2 < n; ++t2) sum += s[t2];
-        const T inv = T(1) / sum;
-        T* o = out + (static_cast<int64_t>(b) * T_ + t) * C + h * hs;
-        for (int i = 0; i < hs; ++i) {
-          const T* __restrict v = vt + static_cast<int64_t>(i) * T_;
-          T acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int t2 = 0; t2 < n; ++t2) acc += s[t2] * v[t2];
-          o[i] = acc * inv;
+          for (int j = 0; j < n; ++j) sr[j] *= inv;
+          l[t0 + r] = mx + std::log(sum);
         }
-        lse[(static_cast<int64_t>(b) * NH + h) * T_ + t] = mx + std::log(sum);
+        // out[t0:t0+rows] (rows, hs) = p (rows, n) · v[0:n] (n, hs)
+        cpu::gemm(false, false, rows, hs, n, T(1), s, T_, v, C3, T(0), o + t0 * static_cast<int64_t>(C), C);
       }
     }
 }
@@ -88,61 +87,54 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h) {
-      const int64_t block = static_cast<int64_t>(hs) * T_;
-      T* p = scratch<T>(static_cast<size_t>(2 * T_ + 4 * block));
-      T* ds = p + T_;
-      T* kt = ds + T_;
-      T* vt = kt + block;
-      T* dkt = vt + block;  // d(k) and d(v) accumulate transposed, (hs, T), and are written back at the end
-      T* dvt = dkt + block;
-      const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
-      transpose_head(kt, base + C, T_, hs, C3);
-      transpose_head(vt, base + 2 * C, T_, hs, C3);
-      std::fill(dkt, dkt + 2 * block, T(0));
-      for (int t = 0; t < T_; ++t) {
-        const int n = t + 1;
-        const T* q = base + t * C3;
-        const int64_t row = (static_cast<int64_t>(b) * T_ + t) * C + h * hs;
-        const T* dO = dout + row;
-        T D = 0;  // Σ_t2 p·dp = dO·O
-        for (int i = 0; i < hs; ++i) D += dO[i] * out[row + i];
-        const T l = lse[(static_cast<int64_t>(b) * NH + h) * T_ + t];
-        scores(p, q, kt, n, hs, T_, scale);
-#pragma omp simd
-        for (int t2 = 0; t2 < n; ++t2) p[t2] -= l;
-        cpu::exp_inplace(p, n);
-        // dp = dO·v_t2, then ds = p·(dp − D)·scale
-        std::fill(ds, ds + n, T(0));
-        for (int i = 0; i < hs; ++i) {
-          const T di = dO[i];
-          const T* __restrict v = vt + static_cast<int64_t>(i) * T_;
-#pragma omp simd
-          for (int t2 = 0; t2 < n; ++t2) ds[t2] += di * v[t2];
-        }
-#pragma omp simd
-        for (int t2 = 0; t2 < n; ++t2) ds[t2] = p[t2] * (ds[t2] - D) * scale;
-        T* dq = dqkv + static_cast<int64_t>(b) * T_ * C3 + t * C3 + h * hs;
-        for (int i = 0; i < hs; ++i) {
-          const T* __restrict k = kt + static_cast<int64_t>(i) * T_;
-          T* __restrict dk = dkt + static_cast<int64_t>(i) * T_;
-          T* __restrict dv = dvt + static_cast<int64_t>(i) * T_;
-          const T qi = q[i], di = dO[i];
-          T acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int t2 = 0; t2 < n; ++t2) {
-            acc += ds[t2] * k[t2];
-            dk[t2] += ds[t2] * qi;
-            dv[t2] += p[t2] * di;
-          }
-          dq[i] = acc;
-        }
+      T* p = scratch<T>(2 * static_cast<size_t>(kQBlock) * T_);  // (kQBlock, T) probabilities
+      T* ds = p + static_cast<int64_t>(kQBlock) * T_;            // (kQBlock, T) d(scores)
+      const int64_t qoff = static_cast<int64_t>(b) * T_ * C3 + h * hs;
+      const T* q = qkv + qoff;
+      const T* k = q + C;
+      const T* v = q + 2 * C;
+      T* dq = dqkv + qoff;
+      T* dk = dq + C;
+      T* dv = dq + 2 * C;
+      const int64_t ooff = static_cast<int64_t>(b) * T_ * C + h * hs;
+      const T* o = out + ooff;
+      const T* dO = dout + ooff;
+      const T* l = lse + (static_cast<int64_t>(b) * NH + h) * T_;
+      for (int t = 0; t < T_; ++t) {  // d(k), d(v) accumulate over the query blocks below
+        std::fill(dk + t * C3, dk + t * C3 + hs, T(0));
+        std::fill(dv + t * C3, dv + t * C3 + hs, T(0));
       }
-      T* dbase = dqkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
-      for (int t = 0; t < T_; ++t)
-        for (int i = 0; i < hs; ++i) {
-          dbase[t * C3 + C + i] = dkt[static_cast<int64_t>(i) * T_ + t];
-          dbase[t * C3 + 2 * C + i] = dvt[static_cast<int64_t>(i) * T_ + t];
+      for (int t0 = 0; t0 < T_; t0 += kQBlock) {
+        const int rows = std::min(kQBlock, T_ - t0), n = t0 + rows;
+        const T* qb = q + t0 * C3;
+        const T* dOb = dO + t0 * static_cast<int64_t>(C);
+        // p = exp(scale · q kᵀ − lse), recomputed (forward kept only lse); dp = dO vᵀ
+        cpu::gemm(false, true, rows, n, hs, scale, qb, C3, k, C3, T(0), p, T_);
+        cpu::gemm(false, true, rows, n, hs, T(1), dOb, C, v, C3, T(0), ds, T_);
+        for (int r = 0; r < rows; ++r) {
+          const int t = t0 + r, visible = t + 1;
+          T* pr = p + static_cast<int64_t>(r) * T_;
+          T* dsr = ds + static_cast<int64_t>(r) * T_;
+          const T* dOr = dO + static_cast<int64_t>(t) * C;
+          const T* orow = o + static_cast<int64_t>(t) * C;
+          T D = 0;  // Σ_j p·dp = dO·O
+          for (int i = 0; i < hs; ++i) D += dOr[i] * orow[i];
+          const T lt = l[t];
+#pragma omp simd
+          for (int j = 0; j < visible; ++j) pr[j] -= lt;
+          cpu::exp_inplace(pr, visible);
+          // ds = p·(dp − D)·scale
+#pragma omp simd
+          for (int j = 0; j < visible; ++j) dsr[j] = pr[j] * (dsr[j] - D) * scale;
+          std::fill(pr + visible, pr + n, T(0));
+          std::fill(dsr + visible, dsr + n, T(0));
         }
+        // dq[t0:] (rows, hs) = ds (rows, n) · k[0:n] (n, hs)
+        cpu::gemm(false, false, rows, hs, n, T(1), ds, T_, k, C3, T(0), dq + t0 * C3, C3);
+        // dk[0:n] (n, hs) += dsᵀ (n, rows) · q[t0:] (rows, hs);  dv[0:n] += pᵀ (n, rows) · dO[t0:] (rows, hs)
+        cpu::gemm(true, false, n, hs, rows, T(1), ds, T_, qb, C3, T(1), dk, C3);
+        cpu::gemm(true, false, n, hs, rows, T(1), p, T_, dOb, C, T(1), dv, C3);
+      }
     }
 }
 

@@ -4,6 +4,7 @@
 #include "ops/cpu/blas.h"
 #include "ops/gelu/gelu.h"
 #include "ops/matmul/matmul.h"
+#include "runtime/op_profile.h"
 
 namespace aq::ops {
 
@@ -43,7 +44,7 @@ template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int64_t N, int IC,
                      int OC) {
   cpu::gemm(true, false, IC, OC, N, T(1), inp, IC, dout, OC, T(1), dweight, OC);
-  if (dbias) column_sums_accumulate(dbias, dout, N, OC);
+  if (dbias) profiled("bwd bias grads", [&] { column_sums_accumulate(dbias, dout, N, OC); });
   if (dinp) cpu::gemm(false, true, N, IC, OC, T(1), dout, OC, weight, OC, T(0), dinp, IC);  // may alias inp
 }
 
@@ -51,14 +52,14 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 template <typename T>
 void matmul_gelu_forward(T* out, T* pre, const T* inp, const T* weight, const T* bias, int64_t N, int IC, int OC) {
   matmul_forward(pre, inp, weight, bias, N, IC, OC);
-  gelu_forward_cpu(out, pre, N * OC);
+  profiled("fwd gelu", [&] { gelu_forward_cpu(out, pre, N * OC); });
 }
 
 template <typename T>
 void matmul_backward_dgelu(T* dpre, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                            const T* pre, int64_t N, int IC, int OC) {
   matmul_backward(dpre, dweight, dbias, dout, inp, weight, N, IC, OC);
-  gelu_backward_cpu(dpre, pre, dpre, N * IC);
+  profiled("bwd gelu", [&] { gelu_backward_cpu(dpre, pre, dpre, N * IC); });
 }
 
 template <typename T>

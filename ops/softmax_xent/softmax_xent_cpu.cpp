@@ -7,6 +7,7 @@
 #include "ops/cpu/blas.h"
 #include "ops/cpu/vmath.h"
 #include "ops/softmax_xent/softmax_xent.h"
+#include "runtime/op_profile.h"
 
 namespace aq::ops {
 namespace {
@@ -45,10 +46,13 @@ void classifier(T* losses, T* dx, T* dwte, void* scratch_bytes, const T* x, cons
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       // logits (rows,V) = x[r0:r0+rows] (rows,C) · wteᵀ (C,V)
-      cpu::gemm(false, true, rows, V, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, V);
-      softmax_xent(losses + r0, scratch, targets + r0, rows, V, dscale, backward ? 1 : 0);
+      profiled("fwd gemm lm_head",
+               [&] { cpu::gemm(false, true, rows, V, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, V); });
+      profiled("softmax-xent",
+               [&] { softmax_xent(losses + r0, scratch, targets + r0, rows, V, dscale, backward ? 1 : 0); });
       if (!backward) continue;
       // dx (rows,C) = dlogits (rows,V) · wte (V,C);  dwte (V,C) += dlogitsᵀ (V,rows) · x (rows,C)
+      ProfileScope prof("bwd gemm lm_head");
       cpu::gemm(false, false, rows, C, V, T(1), scratch, V, wte, C, T(0), dx + r0 * C, C);
       cpu::gemm(true, false, V, C, rows, T(1), scratch, V, x + r0 * C, C, T(1), dwte, C);
     }
@@ -62,7 +66,9 @@ void classifier(T* losses, T* dx, T* dwte, void* scratch_bytes, const T* x, cons
     const int64_t rows = std::min(chunk, N - r0);
     T* mx = stats.data();
     T* sum_tgt = mx + chunk;  // [sum(rows) | target(rows)]
-    cpu::gemm(false, true, rows, Vl, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, Vl);
+    profiled("fwd gemm lm_head",
+             [&] { cpu::gemm(false, true, rows, Vl, C, T(1), x + r0 * C, C, wte, C, T(0), scratch, Vl); });
+    ProfileScope prof("softmax-xent");  // its all-reduces (the hook) are timed by the model as communication
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < rows; ++i) {
       const T* row = scratch + i * Vl;
@@ -99,6 +105,7 @@ void classifier(T* losses, T* dx, T* dwte, void* scratch_bytes, const T* x, cons
       if (t >= 0 && t < valid) row[t] -= dscale;
     }
     if (!backward) continue;
+    ProfileScope prof_bwd("bwd gemm lm_head");
     cpu::gemm(false, false, rows, C, Vl, T(1), scratch, Vl, wte, C, T(0), dx + r0 * C, C);  // partial over ranks
     cpu::gemm(true, false, Vl, C, rows, T(1), scratch, Vl, x + r0 * C, C, T(1), dwte, C);
   }

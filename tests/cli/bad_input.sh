@@ -185,6 +185,8 @@ expect_fail bench_unknown_config 'unknown --config nope \(choose ' 1 -- "$BIN/aq
 expect_fail bench_dtype_unknown '--dtype must be fp32, bf16 or auto \(got fp16\)' 1 -- \
   "$BIN/aq-bench" --config tiny --steps 1 --threads 1 --dtype fp16
 expect_fail bench_peak_negative '--peak-tflops must be >= 0' 1 -- "$BIN/aq-bench" --config tiny --peak-tflops -1
+expect_fail bench_profile_on_gpu '--profile times CPU kernels' 1 -- \
+  "$BIN/aq-bench" --config tiny --steps 1 --threads 1 --profile --device cuda
 expect_fail dtype_unknown '--dtype must be fp32, bf16 or auto \(got fp16\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --dtype fp16 "${SAVE[@]}"
 expect_fail dtype_bf16_on_cpu '--dtype bf16 runs on a GPU \(--device cuda\)' 1 -- \

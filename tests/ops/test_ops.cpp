@@ -303,6 +303,31 @@ TEST(Attention, BackwardMatchesFiniteDifferences) {
   expect_gradient(qkv, dqkv, loss, "attention qkv", 1e-6, 1000);
 }
 
+// The CPU kernels work in blocks of 64 queries (GEMMs against the keys each block sees): a sequence that crosses
+// two block boundaries at an odd length, forward against the naive softmax, backward against finite differences
+// (a sample of elements), and the float kernels against the double ones. Outputs are NaN-poisoned first.
+TEST(Attention, QueryBlocksMatchNaiveAtLongOddSequences) {
+  const int B = 2, T = 150, C = 12, NH = 2;
+  auto fwd = kernel<ops::Attention<double>::Forward>("attention_forward", DType::F64);
+  auto bwd = kernel<ops::Attention<double>::Backward>("attention_backward", DType::F64);
+  V qkv = randn<double>(B * T * 3 * C, 34), proj = randn<double>(B * T * C, 35);
+  V out(B * T * C, NAN), lse(B * NH * T, NAN), dqkv(qkv.size(), NAN);
+  fwd(out.data(), lse.data(), qkv.data(), B, T, C, NH);
+  EXPECT_LT(rel_err(out, ref_attention(qkv, B, T, C, NH)), 1e-12);
+  bwd(dqkv.data(), proj.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH);
+  auto loss = [&] { return project(ref_attention(qkv, B, T, C, NH), proj); };
+  expect_gradient(qkv, dqkv, loss, "attention qkv (T=150)", 1e-6, 200);
+
+  auto qf = cast<float>(qkv), pf = cast<float>(proj);
+  std::vector<float> outf(out.size(), NAN), lsef(lse.size(), NAN), dqkvf(qkv.size(), NAN);
+  kernel<ops::Attention<float>::Forward>("attention_forward", DType::F32)(outf.data(), lsef.data(), qf.data(), B, T, C,
+                                                                          NH);
+  EXPECT_LT(rel_err(outf, out), 1e-5);
+  kernel<ops::Attention<float>::Backward>("attention_backward", DType::F32)(dqkvf.data(), pf.data(), qf.data(),
+                                                                            outf.data(), lsef.data(), B, T, C, NH);
+  EXPECT_LT(rel_err(dqkvf, dqkv), 1e-4);
+}
+
 // ---- gelu -------------------------------------------------------------------------------------------------
 
 TEST(Gelu, ForwardMatchesClosedFormAndBackwardMatchesFiniteDifferences) {
