@@ -12,6 +12,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -413,10 +414,18 @@ void Job<T>::setup() {
 template <typename T>
 void Job<T>::build() {
   ctx_.enable_device_groups(device_, gpus_on_node_);  // first: collective, and nothing before it can fail
+  DpGroups outer_groups;
+  if (diloco()) outer_groups = ctx_.outer_dp_groups();  // collective too
   std::unique_ptr<SafeTensorsReader> weights = std::move(weights_);
   if (device_ != Device::CPU && ctx_.world_size() > 1) log_info("device collectives: ", ctx_.device_dp_group().describe());
   TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.device_tp_group(), &ctx_.tp_group()};
-  model_ = std::make_unique<GPT2<T>>(mc_, cfg_.batch, cfg_.seq, tp, cfg_.zero ? 16 * idp() : 1, device_);
+  // ZeRO-1 pads the buffer to split it evenly over the optimizer's DP group. With DiLoCo every centre pads to
+  // the same length (a multiple of every centre's DP size, ZeRO-1 or not: a centre of one rank runs without
+  // it), since the outer exchange spans centres.
+  int pad = cfg_.zero ? 16 * idp() : 1;
+  if (diloco())
+    for (int g : ctx_.topology().centre_dp) pad = std::lcm(pad, 16 * g);
+  model_ = std::make_unique<GPT2<T>>(mc_, cfg_.batch, cfg_.seq, tp, pad, device_);
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
@@ -429,7 +438,7 @@ void Job<T>::build() {
     inner.device = device_;
     dp_algo_ = make_dp_algorithm(inner, ctx_.intra_dp_groups());
     // The outer exchange may run behind the inner steps (--outer-overlap), so it gets its own communicators.
-    outer_algo_ = make_dp_algorithm(dp_opts_, ctx_.outer_dp_groups());
+    outer_algo_ = make_dp_algorithm(dp_opts_, outer_groups);
   } else {
     dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
   }
@@ -442,23 +451,26 @@ void Job<T>::build() {
     theta_global_.assign(p, p + model_->buffer_size());
     outer_mom_.assign(theta_global_.size(), 0.0f);
     // Fragments: consecutive tensors in buffer order (embeddings, blocks, final norm), cut at the first tensor
-    // boundary past each 1/F of the buffer.
+    // boundary past each 1/F of the model. The cuts are decided on the whole tensors' sizes, so every TP layout
+    // (and a resume under another one) has the same fragments.
     const auto& info = model_->params_info();
     AQ_CHECK(cfg_.outer_fragments <= static_cast<int>(info.size()), "--outer-fragments ", cfg_.outer_fragments,
              " exceeds the model's ", info.size(), " tensors; use at most that many");
-    const int64_t n = model_->buffer_size();
-    int64_t begin = 0;
+    int64_t whole = 0;
+    for (const ParamInfo& p : info) whole += shape_numel(p.full_shape);
+    int64_t begin = 0, upto = 0;
     for (size_t k = 1; k <= info.size(); ++k) {
-      const int64_t end = k < info.size() ? info[k].offset : n;
+      upto += shape_numel(info[k - 1].full_shape);
+      const int64_t end = k < info.size() ? info[k].offset : model_->buffer_size();
       const int f = static_cast<int>(fragments_.size());
       const int left = cfg_.outer_fragments - f;  // fragments still to cut, this one included
       const bool must = static_cast<int>(info.size() - k) < left;  // one tensor per remaining fragment at least
-      if (left > 1 && (end * cfg_.outer_fragments >= (f + 1) * n || must)) {
+      if (left > 1 && (upto * cfg_.outer_fragments >= (f + 1) * whole || must)) {
         fragments_.emplace_back(begin, end);
         begin = end;
       }
     }
-    fragments_.emplace_back(begin, n);
+    fragments_.emplace_back(begin, model_->buffer_size());
   }
   if (!cfg_.resume.empty()) load_state(*weights);
   start_step_ = opt_.step;
@@ -489,7 +501,8 @@ void Job<T>::build() {
         per_centre.push_back(static_cast<int>(k));
       }
       AQ_CHECK(static_cast<int>(per_centre.size()) == topo.centres(), "--balance ", cfg_.balance, " gives ",
-               per_centre.size(), " centre(s) micro-batches but the job has ", topo.describe());
+               per_centre.size(), " centre(s) micro-batches but the job has ", topo.describe(),
+               "; give one number per centre, in that order");
       for (int d = 0; d < ctx_.dp(); ++d) micro[d] = per_centre[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
     }
     apply_split(std::move(micro));
@@ -548,12 +561,13 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
     fail(str(sp, ": rng_state in the metadata is missing or malformed"));
   }
   // The saved work split first: the data position is one of its global steps.
-  if (sm.count("balance_micro")) {
+  // --balance auto keeps the split it measured; a fixed list or off follows the flags.
+  if (sm.count("balance_micro") && cfg_.balance == "auto") {
     auto micro = nlohmann::json::parse(sm.at("balance_micro")).get<std::vector<int>>();
     if (static_cast<int>(micro.size()) == ctx_.dp()) {
       apply_split(std::move(micro));
       balanced_ = true;
-    } else if (cfg_.balance != "off") {
+    } else {
       log_info("resume: the saved work split is for ", micro.size(), " DP ranks, this run has ", ctx_.dp(),
                "; it is measured again");
     }
@@ -626,7 +640,9 @@ void Job<T>::save(const std::string& path) {
       state_meta["data_position"] = std::to_string(pos.position);
       state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
       state_meta["train_options"] = dump_json(options);
-      if (cfg_.balance != "off") state_meta["balance_micro"] = dump_json(nlohmann::json(micro_));
+      // The work split, once it is final (a fixed list, or measured by auto).
+      if (cfg_.balance != "off" && (cfg_.balance != "auto" || balanced_))
+        state_meta["balance_micro"] = dump_json(nlohmann::json(micro_));
       if (ef) state_meta["ef_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
       if (diloco()) {
         state_meta["diloco_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
@@ -747,7 +763,6 @@ void Job<T>::outer_steps(int64_t t, StepRecord& r) {
   const double ms = c.ms();
   r.comm_ms += ms;
   r.exposed_comm_ms += ms;
-  r.outer_exposed_ms = ms;
 }
 
 template <typename T>
@@ -821,6 +836,31 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
   }
 }
 
+}  // namespace
+
+std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M) {
+  // Floors of the ideal shares (at least one each), then the largest remainders get the rest; when the "at least
+  // one" rule gave out too many, they are taken back from the ranks furthest above their share.
+  const size_t n = ideal.size();
+  AQ_ASSERT(n >= 1 && M >= static_cast<int64_t>(n), "dealing ", M, " micro-batches to ", n, " ranks");
+  std::vector<int> k(n);
+  int64_t given = 0;
+  for (size_t d = 0; d < n; ++d) given += k[d] = std::max(1, static_cast<int>(ideal[d]));
+  while (given != M) {
+    size_t best = n;
+    for (size_t d = 0; d < n; ++d) {
+      if (given > M && k[d] <= 1) continue;
+      const double gap = given < M ? ideal[d] - k[d] : k[d] - ideal[d];  // most below / most above its share
+      if (best == n || gap > (given < M ? ideal[best] - k[best] : k[best] - ideal[best])) best = d;
+    }
+    k[best] += given < M ? 1 : -1;
+    given += given < M ? 1 : -1;
+  }
+  return k;
+}
+
+namespace {
+
 template <typename T>
 void Job<T>::apply_split(std::vector<int> micro) {
   // DP rank d reads its K_d·B sequences right after those of ranks < d: the global step is what one process
@@ -853,24 +893,22 @@ void Job<T>::balance_now() {
     t[static_cast<size_t>(C + ctx_.centre())] = 1.0;
   }
   ctx_.world().all_reduce(t.data(), 2 * C, DType::F64, {"balance: times per centre"})->wait();
+  // Test hook: AQ_BALANCE_TEST_MS="a,b,…" replaces the measured time per micro-batch of each centre (tests need
+  // an uneven, reproducible split on one machine). Unset in normal runs.
+  if (const char* fake = std::getenv("AQ_BALANCE_TEST_MS")) {
+    std::stringstream ss(fake);
+    int c = 0;
+    for (std::string tok; std::getline(ss, tok, ',') && c < C; ++c) t[c] = std::stod(tok) * t[C + c] * cfg_.balance_steps;
+  }
   std::vector<double> speed(static_cast<size_t>(C));
   for (int c = 0; c < C; ++c) speed[c] = t[C + c] / std::max(t[c], 1e-9);  // micro-batches per ms
   const int dp = ctx_.dp();
   double total = 0;
   for (int d = 0; d < dp; ++d) total += speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
-  std::vector<int> micro(static_cast<size_t>(dp));
-  std::vector<std::pair<double, int>> rest;
-  int64_t given = 0;
-  for (int d = 0; d < dp; ++d) {
-    const double ideal = static_cast<double>(M_) * speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])] / total;
-    micro[d] = std::max(1, static_cast<int>(ideal));
-    given += micro[d];
-    rest.emplace_back(ideal - micro[d], d);
-  }
-  std::sort(rest.begin(), rest.end(), [](auto& a, auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
-  for (size_t k = 0; given < M_; k = (k + 1) % rest.size(), ++given) ++micro[rest[k].second];
-  for (size_t k = rest.size(); given > M_;)  // the "at least one" rule took too many: give back from the largest
-    if (k-- > 0 && micro[rest[k].second] > 1) --micro[rest[k].second], --given;
+  std::vector<double> ideal(static_cast<size_t>(dp));
+  for (int d = 0; d < dp; ++d)
+    ideal[d] = static_cast<double>(M_) * speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])] / total;
+  std::vector<int> micro = deal_micro_batches(ideal, M_);
   std::string line = "balance: micro-batches per rank by centre speed:";
   for (int c = 0; c < C; ++c)
     for (int d = 0; d < dp; ++d)
@@ -931,7 +969,9 @@ StepRecord Job<T>::step(int64_t s) {
     loss += model_->forward_backward(inputs_.data() + k * micro, targets_.data() + k * micro, cfg_.batch, cfg_.seq,
                                      k > 0);
   }
-  const int64_t first_timed = start_step_ + 1;  // --balance auto: after one warm-up step
+  // --balance auto times steps 2 .. 1 + balance_steps of the run (after a warm-up step), counted from the run's
+  // start even across a resume, so a run split by a save switches to the measured split at the same step.
+  const int64_t first_timed = 1;
   if (cfg_.balance == "auto" && s >= first_timed && s < first_timed + cfg_.balance_steps)
     micro_ms_ += compute.ms() / K;
   if (diloco()) outer_poll();  // exchanges running behind the inner steps make progress
@@ -953,9 +993,13 @@ StepRecord Job<T>::step(int64_t s) {
   // centres).
   if (idp() > 1) idp_group().all_reduce(&loss, 1, DType::F64, {"loss"})->wait();
   loss /= static_cast<double>(M_);
-  if (!std::isfinite(loss))  // the loss is all-reduced, so every rank stops here together
-    throw AgreedError(str("loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for this ",
-                          "step); lower --lr or keep --grad-clip on"));
+  if (!std::isfinite(loss)) {  // the loss is all-reduced, so every rank of the group stops here together
+    const std::string msg = str("loss is ", loss, " at step ", s + 1, ": training stopped (no checkpoint written for ",
+                                "this step); lower --lr or keep --grad-clip on");
+    // With DiLoCo only this centre knows: an unagreed error makes its ranks end the job for everyone.
+    if (diloco() && ctx_.topology().centres() > 1) fail(msg);
+    throw AgreedError(msg);
+  }
   // The reductions above sum over the DP ranks; the mean is taken here, once, instead of in another pass over
   // the gradients: the norm is divided by dp and the division is folded into AdamW's gradient scale.
   const double dp_scale = 1.0 / static_cast<double>(M_);
@@ -969,7 +1013,11 @@ StepRecord Job<T>::step(int64_t s) {
       for (int64_t i = 0; i < shape_numel(p.shape) && where[0] == '('; ++i)
         if (!std::isfinite(g[i])) where = str(p.name, " (element ", i, " of this rank's shard = ", g[i], ")");
     }
-    throw AgreedError(str("gradient norm is ", norm, " at step ", s + 1, "; first non-finite gradient on rank ",
+    const auto raise = [&](const std::string& m) {
+      if (diloco() && ctx_.topology().centres() > 1) fail(m);  // only this centre knows (see the loss above)
+      throw AgreedError(m);
+    };
+    raise(str("gradient norm is ", norm, " at step ", s + 1, "; first non-finite gradient on rank ",
                           ctx_.world_rank(), ": ", where, "; lower --lr"));
   }
   // torch.nn.utils.clip_grad_norm_: scale by clip/(norm + 1e-6) when that is below 1.
@@ -1011,6 +1059,9 @@ StepRecord Job<T>::step(int64_t s) {
   r.wan_bytes = wan.bytes;
   r.wan_ms = wan.ms;
   r.tokens_per_s = static_cast<double>(cfg_.batch) * (diloco() ? K * ctx_.dp() : M_) * cfg_.seq / (r.ms / 1000.0);
+  // Restored error-feedback residuals have all been claimed once every position was quantised: one step, or
+  // with DiLoCo one window of H steps.
+  if (s + 1 == start_step_ + (diloco() ? cfg_.outer_steps + cfg_.outer_overlap : 1)) wan_algo().drop_unclaimed_residuals();
   if (cfg_.balance == "auto" && s + 1 == first_timed + cfg_.balance_steps && !balanced_) {
     balance_now();
     balanced_ = true;
@@ -1020,6 +1071,21 @@ StepRecord Job<T>::step(int64_t s) {
 
 template <typename T>
 double Job<T>::evaluate() {
+  // DiLoCo: the model a run delivers is θ_global (the checkpoint's model file), so that is what is evaluated;
+  // the replica comes back afterwards.
+  std::vector<float> replica;
+  if (diloco()) {
+    float* p = model_->params();
+    replica.assign(p, p + model_->buffer_size());
+    std::copy(theta_global_.begin(), theta_global_.end(), p);
+  }
+  struct Restore {
+    std::vector<float>& r;
+    float* p;
+    ~Restore() {
+      if (!r.empty()) std::copy(r.begin(), r.end(), p);
+    }
+  } restore{replica, model_->params()};
   val_data_->reset();
   double sum = 0;
   for (int64_t i = 0; i < cfg_.eval_batches; ++i) {

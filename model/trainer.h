@@ -92,6 +92,10 @@ struct TrainResult {
 // rank calls it. Throws aq::Error on bad input or a non-finite loss — the same message on every rank.
 TrainResult train(const TrainConfig& cfg, ParallelContext& ctx);
 
+// --balance auto: M micro-batches dealt to ranks whose ideal (fractional) shares are given, at least one each,
+// summing to M exactly (largest remainders). Pure, for tests.
+std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M);
+
 // Path of the training-state companion of a model checkpoint.
 std::string state_path_for(const std::string& model_path);
 

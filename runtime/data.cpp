@@ -104,9 +104,9 @@ void DataLoader::skip_to_usable() {
 void DataLoader::set_position(LoaderPosition p) {
   AQ_CHECK(p.shard >= 0 && p.shard < static_cast<int64_t>(shards_.size()) && p.position >= 0 &&
                p.position + global_window() <= static_cast<int64_t>(shards_[p.shard]->num_tokens()),
-           "saved data position (shard ", p.shard, ", token ", p.position,
-           ") does not fit the current data files (", shards_.size(),
-           " shards): resume with the same --data, --batch and --seq as the saved run");
+           "saved data position (shard ", p.shard, ", token ", p.position, ") with a global step of ",
+           global_window(), " tokens does not fit the current data files (", shards_.size(),
+           " shards): resume with the same --data, --batch, --seq, --grad-accum and --balance as the saved run");
   pos_ = p;
 }
 

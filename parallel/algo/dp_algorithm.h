@@ -52,6 +52,9 @@ class DpAlgorithm {
   // Resume: the centre's residual (buffer_size values). Each position is handed to the rank that quantises it,
   // the first time it does (so another layout inside the centre works too).
   virtual void restore_residuals(std::vector<float> centre_residual) { (void)centre_residual; }
+  // Drops what restore_residuals handed over and no rank of this one claimed: call once every position has been
+  // quantised at least once since (one step; H steps with DiLoCo).
+  virtual void drop_unclaimed_residuals() {}
 };
 
 struct DpAlgoOptions {

@@ -131,6 +131,10 @@ class HierAlgorithm final : public DpAlgorithm {
     device_copy(host.data(), Device::CPU, residual_.data(), o_.device, host.size() * sizeof(float));
     return true;
   }
+  void drop_unclaimed_residuals() override {
+    pending_residual_.clear();
+    pending_residual_.shrink_to_fit();
+  }
   void restore_residuals(std::vector<float> centre) override {
     if (!residual_.size()) return;
     AQ_ASSERT(centre.size() == residual_.size(), "residuals of ", centre.size(), " values for a buffer of ",

@@ -225,6 +225,15 @@ TEST(OuterOptimizer, NesterovMatchesTheClosedFormSequence) {
   const float d = (2.0f - 1.0f) + (2.0f - 1.5f);  // two replicas at 1.0 and 1.5
   outer_nesterov_step(&g, &m0, &l, &d, 1, 0.5f, 1.0f, 0.0f);
   EXPECT_FLOAT_EQ(g, 1.25f);
+  // With a mix (overlapped syncs) the replica keeps that share of its own values.
+  float g2 = 2.0f, m2 = 0.0f, l2 = 1.0f;
+  const float d2 = 1.0f;
+  outer_nesterov_step(&g2, &m2, &l2, &d2, 1, 1.0f, 1.0f, 0.0f, 0.25f);
+  EXPECT_FLOAT_EQ(g2, 1.0f);
+  EXPECT_FLOAT_EQ(l2, 0.25f * 1.0f + 0.75f * 1.0f);
+  l2 = 3.0f;
+  outer_nesterov_step(&g2, &m2, &l2, &d2, 1, 1.0f, 1.0f, 0.0f, 0.25f);  // θ_global 1 → 0
+  EXPECT_FLOAT_EQ(l2, 0.25f * 3.0f + 0.75f * 0.0f);
 }
 
 TEST(OuterOptimizer, StreamingScheduleSyncsEveryFragmentOncePerH) {

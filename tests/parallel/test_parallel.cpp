@@ -554,19 +554,30 @@ TEST_F(Layouts, DiLoCoWithOneCentreAndPlainAveragingIsDataParallel) {
 }
 
 TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
-  if (g_ctx->world_size() % 2) return;
-  configure_centres(1, "2", {});
+  // Two centres (equal, or 2 + 1 with three ranks, where ZeRO-1 runs inside the larger centre only), with and
+  // without ZeRO-1.
+  for (int zero : {0, 1}) {
+  const int P = g_ctx->world_size();
+  configure_centres(1, P == 3 ? "auto" : "2", P == 3 ? std::vector<std::string>{"east", "east", "west"}
+                                                     : std::vector<std::string>{});
+  SCOPED_TRACE(str(g_ctx->topology().describe(), " zero=", zero));
   TrainConfig c = config(g_ctx->world_size());
+  c.zero = zero;
   c.outer = "diloco";
   c.outer_steps = 4;
   c.wan_compress = "int8";
   // The run is cut by lowering --steps, which would reshape a cosine schedule after the cut: keep it constant.
   c.schedule.kind = "constant";
+  c.save = str(dir_, "/diloco_whole.safetensors");
   const TrainResult whole = train(c, *g_ctx);
-  // Only outer syncs cross centres: wan_bytes on steps 4 (and only there, of 6), nothing in between.
+  c.save.clear();
+  // Only outer syncs cross centres: wan_bytes on steps 4 (and only there, of 6), nothing in between; a rank
+  // of the larger centre that carries no cross-centre shard sends nothing at all.
+  const Topology& topo = g_ctx->topology();
+  const bool carrier = topo.intra_index[static_cast<size_t>(g_ctx->world_rank())] < topo.cross_shards();
   for (const StepRecord& r : whole.steps) {
     EXPECT_EQ(r.outer_sync, r.step % 4 == 0) << "step " << r.step;
-    if (r.step % 4 == 0)
+    if (r.step % 4 == 0 && carrier)
       EXPECT_GT(r.wan_bytes, 0.0) << "step " << r.step;
     else
       EXPECT_EQ(r.wan_bytes, 0.0) << "step " << r.step;
@@ -589,6 +600,7 @@ TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
     ASSERT_EQ(got.steps.size(), static_cast<size_t>(6 - at));
     for (size_t i = 0; i < got.steps.size(); ++i)
       EXPECT_EQ(got.steps[i].loss, whole.steps[i + at].loss) << "resumed at " << at << ", step " << got.steps[i].step;
+  }
   }
 }
 
@@ -633,6 +645,18 @@ TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
     EXPECT_EQ(got.steps[i].loss, whole.steps[i + 2].loss) << "step " << got.steps[i].step;
 }
 
+TEST(Balance, DealsMicroBatchesByShareExactly) {
+  EXPECT_EQ(deal_micro_batches({2.5, 1.5}, 4), (std::vector<int>{3, 1}));
+  EXPECT_EQ(deal_micro_batches({1.0, 1.0, 1.0, 1.0}, 4), (std::vector<int>{1, 1, 1, 1}));
+  // One fast rank and three slow ones: "at least one each" overshoots, the fast rank gives back.
+  EXPECT_EQ(deal_micro_batches({3.08, 0.31, 0.31, 0.31}, 4), (std::vector<int>{1, 1, 1, 1}));
+  EXPECT_EQ(deal_micro_batches({6.16, 0.62, 0.61, 0.61}, 8), (std::vector<int>{5, 1, 1, 1}));
+  const std::vector<int> k = deal_micro_batches({4.4, 4.4, 1.1, 1.1}, 11);
+  EXPECT_EQ(k[0] + k[1] + k[2] + k[3], 11);
+  EXPECT_GE(k[0], 4);
+  EXPECT_GE(k[2], 1);
+}
+
 TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
   // --balance deals a step's micro-batches out unevenly (by centre speed); rank d reads its K_d·B sequences
   // right after those of ranks < d, and the sums are divided by the step's M micro-batches, so the run is one
@@ -651,6 +675,9 @@ TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
   automatic.balance = "auto";
   automatic.balance_steps = 2;
   expect_same_losses(train(automatic, *g_ctx), want, 0, "--balance auto");
+  // A reproducible uneven measurement (centre 1 three times slower): auto deals 3,1.
+  setenv("AQ_BALANCE_TEST_MS", "1,3", 1);
+  expect_same_losses(train(automatic, *g_ctx), want, 0, "--balance auto, measured 1:3");
   // Saved after the split was measured and resumed: the split and the data order come back.
   automatic.steps = 4;
   automatic.schedule.kind = "constant";
@@ -664,6 +691,23 @@ TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
   const TrainResult got = train(rest, *g_ctx);
   ASSERT_EQ(got.steps.size(), 2u);
   for (size_t i = 0; i < 2; ++i) EXPECT_EQ(got.steps[i].loss, w.steps[i + 4].loss) << "step " << got.steps[i].step;
+  if (g_ctx->world_rank() == 0) {
+    SafeTensorsReader state(state_path_for(automatic.save));
+    EXPECT_EQ(state.metadata().at("balance_micro"), "[3,1]");
+  }
+  // Saved before the split was measured: nothing is saved, and the resumed run measures.
+  automatic.steps = 1;
+  automatic.save = dir_ + "/balance_early.safetensors";
+  train(automatic, *g_ctx);
+  if (g_ctx->world_rank() == 0) {
+    SafeTensorsReader state(state_path_for(automatic.save));
+    EXPECT_EQ(state.metadata().count("balance_micro"), 0u);
+  }
+  rest.resume = automatic.save;
+  const TrainResult late = train(rest, *g_ctx);
+  for (size_t i = 0; i < late.steps.size(); ++i)
+    EXPECT_EQ(late.steps[i].loss, w.steps[i + 1].loss) << "step " << late.steps[i].step;
+  unsetenv("AQ_BALANCE_TEST_MS");
 }
 
 }  // namespace
@@ -672,7 +716,8 @@ TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
 int main(int argc, char** argv) {
   aq::g_ctx = &aq::ParallelContext::init(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
-  if (aq::g_ctx->world_rank() != 0) {  // one rank prints the gtest report; every rank's result decides the exit
+  // One rank prints the gtest report (AQ_TEST_ALL_RANKS=1: every rank); every rank's result decides the exit.
+  if (aq::g_ctx->world_rank() != 0 && !std::getenv("AQ_TEST_ALL_RANKS")) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
   }

@@ -238,7 +238,7 @@ TEST_F(Data, SetPosition) {
   for (LoaderPosition bad : {LoaderPosition{2, 0}, LoaderPosition{-1, 0}, LoaderPosition{1, -1}, LoaderPosition{1, 14},
                              LoaderPosition{0, 1000}})
     expect_error([&] { dl.set_position(bad); },
-                 {str("shard ", bad.shard, ", token ", bad.position), "2 shards", "same --data, --batch and --seq"});
+                 {str("shard ", bad.shard, ", token ", bad.position), "2 shards", "same --data, --batch, --seq"});
   EXPECT_EQ(dl.position().shard, 0);  // unchanged by the failed calls
   EXPECT_EQ(dl.position().position, 0);
 }
