@@ -9,12 +9,14 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "ops/registry.h"
 #include "runtime/error.h"
 #include "runtime/rng.h"
+#include "runtime/safetensors.h"
 
 namespace aq::test {
 
@@ -109,6 +111,25 @@ inline double project(const std::vector<double>& out, const std::vector<double>&
   double s = 0;
   for (size_t i = 0; i < out.size(); ++i) s += out[i] * proj[i];
   return s;
+}
+
+// Per tensor of `want`, the relative L2 distance ‖got − want‖ / ‖want‖ of two safetensors checkpoints (read in
+// double). Layout and accumulation-order tests hold it to a bound.
+inline std::map<std::string, double> checkpoint_rel_errors(const std::string& got, const std::string& want) {
+  SafeTensorsReader a(got), b(want);
+  std::map<std::string, double> out;
+  for (const auto& [name, e] : b.entries()) {
+    std::vector<double> x(static_cast<size_t>(shape_numel(e.shape))), y(x.size());
+    a.read<double>(name, e.shape, x.data());
+    b.read<double>(name, e.shape, y.data());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      num += (x[i] - y[i]) * (x[i] - y[i]);
+      den += y[i] * y[i];
+    }
+    out[name] = std::sqrt(num / std::max(den, 1e-30));
+  }
+  return out;
 }
 
 }  // namespace aq::test

@@ -140,18 +140,8 @@ TEST_F(Training, GradientAccumulationEqualsTheLargerBatch) {
       const double gn = ref.steps[i].grad_norm;
       EXPECT_LT(std::fabs(got.steps[i].grad_norm - gn) / gn, 1e-5) << "K " << K << " step " << i + 1;
     }
-    SafeTensorsReader a(acc.save), b(big.save);
-    for (const auto& [name, e] : b.entries()) {
-      std::vector<double> x(static_cast<size_t>(shape_numel(e.shape))), y(x.size());
-      a.read<double>(name, e.shape, x.data());
-      b.read<double>(name, e.shape, y.data());
-      double num = 0, den = 0;
-      for (size_t i = 0; i < x.size(); ++i) {
-        num += (x[i] - y[i]) * (x[i] - y[i]);
-        den += y[i] * y[i];
-      }
-      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 3e-4) << "K " << K << " tensor " << name;
-    }
+    for (const auto& [name, err] : test::checkpoint_rel_errors(acc.save, big.save))
+      EXPECT_LT(err, 3e-4) << "K " << K << " tensor " << name;
     // The same K twice: bit-identical (accumulation order is fixed).
     acc.save.clear();
     EXPECT_EQ(losses(train(acc, comm_)), losses(got)) << "K " << K;
