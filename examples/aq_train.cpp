@@ -62,6 +62,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--eval-batches", cfg.eval_batches, "Batches per validation")->capture_default_str();
   app.add_option("--log", cfg.log, "Append one JSON line per step to this file");
+  app.add_option("--stop-at", cfg.stop_at,
+                 "Stop (and save, with --save) after this step while the schedule still follows --steps (0 = no)")
+      ->capture_default_str();
+  app.add_option("--time-limit", cfg.time_limit_min,
+                 "Stop (and save) before this many minutes would be exceeded; the schedule follows --steps (0 = no)")
+      ->capture_default_str();
   app.add_option("--threads", cfg.threads, "CPU threads per rank (0 = all cores / local ranks)")->capture_default_str();
   app.add_option("--device", cfg.device, "cpu | cuda | auto (cuda for a single process when a GPU is visible)")
       ->capture_default_str();
@@ -106,13 +112,17 @@ int main(int argc, char** argv) {
       ->capture_default_str();
 
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
-  return aq::run_main("aq-train", app, argc, argv, ctx, [&] {
+  bool by_signal = false;
+  const int code = aq::run_main("aq-train", app, argc, argv, ctx, [&] {
     if (o_layers->count()) cfg.layers = layers;
     if (o_heads->count()) cfg.heads = heads;
     if (o_dim->count()) cfg.dim = dim;
     if (o_vocab->count()) cfg.vocab = vocab;
     if (o_max_seq->count()) cfg.max_seq = max_seq;
     ctx.configure(tp, comm_timeout, centres);
-    aq::train(cfg, ctx);
+    const aq::TrainResult r = aq::train(cfg, ctx);
+    by_signal = !r.stopped_by.empty() && r.stopped_by[0] == 'S';  // SIGTERM, SIGINT, SIGUSR1
   });
+  // Stopped by a signal after finishing its step (and saving): "try again" for schedulers that requeue.
+  return code == 0 && by_signal ? aq::kExitStoppedBySignal : code;
 }

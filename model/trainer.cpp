@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <deque>
 #include <csignal>
@@ -69,6 +70,9 @@ void TrainConfig::validate() const {
   AQ_CHECK(!data.empty(), "--data is required: a shard file or glob, e.g. --data 'data/train_*.bin' ",
            "(make shards with aq-prepare)");
   AQ_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores; got ", threads, ")");
+  AQ_CHECK(stop_at >= 0, "--stop-at must be >= 0 (0 = run to --steps; got ", stop_at, ")");
+  AQ_CHECK(time_limit_min >= 0 && std::isfinite(time_limit_min), "--time-limit must be >= 0 minutes (0 = none; got ",
+           time_limit_min, ")");
   AQ_CHECK(bucket_mb > 0, "--bucket-mb must be > 0 (got ", bucket_mb, ")");
   AQ_CHECK(zero == 0 || zero == 1, "--zero must be 0 or 1 (got ", zero, ")");
   AQ_CHECK(dp_algo == "auto" || dp_algo == "flat" || dp_algo == "hier", "--dp-algo must be flat, hier or auto (got \"",
@@ -936,6 +940,35 @@ double Job<T>::global_grad_norm(const float* grads) {
 // Fault injection for the failure tests: AQ_FAULT_INJECT="stall:RANK:STEP" makes that rank stop responding
 // (sleep) at that 1-based step, "die:RANK:STEP" kills it with SIGKILL, "error:RANK:STEP" raises an error on
 // that rank alone. Unset in normal runs.
+// Stop requests. The handler only records the signal; the loop stops after the step that is running. A second
+// signal while one is pending ends the process at once (the default action), for a user who means it.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+void install_stop_handlers() {
+  g_stop_signal = 0;
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) std::signal(sig, on_stop_signal);
+}
+
+void restore_stop_handlers() {
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) std::signal(sig, SIG_DFL);
+}
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGUSR1: return "SIGUSR1";
+  }
+  return "a signal";
+}
+
 void maybe_inject_fault(int rank, int64_t step) {
   static const char* spec = std::getenv("AQ_FAULT_INJECT");
   if (!spec) return;
@@ -946,6 +979,7 @@ void maybe_inject_fault(int rank, int64_t step) {
   log_error(str("aq: fault injection: rank ", rank, " ", kind, " at step ", step));
   if (std::string(kind) == "die") std::raise(SIGKILL);
   if (std::string(kind) == "error") fail("injected fault");
+  if (std::string(kind) == "sigterm") std::raise(SIGTERM);  // one rank only: the stop must still be agreed
   if (std::string(kind) == "stall")
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
@@ -1098,6 +1132,16 @@ double Job<T>::evaluate() {
 }
 
 
+// Whether the ranks agree on stopping after step t (1-based): every step, or with DiLoCo across centres only on
+// the steps where an outer exchange starts anyway (no extra wide-area round trip between them).
+bool stop_check_due(const JobApi&, const TrainConfig& cfg, const ParallelContext& ctx, int64_t t) {
+  if (cfg.stop_at > 0 && t >= cfg.stop_at) return true;  // identical on every rank
+  if (cfg.outer != "diloco" || ctx.topology().centres() == 1) return true;
+  for (int f = 0; f < cfg.outer_fragments; ++f)
+    if (fragment_syncs_at(f, cfg.outer_fragments, cfg.outer_steps, t)) return true;
+  return false;
+}
+
 // The steps, evaluations and saves of one job.
 void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainResult& result) {
   const bool parallel = ctx.world_size() > 1;
@@ -1105,6 +1149,7 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
   Timer run_timer;
   const int64_t first = job.start_step();
   size_t allocs_after_first = 0;
+  double save_s = 0;  // the last save's duration (the time limit leaves room for one)
   for (int64_t s = first; s < cfg.steps; ++s) {
     const StepRecord r = job.step(s);
     result.steps.push_back(r);
@@ -1142,8 +1187,31 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
       log_json({{"step", s + 1}, {"split", "val"}, {"loss", val}});
       result.val_losses.emplace_back(s + 1, val);
     }
+    // Stop early? Every rank must stop after the same step, so the ranks agree: a signal on any rank, the time
+    // limit on any rank's clock (the next step and a save must still fit), or --stop-at. With DiLoCo across
+    // centres the agreement rides on the outer syncs' steps, so it adds no wide-area round trip in between.
+    if (!last && stop_check_due(job, cfg, ctx, s + 1)) {
+      int32_t why = g_stop_signal.load();
+      if (!why && cfg.stop_at > 0 && s + 1 >= cfg.stop_at) why = -1;
+      if (!why && cfg.time_limit_min > 0) {
+        const double mean_s = run_timer.ms() / 1000.0 / static_cast<double>(s + 1 - first);
+        if (run_timer.ms() / 1000.0 + 3 * mean_s + save_s > cfg.time_limit_min * 60.0) why = -2;
+      }
+      int32_t agreed = why;
+      if (parallel) {
+        int32_t pair[2] = {why > 0 ? why : 0, why < 0 ? -why : 0};  // signal, planned reason
+        ctx.world().all_reduce(pair, 2, DType::I32, {"stop agreement", ReduceOp::Max})->wait();
+        agreed = pair[0] ? pair[0] : -pair[1];
+      }
+      if (agreed) {
+        result.stopped_by = agreed == -1 ? "--stop-at" : agreed == -2 ? "--time-limit" : signal_name(agreed);
+        break;
+      }
+    }
     if (cfg.save_every > 0 && (s + 1) % cfg.save_every == 0 && !last) {
+      Timer st;
       job.save(cfg.save);
+      save_s = st.ms() / 1000.0;
       log_info("saved ", cfg.save, " (step ", s + 1, ")");
     }
   }
@@ -1154,6 +1222,9 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
     job.save(cfg.save);
     log_info("saved ", cfg.save, " and ", state_path_for(cfg.save), " (step ", job.start_step(), ")");
   }
+  if (!result.stopped_by.empty())
+    log_info("stopped by ", result.stopped_by, " after step ", job.start_step(), " of ", cfg.steps,
+             cfg.save.empty() ? " (nothing saved: no --save)" : str("; continue with --resume ", cfg.save));
 }
 
 // Across centres: what each centre sent over the run (the sum of its ranks' wan_bytes), for the log and for
@@ -1212,6 +1283,10 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   if (!cfg.resume.empty()) log_info("resumed ", cfg.resume, " at step ", job.start_step());
 
   TrainResult result;
+  install_stop_handlers();
+  struct Restore {
+    ~Restore() { restore_stop_handlers(); }
+  } restore_handlers;
   try {
     run_loop(job, cfg, ctx, result);
     job.describe(result);

@@ -49,6 +49,11 @@ struct TrainConfig {
   uint64_t seed = 1337;
   std::string save, log;
   int64_t save_every = 0, eval_every = 0, eval_batches = 8;
+  // Stopping early while the schedule still follows `steps` (a run split over several jobs is bit-identical to
+  // one uninterrupted run): after step `stop_at` (0 = no), or before `time_limit_min` minutes would be exceeded
+  // (0 = no). SIGTERM, SIGINT and SIGUSR1 stop the same way; a second signal ends the process at once.
+  int64_t stop_at = 0;
+  double time_limit_min = 0;
   int threads = 0;               // 0 → all cores
   std::string device = "auto";   // cpu | cuda | auto (cuda when this build has it, a GPU is visible and the
                                  // job is a single process; several ranks on GPUs say cuda explicitly)
@@ -86,6 +91,8 @@ struct TrainResult {
   size_t device_peak_bytes = 0;        // CUDA: peak device memory of this rank (caching allocator)
   size_t step_loop_device_mallocs = 0; // CUDA: cudaMalloc calls after the first step (expected 0)
   std::vector<double> wan_bytes_per_centre;  // across centres: bytes each centre sent over the run's steps
+  // Why the run ended before --steps: "" (it did not), "--stop-at", "--time-limit", or the signal's name.
+  std::string stopped_by;
 };
 
 // Runs the whole training job described by cfg on the ranks of ctx (configured beforehand). Collective: every
@@ -95,6 +102,10 @@ TrainResult train(const TrainConfig& cfg, ParallelContext& ctx);
 // --balance auto: M micro-batches dealt to ranks whose ideal (fractional) shares are given, at least one each,
 // summing to M exactly (largest remainders). Pure, for tests.
 std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M);
+
+// The exit code of a run stopped by a signal (after saving when --save was given): EX_TEMPFAIL, "try again" —
+// schedulers and scripts requeue on it. A run stopped by --stop-at or --time-limit exits 0.
+constexpr int kExitStoppedBySignal = 75;
 
 // Path of the training-state companion of a model checkpoint.
 std::string state_path_for(const std::string& model_path);

@@ -3,6 +3,7 @@
 #include <glob.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -145,6 +146,36 @@ TEST_F(Training, GradientAccumulationEqualsTheLargerBatch) {
     // The same K twice: bit-identical (accumulation order is fixed).
     acc.save.clear();
     EXPECT_EQ(losses(train(acc, comm_)), losses(got)) << "K " << K;
+  }
+}
+
+TEST_F(Training, StoppingEarlyKeepsTheScheduleAndResumesBitIdentically) {
+  // A cosine run of 6 steps stopped after step 3 (by --stop-at, then by SIGTERM arriving during step 3) and
+  // resumed: the schedule follows --steps throughout, so losses and the final files equal the uninterrupted run.
+  TrainConfig full = cfg_;
+  full.save = dir_ + "/full.safetensors";
+  const auto all = losses(train(full, comm_));
+  for (const char* how : {"--stop-at", "SIGTERM"}) {
+    TrainConfig first = cfg_;
+    first.save = dir_ + "/stopped.safetensors";
+    if (std::string(how) == "--stop-at")
+      first.stop_at = 3;
+    else
+      first.after_step = [](const StepRecord& r) {
+        if (r.step == 2) std::raise(SIGTERM);  // arrives as step 2 ends: the run stops right after it
+      };
+    const TrainResult head = train(first, comm_);
+    EXPECT_EQ(head.stopped_by, how);
+    ASSERT_EQ(head.steps.size(), std::string(how) == "--stop-at" ? 3u : 2u) << how;
+    TrainConfig rest = cfg_;
+    rest.resume = first.save;
+    rest.save = dir_ + "/resumed.safetensors";
+    const TrainResult tail = train(rest, comm_);
+    EXPECT_TRUE(tail.stopped_by.empty());
+    std::vector<double> joined = losses(head);
+    for (double l : losses(tail)) joined.push_back(l);
+    EXPECT_EQ(joined, all) << how;
+    EXPECT_EQ(tensor_bytes(rest.save), tensor_bytes(full.save)) << how;
   }
 }
 

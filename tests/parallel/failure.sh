@@ -5,6 +5,7 @@
 #   die:   a rank killed by SIGKILL ends the job (mpirun names the rank) within timeout + 30 s.
 #   error: an error raised on one rank only is reported by that rank, which ends the job at once.
 #   The stall is also checked across two centres, where the hierarchical exchange's receive names the centre.
+#   sigterm: SIGTERM on one rank stops every rank after the same step, with a save and exit code 75.
 # Usage: failure.sh BUILD_BIN_DIR MPIEXEC
 set -u
 BIN=$1
@@ -55,5 +56,19 @@ check "stalled rank 1 in another centre (hierarchical exchange)" "stall:1:3" --c
   'recv "gradient bucket .*cross-centre.*centre 1"' 'the peer never posted the matching send'
 check "killed rank 1" "die:1:3" 'rank 1 .*(exited on signal 9|Killed)'
 check "error on rank 1 only" "error:1:3" 'aq: error on rank 1 .*injected fault; ending the job'
+# A signal on one rank stops every rank after the same step, saves, and exits 75; the saved run then resumes.
+AQ_FAULT_INJECT=sigterm:1:3 timeout 120 "$MPIEXEC" --allow-run-as-root --oversubscribe --bind-to none -np 2 \
+  "$BIN/aq-train" "${ARGS[@]}" --save "$TMP/ck.safetensors" > "$TMP/out.txt" 2>&1
+rc=$?
+if [[ $rc -eq 75 ]] && grep -Eq 'stopped by SIGTERM after step 3 of 20; continue with --resume' "$TMP/out.txt" &&
+  timeout 120 "$MPIEXEC" --allow-run-as-root --oversubscribe --bind-to none -np 2 "$BIN/aq-train" "${ARGS[@]}" \
+    --resume "$TMP/ck.safetensors" > "$TMP/out2.txt" 2>&1 && grep -q 'resumed .* at step 3' "$TMP/out2.txt"; then
+  echo "ok SIGTERM on rank 1 only: every rank stopped after step 3, saved, exit 75, resumed"
+  pass=$((pass + 1))
+else
+  echo "FAIL SIGTERM on rank 1 only (exit $rc)"
+  sed 's/^/    | /' "$TMP/out.txt" | tail -20
+  fail=$((fail + 1))
+fi
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
