@@ -57,29 +57,35 @@ Collective flat_ring(const Layout& L, double n, const Calibration& cal) {
   c.seconds = 2.0 * (p - 1) * step;
   if (L.centres > 1) {
     c.wan_bytes_per_centre = 2.0 * (p - 1) / p * n;
+    c.wan_bytes_total = L.centres * c.wan_bytes_per_centre;
     c.wan_seconds = c.seconds;
   }
   return c;
 }
 
-// Open MPI 4.1's non-blocking in-place all-reduce (coll/libnbc, MPI_IN_PLACE selects its binomial schedule):
-// a binomial-tree reduce to rank 0, then a binomial broadcast, each of ceil(log2 p) rounds moving all n bytes.
-// Round with distance d: in the reduce, rank k with k mod 2d = d sends to k − d; the broadcast reverses it.
-// A round lasts α + (bytes on its busiest pipe)/bandwidth: WAN transfers leaving (or entering) one centre in the
+// Open MPI 4.1's non-blocking in-place all-reduce (coll/libnbc nbc_iallreduce.c: MPI_IN_PLACE, or p < 4, or
+// fewer than 64 KiB, selects allred_sched_diss): a binomial-tree reduce to rank 0, then a binomial broadcast,
+// each of ceil(log2 p) rounds moving all n bytes.
+//   reduce round with distance d = 1, 2, 4, …: rank k with k mod 2d = d sends to k − d;
+//   broadcast round with distance d = 1, 2, 4, …: every rank v in [d, 2d) receives from v − d.
+// With 2 centres of 2 ranks: the reduce crosses once (2 → 0), the broadcast twice from centre 0 (0 → 2 and
+// 1 → 3, sharing centre 0's link): centre 0 sends 2n, centre 1 sends n (what the testbed's counters show).
+// A round lasts α + (bytes on its busiest pipe)/bandwidth: WAN transfers leaving or entering one centre in the
 // same round share that centre's link; other pairs have links of their own.
 Collective flat_binomial(const Layout& L, double n, const Calibration& cal) {
   const int p = L.dp();
   Collective c;
   std::vector<double> sent(static_cast<size_t>(L.centres), 0.0);
-  for (int d = 1; d < p; d *= 2) {
+  std::vector<std::pair<int, int>> round;  // (sender, receiver)
+  auto run_round = [&] {
     std::vector<double> up(static_cast<size_t>(L.centres), 0.0), down(up);
     double t = 0, wan_t = 0;
-    for (int k = d; k < p; k += 2 * d) {  // sender k → receiver k − d (reduce); the broadcast is the mirror
-      const int a = k, b = k - d;
+    for (const auto& [a, b] : round) {
       const Link& l = link_between(a, b, L, cal);
       if (&l == &cal.wan) {
         up[static_cast<size_t>(a / L.dp_per_centre)] += n;
         down[static_cast<size_t>(b / L.dp_per_centre)] += n;
+        sent[static_cast<size_t>(a / L.dp_per_centre)] += n;
       } else {
         t = std::max(t, l.time(n));
       }
@@ -87,12 +93,19 @@ Collective flat_binomial(const Layout& L, double n, const Calibration& cal) {
     double pipe = 0;
     for (size_t i = 0; i < up.size(); ++i) pipe = std::max({pipe, up[i], down[i]});
     if (pipe > 0) wan_t = cal.wan.time(pipe);
-    c.seconds += 2 * std::max(t, wan_t);  // reduce round + its broadcast mirror
-    c.wan_seconds += 2 * wan_t;
-    // Bytes a centre sends: in the reduce round what leaves it (up), in the broadcast mirror what entered it.
-    for (size_t i = 0; i < up.size(); ++i) sent[i] += up[i] + down[i];
+    c.seconds += std::max(t, wan_t);
+    c.wan_seconds += wan_t;
+    round.clear();
+  };
+  for (int d = 1; d < p; d *= 2) {  // reduce
+    for (int k = d; k < p; k += 2 * d) round.emplace_back(k, k - d);
+    run_round();
   }
-  for (double s : sent) c.wan_bytes_per_centre = std::max(c.wan_bytes_per_centre, s);
+  for (int d = 1; d < p; d *= 2) {  // broadcast
+    for (int v = d; v < std::min(2 * d, p); ++v) round.emplace_back(v - d, v);
+    run_round();
+  }
+  for (double s : sent) c.wan_bytes_per_centre = std::max(c.wan_bytes_per_centre, s), c.wan_bytes_total += s;
   return c;
 }
 
@@ -119,6 +132,7 @@ Collective hier(const Layout& L, WanCodec codec, double n, const Calibration& ca
   c.wan_seconds = stage_a + stage_b;
   c.seconds += c.wan_seconds;
   c.wan_bytes_per_centre = 2 * wire;
+  c.wan_bytes_total = C * c.wan_bytes_per_centre;
   return c;
 }
 
@@ -169,11 +183,11 @@ Prediction predict_step(const StepJob& job, const Calibration& cal) {
     end = std::max(ready, end) + c.seconds;
     p.comm_s += c.seconds;
     p.wan_bytes_per_centre += c.wan_bytes_per_centre;
+    p.wan_bytes_job += c.wan_bytes_total;
   }
   const double loss = all_reduce(Algo::FlatBinomial, WanCodec::None, L, 2, cal).seconds;
   p.exposed_s = std::max(0.0, end - E) + loss;
   p.step_s = p.compute_s + p.exposed_s;
-  p.wan_bytes_job = p.wan_bytes_per_centre * (L.centres > 1 ? L.centres : 0);
   return p;
 }
 

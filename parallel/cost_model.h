@@ -68,6 +68,7 @@ struct StepJob {
 struct Collective {
   double seconds = 0;
   double wan_bytes_per_centre = 0;  // bytes one centre sends to others (the busiest centre)
+  double wan_bytes_total = 0;       // bytes all centres send to others
   double wan_seconds = 0;           // of `seconds`, time on the WAN stages
 };
 
@@ -76,7 +77,7 @@ struct Prediction {
   double comm_s = 0;         // the gradient all-reduces, launch to completion, summed over buckets
   double exposed_s = 0;      // what overlap with backward did not hide (plus the per-step loss all-reduce)
   double step_s = 0;         // compute_s + exposed_s
-  double wan_bytes_per_centre = 0;  // per step
+  double wan_bytes_per_centre = 0;  // per step, the busiest centre
   double wan_bytes_job = 0;         // per step, all centres
   int buckets = 0;
 };
