@@ -127,8 +127,9 @@ Collective hier(const Layout& L, WanCodec codec, double n, const Calibration& ca
   const double wire = static_cast<double>(g) * (C - 1) * static_cast<double>(codec_bytes(codec, static_cast<int64_t>(std::ceil(chunk))));
   const int k = static_cast<int>(codec);
   const double enc = 4.0 * chunk / cal.encode_bytes_per_s[k], dec = 4.0 * chunk / cal.decode_bytes_per_s[k];
-  const double stage_a = (C - 1) * enc + cal.wan.time(wire);
-  const double stage_b = (C - 1) * dec + enc + dec + cal.wan.time(wire) + (C - 1) * dec;
+  const Link& x = cal.wan_exchange.bytes_per_s > 0 ? cal.wan_exchange : cal.wan;  // both directions at once
+  const double stage_a = (C - 1) * enc + x.time(wire);
+  const double stage_b = (C - 1) * dec + enc + dec + x.time(wire) + (C - 1) * dec;
   c.wan_seconds = stage_a + stage_b;
   c.seconds += c.wan_seconds;
   c.wan_bytes_per_centre = 2 * wire;

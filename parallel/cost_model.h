@@ -29,7 +29,12 @@ struct Link {
 struct Calibration {
   Link node;    // two ranks of one node (shared memory, NVLink, or loopback TCP)
   Link centre;  // two nodes of one centre (InfiniBand, Ethernet)
-  Link wan;     // one centre's link to the others (one direction)
+  Link wan;     // one centre's link to the others (one direction), one flow at a time
+  // The same link as hier's exchange loads it: every carrier pair sending both ways at once. A shaped link's
+  // queue holds each direction's ACKs behind the other direction's data, so short bidirectional flows see a
+  // long round trip and spend much of their life in slow start; measured by aq-bench calibrate as an α–β fit
+  // (α absorbs the slow start). bytes_per_s = 0: not measured, use `wan`.
+  Link wan_exchange{0, 0};
   // Compute of one rank per token of its batch: forward + backward + optimizer, measured on the configuration
   // with every rank of the job computing at once (so shared cores are priced in).
   double compute_s_per_token = 0;

@@ -21,12 +21,12 @@ def main():
     curves = [a.split("=", 1) for a in sys.argv[3:]]
     names = [r["config"] for r in rows]
     step = [float(r["step_ms"]) for r in rows]
-    exposed = [float(r["exposed_ms"]) for r in rows]
+    exposed = [float(r["exposed_max_ms"]) for r in rows]
     pred = [float(r["pred_step_ms"]) for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     x = range(len(rows))
     compute = [s - e for s, e in zip(step, exposed)]
-    ax[0].bar(x, compute, label="compute (step - exposed)", color="#4c72b0")
+    ax[0].bar(x, compute, label="compute (step - exposed, slowest rank)", color="#4c72b0")
     ax[0].bar(x, exposed, bottom=compute, label="exposed communication", color="#dd8452")
     ax[0].scatter(x, pred, marker="D", color="black", zorder=3, label="cost model")
     ax[0].set_xticks(list(x), names)

@@ -36,8 +36,9 @@ TrainShape shape_for(const std::string& config);  // "tiny" | "small"; throws aq
 // result is meaningful on every rank. Prints what it measured on rank 0.
 struct CalibrateOptions {
   std::string config = "tiny", data;  // data: training shards (glob); empty: a random-token shard
-  int steps = 6, threads = 1;         // one-process training steps per rank (the first two are not timed)
+  int steps = 10, threads = 1;        // one-process training steps per rank (the first two are not timed)
   double max_bytes = 2 * 1048576.0;   // largest ping-pong message
+  bool compute_only = false;          // skip the links (a compute figure taken just before a measured run)
 };
 cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o);
 

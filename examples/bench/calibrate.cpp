@@ -5,9 +5,10 @@
 //     max/8 and max bytes (bandwidth from the slope between the two, so α and tbf's initial burst cancel).
 //     The other ranks wait meanwhile, so the pair has the link to itself. A class the world lacks copies the
 //     next faster one (and says so in `source`).
-//   * compute per token: every rank trains --steps steps of the configuration as a one-process job at the same
-//     time (so the job's own sharing of cores is priced in); the median step after the first two, per token,
-//     averaged over ranks.
+//   * the WAN again as hier's exchange loads it: every carrier pair sends both ways at once (wan_exchange);
+//   * compute per token: every rank trains --calibrate-steps steps of the configuration as a one-process job at
+//     the same time (so the job's own sharing of cores is priced in); per step the slowest rank's time (a
+//     synchronous step waits for it), median over the steps after the first two, per token.
 //   * codec throughput: every rank encodes (with error feedback) and decodes 1 Mi fp32 values per codec, at the
 //     same time; fp32 bytes per second, averaged over ranks.
 #include <unistd.h>
@@ -66,6 +67,36 @@ cost::Link measure_link(ParallelContext& ctx, int a, int b, double max_bytes) {
   return l;
 }
 
+// Every pair (rank of intra index i in centre 0, the same index in centre 1), i < the smaller centre's size,
+// exchanges `bytes` both ways at once, as hier's cross stages do; the time of the slowest rank, median of
+// `iters` (after one untimed). Collective over the world.
+double exchange_s(ParallelContext& ctx, double bytes, int iters) {
+  const Topology& t = ctx.topology();
+  const int me = ctx.world_rank();
+  int peer = -1;
+  const int shards = std::min(t.centre_dp[0], t.centre_dp[1]);
+  for (int r = 0; r < ctx.world_size() && t.intra_index[me] < shards; ++r)
+    if (t.intra_index[r] == t.intra_index[me] && t.centre_of[r] != t.centre_of[me] && t.centre_of[r] + t.centre_of[me] == 1)
+      peer = r;
+  std::vector<uint16_t> out(static_cast<size_t>(std::max(1.0, std::ceil(bytes / 2)))), in(out.size());
+  const auto n = static_cast<int64_t>(out.size());
+  std::vector<double> times;
+  for (int i = 0; i <= iters; ++i) {
+    ctx.world().barrier({"calibrate: exchange barrier"})->wait();
+    const double t0 = steady_ms();
+    if (peer >= 0 && t.centre_of[me] <= 1) {
+      WorkPtr r = ctx.world().recv(in.data(), n, DType::U16, peer, {"calibrate exchange"});
+      WorkPtr s = ctx.world().send(out.data(), n, DType::U16, peer, {"calibrate exchange"});
+      s->wait();
+      r->wait();
+    }
+    double dt = (steady_ms() - t0) / 1e3;
+    ctx.world().all_reduce_sync(&dt, 1, DType::F64, {"calibrate: exchange time", ReduceOp::Max});
+    if (i > 0) times.push_back(dt);
+  }
+  return median(times);
+}
+
 double time_s(const std::function<void()>& f, int reps) {
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
@@ -91,8 +122,9 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
   cost::Link* links[3] = {&cal.node, &cal.centre, &cal.wan};
   const char* names[3] = {"node", "centre", "wan"};
   bool measured[3] = {false, false, false};
-  std::string source = str("aq-bench calibrate on ", world, " ranks (", topo.describe(), ")");
-  for (int cls = 0; cls < 3; ++cls) {
+  std::string source = str("aq-bench calibrate on ", world, " ranks (", topo.describe(), ")",
+                           o.compute_only ? "; links not measured (--compute-only)" : "");
+  for (int cls = 0; cls < 3 && !o.compute_only; ++cls) {
     int pa = -1, pb = -1;
     for (int a = 0; a < world && pa < 0; ++a)
       for (int b = a + 1; b < world && pa < 0; ++b) {
@@ -105,7 +137,7 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
     measured[cls] = true;
     source += str("; ", names[cls], ": ranks ", pa, "-", pb);
   }
-  for (int cls = 0; cls < 3; ++cls)
+  for (int cls = 0; cls < 3 && !o.compute_only; ++cls)
     if (!measured[cls]) {
       int from = -1;
       for (int k = cls - 1; k >= 0 && from < 0; --k)
@@ -115,6 +147,18 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
       if (from >= 0) *links[cls] = *links[from];
       source += str("; ", names[cls], ": not in this world, ", from >= 0 ? str("copied from ", names[from]) : "assumed");
     }
+
+  // 1b. The WAN as hier's exchange loads it (cost_model.h: wan_exchange): pairs × bytes per centre link and
+  // direction; α–β fit through two sizes, so the intercept carries the slow start of each stage's flows.
+  if (measured[2]) {
+    const int pairs = std::min(topo.centre_dp[0], topo.centre_dp[1]);
+    const double small = o.max_bytes / 8, t_small = exchange_s(ctx, small, 3), t_big = exchange_s(ctx, o.max_bytes, 3);
+    cost::Link x;
+    x.bytes_per_s = t_big > t_small ? pairs * (o.max_bytes - small) / (t_big - t_small) : pairs * o.max_bytes / t_big;
+    x.alpha_s = std::max(cal.wan.alpha_s, t_big - pairs * o.max_bytes / x.bytes_per_s);
+    cal.wan_exchange = x;
+    source += str("; wan exchange: ", pairs, " pair(s) both ways");
+  }
 
   // 2. Compute per token: a one-process job on every rank at once.
   const TrainShape sh = shape_for(o.config);
@@ -141,9 +185,14 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
     throw;
   }
   if (!dir.empty()) ::unlink(data.c_str()), ::rmdir(dir.c_str());
-  std::vector<double> ms;
-  for (size_t i = 2; i < r.steps.size(); ++i) ms.push_back(r.steps[i].ms);
-  double per_token = median(ms) / 1e3 / (static_cast<double>(sh.batch) * sh.seq);
+  // A synchronous step waits for its slowest rank: the median over steps of the slowest rank's time at that
+  // step (the ranks ran their steps side by side).
+  std::vector<double> ms(static_cast<size_t>(o.steps), 0.0), slowest;
+  for (size_t i = 0; i < r.steps.size() && i < ms.size(); ++i) ms[i] = r.steps[i].ms;
+  ctx.world().all_reduce_sync(ms.data(), static_cast<int64_t>(ms.size()), DType::F64,
+                              {"calibrate: slowest rank per step", ReduceOp::Max});
+  for (size_t i = 2; i < ms.size(); ++i) slowest.push_back(ms[i]);
+  const double per_token = median(slowest) / 1e3 / (static_cast<double>(sh.batch) * sh.seq);
 
   // 3. Codecs, every rank at once.
   const int64_t n = 1 << 20;
@@ -151,7 +200,7 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
   Rng rng(99 + static_cast<uint64_t>(me));
   for (auto& v : x) v = static_cast<float>(static_cast<double>(rng.next_u64() % 20001) / 1e4 - 1.0);
   std::vector<uint8_t> wire(codec_bytes(WanCodec::None, n));
-  double rates[7] = {per_token, 0, 0, 0, 0, 0, 0};
+  double rates[7] = {per_token, 0, 0, 0, 0, 0, 0};  // the same on every rank; summed and divided by the world below
   for (int k = 0; k < 3; ++k) {
     const auto c = static_cast<WanCodec>(k);
     const double te = time_s([&] { codec_encode(c, x.data(), k ? res.data() : nullptr, n, wire.data()); }, 5);
@@ -181,6 +230,7 @@ int calibrate_main(int argc, char** argv) {
   app.add_option("--max-bytes", o.max_bytes, "Largest ping-pong message")->capture_default_str();
   app.add_option("--centres", centres, "auto (AQ_CENTRE) | N equal blocks of ranks")->capture_default_str();
   app.add_option("--save-calibration", save, "Write the calibration here (JSON)");
+  app.add_flag("--compute-only", o.compute_only, "Measure compute and codecs only (links keep assumed values)");
   ParallelContext& ctx = ParallelContext::init(&argc, &argv);
   return run_main("aq-bench calibrate", app, argc, argv, ctx, [&] {
     AQ_CHECK(o.max_bytes >= 4096, "--max-bytes must be >= 4096 (got ", o.max_bytes, ")");

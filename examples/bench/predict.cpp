@@ -111,7 +111,11 @@ void run(ParallelContext& ctx, const Options& o) {
     if (!o.save.empty() && ctx.world_rank() == 0) save_calibration(cal, o.save);
   }
   if (ctx.world_rank() != 0) return;
-  if (!o.wan_rate.empty()) cal.wan.bytes_per_s = rate_bytes_per_s(o.wan_rate);
+  if (!o.wan_rate.empty()) {  // the exchange keeps its measured efficiency against the one-flow rate
+    const double r = rate_bytes_per_s(o.wan_rate);
+    cal.wan_exchange.bytes_per_s *= r / cal.wan.bytes_per_s;
+    cal.wan.bytes_per_s = r;
+  }
   if (o.wan_latency_ms >= 0) cal.wan.alpha_s = o.wan_latency_ms / 1e3;
   std::printf("%s", describe_calibration(cal).c_str());
   if (!o.save.empty()) std::printf("wrote %s\n", o.save.c_str());
