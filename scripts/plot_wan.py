@@ -26,7 +26,7 @@ def main():
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     x = range(len(rows))
     compute = [s - e for s, e in zip(step, exposed)]
-    ax[0].bar(x, compute, label="compute (step - exposed, slowest rank)", color="#4c72b0")
+    ax[0].bar(x, compute, label="step - exposed (rank that waited most)", color="#4c72b0")
     ax[0].bar(x, exposed, bottom=compute, label="exposed communication", color="#dd8452")
     ax[0].scatter(x, pred, marker="D", color="black", zorder=3, label="cost model")
     ax[0].set_xticks(list(x), names)

@@ -350,12 +350,15 @@ void wan(const WanOptions& o, const std::string& self) {
     const double sp = base.step_ms / m.step_ms, er = base.exposed_max_ms / std::max(1e-9, m.exposed_max_ms);
     const double br = base.link_bytes / std::max(1.0, m.link_bytes), vd = (m.val_loss - base.val_loss) / base.val_loss;
     const double lw = m.link_bytes / std::max(1.0, m.wan_bytes_job);
-    std::printf("%-13s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %4.0f%% %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
+    // flat's wan_ms is the in-flight time of the ranks a ring would cross with, not a cross-centre stage: no util.
+    const std::string util = m.rc.algo == "flat" ? "n/a" : str(static_cast<int>(std::lround(100 * m.link_util)), "%");
+    std::printf("%-13s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
                 m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0, m.wan_bytes_job, m.link_bytes,
-                lw, 100 * m.link_util, m.final_loss, m.val_loss, sp, er, br, 100 * vd);
+                lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
     csv << m.rc.key << ',' << m.rc.algo << ',' << m.rc.compress << ',' << m.rc.ef << ',' << o.rate << ',' << o.steps
         << ',' << m.step_ms << ',' << m.exposed_ms << ',' << m.exposed_max_ms << ',' << m.comm_ms << ',' << m.wan_bytes_rank0 << ','
-        << m.wan_bytes_job << ',' << m.link_bytes << ',' << lw << ',' << m.link_util << ',' << m.final_loss << ','
+        << m.wan_bytes_job << ',' << m.link_bytes << ',' << lw << ','
+        << (m.rc.algo == "flat" ? std::string() : std::to_string(m.link_util)) << ',' << m.final_loss << ','
         << m.val_loss << ',' << sp << ',' << er << ',' << br << ',' << vd << ',' << m.pred_step_ms << ','
         << m.pred_exposed_ms << ',' << 100 * (m.pred_step_ms - m.step_ms) / m.step_ms << ',' << m.pred_wan_job << ',' << m.pred_compute_ms << '\n';
   }
