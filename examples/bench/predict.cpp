@@ -119,6 +119,10 @@ void run(ParallelContext& ctx, const Options& o) {
   if (o.wan_latency_ms >= 0) cal.wan.alpha_s = o.wan_latency_ms / 1e3;
   std::printf("%s", describe_calibration(cal).c_str());
   if (!o.save.empty()) std::printf("wrote %s\n", o.save.c_str());
+  if (o.calibration.empty() && ctx.topology().centres() < 2 && o.wan_rate.empty())
+    std::printf("note: this world has no link across centres, so the WAN above is an assumption (1 GB/s, no "
+                "latency); run under scripts/wan_testbed.sh, pass --calibration FILE, or give --wan-rate and "
+                "--wan-latency-ms\n");
 
   const TrainShape sh = shape_for(o.config);
   cost::StepJob job;
