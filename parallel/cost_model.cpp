@@ -11,9 +11,12 @@ namespace aq::cost {
 
 const char* algo_name(Algo a) {
   switch (a) {
-    case Algo::FlatRing: return "flat (ring)";
-    case Algo::FlatBinomial: return "flat (MPI binomial)";
-    case Algo::Hier: return "hier";
+    case Algo::FlatRing:
+      return "flat (ring)";
+    case Algo::FlatBinomial:
+      return "flat (MPI binomial)";
+    case Algo::Hier:
+      return "hier";
   }
   return "?";
 }
@@ -124,7 +127,8 @@ Collective hier(const Layout& L, WanCodec codec, double n, const Calibration& ca
   c.seconds += 2 * ring_half_s(g, n, in);  // intra reduce-scatter + intra all-gather
   if (C <= 1) return c;
   const double chunk = n / 4.0 / (static_cast<double>(g) * C);  // fp32 values of one chunk
-  const double wire = static_cast<double>(g) * (C - 1) * static_cast<double>(codec_bytes(codec, static_cast<int64_t>(std::ceil(chunk))));
+  const double wire = static_cast<double>(g) * (C - 1) *
+                      static_cast<double>(codec_bytes(codec, static_cast<int64_t>(std::ceil(chunk))));
   const int k = static_cast<int>(codec);
   const double enc = 4.0 * chunk / cal.encode_bytes_per_s[k], dec = 4.0 * chunk / cal.decode_bytes_per_s[k];
   const Link& x = cal.wan_exchange.bytes_per_s > 0 ? cal.wan_exchange : cal.wan;  // both directions at once
@@ -140,13 +144,17 @@ Collective hier(const Layout& L, WanCodec codec, double n, const Calibration& ca
 }  // namespace
 
 Collective all_reduce(Algo algo, WanCodec codec, const Layout& L, double n_values, const Calibration& cal) {
-  AQ_CHECK(L.centres >= 1 && L.dp_per_centre >= 1, "cost model: layout needs >= 1 centre and >= 1 DP rank per centre (got ",
-           L.centres, " and ", L.dp_per_centre, ")");
+  AQ_CHECK(L.centres >= 1 && L.dp_per_centre >= 1,
+           "cost model: layout needs >= 1 centre and >= 1 DP rank per centre (got ", L.centres, " and ",
+           L.dp_per_centre, ")");
   const double n = 4.0 * n_values;  // fp32 gradients
   switch (algo) {
-    case Algo::FlatRing: return flat_ring(L, n, cal);
-    case Algo::FlatBinomial: return flat_binomial(L, n, cal);
-    case Algo::Hier: return hier(L, codec, n, cal);
+    case Algo::FlatRing:
+      return flat_ring(L, n, cal);
+    case Algo::FlatBinomial:
+      return flat_binomial(L, n, cal);
+    case Algo::Hier:
+      return hier(L, codec, n, cal);
   }
   return {};
 }

@@ -61,8 +61,8 @@ struct Layout {
 };
 
 struct StepJob {
-  double params = 0;                // gradient values per rank (the model's parameters / tp)
-  double tokens_per_rank = 0;       // B·T of one rank per step
+  double params = 0;                     // gradient values per rank (the model's parameters / tp)
+  double tokens_per_rank = 0;            // B·T of one rank per step
   double bucket_bytes = 25 * 1048576.0;  // --bucket-mb
   Layout layout;
   Algo algo = Algo::Hier;
@@ -78,10 +78,10 @@ struct Collective {
 };
 
 struct Prediction {
-  double compute_s = 0;      // forward + backward + optimizer of one rank
-  double comm_s = 0;         // the gradient all-reduces, launch to completion, summed over buckets
-  double exposed_s = 0;      // what overlap with backward did not hide (plus the per-step loss all-reduce)
-  double step_s = 0;         // compute_s + exposed_s
+  double compute_s = 0;             // forward + backward + optimizer of one rank
+  double comm_s = 0;                // the gradient all-reduces, launch to completion, summed over buckets
+  double exposed_s = 0;             // what overlap with backward did not hide (plus the per-step loss all-reduce)
+  double step_s = 0;                // compute_s + exposed_s
   double wan_bytes_per_centre = 0;  // per step, the busiest centre
   double wan_bytes_job = 0;         // per step, all centres
   int buckets = 0;

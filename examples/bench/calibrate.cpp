@@ -76,7 +76,8 @@ double exchange_s(ParallelContext& ctx, double bytes, int iters) {
   int peer = -1;
   const int shards = std::min(t.centre_dp[0], t.centre_dp[1]);
   for (int r = 0; r < ctx.world_size() && t.intra_index[me] < shards; ++r)
-    if (t.intra_index[r] == t.intra_index[me] && t.centre_of[r] != t.centre_of[me] && t.centre_of[r] + t.centre_of[me] == 1)
+    if (t.intra_index[r] == t.intra_index[me] && t.centre_of[r] != t.centre_of[me] &&
+        t.centre_of[r] + t.centre_of[me] == 1)
       peer = r;
   std::vector<uint16_t> out(static_cast<size_t>(std::max(1.0, std::ceil(bytes / 2)))), in(out.size());
   const auto n = static_cast<int64_t>(out.size());
@@ -145,7 +146,8 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
       for (int k = cls + 1; k < 3 && from < 0; ++k)
         if (measured[k]) from = k;
       if (from >= 0) *links[cls] = *links[from];
-      source += str("; ", names[cls], ": not in this world, ", from >= 0 ? str("copied from ", names[from]) : "assumed");
+      source +=
+          str("; ", names[cls], ": not in this world, ", from >= 0 ? str("copied from ", names[from]) : "assumed");
     }
 
   // 1b. The WAN as hier's exchange loads it (cost_model.h: wan_exchange): pairs × bytes per centre link and
@@ -223,7 +225,8 @@ int calibrate_main(int argc, char** argv) {
   CalibrateOptions o;
   std::string save, centres = "auto";
   CLI::App app{"aq-bench calibrate: alpha-beta per link class, compute per token and codec throughput of this world"};
-  app.add_option("--config", o.config, "tiny | small (the training shape whose compute is measured)")->capture_default_str();
+  app.add_option("--config", o.config, "tiny | small (the training shape whose compute is measured)")
+      ->capture_default_str();
   app.add_option("--data", o.data, "Training shards for the compute steps (default: random tokens)");
   app.add_option("--calibrate-steps", o.steps, "One-process steps per rank (two untimed)")->capture_default_str();
   app.add_option("--threads", o.threads, "CPU threads per rank")->capture_default_str();

@@ -41,14 +41,16 @@ std::vector<std::string> split_list(const std::string& s) {
 }
 
 void fill(std::vector<float>& buf, int rank) {
-  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<float>((rank + 1) * (1.0 + static_cast<double>(i % 7) / 8));
+  for (size_t i = 0; i < buf.size(); ++i)
+    buf[i] = static_cast<float>((rank + 1) * (1.0 + static_cast<double>(i % 7) / 8));
 }
 
 void run(ParallelContext& ctx, const Options& o) {
   AQ_CHECK(o.iters >= 1 && o.warmup >= 1, "--iters and --warmup must be >= 1 (got ", o.iters, " and ", o.warmup, ")");
   const std::vector<double> sizes = parse_sizes(o.sizes);
   const std::vector<std::string> algos = split_list(o.algos), codecs = split_list(o.compress);
-  for (const auto& a : algos) AQ_CHECK(a == "flat" || a == "hier", "--algos entries are flat or hier (got \"", a, "\")");
+  for (const auto& a : algos)
+    AQ_CHECK(a == "flat" || a == "hier", "--algos entries are flat or hier (got \"", a, "\")");
   for (const auto& c : codecs) wan_codec_from_name(c);
   if (!o.csv.empty() && ctx.world_rank() == 0) check_writable(o.csv, "CSV");
   ctx.configure(1, o.timeout, o.centres);
@@ -65,14 +67,16 @@ void run(ParallelContext& ctx, const Options& o) {
     csv << "algo,compress,ranks,centres,bytes,count,time_us,algbw_gbs,busbw_gbs,wan_bytes,max_rel_err\n";
   }
   if (rank == 0)
-    std::printf("# aq-bench collectives: %d ranks, %s; %d warm-up + %d timed calls per size; time = slowest rank's "
-                "mean\n# busbw = algbw * 2(n-1)/n; wan_bytes = bytes all ranks sent to other centres per call\n",
-                n, topo.describe().c_str(), o.warmup, o.iters);
+    std::printf(
+        "# aq-bench collectives: %d ranks, %s; %d warm-up + %d timed calls per size; time = slowest rank's "
+        "mean\n# busbw = algbw * 2(n-1)/n; wan_bytes = bytes all ranks sent to other centres per call\n",
+        n, topo.describe().c_str(), o.warmup, o.iters);
   for (const std::string& algo : algos)
     for (const std::string& cname : codecs) {
       const WanCodec codec = wan_codec_from_name(cname);
       if (algo == "flat" && codec != WanCodec::None) {
-        if (rank == 0) std::printf("\n# flat with %s: skipped (compression applies to hier's cross-centre hop)\n", cname.c_str());
+        if (rank == 0)
+          std::printf("\n# flat with %s: skipped (compression applies to hier's cross-centre hop)\n", cname.c_str());
         continue;
       }
       DpAlgoOptions ao;

@@ -183,8 +183,8 @@ cost::Calibration calibration_from_json(const nlohmann::json& j, const std::stri
 
 cost::Calibration load_calibration(const std::string& path) {
   std::ifstream f(path);
-  AQ_CHECK(f.good(), "cannot read --calibration ", path, " (write one with aq-bench calibrate --save-calibration ", path,
-           ")");
+  AQ_CHECK(f.good(), "cannot read --calibration ", path, " (write one with aq-bench calibrate --save-calibration ",
+           path, ")");
   nlohmann::json j;
   try {
     f >> j;
@@ -216,7 +216,8 @@ std::string describe_calibration(const cost::Calibration& c) {
     s += line;
   }
   if (c.wan_exchange.bytes_per_s > 0) {
-    std::snprintf(line, sizeof(line), "  WAN, exchange   alpha %8.1f us   bandwidth %s (%.1f MB/s; every carrier pair both ways)\n",
+    std::snprintf(line, sizeof(line),
+                  "  WAN, exchange   alpha %8.1f us   bandwidth %s (%.1f MB/s; every carrier pair both ways)\n",
                   c.wan_exchange.alpha_s * 1e6, format_rate(c.wan_exchange.bytes_per_s).c_str(),
                   c.wan_exchange.bytes_per_s / 1e6);
     s += line;
@@ -226,7 +227,8 @@ std::string describe_calibration(const cost::Calibration& c) {
   s += line;
   for (int k = 0; k < 3; ++k) {
     std::snprintf(line, sizeof(line), "  codec %-9s encode %7.0f MB/s, decode %7.0f MB/s (fp32 bytes)\n",
-                  wan_codec_name(static_cast<WanCodec>(k)), c.encode_bytes_per_s[k] / 1e6, c.decode_bytes_per_s[k] / 1e6);
+                  wan_codec_name(static_cast<WanCodec>(k)), c.encode_bytes_per_s[k] / 1e6,
+                  c.decode_bytes_per_s[k] / 1e6);
     s += line;
   }
   return s;

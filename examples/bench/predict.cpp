@@ -37,18 +37,22 @@ constexpr WhatIfModel kModels[] = {
 void print_what_if(double wan_latency_s) {
   const double peak = 989.4e12, mfu = 0.40;
   cost::Calibration cal;
-  cal.node = {5e-6, 150e9};     // NVLink 4: ~150 GB/s ring algbw per GPU inside a node
-  cal.centre = {10e-6, 45e9};   // InfiniBand NDR 400 Gbit/s per GPU, ~45 GB/s achievable
+  cal.node = {5e-6, 150e9};    // NVLink 4: ~150 GB/s ring algbw per GPU inside a node
+  cal.centre = {10e-6, 45e9};  // InfiniBand NDR 400 Gbit/s per GPU, ~45 GB/s achievable
   cal.wan = {wan_latency_s, 0};
   for (int k = 0; k < 3; ++k) cal.encode_bytes_per_s[k] = cal.decode_bytes_per_s[k] = 200e9;  // GPU kernels, HBM-bound
   std::printf(
       "\nWhat-if (cost model only; nothing here was run). Assumptions:\n"
-      "  GPUs: H100 SXM, dense bf16 peak %.1f TFLOP/s, MFU %.0f%% => compute = tokens x (6N + 6LCT) / (tp x peak x MFU)\n"
-      "  8 GPUs per node; inside a node alpha %.0f us, %.0f GB/s (NVLink); inside a centre alpha %.0f us, %.0f GB/s per "
+      "  GPUs: H100 SXM, dense bf16 peak %.1f TFLOP/s, MFU %.0f%% => compute = tokens x (6N + 6LCT) / (tp x peak x "
+      "MFU)\n"
+      "  8 GPUs per node; inside a node alpha %.0f us, %.0f GB/s (NVLink); inside a centre alpha %.0f us, %.0f GB/s "
+      "per "
       "GPU (InfiniBand NDR)\n"
-      "  across centres: alpha %.0f ms per message, the rate below per centre and direction, shared by the centre's GPUs\n"
+      "  across centres: alpha %.0f ms per message, the rate below per centre and direction, shared by the centre's "
+      "GPUs\n"
       "  codecs on the GPU at %.0f GB/s; gradients fp32 (4 bytes x parameters / tp), buckets 25 MiB, overlap with a\n"
-      "  backward of 2/3 of compute; flat = one NCCL-style ring through every DP rank (2(p-1) WAN latencies per bucket);\n"
+      "  backward of 2/3 of compute; flat = one NCCL-style ring through every DP rank (2(p-1) WAN latencies per "
+      "bucket);\n"
       "  hier = reduce-scatter in the centre, one exchange per shard across centres, all-gather in the centre.\n"
       "  Memory is not checked; no DiLoCo-style outer steps (every step all-reduces every gradient).\n",
       peak / 1e12, mfu * 100, cal.node.alpha_s * 1e6, cal.node.bytes_per_s / 1e9, cal.centre.alpha_s * 1e6,
@@ -60,8 +64,8 @@ void print_what_if(double wan_latency_s) {
     cal.compute_s_per_token = cost::compute_s_per_token_from_flops(m.params, m.layers, m.dim, m.seq, m.tp * peak, mfu);
     std::printf("\n%s: %.3g parameters, tp %d, %.0f tokens per replica per step, compute %.3f s per step\n", m.name,
                 m.params, m.tp, m.tokens_per_replica, m.tokens_per_replica * cal.compute_s_per_token);
-    std::printf("%7s %6s %12s | %10s %10s %10s | %8s %8s | %10s %10s %10s\n", "centres", "GPUs/c", "WAN rate",
-                "flat s", "hier s", "int8 s", "hier x", "int8 x", "flat GB", "hier GB", "int8 GB");
+    std::printf("%7s %6s %12s | %10s %10s %10s | %8s %8s | %10s %10s %10s\n", "centres", "GPUs/c", "WAN rate", "flat s",
+                "hier s", "int8 s", "hier x", "int8 x", "flat GB", "hier GB", "int8 GB");
     for (int C : centres)
       for (int g : gpus)
         for (double rate : rates) {
@@ -81,8 +85,8 @@ void print_what_if(double wan_latency_s) {
             gb[i] = p.wan_bytes_per_centre / 1e9;
           }
           std::printf("%7d %6d %12s | %10.3g %10.3g %10.3g | %7.1fx %7.1fx | %10.3g %10.3g %10.3g\n", C, g,
-                      format_rate(rate).c_str(), step[0], step[1], step[2], step[0] / step[1], step[0] / step[2],
-                      gb[0], gb[1], gb[2]);
+                      format_rate(rate).c_str(), step[0], step[1], step[2], step[0] / step[1], step[0] / step[2], gb[0],
+                      gb[1], gb[2]);
         }
   }
   std::printf("(s: predicted step time; x: speed-up over flat; GB: bytes each centre sends per step)\n");
@@ -120,9 +124,10 @@ void run(ParallelContext& ctx, const Options& o) {
   std::printf("%s", describe_calibration(cal).c_str());
   if (!o.save.empty()) std::printf("wrote %s\n", o.save.c_str());
   if (o.calibration.empty() && ctx.topology().centres() < 2 && o.wan_rate.empty())
-    std::printf("note: this world has no link across centres, so the WAN above is an assumption (1 GB/s, no "
-                "latency); run under scripts/wan_testbed.sh, pass --calibration FILE, or give --wan-rate and "
-                "--wan-latency-ms\n");
+    std::printf(
+        "note: this world has no link across centres, so the WAN above is an assumption (1 GB/s, no "
+        "latency); run under scripts/wan_testbed.sh, pass --calibration FILE, or give --wan-rate and "
+        "--wan-latency-ms\n");
 
   const TrainShape sh = shape_for(o.config);
   cost::StepJob job;
@@ -135,10 +140,11 @@ void run(ParallelContext& ctx, const Options& o) {
   job.layout.centres = o.centres > 0 ? o.centres : here ? t.centres() : 2;
   job.layout.dp_per_centre = o.per_centre > 0 ? o.per_centre : here ? std::max(1, ctx.dp() / t.centres()) : 2;
   job.layout.ranks_per_node = o.per_node > 0 ? o.per_node : job.layout.dp_per_centre;
-  std::printf("\nprediction: %.0f parameters, %.0f tokens per rank per step, %d centres x %d DP ranks (%d per node), "
-              "buckets of %.0f MiB\n",
-              job.params, job.tokens_per_rank, job.layout.centres, job.layout.dp_per_centre,
-              job.layout.ranks_per_node, o.bucket_mb);
+  std::printf(
+      "\nprediction: %.0f parameters, %.0f tokens per rank per step, %d centres x %d DP ranks (%d per node), "
+      "buckets of %.0f MiB\n",
+      job.params, job.tokens_per_rank, job.layout.centres, job.layout.dp_per_centre, job.layout.ranks_per_node,
+      o.bucket_mb);
   std::printf("%-22s %-6s %10s %10s %11s %10s %14s\n", "algorithm", "codec", "compute ms", "comm ms", "exposed ms",
               "step ms", "wan B/centre");
   for (cost::Algo a : {cost::Algo::FlatBinomial, cost::Algo::FlatRing, cost::Algo::Hier}) {
@@ -162,7 +168,8 @@ void run(ParallelContext& ctx, const Options& o) {
 int predict_main(int argc, char** argv) {
   Options o;
   CLI::App app{"aq-bench predict: step time and WAN bytes of a layout from the cost model, and what-if tables"};
-  app.add_option("--calibration", o.calibration, "Calibration JSON (aq-bench calibrate); default: calibrate this world");
+  app.add_option("--calibration", o.calibration,
+                 "Calibration JSON (aq-bench calibrate); default: calibrate this world");
   app.add_option("--save-calibration", o.save, "Write the calibration measured here");
   app.add_option("--config", o.config, "tiny | small: parameters and tokens per rank")->capture_default_str();
   app.add_option("--data", o.data, "Training shards for the compute calibration (default: random tokens)");
@@ -177,7 +184,8 @@ int predict_main(int argc, char** argv) {
   app.add_option("--bucket-mb", o.bucket_mb, "Gradient bucket size in MiB")->capture_default_str();
   app.add_option("--wan-rate", o.wan_rate, "Replace the WAN bandwidth (e.g. 100mbit, 10gbit)");
   app.add_option("--wan-latency-ms", o.wan_latency_ms, "Replace the WAN latency (one message, ms)");
-  app.add_option("--what-if-latency-ms", o.what_if_latency_ms, "WAN latency of the what-if tables")->capture_default_str();
+  app.add_option("--what-if-latency-ms", o.what_if_latency_ms, "WAN latency of the what-if tables")
+      ->capture_default_str();
   app.add_option("--what-if", o.what_if, "Print the what-if tables")->capture_default_str();
   app.add_option("--calibrate-centres", o.centres_spec, "--centres of this world when calibrating (auto | N)")
       ->capture_default_str();

@@ -20,8 +20,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -70,8 +70,13 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
     wan_ms.push_back(r.steps[i].wan_ms), wan_b.push_back(r.steps[i].wan_bytes);
   }
   constexpr int kFields = 7;
-  const double mine[kFields] = {static_cast<double>(ctx.centre()), median(ms), median(exposed), median(comm),
-                                median(wan_ms), median(wan_b), wan_total};
+  const double mine[kFields] = {static_cast<double>(ctx.centre()),
+                                median(ms),
+                                median(exposed),
+                                median(comm),
+                                median(wan_ms),
+                                median(wan_b),
+                                wan_total};
   std::vector<double> all(static_cast<size_t>(kFields * ctx.world_size()));
   ctx.world().all_gather(mine, all.data(), kFields, DType::F64, {"wan-worker: per-rank figures"})->wait();
   if (ctx.world_rank() != 0) return;
@@ -83,8 +88,13 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
   j["val_loss"] = r.val_losses.empty() ? 0.0 : r.val_losses.back().second;
   for (int k = 0; k < ctx.world_size(); ++k) {
     const double* v = all.data() + kFields * k;
-    j["ranks"].push_back({{"centre", static_cast<int>(v[0])}, {"step_ms", v[1]}, {"exposed_ms", v[2]},
-                          {"comm_ms", v[3]}, {"wan_ms", v[4]}, {"wan_bytes", v[5]}, {"wan_bytes_total", v[6]}});
+    j["ranks"].push_back({{"centre", static_cast<int>(v[0])},
+                          {"step_ms", v[1]},
+                          {"exposed_ms", v[2]},
+                          {"comm_ms", v[3]},
+                          {"wan_ms", v[4]},
+                          {"wan_bytes", v[5]},
+                          {"wan_bytes_total", v[6]}});
   }
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
@@ -95,7 +105,8 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
 
 struct WanOptions {
   int centres = 2, steps = 300, threads = 1, eval_batches = 32;
-  std::string ranks_per_centre, rate = "100mbit", config = "tiny", out = "out/wan", text = "/usr/share/games/fortunes/*.u8";
+  std::string ranks_per_centre, rate = "100mbit", config = "tiny", out = "out/wan",
+                                text = "/usr/share/games/fortunes/*.u8";
   std::string configs = "flat,hier,hier-bf16,hier-int8", calibration, save_calibration;
   double lr = 1e-3, what_if_latency_ms = 30;
 };
@@ -115,7 +126,8 @@ void testbed_down() {
   if (g_name.empty()) return;
   const std::string cmd = g_testbed + " down --name " + g_name + " > /dev/null 2>&1";
   g_name.clear();
-  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "aq-bench wan: '%s' failed; remove the testbed by hand\n", cmd.c_str());
+  if (std::system(cmd.c_str()) != 0)
+    std::fprintf(stderr, "aq-bench wan: '%s' failed; remove the testbed by hand\n", cmd.c_str());
 }
 void on_signal(int sig) {
   testbed_down();
@@ -165,7 +177,8 @@ std::map<std::string, double> link_tx(const std::string& testbed, const std::str
 
 struct Measured {
   RunConfig rc;
-  double step_ms = 0, exposed_ms = 0, exposed_max_ms = 0, comm_ms = 0, wan_bytes_rank0 = 0, wan_bytes_job = 0, link_bytes = 0;
+  double step_ms = 0, exposed_ms = 0, exposed_max_ms = 0, comm_ms = 0, wan_bytes_rank0 = 0, wan_bytes_job = 0,
+         link_bytes = 0;
   double link_util = 0, final_loss = 0, val_loss = 0, wall_s = 0;
   double pred_step_ms = 0, pred_exposed_ms = 0, pred_wan_job = 0, pred_compute_ms = 0;
   std::vector<double> util_by_centre;
@@ -173,8 +186,10 @@ struct Measured {
 
 void wan(const WanOptions& o, const std::string& self) {
   if (::geteuid() != 0) {
-    std::printf("aq-bench wan: SKIP: the WAN testbed needs root (network namespaces, tc); running as uid %d: run it "
-                "with sudo\n", static_cast<int>(::geteuid()));
+    std::printf(
+        "aq-bench wan: SKIP: the WAN testbed needs root (network namespaces, tc); running as uid %d: run it "
+        "with sudo\n",
+        static_cast<int>(::geteuid()));
     std::exit(77);
   }
   const TrainShape sh = shape_for(o.config);
@@ -191,8 +206,8 @@ void wan(const WanOptions& o, const std::string& self) {
       AQ_CHECK(v >= 1, "--ranks-per-centre ", o.ranks_per_centre, ": each count must be >= 1, like 2,2 or 3,1");
       per.push_back(v);
     }
-    AQ_CHECK(static_cast<int>(per.size()) == o.centres, "--ranks-per-centre ", o.ranks_per_centre, " lists ", per.size(),
-             " centres, --centres is ", o.centres, ": give one count per centre");
+    AQ_CHECK(static_cast<int>(per.size()) == o.centres, "--ranks-per-centre ", o.ranks_per_centre, " lists ",
+             per.size(), " centres, --centres is ", o.centres, ": give one count per centre");
   }
   int np = 0;
   std::string split;
@@ -222,7 +237,8 @@ void wan(const WanOptions& o, const std::string& self) {
   std::signal(SIGHUP, on_signal);
   {
     std::string up;
-    const int rc = run_capture(str(g_testbed, " up --centres ", o.centres, " --rate ", o.rate, " --name ", g_name, " 2>&1"), up);
+    const int rc =
+        run_capture(str(g_testbed, " up --centres ", o.centres, " --rate ", o.rate, " --name ", g_name, " 2>&1"), up);
     if (rc == 77) {
       g_name.clear();
       std::printf("aq-bench wan: SKIP: %s", up.c_str());
@@ -230,10 +246,12 @@ void wan(const WanOptions& o, const std::string& self) {
     }
     AQ_CHECK(rc == 0, "wan_testbed.sh up failed (exit ", rc, "): ", up);
   }
-  const nlohmann::json status = nlohmann::json::parse(must_run(g_testbed + " status --json --name " + g_name, "testbed status"));
+  const nlohmann::json status =
+      nlohmann::json::parse(must_run(g_testbed + " status --json --name " + g_name, "testbed status"));
   const double rate_Bps = status.at("rate_bits_per_s").get<double>() / 8;
   const std::string tput = must_run(g_testbed + " throughput --seconds 2 --name " + g_name, "testbed throughput");
-  std::fprintf(stderr, "[wan] testbed %s up: %d centres at %s; %s", g_name.c_str(), o.centres, o.rate.c_str(), tput.c_str());
+  std::fprintf(stderr, "[wan] testbed %s up: %d centres at %s; %s", g_name.c_str(), o.centres, o.rate.c_str(),
+               tput.c_str());
   const std::string run_prefix = str(g_testbed, " run ", np, " --name ", g_name, " --ranks-per-centre ", split,
                                      " --env OMP_NUM_THREADS=", o.threads, " -- ");
   const std::string data = sh_quote(tmp + "/data/train_*.bin"), val = sh_quote(tmp + "/data/val_*.bin");
@@ -267,8 +285,8 @@ void wan(const WanOptions& o, const std::string& self) {
     const double t0 = steady_ms();
     std::string out;
     const std::string cmd =
-        str("timeout ", 600 + 10 * o.steps, " ", run_prefix, self, " wan-worker --config ", o.config, " --steps ", o.steps,
-            " --threads ", o.threads, " --lr ", o.lr, " --eval-batches ", o.eval_batches, " --data ", data,
+        str("timeout ", 600 + 10 * o.steps, " ", run_prefix, self, " wan-worker --config ", o.config, " --steps ",
+            o.steps, " --threads ", o.threads, " --lr ", o.lr, " --eval-batches ", o.eval_batches, " --data ", data,
             " --val-data ", val, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress, " --error-feedback ", rc.ef,
             " --log ", sh_quote(log));
     const int code = run_capture(cmd + " 2>&1", out);
@@ -331,19 +349,21 @@ void wan(const WanOptions& o, const std::string& self) {
 
   // Tables.
   const Measured& base = res.front();
-  std::printf("\naq-bench wan: %s (%.0f parameters, B%d T%d per rank), %d centres x %s ranks at %s (tbf, no latency "
-              "emulated), %d thread(s) per rank, %d steps, lr %g constant, seed 1337; medians over steps 3..%d of rank "
-              "0\n",
-              o.config.c_str(), sh.params(), sh.batch, sh.seq, o.centres, split.c_str(), o.rate.c_str(), o.threads,
-              o.steps, o.lr, o.steps);
+  std::printf(
+      "\naq-bench wan: %s (%.0f parameters, B%d T%d per rank), %d centres x %s ranks at %s (tbf, no latency "
+      "emulated), %d thread(s) per rank, %d steps, lr %g constant, seed 1337; medians over steps 3..%d of rank "
+      "0\n",
+      o.config.c_str(), sh.params(), sh.batch, sh.seq, o.centres, split.c_str(), o.rate.c_str(), o.threads, o.steps,
+      o.lr, o.steps);
   std::printf("testbed throughput check: %s", tput.c_str());
   std::printf("%-13s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "config", "step", "exposed",
               "exposed", "wan B rank0", "wan B ranks", "link B", "link/", "util", "loss", "val", "step", "exposed",
               "bytes", "val");
-  std::printf("%-13s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max", "/step",
-              "/step", "/step", "ranks", "", "final", "loss", "x", "x", "x", "diff");
+  std::printf("%-13s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max",
+              "/step", "/step", "/step", "ranks", "", "final", "loss", "x", "x", "x", "diff");
   std::ofstream csv(o.out + ".csv");
-  csv << "config,algo,compress,error_feedback,rate,steps,step_ms,exposed_ms,exposed_max_ms,comm_ms,wan_bytes_rank0,wan_bytes_ranks,"
+  csv << "config,algo,compress,error_feedback,rate,steps,step_ms,exposed_ms,exposed_max_ms,comm_ms,wan_bytes_rank0,wan_"
+         "bytes_ranks,"
          "link_bytes,link_over_wan,link_util,final_loss,val_loss,step_speedup,exposed_ratio,wan_bytes_ratio,"
          "val_rel_diff,pred_step_ms,pred_exposed_ms,pred_err_pct,pred_wan_bytes,pred_compute_ms\n";
   for (const Measured& m : res) {
@@ -353,23 +373,25 @@ void wan(const WanOptions& o, const std::string& self) {
     // flat's wan_ms is the in-flight time of the ranks a ring would cross with, not a cross-centre stage: no util.
     const std::string util = m.rc.algo == "flat" ? "n/a" : str(static_cast<int>(std::lround(100 * m.link_util)), "%");
     std::printf("%-13s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
-                m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0, m.wan_bytes_job, m.link_bytes,
-                lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
+                m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0, m.wan_bytes_job,
+                m.link_bytes, lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
     csv << m.rc.key << ',' << m.rc.algo << ',' << m.rc.compress << ',' << m.rc.ef << ',' << o.rate << ',' << o.steps
-        << ',' << m.step_ms << ',' << m.exposed_ms << ',' << m.exposed_max_ms << ',' << m.comm_ms << ',' << m.wan_bytes_rank0 << ','
-        << m.wan_bytes_job << ',' << m.link_bytes << ',' << lw << ','
+        << ',' << m.step_ms << ',' << m.exposed_ms << ',' << m.exposed_max_ms << ',' << m.comm_ms << ','
+        << m.wan_bytes_rank0 << ',' << m.wan_bytes_job << ',' << m.link_bytes << ',' << lw << ','
         << (m.rc.algo == "flat" ? std::string() : std::to_string(m.link_util)) << ',' << m.final_loss << ','
         << m.val_loss << ',' << sp << ',' << er << ',' << br << ',' << vd << ',' << m.pred_step_ms << ','
-        << m.pred_exposed_ms << ',' << 100 * (m.pred_step_ms - m.step_ms) / m.step_ms << ',' << m.pred_wan_job << ',' << m.pred_compute_ms << '\n';
+        << m.pred_exposed_ms << ',' << 100 * (m.pred_step_ms - m.step_ms) / m.step_ms << ',' << m.pred_wan_job << ','
+        << m.pred_compute_ms << '\n';
   }
   csv.close();
-  std::printf("(exposed: communication the step waited for, median over steps, on rank 0 (its JSONL) and on the "
-              "slowest rank (max over ranks; in flat, rank 0 is the tree's root, whose sends end when the kernel has "
-              "buffered them, so it waits least); link B: what all centres' links sent per step "
-              "(start-up and evaluation included); link/ranks: link bytes over the ranks' wan_bytes; util: a centre's "
-              "link bytes over the longest cross-stage time (wan_ms) of its ranks, against the shaped rate (median of "
-              "centres); x: flat fp32 over this (exposed: slowest rank; bytes: link bytes); val diff: against flat "
-              "fp32)\n");
+  std::printf(
+      "(exposed: communication the step waited for, median over steps, on rank 0 (its JSONL) and on the "
+      "slowest rank (max over ranks; in flat, rank 0 is the tree's root, whose sends end when the kernel has "
+      "buffered them, so it waits least); link B: what all centres' links sent per step "
+      "(start-up and evaluation included); link/ranks: link bytes over the ranks' wan_bytes; util: a centre's "
+      "link bytes over the longest cross-stage time (wan_ms) of its ranks, against the shaped rate (median of "
+      "centres); x: flat fp32 over this (exposed: slowest rank; bytes: link bytes); val diff: against flat "
+      "fp32)\n");
 
   // Predicted vs measured.
   std::printf("\ncost model vs measurement (%s)\n", cal.source.c_str());
@@ -388,7 +410,8 @@ void wan(const WanOptions& o, const std::string& self) {
   std::vector<size_t> by_meas(res.size()), by_pred(res.size());
   for (size_t i = 0; i < res.size(); ++i) by_meas[i] = by_pred[i] = i;
   std::sort(by_meas.begin(), by_meas.end(), [&](size_t a, size_t b) { return res[a].step_ms < res[b].step_ms; });
-  std::sort(by_pred.begin(), by_pred.end(), [&](size_t a, size_t b) { return res[a].pred_step_ms < res[b].pred_step_ms; });
+  std::sort(by_pred.begin(), by_pred.end(),
+            [&](size_t a, size_t b) { return res[a].pred_step_ms < res[b].pred_step_ms; });
   std::string order_m, order_p;
   for (size_t i = 0; i < res.size(); ++i) {
     order_m += str(i ? " < " : "", res[by_meas[i]].rc.label);
@@ -438,7 +461,8 @@ int wan_main(int argc, char** argv) {
   app.add_option("--ranks-per-centre", o.ranks_per_centre, "Ranks of each centre, e.g. 2,2 (default 2 each)");
   app.add_option("--rate", o.rate, "Each centre's link rate, up and down (tc units)")->capture_default_str();
   app.add_option("--steps", o.steps, "Training steps per configuration")->capture_default_str();
-  app.add_option("--config", o.config, "tiny (L4 H4 C128 V256 T64 B8) | small (L6 H6 C384 T64 B4)")->capture_default_str();
+  app.add_option("--config", o.config, "tiny (L4 H4 C128 V256 T64 B8) | small (L6 H6 C384 T64 B4)")
+      ->capture_default_str();
   app.add_option("--threads", o.threads, "CPU threads per rank")->capture_default_str();
   app.add_option("--lr", o.lr, "Learning rate (constant)")->capture_default_str();
   app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
@@ -446,8 +470,10 @@ int wan_main(int argc, char** argv) {
   app.add_option("--text", o.text, "Text files for aq-prepare (shell glob)")->capture_default_str();
   app.add_option("--calibration", o.calibration, "Use this calibration instead of calibrating on the testbed");
   app.add_option("--save-calibration", o.save_calibration, "Keep the testbed's calibration here");
-  app.add_option("--what-if-latency-ms", o.what_if_latency_ms, "WAN latency of the what-if tables")->capture_default_str();
-  app.add_option("--out", o.out, "Output prefix: PREFIX.csv, PREFIX.png, PREFIX_<config>.jsonl/.log")->capture_default_str();
+  app.add_option("--what-if-latency-ms", o.what_if_latency_ms, "WAN latency of the what-if tables")
+      ->capture_default_str();
+  app.add_option("--out", o.out, "Output prefix: PREFIX.csv, PREFIX.png, PREFIX_<config>.jsonl/.log")
+      ->capture_default_str();
   const std::string self = self_exe(argv[0]);
   return run_main("aq-bench wan", app, argc, argv, [&] { wan(o, self); });
 }

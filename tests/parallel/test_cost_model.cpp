@@ -47,8 +47,8 @@ TEST(CostModel, HierTwoCentresCrossesOnceWithTwoLatencies) {
   EXPECT_NEAR(c.seconds, 2 * (1e-3 + 0.5), 1e-9);
   EXPECT_DOUBLE_EQ(c.wan_bytes_per_centre, 1e6);  // 2(C−1)/C·n
   // The guide's claim: at p = 4 across 2 centres the ring pushes 1.5× the hierarchy's bytes.
-  EXPECT_DOUBLE_EQ(all_reduce(Algo::FlatRing, WanCodec::None, L, 250000, cal).wan_bytes_per_centre /
-                       c.wan_bytes_per_centre, 1.5);
+  EXPECT_DOUBLE_EQ(
+      all_reduce(Algo::FlatRing, WanCodec::None, L, 250000, cal).wan_bytes_per_centre / c.wan_bytes_per_centre, 1.5);
 }
 
 TEST(CostModel, HierManyCentresMatchesTheGuidesPerShardTerm) {
