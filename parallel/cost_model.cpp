@@ -9,6 +9,17 @@
 
 namespace aq::cost {
 
+double Calibration::exchange_bytes_per_s(double stage_bytes) const {
+  const auto& c = wan_exchange;
+  if (c.empty()) return wan.bytes_per_s;
+  if (stage_bytes <= c.front().first) return c.front().second;
+  if (stage_bytes >= c.back().first) return c.back().second;
+  size_t i = 1;
+  while (c[i].first < stage_bytes) ++i;
+  const double t = std::log(stage_bytes / c[i - 1].first) / std::log(c[i].first / c[i - 1].first);
+  return c[i - 1].second + t * (c[i].second - c[i - 1].second);
+}
+
 const char* algo_name(Algo a) {
   switch (a) {
     case Algo::FlatRing:
@@ -131,7 +142,7 @@ Collective hier(const Layout& L, WanCodec codec, double n, const Calibration& ca
                       static_cast<double>(codec_bytes(codec, static_cast<int64_t>(std::ceil(chunk))));
   const int k = static_cast<int>(codec);
   const double enc = 4.0 * chunk / cal.encode_bytes_per_s[k], dec = 4.0 * chunk / cal.decode_bytes_per_s[k];
-  const Link& x = cal.wan_exchange.bytes_per_s > 0 ? cal.wan_exchange : cal.wan;  // both directions at once
+  const Link x{cal.wan.alpha_s, cal.exchange_bytes_per_s(wire)};  // both directions at once
   const double stage_a = (C - 1) * enc + x.time(wire);
   const double stage_b = (C - 1) * dec + enc + dec + x.time(wire) + (C - 1) * dec;
   c.wan_seconds = stage_a + stage_b;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "parallel/algo/codec.h"
@@ -31,10 +32,13 @@ struct Calibration {
   Link centre;  // two nodes of one centre (InfiniBand, Ethernet)
   Link wan;     // one centre's link to the others (one direction), one flow at a time
   // The same link as hier's exchange loads it: every carrier pair sending both ways at once. A shaped link's
-  // queue holds each direction's ACKs behind the other direction's data, so short bidirectional flows see a
-  // long round trip and spend much of their life in slow start; measured by aq-bench calibrate as an α–β fit
-  // (α absorbs the slow start). bytes_per_s = 0: not measured, use `wan`.
-  Link wan_exchange{0, 0};
+  // queue holds each direction's ACKs behind the other direction's data, and the more a stage sends, the longer
+  // that queue and the round trip: on the testbed the exchange ran at 74% of the one-flow rate for 1 MiB and 60%
+  // for 4 MiB. So it is a measured curve, not one β (as simulators use measured collective curves): pairs of
+  // (bytes one stage puts on a centre's link, bandwidth achieved), ascending, interpolated in log(bytes) and
+  // held flat beyond its ends; α stays `wan`'s. Empty: not measured, use `wan`.
+  std::vector<std::pair<double, double>> wan_exchange;
+  double exchange_bytes_per_s(double stage_bytes) const;  // the curve at this size, or wan.bytes_per_s
   // Compute of one rank per token of its batch: forward + backward + optimizer, measured on the configuration
   // with every rank of the job computing at once (so shared cores are priced in).
   double compute_s_per_token = 0;

@@ -5,7 +5,9 @@
 //     max/8 and max bytes (bandwidth from the slope between the two, so α and tbf's initial burst cancel).
 //     The other ranks wait meanwhile, so the pair has the link to itself. A class the world lacks copies the
 //     next faster one (and says so in `source`).
-//   * the WAN again as hier's exchange loads it: every carrier pair sends both ways at once (wan_exchange);
+//   * the WAN again as hier's exchange loads it (wan_exchange): the hierarchical all-reduce itself, every carrier
+//     pair sending both ways at once, timed at 1/4, 1/2 and all of the configuration's gradient bucket, less its
+//     intra-centre stages: a bandwidth-by-size curve;
 //   * compute per token: every rank trains --calibrate-steps steps of the configuration as a one-process job at
 //     the same time (so the job's own sharing of cores is priced in); per step the slowest rank's time (a
 //     synchronous step waits for it), median over the steps after the first two, per token.
@@ -21,6 +23,7 @@
 #include "examples/bench/bench.h"
 #include "examples/main_guard.h"
 #include "model/trainer.h"
+#include "parallel/algo/dp_algorithm.h"
 #include "parallel/context.h"
 #include "runtime/data.h"
 #include "runtime/file_io.h"
@@ -67,30 +70,21 @@ cost::Link measure_link(ParallelContext& ctx, int a, int b, double max_bytes) {
   return l;
 }
 
-// Every pair (rank of intra index i in centre 0, the same index in centre 1), i < the smaller centre's size,
-// exchanges `bytes` both ways at once, as hier's cross stages do; the time of the slowest rank, median of
-// `iters` (after one untimed). Collective over the world.
-double exchange_s(ParallelContext& ctx, double bytes, int iters) {
-  const Topology& t = ctx.topology();
-  const int me = ctx.world_rank();
-  int peer = -1;
-  const int shards = std::min(t.centre_dp[0], t.centre_dp[1]);
-  for (int r = 0; r < ctx.world_size() && t.intra_index[me] < shards; ++r)
-    if (t.intra_index[r] == t.intra_index[me] && t.centre_of[r] != t.centre_of[me] &&
-        t.centre_of[r] + t.centre_of[me] == 1)
-      peer = r;
-  std::vector<uint16_t> out(static_cast<size_t>(std::max(1.0, std::ceil(bytes / 2)))), in(out.size());
-  const auto n = static_cast<int64_t>(out.size());
+// The hierarchical all-reduce (parallel/algo/hier.cpp, no compression) of `bytes` over the world's DP groups:
+// the slowest rank's time, median of `iters` calls after one untimed, each started together after a barrier.
+// Collective over the world.
+double hier_all_reduce_s(ParallelContext& ctx, double bytes, int iters) {
+  const auto count = static_cast<int64_t>(bytes / 4);
+  DpAlgoOptions ao;
+  ao.algo = "hier";
+  ao.buffer_size = count;
+  std::unique_ptr<DpAlgorithm> dp = make_dp_algorithm(ao, ctx.dp_groups());
+  std::vector<float> buf(static_cast<size_t>(count), 1.0f);
   std::vector<double> times;
   for (int i = 0; i <= iters; ++i) {
     ctx.world().barrier({"calibrate: exchange barrier"})->wait();
     const double t0 = steady_ms();
-    if (peer >= 0 && t.centre_of[me] <= 1) {
-      WorkPtr r = ctx.world().recv(in.data(), n, DType::U16, peer, {"calibrate exchange"});
-      WorkPtr s = ctx.world().send(out.data(), n, DType::U16, peer, {"calibrate exchange"});
-      s->wait();
-      r->wait();
-    }
+    dp->all_reduce(buf.data(), count, 0, {"calibrate: hierarchical all-reduce"})->wait();
     double dt = (steady_ms() - t0) / 1e3;
     ctx.world().all_reduce_sync(&dt, 1, DType::F64, {"calibrate: exchange time", ReduceOp::Max});
     if (i > 0) times.push_back(dt);
@@ -150,20 +144,22 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
           str("; ", names[cls], ": not in this world, ", from >= 0 ? str("copied from ", names[from]) : "assumed");
     }
 
-  // 1b. The WAN as hier's exchange loads it (cost_model.h: wan_exchange): pairs × bytes per centre link and
-  // direction; α–β fit through two sizes, so the intercept carries the slow start of each stage's flows.
+  // 1b. The WAN as hier's exchange loads it (cost_model.h: wan_exchange): the hierarchical all-reduce of n/4, n/2
+  // and n, n = the configuration's gradient bucket (the range its fp32, bf16 and int8 stages span), less its
+  // intra-centre stages as the node link prices them. Its 2 cross stages put (C−1)/C·n each on a centre's link:
+  // bandwidth = 2(C−1)/C·n / (time − 2 α_W), keyed by the stage's bytes.
+  const TrainShape sh = shape_for(o.config);
   if (measured[2]) {
-    const int pairs = std::min(topo.centre_dp[0], topo.centre_dp[1]);
-    const double small = o.max_bytes / 8, t_small = exchange_s(ctx, small, 3), t_big = exchange_s(ctx, o.max_bytes, 3);
-    cost::Link x;
-    x.bytes_per_s = t_big > t_small ? pairs * (o.max_bytes - small) / (t_big - t_small) : pairs * o.max_bytes / t_big;
-    x.alpha_s = std::max(cal.wan.alpha_s, t_big - pairs * o.max_bytes / x.bytes_per_s);
-    cal.wan_exchange = x;
-    source += str("; wan exchange: ", pairs, " pair(s) both ways");
+    const double C = topo.centres(), g = topo.cross_shards(), f = (C - 1) / C;
+    const double n_cfg = std::min(4 * sh.params(), 25 * 1048576.0);  // one bucket of the default --bucket-mb
+    for (double n : {n_cfg / 4, n_cfg / 2, n_cfg}) {
+      const double y = hier_all_reduce_s(ctx, n, 4) - 2 * cost::ring_half_s(static_cast<int>(g), n, cal.node);
+      cal.wan_exchange.emplace_back(f * n, 2 * f * n / std::max(1e-6, y - 2 * cal.wan.alpha_s));
+    }
+    source += str("; wan exchange: hier all-reduce of ", static_cast<int64_t>(n_cfg), " B, /2, /4");
   }
 
   // 2. Compute per token: a one-process job on every rank at once.
-  const TrainShape sh = shape_for(o.config);
   std::string dir, data = o.data;
   if (data.empty()) {
     char tmpl[] = "/tmp/aq-calibrate-XXXXXX";

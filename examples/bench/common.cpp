@@ -138,8 +138,8 @@ nlohmann::ordered_json calibration_to_json(const cost::Calibration& c) {
   const cost::Link* links[3] = {&c.node, &c.centre, &c.wan};
   for (int i = 0; i < 3; ++i)
     j["links"][kLinkNames[i]] = {{"alpha_s", links[i]->alpha_s}, {"bytes_per_s", links[i]->bytes_per_s}};
-  if (c.wan_exchange.bytes_per_s > 0)
-    j["links"]["wan_exchange"] = {{"alpha_s", c.wan_exchange.alpha_s}, {"bytes_per_s", c.wan_exchange.bytes_per_s}};
+  for (const auto& [bytes, bps] : c.wan_exchange)
+    j["links"]["wan_exchange"].push_back({{"stage_bytes", bytes}, {"bytes_per_s", bps}});
   j["compute_s_per_token"] = c.compute_s_per_token;
   j["backward_share"] = c.backward_share;
   for (int k = 0; k < 3; ++k)
@@ -162,10 +162,10 @@ cost::Calibration calibration_from_json(const nlohmann::json& j, const std::stri
       AQ_CHECK(links[i]->alpha_s >= 0 && links[i]->bytes_per_s > 0, "link ", kLinkNames[i],
                " needs alpha_s >= 0 and bytes_per_s > 0");
     }
-    if (j.at("links").contains("wan_exchange")) {
-      c.wan_exchange.alpha_s = j["links"]["wan_exchange"].at("alpha_s").get<double>();
-      c.wan_exchange.bytes_per_s = j["links"]["wan_exchange"].at("bytes_per_s").get<double>();
-    }
+    if (j.at("links").contains("wan_exchange"))
+      for (const auto& e : j["links"]["wan_exchange"])
+        c.wan_exchange.emplace_back(e.at("stage_bytes").get<double>(), e.at("bytes_per_s").get<double>());
+    std::sort(c.wan_exchange.begin(), c.wan_exchange.end());
     c.compute_s_per_token = j.at("compute_s_per_token").get<double>();
     c.backward_share = j.value("backward_share", c.backward_share);
     for (int k = 0; k < 3; ++k) {
@@ -215,11 +215,10 @@ std::string describe_calibration(const cost::Calibration& c) {
                   links[i]->alpha_s * 1e6, format_rate(links[i]->bytes_per_s).c_str(), links[i]->bytes_per_s / 1e6);
     s += line;
   }
-  if (c.wan_exchange.bytes_per_s > 0) {
+  for (const auto& [bytes, bps] : c.wan_exchange) {
     std::snprintf(line, sizeof(line),
-                  "  WAN, exchange   alpha %8.1f us   bandwidth %s (%.1f MB/s; every carrier pair both ways)\n",
-                  c.wan_exchange.alpha_s * 1e6, format_rate(c.wan_exchange.bytes_per_s).c_str(),
-                  c.wan_exchange.bytes_per_s / 1e6);
+                  "  WAN exchange    %s per stage on a centre's link: %s (%.1f MB/s; both ways at once)\n",
+                  format_bytes(bytes).c_str(), format_rate(bps).c_str(), bps / 1e6);
     s += line;
   }
   std::snprintf(line, sizeof(line), "  compute         %.3f us per token per rank (backward share %.2f)\n",

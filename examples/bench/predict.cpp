@@ -117,7 +117,7 @@ void run(ParallelContext& ctx, const Options& o) {
   if (ctx.world_rank() != 0) return;
   if (!o.wan_rate.empty()) {  // the exchange keeps its measured efficiency against the one-flow rate
     const double r = rate_bytes_per_s(o.wan_rate);
-    cal.wan_exchange.bytes_per_s *= r / cal.wan.bytes_per_s;
+    for (auto& point : cal.wan_exchange) point.second *= r / cal.wan.bytes_per_s;
     cal.wan.bytes_per_s = r;
   }
   if (o.wan_latency_ms >= 0) cal.wan.alpha_s = o.wan_latency_ms / 1e3;

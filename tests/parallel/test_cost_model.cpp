@@ -1,7 +1,8 @@
 // test_cost_model.cpp — the cost model's formulas (parallel/cost_model.h) against values worked out by hand:
 // the guide's ring and two-level expressions, Open MPI's binomial all-reduce on 2 + 2 ranks (centre 0 sends 2n,
-// centre 1 sends n: what the testbed's counters show), int8 wire bytes, the bucket-overlap rule, and FLOPs per
-// token. Links are chosen so each term can be read off (α = 0 or β = 0 where a term should vanish).
+// centre 1 sends n: what the testbed's counters show), int8 wire bytes, the bucket-overlap rule, FLOPs per token,
+// and the exchange's bandwidth-by-size curve. Links are chosen so each term can be read off (α = 0 or β = 0
+// where a term should vanish).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -118,6 +119,18 @@ TEST(CostModel, BucketsOverlapBackward) {
   cal.node.bytes_per_s = 2e6;  // 0.5 s each: they queue, ending at 0.75, 1.25, 1.75, 2.25
   p = predict_step(job, cal);
   EXPECT_NEAR(p.exposed_s, 1.25 + 2 * 8 / 2e6, 1e-12);
+}
+
+TEST(CostModel, ExchangeCurveInterpolatesInLogBytes) {
+  Calibration cal = wan_only();
+  EXPECT_DOUBLE_EQ(cal.exchange_bytes_per_s(5e5), 1e6);  // no curve: the one-flow WAN
+  cal.wan_exchange = {{1e5, 1e6}, {1e6, 2e6}};
+  EXPECT_DOUBLE_EQ(cal.exchange_bytes_per_s(1e4), 1e6);  // held flat beyond the ends
+  EXPECT_DOUBLE_EQ(cal.exchange_bytes_per_s(1e7), 2e6);
+  EXPECT_NEAR(cal.exchange_bytes_per_s(std::sqrt(1e5 * 1e6)), 1.5e6, 1e-6);
+  // hier's stages use it: 2 stages of 5e5 bytes at the curve's value there.
+  const Collective c = all_reduce(Algo::Hier, WanCodec::None, Layout{2, 2, 2}, 250000, cal);
+  EXPECT_NEAR(c.seconds, 2 * (1e-3 + 5e5 / cal.exchange_bytes_per_s(5e5)), 1e-9);
 }
 
 TEST(CostModel, FlopsPerToken) {
