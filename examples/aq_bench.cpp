@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "examples/bench/bench.h"
 #include "examples/main_guard.h"
 #ifdef AQ_HAVE_CUDA
 #include "runtime/cuda/device.h"
@@ -582,6 +583,15 @@ void scaling(const ScalingOptions& o, const std::string& self) {
 
 int main(int argc, char** argv) {
   aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
+  // Communication across centres and the cost model (examples/bench/).
+  if (argc > 1) {
+    const std::string sub = argv[1];
+    if (sub == "collectives") return aq::bench::collectives_main(argc - 1, argv + 1);
+    if (sub == "calibrate") return aq::bench::calibrate_main(argc - 1, argv + 1);
+    if (sub == "predict") return aq::bench::predict_main(argc - 1, argv + 1);
+    if (sub == "wan") return aq::bench::wan_main(argc - 1, argv + 1);
+    if (sub == "wan-worker") return aq::bench::wan_worker_main(argc - 1, argv + 1);
+  }
   if (argc > 1 && std::string(argv[1]) == "scaling") {
     ScalingOptions o;
     CLI::App app{"aq-bench scaling: weak and strong scaling over world sizes and tensor-parallel layouts"};

@@ -1,0 +1,400 @@
+// wan.cpp — `aq-bench wan`: one training configuration on the WAN testbed (scripts/wan_testbed.sh) under flat
+// fp32, hier fp32, hier bf16 and hier int8 + error feedback; what each costs per step, what crossed the link,
+// what the loss did, and what the cost model predicted.
+//
+//   sudo build/bin/aq-bench wan --rate 100mbit --steps 300 --out out/wan
+// As root it brings a testbed of its own up (name aqb<pid>; the user's testbeds are not touched), calibrates
+// the cost model on it (aq-bench calibrate), runs each configuration with `wan_testbed.sh run` (aq::train on
+// aq-prepare'd /usr/share/games/fortunes, the same seed and data order, one thread per rank), reads the rank-0
+// JSONL, the link counters before and after, and every rank's WAN figures, and takes the testbed down on any
+// exit (atexit and SIGINT/SIGTERM). Without root it prints why and exits 77.
+// Per configuration: median step time and exposed communication (rank 0, steps after the first two), wan_bytes
+// per step (rank 0's JSONL, and the sum over ranks), the link's bytes per step (every centre's tx; includes
+// start-up and the final evaluation, spread over the steps) and its ratio to the ranks' wan_bytes, the link
+// utilisation while the cross-centre stage runs (a centre's link bytes per step / the longest median wan_ms of
+// its ranks, against the shaped rate), the final training and validation losses, ratios against flat fp32, and
+// the predicted step time. Writes PREFIX.csv, PREFIX.png (scripts/plot_wan.py) and PREFIX_<config>.jsonl/.log.
+// One configuration's job is `aq-bench wan-worker` (wan_worker.cpp).
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "examples/bench/bench.h"
+#include "examples/main_guard.h"
+#include "model/trainer.h"
+#include "parallel/context.h"
+#include "runtime/file_io.h"
+#include "runtime/log.h"
+#include "runtime/sysinfo.h"
+
+namespace aq::bench {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// The orchestrator.
+
+struct WanOptions {
+  int centres = 2, steps = 300, threads = 1, eval_batches = 32;
+  std::string ranks_per_centre, rate = "100mbit", config = "tiny", out = "out/wan",
+                                text = "/usr/share/games/fortunes/*.u8";
+  std::string configs = "flat,hier,hier-bf16,hier-int8", calibration, save_calibration;
+  double lr = 1e-3, what_if_latency_ms = 30;
+};
+
+struct RunConfig {
+  std::string key, label, algo, compress, ef;
+};
+const RunConfig kRunConfigs[] = {
+    {"flat", "flat fp32", "flat", "none", "off"},
+    {"hier", "hier fp32", "hier", "none", "off"},
+    {"hier-bf16", "hier bf16", "hier", "bf16", "off"},
+    {"hier-int8", "hier int8+EF", "hier", "int8", "on"},
+};
+
+std::string g_testbed, g_name;  // for the exit handlers
+void testbed_down() {
+  if (g_name.empty()) return;
+  const std::string cmd = g_testbed + " down --name " + g_name + " > /dev/null 2>&1";
+  g_name.clear();
+  if (std::system(cmd.c_str()) != 0)
+    std::fprintf(stderr, "aq-bench wan: '%s' failed; remove the testbed by hand\n", cmd.c_str());
+}
+void on_signal(int sig) {
+  testbed_down();
+  std::_Exit(128 + sig);
+}
+
+std::string sh_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Runs cmd; on failure throws with the tail of its output.
+std::string must_run(const std::string& cmd, const char* what) {
+  std::string out;
+  const int rc = run_capture(cmd + " 2>&1", out);
+  if (rc != 0) {
+    const size_t from = out.size() > 3000 ? out.size() - 3000 : 0;
+    fail(str(what, " failed (exit ", rc, "): ", cmd, "\n", out.substr(from)));
+  }
+  return out;
+}
+
+nlohmann::json last_json(const std::string& text, const char* key) {
+  nlohmann::json last;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    if (!line.empty() && line[0] == '{') try {
+        nlohmann::json j = nlohmann::json::parse(line);
+        if (j.contains(key)) last = j;
+      } catch (const std::exception&) {
+      }
+    pos = end + 1;
+  }
+  return last;
+}
+
+std::map<std::string, double> link_tx(const std::string& testbed, const std::string& name) {
+  const nlohmann::json j = nlohmann::json::parse(must_run(testbed + " bytes --json --name " + name, "testbed bytes"));
+  std::map<std::string, double> m;
+  for (auto it = j.begin(); it != j.end(); ++it) m[it.key()] = it.value().at("tx").get<double>();
+  return m;
+}
+
+struct Measured {
+  RunConfig rc;
+  double step_ms = 0, exposed_ms = 0, exposed_max_ms = 0, comm_ms = 0, wan_bytes_rank0 = 0, wan_bytes_job = 0,
+         link_bytes = 0;
+  double link_util = 0, final_loss = 0, val_loss = 0, wall_s = 0;
+  double pred_step_ms = 0, pred_exposed_ms = 0, pred_wan_job = 0, pred_compute_ms = 0;
+  std::vector<double> util_by_centre;
+};
+
+void wan(const WanOptions& o, const std::string& self) {
+  if (::geteuid() != 0) {
+    std::printf(
+        "aq-bench wan: SKIP: the WAN testbed needs root (network namespaces, tc); running as uid %d: run it "
+        "with sudo\n",
+        static_cast<int>(::geteuid()));
+    std::exit(77);
+  }
+  const TrainShape sh = shape_for(o.config);
+  AQ_CHECK(o.centres >= 2, "--centres must be >= 2 (got ", o.centres, ")");
+  AQ_CHECK(o.steps >= 1, "--steps must be >= 1 (got ", o.steps, ")");
+  std::vector<int> per;
+  if (o.ranks_per_centre.empty()) {
+    per.assign(static_cast<size_t>(o.centres), 2);
+  } else {
+    std::stringstream ss(o.ranks_per_centre);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      const int v = std::atoi(item.c_str());
+      AQ_CHECK(v >= 1, "--ranks-per-centre ", o.ranks_per_centre, ": each count must be >= 1, like 2,2 or 3,1");
+      per.push_back(v);
+    }
+    AQ_CHECK(static_cast<int>(per.size()) == o.centres, "--ranks-per-centre ", o.ranks_per_centre, " lists ",
+             per.size(), " centres, --centres is ", o.centres, ": give one count per centre");
+  }
+  int np = 0;
+  std::string split;
+  for (int v : per) np += v, split += str(split.empty() ? "" : ",", v);
+  std::vector<RunConfig> runs;
+  for (const RunConfig& rc : kRunConfigs)
+    if (("," + o.configs + ",").find("," + rc.key + ",") != std::string::npos) runs.push_back(rc);
+  AQ_CHECK(!runs.empty(), "--configs must list some of flat,hier,hier-bf16,hier-int8 (got \"", o.configs, "\")");
+  rate_bytes_per_s(o.rate);
+  const std::string bin = self.substr(0, self.rfind('/'));
+  g_testbed = std::string(AQ_SOURCE_DIR) + "/scripts/wan_testbed.sh";
+  const std::string out_dir = o.out.find('/') != std::string::npos ? o.out.substr(0, o.out.rfind('/')) : ".";
+  must_run("mkdir -p " + sh_quote(out_dir), "mkdir");
+  check_writable(o.out + ".csv", "benchmark table");
+
+  char tmpl[] = "/tmp/aq-bench-wan-XXXXXX";
+  AQ_CHECK(::mkdtemp(tmpl) != nullptr, "cannot create a temporary directory under /tmp");
+  const std::string tmp = tmpl;
+  std::fprintf(stderr, "[wan] preparing data: %s\n", o.text.c_str());
+  must_run(bin + "/aq-prepare --out " + tmp + "/data " + o.text + " > /dev/null", "aq-prepare");
+
+  // The testbed, removed on every exit from here on.
+  g_name = str("aqb", ::getpid() % 1000000);
+  std::atexit(testbed_down);
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGHUP, on_signal);
+  {
+    std::string up;
+    const int rc =
+        run_capture(str(g_testbed, " up --centres ", o.centres, " --rate ", o.rate, " --name ", g_name, " 2>&1"), up);
+    if (rc == 77) {
+      g_name.clear();
+      std::printf("aq-bench wan: SKIP: %s", up.c_str());
+      std::exit(77);
+    }
+    AQ_CHECK(rc == 0, "wan_testbed.sh up failed (exit ", rc, "): ", up);
+  }
+  const nlohmann::json status =
+      nlohmann::json::parse(must_run(g_testbed + " status --json --name " + g_name, "testbed status"));
+  const double rate_Bps = status.at("rate_bits_per_s").get<double>() / 8;
+  const std::string tput = must_run(g_testbed + " throughput --seconds 2 --name " + g_name, "testbed throughput");
+  std::fprintf(stderr, "[wan] testbed %s up: %d centres at %s; %s", g_name.c_str(), o.centres, o.rate.c_str(),
+               tput.c_str());
+  const std::string run_prefix = str(g_testbed, " run ", np, " --name ", g_name, " --ranks-per-centre ", split,
+                                     " --env OMP_NUM_THREADS=", o.threads, " -- ");
+  const std::string data = sh_quote(tmp + "/data/train_*.bin"), val = sh_quote(tmp + "/data/val_*.bin");
+
+  // Calibration on this testbed (or a saved one).
+  std::string cal_path = o.calibration;
+  if (cal_path.empty()) {
+    cal_path = o.save_calibration.empty() ? tmp + "/calibration.json" : o.save_calibration;
+    std::fprintf(stderr, "[wan] calibrating the cost model on the testbed\n");
+    must_run(str(run_prefix, self, " calibrate --config ", o.config, " --threads ", o.threads, " --data ", data,
+                 " --save-calibration ", sh_quote(cal_path)),
+             "calibration");
+  }
+  const cost::Calibration cal = load_calibration(cal_path);
+
+  std::vector<Measured> res;
+  for (const RunConfig& rc : runs) {
+    Measured m;
+    m.rc = rc;
+    const std::string log = o.out + "_" + rc.key + ".jsonl";
+    std::remove(log.c_str());
+    std::fprintf(stderr, "[wan] %s: %d steps on %d ranks\n", rc.label.c_str(), o.steps, np);
+    // Compute is measured again just before each run: the machine's load (shared cores) drifts over minutes.
+    const std::string compute_cal = tmp + "/compute_" + rc.key + ".json";
+    must_run(str(run_prefix, self, " calibrate --compute-only --config ", o.config, " --threads ", o.threads,
+                 " --data ", data, " --save-calibration ", sh_quote(compute_cal)),
+             "compute calibration");
+    cost::Calibration run_cal = cal;
+    run_cal.compute_s_per_token = load_calibration(compute_cal).compute_s_per_token;
+    const auto before = link_tx(g_testbed, g_name);
+    const double t0 = steady_ms();
+    std::string out;
+    const std::string cmd =
+        str("timeout ", 600 + 10 * o.steps, " ", run_prefix, self, " wan-worker --config ", o.config, " --steps ",
+            o.steps, " --threads ", o.threads, " --lr ", o.lr, " --eval-batches ", o.eval_batches, " --data ", data,
+            " --val-data ", val, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress, " --error-feedback ", rc.ef,
+            " --log ", sh_quote(log));
+    const int code = run_capture(cmd + " 2>&1", out);
+    m.wall_s = (steady_ms() - t0) / 1e3;
+    const auto after = link_tx(g_testbed, g_name);
+    std::ofstream(o.out + "_" + rc.key + ".log") << cmd << "\n" << out;
+    AQ_CHECK(code == 0, rc.label, " run failed (exit ", code, "); its output is in ", o.out, "_", rc.key, ".log");
+    const nlohmann::json w = last_json(out, "ranks");
+    AQ_CHECK(w.is_object(), rc.label, ": no result line from the worker; see ", o.out, "_", rc.key, ".log");
+    // Rank 0's JSONL: step time, exposed communication, its wan_bytes.
+    std::vector<double> ms, exp, wb;
+    std::ifstream f(log);
+    std::string line;
+    while (std::getline(f, line)) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (j.contains("split")) continue;
+      if (j.at("step").get<int>() <= 2 && o.steps > 2) continue;
+      ms.push_back(j.at("ms").get<double>());
+      exp.push_back(j.value("exposed_comm_ms", 0.0));
+      wb.push_back(j.value("wan_bytes", 0.0));
+    }
+    m.step_ms = median(ms), m.exposed_ms = median(exp), m.wan_bytes_rank0 = median(wb);
+    m.comm_ms = w["ranks"][0]["comm_ms"].get<double>();
+    m.final_loss = w["final_loss"].get<double>();
+    m.val_loss = w["val_loss"].get<double>();
+    double job_total = 0;
+    std::map<int, double> centre_wan_ms, centre_bytes;
+    for (const auto& r : w["ranks"]) {
+      m.wan_bytes_job += r["wan_bytes"].get<double>();
+      m.exposed_max_ms = std::max(m.exposed_max_ms, r["exposed_ms"].get<double>());
+      job_total += r["wan_bytes_total"].get<double>();
+      const int c = r["centre"].get<int>();
+      centre_wan_ms[c] = std::max(centre_wan_ms[c], r["wan_ms"].get<double>());
+    }
+    for (const auto& [name, tx] : after) {
+      const double d = tx - before.at(name);
+      m.link_bytes += d / o.steps;
+      const int c = std::atoi(name.c_str() + 6);  // "centreK"
+      centre_bytes[c] = d / o.steps;
+    }
+    (void)job_total;
+    for (const auto& [c, bytes] : centre_bytes)
+      if (centre_wan_ms[c] > 0) m.util_by_centre.push_back(bytes / (centre_wan_ms[c] / 1e3) / rate_Bps);
+    m.link_util = m.util_by_centre.empty() ? 0 : median(m.util_by_centre);
+    // The model's view of the same job.
+    cost::StepJob job;
+    job.params = sh.params();
+    job.tokens_per_rank = static_cast<double>(sh.batch) * sh.seq;
+    job.layout = {o.centres, *std::min_element(per.begin(), per.end()), *std::min_element(per.begin(), per.end())};
+    job.algo = rc.algo == "flat" ? cost::Algo::FlatBinomial : cost::Algo::Hier;
+    job.codec = wan_codec_from_name(rc.compress);
+    const cost::Prediction p = cost::predict_step(job, run_cal);
+    m.pred_compute_ms = p.compute_s * 1e3;
+    m.pred_step_ms = p.step_s * 1e3, m.pred_exposed_ms = p.exposed_s * 1e3, m.pred_wan_job = p.wan_bytes_job;
+    std::fprintf(stderr, "[wan] %s: %.1f ms/step, exposed %.1f ms (rank 0), %.1f ms (slowest rank), %.0f s\n",
+                 rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wall_s);
+    res.push_back(m);
+  }
+  testbed_down();
+
+  // Tables.
+  const Measured& base = res.front();
+  std::printf(
+      "\naq-bench wan: %s (%.0f parameters, B%d T%d per rank), %d centres x %s ranks at %s (tbf, no latency "
+      "emulated), %d thread(s) per rank, %d steps, lr %g constant, seed 1337; medians over steps 3..%d of rank "
+      "0\n",
+      o.config.c_str(), sh.params(), sh.batch, sh.seq, o.centres, split.c_str(), o.rate.c_str(), o.threads, o.steps,
+      o.lr, o.steps);
+  std::printf("testbed throughput check: %s", tput.c_str());
+  std::printf("%-13s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "config", "step", "exposed",
+              "exposed", "wan B rank0", "wan B ranks", "link B", "link/", "util", "loss", "val", "step", "exposed",
+              "bytes", "val");
+  std::printf("%-13s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max",
+              "/step", "/step", "/step", "ranks", "", "final", "loss", "x", "x", "x", "diff");
+  std::ofstream csv(o.out + ".csv");
+  csv << "config,algo,compress,error_feedback,rate,steps,step_ms,exposed_ms,exposed_max_ms,comm_ms,wan_bytes_rank0,wan_"
+         "bytes_ranks,"
+         "link_bytes,link_over_wan,link_util,final_loss,val_loss,step_speedup,exposed_ratio,wan_bytes_ratio,"
+         "val_rel_diff,pred_step_ms,pred_exposed_ms,pred_err_pct,pred_wan_bytes,pred_compute_ms\n";
+  for (const Measured& m : res) {
+    const double sp = base.step_ms / m.step_ms, er = base.exposed_max_ms / std::max(1e-9, m.exposed_max_ms);
+    const double br = base.link_bytes / std::max(1.0, m.link_bytes), vd = (m.val_loss - base.val_loss) / base.val_loss;
+    const double lw = m.link_bytes / std::max(1.0, m.wan_bytes_job);
+    // flat's wan_ms is the in-flight time of the ranks a ring would cross with, not a cross-centre stage: no util.
+    const std::string util = m.rc.algo == "flat" ? "n/a" : str(static_cast<int>(std::lround(100 * m.link_util)), "%");
+    std::printf("%-13s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
+                m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0, m.wan_bytes_job,
+                m.link_bytes, lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
+    csv << m.rc.key << ',' << m.rc.algo << ',' << m.rc.compress << ',' << m.rc.ef << ',' << o.rate << ',' << o.steps
+        << ',' << m.step_ms << ',' << m.exposed_ms << ',' << m.exposed_max_ms << ',' << m.comm_ms << ','
+        << m.wan_bytes_rank0 << ',' << m.wan_bytes_job << ',' << m.link_bytes << ',' << lw << ','
+        << (m.rc.algo == "flat" ? std::string() : std::to_string(m.link_util)) << ',' << m.final_loss << ','
+        << m.val_loss << ',' << sp << ',' << er << ',' << br << ',' << vd << ',' << m.pred_step_ms << ','
+        << m.pred_exposed_ms << ',' << 100 * (m.pred_step_ms - m.step_ms) / m.step_ms << ',' << m.pred_wan_job << ','
+        << m.pred_compute_ms << '\n';
+  }
+  csv.close();
+  std::printf(
+      "(exposed: communication the step waited for, median over steps, on rank 0 (its JSONL) and on the "
+      "slowest rank (max over ranks; in flat, rank 0 is the tree's root, whose sends end when the kernel has "
+      "buffered them, so it waits least); link B: what all centres' links sent per step "
+      "(start-up and evaluation included); link/ranks: link bytes over the ranks' wan_bytes; util: a centre's "
+      "link bytes over the longest cross-stage time (wan_ms) of its ranks, against the shaped rate (median of "
+      "centres); x: flat fp32 over this (exposed: slowest rank; bytes: link bytes); val diff: against flat "
+      "fp32)\n");
+
+  // Predicted vs measured.
+  std::printf("\ncost model vs measurement (%s)\n", cal.source.c_str());
+  std::printf("%s", describe_calibration(cal).c_str());
+  std::printf("(compute: measured on the testbed's ranks just before each configuration ran; links: once, above)\n");
+  std::printf("%-13s %12s %12s %8s %12s %13s %13s %14s %14s\n", "config", "measured ms", "predicted ms", "error",
+              "pred compute", "exposed max", "pred exposed", "link B/step", "pred B/step");
+  int within = 0;
+  for (const Measured& m : res) {
+    const double err = 100 * (m.pred_step_ms - m.step_ms) / m.step_ms;
+    within += std::fabs(err) <= 15;
+    std::printf("%-13s %12.1f %12.1f %+7.1f%% %12.1f %13.1f %13.1f %14.0f %14.0f\n", m.rc.label.c_str(), m.step_ms,
+                m.pred_step_ms, err, m.pred_compute_ms, m.exposed_max_ms, m.pred_exposed_ms, m.link_bytes,
+                m.pred_wan_job);
+  }
+  std::vector<size_t> by_meas(res.size()), by_pred(res.size());
+  for (size_t i = 0; i < res.size(); ++i) by_meas[i] = by_pred[i] = i;
+  std::sort(by_meas.begin(), by_meas.end(), [&](size_t a, size_t b) { return res[a].step_ms < res[b].step_ms; });
+  std::sort(by_pred.begin(), by_pred.end(),
+            [&](size_t a, size_t b) { return res[a].pred_step_ms < res[b].pred_step_ms; });
+  std::string order_m, order_p;
+  for (size_t i = 0; i < res.size(); ++i) {
+    order_m += str(i ? " < " : "", res[by_meas[i]].rc.label);
+    order_p += str(i ? " < " : "", res[by_pred[i]].rc.label);
+  }
+  std::printf("within 15%%: %d of %zu (target: all); ordering %s (measured: %s; predicted: %s)\n", within, res.size(),
+              by_meas == by_pred ? "matches" : "DIFFERS", order_m.c_str(), order_p.c_str());
+
+  print_what_if(o.what_if_latency_ms / 1e3);
+
+  std::string plot = str("/usr/bin/python3 ", AQ_SOURCE_DIR, "/scripts/plot_wan.py ", sh_quote(o.out + ".csv"), " ",
+                         sh_quote(o.out + ".png"));
+  for (const Measured& m : res) plot += " " + sh_quote(m.rc.label + "=" + o.out + "_" + m.rc.key + ".jsonl");
+  std::string plot_out;
+  if (run_capture(plot + " 2>&1", plot_out) == 0)
+    std::printf("\nwrote %s.csv and %s.png\n", o.out.c_str(), o.out.c_str());
+  else
+    std::printf("\nwrote %s.csv; no plot (%s)\n", o.out.c_str(), plot_out.c_str());
+  must_run("rm -rf " + sh_quote(tmp), "cleanup");
+}
+
+}  // namespace
+
+int wan_main(int argc, char** argv) {
+  WanOptions o;
+  CLI::App app{"aq-bench wan: flat/hier/bf16/int8 training on the WAN testbed, measured and predicted (needs root)"};
+  app.add_option("--centres", o.centres, "Emulated centres")->capture_default_str();
+  app.add_option("--ranks-per-centre", o.ranks_per_centre, "Ranks of each centre, e.g. 2,2 (default 2 each)");
+  app.add_option("--rate", o.rate, "Each centre's link rate, up and down (tc units)")->capture_default_str();
+  app.add_option("--steps", o.steps, "Training steps per configuration")->capture_default_str();
+  app.add_option("--config", o.config, "tiny (L4 H4 C128 V256 T64 B8) | small (L6 H6 C384 T64 B4)")
+      ->capture_default_str();
+  app.add_option("--threads", o.threads, "CPU threads per rank")->capture_default_str();
+  app.add_option("--lr", o.lr, "Learning rate (constant)")->capture_default_str();
+  app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
+  app.add_option("--configs", o.configs, "Subset of flat,hier,hier-bf16,hier-int8")->capture_default_str();
+  app.add_option("--text", o.text, "Text files for aq-prepare (shell glob)")->capture_default_str();
+  app.add_option("--calibration", o.calibration, "Use this calibration instead of calibrating on the testbed");
+  app.add_option("--save-calibration", o.save_calibration, "Keep the testbed's calibration here");
+  app.add_option("--what-if-latency-ms", o.what_if_latency_ms, "WAN latency of the what-if tables")
+      ->capture_default_str();
+  app.add_option("--out", o.out, "Output prefix: PREFIX.csv, PREFIX.png, PREFIX_<config>.jsonl/.log")
+      ->capture_default_str();
+  const std::string self = self_exe(argv[0]);
+  return run_main("aq-bench wan", app, argc, argv, [&] { wan(o, self); });
+}
+
+}  // namespace aq::bench

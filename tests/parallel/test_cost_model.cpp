@@ -1,0 +1,147 @@
+// test_cost_model.cpp — the cost model's formulas (parallel/cost_model.h) against values worked out by hand:
+// the guide's ring and two-level expressions, Open MPI's binomial all-reduce on 2 + 2 ranks (centre 0 sends 2n,
+// centre 1 sends n: what the testbed's counters show), int8 wire bytes, the bucket-overlap rule, FLOPs per token,
+// and the exchange's bandwidth-by-size curve. Links are chosen so each term can be read off (α = 0 or β = 0
+// where a term should vanish).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "parallel/cost_model.h"
+#include "runtime/error.h"
+
+namespace aq::cost {
+namespace {
+
+// Free links everywhere except the WAN: α_W = 1 ms, 1 MB/s.
+Calibration wan_only() {
+  Calibration c;
+  c.node = {0, 1e18};
+  c.centre = {0, 1e18};
+  c.wan = {1e-3, 1e6};
+  for (int k = 0; k < 3; ++k) c.encode_bytes_per_s[k] = c.decode_bytes_per_s[k] = 1e18;
+  return c;
+}
+
+TEST(CostModel, RingClosedForm) {
+  const Link l{1e-3, 1e6};
+  // 2(p−1)α + 2(p−1)/p·n·β with p = 4, n = 1 MB: 6 ms + 1.5 s.
+  EXPECT_DOUBLE_EQ(ring_all_reduce_s(4, 1e6, l), 0.006 + 1.5);
+  EXPECT_DOUBLE_EQ(ring_half_s(4, 1e6, l), 0.003 + 0.75);
+  EXPECT_DOUBLE_EQ(ring_all_reduce_s(1, 1e6, l), 0.0);
+}
+
+TEST(CostModel, FlatRingAcrossCentresPaysTheWanOnEveryStep) {
+  const Calibration cal = wan_only();
+  const Layout L{2, 2, 2};
+  const Collective c = all_reduce(Algo::FlatRing, WanCodec::None, L, 250000, cal);  // n = 1 MB
+  EXPECT_NEAR(c.seconds, 2 * 3 * (1e-3 + 0.25), 1e-12);  // 2(p−1) steps of α_W + (n/p)β_W
+  EXPECT_DOUBLE_EQ(c.wan_bytes_per_centre, 1.5e6);       // 2(p−1)/p·n
+  EXPECT_DOUBLE_EQ(c.wan_bytes_total, 3e6);
+}
+
+TEST(CostModel, HierTwoCentresCrossesOnceWithTwoLatencies) {
+  const Calibration cal = wan_only();
+  const Layout L{2, 2, 2};
+  const Collective c = all_reduce(Algo::Hier, WanCodec::None, L, 250000, cal);
+  // Each stage puts g(C−1)·n/(gC) = n/2 on a centre's link: 2·(α_W + 0.5 s).
+  EXPECT_NEAR(c.seconds, 2 * (1e-3 + 0.5), 1e-9);
+  EXPECT_DOUBLE_EQ(c.wan_bytes_per_centre, 1e6);  // 2(C−1)/C·n
+  // The guide's claim: at p = 4 across 2 centres the ring pushes 1.5× the hierarchy's bytes.
+  EXPECT_DOUBLE_EQ(
+      all_reduce(Algo::FlatRing, WanCodec::None, L, 250000, cal).wan_bytes_per_centre / c.wan_bytes_per_centre, 1.5);
+}
+
+TEST(CostModel, HierManyCentresMatchesTheGuidesPerShardTerm) {
+  const Calibration cal = wan_only();
+  const Layout L{4, 8, 8};
+  const double n = 4.0 * 8 * 4 * 1000;  // bytes, divisible into g·C chunks
+  const Collective c = all_reduce(Algo::Hier, WanCodec::None, L, n / 4, cal);
+  // Summed over the g shards sharing the link: 2(C−1)/C·n bytes, 2 latencies.
+  EXPECT_DOUBLE_EQ(c.wan_bytes_per_centre, 2.0 * 3 / 4 * n);
+  EXPECT_NEAR(c.seconds, 2e-3 + 2.0 * 3 / 4 * n / 1e6, 1e-9);
+}
+
+TEST(CostModel, Int8WireBytes) {
+  const Calibration cal = wan_only();
+  const Layout L{2, 2, 2};
+  const Collective c = all_reduce(Algo::Hier, WanCodec::Int8, L, 250000, cal);
+  // Chunks of 62 500 values: 62 500 int8 + 245 fp32 scales = 63 480 bytes; 2 carriers, 2 stages.
+  EXPECT_DOUBLE_EQ(c.wan_bytes_per_centre, 4.0 * 63480);
+  EXPECT_NEAR(1e6 / c.wan_bytes_per_centre, 3.94, 0.01);
+  const Collective b = all_reduce(Algo::Hier, WanCodec::BF16, L, 250000, cal);
+  EXPECT_DOUBLE_EQ(b.wan_bytes_per_centre, 5e5);
+}
+
+TEST(CostModel, OpenMpiBinomialOnTwoPlusTwoRanks) {
+  const Calibration cal = wan_only();
+  const Layout L{2, 2, 2};
+  const Collective c = all_reduce(Algo::FlatBinomial, WanCodec::None, L, 250000, cal);
+  // Reduce: 1→0, 3→2 (inside), then 2→0 (WAN, n). Broadcast: 0→1, then 0→2 and 1→3 (both leave centre 0: 2n).
+  EXPECT_DOUBLE_EQ(c.wan_bytes_per_centre, 2e6);
+  EXPECT_DOUBLE_EQ(c.wan_bytes_total, 3e6);
+  EXPECT_NEAR(c.seconds, (1e-3 + 1.0) + (1e-3 + 2.0), 1e-9);
+}
+
+TEST(CostModel, OneBucketExposesAllOfItsCommunication) {
+  Calibration cal;
+  cal.node = {0, 1e7};
+  cal.compute_s_per_token = 1;
+  cal.backward_share = 1;
+  StepJob job;
+  job.params = 250000;  // 1 MB: one bucket of the default 25 MiB
+  job.tokens_per_rank = 1;
+  job.layout = {1, 2, 2};
+  job.algo = Algo::FlatRing;
+  const Prediction p = predict_step(job, cal);
+  const double loss = 2 * 8 / 1e7;  // binomial over 2 ranks: one reduce round, one broadcast round of 8 bytes
+  EXPECT_EQ(p.buckets, 1);
+  EXPECT_NEAR(p.comm_s, 0.1, 1e-12);  // ring of 2: n/bw
+  EXPECT_NEAR(p.exposed_s, 0.1 + loss, 1e-12);
+  EXPECT_NEAR(p.step_s, 1.1 + loss, 1e-12);
+}
+
+TEST(CostModel, BucketsOverlapBackward) {
+  Calibration cal;
+  cal.node = {0, 1e7};
+  cal.compute_s_per_token = 1;
+  cal.backward_share = 1;
+  StepJob job;
+  job.params = 1e6;        // 4 MB
+  job.bucket_bytes = 1e6;  // 4 buckets of 1 MB, ready at 0.25, 0.5, 0.75, 1.0 s
+  job.tokens_per_rank = 1;
+  job.layout = {1, 2, 2};
+  job.algo = Algo::FlatRing;
+  const double loss = 2 * 8 / 1e7;
+  Prediction p = predict_step(job, cal);  // 0.1 s each: all but the last hidden
+  EXPECT_EQ(p.buckets, 4);
+  EXPECT_NEAR(p.exposed_s, 0.1 + loss, 1e-12);
+  cal.node.bytes_per_s = 2e6;  // 0.5 s each: they queue, ending at 0.75, 1.25, 1.75, 2.25
+  p = predict_step(job, cal);
+  EXPECT_NEAR(p.exposed_s, 1.25 + 2 * 8 / 2e6, 1e-12);
+}
+
+TEST(CostModel, ExchangeCurveInterpolatesInLogBytes) {
+  Calibration cal = wan_only();
+  EXPECT_DOUBLE_EQ(cal.exchange_bytes_per_s(5e5), 1e6);  // no curve: the one-flow WAN
+  cal.wan_exchange = {{1e5, 1e6}, {1e6, 2e6}};
+  EXPECT_DOUBLE_EQ(cal.exchange_bytes_per_s(1e4), 1e6);  // held flat beyond the ends
+  EXPECT_DOUBLE_EQ(cal.exchange_bytes_per_s(1e7), 2e6);
+  EXPECT_NEAR(cal.exchange_bytes_per_s(std::sqrt(1e5 * 1e6)), 1.5e6, 1e-6);
+  // hier's stages use it: 2 stages of 5e5 bytes at the curve's value there.
+  const Collective c = all_reduce(Algo::Hier, WanCodec::None, Layout{2, 2, 2}, 250000, cal);
+  EXPECT_NEAR(c.seconds, 2 * (1e-3 + 5e5 / cal.exchange_bytes_per_s(5e5)), 1e-9);
+}
+
+TEST(CostModel, FlopsPerToken) {
+  // (6N + 6·L·C·T) / (peak · MFU)
+  EXPECT_DOUBLE_EQ(compute_s_per_token_from_flops(1e6, 2, 64, 128, 1e12, 0.5), (6e6 + 6.0 * 2 * 64 * 128) / 5e11);
+  EXPECT_THROW(compute_s_per_token_from_flops(1e6, 2, 64, 128, 1e12, 0), Error);
+}
+
+TEST(CostModel, RefusesAnEmptyLayout) {
+  EXPECT_THROW(all_reduce(Algo::Hier, WanCodec::None, Layout{0, 2, 2}, 100, Calibration{}), Error);
+}
+
+}  // namespace
+}  // namespace aq::cost
