@@ -43,8 +43,11 @@ namespace {
 float encode_block(const float* v, int64_t m, int8_t* q) {
   float amax = 0.0f;
   bool finite = true;
+  // Comparisons rather than fmax/fmin, whose NaN rules keep GCC from vectorising; NaN and Inf are caught by the
+  // finiteness test instead.
   for (int64_t i = 0; i < m; ++i) {
-    amax = std::fmax(amax, std::fabs(v[i]));
+    const float a = std::fabs(v[i]);
+    amax = a > amax ? a : amax;
     finite &= std::isfinite(v[i]);
   }
   if (!finite) {
@@ -55,7 +58,13 @@ float encode_block(const float* v, int64_t m, int8_t* q) {
   // the residual with error feedback).
   if (amax < std::numeric_limits<float>::min()) amax = 0.0f;
   const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-  for (int64_t i = 0; i < m; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::fmin(127.0f, std::fmax(-127.0f, v[i] * inv))));
+  // Round to nearest even by adding and subtracting 1.5·2^23 (exact for |x| ≤ 2^22, so for ±127): the same
+  // result as nearbyint in the default rounding mode, but a plain add that vectorises (nearbyint does not).
+  constexpr float kRound = 12582912.0f;
+  for (int64_t i = 0; i < m; ++i) {
+    const float x = v[i] * inv, c = x > 127.0f ? 127.0f : x < -127.0f ? -127.0f : x;
+    q[i] = static_cast<int8_t>(static_cast<int>((c + kRound) - kRound));
+  }
   return scale;
 }
 
