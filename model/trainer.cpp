@@ -1,5 +1,6 @@
 // trainer.cpp — the training loop.
 #include "model/trainer.h"
+#include "model/memory_estimate.h"
 #include "model/outer_optimizer.h"
 
 #include <omp.h>
@@ -276,6 +277,10 @@ class Job final : public JobApi {
              std::is_same_v<T, bf16> ? "bf16 (fp32 master weights, gradients and optimizer state)" : "fp32",
              " | activations ", model_->activation_bytes() >> 20, " MiB per rank",
              ctx_.tp() > 1 ? str(" | tp shard of 1/", ctx_.tp()) : "", cfg_.zero ? " | ZeRO-1 optimizer state" : "");
+    log_info("memory: about ", gib(mem_.total()), " per rank (parameters ", gib(mem_.params), ", gradients ",
+             gib(mem_.grads), ", optimizer ", gib(mem_.optimizer + mem_.outer), ", activations ", gib(mem_.activations),
+             ")", device_ == Device::CPU && mem_avail_ > 0 ? str(" of ", gib(mem_avail_), " available") : "",
+             device_ == Device::CPU ? "" : " (on the GPU, not checked)");
     log_info("data: ", train_data_->num_shards(), " shard(s), ", train_data_->total_tokens(), " tokens | batch ",
              cfg_.batch, " x ", cfg_.seq, " per rank", cfg_.grad_accum > 1 ? str(" x ", cfg_.grad_accum, " micro-batches") : "",
              ", ", static_cast<int64_t>(cfg_.batch) * cfg_.grad_accum * cfg_.seq * ctx_.dp(),
@@ -319,6 +324,8 @@ class Job final : public JobApi {
   std::unique_ptr<GPT2<T>> model_;
   std::unique_ptr<DataLoader> train_data_, val_data_;
   DpAlgoOptions dp_opts_;                 // resolved in setup()
+  MemoryEstimate mem_;                    // per rank, from setup()
+  double mem_avail_ = 0;                  // host memory per rank of this node (0: unknown)
   std::unique_ptr<DpAlgorithm> dp_algo_;  // how DP gradients are reduced (flat or hierarchical)
   // --outer diloco: the exchange of the outer change across centres (dp_opts_), the global parameters θ_global
   // and the outer Nesterov momentum (full local buffers, fp32, identical on every rank), and a scratch Δ.
@@ -389,6 +396,16 @@ void Job<T>::setup() {
   mc_ = model_config(cfg_, weights);
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
            "; lower --seq", weights ? "" : str(" or raise --max-seq to at least ", cfg_.seq));
+  // Memory, before anything large is allocated: the ranks of a node share its memory.
+  mem_ = estimate_memory(mc_, cfg_.batch, cfg_.seq, ctx_.tp(), cfg_.zero ? 1.0 / idp() : 1.0,
+                         std::is_same_v<T, bf16>, diloco());
+  mem_avail_ = available_host_bytes() / std::max(1, ctx_.local_size());
+  AQ_CHECK(device_ != Device::CPU || mem_avail_ <= 0 || mem_.total() <= mem_avail_ || std::getenv("AQ_SKIP_MEMORY_CHECK"),
+           "the job needs about ", gib(mem_.total()), " per rank (parameters ", gib(mem_.params), ", gradients ",
+           gib(mem_.grads), ", optimizer ", gib(mem_.optimizer + mem_.outer), ", activations ", gib(mem_.activations),
+           ") but this node offers ", gib(mem_avail_), " to each of its ", ctx_.local_size(), " rank(s); lower ",
+           "--batch, --seq, --layers or --dim, shard with --zero 1 or --tp, or use more nodes (AQ_SKIP_MEMORY_CHECK=1 ",
+           "skips this check)");
   // Only rank 0 writes checkpoints and the log; its failures reach every rank through agree_on_failure.
   if (ctx_.world_rank() == 0) {
     if (!cfg_.save.empty()) check_writable(cfg_.save, "checkpoint");

@@ -1,0 +1,77 @@
+#include "model/memory_estimate.h"
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "runtime/error.h"
+
+namespace aq {
+
+MemoryEstimate estimate_memory(const GPT2Config& cfg, int B, int T, int tp, double optimizer_share, bool bf16,
+                               bool diloco) {
+  const double C = cfg.n_embd, L = cfg.n_layer, V = cfg.vocab_size, H = cfg.n_head, N = static_cast<double>(B) * T;
+  // Parameters of this rank's shard: per block 12C²/tp weights and ~13C biases and norms; the tables.
+  const double per_block = 12.0 * C * C / tp + 9.0 * C / tp + 4.0 * C;
+  const double n_params = L * per_block + (V / tp + cfg.max_seq) * C + 2.0 * C;
+  MemoryEstimate e;
+  e.params = n_params * (bf16 ? 2 + 4 : 4);  // working copy (+ fp32 master)
+  e.grads = n_params * 4;
+  e.optimizer = n_params * 8 * optimizer_share;
+  e.outer = diloco ? n_params * 8 : 0;
+  // Activations kept for backward, per block and token: the residual stream and its norms (~4C), q/k/v and the
+  // attention output (4C/tp), the MLP pre-activation (4C/tp), statistics; plus attention's per-head values.
+  const double es = bf16 ? 2 : 4;
+  const double per_token_block = (4.0 * C + 8.0 * C / tp) * es + (2.0 + 2.0 * H / tp) * 4;
+  e.activations = L * N * per_token_block + N * (3.0 * C * es + 8) + 64.0 * V / tp * 4 * 8;
+  return e;
+}
+
+namespace {
+
+double read_number(const char* path) {
+  std::ifstream f(path);
+  std::string s;
+  if (!(f >> s) || s == "max") return 0;
+  try {
+    return std::stod(s);
+  } catch (...) {
+    return 0;
+  }
+}
+
+}  // namespace
+
+double available_host_bytes() {
+  double avail = 0;
+  {
+    std::ifstream f("/proc/meminfo");
+    std::string key;
+    double kb = 0;
+    std::string unit;
+    while (f >> key >> kb >> unit)
+      if (key == "MemAvailable:") avail = kb * 1024;
+  }
+  // cgroup v2, then v1 (a v1 "no limit" is a huge number, which the min below ignores).
+  double limit = read_number("/sys/fs/cgroup/memory.max"), used = read_number("/sys/fs/cgroup/memory.current");
+  if (limit <= 0) {
+    limit = read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    used = read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+  }
+  if (limit > 0 && limit < 1e18) {
+    const double room = limit - used;
+    avail = avail > 0 ? std::min(avail, room) : room;
+  }
+  return avail;
+}
+
+std::string gib(double bytes) {
+  char buf[32];
+  if (bytes < 1024.0 * 1024 * 1024)
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", bytes / (1024.0 * 1024));
+  else
+    std::snprintf(buf, sizeof(buf), "%.1f GiB", bytes / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
+}  // namespace aq
