@@ -1,9 +1,13 @@
 #include "parallel/context.h"
 
 #include <cstdlib>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <thread>
 #include <vector>
 
+#include "parallel/setup_watchdog.h"
 #include "parallel/staged_backend.h"
 #include "runtime/log.h"
 #ifdef AQ_HAVE_MPI
@@ -81,6 +85,15 @@ void ParallelContext::configure(int tp, double comm_timeout_s, const std::string
   AQ_CHECK(world_size_ % tp == 0, "world size ", world_size_, " is not divisible by --tp ", tp,
            "; launch a multiple of ", tp, " ranks (mpirun -np ", (world_size_ / tp + 1) * tp, ") or change --tp");
   AQ_CHECK(comm_timeout_s > 0, "--comm-timeout must be > 0 seconds (got ", comm_timeout_s, ")");
+  // The groups are made by blocking MPI calls that no collective watchdog covers yet: a time limit of their own.
+  SetupWatchdog watchdog("creating the process groups (MPI_Allgather, MPI_Comm_split, MPI_Comm_dup)", comm_timeout_s,
+                         world_rank_);
+  // Fault injection for the set-up test: AQ_FAULT_INJECT=setupstall:RANK:0 stalls that rank here.
+  if (const char* f = std::getenv("AQ_FAULT_INJECT")) {
+    int r = -1;
+    if (std::sscanf(f, "setupstall:%d", &r) == 1 && r == world_rank_)
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
   // Every rank's AQ_CENTRE, gathered in fixed-size records (a world of one reads its own).
   constexpr int kName = 64;
   std::vector<std::string> env_names(static_cast<size_t>(world_size_));
@@ -220,6 +233,7 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
   world_->all_reduce(&cannot, 1, DType::I32, {"NCCL impossible on some rank", ReduceOp::Max})->wait();
   if (!cannot) {
     // A failure here cannot be agreed on (peers are inside MPI/NCCL calls): report it on this rank and end the job.
+    SetupWatchdog watchdog("creating the NCCL communicators", timeout_s_, world_rank_);
     try {
       auto comm_of = [](Backend& g) {
         MPI_Comm dup;

@@ -6,6 +6,7 @@
 #   error: an error raised on one rank only is reported by that rank, which ends the job at once.
 #   The stall is also checked across two centres, where the hierarchical exchange's receive names the centre.
 #   sigterm: SIGTERM on one rank stops every rank after the same step, with a save and exit code 75.
+#   setupstall: a rank stalled while the process groups are made ends the job after --comm-timeout.
 # Usage: failure.sh BUILD_BIN_DIR MPIEXEC
 set -u
 BIN=$1
@@ -56,6 +57,7 @@ check "stalled rank 1 in another centre (hierarchical exchange)" "stall:1:3" --c
   'recv "gradient bucket .*cross-centre.*centre 1"' 'the peer never posted the matching send'
 check "killed rank 1" "die:1:3" 'rank 1 .*(exited on signal 9|Killed)'
 check "error on rank 1 only" "error:1:3" 'aq: error on rank 1 .*injected fault; ending the job'
+check "rank 1 stalled in set-up" "setupstall:1:0" 'set-up did not finish: rank 0 .* waited [0-9]+ s while creating the process groups'
 # A signal on one rank stops every rank after the same step, saves, and exits 75; the saved run then resumes.
 AQ_FAULT_INJECT=sigterm:1:3 timeout 120 "$MPIEXEC" --allow-run-as-root --oversubscribe --bind-to none -np 2 \
   "$BIN/aq-train" "${ARGS[@]}" --save "$TMP/ck.safetensors" > "$TMP/out.txt" 2>&1
