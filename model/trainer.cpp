@@ -40,7 +40,11 @@ std::string state_path_for(const std::string& model_path) { return model_path + 
 
 int configure_threads(int threads, int local_ranks) {
   // 0: the node's cores shared by the ranks on it.
-  const int n = threads > 0 ? threads : std::max(1, omp_get_num_procs() / std::max(1, local_ranks));
+  const int cores = omp_get_num_procs();
+  const int n = threads > 0 ? threads : std::max(1, cores / std::max(1, local_ranks));
+  if (threads > 0 && static_cast<int64_t>(threads) * std::max(1, local_ranks) > cores)
+    log_info("warning: --threads ", threads, " x ", std::max(1, local_ranks), " rank(s) on this node exceeds its ",
+             cores, " cores: the threads will compete for them (0 = cores / ranks)");
   omp_set_num_threads(n);
   cpu::set_blas_threads(n);
   return n;
@@ -259,7 +263,11 @@ class Job final : public JobApi {
   double evaluate() override;
   void save(const std::string& path) override;
   void log_json(const nlohmann::ordered_json& j) override {
-    if (log_file_.is_open()) log_file_ << dump_json(j) << "\n" << std::flush;
+    if (!log_file_.is_open()) return;
+    log_file_ << dump_json(j) << "\n" << std::flush;
+    // A full disk (or a vanished file system) must not cut the log silently.
+    AQ_CHECK(log_file_.good(), "writing --log ", cfg_.log, " failed at step ", opt_.step,
+             " (disk full or the file system went away); free space or point --log elsewhere");
   }
   int64_t start_step() const override { return opt_.step; }
   Device device() const override { return device_; }
@@ -388,7 +396,10 @@ template <typename T>
 void Job<T>::setup() {
   // ZeRO-1 over a single data-parallel rank has nothing to shard: run without it (one rule, here, instead of
   // a dp == 1 case at every use).
-  if (idp() == 1) cfg_.zero = 0;
+  if (idp() == 1 && cfg_.zero) {
+    log_info("--zero 1: one data-parallel rank has no optimizer state to share; running without ZeRO-1");
+    cfg_.zero = 0;
+  }
   dp_opts_ = resolve_dp_algorithm(cfg_, ctx_.topology());
   AQ_CHECK(!diloco() || device_ == Device::CPU, "--outer diloco runs on the CPU so far (its outer step has no CUDA ",
            "kernel yet); use --device cpu, or --outer none on GPUs");
@@ -425,6 +436,14 @@ void Job<T>::setup() {
   if (!cfg_.val_data.empty())
     val_data_ = std::make_unique<DataLoader>(cfg_.val_data, cfg_.batch, cfg_.seq, mc_.vocab_size, ctx_.dp_rank(),
                                              ctx_.dp(), "--val-data");
+  if (val_data_) {
+    const double need = static_cast<double>(cfg_.eval_batches) * ctx_.dp() * cfg_.batch * cfg_.seq;
+    if (need > static_cast<double>(val_data_->total_tokens()))
+      log_info("warning: --eval-batches ", cfg_.eval_batches, " reads ", static_cast<int64_t>(need),
+               " validation tokens but --val-data holds ", val_data_->total_tokens(),
+               ": batches repeat; lower --eval-batches to ",
+               std::max<int64_t>(1, static_cast<int64_t>(val_data_->total_tokens()) / (static_cast<int64_t>(ctx_.dp()) * cfg_.batch * cfg_.seq)));
+  }
 
   gpus_on_node_ = 0;
 #ifdef AQ_HAVE_CUDA

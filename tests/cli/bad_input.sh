@@ -222,6 +222,8 @@ expect_fail stop_at_negative '--stop-at must be >= 0' 1 -- "${RUN[@]}" --data "$
 expect_fail time_limit_negative '--time-limit must be >= 0 minutes' 1 -- "${RUN[@]}" --data "$DATA" --time-limit -2 "${SAVE[@]}"
 expect_fail memory_does_not_fit 'the job needs about [0-9.]+ GiB per rank \(parameters .*\) but this node offers [0-9.]+ GiB to each of its 1 rank\(s\); lower --batch' 1 -- \
   "${RUN[@]}" --data "$DATA" --layers 300000 --dim 64 --heads 4 "${SAVE[@]}"
+expect_fail log_on_a_full_disk 'writing --log /dev/full failed at step [0-9]+ \(disk full' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 2 --log /dev/full "${SAVE[@]}"
 expect_fail grad_accum_zero '--grad-accum must be >= 1 micro-batches per step \(got 0\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --grad-accum 0 "${SAVE[@]}"
 expect_fail centres_do_not_divide_world '--centres 2 does not divide the world of 1 ranks' 1 -- \
