@@ -355,13 +355,17 @@ void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, M* 
     AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", prefix + p.name, "\" required by a ",
              cfg_.describe(), " GPT-2");
     M* w = base + p.offset;
-    if (p.split == TpSplit::Replicated) {
-      file.read<M>(it->second, p.full_shape, w);
-      continue;
-    }
     full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
     file.read<M>(it->second, p.full_shape, full.data());
-    scatter_shard(p, tp_.rank, full.data(), w);
+    // A NaN or Inf in a checkpoint is refused with that reason (not left to fail later as a diverging loss).
+    for (size_t i = 0; i < full.size(); ++i)
+      AQ_CHECK(std::isfinite(static_cast<double>(full[i])), file.path(), ": tensor \"", it->second, "\" holds ",
+               static_cast<double>(full[i]), " at element ", i, ": the run had diverged before this save, or the ",
+               "file is damaged; resume from an earlier checkpoint");
+    if (p.split == TpSplit::Replicated)
+      std::copy(full.begin(), full.end(), w);
+    else
+      scatter_shard(p, tp_.rank, full.data(), w);
   }
 }
 

@@ -2,11 +2,32 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
 namespace aq {
 namespace {
+
+// A 64-bit hash of a tensor's bytes for the checksums in our checkpoints (damage detection, not security):
+// FNV-1a over 8-byte words, then the tail bytes.
+uint64_t bytes_hash(const uint8_t* p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0x100000001b3ull;
+  }
+  for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
 
 float f16_to_float(uint16_t h) {
   uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
@@ -98,6 +119,15 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
     }
     prev_name = &name;
   }
+  if (auto it = metadata_.find(kChecksumKey); it != metadata_.end()) {
+    try {
+      const nlohmann::json sums = nlohmann::json::parse(it->second);  // kept alive while items() iterates it
+      for (const auto& [k, v] : sums.items()) checksums_[k] = v.get<std::string>();
+    } catch (const std::exception&) {
+      fail(str(path, ": the tensor checksums in its metadata are malformed; the header was altered"));
+    }
+    metadata_.erase(it);  // the caller's metadata is what it wrote
+  }
 }
 
 std::optional<int64_t> SafeTensorsReader::metadata_int(const std::string& key) const {
@@ -133,6 +163,15 @@ void SafeTensorsReader::read(const std::string& name, const Shape& shape, T* dst
            shape_str(shape), " for this model configuration");
   const uint8_t* src = bytes(name);
   const size_t n = static_cast<size_t>(shape_numel(shape));
+  // Files we write carry a checksum per tensor: damaged bytes (bit flips, zero-filled blocks) are refused.
+  if (!checksums_.empty()) {
+    auto it = checksums_.find(name);
+    AQ_CHECK(it != checksums_.end(), path(), ": tensor \"", name, "\" has no checksum although the file carries them; ",
+             "the file was altered: restore it or resume from an earlier checkpoint");
+    const std::string got = hex64(bytes_hash(src, e.end - e.begin));
+    AQ_CHECK(got == it->second, path(), ": tensor \"", name, "\" is damaged: its bytes hash to ", got, " but were ",
+             it->second, " when written; restore the file or resume from an earlier checkpoint");
+  }
   switch (e.dtype) {
     case DType::F32:
       for (size_t i = 0; i < n; ++i) {
@@ -163,13 +202,20 @@ void SafeTensorsReader::read(const std::string& name, const Shape& shape, T* dst
 }
 
 template void SafeTensorsReader::read<float>(const std::string&, const Shape&, float*) const;
+
 template void SafeTensorsReader::read<double>(const std::string&, const Shape&, double*) const;
 
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   // nlohmann::ordered_json keeps our tensor order in the header, which keeps files diff-able.
   nlohmann::ordered_json header;
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  // Every tensor's checksum goes into the metadata (verified by the reader).
+  nlohmann::ordered_json sums = nlohmann::ordered_json::object();
+  for (const auto& t : tensors)
+    sums[t.name] = hex64(bytes_hash(static_cast<const uint8_t*>(t.tensor.raw()), t.tensor.nbytes()));
+  std::map<std::string, std::string> meta = metadata;
+  meta[kChecksumKey] = sums.dump();
+  header["__metadata__"] = meta;
   size_t offset = 0;
   for (const auto& t : tensors) {
     AQ_ASSERT(t.tensor.device() == Device::CPU, "write_safetensors needs CPU tensors");

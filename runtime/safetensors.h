@@ -36,7 +36,8 @@ class SafeTensorsReader {
   bool has(const std::string& name) const { return entries_.count(name) != 0; }
   const Entry& entry(const std::string& name) const;  // throws "missing tensor" naming the file
 
-  // Copies tensor `name` into dst, converting F32/F64/BF16/F16 to T. The stored shape must equal `shape`.
+  // Copies tensor `name` into dst, converting F32/F64/BF16/F16 to T. The stored shape must equal `shape`, and
+  // the bytes must match their checksum when the file has one.
   template <typename T>
   void read(const std::string& name, const Shape& shape, T* dst) const;
   // Raw bytes of a tensor (any dtype) for callers that handle the type themselves.
@@ -47,14 +48,20 @@ class SafeTensorsReader {
   size_t data_start_ = 0;
   std::map<std::string, std::string> metadata_;
   std::map<std::string, Entry> entries_;
+  std::map<std::string, std::string> checksums_;  // from kChecksumKey, when the file carries them
 };
+
+// The metadata key of the per-tensor checksums that write_safetensors adds ({"name": "16 hex digits"}); read()
+// verifies a tensor against it (the reader's metadata() leaves the key out).
+constexpr const char* kChecksumKey = "aq_checksums";
 
 struct NamedTensor {
   std::string name;
   Tensor tensor;  // CPU; written in its own dtype
 };
 
-// Writes atomically (temporary file, fsync, rename). Tensors are stored in the given order.
+// Writes atomically (temporary file, fsync, rename). Tensors are stored in the given order, and each one's
+// checksum in the metadata under kChecksumKey.
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata);
 

@@ -347,6 +347,48 @@ TEST_F(Checkpoint, LoadIsBitExact) {
   expect_same_params(fresh);
 }
 
+TEST_F(SafeTensors, DamagedTensorBytesAreRefusedByChecksum) {
+  // Our files carry a checksum per tensor: a flipped bit or a zero-filled block names the tensor and the file.
+  std::vector<float> a = random_values<float>(1001, 5), b = random_values<float>(77, 6);
+  const std::string p = path("sum.safetensors");
+  write_safetensors(p, {{"a", Tensor(a.data(), DType::F32, {1001})}, {"b", Tensor(b.data(), DType::F32, {77})}},
+                    {{"k", "v"}});
+  {
+    SafeTensorsReader r(p);
+    EXPECT_EQ(r.metadata(), (std::map<std::string, std::string>{{"k", "v"}}));  // the checksums stay internal
+    std::vector<float> out(1001);
+    r.read<float>("a", {1001}, out.data());
+    EXPECT_EQ(out, a);
+  }
+  auto damage = [&](const char* what, const std::function<void(std::string&, size_t)>& fn) {
+    std::ifstream in(p, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    uint64_t hl = 0;
+    std::memcpy(&hl, bytes.data(), 8);
+    fn(bytes, 8 + hl);  // data section start: "a" comes first
+    const std::string q = path(std::string(what) + ".safetensors");
+    std::ofstream(q, std::ios::binary) << bytes;
+    SafeTensorsReader r(q);
+    std::vector<float> out(1001);
+    test::expect_error([&] { r.read<float>("a", {1001}, out.data()); },
+                       {q, "tensor \"a\" is damaged", "restore the file or resume from an earlier checkpoint"});
+    std::vector<float> ok(77);
+    r.read<float>("b", {77}, ok.data());  // an intact tensor of the same file still reads
+  };
+  damage("bitflip", [](std::string& s, size_t d) { s[d + 4 * 500 + 1] ^= 0x10; });
+  damage("zeros", [](std::string& s, size_t d) { std::fill(s.begin() + static_cast<long>(d) + 400, s.begin() + static_cast<long>(d) + 1200, '\0'); });
+}
+
+TEST_F(Checkpoint, NonFiniteValuesAreRefused) {
+  const std::string p = write_model("nan.safetensors", [](std::vector<NamedTensor>& t) {
+    for (NamedTensor& n : t)
+      if (n.name == "h.0.mlp.c_fc.bias") n.tensor.data<float>()[7] = std::numeric_limits<float>::quiet_NaN();
+  });
+  GPT2<float> other(tiny_config(), 1, 5);
+  test::expect_error([&] { other.load(SafeTensorsReader(p)); },
+                     {p, "h.0.mlp.c_fc.bias", "at element 7", "resume from an earlier checkpoint"});
+}
+
 TEST_F(Checkpoint, MissingTensorIsNamed) {
   const std::string p = write_model("missing.safetensors", [](std::vector<NamedTensor>& t) {
     std::erase_if(t, [](const NamedTensor& n) { return n.name == "h.0.mlp.c_fc.bias"; });
