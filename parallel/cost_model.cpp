@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "runtime/error.h"
 
@@ -215,6 +216,42 @@ double compute_s_per_token_from_flops(double params, int layers, int dim, int se
   AQ_CHECK(peak_flops > 0 && mfu > 0 && mfu <= 1, "cost model: peak FLOP/s must be > 0 and MFU in (0, 1] (got ",
            peak_flops, " and ", mfu, ")");
   return (6.0 * params + 6.0 * layers * dim * static_cast<double>(seq)) / (peak_flops * mfu);
+}
+
+// DiLoCo (Douillard et al.; Streaming DiLoCo): the inner step is an ordinary data-parallel step inside one centre;
+// the outer exchange of one fragment (n/F values) is the hierarchical all-reduce across the C centres. Every H
+// steps each of the F fragments is exchanged once: without overlap each exchange is exposed whole; with
+// overlap τ it hides behind τ inner steps and only max(0, T_f − τ·step) shows.
+DilocoPrediction predict_diloco(const DilocoJob& job, const Calibration& cal) {
+  DilocoPrediction d;
+  const Prediction inner = predict_step(job.inner, cal);
+  Layout across = job.inner.layout;
+  across.centres = job.centres;
+  const Collective frag = all_reduce(Algo::Hier, job.codec, across, job.inner.params / job.F, cal);
+  d.fragment_exchange_s = frag.seconds;
+  const double hidden_window = static_cast<double>(job.tau) * inner.step_s;
+  const double per_fragment = std::max(0.0, frag.seconds - hidden_window);
+  d.exposed_s = job.F * per_fragment / static_cast<double>(job.H);
+  d.step_s = inner.step_s + d.exposed_s;
+  d.utilisation = inner.compute_s / d.step_s;
+  d.wan_bytes_per_step = job.F * frag.wan_bytes_per_centre / static_cast<double>(job.H);
+  return d;
+}
+
+double wan_rate_for_utilisation(const DilocoJob& job, Calibration cal, double utilisation) {
+  cal.wan_exchange.clear();  // a what-if rate: one bandwidth, no measured curve
+  auto util_at = [&](double rate) {
+    cal.wan.bytes_per_s = rate;
+    return predict_diloco(job, cal).utilisation;
+  };
+  double lo = 1e3, hi = 1e13;  // 8 kbit/s … 80 Tbit/s
+  if (util_at(hi) < utilisation) return std::numeric_limits<double>::infinity();
+  if (util_at(lo) >= utilisation) return lo;
+  for (int i = 0; i < 100; ++i) {  // geometric bisection
+    const double mid = std::sqrt(lo * hi);
+    (util_at(mid) >= utilisation ? hi : lo) = mid;
+  }
+  return hi;
 }
 
 }  // namespace aq::cost

@@ -105,6 +105,30 @@ Prediction predict_step(const StepJob& job, const Calibration& cal);
 // boundaries, this cuts evenly).
 std::vector<double> bucket_bytes(double n_values, double bucket_bytes);
 
+// DiLoCo across centres (--outer diloco): each centre steps on its own (its own data-parallel all-reduce inside
+// the centre), and every H steps the parameter change crosses centres as one hierarchical all-reduce of the
+// model, cut into F fragments on a staggered schedule; with overlap τ a fragment's exchange runs behind τ
+// compute steps and only what does not fit is exposed.
+struct DilocoJob {
+  StepJob inner;     // the step inside a centre (its layout: centres = 1) and the model
+  int centres = 2;   // C
+  int64_t H = 50;
+  int F = 1;
+  int64_t tau = 0;
+  WanCodec codec = WanCodec::None;  // of the outer exchange
+};
+struct DilocoPrediction {
+  double step_s = 0;             // inner step + the outer exchanges' exposed time, averaged over H steps
+  double exposed_s = 0;          // of step_s: outer exchange not hidden (averaged per step)
+  double utilisation = 0;        // compute share of the step: compute / step
+  double wan_bytes_per_step = 0; // per centre, averaged
+  double fragment_exchange_s = 0;
+};
+DilocoPrediction predict_diloco(const DilocoJob& job, const Calibration& cal);
+// The WAN rate (bytes/s per centre and direction) at which the job reaches `utilisation` (0..1), by bisection
+// over the rate; +inf when even an infinite rate does not (latency or compute-side costs).
+double wan_rate_for_utilisation(const DilocoJob& job, Calibration cal, double utilisation);
+
 // Compute per token from FLOPs: (6N + 6·L·C·T) / (peak_flops · mfu) (aq-bench's MFU convention).
 double compute_s_per_token_from_flops(double params, int layers, int dim, int seq, double peak_flops, double mfu);
 

@@ -90,6 +90,40 @@ void print_what_if(double wan_latency_s) {
         }
   }
   std::printf("(s: predicted step time; x: speed-up over flat; GB: bytes each centre sends per step)\n");
+
+  // Streaming DiLoCo's question: what link does each mode need to keep the GPUs busy? Synchronous hier (every
+  // step), DiLoCo H=50, streaming F=4 τ=1, all with int8 on the slow hop.
+  const WhatIfModel& m = kModels[1];
+  cal.compute_s_per_token = cost::compute_s_per_token_from_flops(m.params, m.layers, m.dim, m.seq, m.tp * peak, mfu);
+  std::printf("\nWAN rate each centre needs for a compute utilisation (%s, 2 centres x 8 GPUs, int8 on the slow hop,\n"
+              "WAN alpha %.0f ms; utilisation = compute / step):\n", m.name, wan_latency_s * 1e3);
+  std::printf("%-40s %15s %15s %15s %15s %15s\n", "mode", "50%", "80%", "90%", "95%", "99%");
+  struct Mode {
+    const char* name;
+    int64_t H;
+    int F;
+    int64_t tau;
+  };
+  for (const Mode& mode : {Mode{"synchronous hier (H = 1)", 1, 1, 0}, Mode{"DiLoCo H = 50", 50, 1, 0},
+                           Mode{"streaming DiLoCo H = 50, F = 4, tau 1", 50, 4, 1}}) {
+    cost::DilocoJob dj;
+    dj.inner.params = m.params / m.tp;
+    dj.inner.tokens_per_rank = m.tokens_per_replica;
+    dj.inner.layout = {1, 8 / m.tp, std::max(1, 8 / m.tp)};  // one node of 8 GPUs per centre
+    dj.centres = 2;
+    dj.H = mode.H;
+    dj.F = mode.F;
+    dj.tau = mode.tau;
+    dj.codec = WanCodec::Int8;
+    std::printf("%-40s", mode.name);
+    for (double u : {0.5, 0.8, 0.9, 0.95, 0.99}) {
+      const double r = cost::wan_rate_for_utilisation(dj, cal, u);
+      std::printf(" %15s", std::isfinite(r) ? format_rate(r).c_str() : "never");
+    }
+    std::printf("\n");
+  }
+  std::printf("(DiLoCo syncs 1/H of the steps; streaming spreads the model over F fragments and hides each exchange\n"
+              " behind tau inner steps; \"never\": latency alone keeps it below)\n");
 }
 
 namespace {

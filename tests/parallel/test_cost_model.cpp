@@ -23,6 +23,37 @@ Calibration wan_only() {
   return c;
 }
 
+TEST(CostModel, DiLoCoAmortisesAndHidesTheOuterExchange) {
+  Calibration cal = wan_only();
+  cal.compute_s_per_token = 1e-4;
+  DilocoJob j;
+  j.inner.params = 1e5;
+  j.inner.tokens_per_rank = 1000;  // 0.1 s of compute per step
+  j.inner.layout = {1, 1, 1};
+  j.centres = 2;
+  j.H = 10;
+  const DilocoPrediction once = predict_diloco(j, cal);
+  Layout across{2, 1, 1};
+  const Collective whole = all_reduce(Algo::Hier, WanCodec::None, across, 1e5, cal);
+  EXPECT_NEAR(once.fragment_exchange_s, whole.seconds, 1e-12);
+  EXPECT_NEAR(once.exposed_s, whole.seconds / 10, 1e-12);           // one exchange per H steps, all exposed
+  EXPECT_NEAR(once.wan_bytes_per_step, whole.wan_bytes_per_centre / 10, 1e-6);
+  // Four fragments, overlapped by enough steps: nothing shows, and the bytes per step stay those of the model.
+  j.F = 4;
+  j.tau = 9;
+  const DilocoPrediction hidden = predict_diloco(j, cal);
+  EXPECT_EQ(hidden.exposed_s, 0.0);
+  EXPECT_NEAR(hidden.wan_bytes_per_step, once.wan_bytes_per_step, 1e-3 * once.wan_bytes_per_step);
+  EXPECT_NEAR(hidden.utilisation, 1.0, 1e-9);
+  // Higher utilisation needs a faster link, and the rate found gives it.
+  j.tau = 0;
+  const double r80 = wan_rate_for_utilisation(j, cal, 0.8), r95 = wan_rate_for_utilisation(j, cal, 0.95);
+  EXPECT_LT(r80, r95);
+  Calibration at = cal;
+  at.wan.bytes_per_s = r95 * 1.001;
+  EXPECT_GE(predict_diloco(j, at).utilisation, 0.95);
+}
+
 TEST(CostModel, RingClosedForm) {
   const Link l{1e-3, 1e6};
   // 2(p−1)α + 2(p−1)/p·n·β with p = 4, n = 1 MB: 6 ms + 1.5 s.
