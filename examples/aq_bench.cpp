@@ -285,6 +285,9 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     aq::cpu::set_gemm_recorder(nullptr);  // the ceiling's own GEMMs are not the step's
     ceiling.pass(gemm_calls, rec.step, rec.ms);
     aq::cpu::set_gemm_recorder(&gemm_calls);
+    // Ranks finish their passes at different times: meet before the next step, so no rank's wait for another's
+    // ceiling lands in that step's time or exposed communication.
+    if (ctx.world_size() > 1) ctx.world().barrier({"after the sgemm ceiling"})->wait();
   };
   aq::cpu::set_gemm_recorder(&gemm_calls);
   if (o.profile) aq::set_active_profile(&profile);

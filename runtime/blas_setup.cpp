@@ -74,7 +74,9 @@ BlasKernelChoice decide_blas_kernels(const std::string& corename, const std::str
 }
 
 void ensure_blas_kernels(char** argv) {
-  if (env("AQ_BLAS_CORRECTED")) return;  // this process (or its parent) was already corrected: never loop
+  // Already corrected (this process before its re-exec, or a parent whose setting we inherited): never loop. The
+  // marker alone (OPENBLAS_CORETYPE removed by a wrapper) decides again; a re-exec sets both, so that cannot loop.
+  if (env("AQ_BLAS_CORRECTED") && env("OPENBLAS_CORETYPE")) return;
   const BlasKernelChoice c =
       decide_blas_kernels(reported_corename(), openblas_get_config(), detect_cpu_features(), env("OPENBLAS_CORETYPE"));
   if (c.coretype.empty()) return;

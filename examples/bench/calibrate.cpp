@@ -233,7 +233,7 @@ int calibrate_main(int argc, char** argv) {
   ParallelContext& ctx = ParallelContext::init(&argc, &argv);
   return run_main("aq-bench calibrate", app, argc, argv, ctx, [&] {
     AQ_CHECK(o.max_bytes >= 4096, "--max-bytes must be >= 4096 (got ", o.max_bytes, ")");
-    if (!save.empty() && ctx.world_rank() == 0) check_writable(save, "calibration");
+    if (!save.empty()) check_writable(save, "calibration");  // every rank: the check must fail everywhere or nowhere
     ctx.configure(1, 300, centres);
     const cost::Calibration cal = calibrate(ctx, o);
     if (ctx.world_rank() == 0) {

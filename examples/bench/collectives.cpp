@@ -52,7 +52,7 @@ void run(ParallelContext& ctx, const Options& o) {
   for (const auto& a : algos)
     AQ_CHECK(a == "flat" || a == "hier", "--algos entries are flat or hier (got \"", a, "\")");
   for (const auto& c : codecs) wan_codec_from_name(c);
-  if (!o.csv.empty() && ctx.world_rank() == 0) check_writable(o.csv, "CSV");
+  if (!o.csv.empty()) check_writable(o.csv, "CSV");  // every rank: the check must fail everywhere or nowhere
   ctx.configure(1, o.timeout, o.centres);
   const Topology& topo = ctx.topology();
   const int n = ctx.dp(), rank = ctx.world_rank();

@@ -167,6 +167,7 @@ void run(ParallelContext& ctx, const Options& o) {
   cost::StepJob job;
   job.params = o.params > 0 ? o.params : sh.params();
   job.tokens_per_rank = o.tokens > 0 ? o.tokens : static_cast<double>(sh.batch) * sh.seq;
+  AQ_CHECK(o.bucket_mb > 0, "--bucket-mb must be > 0 MiB (got ", o.bucket_mb, ")");
   job.bucket_bytes = o.bucket_mb * 1048576.0;
   // Default layout: the world just calibrated when it spans centres, else the testbed's 2 centres x 2 ranks.
   const Topology& t = ctx.topology();
@@ -226,7 +227,7 @@ int predict_main(int argc, char** argv) {
   ParallelContext& ctx = ParallelContext::init(&argc, &argv);
   return run_main("aq-bench predict", app, argc, argv, ctx, [&] {
     if (!o.wan_rate.empty()) rate_bytes_per_s(o.wan_rate);
-    if (!o.save.empty() && ctx.world_rank() == 0) check_writable(o.save, "calibration");
+    if (!o.save.empty()) check_writable(o.save, "calibration");  // every rank, so none is left waiting
     run(ctx, o);
   });
 }

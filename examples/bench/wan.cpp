@@ -83,8 +83,14 @@ std::string must_run(const std::string& cmd, const char* what) {
   std::string out;
   const int rc = run_capture(cmd + " 2>&1", out);
   if (rc != 0) {
-    const size_t from = out.size() > 3000 ? out.size() - 3000 : 0;
-    fail(str(what, " failed (exit ", rc, "): ", cmd, "\n", out.substr(from)));
+    // One line: the output goes to a log file that the message names.
+    char log[] = "/tmp/aq-bench-wan-failed-XXXXXX";
+    const int fd = ::mkstemp(log);
+    if (fd >= 0) {
+      (void)!::write(fd, out.data(), out.size());
+      ::close(fd);
+    }
+    fail(str(what, " failed (exit ", rc, "): ", cmd, "; its output is in ", fd >= 0 ? log : "(could not be saved)"));
   }
   return out;
 }
@@ -182,7 +188,8 @@ void wan(const WanOptions& o, const std::string& self) {
       std::printf("aq-bench wan: SKIP: %s", up.c_str());
       std::exit(77);
     }
-    AQ_CHECK(rc == 0, "wan_testbed.sh up failed (exit ", rc, "): ", up);
+    std::string first = up.substr(0, up.find('\n'));
+    AQ_CHECK(rc == 0, "wan_testbed.sh up failed (exit ", rc, "): ", first, "; run scripts/wan_testbed.sh up by hand to see all");
   }
   const nlohmann::json status =
       nlohmann::json::parse(must_run(g_testbed + " status --json --name " + g_name, "testbed status"));
