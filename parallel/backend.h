@@ -67,6 +67,10 @@ class Backend {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string describe() const = 0;
+  // Whether collectives on different groups of this backend must be issued in the same order on every rank
+  // (blocking calls; NCCL). An algorithm running several calls at once orders its stages accordingly. The
+  // default is the safe answer; MPI's non-blocking collectives progress per communicator and say no.
+  virtual bool needs_global_issue_order() const { return true; }
 
   // In place over `count` elements.
   virtual WorkPtr all_reduce(void* data, int64_t count, DType dtype, const CollectiveOptions& opts) = 0;

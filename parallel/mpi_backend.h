@@ -52,6 +52,7 @@ class MpiBackend final : public Backend {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string describe() const override;
+  bool needs_global_issue_order() const override { return false; }
 
   WorkPtr all_reduce(void* data, int64_t count, DType dtype, const CollectiveOptions& opts) override;
   WorkPtr reduce_scatter(const void* send, void* recv, int64_t recv_count, DType dtype,

@@ -48,10 +48,12 @@ Words words_for(size_t bytes) { return Words((bytes + 1) / 2, 0); }
 uint8_t* bytes_of(Words& w) { return reinterpret_cast<uint8_t*>(w.data()); }
 const uint8_t* bytes_of(const Words& w) { return reinterpret_cast<const uint8_t*>(w.data()); }
 
-// The communicators a stage uses. Stages of one family start in (call, stage) order on every rank: the two
-// intra-centre communicators form one family, because the staged backend blocks and NCCL wants one issue
-// order across communicators, so an all-gather of one call and the reduce-scatter of the next must not swap.
-enum class Family { Compute, Intra, CrossRs, CrossAg };
+// The communicators a stage uses. Stages of one family start in (call, stage) order on every rank. The two
+// intra-centre communicators form one family when their backend needs one issue order across communicators
+// (the staged backend blocks; NCCL asks for it), so an all-gather of one call and the reduce-scatter of the next
+// never swap there; over MPI's non-blocking collectives each communicator is its own family (IntraAg apart),
+// which lets one bucket's reduce-scatter start while an earlier one is still crossing centres.
+enum class Family { Compute, Intra, IntraAg, CrossRs, CrossAg };
 
 // One call in flight: its stages, the Works of the stage that runs, and the buffers they use.
 struct HierOp {
@@ -180,10 +182,14 @@ class HierAlgorithm final : public DpAlgorithm {
   double timeout_s() const { return g_.timeout_s; }
 
  private:
+  Family intra_ag_family() const {
+    return g_.intra_rs->needs_global_issue_order() || g_.intra_ag->needs_global_issue_order() ? Family::Intra
+                                                                                               : Family::IntraAg;
+  }
   WorkPtr launch(std::shared_ptr<HierOp> op, const CollectiveOptions& opts, const char* what) {
     live_.push_back(op);
     auto w = std::make_shared<HierWork>(this, op, ++seq_, opts, what);
-    progress();  // starts stage 0 now (every earlier call has started it), and whatever else may start
+    progress();  // starts whatever may start now (stage 0, unless an earlier call holds its family)
     return w;
   }
   // The residual of n values at gradient position pos, with what a restored checkpoint holds for them moved in
@@ -352,7 +358,7 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
       if (p != j) o.in[p] = words_for(codec_bytes(o_.codec, o.c_len[p]));
     exchange(o, *xag, true, nm + " (cross-centre, from owners)");
   });
-  op->add_stage("intra-centre all-gather", Family::Intra, [=, this, &intra_ag](HierOp& o) {
+  op->add_stage("intra-centre all-gather", intra_ag_family(), [=, this, &intra_ag](HierOp& o) {
     if (carrier) {
       const int C = xrs->size(), j = xrs->rank();
       for (int p = 0; p < C; ++p)
@@ -447,7 +453,7 @@ WorkPtr HierAlgorithm::all_gather(const void* send, void* recv, int64_t L, DType
       if (p != j) o.in[p] = words_for(bytes);
     exchange(o, *g_.cross_ag, true, nm + " (cross-centre)");
   });
-  op->add_stage("intra-centre all-gathers", Family::Intra, [=, this, &intra](HierOp& o) {
+  op->add_stage("intra-centre all-gathers", intra_ag_family(), [=, this, &intra](HierOp& o) {
     if (C > 1) {
       for (int p = 0; p < C; ++p)
         if (p != j) device_copy(at(p), dev, bytes_of(o.in[p]), Device::CPU, bytes);
