@@ -1,0 +1,254 @@
+// test_tokenizer.cpp — byte-level BPE against expected ids derived by hand from a small vocabulary built here:
+// GPT-2's pre-tokenisation (contractions, letters, digits, punctuation, whitespace runs, CJK, emoji, invalid
+// UTF-8), merges by rank (every occurrence of the lowest-ranked pair, left to right), round trips of random
+// bytes, the GPT-2 byte alphabet, and tokenizer.json loading/refusal. The GPT-2 files' own check against a second
+// implementation is tests/runtime/tokenizer_gpt2.sh.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "runtime/error.h"
+#include "runtime/tokenizer.h"
+
+namespace {
+
+using Ids = std::vector<int32_t>;
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string_view> v;
+  aq::gpt2_pretokenize(s, v);
+  return std::vector<std::string>(v.begin(), v.end());
+}
+
+using P = std::vector<std::string>;
+
+TEST(Pretokenize, WordsAndSpaces) {
+  EXPECT_EQ(split("Hello world"), (P{"Hello", " world"}));
+  EXPECT_EQ(split("a   b"), (P{"a", "  ", " b"}));
+  EXPECT_EQ(split("a\n\nb"), (P{"a", "\n", "\n", "b"}));
+  EXPECT_EQ(split("x  "), (P{"x", "  "}));
+  EXPECT_EQ(split("  \n  x"), (P{"  \n ", " x"}));
+  EXPECT_EQ(split(" \tx"), (P{" ", "\t", "x"}));
+  EXPECT_EQ(split(" "), (P{" "}));
+  EXPECT_EQ(split(""), (P{}));
+  EXPECT_EQ(split(std::string(1000, ' ') + "a"), (P{std::string(999, ' '), " a"}));
+  EXPECT_EQ(split("a\xe3\x80\x80" "b"), (P{"a", "\xe3\x80\x80", "b"}));  // U+3000 ideographic space
+  EXPECT_EQ(split("a\xc2\xa0" "b"), (P{"a", "\xc2\xa0", "b"}));          // U+00A0 no-break space
+}
+
+TEST(Pretokenize, Contractions) {
+  EXPECT_EQ(split("I'm don't we'll they've you're he'd it's"),
+            (P{"I", "'m", " don", "'t", " we", "'ll", " they", "'ve", " you", "'re", " he", "'d", " it", "'s"}));
+  EXPECT_EQ(split("'S"), (P{"'", "S"}));          // case-sensitive
+  EXPECT_EQ(split("x'y"), (P{"x", "'", "y"}));
+  EXPECT_EQ(split("''s"), (P{"''", "s"}));        // the punctuation run takes both apostrophes
+  EXPECT_EQ(split("'sand"), (P{"'s", "and"}));
+  EXPECT_EQ(split("don't!"), (P{"don", "'t", "!"}));
+}
+
+TEST(Pretokenize, DigitsPunctuationUnicode) {
+  EXPECT_EQ(split("123 4567 abc123"), (P{"123", " 4567", " abc", "123"}));
+  EXPECT_EQ(split("Hi!!! ok?"), (P{"Hi", "!!!", " ok", "?"}));
+  EXPECT_EQ(split("x = f(y);"), (P{"x", " =", " f", "(", "y", ");"}));
+  EXPECT_EQ(split("\xe4\xbd\xa0\xe5\xa5\xbd \xe4\xb8\x96\xe7\x95\x8c"),  // 你好 世界: letters (Lo)
+            (P{"\xe4\xbd\xa0\xe5\xa5\xbd", " \xe4\xb8\x96\xe7\x95\x8c"}));
+  EXPECT_EQ(split("\xc2\xbd" "3"), (P{"\xc2\xbd" "3"}));                     // ½ is No: one number run
+  EXPECT_EQ(split("hi \xf0\x9f\x91\x8b\xf0\x9f\x8f\xbd!"),                    // 👋🏽! : symbols
+            (P{"hi", " \xf0\x9f\x91\x8b\xf0\x9f\x8f\xbd!"}));
+  EXPECT_EQ(split("caf\xc3\xa9s"), (P{"caf\xc3\xa9s"}));                      // é is a letter
+}
+
+TEST(Pretokenize, InvalidUtf8IsPunctuation) {
+  EXPECT_EQ(split("a\xff\xfe" "b"), (P{"a", "\xff\xfe", "b"}));
+  EXPECT_EQ(split(" \xff"), (P{" \xff"}));
+  EXPECT_EQ(split("a\xe4\xbd"), (P{"a", "\xe4\xbd"}));          // truncated sequence at the end
+  EXPECT_EQ(split("\xc0\xaf" "x"), (P{"\xc0\xaf", "x"}));       // overlong '/'
+  EXPECT_EQ(split("\xed\xa0\x80" "x"), (P{"\xed\xa0\x80", "x"}));  // a surrogate
+  EXPECT_EQ(split("!\x80"), (P{"!\x80"}));
+}
+
+// Bytes 0..255 are ids 0..255; merges in rank order give ids 256, 257, ...; <|endoftext|> is special.
+aq::Tokenizer small_tokenizer() {
+  std::vector<std::string> tokens;
+  for (int b = 0; b < 256; ++b) tokens.emplace_back(1, static_cast<char>(b));
+  const std::vector<std::pair<std::string, std::string>> merges = {
+      {"l", "l"},      // 256 ll
+      {"h", "e"},      // 257 he
+      {"he", "ll"},    // 258 hell
+      {"hell", "o"},   // 259 hello
+      {" ", "w"},      // 260 " w"
+      {"a", "a"},      // 261 aa
+      {"aa", "a"},     // 262 aaa
+      {"aa", "aa"},    // 263 aaaa
+      {" ", " "},      // 264 "  "
+      {"1", "2"},      // 265 12
+      {"\xe4\xbd", "\xa0"},  // 266 你 (3 bytes) once its first two bytes are joined...
+      {"\xe4", "\xbd"},      // 267 ...which ranks later
+  };
+  for (const auto& [a, b] : merges) tokens.push_back(a + b);
+  tokens.push_back("<|endoftext|>");
+  const int32_t eot = static_cast<int32_t>(tokens.size()) - 1;
+  return aq::Tokenizer(tokens, merges, {eot}, "small test vocabulary");
+}
+
+TEST(Bpe, MergesByRank) {
+  const aq::Tokenizer tok = small_tokenizer();
+  EXPECT_EQ(tok.vocab_size(), 269);
+  EXPECT_EQ(tok.eot_id(), 268);
+  EXPECT_EQ(tok.encode("hello"), (Ids{259}));
+  EXPECT_EQ(tok.encode("hello world"), (Ids{259, 260, 'o', 'r', 'l', 'd'}));
+  EXPECT_EQ(tok.encode("hell"), (Ids{258}));
+  EXPECT_EQ(tok.encode("hel"), (Ids{257, 'l'}));
+  EXPECT_EQ(tok.encode("ell"), (Ids{'e', 256}));
+  EXPECT_EQ(tok.encode("Hello"), (Ids{'H', 'e', 256, 'o'}));
+  // aaaa: (a,a) has the lowest rank, both occurrences merge in one pass, then (aa,aa).
+  EXPECT_EQ(tok.encode("aaaa"), (Ids{263}));
+  EXPECT_EQ(tok.encode("aaa"), (Ids{262}));
+  EXPECT_EQ(tok.encode("aaaaa"), (Ids{261, 262}));  // [aa, aa, a]: (aa,a) ranks before (aa,aa)
+  EXPECT_EQ(tok.encode("aaaaaaaa"), (Ids{263, 263}));
+  // Whitespace runs: "    w" is "   " + " w"; "   " is [ "  ", " " ].
+  EXPECT_EQ(tok.encode("    w"), (Ids{264, ' ', 260}));
+  EXPECT_EQ(tok.encode("x\n\ny"), (Ids{'x', '\n', '\n', 'y'}));
+  EXPECT_EQ(tok.encode("12 123"), (Ids{265, ' ', 265, '3'}));  // " 123": no (" ", "1") merge, then (1, 2)
+  // 你 = e4 bd a0: (e4 bd a0) cannot merge until (e4, bd) has: rank 11 then rank 10.
+  EXPECT_EQ(tok.encode("\xe4\xbd\xa0"), (Ids{266}));
+  EXPECT_EQ(tok.encode("\xe4\xbd"), (Ids{267}));
+  // Special text is ordinary text.
+  EXPECT_EQ(tok.encode("<|endoftext|>").size(), 13u);
+  EXPECT_EQ(tok.decode(Ids{268}), "<|endoftext|>");
+  // Invalid bytes keep their own ids.
+  EXPECT_EQ(tok.encode("a\xff\xfe"), (Ids{'a', 0xff, 0xfe}));
+}
+
+TEST(Bpe, RoundTripRandomBytes) {
+  const aq::Tokenizer tok = small_tokenizer();
+  const unsigned seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  const char* pieces[] = {"hello", " world", "aaa", "  ", "\n", "'s", "'ll", "12", "\xe4\xbd\xa0", "\xf0\x9f\x91\x8b",
+                          "\xff", "\xc3", "!", "\t", "\xe3\x80\x80", "x"};
+  aq::EncodeCache cache(64);  // small: exercises the clearing
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string s;
+    const int len = static_cast<int>(rng() % 200);
+    for (int k = 0; k < len; ++k) {
+      if (rng() % 3 == 0)
+        s.push_back(static_cast<char>(rng() & 0xff));
+      else
+        s += pieces[rng() % (sizeof(pieces) / sizeof(pieces[0]))];
+    }
+    std::vector<int32_t> ids;
+    tok.encode(s, ids, cache);
+    ASSERT_EQ(tok.decode(ids), s) << "seed " << seed << " trial " << trial;
+    ASSERT_EQ(ids, tok.encode(s)) << "cached and uncached encodes differ; seed " << seed;
+    std::vector<std::string_view> v;
+    aq::gpt2_pretokenize(s, v);
+    std::string joined;
+    for (auto p : v) {
+      ASSERT_FALSE(p.empty());
+      joined += p;
+    }
+    ASSERT_EQ(joined, s);
+  }
+}
+
+TEST(Bpe, LargeTextBlocksAgree) {
+  // encode() pre-tokenises in 1 MiB blocks: the ids must not depend on where a block ends.
+  const aq::Tokenizer tok = small_tokenizer();
+  std::string s;
+  std::mt19937 rng(7);
+  const char* words[] = {"hello", "aaaa", "word", "\n", "\n\n", "  ", " ", "'s", "12"};
+  while (s.size() < (3u << 20)) s += words[rng() % 9];
+  std::vector<std::string_view> v;
+  aq::gpt2_pretokenize(s, v);
+  std::vector<int32_t> expect;
+  for (auto p : v) {
+    const Ids ids = tok.encode(p);  // each piece alone is below the block size
+    expect.insert(expect.end(), ids.begin(), ids.end());
+  }
+  EXPECT_EQ(tok.encode(s), expect);
+}
+
+TEST(Gpt2Alphabet, BytesToUnicode) {
+  EXPECT_EQ(aq::gpt2_byte_to_codepoint('!'), 33u);
+  EXPECT_EQ(aq::gpt2_byte_to_codepoint(' '), 256u + 32u);  // Ġ
+  EXPECT_EQ(aq::gpt2_byte_to_codepoint(0), 256u);
+  EXPECT_EQ(aq::gpt2_byte_to_codepoint(0xAD), 323u);  // after 0..32 and 127..160
+  std::string bytes;
+  ASSERT_TRUE(aq::gpt2_unmap("\xc4\xa0the", bytes));  // "Ġthe"
+  EXPECT_EQ(bytes, " the");
+  EXPECT_FALSE(aq::gpt2_unmap("\xe4\xbd\xa0", bytes));
+}
+
+std::string write_tmp(const std::string& name, const std::string& content) {
+  const std::string path = (std::filesystem::temp_directory_path() / name).string();
+  std::ofstream(path) << content;
+  return path;
+}
+
+// A tokenizer.json of the GPT-2 kind with the small vocabulary: tokens in GPT-2's byte alphabet.
+std::string hf_json(const std::string& model_extra, const std::string& pre, bool pair_merges) {
+  auto mapped = [](const std::string& bytes) {
+    std::string s;
+    for (unsigned char b : bytes) {
+      const uint32_t cp = aq::gpt2_byte_to_codepoint(b);
+      if (cp < 0x80) {
+        if (cp == '"' || cp == '\\') s.push_back('\\');
+        s.push_back(static_cast<char>(cp));
+      } else {
+        s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+        s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+      }
+    }
+    return s;
+  };
+  std::string vocab = "{";
+  for (int b = 0; b < 256; ++b) vocab += "\"" + mapped(std::string(1, static_cast<char>(b))) + "\": " + std::to_string(b) + ",";
+  vocab += "\"" + mapped("he") + "\": 256, \"" + mapped(" w") + "\": 257}";
+  const std::string merges = pair_merges ? R"([["h", "e"], ["Ġ", "w"]])" : R"(["h e", "Ġ w"])";
+  return R"({"version": "1.0", "normalizer": null, "pre_tokenizer": )" + pre +
+         R"(, "decoder": {"type": "ByteLevel"}, "added_tokens": [{"id": 258, "content": "<|endoftext|>", "special": true}],
+            "model": {"type": "BPE", "vocab": )" + vocab + ", \"merges\": " + merges + model_extra + "}}";
+}
+
+TEST(HfJson, LoadsByteLevelBpe) {
+  const std::string pre = R"({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true})";
+  for (bool pairs : {false, true}) {
+    const std::string path = write_tmp("aq_tok_ok.json", hf_json("", pre, pairs));
+    const aq::Tokenizer tok = aq::Tokenizer::load("" + path, "");
+    EXPECT_EQ(tok.encode("hello world"), (Ids{256, 'l', 'l', 'o', 257, 'o', 'r', 'l', 'd'}));
+    EXPECT_EQ(tok.eot_id(), 258);
+    EXPECT_EQ(tok.decode(Ids{258}), "<|endoftext|>");
+    std::remove(path.c_str());
+  }
+}
+
+void expect_refused(const std::string& json, const std::string& words) {
+  const std::string path = write_tmp("aq_tok_bad.json", json);
+  try {
+    aq::Tokenizer::load_hf_json(path);
+    ADD_FAILURE() << "accepted: " << words;
+  } catch (const aq::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(words), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
+  }
+  std::remove(path.c_str());
+}
+
+TEST(HfJson, RefusesOtherKinds) {
+  const std::string pre = R"({"type": "ByteLevel", "add_prefix_space": false})";
+  expect_refused(R"({"model": {"type": "WordPiece", "vocab": {}}})", "model is WordPiece");
+  expect_refused(R"({"model": {"type": "Unigram", "vocab": []}})", "model is Unigram");
+  expect_refused(hf_json("", R"({"type": "Metaspace"})", false), "pre-tokenizer is Metaspace");
+  expect_refused(hf_json("", R"({"type": "Sequence", "pretokenizers": [{"type": "Split"}, {"type": "ByteLevel"}]})",
+                         false),
+                 "Sequence of Split ByteLevel");
+  expect_refused(hf_json(", \"byte_fallback\": true", pre, false), "byte_fallback");
+  expect_refused(hf_json(", \"ignore_merges\": true", pre, false), "ignore_merges");
+  expect_refused("not json", "not valid JSON");
+}
+
+}  // namespace
