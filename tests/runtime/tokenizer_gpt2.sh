@@ -70,6 +70,44 @@ if merged != expect:
 print(f"ok aq-prepare shards hold EOT + ids of each document ({len(expect)} tokens, train {len(t)}, val {len(v)})")
 PY
 
-cat "$WORK"/text/*_english.txt > "$WORK/english.txt"
+# The same vocabulary as a Hugging Face tokenizer.json (merges as "a b" strings, then as pairs): same ids.
+for style in strings pairs; do
+  python3 - "$VOCAB" "$WORK/tokenizer.json" "$style" <<'PY'
+import json, sys
+vocab_dir, out, style = sys.argv[1:]
+enc = json.load(open(f"{vocab_dir}/encoder.json", encoding="utf-8"))
+lines = open(f"{vocab_dir}/vocab.bpe", encoding="utf-8").read().split("\n")[1:]
+merges = [l for l in lines if l]
+if style == "pairs":
+    merges = [l.split(" ") for l in merges]
+del enc["<|endoftext|>"]
+json.dump({"version": "1.0", "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+           "trim_offsets": True, "use_regex": True}, "decoder": {"type": "ByteLevel"},
+           "added_tokens": [{"id": 50256, "content": "<|endoftext|>", "special": True}],
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "vocab": enc,
+                     "merges": merges}}, open(out, "w"))
+PY
+  "$TOOL" "$WORK/tokenizer.json" "" ids "${files[@]:0:40}" > "$WORK/hf.ids" || { echo "FAIL: tokenizer.json"; exit 1; }
+  if head -n 40 "$WORK/cpp.ids" | cmp -s - "$WORK/hf.ids"; then
+    echo "ok tokenizer.json (merges as $style) gives the same ids as encoder.json + vocab.bpe on 40 files"
+  else
+    echo "FAIL tokenizer.json (merges as $style) ids differ from encoder.json + vocab.bpe"; fail=1
+  fi
+done
+
+# A tiny model trained on GPT-2 tokens, sampled as text (V padded to 50304 as llm.c does).
+if "$BIN/aq-train" --data "$WORK/shards/train_*.bin" --vocab 50304 --layers 1 --heads 2 --dim 32 --seq 32 --batch 2 \
+     --steps 3 --save "$WORK/tiny.safetensors" --threads 2 > "$WORK/train.log" 2>&1 &&
+   "$BIN/aq-generate" --model "$WORK/tiny.safetensors" --tokenizer gpt2 --vocab "$VOCAB" --prompt "The answer is" \
+     --tokens 20 --threads 2 > "$WORK/gen.txt" 2> "$WORK/gen.err" && grep -q "^The answer is" "$WORK/gen.txt" &&
+   ! grep -Eq "^The answer is( [0-9]+){5}" "$WORK/gen.txt"; then
+  echo "ok aq-generate --tokenizer gpt2 prints text: $(head -c 120 "$WORK/gen.txt" | tr '\n' ' ')"
+else
+  echo "FAIL aq-generate --tokenizer gpt2: $(tail -n1 "$WORK/train.log") $(tail -n1 "$WORK/gen.err" 2>/dev/null)"; fail=1
+fi
+
+# Encode speed on English (all of the fortunes corpus), one thread: printed, never asserted.
+find /usr/share/games/fortunes -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' -exec cat {} + > "$WORK/english.txt"
 "$TOOL" gpt2 "$VOCAB" bench "$WORK/english.txt" | sed 's/^/bench /'
 exit $fail
