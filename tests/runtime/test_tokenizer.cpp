@@ -25,7 +25,7 @@ std::vector<std::string> split(const std::string& s) {
 
 using P = std::vector<std::string>;
 
-TEST(Pretokenize, WordsAndSpaces) {
+TEST(TokenizerPretokenize, WordsAndSpaces) {
   EXPECT_EQ(split("Hello world"), (P{"Hello", " world"}));
   EXPECT_EQ(split("a   b"), (P{"a", "  ", " b"}));
   EXPECT_EQ(split("a\n\nb"), (P{"a", "\n", "\n", "b"}));
@@ -39,7 +39,7 @@ TEST(Pretokenize, WordsAndSpaces) {
   EXPECT_EQ(split("a\xc2\xa0" "b"), (P{"a", "\xc2\xa0", "b"}));          // U+00A0 no-break space
 }
 
-TEST(Pretokenize, Contractions) {
+TEST(TokenizerPretokenize, Contractions) {
   EXPECT_EQ(split("I'm don't we'll they've you're he'd it's"),
             (P{"I", "'m", " don", "'t", " we", "'ll", " they", "'ve", " you", "'re", " he", "'d", " it", "'s"}));
   EXPECT_EQ(split("'S"), (P{"'", "S"}));          // case-sensitive
@@ -49,7 +49,7 @@ TEST(Pretokenize, Contractions) {
   EXPECT_EQ(split("don't!"), (P{"don", "'t", "!"}));
 }
 
-TEST(Pretokenize, DigitsPunctuationUnicode) {
+TEST(TokenizerPretokenize, DigitsPunctuationUnicode) {
   EXPECT_EQ(split("123 4567 abc123"), (P{"123", " 4567", " abc", "123"}));
   EXPECT_EQ(split("Hi!!! ok?"), (P{"Hi", "!!!", " ok", "?"}));
   EXPECT_EQ(split("x = f(y);"), (P{"x", " =", " f", "(", "y", ");"}));
@@ -61,7 +61,7 @@ TEST(Pretokenize, DigitsPunctuationUnicode) {
   EXPECT_EQ(split("caf\xc3\xa9s"), (P{"caf\xc3\xa9s"}));                      // é is a letter
 }
 
-TEST(Pretokenize, InvalidUtf8IsPunctuation) {
+TEST(TokenizerPretokenize, InvalidUtf8IsPunctuation) {
   EXPECT_EQ(split("a\xff\xfe" "b"), (P{"a", "\xff\xfe", "b"}));
   EXPECT_EQ(split(" \xff"), (P{" \xff"}));
   EXPECT_EQ(split("a\xe4\xbd"), (P{"a", "\xe4\xbd"}));          // truncated sequence at the end
@@ -94,7 +94,7 @@ aq::Tokenizer small_tokenizer() {
   return aq::Tokenizer(tokens, merges, {eot}, "small test vocabulary");
 }
 
-TEST(Bpe, MergesByRank) {
+TEST(TokenizerBpe, MergesByRank) {
   const aq::Tokenizer tok = small_tokenizer();
   EXPECT_EQ(tok.vocab_size(), 269);
   EXPECT_EQ(tok.eot_id(), 268);
@@ -123,7 +123,7 @@ TEST(Bpe, MergesByRank) {
   EXPECT_EQ(tok.encode("a\xff\xfe"), (Ids{'a', 0xff, 0xfe}));
 }
 
-TEST(Bpe, RoundTripRandomBytes) {
+TEST(TokenizerBpe, RoundTripRandomBytes) {
   const aq::Tokenizer tok = small_tokenizer();
   const unsigned seed = std::random_device{}();
   std::mt19937 rng(seed);
@@ -154,7 +154,7 @@ TEST(Bpe, RoundTripRandomBytes) {
   }
 }
 
-TEST(Bpe, LargeTextBlocksAgree) {
+TEST(TokenizerBpe, LargeTextBlocksAgree) {
   // encode() pre-tokenises in 1 MiB blocks: the ids must not depend on where a block ends.
   const aq::Tokenizer tok = small_tokenizer();
   std::string s;
@@ -171,7 +171,7 @@ TEST(Bpe, LargeTextBlocksAgree) {
   EXPECT_EQ(tok.encode(s), expect);
 }
 
-TEST(Gpt2Alphabet, BytesToUnicode) {
+TEST(TokenizerGpt2Alphabet, BytesToUnicode) {
   EXPECT_EQ(aq::gpt2_byte_to_codepoint('!'), 33u);
   EXPECT_EQ(aq::gpt2_byte_to_codepoint(' '), 256u + 32u);  // Ġ
   EXPECT_EQ(aq::gpt2_byte_to_codepoint(0), 256u);
@@ -213,7 +213,7 @@ std::string hf_json(const std::string& model_extra, const std::string& pre, bool
             "model": {"type": "BPE", "vocab": )" + vocab + ", \"merges\": " + merges + model_extra + "}}";
 }
 
-TEST(HfJson, LoadsByteLevelBpe) {
+TEST(TokenizerHfJson, LoadsByteLevelBpe) {
   const std::string pre = R"({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true})";
   for (bool pairs : {false, true}) {
     const std::string path = write_tmp("aq_tok_ok.json", hf_json("", pre, pairs));
@@ -238,7 +238,7 @@ void expect_refused(const std::string& json, const std::string& words) {
   std::remove(path.c_str());
 }
 
-TEST(HfJson, RefusesOtherKinds) {
+TEST(TokenizerHfJson, RefusesOtherKinds) {
   const std::string pre = R"({"type": "ByteLevel", "add_prefix_space": false})";
   expect_refused(R"({"model": {"type": "WordPiece", "vocab": {}}})", "model is WordPiece");
   expect_refused(R"({"model": {"type": "Unigram", "vocab": []}})", "model is Unigram");
