@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <queue>
 #include <nlohmann/json.hpp>
 
 #include "runtime/error.h"
@@ -189,15 +190,30 @@ Tokenizer::Tokenizer(std::vector<std::string> tokens, const std::vector<std::pai
     // Duplicate merges keep their first (lowest) rank.
     merges_.emplace(pair_key(ia->second, ib->second), static_cast<uint64_t>(r) << 32 | static_cast<uint32_t>(im->second));
   }
+  // The heap algorithm for long pre-tokens equals encoder.py's passes when every merge ranks after the merges that
+  // made its two parts (true of BPE training's output): then no pair made by a merge can jump ahead of it.
+  std::vector<uint64_t> made_at(tokens_.size(), 0);  // rank + 1 of the merge that first makes a token; 0 = a byte
+  for (const auto& [key, val] : merges_) {
+    uint64_t& m = made_at[val & 0xFFFFFFFFu];
+    const uint64_t r = (val >> 32) + 1;
+    if (m == 0 || r < m) m = r;
+  }
+  for (int b = 0; b < 256; ++b) made_at[static_cast<size_t>(byte_id_[b])] = 0;
+  for (const auto& [key, val] : merges_) {
+    const uint64_t r = (val >> 32) + 1;
+    if (made_at[key >> 32] >= r || made_at[key & 0xFFFFFFFFu] >= r) ranks_ordered_ = false;
+  }
   for (const char* eot : {"<|endoftext|>", "<|end_of_text|>", "</s>"}) {
     for (int32_t s : specials)
       if (eot_id_ < 0 && tokens_[static_cast<size_t>(s)] == eot) eot_id_ = s;
   }
 }
 
+// encoder.py's passes: O(n) per merge applied; fine for the short pieces that are nearly all of any text.
 void Tokenizer::bpe(std::string_view piece, std::vector<int32_t>& word) const {
   word.clear();
   for (unsigned char ch : piece) word.push_back(byte_id_[ch]);
+  if (word.size() > kLongPiece && ranks_ordered_) return bpe_heap(word);
   while (word.size() > 1) {
     uint64_t best = kNoMerge;
     int32_t left = 0, right = 0;
@@ -223,6 +239,52 @@ void Tokenizer::bpe(std::string_view piece, std::vector<int32_t>& word) const {
     }
     word.resize(w);
   }
+}
+
+// Long pieces (a run of thousands of letters or spaces): the same merges in O(n log n). Candidate pairs sit in a
+// heap ordered by (rank, position), so all occurrences of the lowest-ranked pair are merged left to right before
+// any later rank, as in encoder.py's passes; entries made stale by a merge are skipped when popped.
+void Tokenizer::bpe_heap(std::vector<int32_t>& word) const {
+  const auto n = static_cast<int32_t>(word.size());
+  std::vector<int32_t> prev(static_cast<size_t>(n)), next(static_cast<size_t>(n));
+  for (int32_t k = 0; k < n; ++k) {
+    prev[static_cast<size_t>(k)] = k - 1;
+    next[static_cast<size_t>(k)] = k + 1 < n ? k + 1 : -1;
+  }
+  struct Cand {
+    uint64_t rank_merged;  // rank << 32 | merged id
+    int32_t pos, left, right;
+    bool operator>(const Cand& o) const {
+      return (rank_merged >> 32) != (o.rank_merged >> 32) ? rank_merged > o.rank_merged : pos > o.pos;
+    }
+  };
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  auto push = [&](int32_t pos) {
+    if (pos < 0) return;
+    const int32_t nx = next[static_cast<size_t>(pos)];
+    if (nx < 0) return;
+    auto it = merges_.find(pair_key(word[static_cast<size_t>(pos)], word[static_cast<size_t>(nx)]));
+    if (it != merges_.end()) heap.push({it->second, pos, word[static_cast<size_t>(pos)], word[static_cast<size_t>(nx)]});
+  };
+  for (int32_t k = 0; k + 1 < n; ++k) push(k);
+  std::vector<bool> dead(static_cast<size_t>(n), false);
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    const auto p = static_cast<size_t>(c.pos);
+    if (dead[p] || word[p] != c.left) continue;
+    const int32_t nx = next[p];
+    if (nx < 0 || word[static_cast<size_t>(nx)] != c.right) continue;
+    word[p] = static_cast<int32_t>(c.rank_merged & 0xFFFFFFFFu);
+    dead[static_cast<size_t>(nx)] = true;
+    next[p] = next[static_cast<size_t>(nx)];
+    if (next[p] >= 0) prev[static_cast<size_t>(next[p])] = c.pos;
+    push(prev[p]);
+    push(c.pos);
+  }
+  size_t w = 0;
+  for (int32_t k = 0; k >= 0 && k < n; k = next[static_cast<size_t>(k)]) word[w++] = word[static_cast<size_t>(k)];
+  word.resize(w);
 }
 
 void Tokenizer::encode(std::string_view text, std::vector<int32_t>& out, EncodeCache& cache) const {

@@ -69,6 +69,9 @@ class Tokenizer {
 
  private:
   void bpe(std::string_view piece, std::vector<int32_t>& out) const;
+  void bpe_heap(std::vector<int32_t>& word) const;
+  static constexpr size_t kLongPiece = 64;  // bytes above which a pre-token is merged with a heap
+
 
   std::vector<std::string> tokens_;
   int32_t byte_id_[256];
@@ -76,8 +79,7 @@ class Tokenizer {
   std::unordered_map<uint64_t, uint64_t> merges_;
   int32_t eot_id_ = -1;
   std::string name_;
-  bool add_prefix_space_ = false;
-  friend class TokenizerLoader;
+  bool ranks_ordered_ = true;  // every merge ranks after those that made its parts (see bpe_heap)
 };
 
 // GPT-2's byte <-> printable-character table (bytes_to_unicode in encoder.py): code point of each byte.

@@ -83,4 +83,22 @@ while len(b) < 150_000:
     else:
         b += rng.choice(emoji + punct).encode("utf-8")
 emit("invalid", bytes(b))
+# Long pre-tokens (merged with a heap above 64 bytes in C++): letter, digit, CJK, punctuation and space runs.
+s = []
+for _ in range(40):
+    n = rng.choice([65, 100, 300, 1000, 2500])
+    kind = rng.randrange(6)
+    if kind == 0:
+        s.append(" " + "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(n)))
+    elif kind == 1:
+        s.append(" " + rng.choice(["a", "ab", "the", "x"]) * n)
+    elif kind == 2:
+        s.append("".join(rng.choice("0123456789") for _ in range(n)))
+    elif kind == 3:
+        s.append(" " + rand_from(cjk[:1], n))
+    elif kind == 4:
+        s.append(" " + "".join(rng.choice("!=-*#/.,;:()[]{}") for _ in range(n)))
+    else:
+        s.append(" " * n + "\n" * rng.randint(1, 300))
+emit("long", "".join(s).encode("utf-8"), size=40000)
 print(f"make_mixed_text.py: {n_files} files, seed {seed}")

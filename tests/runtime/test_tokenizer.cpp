@@ -109,6 +109,11 @@ TEST(TokenizerBpe, MergesByRank) {
   EXPECT_EQ(tok.encode("aaa"), (Ids{262}));
   EXPECT_EQ(tok.encode("aaaaa"), (Ids{261, 262}));  // [aa, aa, a]: (aa,a) ranks before (aa,aa)
   EXPECT_EQ(tok.encode("aaaaaaaa"), (Ids{263, 263}));
+  EXPECT_EQ(tok.encode(std::string(1000, 'a')), Ids(250, 263));  // long pieces take the heap path
+  Ids odd(249, 263);
+  odd.push_back(261);
+  odd.push_back(262);
+  EXPECT_EQ(tok.encode(std::string(1001, 'a')), odd);  // 500 aa + a; (aa,a) at the end; (aa,aa) from the left
   // Whitespace runs: "    w" is "   " + " w"; "   " is [ "  ", " " ].
   EXPECT_EQ(tok.encode("    w"), (Ids{264, ' ', 260}));
   EXPECT_EQ(tok.encode("x\n\ny"), (Ids{'x', '\n', '\n', 'y'}));
@@ -121,6 +126,54 @@ TEST(TokenizerBpe, MergesByRank) {
   EXPECT_EQ(tok.decode(Ids{268}), "<|endoftext|>");
   // Invalid bytes keep their own ids.
   EXPECT_EQ(tok.encode("a\xff\xfe"), (Ids{'a', 0xff, 0xfe}));
+}
+
+// encoder.py's bpe() on strings, written independently of the library: the reference for pieces of any length
+// (the library merges pieces above 64 bytes with a heap instead of passes).
+std::vector<std::string> reference_bpe(const std::string& piece,
+                                       const std::vector<std::pair<std::string, std::string>>& merges) {
+  std::vector<std::string> word;
+  for (char c : piece) word.emplace_back(1, c);
+  while (word.size() > 1) {
+    size_t best = merges.size();
+    for (size_t k = 0; k + 1 < word.size(); ++k)
+      for (size_t r = 0; r < best; ++r)
+        if (merges[r].first == word[k] && merges[r].second == word[k + 1]) best = r;
+    if (best == merges.size()) break;
+    std::vector<std::string> out;
+    for (size_t k = 0; k < word.size(); ++k) {
+      if (k + 1 < word.size() && word[k] == merges[best].first && word[k + 1] == merges[best].second) {
+        out.push_back(word[k] + word[k + 1]);
+        ++k;
+      } else {
+        out.push_back(word[k]);
+      }
+    }
+    word = out;
+  }
+  return word;
+}
+
+TEST(TokenizerBpe, LongPiecesMatchTheReference) {
+  // Letters only: each string is one pre-token. Merges chain so long runs build deep tokens.
+  const std::vector<std::pair<std::string, std::string>> merges = {
+      {"a", "b"}, {"b", "a"}, {"ab", "a"}, {"a", "a"}, {"ab", "ab"}, {"aa", "b"}, {"ba", "ba"}, {"abab", "ab"},
+      {"c", "a"}, {"aa", "aa"}, {"ca", "b"}, {"b", "b"}, {"abab", "abab"}, {"cab", "ab"}, {"bb", "a"}};
+  std::vector<std::string> tokens;
+  for (int b = 0; b < 256; ++b) tokens.emplace_back(1, static_cast<char>(b));
+  for (const auto& [a, b] : merges) tokens.push_back(a + b);
+  const aq::Tokenizer tok(tokens, merges, {}, "chained test vocabulary");
+  EXPECT_EQ(tok.encode(std::string(1000, 'a')), Ids(250, 256 + 9));  // (a,a) everywhere, then (aa,aa)
+  const unsigned seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  for (int trial = 0; trial < 60; ++trial) {
+    const size_t len = 1 + rng() % 700;
+    std::string s;
+    for (size_t k = 0; k < len; ++k) s.push_back("abc"[rng() % (trial % 3 == 0 ? 2 : 3)]);
+    std::vector<std::string> got;
+    for (int32_t id : tok.encode(s)) got.push_back(tok.token_bytes(id));
+    ASSERT_EQ(got, reference_bpe(s, merges)) << "seed " << seed << " length " << len;
+  }
 }
 
 TEST(TokenizerBpe, RoundTripRandomBytes) {
