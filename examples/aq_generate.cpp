@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <numeric>
 
 #include "examples/main_guard.h"
@@ -15,7 +16,6 @@
 #include "runtime/blas_setup.h"
 #include "runtime/rng.h"
 #include "runtime/tokenizer.h"
-#include <memory>
 
 int main(int argc, char** argv) {
   aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
@@ -26,8 +26,10 @@ int main(int argc, char** argv) {
   uint64_t seed = 42;
   CLI::App app{"aq-generate: sample from a GPT-2 checkpoint"};
   app.add_option("--model", model_path, "GPT-2 safetensors checkpoint")->required();
-  app.add_option("--prompt", prompt, "Text to continue (byte-level models, or with --tokenizer)")->capture_default_str();
-  app.add_option("--tokenizer", tokenizer, "gpt2 (with --vocab) or a Hugging Face tokenizer.json: prompt and output as text");
+  app.add_option("--prompt", prompt, "Text to continue (byte-level models, or with --tokenizer)")
+      ->capture_default_str();
+  app.add_option("--tokenizer", tokenizer,
+                 "gpt2 (with --vocab) or a Hugging Face tokenizer.json: prompt and output as text");
   app.add_option("--vocab", vocab, "Directory with GPT-2's encoder.json and vocab.bpe (scripts/fetch_gpt2_vocab.sh)");
   app.add_option("--tokens", tokens, "Tokens to generate")->capture_default_str();
   app.add_option("--temperature", temperature, "Sampling temperature (0 = greedy)")->capture_default_str();

@@ -120,7 +120,8 @@ int main(int argc, char** argv) {
       const aq::Tokenizer tok = aq::Tokenizer::load(tokenizer, vocab);
       AQ_CHECK(tok.vocab_size() <= 65536, tokenizer, " has ", tok.vocab_size(),
                " ids; llm.c shards hold uint16 tokens (ids < 65536); use a smaller vocabulary");
-      AQ_CHECK(tok.eot_id() >= 0, tokenizer, " has no <|endoftext|>, <|end_of_text|> or </s> special token to put "
+      AQ_CHECK(tok.eot_id() >= 0, tokenizer,
+               " has no <|endoftext|>, <|end_of_text|> or </s> special token to put "
                "between documents");
       const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
       all = tokenize_files(tok, inputs, std::min<int>(n, static_cast<int>(inputs.size())), total_bytes);
@@ -136,8 +137,9 @@ int main(int argc, char** argv) {
       dst.insert(dst.end(), all.begin() + static_cast<long>(start),
                  all.begin() + static_cast<long>(std::min(all.size(), start + kBlock)));
     }
-    AQ_CHECK(!val.empty(), "the text (", total_bytes, " bytes, ", all.size(), " tokens) is too short to hold out a validation split of ",
-             val_fraction, "; give more text or raise --val-fraction");
+    AQ_CHECK(!val.empty(), "the text (", total_bytes, " bytes, ", all.size(),
+             " tokens) is too short to hold out a validation split of ", val_fraction,
+             "; give more text or raise --val-fraction");
     aq::log_info("read ", inputs.size(), " file(s), ", total_bytes, " bytes");
     write_split(out, "train", train, shard_tokens);
     write_split(out, "val", val, shard_tokens);

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
-#include <queue>
 #include <nlohmann/json.hpp>
+#include <queue>
 
 #include "runtime/error.h"
 
@@ -22,8 +22,8 @@ namespace {
 enum Cls : uint8_t { kLetter, kNumber, kSpace, kOther };
 
 struct Ch {
-  uint32_t cp;   // code point; 0xFFFFFFFF for a byte that is not valid UTF-8
-  uint8_t len;   // bytes
+  uint32_t cp;  // code point; 0xFFFFFFFF for a byte that is not valid UTF-8
+  uint8_t len;  // bytes
   Cls cls;
 };
 
@@ -188,7 +188,8 @@ Tokenizer::Tokenizer(std::vector<std::string> tokens, const std::vector<std::pai
              " joins tokens (or makes one) missing from the vocabulary; the vocabulary and merges do not belong "
              "together");
     // Duplicate merges keep their first (lowest) rank.
-    merges_.emplace(pair_key(ia->second, ib->second), static_cast<uint64_t>(r) << 32 | static_cast<uint32_t>(im->second));
+    merges_.emplace(pair_key(ia->second, ib->second),
+                    static_cast<uint64_t>(r) << 32 | static_cast<uint32_t>(im->second));
   }
   // The heap algorithm for long pre-tokens equals encoder.py's passes when every merge ranks after the merges that
   // made its two parts (true of BPE training's output): then no pair made by a merge can jump ahead of it.
@@ -264,7 +265,8 @@ void Tokenizer::bpe_heap(std::vector<int32_t>& word) const {
     const int32_t nx = next[static_cast<size_t>(pos)];
     if (nx < 0) return;
     auto it = merges_.find(pair_key(word[static_cast<size_t>(pos)], word[static_cast<size_t>(nx)]));
-    if (it != merges_.end()) heap.push({it->second, pos, word[static_cast<size_t>(pos)], word[static_cast<size_t>(nx)]});
+    if (it != merges_.end())
+      heap.push({it->second, pos, word[static_cast<size_t>(pos)], word[static_cast<size_t>(nx)]});
   };
   for (int32_t k = 0; k + 1 < n; ++k) push(k);
   std::vector<bool> dead(static_cast<size_t>(n), false);
@@ -299,8 +301,7 @@ void Tokenizer::encode(std::string_view text, std::vector<int32_t>& out, EncodeC
     size_t end = text.size();
     if (end - pos > kBlock) {
       size_t k = pos + kBlock;
-      while (k < text.size() && !(text[k] == '\n' && ((text[k - 1] | 0x20) >= 'a' && (text[k - 1] | 0x20) <= 'z')))
-        ++k;
+      while (k < text.size() && !(text[k] == '\n' && ((text[k - 1] | 0x20) >= 'a' && (text[k - 1] | 0x20) <= 'z'))) ++k;
       end = k;
     }
     pieces.clear();
@@ -453,8 +454,9 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
     if (o.is_object() && o.contains("type") && o["type"].is_string()) return o["type"].get<std::string>();
     return "an untyped entry";
   };
-  const char* want = "; only byte-level BPE tokenizers (model BPE, ByteLevel pre-tokenizer and decoder, GPT-2's "
-                     "pattern) are supported";
+  const char* want =
+      "; only byte-level BPE tokenizers (model BPE, ByteLevel pre-tokenizer and decoder, GPT-2's "
+      "pattern) are supported";
   AQ_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(), path,
            ": not a Hugging Face tokenizer.json (no \"model\" object)");
   const nlohmann::json& model = j["model"];
@@ -508,8 +510,8 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
     if (m.is_string()) {
       const std::string s = m.get<std::string>();
       const size_t sp = s.find(' ');
-      AQ_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size() && s.find(' ', sp + 1) == std::string::npos,
-               path, ": merge #", merges.size() + 1, " ('", s, "') is not two tokens separated by one space");
+      AQ_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size() && s.find(' ', sp + 1) == std::string::npos, path,
+               ": merge #", merges.size() + 1, " ('", s, "') is not two tokens separated by one space");
       a = s.substr(0, sp);
       b = s.substr(sp + 1);
     } else {
@@ -525,12 +527,15 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
 
 Tokenizer Tokenizer::load(const std::string& spec, const std::string& vocab_dir) {
   if (spec == "gpt2") {
-    AQ_CHECK(!vocab_dir.empty(), "--tokenizer gpt2 needs --vocab DIR holding encoder.json and vocab.bpe "
-                                 "(scripts/fetch_gpt2_vocab.sh puts them in data/gpt2-vocab)");
+    AQ_CHECK(!vocab_dir.empty(),
+             "--tokenizer gpt2 needs --vocab DIR holding encoder.json and vocab.bpe "
+             "(scripts/fetch_gpt2_vocab.sh puts them in data/gpt2-vocab)");
     return load_gpt2(vocab_dir);
   }
-  AQ_CHECK(spec.size() > 5 && spec.substr(spec.size() - 5) == ".json", "--tokenizer must be bytes, gpt2 or a "
-           "Hugging Face tokenizer.json file (got '", spec, "')");
+  AQ_CHECK(spec.size() > 5 && spec.substr(spec.size() - 5) == ".json",
+           "--tokenizer must be bytes, gpt2 or a "
+           "Hugging Face tokenizer.json file (got '",
+           spec, "')");
   return load_hf_json(spec);
 }
 

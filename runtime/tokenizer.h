@@ -72,7 +72,6 @@ class Tokenizer {
   void bpe_heap(std::vector<int32_t>& word) const;
   static constexpr size_t kLongPiece = 64;  // bytes above which a pre-token is merged with a heap
 
-
   std::vector<std::string> tokens_;
   int32_t byte_id_[256];
   // (left id << 32 | right id) -> (rank << 32 | merged id)

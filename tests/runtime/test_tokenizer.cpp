@@ -35,16 +35,20 @@ TEST(TokenizerPretokenize, WordsAndSpaces) {
   EXPECT_EQ(split(" "), (P{" "}));
   EXPECT_EQ(split(""), (P{}));
   EXPECT_EQ(split(std::string(1000, ' ') + "a"), (P{std::string(999, ' '), " a"}));
-  EXPECT_EQ(split("a\xe3\x80\x80" "b"), (P{"a", "\xe3\x80\x80", "b"}));  // U+3000 ideographic space
-  EXPECT_EQ(split("a\xc2\xa0" "b"), (P{"a", "\xc2\xa0", "b"}));          // U+00A0 no-break space
+  EXPECT_EQ(split("a\xe3\x80\x80"
+                  "b"),
+            (P{"a", "\xe3\x80\x80", "b"}));  // U+3000 ideographic space
+  EXPECT_EQ(split("a\xc2\xa0"
+                  "b"),
+            (P{"a", "\xc2\xa0", "b"}));  // U+00A0 no-break space
 }
 
 TEST(TokenizerPretokenize, Contractions) {
   EXPECT_EQ(split("I'm don't we'll they've you're he'd it's"),
             (P{"I", "'m", " don", "'t", " we", "'ll", " they", "'ve", " you", "'re", " he", "'d", " it", "'s"}));
-  EXPECT_EQ(split("'S"), (P{"'", "S"}));          // case-sensitive
+  EXPECT_EQ(split("'S"), (P{"'", "S"}));  // case-sensitive
   EXPECT_EQ(split("x'y"), (P{"x", "'", "y"}));
-  EXPECT_EQ(split("''s"), (P{"''", "s"}));        // the punctuation run takes both apostrophes
+  EXPECT_EQ(split("''s"), (P{"''", "s"}));  // the punctuation run takes both apostrophes
   EXPECT_EQ(split("'sand"), (P{"'s", "and"}));
   EXPECT_EQ(split("don't!"), (P{"don", "'t", "!"}));
 }
@@ -55,18 +59,27 @@ TEST(TokenizerPretokenize, DigitsPunctuationUnicode) {
   EXPECT_EQ(split("x = f(y);"), (P{"x", " =", " f", "(", "y", ");"}));
   EXPECT_EQ(split("\xe4\xbd\xa0\xe5\xa5\xbd \xe4\xb8\x96\xe7\x95\x8c"),  // 你好 世界: letters (Lo)
             (P{"\xe4\xbd\xa0\xe5\xa5\xbd", " \xe4\xb8\x96\xe7\x95\x8c"}));
-  EXPECT_EQ(split("\xc2\xbd" "3"), (P{"\xc2\xbd" "3"}));                     // ½ is No: one number run
-  EXPECT_EQ(split("hi \xf0\x9f\x91\x8b\xf0\x9f\x8f\xbd!"),                    // 👋🏽! : symbols
+  EXPECT_EQ(split("\xc2\xbd"
+                  "3"),
+            (P{"\xc2\xbd"
+               "3"}));                                      // ½ is No: one number run
+  EXPECT_EQ(split("hi \xf0\x9f\x91\x8b\xf0\x9f\x8f\xbd!"),  // 👋🏽! : symbols
             (P{"hi", " \xf0\x9f\x91\x8b\xf0\x9f\x8f\xbd!"}));
-  EXPECT_EQ(split("caf\xc3\xa9s"), (P{"caf\xc3\xa9s"}));                      // é is a letter
+  EXPECT_EQ(split("caf\xc3\xa9s"), (P{"caf\xc3\xa9s"}));  // é is a letter
 }
 
 TEST(TokenizerPretokenize, InvalidUtf8IsPunctuation) {
-  EXPECT_EQ(split("a\xff\xfe" "b"), (P{"a", "\xff\xfe", "b"}));
+  EXPECT_EQ(split("a\xff\xfe"
+                  "b"),
+            (P{"a", "\xff\xfe", "b"}));
   EXPECT_EQ(split(" \xff"), (P{" \xff"}));
-  EXPECT_EQ(split("a\xe4\xbd"), (P{"a", "\xe4\xbd"}));          // truncated sequence at the end
-  EXPECT_EQ(split("\xc0\xaf" "x"), (P{"\xc0\xaf", "x"}));       // overlong '/'
-  EXPECT_EQ(split("\xed\xa0\x80" "x"), (P{"\xed\xa0\x80", "x"}));  // a surrogate
+  EXPECT_EQ(split("a\xe4\xbd"), (P{"a", "\xe4\xbd"}));  // truncated sequence at the end
+  EXPECT_EQ(split("\xc0\xaf"
+                  "x"),
+            (P{"\xc0\xaf", "x"}));  // overlong '/'
+  EXPECT_EQ(split("\xed\xa0\x80"
+                  "x"),
+            (P{"\xed\xa0\x80", "x"}));  // a surrogate
   EXPECT_EQ(split("!\x80"), (P{"!\x80"}));
 }
 
@@ -75,16 +88,16 @@ aq::Tokenizer small_tokenizer() {
   std::vector<std::string> tokens;
   for (int b = 0; b < 256; ++b) tokens.emplace_back(1, static_cast<char>(b));
   const std::vector<std::pair<std::string, std::string>> merges = {
-      {"l", "l"},      // 256 ll
-      {"h", "e"},      // 257 he
-      {"he", "ll"},    // 258 hell
-      {"hell", "o"},   // 259 hello
-      {" ", "w"},      // 260 " w"
-      {"a", "a"},      // 261 aa
-      {"aa", "a"},     // 262 aaa
-      {"aa", "aa"},    // 263 aaaa
-      {" ", " "},      // 264 "  "
-      {"1", "2"},      // 265 12
+      {"l", "l"},            // 256 ll
+      {"h", "e"},            // 257 he
+      {"he", "ll"},          // 258 hell
+      {"hell", "o"},         // 259 hello
+      {" ", "w"},            // 260 " w"
+      {"a", "a"},            // 261 aa
+      {"aa", "a"},           // 262 aaa
+      {"aa", "aa"},          // 263 aaaa
+      {" ", " "},            // 264 "  "
+      {"1", "2"},            // 265 12
       {"\xe4\xbd", "\xa0"},  // 266 你 (3 bytes) once its first two bytes are joined...
       {"\xe4", "\xbd"},      // 267 ...which ranks later
   };
@@ -157,7 +170,7 @@ std::vector<std::string> reference_bpe(const std::string& piece,
 TEST(TokenizerBpe, LongPiecesMatchTheReference) {
   // Letters only: each string is one pre-token. Merges chain so long runs build deep tokens.
   const std::vector<std::pair<std::string, std::string>> merges = {
-      {"a", "b"}, {"b", "a"}, {"ab", "a"}, {"a", "a"}, {"ab", "ab"}, {"aa", "b"}, {"ba", "ba"}, {"abab", "ab"},
+      {"a", "b"}, {"b", "a"},   {"ab", "a"}, {"a", "a"}, {"ab", "ab"},     {"aa", "b"},   {"ba", "ba"}, {"abab", "ab"},
       {"c", "a"}, {"aa", "aa"}, {"ca", "b"}, {"b", "b"}, {"abab", "abab"}, {"cab", "ab"}, {"bb", "a"}};
   std::vector<std::string> tokens;
   for (int b = 0; b < 256; ++b) tokens.emplace_back(1, static_cast<char>(b));
@@ -180,8 +193,8 @@ TEST(TokenizerBpe, RoundTripRandomBytes) {
   const aq::Tokenizer tok = small_tokenizer();
   const unsigned seed = std::random_device{}();
   std::mt19937 rng(seed);
-  const char* pieces[] = {"hello", " world", "aaa", "  ", "\n", "'s", "'ll", "12", "\xe4\xbd\xa0", "\xf0\x9f\x91\x8b",
-                          "\xff", "\xc3", "!", "\t", "\xe3\x80\x80", "x"};
+  const char* pieces[] = {"hello",        " world",           "aaa",  "  ",   "\n", "'s", "'ll",          "12",
+                          "\xe4\xbd\xa0", "\xf0\x9f\x91\x8b", "\xff", "\xc3", "!",  "\t", "\xe3\x80\x80", "x"};
   aq::EncodeCache cache(64);  // small: exercises the clearing
   for (int trial = 0; trial < 300; ++trial) {
     std::string s;
@@ -258,12 +271,14 @@ std::string hf_json(const std::string& model_extra, const std::string& pre, bool
     return s;
   };
   std::string vocab = "{";
-  for (int b = 0; b < 256; ++b) vocab += "\"" + mapped(std::string(1, static_cast<char>(b))) + "\": " + std::to_string(b) + ",";
+  for (int b = 0; b < 256; ++b)
+    vocab += "\"" + mapped(std::string(1, static_cast<char>(b))) + "\": " + std::to_string(b) + ",";
   vocab += "\"" + mapped("he") + "\": 256, \"" + mapped(" w") + "\": 257}";
   const std::string merges = pair_merges ? R"([["h", "e"], ["Ġ", "w"]])" : R"(["h e", "Ġ w"])";
   return R"({"version": "1.0", "normalizer": null, "pre_tokenizer": )" + pre +
          R"(, "decoder": {"type": "ByteLevel"}, "added_tokens": [{"id": 258, "content": "<|endoftext|>", "special": true}],
-            "model": {"type": "BPE", "vocab": )" + vocab + ", \"merges\": " + merges + model_extra + "}}";
+            "model": {"type": "BPE", "vocab": )" +
+         vocab + ", \"merges\": " + merges + model_extra + "}}";
 }
 
 TEST(TokenizerHfJson, LoadsByteLevelBpe) {
@@ -296,9 +311,9 @@ TEST(TokenizerHfJson, RefusesOtherKinds) {
   expect_refused(R"({"model": {"type": "WordPiece", "vocab": {}}})", "model is WordPiece");
   expect_refused(R"({"model": {"type": "Unigram", "vocab": []}})", "model is Unigram");
   expect_refused(hf_json("", R"({"type": "Metaspace"})", false), "pre-tokenizer is Metaspace");
-  expect_refused(hf_json("", R"({"type": "Sequence", "pretokenizers": [{"type": "Split"}, {"type": "ByteLevel"}]})",
-                         false),
-                 "Sequence of Split ByteLevel");
+  expect_refused(
+      hf_json("", R"({"type": "Sequence", "pretokenizers": [{"type": "Split"}, {"type": "ByteLevel"}]})", false),
+      "Sequence of Split ByteLevel");
   expect_refused(hf_json(", \"byte_fallback\": true", pre, false), "byte_fallback");
   expect_refused(hf_json(", \"ignore_merges\": true", pre, false), "ignore_merges");
   expect_refused("not json", "not valid JSON");

@@ -46,8 +46,8 @@ int main(int argc, char** argv) {
         tok.encode(text, ids, cache);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("encode (%s, 1 thread): %.2f MB in %.3f s = %.1f MB/s, %zu tokens (%.2f bytes/token)\n", pass,
-                    static_cast<double>(text.size()) / 1e6, s, static_cast<double>(text.size()) / 1e6 / s,
-                    ids.size(), static_cast<double>(text.size()) / static_cast<double>(ids.size()));
+                    static_cast<double>(text.size()) / 1e6, s, static_cast<double>(text.size()) / 1e6 / s, ids.size(),
+                    static_cast<double>(text.size()) / static_cast<double>(ids.size()));
       }
     } else {
       AQ_CHECK(false, "unknown mode '", mode, "' (ids or bench)");
