@@ -33,7 +33,10 @@ int main(int argc, char** argv) {
         const std::vector<int32_t> ids = tok.encode(text);
         AQ_CHECK(tok.decode(ids) == text, argv[f], ": decode(encode(x)) != x");
         std::string line;
-        for (size_t k = 0; k < ids.size(); ++k) line += (k ? " " : "") + std::to_string(ids[k]);
+        for (size_t k = 0; k < ids.size(); ++k) {
+          if (k) line += ' ';
+          line += std::to_string(ids[k]);
+        }
         std::printf("%s\n", line.c_str());
       }
     } else if (mode == "bench") {
