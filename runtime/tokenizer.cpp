@@ -136,6 +136,93 @@ void gpt2_pretokenize(std::string_view text, std::vector<std::string_view>& out)
   }
 }
 
+// Llama-3's pattern (Hugging Face Split pre-tokenizer of Meta's tokenizer.json):
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+// (?i: is taken as ASCII case folding: U+017F ſ and U+212A K, which Unicode folding adds, are not contractions.)
+void llama3_pretokenize(std::string_view text, std::vector<std::string_view>& out) {
+  const auto* p = reinterpret_cast<const uint8_t*>(text.data());
+  const size_t n = text.size();
+  auto is_nl = [](uint32_t cp) { return cp == '\r' || cp == '\n'; };
+  size_t i = 0;
+  while (i < n) {
+    const Ch c = peek(p, n, i);
+    const size_t start = i;
+    if (c.cp == '\'' && i + 1 < n) {
+      const char a = static_cast<char>(p[i + 1] | 0x20);
+      size_t len = 0;
+      if (a == 's' || a == 't' || a == 'm' || a == 'd') {
+        len = 2;
+      } else if (i + 2 < n) {
+        const char b = static_cast<char>(p[i + 2] | 0x20);
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) len = 3;
+      }
+      if (len) {
+        out.emplace_back(text.data() + start, len);
+        i += len;
+        continue;
+      }
+    }
+    auto run = [&](size_t j, Cls cls) {
+      while (j < n) {
+        const Ch e = peek(p, n, j);
+        if (e.cls != cls) break;
+        j += e.len;
+      }
+      return j;
+    };
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if (c.cls == kLetter) {
+      i = run(i + c.len, kLetter);
+      out.emplace_back(text.data() + start, i - start);
+      continue;
+    }
+    const Ch d = i + c.len < n ? peek(p, n, i + c.len) : Ch{0xFFFFFFFFu, 0, kOther};
+    const bool has_next = i + c.len < n;
+    if (c.cls != kNumber && !is_nl(c.cp) && has_next && d.cls == kLetter) {
+      i = run(i + c.len + d.len, kLetter);
+      out.emplace_back(text.data() + start, i - start);
+      continue;
+    }
+    // \p{N}{1,3}
+    if (c.cls == kNumber) {
+      size_t j = i + c.len;
+      for (int k = 1; k < 3 && j < n; ++k) {
+        const Ch e = peek(p, n, j);
+        if (e.cls != kNumber) break;
+        j += e.len;
+      }
+      out.emplace_back(text.data() + start, j - start);
+      i = j;
+      continue;
+    }
+    //  ?[^\s\p{L}\p{N}]+[\r\n]*
+    if (c.cls == kOther || (c.cp == ' ' && has_next && d.cls == kOther)) {
+      size_t j = run(c.cls == kOther ? i + c.len : i + c.len + d.len, kOther);
+      while (j < n && (p[j] == '\r' || p[j] == '\n')) ++j;
+      out.emplace_back(text.data() + start, j - start);
+      i = j;
+      continue;
+    }
+    // c is whitespace. \s*[\r\n]+ : through the run's last newline; else \s+(?!\S) | \s+ as in GPT-2's pattern.
+    size_t last = i, last_nl = is_nl(c.cp) ? i : n;
+    size_t j = i + c.len;
+    while (j < n) {
+      const Ch e = peek(p, n, j);
+      if (e.cls != kSpace) break;
+      last = j;
+      if (is_nl(e.cp)) last_nl = j;
+      j += e.len;
+    }
+    size_t end;
+    if (last_nl != n)
+      end = last_nl + 1;
+    else
+      end = (j < n && last > i) ? last : j;
+    out.emplace_back(text.data() + start, end - start);
+    i = end;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Cache
 
@@ -204,6 +291,7 @@ Tokenizer::Tokenizer(std::vector<std::string> tokens, const std::vector<std::pai
     const uint64_t r = (val >> 32) + 1;
     if (made_at[key >> 32] >= r || made_at[key & 0xFFFFFFFFu] >= r) ranks_ordered_ = false;
   }
+  token_ids_ = std::move(ids);
   for (const char* eot : {"<|endoftext|>", "<|end_of_text|>", "</s>"}) {
     for (int32_t s : specials)
       if (eot_id_ < 0 && tokens_[static_cast<size_t>(s)] == eot) eot_id_ = s;
@@ -305,13 +393,20 @@ void Tokenizer::encode(std::string_view text, std::vector<int32_t>& out, EncodeC
       end = k;
     }
     pieces.clear();
-    gpt2_pretokenize(text.substr(pos, end - pos), pieces);
+    if (pattern_ == Pattern::kLlama3)
+      llama3_pretokenize(text.substr(pos, end - pos), pieces);
+    else
+      gpt2_pretokenize(text.substr(pos, end - pos), pieces);
     for (std::string_view piece : pieces) {
       if (const std::vector<int32_t>* hit = cache.find(piece)) {
         out.insert(out.end(), hit->begin(), hit->end());
         continue;
       }
-      bpe(piece, word);
+      const auto whole = ignore_merges_ ? token_ids_.find(std::string(piece)) : token_ids_.end();
+      if (whole != token_ids_.end())
+        word.assign(1, whole->second);
+      else
+        bpe(piece, word);
       if (piece.size() <= 256) cache.insert(piece, word);
       out.insert(out.end(), word.begin(), word.end());
     }
@@ -456,7 +551,7 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
   };
   const char* want =
       "; only byte-level BPE tokenizers (model BPE, ByteLevel pre-tokenizer and decoder, GPT-2's "
-      "pattern) are supported";
+      "or Llama-3's pattern) are supported";
   AQ_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(), path,
            ": not a Hugging Face tokenizer.json (no \"model\" object)");
   const nlohmann::json& model = j["model"];
@@ -468,10 +563,31 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
     pre_desc = "Sequence of";
     for (const auto& p : pre["pretokenizers"]) pre_desc += " " + kind(p);
   }
-  AQ_CHECK(kind(pre) == "ByteLevel", path, ": the tokenizer's pre-tokenizer is ", pre_desc,
-           " (not ByteLevel alone, e.g. Llama-3's own Split pattern)", want);
-  AQ_CHECK(pre.value("use_regex", true), path, ": the ByteLevel pre-tokenizer has use_regex false", want);
-  AQ_CHECK(!pre.value("add_prefix_space", false), path,
+  // GPT-2: ByteLevel with its own regex. Llama-3: Sequence [Split with Llama-3's pattern, ByteLevel without regex].
+  static const std::string kLlama3 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  static const std::string kGpt2 = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+  Pattern pattern = Pattern::kGpt2;
+  nlohmann::json byte_level = pre;
+  if (pre_desc == "Sequence of Split ByteLevel") {
+    const nlohmann::json& split = pre["pretokenizers"][0];
+    std::string regex;
+    if (split.contains("pattern") && split["pattern"].is_object() && split["pattern"].contains("Regex"))
+      regex = split["pattern"]["Regex"].get<std::string>();
+    AQ_CHECK(regex == kLlama3 || regex == kGpt2, path, ": the Split pre-tokenizer's pattern '", regex,
+             "' is neither GPT-2's nor Llama-3's", want);
+    AQ_CHECK(split.value("behavior", std::string("Isolated")) == "Isolated" && !split.value("invert", false), path,
+             ": the Split pre-tokenizer is not behavior Isolated without invert", want);
+    pattern = regex == kLlama3 ? Pattern::kLlama3 : Pattern::kGpt2;
+    byte_level = pre["pretokenizers"][1];
+    AQ_CHECK(!byte_level.value("use_regex", true), path,
+             ": the ByteLevel pre-tokenizer after a Split has use_regex true (two patterns in a row)", want);
+  } else {
+    AQ_CHECK(kind(pre) == "ByteLevel", path, ": the tokenizer's pre-tokenizer is ", pre_desc,
+             " (not ByteLevel, nor Split with GPT-2's or Llama-3's pattern then ByteLevel)", want);
+    AQ_CHECK(pre.value("use_regex", true), path, ": the ByteLevel pre-tokenizer has use_regex false", want);
+  }
+  AQ_CHECK(!byte_level.value("add_prefix_space", false), path,
            ": the ByteLevel pre-tokenizer has add_prefix_space true, which is not supported (decode would not "
            "give back the text)");
   const nlohmann::json norm = j.value("normalizer", nlohmann::json());
@@ -485,8 +601,6 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
                        (model[key].is_string() && model[key].get<std::string>().empty());
     AQ_CHECK(unset, path, ": the BPE model sets ", key, want);
   }
-  AQ_CHECK(!model.value("ignore_merges", false), path,
-           ": the BPE model sets ignore_merges (Llama-3 style), which is not supported", want);
   AQ_CHECK(model.contains("vocab") && model["vocab"].is_object(), path, ": the BPE model has no \"vocab\" object");
   std::vector<std::pair<std::string, int32_t>> raw;
   std::vector<std::string> tokens = vocab_table(model["vocab"], path, raw);
@@ -522,7 +636,10 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
     }
     merges.emplace_back(unmap_or_fail(a, path, "merge"), unmap_or_fail(b, path, "merge"));
   }
-  return Tokenizer(std::move(tokens), merges, std::move(specials), path);
+  Tokenizer tok(std::move(tokens), merges, std::move(specials), path);
+  tok.pattern_ = pattern;
+  tok.ignore_merges_ = model.value("ignore_merges", false);
+  return tok;
 }
 
 Tokenizer Tokenizer::load(const std::string& spec, const std::string& vocab_dir) {

@@ -40,6 +40,8 @@ class EncodeCache {
 
 // Splits text into GPT-2 pre-tokens (views into `text`, covering it exactly, in order).
 void gpt2_pretokenize(std::string_view text, std::vector<std::string_view>& out);
+// The same with Llama-3's pattern (tokenizer.cpp gives it); invalid UTF-8 bytes again count as punctuation.
+void llama3_pretokenize(std::string_view text, std::vector<std::string_view>& out);
 
 class Tokenizer {
  public:
@@ -78,7 +80,10 @@ class Tokenizer {
   std::unordered_map<uint64_t, uint64_t> merges_;
   int32_t eot_id_ = -1;
   std::string name_;
-  bool ranks_ordered_ = true;  // every merge ranks after those that made its parts (see bpe_heap)
+  std::unordered_map<std::string, int32_t> token_ids_;  // bytes -> id, specials excluded
+  enum class Pattern { kGpt2, kLlama3 } pattern_ = Pattern::kGpt2;
+  bool ignore_merges_ = false;  // Llama-3: a pre-token that is itself a token is taken whole
+  bool ranks_ordered_ = true;   // every merge ranks after those that made its parts (see bpe_heap)
 };
 
 // GPT-2's byte <-> printable-character table (bytes_to_unicode in encoder.py): code point of each byte.

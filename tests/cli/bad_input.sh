@@ -327,8 +327,7 @@ expect_fail prepare_bad_val_fraction '--val-fraction must be in \(0, 1\)' 1 -- \
 # Tokenizers (no vocabulary needed: every case fails before one would be read).
 mkdir -p "$TMP/badvocab" && echo '{"a": ' >"$TMP/badvocab/encoder.json" && echo '#version: 0.2' >"$TMP/badvocab/vocab.bpe"
 echo '{"model": {"type": "WordPiece", "vocab": {}}}' >"$TMP/wordpiece.json"
-echo '{"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "Sequence",
-  "pretokenizers": [{"type": "Split"}, {"type": "ByteLevel"}]}}' >"$TMP/llama3.json"
+echo '{"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}}' >"$TMP/spm.json"
 expect_fail prepare_gpt2_without_vocab '--tokenizer gpt2 needs --vocab DIR' 1 -- \
   "$BIN/aq-prepare" --out "$OUT/data" --tokenizer gpt2 "$TMP/text.txt"
 expect_fail prepare_gpt2_missing_vocab 'cannot read GPT-2 vocabulary .*absent/encoder\.json .*fetch_gpt2_vocab\.sh' 1 -- \
@@ -339,8 +338,8 @@ expect_fail prepare_unknown_tokenizer '--tokenizer must be bytes, gpt2 or a Hugg
   "$BIN/aq-prepare" --out "$OUT/data" --tokenizer sentencepiece "$TMP/text.txt"
 expect_fail prepare_wordpiece_json "the tokenizer's model is WordPiece; only byte-level BPE" 1 -- \
   "$BIN/aq-prepare" --out "$OUT/data" --tokenizer "$TMP/wordpiece.json" "$TMP/text.txt"
-expect_fail generate_llama3_json "pre-tokenizer is Sequence of Split ByteLevel" 1 -- \
-  "$BIN/aq-generate" --model "$CK" --tokenizer "$TMP/llama3.json" --threads 1
+expect_fail generate_metaspace_json "pre-tokenizer is Metaspace" 1 -- \
+  "$BIN/aq-generate" --model "$CK" --tokenizer "$TMP/spm.json" --threads 1
 expect_fail generate_missing_model 'cannot open .*absent\.safetensors' 1 -- \
   "$BIN/aq-generate" --model "$TMP/absent.safetensors" --threads 1
 expect_fail generate_truncated_model 'cut\.safetensors: corrupt safetensors header' 1 -- \

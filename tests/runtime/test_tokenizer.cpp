@@ -273,7 +273,7 @@ std::string hf_json(const std::string& model_extra, const std::string& pre, bool
   std::string vocab = "{";
   for (int b = 0; b < 256; ++b)
     vocab += "\"" + mapped(std::string(1, static_cast<char>(b))) + "\": " + std::to_string(b) + ",";
-  vocab += "\"" + mapped("he") + "\": 256, \"" + mapped(" w") + "\": 257}";
+  vocab += "\"" + mapped("he") + "\": 256, \"" + mapped(" w") + "\": 257, \"abc\": 259}";
   const std::string merges = pair_merges ? R"([["h", "e"], ["Ġ", "w"]])" : R"(["h e", "Ġ w"])";
   return R"({"version": "1.0", "normalizer": null, "pre_tokenizer": )" + pre +
          R"(, "decoder": {"type": "ByteLevel"}, "added_tokens": [{"id": 258, "content": "<|endoftext|>", "special": true}],
@@ -306,16 +306,60 @@ void expect_refused(const std::string& json, const std::string& words) {
   std::remove(path.c_str());
 }
 
+TEST(TokenizerHfJson, LoadsLlama3Style) {
+  // Sequence [Split with Llama-3's pattern, ByteLevel without regex], and ignore_merges: "abc" is a token no merge
+  // makes, taken whole only with ignore_merges.
+  const std::string pre = R"({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex":
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+      "behavior": "Isolated", "invert": false}, {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]})";
+  for (bool ignore : {false, true}) {
+    const std::string path =
+        write_tmp("aq_tok_llama3.json", hf_json(ignore ? ", \"ignore_merges\": true" : "", pre, false));
+    const aq::Tokenizer tok = aq::Tokenizer::load(path, "");
+    EXPECT_EQ(tok.encode("abc"), ignore ? (Ids{259}) : (Ids{'a', 'b', 'c'}));
+    EXPECT_EQ(tok.encode("he said 12345"), (Ids{256, ' ', 's', 'a', 'i', 'd', ' ', '1', '2', '3', '4', '5'}));
+    std::remove(path.c_str());
+  }
+}
+
+TEST(TokenizerPretokenize, Llama3Pattern) {
+  auto split3 = [](const std::string& s) {
+    std::vector<std::string_view> v;
+    aq::llama3_pretokenize(s, v);
+    return P(v.begin(), v.end());
+  };
+  EXPECT_EQ(split3("Hello world"), (P{"Hello", " world"}));
+  EXPECT_EQ(split3("I'M DON'T we'll"), (P{"I", "'M", " DON", "'T", " we", "'ll"}));
+  EXPECT_EQ(split3("12345 678"), (P{"123", "45", " ", "678"}));
+  EXPECT_EQ(split3("(word \tword\nword"), (P{"(word", " ", "\tword", "\n", "word"}));
+  EXPECT_EQ(split3("a\n\n  b"), (P{"a", "\n\n", " ", " b"}));
+  EXPECT_EQ(split3("x!!\n\ny"), (P{"x", "!!\n\n", "y"}));
+  EXPECT_EQ(split3("a  \r\n  b"), (P{"a", "  \r\n", " ", " b"}));
+  EXPECT_EQ(split3(" !x"), (P{" !", "x"}));
+  EXPECT_EQ(split3("!x"), (P{"!x"}));
+  EXPECT_EQ(split3("x  "), (P{"x", "  "}));
+  EXPECT_EQ(split3("\xff\xfe"
+                   "ab"),
+            (P{"\xff\xfe", "ab"}));  // invalid bytes are punctuation
+  EXPECT_EQ(split3("\xff"
+                   "ab"),
+            (P{"\xff"
+               "ab"}));  // one prefixes a letter run
+}
+
 TEST(TokenizerHfJson, RefusesOtherKinds) {
   const std::string pre = R"({"type": "ByteLevel", "add_prefix_space": false})";
   expect_refused(R"({"model": {"type": "WordPiece", "vocab": {}}})", "model is WordPiece");
   expect_refused(R"({"model": {"type": "Unigram", "vocab": []}})", "model is Unigram");
   expect_refused(hf_json("", R"({"type": "Metaspace"})", false), "pre-tokenizer is Metaspace");
   expect_refused(
-      hf_json("", R"({"type": "Sequence", "pretokenizers": [{"type": "Split"}, {"type": "ByteLevel"}]})", false),
-      "Sequence of Split ByteLevel");
+      hf_json("", R"({"type": "Sequence", "pretokenizers": [{"type": "Digits"}, {"type": "ByteLevel"}]})", false),
+      "pre-tokenizer is Sequence of Digits ByteLevel");
+  expect_refused(hf_json("", R"({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\w+"}},
+                                 {"type": "ByteLevel", "use_regex": false}]})",
+                         false),
+                 "pattern '\\w+' is neither GPT-2's nor Llama-3's");
   expect_refused(hf_json(", \"byte_fallback\": true", pre, false), "byte_fallback");
-  expect_refused(hf_json(", \"ignore_merges\": true", pre, false), "ignore_merges");
   expect_refused("not json", "not valid JSON");
 }
 

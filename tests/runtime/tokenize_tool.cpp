@@ -3,6 +3,7 @@
 //
 //   tokenize_tool SPEC VOCAB_DIR ids FILE...     SPEC: gpt2 or a tokenizer.json; one line of ids per file
 //   tokenize_tool SPEC VOCAB_DIR bench FILE      prints "encode: X MB/s ..." (cold cache, then warm)
+//   tokenize_tool - - llama3-pieces FILE...      byte lengths of Llama-3's pre-tokens, one line per file
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -25,6 +26,19 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (std::string(argv[3]) == "llama3-pieces") {
+      for (int f = 4; f < argc; ++f) {
+        std::vector<std::string_view> pieces;
+        aq::llama3_pretokenize(read_file(argv[f]), pieces);
+        std::string line;
+        for (size_t k = 0; k < pieces.size(); ++k) {
+          if (k) line += ' ';
+          line += std::to_string(pieces[k].size());
+        }
+        std::printf("%s\n", line.c_str());
+      }
+      return 0;
+    }
     const aq::Tokenizer tok = aq::Tokenizer::load(argv[1], argv[2]);
     const std::string mode = argv[3];
     if (mode == "ids") {

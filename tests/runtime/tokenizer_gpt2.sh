@@ -41,6 +41,16 @@ else
   diff "$WORK/a" "$WORK/b" | head -5
 fi
 
+# Llama-3's pre-tokenisation (used by Llama-3-style tokenizer.json files) against node's regex engine running the
+# same pattern ((?i:) spelt out as [sS] etc.): identical pre-token boundaries on the same text.
+node "$ROOT/tests/runtime/gpt2_encode.js" --llama3-pieces "${files[@]}" > "$WORK/js.pieces" || { echo "FAIL: node llama3"; exit 1; }
+"$TOOL" - - llama3-pieces "${files[@]}" > "$WORK/cpp.pieces" || { echo "FAIL: tokenize_tool llama3-pieces"; exit 1; }
+if cmp -s "$WORK/js.pieces" "$WORK/cpp.pieces"; then
+  echo "ok Llama-3 pre-tokens identical to node's regex on ${#files[@]} files ($(wc -w < "$WORK/cpp.pieces") pieces)"
+else
+  echo "FAIL Llama-3 pre-tokens differ from node's regex"; fail=1
+fi
+
 # aq-prepare: each file a document, <|endoftext|> (50256) before each; the shards hold exactly that.
 "$BIN/aq-prepare" --tokenizer gpt2 --vocab "$VOCAB" --out "$WORK/shards" --val-fraction 0.5 --threads 2 \
   "${files[0]}" "${files[1]}" "${files[2]}" > "$WORK/prep.log" 2>&1 || { echo "FAIL aq-prepare: $(tail -n1 "$WORK/prep.log")"; exit 1; }
