@@ -271,9 +271,17 @@ std::string hf_json(const std::string& model_extra, const std::string& pre, bool
     return s;
   };
   std::string vocab = "{";
-  for (int b = 0; b < 256; ++b)
-    vocab += "\"" + mapped(std::string(1, static_cast<char>(b))) + "\": " + std::to_string(b) + ",";
-  vocab += "\"" + mapped("he") + "\": 256, \"" + mapped(" w") + "\": 257, \"abc\": 259}";
+  auto entry = [&](const std::string& bytes, int id) {  // appended piecewise: GCC 12 warns on a + chain here
+    vocab += '"';
+    vocab += mapped(bytes);
+    vocab += "\": ";
+    vocab += std::to_string(id);
+    vocab += ", ";
+  };
+  for (int b = 0; b < 256; ++b) entry(std::string(1, static_cast<char>(b)), b);
+  entry("he", 256);
+  entry(" w", 257);
+  vocab += "\"abc\": 259}";
   const std::string merges = pair_merges ? R"([["h", "e"], ["Ġ", "w"]])" : R"(["h e", "Ġ w"])";
   return R"({"version": "1.0", "normalizer": null, "pre_tokenizer": )" + pre +
          R"(, "decoder": {"type": "ByteLevel"}, "added_tokens": [{"id": 258, "content": "<|endoftext|>", "special": true}],
