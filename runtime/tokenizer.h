@@ -6,9 +6,9 @@
 // (matched by hand: letters/numbers are Unicode general categories L*/N* from ICU, \s is Unicode White_Space as in
 // Python's `regex` and tiktoken), then each pre-token's bytes are merged pairwise by rank, lowest first, every
 // occurrence of the chosen pair left to right (OpenAI's encoder.py; pieces above 64 bytes through a heap with the
-// same result). Llama-3's files use their own pattern instead (llama3_pretokenize) and ignore_merges. Bytes that are not valid UTF-8 are taken one
-// by one as characters that are neither letter, number nor space (as U+FFFD would be) and keep their own byte,
-// so decode(encode(x)) == x for any bytes. Special tokens in the text are encoded as ordinary text (tiktoken's
+// same result). Llama-3's files use their own pattern instead (llama3_pretokenize) and ignore_merges. Bytes that
+// are not valid UTF-8 are taken one by one as characters that are neither letter, number nor space (as U+FFFD
+// would be) and keep their own byte, so decode(encode(x)) == x for any bytes. Special tokens in the text are encoded as ordinary text (tiktoken's
 // encode_ordinary); callers insert them by id (eot_id()).
 //
 // Thread safety: a Tokenizer is immutable after loading; each thread passes its own EncodeCache.
