@@ -8,8 +8,8 @@
 // occurrence of the chosen pair left to right (OpenAI's encoder.py; pieces above 64 bytes through a heap with the
 // same result). Llama-3's files use their own pattern instead (llama3_pretokenize) and ignore_merges. Bytes that
 // are not valid UTF-8 are taken one by one as characters that are neither letter, number nor space (as U+FFFD
-// would be) and keep their own byte, so decode(encode(x)) == x for any bytes. Special tokens in the text are encoded as ordinary text (tiktoken's
-// encode_ordinary); callers insert them by id (eot_id()).
+// would be) and keep their own byte, so decode(encode(x)) == x for any bytes. Special tokens in the text are encoded as
+// ordinary text (tiktoken's encode_ordinary); callers insert them by id (eot_id()).
 //
 // Thread safety: a Tokenizer is immutable after loading; each thread passes its own EncodeCache.
 #pragma once
