@@ -1,11 +1,13 @@
 // aq-generate — sample text from a GPT-2 checkpoint (temperature, top-k).
 //
 //   build/bin/aq-generate --model out/model.safetensors --prompt "Q: " --tokens 200
-// Byte-level models (V = 256) print text; other vocabularies print token ids (no BPE tokenizer is bundled).
+//   build/bin/aq-generate --model gpt2.safetensors --tokenizer gpt2 --vocab data/gpt2-vocab --prompt "The"
+// Byte-level models (V = 256) and models with a --tokenizer print text; others print token ids.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <numeric>
 
 #include "examples/main_guard.h"
@@ -13,16 +15,22 @@
 #include "model/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/rng.h"
+#include "runtime/tokenizer.h"
 
 int main(int argc, char** argv) {
   aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
   std::string model_path, prompt = "\n";
+  std::string tokenizer, vocab;
   int tokens = 200, top_k = 40, heads = 0, threads = 0;
   double temperature = 0.8;
   uint64_t seed = 42;
   CLI::App app{"aq-generate: sample from a GPT-2 checkpoint"};
   app.add_option("--model", model_path, "GPT-2 safetensors checkpoint")->required();
-  app.add_option("--prompt", prompt, "Text to continue (byte-level models)")->capture_default_str();
+  app.add_option("--prompt", prompt, "Text to continue (byte-level models, or with --tokenizer)")
+      ->capture_default_str();
+  app.add_option("--tokenizer", tokenizer,
+                 "gpt2 (with --vocab) or a Hugging Face tokenizer.json: prompt and output as text");
+  app.add_option("--vocab", vocab, "Directory with GPT-2's encoder.json and vocab.bpe (scripts/fetch_gpt2_vocab.sh)");
   app.add_option("--tokens", tokens, "Tokens to generate")->capture_default_str();
   app.add_option("--temperature", temperature, "Sampling temperature (0 = greedy)")->capture_default_str();
   app.add_option("--top-k", top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
@@ -39,12 +47,24 @@ int main(int argc, char** argv) {
     const aq::GPT2Config cfg = aq::read_checkpoint_config(file, heads);
     aq::GPT2<float> model(cfg, 1, cfg.max_seq);
     model.load(file);
-    const bool bytes = cfg.vocab_size == 256;
+    std::unique_ptr<aq::Tokenizer> tok;
+    if (!tokenizer.empty() && tokenizer != "bytes") {
+      tok = std::make_unique<aq::Tokenizer>(aq::Tokenizer::load(tokenizer, vocab));
+      // GPT-2 checkpoints pad V (50257 -> 50304 in llm.c): the tokenizer's ids must fit, not match.
+      AQ_CHECK(tok->vocab_size() <= cfg.vocab_size, tokenizer, " has ", tok->vocab_size(), " ids but the model ",
+               model_path, " only ", cfg.vocab_size, "; use the tokenizer the model was trained with");
+    }
+    const bool bytes = !tok && cfg.vocab_size == 256;
 
     std::vector<int32_t> ctx;
-    for (unsigned char ch : prompt) ctx.push_back(ch % cfg.vocab_size);
+    if (tok) {
+      ctx = tok->encode(prompt);
+      if (ctx.empty() && tok->eot_id() >= 0) ctx.push_back(tok->eot_id());
+    } else {
+      for (unsigned char ch : prompt) ctx.push_back(ch % cfg.vocab_size);
+    }
     if (ctx.empty()) ctx.push_back(0);
-    if (bytes) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+    if (bytes || tok) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     aq::Rng rng(seed);
     std::vector<float> logits(static_cast<size_t>(cfg.vocab_size));
     std::vector<int> order(logits.size());
@@ -68,7 +88,11 @@ int main(int argc, char** argv) {
         }
       }
       ctx.push_back(next);
-      if (bytes)
+      if (tok) {
+        // Padding ids past the tokenizer's vocabulary (never trained to be likely) print as <|id|>.
+        const std::string text = next < tok->vocab_size() ? tok->token_bytes(next) : "<|" + std::to_string(next) + "|>";
+        std::fwrite(text.data(), 1, text.size(), stdout);
+      } else if (bytes)
         std::fputc(next, stdout);
       else
         std::printf("%d ", next);

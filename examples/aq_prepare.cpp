@@ -1,19 +1,26 @@
-// aq-prepare — turn UTF-8 text files into llm.c-format train/val token shards (byte-level tokenizer, V = 256).
+// aq-prepare — turn text files into llm.c-format train/val token shards: bytes (V = 256, the default), GPT-2's
+// BPE, or a Hugging Face byte-level BPE tokenizer.json.
 //
 //   build/bin/aq-prepare --out data/fortunes /usr/share/games/fortunes/*.u8
-// The text is cut into 4 KiB blocks; every k-th block (k = 1/val-fraction) goes to validation, so both splits
-// see every source file. Output: OUT/train_000.bin, OUT/train_001.bin, …, OUT/val_000.bin, …
+//   build/bin/aq-prepare --tokenizer gpt2 --vocab data/gpt2-vocab --out data/fortunes-gpt2 /usr/share/games/fortunes/*
+// With a BPE tokenizer each input file is a document, preceded by <|endoftext|> (as llm.c's data scripts do), and
+// the files are tokenized on --threads threads. The tokens are cut into blocks (4096 bytes, or 1024 BPE tokens);
+// every k-th block (k = 1/val-fraction) goes to validation, so both splits see every source file.
+// Output: OUT/train_000.bin, OUT/train_001.bin, …, OUT/val_000.bin, …
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <thread>
 
 #include "examples/main_guard.h"
 #include "runtime/blas_setup.h"
 #include "runtime/data.h"
 #include "runtime/file_io.h"
 #include "runtime/log.h"
+#include "runtime/tokenizer.h"
 
 namespace {
 
@@ -33,6 +40,45 @@ void write_split(const std::string& dir, const char* split, const std::vector<ui
   aq::log_info(split, ": ", tokens.size(), " tokens in ", n_shards, " shard(s)");
 }
 
+std::string read_input(const std::string& f) {
+  std::ifstream in(f, std::ios::binary);
+  AQ_CHECK(in.good(), "cannot read input file ", f);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Each file a document: <|endoftext|> then its ids. Files are taken by `threads` workers, each with its own cache.
+std::vector<uint16_t> tokenize_files(const aq::Tokenizer& tok, const std::vector<std::string>& files, int threads,
+                                     size_t& total_bytes) {
+  std::vector<std::vector<int32_t>> docs(files.size());
+  std::vector<std::string> errors(files.size());
+  std::vector<size_t> sizes(files.size(), 0);
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    aq::EncodeCache cache;
+    for (size_t f; (f = next++) < files.size();) {
+      try {
+        const std::string text = read_input(files[f]);
+        sizes[f] = text.size();
+        docs[f].push_back(tok.eot_id());
+        tok.encode(text, docs[f], cache);
+      } catch (const std::exception& e) {
+        errors[f] = e.what();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(work);
+  for (auto& t : pool) t.join();
+  std::vector<uint16_t> tokens;
+  total_bytes = 0;
+  for (size_t f = 0; f < files.size(); ++f) {
+    AQ_CHECK(errors[f].empty(), errors[f]);
+    total_bytes += sizes[f];
+    tokens.insert(tokens.end(), docs[f].begin(), docs[f].end());  // every id < 65536: checked by the caller
+  }
+  return tokens;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -41,7 +87,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> inputs;
   double val_fraction = 0.1;
   size_t shard_tokens = 100'000'000;
-  CLI::App app{"aq-prepare: UTF-8 text files -> byte-level (V = 256) llm.c-format train/val token shards"};
+  std::string tokenizer = "bytes", vocab;
+  int threads = 0;
+  CLI::App app{"aq-prepare: text files -> llm.c-format train/val token shards (bytes, GPT-2 BPE, tokenizer.json)"};
+  app.add_option("--tokenizer", tokenizer, "bytes (V = 256), gpt2 (needs --vocab) or a Hugging Face tokenizer.json")
+      ->capture_default_str();
+  app.add_option("--vocab", vocab, "Directory with GPT-2's encoder.json and vocab.bpe (scripts/fetch_gpt2_vocab.sh)");
+  app.add_option("--threads", threads, "Tokenizer threads (0 = all cores)")->capture_default_str();
   app.add_option("--out", out, "Output directory (created if missing)")->required();
   app.add_option("--val-fraction", val_fraction, "Fraction of the text held out for validation")->capture_default_str();
   app.add_option("--shard-tokens", shard_tokens, "Tokens per shard file")->capture_default_str();
@@ -53,24 +105,42 @@ int main(int argc, char** argv) {
     std::error_code ec;
     std::filesystem::create_directories(out, ec);
     AQ_CHECK(!ec, "cannot create --out directory ", out, ": ", ec.message());
-    std::string text;
-    for (const std::string& f : inputs) {
-      std::ifstream in(f, std::ios::binary);
-      AQ_CHECK(in.good(), "cannot read input file ", f);
-      text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    AQ_CHECK(threads >= 0, "--threads must be >= 0 (got ", threads, ")");
+    const bool bytes = tokenizer == "bytes";
+    std::vector<uint16_t> all;
+    size_t total_bytes = 0;
+    if (bytes) {
+      for (const std::string& f : inputs) {
+        const std::string text = read_input(f);
+        all.insert(all.end(), text.begin(), text.end());  // char -> uint16_t via the unsigned byte below
+      }
+      for (size_t i = 0; i < all.size(); ++i) all[i] &= 0xFF;
+      total_bytes = all.size();
+    } else {
+      const aq::Tokenizer tok = aq::Tokenizer::load(tokenizer, vocab);
+      AQ_CHECK(tok.vocab_size() <= 65536, tokenizer, " has ", tok.vocab_size(),
+               " ids; llm.c shards hold uint16 tokens (ids < 65536); use a smaller vocabulary");
+      AQ_CHECK(tok.eot_id() >= 0, tokenizer,
+               " has no <|endoftext|>, <|end_of_text|> or </s> special token to put "
+               "between documents");
+      const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      all = tokenize_files(tok, inputs, std::min<int>(n, static_cast<int>(inputs.size())), total_bytes);
+      aq::log_info("tokenizer ", tok.name(), ": ", all.size(), " tokens (", inputs.size(), " documents, ",
+                   static_cast<double>(total_bytes) / static_cast<double>(all.size()), " bytes/token)");
     }
-    AQ_CHECK(!text.empty(), "the input files are empty: nothing to tokenize");
-    constexpr size_t kBlock = 4096;
+    AQ_CHECK(total_bytes > 0, "the input files are empty: nothing to tokenize");
+    const size_t kBlock = bytes ? 4096 : 1024;
     const size_t every = static_cast<size_t>(std::llround(1.0 / val_fraction));
     std::vector<uint16_t> train, val;
-    for (size_t b = 0, start = 0; start < text.size(); ++b, start += kBlock) {
+    for (size_t b = 0, start = 0; start < all.size(); ++b, start += kBlock) {
       auto& dst = (b % every == every - 1) ? val : train;
-      for (size_t i = start; i < std::min(text.size(), start + kBlock); ++i)
-        dst.push_back(static_cast<uint8_t>(text[i]));
+      dst.insert(dst.end(), all.begin() + static_cast<long>(start),
+                 all.begin() + static_cast<long>(std::min(all.size(), start + kBlock)));
     }
-    AQ_CHECK(!val.empty(), "the text (", text.size(), " bytes) is too short to hold out a validation split of ",
-             val_fraction, "; give more text or raise --val-fraction");
-    aq::log_info("read ", inputs.size(), " file(s), ", text.size(), " bytes");
+    AQ_CHECK(!val.empty(), "the text (", total_bytes, " bytes, ", all.size(),
+             " tokens) is too short to hold out a validation split of ", val_fraction,
+             "; give more text or raise --val-fraction");
+    aq::log_info("read ", inputs.size(), " file(s), ", total_bytes, " bytes");
     write_split(out, "train", train, shard_tokens);
     write_split(out, "val", val, shard_tokens);
   });

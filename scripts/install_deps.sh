@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # install_deps.sh — installs the Debian packages Aqueduct needs (only those missing).
 #   scripts/install_deps.sh               build + run: compiler, CMake, OpenBLAS (OpenMP), Open MPI, nlohmann-json,
-#                                         CLI11, GoogleTest, the fortunes corpus for the default training run, and
+#                                         CLI11, GoogleTest, ICU (the tokenizer's Unicode classes), the fortunes corpus for the default training run, and
 #                                         iproute2 (ip, tc) and python3 for the WAN testbed (scripts/wan_testbed.sh)
 #   scripts/install_deps.sh --reference   also python3-torch, numpy and matplotlib: the float64 PyTorch reference
 #                                         check, scripts/bench_vs_pytorch.py and the scaling plot
 set -euo pipefail
 PKGS=(build-essential cmake libopenblas-openmp-dev openmpi-bin libopenmpi-dev nlohmann-json3-dev libcli11-dev
-      libgtest-dev fortunes iproute2 python3)
+      libgtest-dev libicu-dev fortunes iproute2 python3)
 if [[ "${1:-}" == "--reference" ]]; then
   PKGS+=(python3-numpy python3-torch python3-matplotlib)
 fi

@@ -328,6 +328,22 @@ expect_fail prepare_unwritable_out 'cannot create --out directory .*text\.txt/da
   "$BIN/aq-prepare" --out "$TMP/text.txt/data" "$TMP/text.txt"
 expect_fail prepare_bad_val_fraction '--val-fraction must be in \(0, 1\)' 1 -- \
   "$BIN/aq-prepare" --out "$OUT/data" --val-fraction 1.5 "$TMP/text.txt"
+# Tokenizers (no vocabulary needed: every case fails before one would be read).
+mkdir -p "$TMP/badvocab" && echo '{"a": ' >"$TMP/badvocab/encoder.json" && echo '#version: 0.2' >"$TMP/badvocab/vocab.bpe"
+echo '{"model": {"type": "WordPiece", "vocab": {}}}' >"$TMP/wordpiece.json"
+echo '{"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}}' >"$TMP/spm.json"
+expect_fail prepare_gpt2_without_vocab '--tokenizer gpt2 needs --vocab DIR' 1 -- \
+  "$BIN/aq-prepare" --out "$OUT/data" --tokenizer gpt2 "$TMP/text.txt"
+expect_fail prepare_gpt2_missing_vocab 'cannot read GPT-2 vocabulary .*absent/encoder\.json .*fetch_gpt2_vocab\.sh' 1 -- \
+  "$BIN/aq-prepare" --out "$OUT/data" --tokenizer gpt2 --vocab "$TMP/absent" "$TMP/text.txt"
+expect_fail prepare_gpt2_corrupt_vocab 'encoder\.json: not valid JSON' 1 -- \
+  "$BIN/aq-prepare" --out "$OUT/data" --tokenizer gpt2 --vocab "$TMP/badvocab" "$TMP/text.txt"
+expect_fail prepare_unknown_tokenizer '--tokenizer must be bytes, gpt2 or a Hugging Face tokenizer\.json' 1 -- \
+  "$BIN/aq-prepare" --out "$OUT/data" --tokenizer sentencepiece "$TMP/text.txt"
+expect_fail prepare_wordpiece_json "the tokenizer's model is WordPiece; only byte-level BPE" 1 -- \
+  "$BIN/aq-prepare" --out "$OUT/data" --tokenizer "$TMP/wordpiece.json" "$TMP/text.txt"
+expect_fail generate_metaspace_json "pre-tokenizer is Metaspace" 1 -- \
+  "$BIN/aq-generate" --model "$CK" --tokenizer "$TMP/spm.json" --threads 1
 expect_fail generate_missing_model 'cannot open .*absent\.safetensors' 1 -- \
   "$BIN/aq-generate" --model "$TMP/absent.safetensors" --threads 1
 expect_fail generate_truncated_model 'cut\.safetensors: corrupt safetensors header' 1 -- \
