@@ -28,6 +28,14 @@ BATCH=$(( 16 / NP > 0 ? 16 / NP : 1 ))  # per rank: the global batch stays 16 se
   --steps 1000 --lr 3e-3 --lr-schedule cosine --warmup 50 --min-lr 3e-4 \
   --eval-every 250 --eval-batches 8 --save out/model.safetensors --log out/train.jsonl "$@"
 
+# Loss, throughput and the step's time split to out/train.png (when Debian's python3-matplotlib is present;
+# ./scripts/install_deps.sh --reference installs it).
+if /usr/bin/python3 -c "import matplotlib" 2> /dev/null; then
+  /usr/bin/python3 scripts/plot_run.py --out out/train.png out/train.jsonl
+else
+  echo "(no plot: python3-matplotlib is not installed; ./scripts/install_deps.sh --reference adds it)"
+fi
+
 echo
 echo "---- sample from out/model.safetensors ----"
 build/bin/aq-generate --model out/model.safetensors --prompt "The " --tokens 300 --temperature 0.8 --top-k 40
