@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
     if (o_max_seq->count()) cfg.max_seq = max_seq;
     ctx.configure(tp, comm_timeout, centres);
     const aq::TrainResult r = aq::train(cfg, ctx);
-    by_signal = !r.stopped_by.empty() && r.stopped_by[0] == 'S';  // SIGTERM, SIGINT, SIGUSR1
+    by_signal = r.stopped_by_signal;
   });
   // Stopped by a signal after finishing its step (and saving): "try again" for schedulers that requeue.
   return code == 0 && by_signal ? aq::kExitStoppedBySignal : code;

@@ -362,9 +362,10 @@ class Job final : public JobApi {
   void finish_communication() override {
     if (diloco()) outer_finish_exchanges();
   }
-  // Collective: `mine` (a full local buffer, the same on every rank of a centre and tp_rank) of every centre,
-  // appended to `out` as "<prefix><centre id>.<what>.<tensor>".
-  void append_per_centre(const std::vector<float>& mine, const std::string& what, std::vector<NamedTensor>& out);
+  // Collective: `mine` (a full local buffer, the same on every rank of a centre and tp_rank) of every centre c,
+  // appended to `out` as "<prefix(c)><tensor>"; `what` names it in diagnostics.
+  void append_per_centre(const std::vector<float>& mine, const std::string& what,
+                         const std::function<std::string(int)>& prefix, std::vector<NamedTensor>& out);
   void load_outer_state(const SafeTensorsReader& state);
   std::unique_ptr<GradBuckets> buckets_;
   Device device_;
@@ -647,9 +648,11 @@ void Job<T>::save(const std::string& path) {
     params = model_->gather_full("", theta_global_.data());
     for (NamedTensor& t : model_->gather_full("outer_momentum.", outer_mom_.data())) moments.push_back(std::move(t));
     const float* p = model_->params();
-    append_per_centre(std::vector<float>(p, p + model_->buffer_size()), "param", moments);
-    append_per_centre(m, "exp_avg", moments);
-    append_per_centre(v, "exp_avg_sq", moments);
+    const std::vector<float> replica(p, p + model_->buffer_size());
+    const std::pair<const char*, const std::vector<float>*> parts[] = {
+        {"param", &replica}, {"exp_avg", &m}, {"exp_avg_sq", &v}};
+    for (const auto& [what, buf] : parts)
+      append_per_centre(*buf, what, [what = what](int c) { return str("centre.", c, ".", what, "."); }, moments);
   } else {
     params = model_->gather_full("", master.empty() ? nullptr : master.data());
   }
@@ -707,23 +710,15 @@ bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
   if (!wan_algo().residuals(centre)) return false;
   // Inside a centre each position is quantised by one rank, so the centre's sum is its residual; the ranks of
   // intra index 0 (one per centre and tp_rank) then gather every centre's, and the TP groups consolidate them.
-  const Topology& topo = ctx_.topology();
   const int64_t n = model_->buffer_size();
   ctx_.intra_group().all_reduce(centre.data(), n, DType::F32, {"checkpoint error-feedback residuals"})->wait();
-  std::vector<float> all(static_cast<size_t>(n) * topo.centres(), 0.0f);
-  if (topo.intra_index[ctx_.world_rank()] == 0)
-    ctx_.cross_group()->all_gather(centre.data(), all.data(), n, DType::F32, {"checkpoint residuals across centres"})
-        ->wait();
-  for (int c = 0; c < topo.centres(); ++c)
-    for (NamedTensor& t : model_->gather_full(str("ef_residual.", c, "."), all.data() + static_cast<size_t>(c) * n))
-      out.push_back(std::move(t));
+  append_per_centre(centre, "error-feedback residuals", [](int c) { return str("ef_residual.", c, "."); }, out);
   return true;
 }
 
 template <typename T>
 void Job<T>::load_residuals(const SafeTensorsReader& state) {
-  std::vector<float> unused;
-  const bool want = wan_algo().residuals(unused);
+  const bool want = wan_algo().keeps_residuals();
   const auto& sm = state.metadata();
   const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
   if (!sm.count("ef_centres")) {
@@ -815,7 +810,8 @@ void Job<T>::outer_finish_exchanges() {
 }
 
 template <typename T>
-void Job<T>::append_per_centre(const std::vector<float>& mine, const std::string& what, std::vector<NamedTensor>& out) {
+void Job<T>::append_per_centre(const std::vector<float>& mine, const std::string& what,
+                               const std::function<std::string(int)>& prefix, std::vector<NamedTensor>& out) {
   const Topology& topo = ctx_.topology();
   const int64_t n = model_->buffer_size();
   std::vector<float> all(static_cast<size_t>(n) * topo.centres(), 0.0f);
@@ -825,7 +821,7 @@ void Job<T>::append_per_centre(const std::vector<float>& mine, const std::string
     ctx_.cross_group()->all_gather(mine.data(), all.data(), n, DType::F32, {"checkpoint " + what + " of every centre"})
         ->wait();
   for (int c = 0; c < topo.centres(); ++c)
-    for (NamedTensor& t : model_->gather_full(str("centre.", c, ".", what, "."), all.data() + static_cast<size_t>(c) * n))
+    for (NamedTensor& t : model_->gather_full(prefix(c), all.data() + static_cast<size_t>(c) * n))
       out.push_back(std::move(t));
 }
 
@@ -1170,7 +1166,7 @@ double Job<T>::evaluate() {
 
 // Whether the ranks agree on stopping after step t (1-based): every step, or with DiLoCo across centres only on
 // the steps where an outer exchange starts anyway (no extra wide-area round trip between them).
-bool stop_check_due(const JobApi&, const TrainConfig& cfg, const ParallelContext& ctx, int64_t t) {
+bool stop_check_due(const TrainConfig& cfg, const ParallelContext& ctx, int64_t t) {
   if (cfg.stop_at > 0 && t >= cfg.stop_at) return true;  // identical on every rank
   if (cfg.outer != "diloco" || ctx.topology().centres() == 1) return true;
   for (int f = 0; f < cfg.outer_fragments; ++f)
@@ -1226,7 +1222,7 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
     // Stop early? Every rank must stop after the same step, so the ranks agree: a signal on any rank, the time
     // limit on any rank's clock (the next step and a save must still fit), or --stop-at. With DiLoCo across
     // centres the agreement rides on the outer syncs' steps, so it adds no wide-area round trip in between.
-    if (!last && stop_check_due(job, cfg, ctx, s + 1)) {
+    if (!last && stop_check_due(cfg, ctx, s + 1)) {
       int32_t why = g_stop_signal.load();
       if (!why && cfg.stop_at > 0 && s + 1 >= cfg.stop_at) why = -1;
       if (!why && cfg.time_limit_min > 0) {
@@ -1241,6 +1237,7 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
       }
       if (agreed) {
         result.stopped_by = agreed == -1 ? "--stop-at" : agreed == -2 ? "--time-limit" : signal_name(agreed);
+        result.stopped_by_signal = agreed > 0;
         break;
       }
     }

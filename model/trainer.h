@@ -93,6 +93,7 @@ struct TrainResult {
   std::vector<double> wan_bytes_per_centre;  // across centres: bytes each centre sent over the run's steps
   // Why the run ended before --steps: "" (it did not), "--stop-at", "--time-limit", or the signal's name.
   std::string stopped_by;
+  bool stopped_by_signal = false;  // the exit code is then kExitStoppedBySignal
 };
 
 // Runs the whole training job described by cfg on the ranks of ctx (configured beforehand). Collective: every

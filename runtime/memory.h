@@ -31,6 +31,10 @@ class DeviceBuffer {
   DeviceBuffer(Device d, size_t n) : device_(d), n_(n), p_(static_cast<T*>(device_alloc(d, n * sizeof(T)))) {
     device_zero(d, p_, n * sizeof(T));
   }
+  // Without the zero fill, for a buffer the next operation overwrites whole (scratch on a hot path).
+  struct Uninitialized {};
+  DeviceBuffer(Device d, size_t n, Uninitialized)
+      : device_(d), n_(n), p_(static_cast<T*>(device_alloc(d, n * sizeof(T)))) {}
   ~DeviceBuffer() {
     if (p_) device_free(device_, p_);
   }

@@ -45,6 +45,7 @@ class DpAlgorithm {
   // Error feedback: a host copy of this rank's residuals over the gradient buffer; false without error
   // feedback. Inside a centre every position is quantised by at most one rank, so the sum over the centre's
   // DP ranks is the centre's residual, which is what a checkpoint keeps.
+  virtual bool keeps_residuals() const { return false; }
   virtual bool residuals(std::vector<float>& host) {
     (void)host;
     return false;

@@ -127,6 +127,7 @@ class HierAlgorithm final : public DpAlgorithm {
     stats_ = {};
     return s;
   }
+  bool keeps_residuals() const override { return residual_.size() > 0; }
   bool residuals(std::vector<float>& host) override {
     if (!residual_.size()) return false;
     host.resize(residual_.size());
@@ -210,7 +211,7 @@ class HierAlgorithm final : public DpAlgorithm {
     out = words_for(codec_bytes(o_.codec, n));
     if (o_.device == Device::CPU) return codec_encode(o_.codec, x, residual, n, bytes_of(out));
 #ifdef AQ_HAVE_CUDA
-    DeviceBuffer<uint8_t> wire(o_.device, codec_bytes(o_.codec, n));
+    DeviceBuffer<uint8_t> wire(o_.device, codec_bytes(o_.codec, n), DeviceBuffer<uint8_t>::Uninitialized{});
     cuda::codec_encode(o_.codec, x, residual, n, wire.data());
     device_copy(out.data(), Device::CPU, wire.data(), o_.device, wire.size());
 #endif
@@ -218,10 +219,20 @@ class HierAlgorithm final : public DpAlgorithm {
   void decode(const Words& in, int64_t n, float* acc, bool add) {
     if (o_.device == Device::CPU) return codec_decode(o_.codec, bytes_of(in), n, acc, add);
 #ifdef AQ_HAVE_CUDA
-    DeviceBuffer<uint8_t> wire(o_.device, codec_bytes(o_.codec, n));
+    DeviceBuffer<uint8_t> wire(o_.device, codec_bytes(o_.codec, n), DeviceBuffer<uint8_t>::Uninitialized{});
     device_copy(wire.data(), o_.device, in.data(), Device::CPU, wire.size());
     cuda::codec_decode(o_.codec, wire.data(), n, acc, add);
 #endif
+  }
+  // The owner's sum of its chunk (m values): acc (zeros) += every centre's contribution in centre order, its own
+  // (`own`, on the device) and the decoded ones received in o.in, so every run adds in the same order.
+  void owner_sum(float* acc, const float* own, const HierOp& o, int j, int64_t m) {
+    for (int p = 0; p < static_cast<int>(o.in.size()); ++p) {
+      if (p == j)
+        add_into(acc, own, o_.device, m);
+      else
+        decode(o.in[p], m, acc, true);
+    }
   }
   // acc (n, on the buffers' device) += x (n, on `where`).
   void add_into(float* acc, const float* x, Device where, int64_t n) {
@@ -316,7 +327,8 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
   // without a shard); with one rank per centre the shard is the buffer itself.
   float* shard = data + op->off_i;
   if (g > 1) {
-    if (op->len_i > 0) op->shard = DeviceBuffer<float>(dev, static_cast<size_t>(op->len_i));
+    if (op->len_i > 0)  // the reduce-scatter writes all of it
+      op->shard = DeviceBuffer<float>(dev, static_cast<size_t>(op->len_i), DeviceBuffer<float>::Uninitialized{});
     shard = op->shard.data();
   }
   const std::string nm = opts.name;
@@ -346,12 +358,7 @@ WorkPtr HierAlgorithm::all_reduce(float* data, int64_t count, int64_t offset, co
     float* mine = shard + o.c_off[j];
     const int64_t m = o.c_len[j];
     DeviceBuffer<float> acc(dev, static_cast<size_t>(m));  // zeros
-    for (int p = 0; p < C; ++p) {  // centre order: the same sum on every run
-      if (p == j)
-        add_into(acc.data(), mine, dev, m);
-      else
-        decode(o.in[p], m, acc.data(), true);
-    }
+    owner_sum(acc.data(), mine, o, j, m);
     encode(acc.data(), residual_at(pos + o.c_off[j], m), m, o.out[j]);
     decode(o.out[j], m, mine, false);  // the owner keeps what the peers will see
     for (int p = 0; p < C; ++p)
@@ -388,7 +395,7 @@ WorkPtr HierAlgorithm::reduce_scatter(const float* send, float* recv, int64_t L,
   // the global buffer already is that; with one centre, recv is.
   const float* slices = send;
   if (g > 1 && C > 1) {
-    op->shard = DeviceBuffer<float>(dev, static_cast<size_t>(C * L));
+    op->shard = DeviceBuffer<float>(dev, static_cast<size_t>(C * L), DeviceBuffer<float>::Uninitialized{});
     slices = op->shard.data();
   }
   op->add_stage("intra-centre reduce-scatters", Family::Intra, [=, &intra](HierOp& o) {
@@ -415,14 +422,8 @@ WorkPtr HierAlgorithm::reduce_scatter(const float* send, float* recv, int64_t L,
   });
   op->add_stage("owner's sum", Family::Compute, [=, this](HierOp& o) {
     if (C == 1) return;
-    DeviceBuffer<float> acc(dev, static_cast<size_t>(L));  // zeros
-    for (int p = 0; p < C; ++p) {  // centre order
-      if (p == j)
-        add_into(acc.data(), slices + j * L, dev, L);
-      else
-        decode(o.in[p], L, acc.data(), true);
-    }
-    device_copy(recv, dev, acc.data(), dev, bytes);
+    device_zero(dev, recv, bytes);
+    owner_sum(recv, slices + j * L, o, j, L);
     wan_end();
   });
   return launch(op, opts, "hierarchical reduce_scatter");

@@ -625,12 +625,32 @@ TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
     SafeTensorsReader state(state_path_for(first.save));
     EXPECT_EQ(state.metadata().at("outer_pending"), "[[0,3]]");
   }
+  // An exchange in flight belongs to a fragment of the saved run: another --outer-fragments is refused.
+  TrainConfig other = c;
+  other.resume = first.save;
+  other.outer_fragments = 3;
+  test::expect_error([&] { train(other, *g_ctx); }, {"was saved with --outer-fragments 2", "resume with --outer-fragments 2"});
   TrainConfig rest = c;
   rest.resume = first.save;
   const TrainResult got = train(rest, *g_ctx);
   ASSERT_EQ(got.steps.size(), 4u);
   for (size_t i = 0; i < got.steps.size(); ++i)
     EXPECT_EQ(got.steps[i].loss, whole.steps[i + 2].loss) << "step " << got.steps[i].step;
+}
+
+TEST_F(Layouts, ZeroWithHierNeedsEqualContiguousCentres) {
+  // Interleaved, unequal centres (3 + 1): ZeRO-1's hierarchical reduce-scatter cannot slice them, so an explicit
+  // --dp-algo hier with --zero 1 is refused with the fix, and auto falls back to flat.
+  if (g_ctx->world_size() != 4) return;
+  configure_centres(1, "auto", {"east", "west", "east", "east"});
+  TrainConfig c = config(4);
+  c.zero = 1;
+  c.dp_algo = "hier";
+  test::expect_error([&] { train(c, *g_ctx); }, {"--zero 1 with --dp-algo hier needs centres of equal size",
+                                                 "or use --dp-algo flat"});
+  c.dp_algo = "auto";
+  c.steps = 2;
+  EXPECT_EQ(train(c, *g_ctx).steps.size(), 2u);
 }
 
 TEST(Balance, DealsMicroBatchesByShareExactly) {

@@ -68,27 +68,10 @@ if (llama3) {
 }
 
 function encode_bytes(b) {
-  const parts = [];
-  for (let i = 0; i < b.length;) {
-    const len = utf8_len(b, i);
-    if (len === 0) {
-      parts.push(String.fromCodePoint(0xf0000 + b[i]));
-      i += 1;
-    } else {
-      parts.push(b.subarray(i, i + len).toString('utf-8'));
-      i += len;
-    }
-  }
-  const text = parts.join('');
+  // Invalid bytes stand as private-use code points (to_string) and come back as themselves (piece_bytes).
   const ids = [];
-  for (const m of text.matchAll(pat)) {
-    const bytes = [];
-    for (const ch of m[0]) {
-      const cp = ch.codePointAt(0);
-      if (cp >= 0xf0000 && cp <= 0xf00ff) bytes.push(cp - 0xf0000);
-      else for (const x of Buffer.from(ch, 'utf-8')) bytes.push(x);
-    }
-    const token = bytes.map(x => byte_encoder[x]).join('');
+  for (const m of to_string(b).matchAll(pat)) {
+    const token = piece_bytes(m[0]).map(x => byte_encoder[x]).join('');
     for (const t of bpe(token).split(' ')) ids.push(encoder[t]);
   }
   return ids;
