@@ -35,7 +35,7 @@
 #ifdef AQ_HAVE_CUDA
 #include "runtime/cuda/device.h"
 #endif
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "ops/cpu/blas.h"
 #include "runtime/blas_setup.h"
 #include "runtime/data.h"

@@ -12,7 +12,7 @@
 
 #include "examples/main_guard.h"
 #include "model/gpt2.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/rng.h"
 #include "runtime/tokenizer.h"

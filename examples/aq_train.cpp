@@ -8,7 +8,7 @@
 #include <algorithm>
 
 #include "examples/main_guard.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/log.h"
 

@@ -22,7 +22,7 @@
 
 #include "examples/bench/bench.h"
 #include "examples/main_guard.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "parallel/algo/dp_algorithm.h"
 #include "parallel/context.h"
 #include "runtime/data.h"

@@ -29,7 +29,7 @@
 
 #include "examples/bench/bench.h"
 #include "examples/main_guard.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "parallel/context.h"
 #include "runtime/file_io.h"
 #include "runtime/log.h"

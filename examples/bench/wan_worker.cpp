@@ -8,7 +8,7 @@
 
 #include "examples/bench/bench.h"
 #include "examples/main_guard.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "parallel/context.h"
 
 namespace aq::bench {

@@ -9,8 +9,8 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 
-#include "model/outer_optimizer.h"
-#include "model/trainer.h"
+#include "train/outer_optimizer.h"
+#include "train/trainer.h"
 #include "runtime/data.h"
 #include "tests/test_util.h"
 

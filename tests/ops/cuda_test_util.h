@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "runtime/data.h"
 
 #include "ops/registry.h"

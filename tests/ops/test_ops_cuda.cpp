@@ -15,7 +15,7 @@
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "runtime/cuda/device.h"
 #include "runtime/data.h"
 #include "tests/ops/cuda_test_util.h"

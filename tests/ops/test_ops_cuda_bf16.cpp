@@ -12,7 +12,7 @@
 #include <filesystem>
 #include <thread>
 
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "ops/adamw/adamw.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"

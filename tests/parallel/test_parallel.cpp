@@ -16,7 +16,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "parallel/algo/dp_algorithm.h"
 #include "parallel/context.h"
 #include "parallel/staged_backend.h"

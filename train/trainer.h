@@ -1,4 +1,4 @@
-// trainer.h — the training loop behind aq-train: data, steps, clipping, AdamW, evaluation, checkpoints.
+// trainer.h — the training job behind aq-train (train/): data, steps, clipping, AdamW, DiLoCo, evaluation, checkpoints.
 //
 // One step: next batch → forward_backward (tensor-parallel collectives inside; data-parallel gradient buckets
 // start their all-reduces during backward) → GradBuckets::finish (or, with ZeRO-1, a reduce-scatter) → global

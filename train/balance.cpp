@@ -1,0 +1,115 @@
+// balance.cpp — the work split of synchronous data parallelism over centres of different speed (--balance,
+// --grad-accum): how many micro-batches each DP rank runs per step, and where in the global batch they are.
+#include <sstream>
+
+#include "train/job.h"
+
+namespace aq {
+
+std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M) {
+  // Floors of the ideal shares (at least one each), then the largest remainders get the rest; when the "at least
+  // one" rule gave out too many, they are taken back from the ranks furthest above their share.
+  const size_t n = ideal.size();
+  AQ_ASSERT(n >= 1 && M >= static_cast<int64_t>(n), "dealing ", M, " micro-batches to ", n, " ranks");
+  std::vector<int> k(n);
+  int64_t given = 0;
+  for (size_t d = 0; d < n; ++d) given += k[d] = std::max(1, static_cast<int>(ideal[d]));
+  while (given != M) {
+    size_t best = n;
+    for (size_t d = 0; d < n; ++d) {
+      if (given > M && k[d] <= 1) continue;
+      const double gap = given < M ? ideal[d] - k[d] : k[d] - ideal[d];  // most below / most above its share
+      if (best == n || gap > (given < M ? ideal[best] - k[best] : k[best] - ideal[best])) best = d;
+    }
+    k[best] += given < M ? 1 : -1;
+    given += given < M ? 1 : -1;
+  }
+  return k;
+}
+
+template <typename T>
+std::vector<int> Job<T>::initial_split() const {
+  std::vector<int> micro(static_cast<size_t>(ctx_.dp()), cfg_.grad_accum);
+  if (cfg_.balance != "off" && cfg_.balance != "auto") {
+    const Topology& topo = ctx_.topology();
+    std::vector<int> per_centre;
+    std::stringstream ss(cfg_.balance);
+    for (std::string tok; std::getline(ss, tok, ',');) {
+      char* end = nullptr;
+      const long k = std::strtol(tok.c_str(), &end, 10);
+      AQ_CHECK(!tok.empty() && *end == '\0' && k >= 1 && k <= 100000, "--balance must be off, auto or micro-batches ",
+               "per rank of each centre, e.g. 3,1 (got \"", cfg_.balance, "\")");
+      per_centre.push_back(static_cast<int>(k));
+    }
+    AQ_CHECK(static_cast<int>(per_centre.size()) == topo.centres(), "--balance ", cfg_.balance, " gives ",
+             per_centre.size(), " centre(s) micro-batches but the job has ", topo.describe(),
+             "; give one number per centre, in that order");
+    for (int d = 0; d < ctx_.dp(); ++d) micro[d] = per_centre[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
+  }
+  return micro;
+}
+
+template <typename T>
+void Job<T>::apply_split(std::vector<int> micro) {
+  // DP rank d reads its K_d·B sequences right after those of ranks < d: the global step is what one process
+  // with batch M·B reads, whatever the split (the mathematics does not depend on it).
+  micro_ = std::move(micro);
+  int64_t total = 0, first = 0;
+  for (int d = 0; d < static_cast<int>(micro_.size()); ++d) {
+    if (d == ctx_.dp_rank()) first = total;
+    total += micro_[static_cast<size_t>(d)];
+  }
+  K_ = micro_[static_cast<size_t>(ctx_.dp_rank())];
+  // M: the micro-batches the optimizer's DP group sums over (with DiLoCo, this centre's; --balance is refused
+  // there, so its ranks all have K).
+  M_ = diloco() ? static_cast<int64_t>(idp()) * K_ : total;
+  train_data_->set_split(first * cfg_.batch, static_cast<int64_t>(K_) * cfg_.batch, total * cfg_.batch);
+  inputs_.resize(static_cast<size_t>(cfg_.batch) * K_ * cfg_.seq);
+  targets_.resize(inputs_.size());
+}
+
+template <typename T>
+void Job<T>::balance_now() {
+  // Each centre's speed: the mean over its ranks of their time per micro-batch. The M micro-batches of a step
+  // are then dealt out to the DP ranks in proportion to their centre's speed (largest remainder, at least one
+  // each), so every rank's step takes about the same time. One all-reduce over the world, once.
+  const Topology& topo = ctx_.topology();
+  const int C = topo.centres();
+  std::vector<double> t(static_cast<size_t>(2 * C), 0.0);
+  if (ctx_.tp_rank() == 0) {  // one report per DP rank
+    t[static_cast<size_t>(ctx_.centre())] = micro_ms_;
+    t[static_cast<size_t>(C + ctx_.centre())] = 1.0;
+  }
+  ctx_.world().all_reduce(t.data(), 2 * C, DType::F64, {"balance: times per centre"})->wait();
+  // Test hook: AQ_BALANCE_TEST_MS="a,b,…" replaces the measured time per micro-batch of each centre (tests need
+  // an uneven, reproducible split on one machine). Unset in normal runs.
+  if (const char* fake = std::getenv("AQ_BALANCE_TEST_MS")) {
+    std::stringstream ss(fake);
+    int c = 0;
+    for (std::string tok; std::getline(ss, tok, ',') && c < C; ++c) t[c] = std::stod(tok) * t[C + c] * cfg_.balance_steps;
+  }
+  std::vector<double> speed(static_cast<size_t>(C));
+  for (int c = 0; c < C; ++c) speed[c] = t[C + c] / std::max(t[c], 1e-9);  // micro-batches per ms
+  const int dp = ctx_.dp();
+  double total = 0;
+  for (int d = 0; d < dp; ++d) total += speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
+  std::vector<double> ideal(static_cast<size_t>(dp));
+  for (int d = 0; d < dp; ++d)
+    ideal[d] = static_cast<double>(M_) * speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])] / total;
+  std::vector<int> micro = deal_micro_batches(ideal, M_);
+  std::string line = "balance: micro-batches per rank by centre speed:";
+  for (int c = 0; c < C; ++c)
+    for (int d = 0; d < dp; ++d)
+      if (topo.centre_of[d * ctx_.tp()] == c) {
+        line += str(" ", topo.centre_names[c], " ", micro[d], " (",
+                    t[c] / std::max(t[C + c], 1.0) / static_cast<double>(cfg_.balance_steps), " ms per micro-batch)");
+        break;
+      }
+  log_info(line);
+  apply_split(std::move(micro));
+}
+
+template class Job<float>;
+template class Job<bf16>;
+
+}  // namespace aq

@@ -1,0 +1,274 @@
+// checkpoint.cpp — saving and resuming a job: one consolidated Hugging Face GPT-2 safetensors file (the model;
+// with DiLoCo, θ_global) plus "<file>.state" (AdamW moments, step, data position, RNG, options, error-feedback
+// residuals per centre, DiLoCo replicas and outer momentum), the same whatever layout wrote them.
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+#include "runtime/file_io.h"
+#include "train/job.h"
+
+namespace aq {
+namespace {
+
+std::string new_checkpoint_id() {
+  std::random_device rd;
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%08x%08x", rd(), rd());
+  return buf;
+}
+
+int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
+  const std::optional<int64_t> v = f.metadata_int(key);
+  AQ_CHECK(v.has_value(), f.path(), " has no \"", key, "\" in its metadata: not a checkpoint written by ",
+           "aq-train --save (use --init-from to start a new run from plain weights)");
+  return *v;
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<float> Job<T>::full_local(const float* part, int64_t n, const char* what) {
+  std::vector<float> mine(static_cast<size_t>(n));
+  device_copy(mine.data(), Device::CPU, part, device_, mine.size() * sizeof(float));
+  if (!cfg_.zero) return mine;
+  std::vector<float> full(static_cast<size_t>(model_->buffer_size()));
+  idp_group().all_gather(mine.data(), full.data(), slice_len(), DType::F32, {what})->wait();
+  return full;
+}
+
+template <typename T>
+void Job<T>::load_state(const SafeTensorsReader& weights) {
+  const std::string sp = state_path_for(cfg_.resume);
+  AQ_CHECK(file_exists(sp), "--resume ", cfg_.resume, " needs its training state ", sp,
+           " (written by --save beside the model); to start a new run from these weights use --init-from");
+  SafeTensorsReader state(sp);
+  const auto& wm = weights.metadata();
+  const auto& sm = state.metadata();
+  const std::string id_model = wm.count("checkpoint_id") ? wm.at("checkpoint_id") : "";
+  const std::string id_state = sm.count("checkpoint_id") ? sm.at("checkpoint_id") : "";
+  AQ_CHECK(!id_state.empty() && id_model == id_state, cfg_.resume, " and ", sp,
+           " belong to different saves (model at step ", wm.count("step") ? wm.at("step") : "?", ", state at step ",
+           sm.count("step") ? sm.at("step") : "?",
+           "): the save was interrupted between the two files; resume from an earlier checkpoint");
+  // The state is stored whole (consolidated); keep this rank's TP shard, then its ZeRO slice.
+  std::vector<float> m(static_cast<size_t>(model_->buffer_size()), 0.0f), v(m.size(), 0.0f);
+  model_->load(state, "exp_avg.", m.data());
+  model_->load(state, "exp_avg_sq.", v.data());
+  const size_t bytes = static_cast<size_t>(slice_len()) * sizeof(float);
+  device_copy(opt_.m.data(), device_, m.data() + slice_begin(), Device::CPU, bytes);
+  device_copy(opt_.v.data(), device_, v.data() + slice_begin(), Device::CPU, bytes);
+  opt_.step = meta_int64(state, "step");
+  try {
+    auto words = nlohmann::json::parse(sm.at("rng_state")).get<std::vector<uint64_t>>();
+    AQ_CHECK(words.size() == 4, "bad size");
+    rng_.set_state({words[0], words[1], words[2], words[3]});
+  } catch (const std::exception&) {
+    fail(str(sp, ": rng_state in the metadata is missing or malformed"));
+  }
+  // The saved work split first: the data position is one of its global steps.
+  // --balance auto keeps the split it measured; a fixed list or off follows the flags.
+  if (sm.count("balance_micro") && cfg_.balance == "auto") {
+    auto micro = nlohmann::json::parse(sm.at("balance_micro")).get<std::vector<int>>();
+    if (static_cast<int>(micro.size()) == ctx_.dp()) {
+      apply_split(std::move(micro));
+      balanced_ = true;
+    } else {
+      log_info("resume: the saved work split is for ", micro.size(), " DP ranks, this run has ", ctx_.dp(),
+               "; it is measured again");
+    }
+  }
+  train_data_->set_position(LoaderPosition{meta_int64(state, "data_shard"), meta_int64(state, "data_position")});
+  load_residuals(state);
+  if (diloco()) load_outer_state(state);
+  AQ_CHECK(opt_.step < cfg_.steps, cfg_.resume, " is already at step ", opt_.step, " and --steps is ", cfg_.steps,
+           ": nothing to do; raise --steps to train further");
+}
+
+template <typename T>
+void Job<T>::save(const std::string& path) {
+  // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
+  // rank 0 writes. State first, then the model: if we die in between, the model file's id no longer matches
+  // the new state and --resume refuses the pair instead of silently mixing two steps.
+  const std::vector<float> m = full_local(opt_.m.data(), slice_len(), "checkpoint gather exp_avg");
+  const std::vector<float> v = full_local(opt_.v.data(), slice_len(), "checkpoint gather exp_avg_sq");
+  std::vector<NamedTensor> moments = model_->gather_full("exp_avg.", m.data());
+  for (NamedTensor& t : model_->gather_full("exp_avg_sq.", v.data())) moments.push_back(std::move(t));
+  // fp32 weights are all-gathered every ZeRO-1 step; a bf16 model gathers only its working copy, so its master
+  // weights (each DP rank owns its slice) are gathered here.
+  std::vector<float> master;
+  if (!std::is_same_v<T, float> && cfg_.zero)
+    master = full_local(model_->params() + slice_begin(), slice_len(), "checkpoint gather master weights");
+  std::vector<NamedTensor> params;
+  if (diloco()) {
+    // The model file is the global model; each centre's replica, moments and the outer momentum go to the state,
+    // and the summed changes of exchanges not merged yet (they are merged at their step after a resume).
+    outer_finish_exchanges();
+    for (size_t k = 0; k < pending_.size(); ++k) {
+      std::vector<float> full(static_cast<size_t>(model_->buffer_size()), 0.0f);
+      const auto [b, e] = fragments_[static_cast<size_t>(pending_[k].fragment)];
+      std::copy(pending_[k].delta.begin(), pending_[k].delta.end(), full.begin() + b);
+      for (NamedTensor& t : model_->gather_full(str("outer_pending.", k, "."), full.data())) moments.push_back(std::move(t));
+    }
+    params = model_->gather_full("", theta_global_.data());
+    for (NamedTensor& t : model_->gather_full("outer_momentum.", outer_mom_.data())) moments.push_back(std::move(t));
+    const float* p = model_->params();
+    const std::vector<float> replica(p, p + model_->buffer_size());
+    const std::pair<const char*, const std::vector<float>*> parts[] = {
+        {"param", &replica}, {"exp_avg", &m}, {"exp_avg_sq", &v}};
+    for (const auto& [what, buf] : parts)
+      append_per_centre(*buf, what, [what = what](int c) { return str("centre.", c, ".", what, "."); }, moments);
+  } else {
+    params = model_->gather_full("", master.empty() ? nullptr : master.data());
+  }
+  const bool ef = save_residuals(moments);
+  std::string error;
+  if (ctx_.world_rank() == 0) {
+    try {
+      const std::string id = new_checkpoint_id();
+      const auto rs = rng_.state();
+      nlohmann::json options = {{"lr", cfg_.schedule.lr},           {"lr_schedule", cfg_.schedule.kind},
+                                {"warmup", cfg_.schedule.warmup},   {"min_lr", cfg_.schedule.min_lr},
+                                {"weight_decay", cfg_.weight_decay}, {"beta1", cfg_.beta1},
+                                {"beta2", cfg_.beta2},              {"eps", cfg_.eps},
+                                {"grad_clip", cfg_.grad_clip},      {"batch", cfg_.batch},
+                                {"seq", cfg_.seq},                  {"steps", cfg_.steps},
+                                {"grad_accum", cfg_.grad_accum},
+                                {"seed", cfg_.seed},                {"data", cfg_.data},
+                                {"tp", ctx_.tp()},                  {"dp", ctx_.dp()},
+                                {"zero", cfg_.zero},                {"outer", cfg_.outer},
+                                {"outer_steps", cfg_.outer_steps},  {"outer_lr", cfg_.outer_lr},
+                                {"outer_momentum", cfg_.outer_momentum}};
+      std::map<std::string, std::string> meta = model_->config().to_metadata();
+      meta["checkpoint_id"] = id;
+      meta["step"] = std::to_string(opt_.step);
+      std::map<std::string, std::string> state_meta = meta;
+      const LoaderPosition pos = train_data_->position();
+      state_meta["data_shard"] = std::to_string(pos.shard);
+      state_meta["data_position"] = std::to_string(pos.position);
+      state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
+      state_meta["train_options"] = dump_json(options);
+      // The work split, once it is final (a fixed list, or measured by auto).
+      if (cfg_.balance != "off" && (cfg_.balance != "auto" || balanced_))
+        state_meta["balance_micro"] = dump_json(nlohmann::json(micro_));
+      if (ef) state_meta["ef_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
+      if (diloco()) {
+        state_meta["diloco_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
+        nlohmann::json pend = nlohmann::json::array();
+        for (const PendingSync& ps : pending_) pend.push_back({ps.fragment, ps.merge_step});
+        state_meta["outer_pending"] = dump_json(pend);
+        state_meta["outer_fragments"] = std::to_string(fragments_.size());
+      }
+      write_safetensors(state_path_for(path), moments, state_meta);
+      write_safetensors(path, params, meta);
+    } catch (const std::exception& e) {  // any failure of the writer must reach every rank
+      error = str("saving ", path, " failed: ", e.what());
+    }
+  }
+  error = ctx_.agree_on_failure(error);
+  if (!error.empty()) throw AgreedError(error);
+}
+
+template <typename T>
+bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
+  std::vector<float> centre;
+  if (!wan_algo().residuals(centre)) return false;
+  // Inside a centre each position is quantised by one rank, so the centre's sum is its residual; the ranks of
+  // intra index 0 (one per centre and tp_rank) then gather every centre's, and the TP groups consolidate them.
+  const int64_t n = model_->buffer_size();
+  ctx_.intra_group().all_reduce(centre.data(), n, DType::F32, {"checkpoint error-feedback residuals"})->wait();
+  append_per_centre(centre, "error-feedback residuals", [](int c) { return str("ef_residual.", c, "."); }, out);
+  return true;
+}
+
+template <typename T>
+void Job<T>::load_residuals(const SafeTensorsReader& state) {
+  const bool want = wan_algo().keeps_residuals();
+  const auto& sm = state.metadata();
+  const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
+  if (!sm.count("ef_centres")) {
+    if (want) log_info("resume: ", state.path(), " holds no error-feedback residuals; they start at zero");
+    return;
+  }
+  if (!want) {
+    log_info("resume: the error-feedback residuals in ", state.path(), " are not used (this run keeps none)");
+    return;
+  }
+  const auto names = nlohmann::json::parse(sm.at("ef_centres")).get<std::vector<std::string>>();
+  const auto it = std::find(names.begin(), names.end(), mine);
+  if (it == names.end()) {
+    log_info("resume: ", state.path(), " holds no error-feedback residuals of centre ", mine, "; they start at zero");
+    return;
+  }
+  std::vector<float> centre(static_cast<size_t>(model_->buffer_size()), 0.0f);
+  model_->load(state, str("ef_residual.", it - names.begin(), "."), centre.data());
+  wan_algo().restore_residuals(std::move(centre));
+}
+
+template <typename T>
+void Job<T>::append_per_centre(const std::vector<float>& mine, const std::string& what,
+                               const std::function<std::string(int)>& prefix, std::vector<NamedTensor>& out) {
+  const Topology& topo = ctx_.topology();
+  const int64_t n = model_->buffer_size();
+  std::vector<float> all(static_cast<size_t>(n) * topo.centres(), 0.0f);
+  if (topo.centres() == 1)
+    std::copy(mine.begin(), mine.end(), all.begin());
+  else if (topo.intra_index[ctx_.world_rank()] == 0)  // one rank per centre and tp_rank gathers every centre's
+    ctx_.cross_group()->all_gather(mine.data(), all.data(), n, DType::F32, {"checkpoint " + what + " of every centre"})
+        ->wait();
+  for (int c = 0; c < topo.centres(); ++c)
+    for (NamedTensor& t : model_->gather_full(prefix(c), all.data() + static_cast<size_t>(c) * n))
+      out.push_back(std::move(t));
+}
+
+template <typename T>
+void Job<T>::load_outer_state(const SafeTensorsReader& state) {
+  // θ_global is the model file (loaded already); the state has the momentum and each centre's replica.
+  const auto& sm = state.metadata();
+  if (!sm.count("diloco_centres")) {
+    log_info("resume: ", state.path(), " has no DiLoCo state; every centre starts its replica from the model and "
+             "the outer momentum from zero");
+    return;
+  }
+  const int64_t n = model_->buffer_size();
+  model_->load(state, "outer_momentum.", outer_mom_.data());
+  std::vector<float> buf(static_cast<size_t>(n), 0.0f);
+  // Exchanges that were in flight at the save: their summed changes, merged at their step.
+  const auto pend = sm.count("outer_pending") ? nlohmann::json::parse(sm.at("outer_pending")) : nlohmann::json::array();
+  if (!pend.empty()) {
+    const std::string saved_f = sm.count("outer_fragments") ? sm.at("outer_fragments") : "?";
+    AQ_CHECK(saved_f == std::to_string(fragments_.size()), state.path(), " was saved with --outer-fragments ", saved_f,
+             " and ", pend.size(), " outer exchange(s) not merged yet; resume with --outer-fragments ", saved_f);
+    for (size_t k = 0; k < pend.size(); ++k) {
+      std::fill(buf.begin(), buf.end(), 0.0f);
+      model_->load(state, str("outer_pending.", k, "."), buf.data());
+      const int f = pend[k][0].get<int>();
+      const auto [b, e] = fragments_[static_cast<size_t>(f)];
+      pending_.push_back(PendingSync{f, pend[k][1].get<int64_t>(),
+                                     std::vector<float>(buf.begin() + b, buf.begin() + e), nullptr});
+    }
+  }
+
+  const auto names = nlohmann::json::parse(sm.at("diloco_centres")).get<std::vector<std::string>>();
+  const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
+  const auto it = std::find(names.begin(), names.end(), mine);
+  if (it == names.end()) {
+    log_info("resume: ", state.path(), " has no replica of centre ", mine, "; it starts from the global model");
+    return;
+  }
+  const std::string c = str("centre.", it - names.begin(), ".");
+  std::fill(buf.begin(), buf.end(), 0.0f);
+  model_->load(state, c + "param.", buf.data());
+  std::copy(buf.begin(), buf.end(), model_->params());
+  for (auto [what, dst] : {std::pair{"exp_avg.", &opt_.m}, std::pair{"exp_avg_sq.", &opt_.v}}) {
+    std::fill(buf.begin(), buf.end(), 0.0f);
+    model_->load(state, c + what, buf.data());
+    device_copy(dst->data(), device_, buf.data() + slice_begin(), Device::CPU,
+                static_cast<size_t>(slice_len()) * sizeof(float));
+  }
+}
+
+template class Job<float>;
+template class Job<bf16>;
+
+}  // namespace aq
