@@ -8,6 +8,7 @@
 #include "ops/cpu/blas.h"
 #include "train/job.h"
 #ifdef AQ_HAVE_CUDA
+#include "ops/cuda/gemm.h"
 #include "runtime/cuda/device.h"
 #endif
 
