@@ -2,8 +2,8 @@
 
 #include <cerrno>  // program_invocation_short_name
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>

@@ -78,7 +78,7 @@ CK=$TMP/ck.safetensors
 runs "no launcher: one process trains" "$CK" -- "${CLEAN[@]}" "${TRAIN[@]}" --save "$CK"
 rm -f "$CK" "$CK.state"
 refused "bare srun -n 2: aq-train refuses" \
-  '^aq-train: error: this process is one of 2 tasks of a Slurm job step \(SLURM_STEP_NUM_TASKS=2\) but no MPI world was found \(world size 1, no PMIx in the environment\).*launch with srun --mpi=pmix -n 2 \(or mpirun inside the allocation\); or set AQ_ALLOW_INDEPENDENT_TASKS=1' \
+  '^aq-train: error: this process is one of 2 tasks of a Slurm job step \(SLURM_STEP_NUM_TASKS=2\) but no MPI world was found \(world size 1, no PMI or PMIx in the environment\).*launch with srun --mpi=pmix -n 2 \(or mpirun inside the allocation\); or set AQ_ALLOW_INDEPENDENT_TASKS=1' \
   "$CK" -- "${CLEAN[@]}" "${SRUN2[@]}" "${TRAIN[@]}" --save "$CK"
 refused "the brief's two variables alone" 'SLURM_STEP_NUM_TASKS=2.*srun --mpi=pmix -n 2' "$CK" -- \
   "${CLEAN[@]}" SLURM_NTASKS=2 SLURM_STEP_NUM_TASKS=2 "${TRAIN[@]}" --save "$CK"

@@ -13,8 +13,11 @@
 namespace aq {
 namespace {
 
-const EnvMap kBareSrun2 = {{"SLURM_NTASKS", "2"},         {"SLURM_NPROCS", "2"}, {"SLURM_STEP_NUM_TASKS", "2"},
-                           {"SLURM_STEP_ID", "0"},        {"SLURM_PROCID", "1"}};
+const EnvMap kBareSrun2 = {{"SLURM_NTASKS", "2"},
+                           {"SLURM_NPROCS", "2"},
+                           {"SLURM_STEP_NUM_TASKS", "2"},
+                           {"SLURM_STEP_ID", "0"},
+                           {"SLURM_PROCID", "1"}};
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
@@ -52,9 +55,9 @@ TEST(LauncherCheck, OneProcessIsLeftAlone) {
   EXPECT_EQ(independent_tasks_error({}, 1, false), "");  // nor in a build without MPI
   EXPECT_EQ(independent_tasks_error({{"SLURM_STEP_NUM_TASKS", "1"}, {"SLURM_NTASKS", "8"}}, 1, true), "");  // srun -n 1
   // mpirun -np 1 inside an allocation of 2: Open MPI's own count decides.
-  EXPECT_EQ(independent_tasks_error({{"OMPI_COMM_WORLD_SIZE", "1"}, {"SLURM_NTASKS", "2"}, {"SLURM_NPROCS", "2"}}, 1,
-                                    true),
-            "");
+  EXPECT_EQ(
+      independent_tasks_error({{"OMPI_COMM_WORLD_SIZE", "1"}, {"SLURM_NTASKS", "2"}, {"SLURM_NPROCS", "2"}}, 1, true),
+      "");
   EXPECT_EQ(independent_tasks_error({{"SLURM_NTASKS", "1"}}, 1, true), "");
   EXPECT_EQ(independent_tasks_error({{"SLURM_NTASKS", "not a number"}}, 1, true), "");
   EXPECT_EQ(independent_tasks_error({{"SLURM_NTASKS", ""}}, 1, true), "");
@@ -79,8 +82,9 @@ TEST(LauncherCheck, PmixWithoutAWorldIsStillRefused) {
   EnvMap env = kBareSrun2;
   env["PMIX_RANK"] = "0";
   const std::string e = independent_tasks_error(env, 1, true);
-  EXPECT_TRUE(has(e, "SLURM_STEP_NUM_TASKS=2")) << e;
-  EXPECT_FALSE(has(e, "no PMIx in the environment")) << e;
+  EXPECT_TRUE(has(e, "(SLURM_STEP_NUM_TASKS=2) started with PMIx, but MPI_Init found a world of 1")) << e;
+  EXPECT_TRUE(has(e, "mpirun inside the allocation")) << e;
+  EXPECT_FALSE(has(e, "srun --mpi=pmix")) << e;  // that was tried
 }
 
 TEST(LauncherCheck, MpiLauncherWithoutMpiInTheBuild) {
