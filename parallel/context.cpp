@@ -1,12 +1,14 @@
 #include "parallel/context.h"
 
-#include <cstdlib>
+#include <cerrno>  // program_invocation_short_name
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
 
+#include "parallel/launcher_check.h"
 #include "parallel/setup_watchdog.h"
 #include "parallel/staged_backend.h"
 #include "runtime/log.h"
@@ -67,10 +69,21 @@ ParallelContext& ParallelContext::init(int* argc, char*** argv) {
 #else
   (void)argc;
   (void)argv;
-  if (launched_by_mpi())
-    log_error("aq: warning: started by an MPI launcher but built without MPI: running as independent single "
-              "processes (install libopenmpi-dev and rebuild)");
 #endif
+  // Several tasks that each found a world of one (a bare srun -n N, mpirun with a build without MPI) would train
+  // independently on the same data and --save file: refuse. Each such process is its own world, with no peer to
+  // agree with, so every one of them prints the line and exits non-zero.
+  const std::string refused = independent_tasks_error(launcher_env(), ctx.world_size_,
+#ifdef AQ_HAVE_MPI
+                                                      true);
+#else
+                                                      false);
+#endif
+  if (!refused.empty()) {
+    std::fprintf(stderr, "%s: error: %s\n", program_invocation_short_name, refused.c_str());
+    ctx.finalize();
+    std::exit(1);
+  }
   return ctx;
 }
 
