@@ -45,7 +45,10 @@ def main():
         steps, val = read_log(path)
         label = a.label[i] if a.label else path
         x = [s["step"] for s in steps]
-        line, = ax_loss.plot(x, [s["loss"] for s in steps], lw=0.8, alpha=0.7, label=f"{label} train")
+        # Steps a paced DiLoCo centre sat out ("idle") repeat its last loss: leave them off the loss curve.
+        trained = [s for s in steps if not s.get("idle")]
+        line, = ax_loss.plot([s["step"] for s in trained], [s["loss"] for s in trained], lw=0.8, alpha=0.7,
+                             label=f"{label} train")
         if val:
             ax_loss.plot([v["step"] for v in val], [v["loss"] for v in val], "o-", color=line.get_color(),
                          label=f"{label} val")

@@ -1,5 +1,7 @@
 // balance.cpp — the work split of synchronous data parallelism over centres of different speed (--balance,
 // --grad-accum): how many micro-batches each DP rank runs per step, and where in the global batch they are.
+#include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "train/job.h"
@@ -28,23 +30,32 @@ std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M)
 }
 
 template <typename T>
+std::vector<int> Job<T>::balance_list(const char* what, int lo, int hi) const {
+  const Topology& topo = ctx_.topology();
+  std::vector<int> per_centre;
+  std::stringstream ss(cfg_.balance);
+  for (std::string tok; std::getline(ss, tok, ',');) {
+    char* end = nullptr;
+    const long k = std::strtol(tok.c_str(), &end, 10);
+    AQ_CHECK(!tok.empty() && *end == '\0' && k >= lo && k <= hi, "--balance must be off, auto or ", what,
+             " of each centre, each in [", lo, ", ", hi, "], e.g. ", hi, ",", std::max(lo, hi / 2), " (got \"",
+             cfg_.balance, "\")");
+    per_centre.push_back(static_cast<int>(k));
+  }
+  AQ_CHECK(static_cast<int>(per_centre.size()) == topo.centres(), "--balance ", cfg_.balance, " gives ",
+           per_centre.size(), " centre(s) ", what, " but the job has ", topo.describe(),
+           "; give one number per centre, in that order");
+  return per_centre;
+}
+
+template <typename T>
 std::vector<int> Job<T>::initial_split() const {
   std::vector<int> micro(static_cast<size_t>(ctx_.dp()), cfg_.grad_accum);
-  if (cfg_.balance != "off" && cfg_.balance != "auto") {
-    const Topology& topo = ctx_.topology();
-    std::vector<int> per_centre;
-    std::stringstream ss(cfg_.balance);
-    for (std::string tok; std::getline(ss, tok, ',');) {
-      char* end = nullptr;
-      const long k = std::strtol(tok.c_str(), &end, 10);
-      AQ_CHECK(!tok.empty() && *end == '\0' && k >= 1 && k <= 100000, "--balance must be off, auto or micro-batches ",
-               "per rank of each centre, e.g. 3,1 (got \"", cfg_.balance, "\")");
-      per_centre.push_back(static_cast<int>(k));
-    }
-    AQ_CHECK(static_cast<int>(per_centre.size()) == topo.centres(), "--balance ", cfg_.balance, " gives ",
-             per_centre.size(), " centre(s) micro-batches but the job has ", topo.describe(),
-             "; give one number per centre, in that order");
-    for (int d = 0; d < ctx_.dp(); ++d) micro[d] = per_centre[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
+  // Under DiLoCo the list paces the inner steps instead (build()); every rank runs --grad-accum micro-batches.
+  if (cfg_.balance != "off" && cfg_.balance != "auto" && !diloco()) {
+    const std::vector<int> per_centre = balance_list("micro-batches per rank", 1, 100000);
+    for (int d = 0; d < ctx_.dp(); ++d)
+      micro[d] = per_centre[static_cast<size_t>(ctx_.topology().centre_of[d * ctx_.tp()])];
   }
   return micro;
 }
@@ -60,8 +71,8 @@ void Job<T>::apply_split(std::vector<int> micro) {
     total += micro_[static_cast<size_t>(d)];
   }
   K_ = micro_[static_cast<size_t>(ctx_.dp_rank())];
-  // M: the micro-batches the optimizer's DP group sums over (with DiLoCo, this centre's; --balance is refused
-  // there, so its ranks all have K).
+  // M: the micro-batches the optimizer's DP group sums over (with DiLoCo, this centre's, whose ranks all have K:
+  // --balance paces whole inner steps there).
   M_ = diloco() ? static_cast<int64_t>(idp()) * K_ : total;
   train_data_->set_split(first * cfg_.batch, static_cast<int64_t>(K_) * cfg_.batch, total * cfg_.batch);
   inputs_.resize(static_cast<size_t>(cfg_.batch) * K_ * cfg_.seq);
@@ -69,44 +80,69 @@ void Job<T>::apply_split(std::vector<int> micro) {
 }
 
 template <typename T>
-void Job<T>::balance_now() {
-  // Each centre's speed: the mean over its ranks of their time per micro-batch. The M micro-batches of a step
-  // are then dealt out to the DP ranks in proportion to their centre's speed (largest remainder, at least one
-  // each), so every rank's step takes about the same time. One all-reduce over the world, once.
+std::vector<double> Job<T>::centre_ms_per_micro() {
+  // Each centre's time per micro-batch: the mean over its ranks, one report per DP rank (tp_rank 0).
   const Topology& topo = ctx_.topology();
   const int C = topo.centres();
   std::vector<double> t(static_cast<size_t>(2 * C), 0.0);
-  if (ctx_.tp_rank() == 0) {  // one report per DP rank
+  if (ctx_.tp_rank() == 0) {
     t[static_cast<size_t>(ctx_.centre())] = micro_ms_;
     t[static_cast<size_t>(C + ctx_.centre())] = 1.0;
   }
   ctx_.world().all_reduce(t.data(), 2 * C, DType::F64, {"balance: times per centre"})->wait();
+  std::vector<double> ms(static_cast<size_t>(C));
+  for (int c = 0; c < C; ++c) ms[c] = t[c] / std::max(t[C + c], 1.0) / static_cast<double>(cfg_.balance_steps);
   // Test hook: AQ_BALANCE_TEST_MS="a,b,…" replaces the measured time per micro-batch of each centre (tests need
   // an uneven, reproducible split on one machine). Unset in normal runs.
   if (const char* fake = std::getenv("AQ_BALANCE_TEST_MS")) {
     std::stringstream ss(fake);
     int c = 0;
-    for (std::string tok; std::getline(ss, tok, ',') && c < C; ++c) t[c] = std::stod(tok) * t[C + c] * cfg_.balance_steps;
+    for (std::string tok; std::getline(ss, tok, ',') && c < C; ++c) ms[c] = std::stod(tok);
   }
-  std::vector<double> speed(static_cast<size_t>(C));
-  for (int c = 0; c < C; ++c) speed[c] = t[C + c] / std::max(t[c], 1e-9);  // micro-batches per ms
+  return ms;
+}
+
+template <typename T>
+void Job<T>::balance_now() {
+  // The M micro-batches of a step are dealt out to the DP ranks in proportion to their centre's speed (largest
+  // remainder, at least one each), so every rank's step takes about the same time. Once.
+  const Topology& topo = ctx_.topology();
+  const int C = topo.centres();
+  const std::vector<double> ms = centre_ms_per_micro();
   const int dp = ctx_.dp();
   double total = 0;
-  for (int d = 0; d < dp; ++d) total += speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])];
+  for (int d = 0; d < dp; ++d) total += 1.0 / std::max(ms[topo.centre_of[d * ctx_.tp()]], 1e-9);
   std::vector<double> ideal(static_cast<size_t>(dp));
   for (int d = 0; d < dp; ++d)
-    ideal[d] = static_cast<double>(M_) * speed[static_cast<size_t>(topo.centre_of[d * ctx_.tp()])] / total;
+    ideal[d] = static_cast<double>(M_) / std::max(ms[topo.centre_of[d * ctx_.tp()]], 1e-9) / total;
   std::vector<int> micro = deal_micro_batches(ideal, M_);
   std::string line = "balance: micro-batches per rank by centre speed:";
   for (int c = 0; c < C; ++c)
     for (int d = 0; d < dp; ++d)
       if (topo.centre_of[d * ctx_.tp()] == c) {
-        line += str(" ", topo.centre_names[c], " ", micro[d], " (",
-                    t[c] / std::max(t[C + c], 1.0) / static_cast<double>(cfg_.balance_steps), " ms per micro-batch)");
+        line += str(c ? "," : "", " centre ", topo.centre_names[c], ": ", micro[d], " (", ms[c], " ms per micro-batch)");
         break;
       }
   log_info(line);
   apply_split(std::move(micro));
+}
+
+template <typename T>
+void Job<T>::pace_now() {
+  // Time-based inner phases: centre c trains round(H · fastest time / its time) of every H steps (at least
+  // one), so all centres finish a window together. Once.
+  const Topology& topo = ctx_.topology();
+  const std::vector<double> ms = centre_ms_per_micro();
+  const double fastest = *std::min_element(ms.begin(), ms.end());
+  const int64_t H = cfg_.outer_steps;
+  inner_per_window_.assign(static_cast<size_t>(topo.centres()), 0);
+  std::string line = str("balance: inner steps per window of ", H, " by centre speed:");
+  for (int c = 0; c < topo.centres(); ++c) {
+    const double share = std::max(fastest, 1e-9) / std::max(ms[c], 1e-9);
+    inner_per_window_[c] = static_cast<int>(std::clamp<int64_t>(std::llround(share * static_cast<double>(H)), 1, H));
+    line += str(c ? "," : "", " centre ", topo.centre_names[c], ": ", inner_per_window_[c], " (", ms[c], " ms per step)");
+  }
+  log_info(line);
 }
 
 template class Job<float>;

@@ -59,6 +59,7 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
   device_copy(opt_.m.data(), device_, m.data() + slice_begin(), Device::CPU, bytes);
   device_copy(opt_.v.data(), device_, v.data() + slice_begin(), Device::CPU, bytes);
   opt_.step = meta_int64(state, "step");
+  updates_ = opt_.step;  // unless a paced DiLoCo centre idled (load_outer_state)
   try {
     auto words = nlohmann::json::parse(sm.at("rng_state")).get<std::vector<uint64_t>>();
     AQ_CHECK(words.size() == 4, "bad size");
@@ -122,6 +123,15 @@ void Job<T>::save(const std::string& path) {
     params = model_->gather_full("", master.empty() ? nullptr : master.data());
   }
   const bool ef = save_residuals(moments);
+  // Paced DiLoCo centres made different numbers of AdamW updates (bias correction): every centre's count.
+  std::vector<int64_t> centre_updates;
+  if (paced()) {
+    std::vector<double> u(static_cast<size_t>(ctx_.topology().centres()), 0.0);  // exact below 2^53
+    u[static_cast<size_t>(ctx_.centre())] = static_cast<double>(updates_);
+    ctx_.world().all_reduce(u.data(), static_cast<int64_t>(u.size()), DType::F64,
+                            {"checkpoint AdamW updates per centre", ReduceOp::Max})->wait();
+    for (double x : u) centre_updates.push_back(static_cast<int64_t>(x));
+  }
   std::string error;
   if (ctx_.world_rank() == 0) {
     try {
@@ -155,9 +165,14 @@ void Job<T>::save(const std::string& path) {
       if (diloco()) {
         state_meta["diloco_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
         nlohmann::json pend = nlohmann::json::array();
-        for (const PendingSync& ps : pending_) pend.push_back({ps.fragment, ps.merge_step});
+        for (const PendingSync& ps : pending_) pend.push_back({ps.fragment, ps.merge_step, ps.scale});
         state_meta["outer_pending"] = dump_json(pend);
         state_meta["outer_fragments"] = std::to_string(fragments_.size());
+        if (paced()) {
+          state_meta["outer_window_active"] = dump_json(nlohmann::json(window_active_));
+          state_meta["centre_updates"] = dump_json(nlohmann::json(centre_updates));
+          if (!inner_per_window_.empty()) state_meta["outer_inner_steps"] = dump_json(nlohmann::json(inner_per_window_));
+        }
       }
       write_safetensors(state_path_for(path), moments, state_meta);
       write_safetensors(path, params, meta);
@@ -244,14 +259,36 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
       model_->load(state, str("outer_pending.", k, "."), buf.data());
       const int f = pend[k][0].get<int>();
       const auto [b, e] = fragments_[static_cast<size_t>(f)];
+      // The merge's scale as saved (the sum was over the saving run's DP ranks); older files: 1 / DP ranks.
+      const float scale = pend[k].size() > 2 ? pend[k][2].get<float>() : 1.0f / static_cast<float>(ctx_.dp());
       pending_.push_back(PendingSync{f, pend[k][1].get<int64_t>(),
-                                     std::vector<float>(buf.begin() + b, buf.begin() + e), nullptr});
+                                     std::vector<float>(buf.begin() + b, buf.begin() + e), nullptr, scale});
     }
   }
 
   const auto names = nlohmann::json::parse(sm.at("diloco_centres")).get<std::vector<std::string>>();
   const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
   const auto it = std::find(names.begin(), names.end(), mine);
+  // Time-based inner phases: the measured pace (auto; a list follows the flags), the inner steps each centre
+  // trained since each fragment's last sync, and this centre's AdamW updates.
+  if (paced()) {
+    const size_t C = static_cast<size_t>(ctx_.topology().centres());
+    if (sm.count("outer_inner_steps") && cfg_.balance == "auto") {
+      auto pace = nlohmann::json::parse(sm.at("outer_inner_steps")).get<std::vector<int>>();
+      if (pace.size() == C) {
+        inner_per_window_ = std::move(pace);
+        balanced_ = true;
+      }
+    }
+    if (sm.count("outer_window_active")) {
+      auto active = nlohmann::json::parse(sm.at("outer_window_active")).get<std::vector<int64_t>>();
+      if (active.size() == window_active_.size()) window_active_ = std::move(active);
+    }
+    if (sm.count("centre_updates") && it != names.end()) {
+      const auto upd = nlohmann::json::parse(sm.at("centre_updates")).get<std::vector<int64_t>>();
+      if (static_cast<size_t>(it - names.begin()) < upd.size()) updates_ = upd[static_cast<size_t>(it - names.begin())];
+    }
+  }
   if (it == names.end()) {
     log_info("resume: ", state.path(), " has no replica of centre ", mine, "; it starts from the global model");
     return;

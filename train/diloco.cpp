@@ -2,6 +2,8 @@
 // staggered schedule) the centres average their change Δ = θ_global − θ_local through the cross-centre
 // algorithm and an outer Nesterov step (outer_optimizer.h) updates θ_global. Exchanges may run behind τ inner
 // steps (--outer-overlap). Checkpointing of this state is in checkpoint.cpp.
+#include <utility>
+
 #include "train/job.h"
 #include "train/outer_optimizer.h"
 
@@ -36,14 +38,34 @@ template <typename T>
 void Job<T>::outer_launch(int f, int64_t t) {
   // DiLoCo's outer exchange for one fragment. Every rank of a centre holds the same θ_local, so summing
   // Δ = θ_global − θ_local over all DP ranks (and dividing by their number at the merge) weights each centre by
-  // its DP ranks, i.e. by the tokens it trained on.
+  // its DP ranks, i.e. by the tokens it trained on. Paced centres (time-based inner phases) trained different
+  // numbers of inner steps, so each rank's Δ is also multiplied by its centre's count since the fragment's last
+  // sync and the merge divides by the total (token_weighted_scale).
   const auto [b, e] = fragments_[static_cast<size_t>(f)];
-  PendingSync ps{f, t + cfg_.outer_overlap, std::vector<float>(static_cast<size_t>(e - b)), nullptr};
+  PendingSync ps{f, t + cfg_.outer_overlap, std::vector<float>(static_cast<size_t>(e - b)), nullptr,
+                 1.0f / static_cast<float>(ctx_.dp())};
+  float w = 1.0f;
+  if (paced()) {
+    const Topology& topo = ctx_.topology();
+    const size_t F = fragments_.size();
+    std::vector<int64_t> active(static_cast<size_t>(topo.centres()));
+    for (int c = 0; c < topo.centres(); ++c) active[c] = std::exchange(window_active_[c * F + f], 0);
+    const double scale = token_weighted_scale(topo.centre_dp, active);
+    if (scale > 0) {  // else no centre trained since the last sync: a plain average
+      w = static_cast<float>(active[static_cast<size_t>(ctx_.centre())]);
+      ps.scale = static_cast<float>(scale);
+    }
+  }
   const float* p = model_->params() + b;
   const float* g = theta_global_.data() + b;
   float* d = ps.delta.data();
+  if (w == 1.0f) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < e - b; ++i) d[i] = g[i] - p[i];
+    for (int64_t i = 0; i < e - b; ++i) d[i] = g[i] - p[i];
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < e - b; ++i) d[i] = (g[i] - p[i]) * w;
+  }
   ps.work = outer_algo_->all_reduce(d, e - b, b, {str("DiLoCo outer change, fragment ", f)});
   pending_.push_back(std::move(ps));
 }
@@ -58,7 +80,7 @@ double Job<T>::outer_merge(PendingSync& ps) {
   const double waited = w.ms();
   const auto [b, e] = fragments_[static_cast<size_t>(ps.fragment)];
   outer_nesterov_step(theta_global_.data() + b, outer_mom_.data() + b, model_->params() + b, ps.delta.data(), e - b,
-                      1.0f / static_cast<float>(ctx_.dp()), static_cast<float>(cfg_.outer_lr),
+                      ps.scale, static_cast<float>(cfg_.outer_lr),
                       static_cast<float>(cfg_.outer_momentum),
                       cfg_.outer_overlap > 0 ? static_cast<float>(cfg_.outer_mix) : 0.0f);
   return waited;

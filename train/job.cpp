@@ -18,6 +18,9 @@
 
 namespace aq {
 
+// --balance auto times the steps from this one (0-based; the first is a warm-up) for --balance-steps steps.
+constexpr int64_t kFirstTimedStep = 1;
+
 template <typename T>
 void Job<T>::setup() {
   // ZeRO-1 over a single data-parallel rank has nothing to shard: run without it (one rule, here, instead of
@@ -117,6 +120,12 @@ void Job<T>::build() {
     theta_global_.assign(p, p + model_->buffer_size());
     outer_mom_.assign(theta_global_.size(), 0.0f);
     cut_fragments();
+    if (paced()) {
+      window_active_.assign(static_cast<size_t>(ctx_.topology().centres()) * fragments_.size(), 0);
+      if (cfg_.balance != "auto")
+        inner_per_window_ = balance_list(str("inner steps per window of --outer-steps ", cfg_.outer_steps).c_str(), 1,
+                                         static_cast<int>(std::min<int64_t>(cfg_.outer_steps, 1 << 30)));
+    }
   }
   if (!cfg_.resume.empty()) load_state(*weights);
   start_step_ = opt_.step;
@@ -165,7 +174,59 @@ StepRecord Job<T>::step(int64_t s) {
   maybe_inject_fault(ctx_.world_rank(), s + 1);
   profile_begin_step();
   Timer t;
+  // Every rank reads its window of the global batch, an idle one too (its tokens go unused), so every rank's
+  // data position stays that of the step.
   train_data_->next(inputs_.data(), targets_.data());
+  StepRecord r;
+  if (inner_active(ctx_.centre(), s)) {
+    r = inner_step(s, t);
+    last_loss_ = r.loss;
+  } else {
+    r.step = s + 1;
+    r.loss = last_loss_;
+    r.lr = cfg_.schedule.at(s);
+    r.grad_norm = 0;
+    r.idle = true;
+  }
+  ++opt_.step;
+  // The tokens trained in this step by every centre (all of them, unless DiLoCo paces the centres).
+  const Topology& topo = ctx_.topology();
+  int64_t ranks_trained = 0;
+  for (int c = 0; c < topo.centres(); ++c)
+    if (inner_active(c, s)) ranks_trained += topo.centre_dp[static_cast<size_t>(c)];
+  if (paced()) {
+    const size_t F = fragments_.size();
+    for (int c = 0; c < topo.centres(); ++c)
+      if (inner_active(c, s))
+        for (size_t f = 0; f < F; ++f) ++window_active_[static_cast<size_t>(c) * F + f];
+  }
+  if (diloco()) {
+    outer_steps(opt_.step, r);
+    dp_algo_->take_wan_stats();  // inside the centre: nothing crossed
+  }
+  r.ms = t.ms();
+  const WanStats wan = wan_algo().take_wan_stats();
+  r.wan_bytes = wan.bytes;
+  r.wan_ms = wan.ms;
+  const int64_t micro_batches = diloco() ? ranks_trained * K_ : M_;
+  r.tokens_per_s = static_cast<double>(cfg_.batch) * static_cast<double>(micro_batches) * cfg_.seq / (r.ms / 1000.0);
+  // Restored error-feedback residuals have all been claimed once every position was quantised: one step, or
+  // with DiLoCo one window of H steps.
+  if (s + 1 == start_step_ + (diloco() ? cfg_.outer_steps + cfg_.outer_overlap : 1)) wan_algo().drop_unclaimed_residuals();
+  // --balance auto times steps 2 .. 1 + balance_steps of the run (after a warm-up step), counted from the run's
+  // start even across a resume, so a run split by a save switches to the measured split at the same step.
+  if (cfg_.balance == "auto" && s + 1 == kFirstTimedStep + cfg_.balance_steps && !balanced_) {
+    if (diloco())
+      pace_now();
+    else
+      balance_now();
+    balanced_ = true;
+  }
+  return r;
+}
+
+template <typename T>
+StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
   model_->take_tp_comm_ms();
   if (buckets_) buckets_->begin_step();
   // Gradient accumulation: K micro-batches add into the gradients (zeroed by the first). Their losses and mean
@@ -179,10 +240,8 @@ StepRecord Job<T>::step(int64_t s) {
     loss += model_->forward_backward(inputs_.data() + k * micro, targets_.data() + k * micro, cfg_.batch, cfg_.seq,
                                      k > 0);
   }
-  // --balance auto times steps 2 .. 1 + balance_steps of the run (after a warm-up step), counted from the run's
-  // start even across a resume, so a run split by a save switches to the measured split at the same step.
-  const int64_t first_timed = 1;
-  if (cfg_.balance == "auto" && s >= first_timed && s < first_timed + cfg_.balance_steps)
+  // --balance auto: the timed steps (see step()).
+  if (cfg_.balance == "auto" && s >= kFirstTimedStep && s < kFirstTimedStep + cfg_.balance_steps)
     micro_ms_ += compute.ms() / K;
   if (diloco()) outer_poll();  // exchanges running behind the inner steps make progress
   double comm = 0, exposed = 0;
@@ -237,7 +296,7 @@ StepRecord Job<T>::step(int64_t s) {
   hp.beta1 = cfg_.beta1;
   hp.beta2 = cfg_.beta2;
   hp.eps = cfg_.eps;
-  hp.step = ++opt_.step;
+  hp.step = ++updates_;  // AdamW's bias correction counts this replica's updates
   hp.weight_decay = cfg_.weight_decay;  // for the chunks of tensors that decay (2-D and up)
   // One launch for every tensor of this rank's slice; a bf16 model's working copy is written in the same pass.
   const int64_t lo = slice_begin();
@@ -260,22 +319,6 @@ StepRecord Job<T>::step(int64_t s) {
   device_synchronize(device_);  // the step's time includes the queued optimizer kernels
   const double tp_ms = model_->take_tp_comm_ms();
   StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0, comm + tp_ms, exposed + tp_ms};
-  if (diloco()) {
-    outer_steps(opt_.step, r);
-    r.ms = t.ms();
-    dp_algo_->take_wan_stats();  // inside the centre: nothing crossed
-  }
-  const WanStats wan = wan_algo().take_wan_stats();
-  r.wan_bytes = wan.bytes;
-  r.wan_ms = wan.ms;
-  r.tokens_per_s = static_cast<double>(cfg_.batch) * (diloco() ? K * ctx_.dp() : M_) * cfg_.seq / (r.ms / 1000.0);
-  // Restored error-feedback residuals have all been claimed once every position was quantised: one step, or
-  // with DiLoCo one window of H steps.
-  if (s + 1 == start_step_ + (diloco() ? cfg_.outer_steps + cfg_.outer_overlap : 1)) wan_algo().drop_unclaimed_residuals();
-  if (cfg_.balance == "auto" && s + 1 == first_timed + cfg_.balance_steps && !balanced_) {
-    balance_now();
-    balanced_ = true;
-  }
   return r;
 }
 

@@ -23,6 +23,7 @@
 #include "runtime/memory.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
+#include "train/outer_optimizer.h"
 #include "train/trainer.h"
 
 namespace aq {
@@ -117,7 +118,11 @@ class Job final : public JobApi {
                fragments_.size() > 1 ? str(" | ", fragments_.size(), " fragments on a staggered schedule") : "",
                cfg_.outer_overlap ? str(" | exchanges overlap ", cfg_.outer_overlap, " inner steps, merged with mix ",
                                         cfg_.outer_mix) : "",
-               " | inner data parallel inside each centre (dp=", idp(), " here) | outer exchange: ",
+               " | inner data parallel inside each centre (dp=", idp(), " here)",
+               paced() ? (cfg_.balance == "auto" ? " | inner steps paced by measured centre speed, token-weighted average"
+                                                 : str(" | inner steps per window by centre: ", cfg_.balance,
+                                                       ", token-weighted average")) : "",
+               " | outer exchange: ",
                outer_algo_->describe());
     else if (ctx_.dp() > 1)
       log_info("data parallel: ", dp_algo_->describe());
@@ -165,6 +170,7 @@ class Job final : public JobApi {
     int64_t merge_step;
     std::vector<float> delta;
     WorkPtr work;
+    float scale = 0;  // what the merge multiplies the summed change by (1/DP ranks, or the token weights')
   };
   std::deque<PendingSync> pending_;
   void outer_launch(int f, int64_t t);
@@ -207,6 +213,27 @@ class Job final : public JobApi {
   void apply_split(std::vector<int> micro);  // sets micro_, K_, M_ and this rank's data window
   std::vector<int> initial_split() const;    // --grad-accum everywhere, or the fixed per-centre --balance list
   void balance_now();                        // --balance auto: times → split. Collective.
+  // Each centre's measured time per micro-batch over the timed steps (AQ_BALANCE_TEST_MS replaces it in tests).
+  // One all-reduce over the world.
+  std::vector<double> centre_ms_per_micro();
+  // --balance with the numbers of a fixed list, one per centre, each in [lo, hi]; `what` says what they count.
+  std::vector<int> balance_list(const char* what, int lo, int hi) const;
+  // DiLoCo with time-based inner phases (--outer diloco --balance auto|A0,A1,…): each centre trains
+  // inner_per_window_[c] of every H steps (inner_step_active) and idles through the rest while the others
+  // train; the outer average weighs each centre by the inner steps it trained since the fragment's last sync
+  // (window_active_, centre-major × fragment). Empty: every centre trains every step.
+  bool paced() const { return diloco() && cfg_.balance != "off"; }
+  bool inner_active(int c, int64_t s) const {
+    return inner_per_window_.empty() || inner_step_active(inner_per_window_[static_cast<size_t>(c)], cfg_.outer_steps, s);
+  }
+  void pace_now();  // --balance auto under DiLoCo: times → inner steps per window. Collective.
+  std::vector<int> inner_per_window_;
+  std::vector<int64_t> window_active_;
+  int64_t updates_ = 0;     // AdamW updates of this rank's replica: opt_.step, less the steps its centre idled
+  double last_loss_ = 0;    // the loss of the last step this rank trained (an idle step reports it)
+  // The step's forward/backward, gradient reduction, clipping and AdamW (not for an idle step of a paced
+  // centre). Collective over the step's groups.
+  StepRecord inner_step(int64_t s, Timer& t);
   bool last_micro_ = true;                 // the micro-batch running is the step's last
   std::ofstream log_file_;
   typename ops::MultiAdamW<T>::Update* adamw_ = nullptr;

@@ -10,10 +10,14 @@ namespace aq {
 
 std::string progress_line(const StepRecord& r, int64_t total, double eta_s, const ParallelContext& ctx) {
   const bool parallel = ctx.world_size() > 1;
-  char buf[320];
-  int n = std::snprintf(buf, sizeof(buf), "step %*lld/%lld | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s",
-                        static_cast<int>(std::to_string(total).size()), static_cast<long long>(r.step),
-                        static_cast<long long>(total), r.loss, r.lr, r.grad_norm, r.ms, r.tokens_per_s);
+  char buf[360];
+  const int width = static_cast<int>(std::to_string(total).size());
+  int n = r.idle ? std::snprintf(buf, sizeof(buf), "step %*lld/%lld | idle: this centre trains fewer steps per window "
+                                 "(--balance) | %.1f ms | %.0f tok/s (all centres)", width,
+                                 static_cast<long long>(r.step), static_cast<long long>(total), r.ms, r.tokens_per_s)
+                 : std::snprintf(buf, sizeof(buf), "step %*lld/%lld | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s",
+                                 width, static_cast<long long>(r.step), static_cast<long long>(total), r.loss, r.lr,
+                                 r.grad_norm, r.ms, r.tokens_per_s);
   if (parallel)
     n += std::snprintf(buf + n, sizeof(buf) - static_cast<size_t>(n), " | comm %.1f ms (exposed %.1f) | tp%d x dp%d",
                        r.comm_ms, r.exposed_comm_ms, ctx.tp(), ctx.dp());
@@ -39,6 +43,7 @@ nlohmann::ordered_json step_json(const StepRecord& r, const TrainConfig& cfg, co
     j["exposed_comm_ms"] = r.exposed_comm_ms;
   }
   if (cfg.outer == "diloco") {
+    if (r.idle) j["idle"] = true;  // the loss is then that of this centre's last trained step
     if (r.outer_sync) j["outer_sync"] = true;
     j["outer_launched"] = r.outer_launched;
     j["outer_merged"] = r.outer_merged;

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace aq {
 
@@ -29,6 +30,25 @@ inline void outer_nesterov_step(float* theta_global, float* momentum, float* loc
 // every fragment syncs once per H steps and the syncs are spread evenly (F = 1: every H steps).
 inline bool fragment_syncs_at(int f, int F, int64_t H, int64_t t) {
   return t % H == ((f + 1) * H / F) % H;
+}
+
+// Time-based inner phases (--outer diloco with --balance): a centre that fits `a` inner steps into the window of
+// H steps the fastest centre takes trains at step s (0-based) when ⌊(i+1)·a/H⌋ > ⌊i·a/H⌋, i = s mod H — `a`
+// steps per window, spread evenly, so a slower centre reaches every fragment's sync about when the fastest does.
+inline bool inner_step_active(int64_t a, int64_t H, int64_t s) {
+  const int64_t i = s % H;
+  return (i + 1) * a / H > i * a / H;
+}
+
+// Token-weighted outer average: centre c (dp[c] ranks, each with the same replica) trained active[c] inner steps
+// since the fragment's last sync. Every rank sends active[c]·Δ_c, the exchange sums them over ranks, and the
+// merge scales the sum by the value returned here, 1 / Σ_c dp[c]·active[c], so the average is
+// Σ_c dp[c]·active[c]·Δ_c / Σ_c dp[c]·active[c]: each centre counts by the tokens it trained on. 0 when no
+// centre trained (the caller then averages unweighted).
+inline double token_weighted_scale(const std::vector<int>& dp, const std::vector<int64_t>& active) {
+  double total = 0;
+  for (size_t c = 0; c < dp.size(); ++c) total += static_cast<double>(dp[c]) * static_cast<double>(active[c]);
+  return total > 0 ? 1.0 / total : 0.0;
 }
 
 }  // namespace aq

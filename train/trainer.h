@@ -28,6 +28,8 @@ struct StepRecord {
   bool outer_sync = false;           // --outer diloco: this step merged an outer update (of some fragment)
   int outer_launched = 0, outer_merged = 0;  // fragments whose exchange started / whose update was merged
   double outer_exposed_ms = 0;       // time the step waited for outer exchanges (the rest was hidden)
+  bool idle = false;  // --outer diloco --balance: this rank's centre sat this step out (it trains fewer steps
+                      // per window, being slower); loss is then that of its last trained step
 };
 
 struct TrainConfig {
@@ -38,9 +40,12 @@ struct TrainConfig {
   std::string data, val_data;
   int batch = 4, seq = 64;
   int grad_accum = 1;            // micro-batches of `batch` sequences per optimizer step
-  // Work split by speed (synchronous data parallelism over centres of different speed): "off"; "auto" (after
-  // a warm-up step, `balance_steps` steps are timed and the step's dp·grad_accum micro-batches are dealt out in
-  // proportion to each centre's speed); or "K0,K1,…", micro-batches per rank of each centre, in centre order.
+  // Work split by speed over centres of different speed: "off"; "auto" (after a warm-up step, `balance_steps`
+  // steps are timed); or a list with one number per centre, in centre order. Synchronous data parallelism:
+  // the step's dp·grad_accum micro-batches are dealt out in proportion to each centre's speed (the list gives
+  // micro-batches per rank of each centre). --outer diloco: time-based inner phases — each centre trains as
+  // many of every `outer_steps` steps as fit in the time the fastest takes for all of them (the list gives
+  // those counts), and the outer average weighs centres by the inner steps they trained.
   std::string balance = "off";
   int64_t balance_steps = 3;
   int64_t steps = 100;

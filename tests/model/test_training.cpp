@@ -277,6 +277,39 @@ TEST(OuterOptimizer, StreamingScheduleSyncsEveryFragmentOncePerH) {
     }
 }
 
+TEST(OuterOptimizer, PacedCentresTrainTheirShareSpreadEvenly) {
+  // A centre with a of every H steps trains exactly a per window, at most ⌈H/a⌉ steps apart, and the last step
+  // of every window is a trained one (so a centre's final replica is never stale at a whole-model sync).
+  for (int64_t H : {1, 4, 7, 50})
+    for (int64_t a = 1; a <= H; ++a) {
+      int64_t trained = 0, last = -1, gap = 0;
+      for (int64_t s = 0; s < 3 * H; ++s)
+        if (inner_step_active(a, H, s)) {
+          ++trained;
+          gap = std::max(gap, s - last);
+          last = s;
+        }
+      EXPECT_EQ(trained, 3 * a) << "H " << H << " a " << a;
+      EXPECT_LE(gap, (H + a - 1) / a) << "H " << H << " a " << a;
+      EXPECT_TRUE(inner_step_active(a, H, H - 1)) << "H " << H << " a " << a;
+    }
+}
+
+TEST(OuterOptimizer, TokenWeightedAverageMatchesClosedForm) {
+  // Centre A: 2 DP ranks, 4 inner steps, change 1.0; centre B: 1 rank, 2 inner steps, change 3.0. Each rank sends
+  // active·Δ, the exchange sums over ranks: 2·4·1 + 1·2·3 = 14, and the token-weighted mean is 14 / (2·4 + 1·2).
+  const double scale = token_weighted_scale({2, 1}, {4, 2});
+  EXPECT_DOUBLE_EQ(scale, 1.0 / 10);
+  const float sum = 2 * 4 * 1.0f + 1 * 2 * 3.0f;
+  float theta = 5.0f, m = 0.0f, local = 0.0f;
+  outer_nesterov_step(&theta, &m, &local, &sum, 1, static_cast<float>(scale), 1.0f, 0.0f);
+  EXPECT_FLOAT_EQ(theta, 5.0f - (2 * 4 * 1.0f + 1 * 2 * 3.0f) / (2 * 4 + 1 * 2));  // 3.6
+  EXPECT_FLOAT_EQ(local, theta);
+  // Equal counts: the plain mean over ranks; nobody trained: 0 (the caller averages unweighted).
+  EXPECT_DOUBLE_EQ(token_weighted_scale({2, 2}, {5, 5}) * 5, 1.0 / 4);
+  EXPECT_EQ(token_weighted_scale({2, 1}, {0, 0}), 0.0);
+}
+
 TEST(LrSchedule, WarmupThenCosineToMinLr) {
   LrSchedule s{"cosine", 1.0, 0.1, 4, 14};
   EXPECT_DOUBLE_EQ(s.at(0), 0.25);

@@ -623,7 +623,8 @@ TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
   train(first, *g_ctx);
   if (g_ctx->world_rank() == 0) {
     SafeTensorsReader state(state_path_for(first.save));
-    EXPECT_EQ(state.metadata().at("outer_pending"), "[[0,3]]");
+    // Fragment 0, merged at step 3, its sum scaled by 1 / DP ranks at the merge.
+    EXPECT_EQ(state.metadata().at("outer_pending"), str("[[0,3,", 1.0 / g_ctx->dp(), "]]"));
   }
   // An exchange in flight belongs to a fragment of the saved run: another --outer-fragments is refused.
   TrainConfig other = c;
@@ -636,6 +637,63 @@ TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
   ASSERT_EQ(got.steps.size(), 4u);
   for (size_t i = 0; i < got.steps.size(); ++i)
     EXPECT_EQ(got.steps[i].loss, whole.steps[i + 2].loss) << "step " << got.steps[i].step;
+}
+
+TEST_F(Layouts, PacedDiLoCoTrainsEachCentresShareAndResumesMidPhase) {
+  // Time-based inner phases with a fixed pace: centre 0 trains all 4 steps of a window, centre 1 two (steps
+  // ≡ 2, 0 mod 4), and the outer average weighs them by the steps they trained. Equal centres, or 2 + 1 ranks.
+  const int P = g_ctx->world_size();
+  if (P < 2) return;
+  configure_centres(1, P == 3 ? "auto" : "2", P == 3 ? std::vector<std::string>{"east", "east", "west"}
+                                                     : std::vector<std::string>{});
+  SCOPED_TRACE(g_ctx->topology().describe());
+  TrainConfig c = config(P == 3 ? 1 : g_ctx->world_size());
+  if (P == 3) c.batch = 1;
+  c.outer = "diloco";
+  c.outer_steps = 4;
+  c.outer_fragments = 2;
+  c.wan_compress = "int8";
+  c.schedule.kind = "constant";
+  c.steps = 8;
+  // The same pace for everyone (4,4) is plain DiLoCo, up to the rounding of the weights (uncompressed: int8
+  // would requantise the scaled change).
+  c.wan_compress = "none";
+  const TrainResult plain = train(c, *g_ctx);
+  c.balance = "4,4";
+  expect_same_losses(train(c, *g_ctx), plain, 0, "--balance 4,4 against no pacing");
+  c.wan_compress = "int8";
+  c.balance = "4,2";
+  const TrainResult whole = train(c, *g_ctx);
+  const bool slow = g_ctx->centre() == 1;
+  for (const StepRecord& r : whole.steps) EXPECT_EQ(r.idle, slow && r.step % 2 == 1) << "step " << r.step;
+  // Saved mid-window (step 3, after an idle step of centre 1), resumed: every trained step bit-identical.
+  TrainConfig first = c;
+  first.steps = 3;
+  first.save = str(dir_, "/paced_3.safetensors");
+  train(first, *g_ctx);
+  if (g_ctx->world_rank() == 0) {
+    SafeTensorsReader state(state_path_for(first.save));
+    EXPECT_EQ(state.metadata().at("centre_updates"), "[3,1]");
+    EXPECT_TRUE(state.metadata().count("outer_window_active"));
+  }
+  TrainConfig rest = c;
+  rest.resume = first.save;
+  const TrainResult got = train(rest, *g_ctx);
+  ASSERT_EQ(got.steps.size(), 5u);
+  for (size_t i = 0; i < got.steps.size(); ++i) {
+    EXPECT_EQ(got.steps[i].idle, whole.steps[i + 3].idle);
+    if (!got.steps[i].idle) {
+      EXPECT_EQ(got.steps[i].loss, whole.steps[i + 3].loss) << "step " << got.steps[i].step;
+    }
+  }
+  // A pace that does not fit the window is refused with the range.
+  c.balance = "4,5";
+  try {
+    train(c, *g_ctx);
+    ADD_FAILURE() << "--balance 4,5 with --outer-steps 4 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("each in [1, 4]"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(Layouts, ZeroWithHierNeedsEqualContiguousCentres) {
