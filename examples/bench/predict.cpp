@@ -124,6 +124,49 @@ void print_what_if(double wan_latency_s) {
   }
   std::printf("(DiLoCo syncs 1/H of the steps; streaming spreads the model over F fragments and hides each exchange\n"
               " behind tau inner steps; \"never\": latency alone keeps it below)\n");
+
+  // Which mode to use: for each link rate and model, the first mode in order of closeness to synchronous
+  // training (the quality of one process with the global batch) whose predicted compute utilisation is >= 90%.
+  struct Candidate {
+    const char* name;
+    int64_t H;
+    int F;
+    int64_t tau;
+    WanCodec codec;
+  };
+  const Candidate candidates[] = {{"sync hier fp32", 1, 1, 0, WanCodec::None},
+                                  {"sync hier int8", 1, 1, 0, WanCodec::Int8},
+                                  {"DiLoCo H50 int8", 50, 1, 0, WanCodec::Int8},
+                                  {"stream H50 F4 t1", 50, 4, 1, WanCodec::Int8},
+                                  {"stream H500 F4 t1", 500, 4, 1, WanCodec::Int8}};
+  std::printf("\nWhich mode (2 centres x 8 GPUs, WAN alpha %.0f ms): the first of sync fp32 > sync int8 > DiLoCo H50 >\n"
+              "streaming H50 > streaming H500 (all int8 outer deltas) predicted at >= 90%% compute utilisation\n",
+              wan_latency_s * 1e3);
+  std::printf("%-12s", "WAN rate");
+  for (const WhatIfModel& m : kModels) std::printf(" | %-30s", m.name);
+  std::printf("\n");
+  for (double rate : {10e6 / 8, 100e6 / 8, 1e9 / 8, 10e9 / 8, 100e9 / 8}) {
+    std::printf("%-12s", format_rate(rate).c_str());
+    for (const WhatIfModel& m : kModels) {
+      cal.compute_s_per_token = cost::compute_s_per_token_from_flops(m.params, m.layers, m.dim, m.seq, m.tp * peak, mfu);
+      cal.wan.bytes_per_s = rate;
+      std::string pick;
+      double u = 0;
+      for (const Candidate& c : candidates) {
+        cost::DilocoJob dj;
+        dj.inner.params = m.params / m.tp;
+        dj.inner.tokens_per_rank = m.tokens_per_replica;
+        dj.inner.layout = {1, 8 / m.tp, std::max(1, 8 / m.tp)};
+        dj.centres = 2, dj.H = c.H, dj.F = c.F, dj.tau = c.tau, dj.codec = c.codec;
+        u = cost::predict_diloco(dj, cal).utilisation;
+        pick = c.name;
+        if (u >= 0.9) break;
+      }
+      std::printf(" | %-30s", str(u >= 0.9 ? "" : "none: ", pick, " (", static_cast<int>(100 * u), "%)").c_str());
+    }
+    std::printf("\n");
+  }
+  std::printf("(in parentheses: predicted compute utilisation of that mode; \"none\": even the last stays below 90%%)\n");
 }
 
 namespace {

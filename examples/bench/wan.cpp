@@ -51,12 +51,21 @@ struct WanOptions {
 
 struct RunConfig {
   std::string key, label, algo, compress, ef;
+  int64_t H = 0;  // > 0: --outer diloco with H inner steps per sync, F fragments and overlap tau
+  int F = 1;
+  int64_t tau = 0;
 };
+// "alone": DiLoCo that never syncs (H beyond any run), i.e. every centre training by itself on the same
+// machine load — the single-centre rate per rank that the low-communication runs are measured against.
+constexpr int64_t kNeverSync = int64_t{1} << 40;
 const RunConfig kRunConfigs[] = {
     {"flat", "flat fp32", "flat", "none", "off"},
     {"hier", "hier fp32", "hier", "none", "off"},
     {"hier-bf16", "hier bf16", "hier", "bf16", "off"},
     {"hier-int8", "hier int8+EF", "hier", "int8", "on"},
+    {"alone", "centres alone", "hier", "int8", "on", kNeverSync},
+    {"diloco", "DiLoCo H50 int8", "hier", "int8", "on", 50},
+    {"streaming", "stream H50 F4 t1", "hier", "int8", "on", 50, 4, 1},
 };
 
 std::string g_testbed, g_name;  // for the exit handlers
@@ -124,6 +133,7 @@ struct Measured {
   double step_ms = 0, exposed_ms = 0, exposed_max_ms = 0, comm_ms = 0, wan_bytes_rank0 = 0, wan_bytes_job = 0,
          link_bytes = 0;
   double link_util = 0, final_loss = 0, val_loss = 0, wall_s = 0;
+  double mean_ms = 0, tokens_per_s_rank = 0, tokens_per_step = 0;  // slowest rank's mean; mean over ranks
   double pred_step_ms = 0, pred_exposed_ms = 0, pred_wan_job = 0, pred_compute_ms = 0;
   std::vector<double> util_by_centre;
 };
@@ -159,7 +169,8 @@ void wan(const WanOptions& o, const std::string& self) {
   std::vector<RunConfig> runs;
   for (const RunConfig& rc : kRunConfigs)
     if (("," + o.configs + ",").find("," + rc.key + ",") != std::string::npos) runs.push_back(rc);
-  AQ_CHECK(!runs.empty(), "--configs must list some of flat,hier,hier-bf16,hier-int8 (got \"", o.configs, "\")");
+  AQ_CHECK(!runs.empty(), "--configs must list some of flat,hier,hier-bf16,hier-int8,alone,diloco,streaming (got \"",
+           o.configs, "\")");
   rate_bytes_per_s(o.rate);
   const std::string bin = self.substr(0, self.rfind('/'));
   g_testbed = std::string(AQ_SOURCE_DIR) + "/scripts/wan_testbed.sh";
@@ -233,7 +244,9 @@ void wan(const WanOptions& o, const std::string& self) {
         str("timeout ", 600 + 10 * o.steps, " ", run_prefix, self, " wan-worker --config ", o.config, " --steps ",
             o.steps, " --threads ", o.threads, " --lr ", o.lr, " --eval-batches ", o.eval_batches, " --data ", data,
             " --val-data ", val, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress, " --error-feedback ", rc.ef,
-            " --log ", sh_quote(log));
+            " --log ", sh_quote(log),
+            rc.H > 0 ? str(" --outer diloco --outer-steps ", rc.H, " --outer-fragments ", rc.F, " --outer-overlap ", rc.tau)
+                     : std::string());
     const int code = run_capture(cmd + " 2>&1", out);
     m.wall_s = (steady_ms() - t0) / 1e3;
     const auto after = link_tx(g_testbed, g_name);
@@ -259,7 +272,10 @@ void wan(const WanOptions& o, const std::string& self) {
     m.val_loss = w["val_loss"].get<double>();
     double job_total = 0;
     std::map<int, double> centre_wan_ms, centre_bytes;
+    m.tokens_per_step = static_cast<double>(np) * sh.batch * sh.seq;
     for (const auto& r : w["ranks"]) {
+      m.mean_ms = std::max(m.mean_ms, r["mean_ms"].get<double>());
+      m.tokens_per_s_rank += r["tokens_per_s"].get<double>() / np;
       m.wan_bytes_job += r["wan_bytes"].get<double>();
       m.exposed_max_ms = std::max(m.exposed_max_ms, r["exposed_ms"].get<double>());
       job_total += r["wan_bytes_total"].get<double>();
@@ -283,9 +299,21 @@ void wan(const WanOptions& o, const std::string& self) {
     job.layout = {o.centres, *std::min_element(per.begin(), per.end()), *std::min_element(per.begin(), per.end())};
     job.algo = rc.algo == "flat" ? cost::Algo::FlatBinomial : cost::Algo::Hier;
     job.codec = wan_codec_from_name(rc.compress);
-    const cost::Prediction p = cost::predict_step(job, run_cal);
-    m.pred_compute_ms = p.compute_s * 1e3;
-    m.pred_step_ms = p.step_s * 1e3, m.pred_exposed_ms = p.exposed_s * 1e3, m.pred_wan_job = p.wan_bytes_job;
+    if (rc.H > 0) {
+      // Low-communication runs: the model's mean step over a window of H steps, against the measured mean.
+      cost::DilocoJob dj;
+      dj.inner = job;
+      dj.inner.layout = {1, job.layout.dp_per_centre, job.layout.ranks_per_node};
+      dj.centres = o.centres, dj.H = rc.H, dj.F = rc.F, dj.tau = rc.tau, dj.codec = job.codec;
+      const cost::DilocoPrediction p = cost::predict_diloco(dj, run_cal);
+      m.pred_step_ms = p.step_s * 1e3, m.pred_exposed_ms = p.exposed_s * 1e3;
+      m.pred_compute_ms = p.utilisation * p.step_s * 1e3;
+      m.pred_wan_job = p.wan_bytes_per_step * o.centres;
+    } else {
+      const cost::Prediction p = cost::predict_step(job, run_cal);
+      m.pred_compute_ms = p.compute_s * 1e3;
+      m.pred_step_ms = p.step_s * 1e3, m.pred_exposed_ms = p.exposed_s * 1e3, m.pred_wan_job = p.wan_bytes_job;
+    }
     std::fprintf(stderr, "[wan] %s: %.1f ms/step, exposed %.1f ms (rank 0), %.1f ms (slowest rank), %.0f s\n",
                  rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wall_s);
     res.push_back(m);
@@ -301,10 +329,10 @@ void wan(const WanOptions& o, const std::string& self) {
       o.config.c_str(), sh.params(), sh.batch, sh.seq, o.centres, split.c_str(), o.rate.c_str(), o.threads, o.steps,
       o.lr, o.steps);
   std::printf("testbed throughput check: %s", tput.c_str());
-  std::printf("%-13s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "config", "step", "exposed",
+  std::printf("%-17s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "config", "step", "exposed",
               "exposed", "wan B rank0", "wan B ranks", "link B", "link/", "util", "loss", "val", "step", "exposed",
               "bytes", "val");
-  std::printf("%-13s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max",
+  std::printf("%-17s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max",
               "/step", "/step", "/step", "ranks", "", "final", "loss", "x", "x", "x", "diff");
   std::ofstream csv(o.out + ".csv");
   csv << "config,algo,compress,error_feedback,rate,steps,step_ms,exposed_ms,exposed_max_ms,comm_ms,wan_bytes_rank0,wan_"
@@ -316,14 +344,16 @@ void wan(const WanOptions& o, const std::string& self) {
     const double br = base.link_bytes / std::max(1.0, m.link_bytes), vd = (m.val_loss - base.val_loss) / base.val_loss;
     const double lw = m.link_bytes / std::max(1.0, m.wan_bytes_job);
     // flat's wan_ms is the in-flight time of the ranks a ring would cross with, not a cross-centre stage: no util.
-    const std::string util = m.rc.algo == "flat" ? "n/a" : str(static_cast<int>(std::lround(100 * m.link_util)), "%");
-    std::printf("%-13s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
+    // Nor for the low-communication runs, whose cross-centre stage runs behind the inner steps.
+    const bool no_util = m.rc.algo == "flat" || m.rc.H > 0;
+    const std::string util = no_util ? "n/a" : str(static_cast<int>(std::lround(100 * m.link_util)), "%");
+    std::printf("%-17s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
                 m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0, m.wan_bytes_job,
                 m.link_bytes, lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
     csv << m.rc.key << ',' << m.rc.algo << ',' << m.rc.compress << ',' << m.rc.ef << ',' << o.rate << ',' << o.steps
         << ',' << m.step_ms << ',' << m.exposed_ms << ',' << m.exposed_max_ms << ',' << m.comm_ms << ','
         << m.wan_bytes_rank0 << ',' << m.wan_bytes_job << ',' << m.link_bytes << ',' << lw << ','
-        << (m.rc.algo == "flat" ? std::string() : std::to_string(m.link_util)) << ',' << m.final_loss << ','
+        << (no_util ? std::string() : std::to_string(m.link_util)) << ',' << m.final_loss << ','
         << m.val_loss << ',' << sp << ',' << er << ',' << br << ',' << vd << ',' << m.pred_step_ms << ','
         << m.pred_exposed_ms << ',' << 100 * (m.pred_step_ms - m.step_ms) / m.step_ms << ',' << m.pred_wan_job << ','
         << m.pred_compute_ms << '\n';
@@ -338,23 +368,54 @@ void wan(const WanOptions& o, const std::string& self) {
       "centres); x: flat fp32 over this (exposed: slowest rank; bytes: link bytes); val diff: against flat "
       "fp32)\n");
 
+  // Per token: what each configuration sent and how fast each rank trained, against the centres training alone
+  // (when measured) and flat fp32 (when measured).
+  const Measured* alone = nullptr;
+  const Measured* flat = nullptr;
+  for (const Measured& m : res) {
+    if (m.rc.key == "alone") alone = &m;
+    if (m.rc.key == "flat") flat = &m;
+  }
+  std::printf("\nper token: %s\n", "mean step of the slowest rank, tokens/s each rank trained (mean over ranks), bytes per "
+              "token trained (the ranks' wan_bytes and the links' counters)");
+  std::printf("%-17s %9s %10s %9s %12s %12s %11s %9s %9s\n", "config", "mean ms", "tok/s/rank", "vs alone",
+              "wan B/token", "link B/token", "vs flat", "pred ms", "pred err");
+  for (const Measured& m : res) {
+    const double tokens = m.tokens_per_step * o.steps;
+    const double link_per_token = m.link_bytes * o.steps / tokens;
+    std::printf("%-17s %9.1f %10.1f %9s %12.2f %12.2f %11s %9.1f %+8.1f%%\n", m.rc.label.c_str(), m.mean_ms,
+                m.tokens_per_s_rank,
+                alone ? str(static_cast<int>(std::lround(100 * m.tokens_per_s_rank / alone->tokens_per_s_rank)), "%").c_str()
+                      : "-",
+                m.wan_bytes_job / m.tokens_per_step, link_per_token,
+                flat && m.link_bytes > 0 ? str(static_cast<int>(std::lround(flat->link_bytes / m.link_bytes)), "x fewer").c_str()
+                                         : "-",
+                m.pred_step_ms, 100 * (m.pred_step_ms - m.mean_ms) / m.mean_ms);
+  }
+  std::printf("(wan B/token: median wan_bytes per step summed over ranks, per token of the step; link B/token: every "
+              "centre's tx over the run, start-up and evaluation included, per token trained; vs flat: flat fp32's "
+              "link bytes over this one's; pred: the cost model's mean step (predict_diloco for the DiLoCo runs))\n");
+
   // Predicted vs measured.
   std::printf("\ncost model vs measurement (%s)\n", cal.source.c_str());
   std::printf("%s", describe_calibration(cal).c_str());
   std::printf("(compute: measured on the testbed's ranks just before each configuration ran; links: once, above)\n");
-  std::printf("%-13s %12s %12s %8s %12s %13s %13s %14s %14s\n", "config", "measured ms", "predicted ms", "error",
+  std::printf("%-17s %12s %12s %8s %12s %13s %13s %14s %14s\n", "config", "measured ms", "predicted ms", "error",
               "pred compute", "exposed max", "pred exposed", "link B/step", "pred B/step");
   int within = 0;
+  // Synchronous runs: the median step; low-communication ones: the mean (their outer syncs fall on few steps).
+  const auto measured_ms = [](const Measured& m) { return m.rc.H > 0 ? m.mean_ms : m.step_ms; };
   for (const Measured& m : res) {
-    const double err = 100 * (m.pred_step_ms - m.step_ms) / m.step_ms;
+    const double err = 100 * (m.pred_step_ms - measured_ms(m)) / measured_ms(m);
     within += std::fabs(err) <= 15;
-    std::printf("%-13s %12.1f %12.1f %+7.1f%% %12.1f %13.1f %13.1f %14.0f %14.0f\n", m.rc.label.c_str(), m.step_ms,
+    std::printf("%-17s %12.1f %12.1f %+7.1f%% %12.1f %13.1f %13.1f %14.0f %14.0f\n", m.rc.label.c_str(), measured_ms(m),
                 m.pred_step_ms, err, m.pred_compute_ms, m.exposed_max_ms, m.pred_exposed_ms, m.link_bytes,
                 m.pred_wan_job);
   }
   std::vector<size_t> by_meas(res.size()), by_pred(res.size());
   for (size_t i = 0; i < res.size(); ++i) by_meas[i] = by_pred[i] = i;
-  std::sort(by_meas.begin(), by_meas.end(), [&](size_t a, size_t b) { return res[a].step_ms < res[b].step_ms; });
+  std::sort(by_meas.begin(), by_meas.end(),
+            [&](size_t a, size_t b) { return measured_ms(res[a]) < measured_ms(res[b]); });
   std::sort(by_pred.begin(), by_pred.end(),
             [&](size_t a, size_t b) { return res[a].pred_step_ms < res[b].pred_step_ms; });
   std::string order_m, order_p;
@@ -392,7 +453,10 @@ int wan_main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "CPU threads per rank")->capture_default_str();
   app.add_option("--lr", o.lr, "Learning rate (constant)")->capture_default_str();
   app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
-  app.add_option("--configs", o.configs, "Subset of flat,hier,hier-bf16,hier-int8")->capture_default_str();
+  app.add_option("--configs", o.configs,
+                 "Subset of flat,hier,hier-bf16,hier-int8 (synchronous) and alone,diloco,streaming (DiLoCo H 50 int8; "
+                 "streaming adds F 4, tau 1; alone never syncs: the single-centre rate)")
+      ->capture_default_str();
   app.add_option("--text", o.text, "Text files for aq-prepare (shell glob)")->capture_default_str();
   app.add_option("--calibration", o.calibration, "Use this calibration instead of calibrating on the testbed");
   app.add_option("--save-calibration", o.save_calibration, "Keep the testbed's calibration here");

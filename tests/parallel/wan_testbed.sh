@@ -9,7 +9,8 @@
 #   - what centre0 sent, centre1 received (the hub adds only mpirun's control traffic).
 # The bounds hold for fp32 gradients under any algorithm; a compressed exchange (int8) would need lower ones.
 #   - the runtime's count of the bytes each centre sent (the sum of its ranks' wan_bytes) is within 5% of what
-#     the link carried, for the hierarchical exchange in fp32 and with int8 compression (links at MTU 9000).
+#     the link carried, for the hierarchical exchange in fp32 and with int8 compression (links at MTU 9000);
+#   - with centre1 throttled (--cpu-quota), --balance auto gives it less work, synchronous and under DiLoCo.
 # The testbed gets a name of its own (aqt<pid>), so a user's testbed is never touched, and is taken down on any
 # exit. Skips (77) when not root or when this machine cannot create namespaces or tbf qdiscs.
 # Usage: wan_testbed.sh BUILD_BIN_DIR TESTBED_SCRIPT
@@ -133,6 +134,34 @@ timeout 120 "$TB" run 4 --name "$NAME" --env OMP_NUM_THREADS=1 -- "$BIN/aq-train
 check "aq-train --wan-compress int8 across centres exits 0" $?
 [[ $rc -eq 0 ]] || sed 's/^/    | /' "$TMP/int8.txt" | tail -30
 for c in centre0 centre1; do within5 "hier int8, $c" "$(counted "$TMP/int8.txt" $c)" "$(delta $c tx)"; done
+
+# 4. A throttled centre (--cpu-quota: centre1's two ranks share a quarter of a core, a several-fold slowdown):
+#    --balance auto must see it and give it less work — fewer micro-batches per step in synchronous data
+#    parallelism, fewer inner steps per window under DiLoCo — and both runs must finish.
+throttled() {  # WHAT FILE [aq-train flags]: runs aq-train with centre1 throttled, output to FILE
+  local what=$1 file=$2
+  shift 2
+  rc=0
+  timeout 300 "$TB" run 4 --name "$NAME" --env OMP_NUM_THREADS=1 --cpu-quota centre1=0.25 -- "$BIN/aq-train" \
+    --device cpu --data "$TMP/data/train_*.bin" --batch 2 --seq 32 --threads 1 --balance auto --balance-steps 2 \
+    "$@" > "$file" 2>&1 || rc=$?
+  [[ $rc -eq 0 ]]
+  check "$what: exits 0" $?
+  [[ $rc -eq 0 ]] || sed 's/^/    | /' "$file" | tail -30
+}
+share() {  # FILE CENTRE: the work the balance line gives the centre
+  grep -Eo "centre $2: [0-9]+" "$1" | head -1 | awk '{ print $3 }'
+}
+throttled "synchronous, centre1 at 0.25 core" "$TMP/balance.txt" --steps 6 --grad-accum 4
+a=$(share "$TMP/balance.txt" centre0)
+b=$(share "$TMP/balance.txt" centre1)
+[[ -n $a && -n $b ]] && ((a > b && a + b == 8))
+check "synchronous --balance auto: micro-batches per rank centre0 ${a:-?} > centre1 ${b:-?} (8 per rank pair)" $?
+throttled "DiLoCo, centre1 at 0.25 core" "$TMP/pace.txt" --steps 12 --outer diloco --outer-steps 4
+a=$(share "$TMP/pace.txt" centre0)
+b=$(share "$TMP/pace.txt" centre1)
+[[ $a == 4 && -n $b ]] && ((b < 4))
+check "DiLoCo --balance auto: inner steps per window of 4, centre0 ${a:-?}, centre1 ${b:-?} (< 4)" $?
 
 echo "$fail failed"
 [[ $fail -eq 0 ]]
