@@ -34,8 +34,9 @@ int main(int argc, char** argv) {
   app.add_option("--batch", cfg.batch, "Sequences per step B")->capture_default_str();
   app.add_option("--seq", cfg.seq, "Tokens per sequence T")->capture_default_str();
   app.add_option("--balance", cfg.balance,
-                 "off | auto (time the first steps, then split each step's micro-batches by centre speed) | K0,K1,... "
-                 "(micro-batches per rank of each centre)")
+                 "off | auto (time the first steps, then split the work by centre speed) | K0,K1,... (one number per "
+                 "centre). Synchronous: micro-batches per rank of each step; --outer diloco: inner steps of each "
+                 "centre per --outer-steps window (time-based inner phases, token-weighted outer average)")
       ->capture_default_str();
   app.add_option("--balance-steps", cfg.balance_steps, "--balance auto: steps timed (after one warm-up step)")
       ->capture_default_str();

@@ -59,7 +59,7 @@ struct TrainConfig {
   // (0 = no). SIGTERM, SIGINT and SIGUSR1 stop the same way; a second signal ends the process at once.
   int64_t stop_at = 0;
   double time_limit_min = 0;
-  int threads = 0;               // 0 → all cores
+  int threads = 0;               // 0 → the node's cores shared by its ranks (cores / local ranks)
   std::string device = "auto";   // cpu | cuda | auto (cuda when this build has it, a GPU is visible and the
                                  // job is a single process; several ranks on GPUs say cuda explicitly)
   std::string dtype = "auto";    // fp32 | bf16 | auto (bf16 on a GPU, fp32 on the CPU); bf16 keeps fp32 master

@@ -1,8 +1,8 @@
 // wan_worker.cpp — `aq-bench wan-worker`: one configuration of `aq-bench wan` (wan.cpp), started by it under the
 // testbed's mpirun. It trains (aq::train, the path aq-train runs; rank 0 writes the JSONL), then all-gathers every
 // rank's centre, median step time, exposed and total communication, wan_ms and wan_bytes (steps after the first
-// two), its total wan_bytes, its mean step time and the tokens/s it trained (idle steps of a paced centre count
-// no tokens), and prints them as one JSON line on rank 0: the JSONL holds rank 0's figures only.
+// two), its total wan_bytes, its mean step time, the tokens/s it trained (idle steps of a paced centre count
+// no tokens) and the share of its time spent waiting on communication (exposed), and prints them as one JSON line on rank 0: the JSONL holds rank 0's figures only.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -17,8 +17,8 @@ namespace {
 
 struct WorkerOptions {
   std::string config = "tiny", data, val_data, dp_algo = "flat", compress = "none", error_feedback = "auto", log;
-  std::string centres = "auto", outer = "none";
-  int steps = 300, threads = 1, eval_batches = 32, outer_fragments = 1;
+  std::string centres = "auto", outer = "none", balance = "off";
+  int steps = 300, threads = 1, eval_batches = 32, outer_fragments = 1, grad_accum = 1;
   int64_t outer_steps = 50, outer_overlap = 0;
   double lr = 1e-3;
   int skip = 2;  // warm-up steps left out of the medians
@@ -34,10 +34,10 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
   cfg.schedule.lr = o.lr, cfg.quiet = true;
   cfg.dp_algo = o.dp_algo, cfg.wan_compress = o.compress, cfg.error_feedback = o.error_feedback;
   cfg.outer = o.outer, cfg.outer_steps = o.outer_steps, cfg.outer_fragments = o.outer_fragments;
-  cfg.outer_overlap = o.outer_overlap;
+  cfg.outer_overlap = o.outer_overlap, cfg.balance = o.balance, cfg.grad_accum = o.grad_accum;
   const TrainResult r = train(cfg, ctx);
   std::vector<double> ms, exposed, comm, wan_ms, wan_b;
-  double wan_total = 0, ms_total = 0, trained = 0;
+  double wan_total = 0, ms_total = 0, trained = 0, exposed_total = 0;
   for (size_t i = 0; i < r.steps.size(); ++i) {
     wan_total += r.steps[i].wan_bytes;
     if (static_cast<int>(i) < o.skip && r.steps.size() > static_cast<size_t>(o.skip)) continue;
@@ -45,9 +45,10 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
     wan_ms.push_back(r.steps[i].wan_ms), wan_b.push_back(r.steps[i].wan_bytes);
     // Low-communication runs: the mean matters (the outer syncs fall on few steps), and what this rank trained.
     ms_total += r.steps[i].ms;
+    exposed_total += r.steps[i].exposed_comm_ms;
     trained += r.steps[i].idle ? 0 : 1;
   }
-  constexpr int kFields = 9;
+  constexpr int kFields = 10;
   const double mine[kFields] = {static_cast<double>(ctx.centre()),
                                 median(ms),
                                 median(exposed),
@@ -56,7 +57,8 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
                                 median(wan_b),
                                 wan_total,
                                 ms.empty() ? 0.0 : ms_total / static_cast<double>(ms.size()),
-                                ms_total > 0 ? trained * sh.batch * sh.seq / (ms_total / 1e3) : 0.0};
+                                ms_total > 0 ? trained * sh.batch * sh.seq * o.grad_accum / (ms_total / 1e3) : 0.0,
+                                ms_total > 0 ? exposed_total / ms_total : 0.0};
   std::vector<double> all(static_cast<size_t>(kFields * ctx.world_size()));
   ctx.world().all_gather(mine, all.data(), kFields, DType::F64, {"wan-worker: per-rank figures"})->wait();
   if (ctx.world_rank() != 0) return;
@@ -76,7 +78,8 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
                           {"wan_bytes", v[5]},
                           {"wan_bytes_total", v[6]},
                           {"mean_ms", v[7]},
-                          {"tokens_per_s", v[8]}});
+                          {"tokens_per_s", v[8]},
+                          {"exposed_share", v[9]}});
   }
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
@@ -102,6 +105,8 @@ int wan_worker_main(int argc, char** argv) {
   app.add_option("--outer-steps", o.outer_steps, "DiLoCo H")->capture_default_str();
   app.add_option("--outer-fragments", o.outer_fragments, "Streaming fragments F")->capture_default_str();
   app.add_option("--outer-overlap", o.outer_overlap, "Overlap tau (inner steps)")->capture_default_str();
+  app.add_option("--grad-accum", o.grad_accum, "Micro-batches per step")->capture_default_str();
+  app.add_option("--balance", o.balance, "off | auto | K0,K1,... (aq-train's --balance)")->capture_default_str();
   app.add_option("--log", o.log, "Rank 0's JSONL");
   ParallelContext& ctx = ParallelContext::init(&argc, &argv);
   return run_main("aq-bench wan-worker", app, argc, argv, ctx, [&] { worker(ctx, o); });
