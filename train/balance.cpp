@@ -30,7 +30,7 @@ std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M)
 }
 
 template <typename T>
-std::vector<int> Job<T>::balance_list(const char* what, int lo, int hi) const {
+std::vector<int> Job<T>::balance_list(const char* what, int lo, int hi, const char* example) const {
   const Topology& topo = ctx_.topology();
   std::vector<int> per_centre;
   std::stringstream ss(cfg_.balance);
@@ -38,7 +38,7 @@ std::vector<int> Job<T>::balance_list(const char* what, int lo, int hi) const {
     char* end = nullptr;
     const long k = std::strtol(tok.c_str(), &end, 10);
     AQ_CHECK(!tok.empty() && *end == '\0' && k >= lo && k <= hi, "--balance must be off, auto or ", what,
-             " of each centre, each in [", lo, ", ", hi, "], e.g. ", hi, ",", std::max(lo, hi / 2), " (got \"",
+             " of each centre, each in [", lo, ", ", hi, "], e.g. ", example, " (got \"",
              cfg_.balance, "\")");
     per_centre.push_back(static_cast<int>(k));
   }
@@ -53,7 +53,7 @@ std::vector<int> Job<T>::initial_split() const {
   std::vector<int> micro(static_cast<size_t>(ctx_.dp()), cfg_.grad_accum);
   // Under DiLoCo the list paces the inner steps instead (build()); every rank runs --grad-accum micro-batches.
   if (cfg_.balance != "off" && cfg_.balance != "auto" && !diloco()) {
-    const std::vector<int> per_centre = balance_list("micro-batches per rank", 1, 100000);
+    const std::vector<int> per_centre = balance_list("micro-batches per rank", 1, 100000, "3,1");
     for (int d = 0; d < ctx_.dp(); ++d)
       micro[d] = per_centre[static_cast<size_t>(ctx_.topology().centre_of[d * ctx_.tp()])];
   }

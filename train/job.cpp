@@ -124,7 +124,8 @@ void Job<T>::build() {
       window_active_.assign(static_cast<size_t>(ctx_.topology().centres()) * fragments_.size(), 0);
       if (cfg_.balance != "auto")
         inner_per_window_ = balance_list(str("inner steps per window of --outer-steps ", cfg_.outer_steps).c_str(), 1,
-                                         static_cast<int>(std::min<int64_t>(cfg_.outer_steps, 1 << 30)));
+                                         static_cast<int>(std::min<int64_t>(cfg_.outer_steps, 1 << 30)),
+                                         str(cfg_.outer_steps, ",", (cfg_.outer_steps + 1) / 2).c_str());
     }
   }
   if (!cfg_.resume.empty()) load_state(*weights);

@@ -217,7 +217,7 @@ class Job final : public JobApi {
   // One all-reduce over the world.
   std::vector<double> centre_ms_per_micro();
   // --balance with the numbers of a fixed list, one per centre, each in [lo, hi]; `what` says what they count.
-  std::vector<int> balance_list(const char* what, int lo, int hi) const;
+  std::vector<int> balance_list(const char* what, int lo, int hi, const char* example) const;
   // DiLoCo with time-based inner phases (--outer diloco --balance auto|A0,A1,…): each centre trains
   // inner_per_window_[c] of every H steps (inner_step_active) and idles through the rest while the others
   // train; the outer average weighs each centre by the inner steps it trained since the fragment's last sync

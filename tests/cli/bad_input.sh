@@ -212,12 +212,12 @@ expect_fail outer_overlap_too_long '--outer-overlap must be in \[0, --outer-step
   "${RUN[@]}" --data "$DATA" --outer diloco --outer-steps 4 --outer-overlap 4 "${SAVE[@]}"
 expect_fail outer_fragments_without_diloco '--outer-fragments and --outer-overlap shape DiLoCo' 1 -- \
   "${RUN[@]}" --data "$DATA" --outer-fragments 4 "${SAVE[@]}"
-expect_fail balance_bad_split '--balance must be off, auto or micro-batches per rank of each centre, e.g. 3,1 \(got "3,x"\)' 1 -- \
+expect_fail balance_bad_split '--balance must be off, auto or micro-batches per rank of each centre, each in \[1, 100000\], e.g. 3,1 \(got "3,x"\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --balance 3,x "${SAVE[@]}"
-expect_fail balance_split_per_centre '--balance 3,1 gives 2 centre\(s\) micro-batches but the job has 1 centre' 1 -- \
+expect_fail balance_split_per_centre '--balance 3,1 gives 2 centre\(s\) micro-batches per rank but the job has 1 centre' 1 -- \
   "${RUN[@]}" --data "$DATA" --balance 3,1 "${SAVE[@]}"
-expect_fail balance_with_diloco '--balance splits the work of synchronous data parallelism' 1 -- \
-  "${RUN[@]}" --data "$DATA" --balance auto --outer diloco "${SAVE[@]}"
+expect_fail balance_with_diloco '--balance must be off, auto or inner steps per window of --outer-steps 50 of each centre, each in \[1, 50\], e.g. 50,25 \(got "60"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --balance 60 --outer diloco --outer-steps 50 "${SAVE[@]}"
 expect_fail stop_at_negative '--stop-at must be >= 0' 1 -- "${RUN[@]}" --data "$DATA" --stop-at -1 "${SAVE[@]}"
 expect_fail time_limit_negative '--time-limit must be >= 0 minutes' 1 -- "${RUN[@]}" --data "$DATA" --time-limit -2 "${SAVE[@]}"
 expect_fail memory_does_not_fit 'the job needs about [0-9.]+ GiB per rank \(parameters .*\) but this node offers [0-9.]+ GiB to each of its 1 rank\(s\); lower --batch' 1 -- \
