@@ -4,6 +4,7 @@
 //   build/bin/aq-bench --config gpt2-124m-1k --device cuda --dtype bf16 --steps 20 --warmup 3   one GPU
 //   mpirun -np 2 build/bin/aq-bench --config tiny --tp 1 --threads 1     one layout, several ranks
 //   build/bin/aq-bench scaling --config tiny --worlds 1,2 --tp 1,2       weak and strong scaling table
+//   ... --trace out/bench.json [--trace-steps 2:4]    a timeline of every rank's steps (README: Reading a trace)
 // Runs the real training path (aq::train: data loader, forward, backward, gradient reduction, clipping,
 // AdamW) on a random-token shard and skips --warmup steps. It prints tokens/s (all ranks' tokens), peak
 // resident memory, and per-step compute, total communication and exposed communication (what overlap did not
