@@ -4,6 +4,7 @@
 //   build/bin/aq-bench --config gpt2-124m-1k --device cuda --dtype bf16 --steps 20 --warmup 3   one GPU
 //   mpirun -np 2 build/bin/aq-bench --config tiny --tp 1 --threads 1     one layout, several ranks
 //   build/bin/aq-bench scaling --config tiny --worlds 1,2 --tp 1,2       weak and strong scaling table
+//   ... --trace out/bench.json [--trace-steps 2:4]    a timeline of every rank's steps (README: Reading a trace)
 // Runs the real training path (aq::train: data loader, forward, backward, gradient reduction, clipping,
 // AdamW) on a random-token shard and skips --warmup steps. It prints tokens/s (all ranks' tokens), peak
 // resident memory, and per-step compute, total communication and exposed communication (what overlap did not
@@ -35,6 +36,7 @@
 #ifdef AQ_HAVE_CUDA
 #include "runtime/cuda/device.h"
 #endif
+#include "parallel/trace_session.h"
 #include "train/trainer.h"
 #include "ops/cpu/blas.h"
 #include "runtime/blas_setup.h"
@@ -633,6 +635,11 @@ int main(int argc, char** argv) {
   app.add_option("--peak-tflops", o.peak_tflops,
                  "Dense peak TFLOPS of one device for the MFU (default: NVIDIA's figure for a known GPU and "
                  "--dtype; none for CPUs)");
+  std::string trace_path, trace_steps = "2:4";
+  app.add_option("--trace", trace_path,
+                 "Write a timeline of every rank to FILE.json (Chrome trace; open in https://ui.perfetto.dev)");
+  app.add_option("--trace-steps", trace_steps, "Steps --trace records: A:B, 1-based and inclusive")
+      ->capture_default_str();
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   return aq::run_main("aq-bench", app, argc, argv, ctx, [&] {
     const BenchConfig& bc = find_config(name);
@@ -643,9 +650,13 @@ int main(int argc, char** argv) {
     AQ_CHECK(!o.profile || o.device == "cpu", "--profile times CPU kernels, which run synchronously; with --device ",
              o.device,
              " the launches are asynchronous (use Nsight Systems there) — drop --profile or use --device cpu");
+    const aq::trace::StepWindow trace_window = aq::trace::parse_step_window(trace_steps);
     ctx.configure(tp, 300);
+    aq::TraceSession trace(ctx, trace_path, trace_window, "aq-bench");
     if (o.threads == 0) o.threads = aq::configure_threads(0, ctx.local_size());  // the node's cores, shared
     if (o.batch <= 0) o.batch = bc.batch;
-    report(bc, run_once(ctx, bc, o));
+    const nlohmann::ordered_json result = run_once(ctx, bc, o);
+    trace.write();
+    report(bc, result);
   });
 }

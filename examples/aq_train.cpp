@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "examples/main_guard.h"
+#include "parallel/trace_session.h"
 #include "train/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/log.h"
@@ -112,6 +113,11 @@ int main(int argc, char** argv) {
                  "on | off | auto (on with --wan-compress): carry what compression dropped into the next step")
       ->capture_default_str();
 
+  std::string trace_path, trace_steps = "2:4";
+  app.add_option("--trace", trace_path,
+                 "Write a timeline of every rank to FILE.json (Chrome trace; open in https://ui.perfetto.dev)");
+  app.add_option("--trace-steps", trace_steps, "Steps --trace records: A:B, 1-based and inclusive")
+      ->capture_default_str();
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   bool by_signal = false;
   const int code = aq::run_main("aq-train", app, argc, argv, ctx, [&] {
@@ -120,8 +126,11 @@ int main(int argc, char** argv) {
     if (o_dim->count()) cfg.dim = dim;
     if (o_vocab->count()) cfg.vocab = vocab;
     if (o_max_seq->count()) cfg.max_seq = max_seq;
+    const aq::trace::StepWindow trace_window = aq::trace::parse_step_window(trace_steps);
     ctx.configure(tp, comm_timeout, centres);
+    aq::TraceSession trace(ctx, trace_path, trace_window, "aq-train");
     const aq::TrainResult r = aq::train(cfg, ctx);
+    trace.write();
     by_signal = r.stopped_by_signal;
   });
   // Stopped by a signal after finishing its step (and saving): "try again" for schedulers that requeue.

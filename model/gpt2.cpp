@@ -12,6 +12,7 @@
 #include "runtime/op_profile.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
+#include "runtime/trace.h"
 
 namespace aq {
 
@@ -415,6 +416,8 @@ template <typename T>
 void GPT2<T>::tp_all_reduce(T* data, int64_t n, const char* what) {
   if (tp_.size == 1) return;
   ProfileScope prof("tp all-reduce");
+  trace::Span span(trace::Stream::TensorParallel, what);
+  span.arg("bytes", static_cast<double>(n) * sizeof(T));
   Timer t;
   tp_.group->all_reduce(data, n, dtype_of<T>(), {what})->wait();
   tp_comm_ms_ += t.ms();
@@ -456,6 +459,7 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
     k_.layernorm_forward(lnbuf_, acts_[0].ln1_mean, acts_[0].ln1_rstd, acts_[0].res_in, w0.ln1w, w0.ln1b, N, C);
   });
   for (int l = 0; l < L; ++l) {
+    trace::Span block_span(trace::Stream::Compute, "fwd block", l);
     const LayerParams w = layer_view(P, l);
     LayerActs& a = acts_[l];
     profiled("fwd gemm attn.c_attn", [&] {  // column-parallel: this rank's heads
@@ -494,6 +498,8 @@ template <typename T>
 void GPT2<T>::classifier_hook(void* self, M* data, int64_t n, int is_max) {
   auto* m = static_cast<GPT2<T>*>(self);
   ProfileScope prof("tp all-reduce");
+  trace::Span span(trace::Stream::TensorParallel, is_max ? "vocab-parallel row max" : "vocab-parallel row sums");
+  span.arg("bytes", static_cast<double>(n) * sizeof(M));
   Timer t;
   m->tp_.group
       ->all_reduce(data, n, dtype_of<M>(), {is_max ? "vocab-parallel row max" : "vocab-parallel row sums",
@@ -539,7 +545,9 @@ void GPT2<T>::last_logits(const int32_t* tokens, int t, M* logits) {
 template <typename T>
 double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_,
                                   bool accumulate) {
+  trace::Span forward_span(trace::Stream::Compute, "forward");
   const int32_t* inputs = forward_to_lnf(host_inputs, B, T_);
+  forward_span.end();
   const int64_t N = static_cast<int64_t>(B) * T_;
   const int32_t* targets = to_device(targets_, host_targets, N);
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
@@ -553,8 +561,13 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     profiled("zero grads", [&] { device_zero(device_, G, static_cast<size_t>(buffer_size_) * sizeof(M)); });
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch. Its
   // kernel names its own parts (GEMMs forward and backward, softmax-xent) for the profile.
+  trace::Span loss_span(trace::Stream::Compute, "loss (classifier fwd+bwd)");
   profiled("classifier", [&] { classifier(dbuf_, G + wte_off_, targets, N); });
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
+  loss_span.end();
+  // Backward: after each block its gradients are final and ready() may launch data-parallel buckets, whose
+  // all-reduces then run beside the blocks below it (the overlap the trace shows).
+  trace::Span backward_span(trace::Stream::Compute, "backward");
 
   profiled("bwd layernorm", [&] {
     device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
@@ -563,6 +576,7 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
   });
   ready(lnfw_off_);
   for (int l = L - 1; l >= 0; --l) {
+    trace::Span block_span(trace::Stream::Compute, "bwd block", l);
     const LayerParams w = layer_view(P, l);
     const LayerGrads g = layer_view(G, l);
     LayerActs& a = acts_[l];
@@ -601,11 +615,13 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
     profiled("bwd layernorm", [&] {
       k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
     });
+    block_span.end();
     ready(layer_offsets_[static_cast<size_t>(l)][0]);  // block l's first tensor
   }
   profiled("bwd embedding",
            [&] { k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_); });
   ready(0);
+  backward_span.end();
   // Read last: on a GPU this copy waits for the device, which would stall queuing the backward pass.
   return mean_loss(N);
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "runtime/sysinfo.h"
+#include "runtime/trace.h"
 
 namespace aq {
 
@@ -40,9 +41,24 @@ void GradBuckets::on_ready(int64_t offset) {
 void GradBuckets::finish() {
   while (next_ < buckets_.size()) launch(buckets_[next_++]);
   Timer t;
-  for (auto& b : buckets_) b.work->wait();
+  {
+    trace::Span span(trace::Stream::Compute, "wait for dp buckets");  // the exposed part of the reduction
+    for (auto& b : buckets_) b.work->wait();
+  }
   exposed_ms_ = t.ms();
   for (auto& b : buckets_) comm_ms_ += b.work->completed_ms() - b.work->started_ms();
+  // Each bucket's all-reduce on the timeline, from its launch (during backward) to its completion as seen by
+  // test()/wait(): the stamps the Work kept, recorded now that every one is known.
+  if (trace::active())
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      const Bucket& b = buckets_[i];
+      const double elems = static_cast<double>(b.end - b.begin);
+      trace::record(trace::Stream::DataParallel, str("bucket ", i, " all-reduce"),
+                    trace::ns_from_steady_ms(b.work->started_ms()), trace::ns_from_steady_ms(b.work->completed_ms()),
+                    {{"bucket", static_cast<double>(i)}, {"bytes", elems * sizeof(float)}, {"elements", elems},
+                     {"offset", static_cast<double>(b.begin)}},
+                    b.name);
+    }
 }
 
 }  // namespace aq

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <random>
 
+#include "parallel/trace_session.h"
 #include "runtime/file_io.h"
 #include "train/job.h"
 
@@ -91,6 +92,7 @@ void Job<T>::save(const std::string& path) {
   // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
   // rank 0 writes. State first, then the model: if we die in between, the model file's id no longer matches
   // the new state and --resume refuses the pair instead of silently mixing two steps.
+  trace::Span trace_span(trace::Stream::Compute, "checkpoint write");
   const std::vector<float> m = full_local(opt_.m.data(), slice_len(), "checkpoint gather exp_avg");
   const std::vector<float> v = full_local(opt_.v.data(), slice_len(), "checkpoint gather exp_avg_sq");
   std::vector<NamedTensor> moments = model_->gather_full("exp_avg.", m.data());

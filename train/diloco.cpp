@@ -4,6 +4,7 @@
 // steps (--outer-overlap). Checkpointing of this state is in checkpoint.cpp.
 #include <utility>
 
+#include "parallel/trace_session.h"
 #include "train/job.h"
 #include "train/outer_optimizer.h"
 
@@ -41,6 +42,7 @@ void Job<T>::outer_launch(int f, int64_t t) {
   // its DP ranks, i.e. by the tokens it trained on. Paced centres (time-based inner phases) trained different
   // numbers of inner steps, so each rank's Δ is also multiplied by its centre's count since the fragment's last
   // sync and the merge divides by the total (token_weighted_scale).
+  trace::Span trace_span(trace::Stream::Compute, "outer launch", f);
   const auto [b, e] = fragments_[static_cast<size_t>(f)];
   PendingSync ps{f, t + cfg_.outer_overlap, std::vector<float>(static_cast<size_t>(e - b)), nullptr,
                  1.0f / static_cast<float>(ctx_.dp())};
@@ -74,8 +76,10 @@ template <typename T>
 double Job<T>::outer_merge(PendingSync& ps) {
   // The outer Nesterov step on the fragment (outer_optimizer.h). With --outer-overlap the replica trained on
   // while the exchange ran, so it is mixed with the new θ_global instead of replaced.
+  trace::Span trace_span(trace::Stream::Compute, "outer merge", ps.fragment);
   Timer w;
   if (ps.work) ps.work->wait();
+  if (ps.work) trace_work(trace::Stream::CrossCentre, str("outer exchange ", ps.fragment), *ps.work, {{"bytes", 4.0 * ps.delta.size()}});
   ps.work.reset();
   const double waited = w.ms();
   const auto [b, e] = fragments_[static_cast<size_t>(ps.fragment)];

@@ -7,6 +7,7 @@
 #include <thread>
 #include <csignal>
 
+#include "parallel/trace_session.h"
 #include "runtime/file_io.h"
 #include "runtime/op_profile.h"
 #include "runtime/sysinfo.h"
@@ -164,6 +165,7 @@ double Job<T>::global_grad_norm(const float* grads) {
   // are counted once. Under ZeRO-1 each DP rank holds a slice, so the slices are summed across DP first.
   double sq[2] = {0, 0};  // [sharded, replicated]: the chunks' norm classes
   ProfileScope prof("grad norm");
+  trace::Span trace_span(trace::Stream::Compute, "grad norm");
   sum_squares_(sq, grads, chunks_.data(), static_cast<int64_t>(chunks_.size()));
   if (cfg_.zero) idp_group().all_reduce(sq, 2, DType::F64, {"grad norm (ZeRO slices)"})->wait();
   if (ctx_.tp() > 1) ctx_.tp_group().all_reduce(sq, 1, DType::F64, {"grad norm (TP shards)"})->wait();
@@ -173,11 +175,12 @@ double Job<T>::global_grad_norm(const float* grads) {
 template <typename T>
 StepRecord Job<T>::step(int64_t s) {
   maybe_inject_fault(ctx_.world_rank(), s + 1);
+  trace::StepSpan trace_step(s + 1);  // --trace: opens and closes the recorded window of steps
   profile_begin_step();
   Timer t;
   // Every rank reads its window of the global batch, an idle one too (its tokens go unused), so every rank's
   // data position stays that of the step.
-  train_data_->next(inputs_.data(), targets_.data());
+  { trace::Span trace_span(trace::Stream::Compute, "data loading"); train_data_->next(inputs_.data(), targets_.data()); }
   StepRecord r;
   if (inner_active(ctx_.centre(), s)) {
     r = inner_step(s, t);
@@ -252,6 +255,7 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
     comm += buckets_->comm_ms();
     exposed += buckets_->exposed_ms();
   } else if (cfg_.zero) {
+    trace::Span trace_span(trace::Stream::DataParallel, "ZeRO-1 gradient reduce-scatter");
     Timer c;
     dp_algo_->reduce_scatter(grads, grad_slice_.data(), slice_len(), {"ZeRO-1 gradient reduce-scatter"})->wait();
     const double ms = c.ms();
@@ -304,12 +308,14 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
   T* copy = std::is_same_v<T, float> ? nullptr : model_->working_params() + lo;
   {
     ProfileScope prof("adamw");
+    trace::Span trace_span(trace::Stream::Compute, "optimizer step");
     adamw_(model_->params() + lo, copy, my_grads, opt_.m.data(), opt_.v.data(), chunks_.data(),
            static_cast<int64_t>(chunks_.size()), hp);
   }
   if (cfg_.zero) {
     // Every rank needs the updated weights the kernels read: fp32 parameters, or the bf16 working copy (half
     // the bytes; the fp32 master slices stay with their owners until a checkpoint gathers them).
+    trace::Span trace_span(trace::Stream::DataParallel, "ZeRO-1 parameter all-gather");
     Timer c;
     T* params = model_->working_params();
     dp_algo_->all_gather(params + lo, params, slice_len(), dtype_of<T>(), {"ZeRO-1 parameter all-gather"})->wait();
@@ -327,6 +333,7 @@ template <typename T>
 double Job<T>::evaluate() {
   // DiLoCo: the model a run delivers is θ_global (the checkpoint's model file), so that is what is evaluated;
   // the replica comes back afterwards.
+  trace::Span trace_span(trace::Stream::Compute, "evaluation");
   std::vector<float> replica;
   if (diloco()) {
     float* p = model_->params();

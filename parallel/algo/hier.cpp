@@ -28,6 +28,7 @@
 #include "runtime/log.h"
 #include "runtime/memory.h"
 #include "runtime/sysinfo.h"
+#include "runtime/trace.h"
 
 namespace aq {
 namespace {
@@ -69,6 +70,9 @@ struct HierOp {
   std::vector<Family> families;
   size_t started = 0;  // stages started so far
   std::vector<WorkPtr> pending;
+  // --trace: when the running stage started and what it sent across centres.
+  int64_t stage_t0 = 0;
+  double stage_bytes = 0;
   ~HierOp() { pending.clear(); }  // an abandoned call finishes its requests while its buffers still exist
 
   bool done() const {
@@ -81,6 +85,13 @@ struct HierOp {
     stage_names.push_back(what);
     families.push_back(f);
     stages.push_back(std::move(fn));
+  }
+  // --trace: the running stage, now seen complete, as a span on the cross-centre stream.
+  void trace_stage_end() {
+    if (started == 0 || stage_t0 == 0 || !trace::active()) return;
+    trace::record(trace::Stream::CrossCentre, str("hier: ", stage_names[started - 1]), stage_t0, trace::now_ns(),
+                  {{"stage", static_cast<double>(started - 1)}, {"wan_bytes_sent", stage_bytes}}, name);
+    stage_t0 = 0;  // recorded once, by whoever saw the stage complete first
   }
   // Whether every stage of family f has started (so a later call may start one).
   bool started_all(Family f) const {
@@ -160,12 +171,18 @@ class HierAlgorithm final : public DpAlgorithm {
         for (auto e = live_.begin(); ready && e != it; ++e) ready = (*e)->started_all(f);
         if (!ready) break;
         op.pending.clear();
+        op.trace_stage_end();
+        const double bytes0 = stats_.bytes;
+        op.stage_t0 = trace::active() ? trace::now_ns() : 0;  // a stage begun outside the window is not drawn
         op.stages[op.started++](op);
+        op.stage_bytes = stats_.bytes - bytes0;
       }
-      if (op.done())
+      if (op.done()) {
+        op.trace_stage_end();
         it = live_.erase(it);
-      else
+      } else {
         ++it;
+      }
     }
   }
 
@@ -296,6 +313,7 @@ bool HierWork::test() {
   if (completed_ms_ > 0) return true;
   algo_->progress();
   if (!op_->done()) return false;
+  op_->trace_stage_end();  // the last stage (progress() erases the call only on its next pass)
   completed_ms_ = steady_ms();
   return true;
 }
