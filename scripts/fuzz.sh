@@ -6,7 +6,7 @@
 #                                         one after the other; new inputs go to build-fuzz/corpus/NAME, crashes to
 #                                         build-fuzz/crashes/NAME (copy a fixed one into tests/fuzz/corpus/NAME)
 #   scripts/fuzz.sh --build               build only
-# Needs clang and libFuzzer's runtime (scripts/install_deps.sh --fuzz). AQ_FUZZ_BUILD overrides build-fuzz/.
+# Needs clang and libFuzzer's runtime (scripts/install_deps.sh). AQ_FUZZ_BUILD overrides build-fuzz/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${AQ_FUZZ_BUILD:-$ROOT/build-fuzz}
@@ -21,7 +21,7 @@ esac
 names=("$@")
 ((${#names[@]})) || names=("${ALL[@]}")
 
-command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found; run scripts/install_deps.sh --fuzz" >&2; exit 1; }
+command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found; run scripts/install_deps.sh" >&2; exit 1; }
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
   CC=clang CXX=clang++ cmake -S "$ROOT" -B "$BUILD" -DAQ_FUZZ=ON -DAQ_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; echo "fuzz.sh: configure failed" >&2; exit 1; }
