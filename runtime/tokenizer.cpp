@@ -544,6 +544,24 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     fail(str(path, ": not valid JSON (", e.what(), ")"));
   }
+  // The checks below name each field whose type is wrong; this catches a mistyped field they do not foresee, so
+  // any file gives one aq::Error line rather than a JSON library exception (found by tests/fuzz).
+  try {
+    return load_hf_json(path, j);
+  } catch (const nlohmann::json::exception& e) {
+    fail(str(path, ": a field of the tokenizer file has an unexpected JSON type (", e.what(),
+             "); is it a Hugging Face tokenizer.json?"));
+  }
+}
+
+Tokenizer Tokenizer::load_hf_json(const std::string& path, nlohmann::json& j) {
+  // A boolean option: absent means `fallback`; present, it must be true or false.
+  auto flag = [&](const nlohmann::json& o, const char* key, bool fallback, const char* where) {
+    if (!o.is_object() || !o.contains(key) || o[key].is_null()) return fallback;
+    AQ_CHECK(o[key].is_boolean(), path, ": \"", key, "\" of the ", where, " must be true or false (got ", o[key].dump(),
+             ")");
+    return o[key].get<bool>();
+  };
   auto kind = [](const nlohmann::json& o) -> std::string {
     if (o.is_null()) return "none";
     if (o.is_object() && o.contains("type") && o["type"].is_string()) return o["type"].get<std::string>();
@@ -560,6 +578,7 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
   const nlohmann::json pre = j.value("pre_tokenizer", nlohmann::json());
   std::string pre_desc = kind(pre);
   if (pre_desc == "Sequence" && pre.contains("pretokenizers")) {
+    AQ_CHECK(pre["pretokenizers"].is_array(), path, ": the Sequence pre-tokenizer's \"pretokenizers\" is not a list");
     pre_desc = "Sequence of";
     for (const auto& p : pre["pretokenizers"]) pre_desc += " " + kind(p);
   }
@@ -572,30 +591,37 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
   if (pre_desc == "Sequence of Split ByteLevel") {
     const nlohmann::json& split = pre["pretokenizers"][0];
     std::string regex;
-    if (split.contains("pattern") && split["pattern"].is_object() && split["pattern"].contains("Regex"))
+    if (split.contains("pattern") && split["pattern"].is_object() && split["pattern"].contains("Regex")) {
+      AQ_CHECK(split["pattern"]["Regex"].is_string(), path,
+               ": the Split pre-tokenizer's pattern Regex is not a string");
       regex = split["pattern"]["Regex"].get<std::string>();
+    }
     AQ_CHECK(regex == kLlama3 || regex == kGpt2, path, ": the Split pre-tokenizer's pattern '", regex,
              "' is neither GPT-2's nor Llama-3's", want);
-    AQ_CHECK(split.value("behavior", std::string("Isolated")) == "Isolated" && !split.value("invert", false), path,
-             ": the Split pre-tokenizer is not behavior Isolated without invert", want);
+    AQ_CHECK(!split.contains("behavior") || split["behavior"].is_string(), path,
+             ": the Split pre-tokenizer's \"behavior\" is not a string");
+    AQ_CHECK(split.value("behavior", std::string("Isolated")) == "Isolated" &&
+                 !flag(split, "invert", false, "Split pre-tokenizer"),
+             path, ": the Split pre-tokenizer is not behavior Isolated without invert", want);
     pattern = regex == kLlama3 ? Pattern::kLlama3 : Pattern::kGpt2;
     byte_level = pre["pretokenizers"][1];
-    AQ_CHECK(!byte_level.value("use_regex", true), path,
+    AQ_CHECK(!flag(byte_level, "use_regex", true, "ByteLevel pre-tokenizer"), path,
              ": the ByteLevel pre-tokenizer after a Split has use_regex true (two patterns in a row)", want);
   } else {
     AQ_CHECK(kind(pre) == "ByteLevel", path, ": the tokenizer's pre-tokenizer is ", pre_desc,
              " (not ByteLevel, nor Split with GPT-2's or Llama-3's pattern then ByteLevel)", want);
-    AQ_CHECK(pre.value("use_regex", true), path, ": the ByteLevel pre-tokenizer has use_regex false", want);
+    AQ_CHECK(flag(pre, "use_regex", true, "ByteLevel pre-tokenizer"), path,
+             ": the ByteLevel pre-tokenizer has use_regex false", want);
   }
-  AQ_CHECK(!byte_level.value("add_prefix_space", false), path,
+  AQ_CHECK(!flag(byte_level, "add_prefix_space", false, "ByteLevel pre-tokenizer"), path,
            ": the ByteLevel pre-tokenizer has add_prefix_space true, which is not supported (decode would not "
            "give back the text)");
   const nlohmann::json norm = j.value("normalizer", nlohmann::json());
   AQ_CHECK(norm.is_null(), path, ": the tokenizer has a ", kind(norm), " normalizer", want);
   const nlohmann::json dec = j.value("decoder", nlohmann::json());
   AQ_CHECK(dec.is_null() || kind(dec) == "ByteLevel", path, ": the tokenizer's decoder is ", kind(dec), want);
-  AQ_CHECK(!model.value("byte_fallback", false), path, ": the BPE model uses byte_fallback (SentencePiece style)",
-           want);
+  AQ_CHECK(!flag(model, "byte_fallback", false, "BPE model"), path,
+           ": the BPE model uses byte_fallback (SentencePiece style)", want);
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     const bool unset = !model.contains(key) || model[key].is_null() ||
                        (model[key].is_string() && model[key].get<std::string>().empty());
@@ -608,7 +634,10 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
   std::vector<int32_t> specials;
   if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
     for (const auto& t : j["added_tokens"]) {
-      AQ_CHECK(t.contains("id") && t.contains("content"), path, ": an added token lacks \"id\" or \"content\"");
+      AQ_CHECK(t.is_object() && t.contains("id") && t.contains("content"), path,
+               ": an added token lacks \"id\" or \"content\"");
+      AQ_CHECK(t["id"].is_number_integer() && t["content"].is_string(), path, ": added token ", t.dump(),
+               " needs an integer \"id\" and a string \"content\"");
       const int64_t id = t["id"].get<int64_t>();
       AQ_CHECK(id >= 0 && id < (1 << 24), path, ": added token id ", id, " outside 0..16777215");
       if (static_cast<size_t>(id) >= tokens.size()) tokens.resize(static_cast<size_t>(id) + 1);
@@ -638,7 +667,7 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path) {
   }
   Tokenizer tok(std::move(tokens), merges, std::move(specials), path);
   tok.pattern_ = pattern;
-  tok.ignore_merges_ = model.value("ignore_merges", false);
+  tok.ignore_merges_ = flag(model, "ignore_merges", false, "BPE model");
   return tok;
 }
 

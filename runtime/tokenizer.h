@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -73,6 +74,7 @@ class Tokenizer {
   const std::string& name() const { return name_; }
 
  private:
+  static Tokenizer load_hf_json(const std::string& path, nlohmann::json& j);  // the parsed file
   void bpe(std::string_view piece, std::vector<int32_t>& out) const;
   void bpe_heap(std::vector<int32_t>& word) const;
   static constexpr size_t kLongPiece = 64;  // bytes above which a pre-token is merged with a heap

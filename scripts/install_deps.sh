@@ -2,12 +2,14 @@
 # install_deps.sh — installs the Debian packages Aqueduct needs (only those missing).
 #   scripts/install_deps.sh               build + run: compiler, CMake, OpenBLAS (OpenMP), Open MPI, nlohmann-json,
 #                                         CLI11, GoogleTest, ICU (the tokenizer's Unicode classes), the fortunes corpus for the default training run, and
-#                                         iproute2 (ip, tc) and python3 for the WAN testbed (scripts/wan_testbed.sh)
+#                                         iproute2 (ip, tc) and python3 for the WAN testbed (scripts/wan_testbed.sh),
+#                                         clang with libFuzzer's runtime (libclang-rt-14-dev, only recommended by
+#                                         clang, so named here) for the fuzz harnesses (scripts/fuzz.sh)
 #   scripts/install_deps.sh --reference   also python3-torch, numpy and matplotlib: the float64 PyTorch reference
 #                                         check, scripts/bench_vs_pytorch.py and the scaling plot
 set -euo pipefail
 PKGS=(build-essential cmake libopenblas-openmp-dev openmpi-bin libopenmpi-dev nlohmann-json3-dev libcli11-dev
-      libgtest-dev libicu-dev fortunes iproute2 python3)
+      libgtest-dev libicu-dev fortunes iproute2 python3 clang libclang-rt-14-dev)
 if [[ "${1:-}" == "--reference" ]]; then
   PKGS+=(python3-numpy python3-torch python3-matplotlib)
 fi

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "runtime/cli_parse.h"
 #include "train/job.h"
 
 namespace aq {
@@ -32,16 +33,7 @@ std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M)
 template <typename T>
 std::vector<int> Job<T>::balance_list(const char* what, int lo, int hi, const char* example) const {
   const Topology& topo = ctx_.topology();
-  std::vector<int> per_centre;
-  std::stringstream ss(cfg_.balance);
-  for (std::string tok; std::getline(ss, tok, ',');) {
-    char* end = nullptr;
-    const long k = std::strtol(tok.c_str(), &end, 10);
-    AQ_CHECK(!tok.empty() && *end == '\0' && k >= lo && k <= hi, "--balance must be off, auto or ", what,
-             " of each centre, each in [", lo, ", ", hi, "], e.g. ", example, " (got \"",
-             cfg_.balance, "\")");
-    per_centre.push_back(static_cast<int>(k));
-  }
+  const std::vector<int> per_centre = parse_balance_list(cfg_.balance, what, lo, hi, example);
   AQ_CHECK(static_cast<int>(per_centre.size()) == topo.centres(), "--balance ", cfg_.balance, " gives ",
            per_centre.size(), " centre(s) ", what, " but the job has ", topo.describe(),
            "; give one number per centre, in that order");

@@ -371,4 +371,27 @@ TEST(TokenizerHfJson, RefusesOtherKinds) {
   expect_refused("not json", "not valid JSON");
 }
 
+// Fields of the wrong JSON type (found by tests/fuzz/fuzz_tokenizer_json): one aq::Error naming the field, not a
+// JSON library exception.
+TEST(TokenizerHfJson, RefusesMistypedFields) {
+  expect_refused(hf_json("", R"({"type": "ByteLevel", "use_regex": "yes"})", false),
+                 "\"use_regex\" of the ByteLevel pre-tokenizer must be true or false (got \"yes\")");
+  expect_refused(hf_json(", \"ignore_merges\": 1", R"({"type": "ByteLevel"})", false),
+                 "\"ignore_merges\" of the BPE model must be true or false");
+  expect_refused(
+      hf_json("", R"({"type": "Sequence", "pretokenizers": {"a": {"type": "Split"}, "b": {"type": "ByteLevel"}}})",
+              false),
+      "\"pretokenizers\" is not a list");
+  expect_refused(hf_json("", R"({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": 7}},
+                                 {"type": "ByteLevel", "use_regex": false}]})",
+                         false),
+                 "pattern Regex is not a string");
+  expect_refused(R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"},
+                     "added_tokens": [{"id": "x", "content": "a"}]})",
+                 "needs an integer \"id\" and a string \"content\"");
+  expect_refused(R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"},
+                     "added_tokens": [7]})",
+                 "an added token lacks \"id\" or \"content\"");
+}
+
 }  // namespace
