@@ -26,6 +26,18 @@ int64_t meta_int64(const SafeTensorsReader& f, const char* key) {
   return *v;
 }
 
+// A JSON value of a checkpoint's metadata, typed: a malformed value (a damaged or foreign file: the checksums
+// cover tensor bytes, not metadata) is one aq::Error naming the file and the key.
+template <typename V>
+V meta_json(const SafeTensorsReader& f, const char* key) {
+  try {
+    return nlohmann::json::parse(f.metadata().at(key)).get<V>();
+  } catch (const std::exception& e) {
+    fail(str(f.path(), ": \"", key, "\" in the metadata is missing or malformed (", e.what(),
+             "); the file is damaged or was not written by aq-train --save"));
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -61,17 +73,14 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
   device_copy(opt_.v.data(), device_, v.data() + slice_begin(), Device::CPU, bytes);
   opt_.step = meta_int64(state, "step");
   updates_ = opt_.step;  // unless a paced DiLoCo centre idled (load_outer_state)
-  try {
-    auto words = nlohmann::json::parse(sm.at("rng_state")).get<std::vector<uint64_t>>();
-    AQ_CHECK(words.size() == 4, "bad size");
-    rng_.set_state({words[0], words[1], words[2], words[3]});
-  } catch (const std::exception&) {
-    fail(str(sp, ": rng_state in the metadata is missing or malformed"));
-  }
+  const auto words = meta_json<std::vector<uint64_t>>(state, "rng_state");
+  AQ_CHECK(words.size() == 4, sp, ": \"rng_state\" in the metadata has ", words.size(), " words, not 4; the file is ",
+           "damaged or was not written by aq-train --save");
+  rng_.set_state({words[0], words[1], words[2], words[3]});
   // The saved work split first: the data position is one of its global steps.
   // --balance auto keeps the split it measured; a fixed list or off follows the flags.
   if (sm.count("balance_micro") && cfg_.balance == "auto") {
-    auto micro = nlohmann::json::parse(sm.at("balance_micro")).get<std::vector<int>>();
+    auto micro = meta_json<std::vector<int>>(state, "balance_micro");
     if (static_cast<int>(micro.size()) == ctx_.dp()) {
       apply_split(std::move(micro));
       balanced_ = true;
@@ -211,7 +220,7 @@ void Job<T>::load_residuals(const SafeTensorsReader& state) {
     log_info("resume: the error-feedback residuals in ", state.path(), " are not used (this run keeps none)");
     return;
   }
-  const auto names = nlohmann::json::parse(sm.at("ef_centres")).get<std::vector<std::string>>();
+  const auto names = meta_json<std::vector<std::string>>(state, "ef_centres");
   const auto it = std::find(names.begin(), names.end(), mine);
   if (it == names.end()) {
     log_info("resume: ", state.path(), " holds no error-feedback residuals of centre ", mine, "; they start at zero");
@@ -251,7 +260,9 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
   model_->load(state, "outer_momentum.", outer_mom_.data());
   std::vector<float> buf(static_cast<size_t>(n), 0.0f);
   // Exchanges that were in flight at the save: their summed changes, merged at their step.
-  const auto pend = sm.count("outer_pending") ? nlohmann::json::parse(sm.at("outer_pending")) : nlohmann::json::array();
+  // [fragment, merge step, scale] each (files before the scale have two numbers).
+  const auto pend = sm.count("outer_pending") ? meta_json<std::vector<std::vector<double>>>(state, "outer_pending")
+                                              : std::vector<std::vector<double>>{};
   if (!pend.empty()) {
     const std::string saved_f = sm.count("outer_fragments") ? sm.at("outer_fragments") : "?";
     AQ_CHECK(saved_f == std::to_string(fragments_.size()), state.path(), " was saved with --outer-fragments ", saved_f,
@@ -259,16 +270,20 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
     for (size_t k = 0; k < pend.size(); ++k) {
       std::fill(buf.begin(), buf.end(), 0.0f);
       model_->load(state, str("outer_pending.", k, "."), buf.data());
-      const int f = pend[k][0].get<int>();
+      const std::vector<double>& ps = pend[k];
+      AQ_CHECK(ps.size() >= 2 && ps[0] >= 0 && ps[0] < static_cast<double>(fragments_.size()) && ps[1] > opt_.step,
+               state.path(), ": \"outer_pending\" entry ", k, " is not [fragment < ", fragments_.size(),
+               ", merge step > ", opt_.step, "(, scale)]; the file is damaged or was not written by aq-train --save");
+      const int f = static_cast<int>(ps[0]);
       const auto [b, e] = fragments_[static_cast<size_t>(f)];
       // The merge's scale as saved (the sum was over the saving run's DP ranks); older files: 1 / DP ranks.
-      const float scale = pend[k].size() > 2 ? pend[k][2].get<float>() : 1.0f / static_cast<float>(ctx_.dp());
-      pending_.push_back(PendingSync{f, pend[k][1].get<int64_t>(),
+      const float scale = ps.size() > 2 ? static_cast<float>(ps[2]) : 1.0f / static_cast<float>(ctx_.dp());
+      pending_.push_back(PendingSync{f, static_cast<int64_t>(ps[1]),
                                      std::vector<float>(buf.begin() + b, buf.begin() + e), nullptr, scale});
     }
   }
 
-  const auto names = nlohmann::json::parse(sm.at("diloco_centres")).get<std::vector<std::string>>();
+  const auto names = meta_json<std::vector<std::string>>(state, "diloco_centres");
   const std::string& mine = ctx_.topology().centre_names[static_cast<size_t>(ctx_.centre())];
   const auto it = std::find(names.begin(), names.end(), mine);
   // Time-based inner phases: the measured pace (auto; a list follows the flags), the inner steps each centre
@@ -276,18 +291,18 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
   if (paced()) {
     const size_t C = static_cast<size_t>(ctx_.topology().centres());
     if (sm.count("outer_inner_steps") && cfg_.balance == "auto") {
-      auto pace = nlohmann::json::parse(sm.at("outer_inner_steps")).get<std::vector<int>>();
+      auto pace = meta_json<std::vector<int>>(state, "outer_inner_steps");
       if (pace.size() == C) {
         inner_per_window_ = std::move(pace);
         balanced_ = true;
       }
     }
     if (sm.count("outer_window_active")) {
-      auto active = nlohmann::json::parse(sm.at("outer_window_active")).get<std::vector<int64_t>>();
+      auto active = meta_json<std::vector<int64_t>>(state, "outer_window_active");
       if (active.size() == window_active_.size()) window_active_ = std::move(active);
     }
     if (sm.count("centre_updates") && it != names.end()) {
-      const auto upd = nlohmann::json::parse(sm.at("centre_updates")).get<std::vector<int64_t>>();
+      const auto upd = meta_json<std::vector<int64_t>>(state, "centre_updates");
       if (static_cast<size_t>(it - names.begin()) < upd.size()) updates_ = upd[static_cast<size_t>(it - names.begin())];
     }
   }
