@@ -108,6 +108,9 @@ void Job<T>::balance_now() {
   for (int d = 0; d < dp; ++d)
     ideal[d] = static_cast<double>(M_) / std::max(ms[topo.centre_of[d * ctx_.tp()]], 1e-9) / total;
   std::vector<int> micro = deal_micro_batches(ideal, M_);
+  // Every rank must apply the same split, and an all-reduce's floating-point sum may round differently on
+  // different ranks: rank 0's decision is the job's.
+  ctx_.world().broadcast(micro.data(), dp, DType::I32, 0, {"balance: the split"})->wait();
   std::string line = "balance: micro-batches per rank by centre speed:";
   for (int c = 0; c < C; ++c)
     for (int d = 0; d < dp; ++d)
@@ -132,8 +135,13 @@ void Job<T>::pace_now() {
   for (int c = 0; c < topo.centres(); ++c) {
     const double share = std::max(fastest, 1e-9) / std::max(ms[c], 1e-9);
     inner_per_window_[c] = static_cast<int>(std::clamp<int64_t>(std::llround(share * static_cast<double>(H)), 1, H));
-    line += str(c ? "," : "", " centre ", topo.centre_names[c], ": ", inner_per_window_[c], " (", ms[c], " ms per step)");
   }
+  // Ranks that disagreed on the pace would idle on different steps inside one centre and hang its collectives:
+  // rank 0's decision is the job's (see balance_now).
+  ctx_.world().broadcast(inner_per_window_.data(), topo.centres(), DType::I32, 0, {"balance: the pace"})->wait();
+  for (int c = 0; c < topo.centres(); ++c)
+    line += str(c ? "," : "", " centre ", topo.centre_names[c], ": ", inner_per_window_[c], " (", ms[c],
+                " ms per micro-batch)");
   log_info(line);
 }
 

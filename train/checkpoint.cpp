@@ -79,7 +79,8 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
   rng_.set_state({words[0], words[1], words[2], words[3]});
   // The saved work split first: the data position is one of its global steps.
   // --balance auto keeps the split it measured; a fixed list or off follows the flags.
-  if (sm.count("balance_micro") && cfg_.balance == "auto") {
+  // (Under DiLoCo --balance paces inner steps instead: load_outer_state.)
+  if (sm.count("balance_micro") && cfg_.balance == "auto" && !diloco()) {
     auto micro = meta_json<std::vector<int>>(state, "balance_micro");
     if (static_cast<int>(micro.size()) == ctx_.dp()) {
       apply_split(std::move(micro));
@@ -170,7 +171,7 @@ void Job<T>::save(const std::string& path) {
       state_meta["rng_state"] = dump_json(nlohmann::json(std::vector<uint64_t>(rs.begin(), rs.end())));
       state_meta["train_options"] = dump_json(options);
       // The work split, once it is final (a fixed list, or measured by auto).
-      if (cfg_.balance != "off" && (cfg_.balance != "auto" || balanced_))
+      if (cfg_.balance != "off" && (cfg_.balance != "auto" || balanced_) && !diloco())
         state_meta["balance_micro"] = dump_json(nlohmann::json(micro_));
       if (ef) state_meta["ef_centres"] = dump_json(nlohmann::json(ctx_.topology().centre_names));
       if (diloco()) {
@@ -288,22 +289,32 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
   const auto it = std::find(names.begin(), names.end(), mine);
   // Time-based inner phases: the measured pace (auto; a list follows the flags), the inner steps each centre
   // trained since each fragment's last sync, and this centre's AdamW updates.
+  // The pace and the window counts are per centre in the saving run's order: kept only when the centres are the
+  // same, in the same order (and the same fragments); otherwise counting restarts and auto measures again.
+  if (sm.count("centre_updates") && it != names.end()) {
+    const auto upd = meta_json<std::vector<int64_t>>(state, "centre_updates");
+    if (static_cast<size_t>(it - names.begin()) < upd.size()) updates_ = upd[static_cast<size_t>(it - names.begin())];
+  }
   if (paced()) {
-    const size_t C = static_cast<size_t>(ctx_.topology().centres());
+    const bool same = names == ctx_.topology().centre_names;
     if (sm.count("outer_inner_steps") && cfg_.balance == "auto") {
       auto pace = meta_json<std::vector<int>>(state, "outer_inner_steps");
-      if (pace.size() == C) {
+      const bool fits = std::all_of(pace.begin(), pace.end(), [&](int a) { return a >= 1 && a <= cfg_.outer_steps; });
+      if (same && fits) {
         inner_per_window_ = std::move(pace);
         balanced_ = true;
+      } else {
+        log_info("resume: the saved pace of inner steps is for other centres or another --outer-steps; it is "
+                 "measured again");
       }
     }
     if (sm.count("outer_window_active")) {
       auto active = meta_json<std::vector<int64_t>>(state, "outer_window_active");
-      if (active.size() == window_active_.size()) window_active_ = std::move(active);
-    }
-    if (sm.count("centre_updates") && it != names.end()) {
-      const auto upd = meta_json<std::vector<int64_t>>(state, "centre_updates");
-      if (static_cast<size_t>(it - names.begin()) < upd.size()) updates_ = upd[static_cast<size_t>(it - names.begin())];
+      if (same && active.size() == window_active_.size())
+        window_active_ = std::move(active);
+      else
+        log_info("resume: the saved counts of inner steps per fragment are for other centres or fragments; the "
+                 "next outer syncs weigh the centres from zero counts");
     }
   }
   if (it == names.end()) {

@@ -68,6 +68,8 @@ void TrainConfig::validate() const {
   AQ_CHECK(outer_lr > 0 && std::isfinite(outer_lr), "--outer-lr must be a positive number (got ", outer_lr, ")");
   AQ_CHECK(outer_momentum >= 0 && outer_momentum < 1, "--outer-momentum must be in [0, 1) (got ", outer_momentum, ")");
   AQ_CHECK(balance_steps >= 1, "--balance-steps must be >= 1 timed steps (got ", balance_steps, ")");
+  AQ_CHECK(balance == "off" || outer == "none" || outer_steps <= (int64_t{1} << 30), "--balance paces inner steps ",
+           "per window of --outer-steps, which must then be <= 2^30 (got ", outer_steps, ")");
   AQ_CHECK(outer_fragments >= 1, "--outer-fragments must be >= 1 (got ", outer_fragments, ")");
   AQ_CHECK(outer_overlap >= 0 && outer_overlap < outer_steps, "--outer-overlap must be in [0, --outer-steps) = [0, ",
            outer_steps, ") inner steps (got ", outer_overlap, ")");

@@ -19,9 +19,6 @@
 
 namespace aq {
 
-// --balance auto times the steps from this one (0-based; the first is a warm-up) for --balance-steps steps.
-constexpr int64_t kFirstTimedStep = 1;
-
 template <typename T>
 void Job<T>::setup() {
   // ZeRO-1 over a single data-parallel rank has nothing to shard: run without it (one rule, here, instead of
@@ -131,6 +128,9 @@ void Job<T>::build() {
   }
   if (!cfg_.resume.empty()) load_state(*weights);
   start_step_ = opt_.step;
+  // A resume past the first timed step without the measured split (or pace) measures again from its own start:
+  // the times of the steps before the save were not kept.
+  if (cfg_.balance == "auto" && !balanced_ && start_step_ > first_timed_) first_timed_ = start_step_ + 1;
 
   if (idp() > 1 && !cfg_.zero) {
     std::vector<int64_t> boundaries;
@@ -213,13 +213,13 @@ StepRecord Job<T>::step(int64_t s) {
   r.wan_bytes = wan.bytes;
   r.wan_ms = wan.ms;
   const int64_t micro_batches = diloco() ? ranks_trained * K_ : M_;
-  r.tokens_per_s = static_cast<double>(cfg_.batch) * static_cast<double>(micro_batches) * cfg_.seq / (r.ms / 1000.0);
+  // An idle step's own time says nothing about the others' tokens: it reports none.
+  r.tokens_per_s = r.idle ? 0.0 : static_cast<double>(cfg_.batch) * static_cast<double>(micro_batches) * cfg_.seq / (r.ms / 1000.0);
   // Restored error-feedback residuals have all been claimed once every position was quantised: one step, or
   // with DiLoCo one window of H steps.
   if (s + 1 == start_step_ + (diloco() ? cfg_.outer_steps + cfg_.outer_overlap : 1)) wan_algo().drop_unclaimed_residuals();
-  // --balance auto times steps 2 .. 1 + balance_steps of the run (after a warm-up step), counted from the run's
-  // start even across a resume, so a run split by a save switches to the measured split at the same step.
-  if (cfg_.balance == "auto" && s + 1 == kFirstTimedStep + cfg_.balance_steps && !balanced_) {
+  // --balance auto: the split (or pace) from the timed steps, once (see first_timed_).
+  if (cfg_.balance == "auto" && s + 1 == first_timed_ + cfg_.balance_steps && !balanced_) {
     if (diloco())
       pace_now();
     else
@@ -245,7 +245,7 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
                                      k > 0);
   }
   // --balance auto: the timed steps (see step()).
-  if (cfg_.balance == "auto" && s >= kFirstTimedStep && s < kFirstTimedStep + cfg_.balance_steps)
+  if (cfg_.balance == "auto" && s >= first_timed_ && s < first_timed_ + cfg_.balance_steps)
     micro_ms_ += compute.ms() / K;
   if (diloco()) outer_poll();  // exchanges running behind the inner steps make progress
   double comm = 0, exposed = 0;

@@ -8,6 +8,7 @@
 #include <deque>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -230,7 +231,12 @@ class Job final : public JobApi {
   std::vector<int> inner_per_window_;
   std::vector<int64_t> window_active_;
   int64_t updates_ = 0;     // AdamW updates of this rank's replica: opt_.step, less the steps its centre idled
-  double last_loss_ = 0;    // the loss of the last step this rank trained (an idle step reports it)
+  // The loss of the last step this rank trained (an idle step reports it; NaN, written null, before the first).
+  double last_loss_ = std::numeric_limits<double>::quiet_NaN();
+  // --balance auto: the first timed step (0-based; a warm-up step comes before it). From the run's start, so a
+  // run split by a save switches at the same step; a resume that could not restore the measurement times the
+  // steps after its own first step instead.
+  int64_t first_timed_ = 1;
   // The step's forward/backward, gradient reduction, clipping and AdamW (not for an idle step of a paced
   // centre). Collective over the step's groups.
   StepRecord inner_step(int64_t s, Timer& t);

@@ -13,8 +13,8 @@ std::string progress_line(const StepRecord& r, int64_t total, double eta_s, cons
   char buf[360];
   const int width = static_cast<int>(std::to_string(total).size());
   int n = r.idle ? std::snprintf(buf, sizeof(buf), "step %*lld/%lld | idle: this centre trains fewer steps per window "
-                                 "(--balance) | %.1f ms | %.0f tok/s (all centres)", width,
-                                 static_cast<long long>(r.step), static_cast<long long>(total), r.ms, r.tokens_per_s)
+                                 "(--balance) | %.1f ms", width, static_cast<long long>(r.step),
+                                 static_cast<long long>(total), r.ms)
                  : std::snprintf(buf, sizeof(buf), "step %*lld/%lld | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s",
                                  width, static_cast<long long>(r.step), static_cast<long long>(total), r.loss, r.lr,
                                  r.grad_norm, r.ms, r.tokens_per_s);

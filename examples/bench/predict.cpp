@@ -158,7 +158,17 @@ void print_what_if(double wan_latency_s) {
         dj.inner.tokens_per_rank = m.tokens_per_replica;
         dj.inner.layout = {1, 8 / m.tp, std::max(1, 8 / m.tp)};
         dj.centres = 2, dj.H = c.H, dj.F = c.F, dj.tau = c.tau, dj.codec = c.codec;
-        u = cost::predict_diloco(dj, cal).utilisation;
+        if (c.H == 1) {
+          // Synchronous: the step model itself (buckets overlapping backward), not an outer exchange every step.
+          cost::StepJob sync = dj.inner;
+          sync.layout = {2, 8 / m.tp, std::max(1, 8 / m.tp)};
+          sync.algo = cost::Algo::Hier;
+          sync.codec = c.codec;
+          const cost::Prediction p = cost::predict_step(sync, cal);
+          u = p.compute_s / p.step_s;
+        } else {
+          u = cost::predict_diloco(dj, cal).utilisation;
+        }
         pick = c.name;
         if (u >= 0.9) break;
       }

@@ -270,6 +270,8 @@ void wan(const WanOptions& o, const std::string& self) {
     m.comm_ms = w["ranks"][0]["comm_ms"].get<double>();
     m.final_loss = w["final_loss"].get<double>();
     m.val_loss = w["val_loss"].get<double>();
+    // A run that never syncs evaluates the initial global model: no validation figure to compare ("nan").
+    if (rc.H == kNeverSync) m.val_loss = std::nan("");
     double job_total = 0;
     std::map<int, double> centre_wan_ms, centre_bytes;
     m.tokens_per_step = static_cast<double>(np) * sh.batch * sh.seq;
@@ -288,7 +290,9 @@ void wan(const WanOptions& o, const std::string& self) {
       const int c = std::atoi(name.c_str() + 6);  // "centreK"
       centre_bytes[c] = d / o.steps;
     }
-    (void)job_total;
+    // Low-communication runs send on a few steps only, so their per-step figure is the run's total spread over
+    // the steps, not a median (which would be 0).
+    if (rc.H > 0) m.wan_bytes_job = job_total / o.steps;
     for (const auto& [c, bytes] : centre_bytes)
       if (centre_wan_ms[c] > 0) m.util_by_centre.push_back(bytes / (centre_wan_ms[c] / 1e3) / rate_Bps);
     m.link_util = m.util_by_centre.empty() ? 0 : median(m.util_by_centre);
@@ -340,7 +344,8 @@ void wan(const WanOptions& o, const std::string& self) {
          "link_bytes,link_over_wan,link_util,final_loss,val_loss,step_speedup,exposed_ratio,wan_bytes_ratio,"
          "val_rel_diff,pred_step_ms,pred_exposed_ms,pred_err_pct,pred_wan_bytes,pred_compute_ms\n";
   for (const Measured& m : res) {
-    const double sp = base.step_ms / m.step_ms, er = base.exposed_max_ms / std::max(1e-9, m.exposed_max_ms);
+    const double step = m.rc.H > 0 ? m.mean_ms : m.step_ms, base_step = base.rc.H > 0 ? base.mean_ms : base.step_ms;
+    const double sp = base_step / step, er = base.exposed_max_ms / std::max(1e-9, m.exposed_max_ms);
     const double br = base.link_bytes / std::max(1.0, m.link_bytes), vd = (m.val_loss - base.val_loss) / base.val_loss;
     const double lw = m.link_bytes / std::max(1.0, m.wan_bytes_job);
     // flat's wan_ms is the in-flight time of the ranks a ring would cross with, not a cross-centre stage: no util.
@@ -366,7 +371,7 @@ void wan(const WanOptions& o, const std::string& self) {
       "(start-up and evaluation included); link/ranks: link bytes over the ranks' wan_bytes; util: a centre's "
       "link bytes over the longest cross-stage time (wan_ms) of its ranks, against the shaped rate (median of "
       "centres); x: flat fp32 over this (exposed: slowest rank; bytes: link bytes); val diff: against flat "
-      "fp32)\n");
+      "fp32; centres alone never syncs, so it has no validation loss)\n");
 
   // Per token: what each configuration sent and how fast each rank trained, against the centres training alone
   // (when measured) and flat fp32 (when measured).

@@ -138,30 +138,37 @@ for c in centre0 centre1; do within5 "hier int8, $c" "$(counted "$TMP/int8.txt" 
 # 4. A throttled centre (--cpu-quota: centre1's two ranks share a quarter of a core, a several-fold slowdown):
 #    --balance auto must see it and give it less work — fewer micro-batches per step in synchronous data
 #    parallelism, fewer inner steps per window under DiLoCo — and both runs must finish.
-throttled() {  # WHAT FILE [aq-train flags]: runs aq-train with centre1 throttled, output to FILE
+throttled() {  # WHAT FILE [aq-train flags]: runs aq-train with centre1 throttled, output to FILE; 1 = skipped
   local what=$1 file=$2
   shift 2
   rc=0
   timeout 300 "$TB" run 4 --name "$NAME" --env OMP_NUM_THREADS=1 --cpu-quota centre1=0.25 -- "$BIN/aq-train" \
     --device cpu --data "$TMP/data/train_*.bin" --batch 2 --seq 32 --threads 1 --balance auto --balance-steps 2 \
     "$@" > "$file" 2>&1 || rc=$?
+  if [[ $rc -eq 77 ]]; then  # no cgroup v1 cpu controller here (wan_testbed.sh says why)
+    echo "skip $what: $(tail -1 "$file")"
+    return 1
+  fi
   [[ $rc -eq 0 ]]
   check "$what: exits 0" $?
   [[ $rc -eq 0 ]] || sed 's/^/    | /' "$file" | tail -30
+  return 0
 }
 share() {  # FILE CENTRE: the work the balance line gives the centre
   grep -Eo "centre $2: [0-9]+" "$1" | head -1 | awk '{ print $3 }'
 }
-throttled "synchronous, centre1 at 0.25 core" "$TMP/balance.txt" --steps 6 --grad-accum 4
-a=$(share "$TMP/balance.txt" centre0)
-b=$(share "$TMP/balance.txt" centre1)
-[[ -n $a && -n $b ]] && ((a > b && a + b == 8))
-check "synchronous --balance auto: micro-batches per rank centre0 ${a:-?} > centre1 ${b:-?} (8 per rank pair)" $?
-throttled "DiLoCo, centre1 at 0.25 core" "$TMP/pace.txt" --steps 12 --outer diloco --outer-steps 4
-a=$(share "$TMP/pace.txt" centre0)
-b=$(share "$TMP/pace.txt" centre1)
-[[ $a == 4 && -n $b ]] && ((b < 4))
-check "DiLoCo --balance auto: inner steps per window of 4, centre0 ${a:-?}, centre1 ${b:-?} (< 4)" $?
+if throttled "synchronous, centre1 at 0.25 core" "$TMP/balance.txt" --steps 6 --grad-accum 4; then
+  a=$(share "$TMP/balance.txt" centre0)
+  b=$(share "$TMP/balance.txt" centre1)
+  [[ -n $a && -n $b ]] && ((a > b && a + b == 8))
+  check "synchronous --balance auto: micro-batches per rank centre0 ${a:-?} > centre1 ${b:-?} (8 per rank pair)" $?
+fi
+if throttled "DiLoCo, centre1 at 0.25 core" "$TMP/pace.txt" --steps 12 --outer diloco --outer-steps 4; then
+  a=$(share "$TMP/pace.txt" centre0)
+  b=$(share "$TMP/pace.txt" centre1)
+  [[ $a == 4 && -n $b ]] && ((b < 4))
+  check "DiLoCo --balance auto: inner steps per window of 4, centre0 ${a:-?}, centre1 ${b:-?} (< 4)" $?
+fi
 
 echo "$fail failed"
 [[ $fail -eq 0 ]]
