@@ -180,7 +180,10 @@ StepRecord Job<T>::step(int64_t s) {
   Timer t;
   // Every rank reads its window of the global batch, an idle one too (its tokens go unused), so every rank's
   // data position stays that of the step.
-  { trace::Span trace_span(trace::Stream::Compute, "data loading"); train_data_->next(inputs_.data(), targets_.data()); }
+  {
+    trace::Span trace_span(trace::Stream::Compute, "data loading");
+    train_data_->next(inputs_.data(), targets_.data());
+  }
   StepRecord r;
   if (inner_active(ctx_.centre(), s)) {
     r = inner_step(s, t);
@@ -214,7 +217,8 @@ StepRecord Job<T>::step(int64_t s) {
   r.wan_ms = wan.ms;
   const int64_t micro_batches = diloco() ? ranks_trained * K_ : M_;
   // An idle step's own time says nothing about the others' tokens: it reports none.
-  r.tokens_per_s = r.idle ? 0.0 : static_cast<double>(cfg_.batch) * static_cast<double>(micro_batches) * cfg_.seq / (r.ms / 1000.0);
+  r.tokens_per_s =
+      r.idle ? 0.0 : static_cast<double>(cfg_.batch) * static_cast<double>(micro_batches) * cfg_.seq / (r.ms / 1000.0);
   // Restored error-feedback residuals have all been claimed once every position was quantised: one step, or
   // with DiLoCo one window of H steps.
   if (s + 1 == start_step_ + (diloco() ? cfg_.outer_steps + cfg_.outer_overlap : 1)) wan_algo().drop_unclaimed_residuals();
