@@ -59,6 +59,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", cfg.seed, "Seed of the initial weights")->capture_default_str();
   app.add_option("--save", cfg.save, "Write the model (safetensors) here at the end, plus FILE.state");
+  app.add_flag("--overwrite", cfg.overwrite,
+               "Let a fresh run replace a checkpoint of another run at --save (refused otherwise)");
   app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")->capture_default_str();
   app.add_option("--eval-every", cfg.eval_every, "Validation loss every N steps (and at the end)")
       ->capture_default_str();

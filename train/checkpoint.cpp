@@ -2,6 +2,7 @@
 // with DiLoCo, θ_global) plus "<file>.state" (AdamW moments, step, data position, RNG, options, error-feedback
 // residuals per centre, DiLoCo replicas and outer momentum), the same whatever layout wrote them.
 #include <algorithm>
+#include <filesystem>
 #include <cstdio>
 #include <random>
 
@@ -98,6 +99,42 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
 }
 
 template <typename T>
+void Job<T>::guard_save_path() {
+  // One writer per path; temporaries of a writer that died are removed while we hold the lock.
+  save_lock_ = std::make_unique<PathLock>(cfg_.save, "--save");
+  const std::vector<std::string> gone = remove_dead_temporaries({cfg_.save, state_path_for(cfg_.save)});
+  if (!gone.empty())
+    log_info("removed ", gone.size(), " temporary file(s) of an interrupted save (", gone.front(),
+             gone.size() > 1 ? ", …" : "", ")");
+  // This run's id: a fresh one, or the resumed run's.
+  run_id_ = new_checkpoint_id();
+  if (!cfg_.resume.empty() && file_exists(state_path_for(cfg_.resume))) {
+    const SafeTensorsReader resumed(state_path_for(cfg_.resume));
+    const auto& m = resumed.metadata();
+    run_id_ = m.count("run_id") ? m.at("run_id") : m.count("checkpoint_id") ? m.at("checkpoint_id") : run_id_;
+  }
+  if (!file_exists(cfg_.save) || cfg_.overwrite) return;
+  // The path holds a file already: ours (the file we resume, or an earlier save of this run) or another run's.
+  std::error_code ec;
+  if (!cfg_.resume.empty() &&
+      std::filesystem::equivalent(std::filesystem::path(cfg_.save), std::filesystem::path(cfg_.resume), ec))
+    return;
+  std::string step = "?", theirs;
+  try {
+    const SafeTensorsReader existing(cfg_.save);
+    const auto& m = existing.metadata();
+    if (m.count("step")) step = m.at("step");
+    if (m.count("run_id")) theirs = m.at("run_id");
+  } catch (const Error&) {
+    fail(str("--save ", cfg_.save, " exists and is not a readable aq-train checkpoint; save elsewhere, or pass ",
+             "--overwrite to replace it"));
+  }
+  if (!theirs.empty() && theirs == run_id_) return;
+  fail(str("--save ", cfg_.save, " already holds a checkpoint of another run (step ", step, "); continue that run with ",
+           "--resume ", cfg_.save, ", save elsewhere, or pass --overwrite to replace it"));
+}
+
+template <typename T>
 void Job<T>::save(const std::string& path) {
   // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
   // rank 0 writes. State first, then the model: if we die in between, the model file's id no longer matches
@@ -163,6 +200,7 @@ void Job<T>::save(const std::string& path) {
                                 {"outer_momentum", cfg_.outer_momentum}};
       std::map<std::string, std::string> meta = model_->config().to_metadata();
       meta["checkpoint_id"] = id;
+      meta["run_id"] = run_id_;
       meta["step"] = std::to_string(opt_.step);
       std::map<std::string, std::string> state_meta = meta;
       const LoaderPosition pos = train_data_->position();

@@ -22,6 +22,7 @@
 #include "runtime/data.h"
 #include "runtime/log.h"
 #include "runtime/memory.h"
+#include "runtime/path_lock.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
 #include "train/outer_optimizer.h"
@@ -242,6 +243,11 @@ class Job final : public JobApi {
   StepRecord inner_step(int64_t s, Timer& t);
   bool last_micro_ = true;                 // the micro-batch running is the step's last
   std::ofstream log_file_;
+  // Rank 0 with --save: the path's lock for the whole run, and the id this run's checkpoints carry ("run_id",
+  // kept across resumes) so a later fresh run can tell them from its own. guard_save_path() sets both.
+  std::unique_ptr<PathLock> save_lock_;
+  std::string run_id_;
+  void guard_save_path();
   typename ops::MultiAdamW<T>::Update* adamw_ = nullptr;
   ops::MultiAdamW<float>::SumSquares* sum_squares_ = nullptr;
 };

@@ -53,6 +53,8 @@ struct TrainConfig {
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
   uint64_t seed = 1337;
   std::string save, log;
+  // A fresh run refuses a --save path that holds another run's checkpoint unless this is set (--overwrite).
+  bool overwrite = false;
   int64_t save_every = 0, eval_every = 0, eval_batches = 8;
   // Stopping early while the schedule still follows `steps` (a run split over several jobs is bit-identical to
   // one uninterrupted run): after step `stop_at` (0 = no), or before `time_limit_min` minutes would be exceeded

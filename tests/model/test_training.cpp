@@ -1,14 +1,17 @@
 // test_training.cpp — the training loop end to end, in process: loss falls on real text, the same seed gives
 // bit-identical losses, and train N ≡ train k + save + resume + train N−k, bit for bit.
 #include <glob.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "runtime/path_lock.h"
 #include "train/outer_optimizer.h"
 #include "train/trainer.h"
 #include "runtime/data.h"
@@ -58,6 +61,7 @@ class Training : public test::TempDirTest {
     cfg_.quiet = true;
     cfg_.threads = 2;
     cfg_.device = "cpu";  // the CPU trainer is what this suite tests, GPU or not
+    cfg_.overwrite = true;  // the tests save to the same paths run after run (CheckpointPathGuard checks it off)
   }
 
   static std::vector<double> losses(const TrainResult& r) {
@@ -223,6 +227,64 @@ TEST_F(Training, JsonLogHasOneLinePerStepAndValidationLines) {
   EXPECT_EQ(expect_step, 7);
   EXPECT_EQ(val_lines, 2);  // steps 3 and 6
   EXPECT_EQ(r.val_losses.size(), 2u);
+}
+
+TEST_F(Training, CheckpointPathGuard) {
+  // A fresh run does not replace another run's checkpoint without --overwrite; the same run (resumed from the
+  // path, or from elsewhere saving back to its own file) may; a held path is refused with the holder's pid.
+  TrainConfig a = cfg_;
+  a.steps = 2;
+  a.overwrite = false;
+  a.save = dir_ + "/guard.safetensors";
+  std::filesystem::remove(a.save);
+  train(a, comm_);
+  const auto refused = [&](TrainConfig c, const char* want) {
+    try {
+      train(c, comm_);
+      ADD_FAILURE() << "accepted; expected: " << want;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  refused(a, "already holds a checkpoint of another run (step 2); continue that run with --resume");
+  TrainConfig again = a;
+  again.resume = a.save;  // the same run, continued in place
+  again.steps = 3;
+  EXPECT_EQ(train(again, comm_).steps.size(), 1u);
+  TrainConfig copy = again;  // resumed from a copy elsewhere, saving back to its own file: still this run
+  std::filesystem::copy_file(a.save, dir_ + "/guard_copy.safetensors", std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(state_path_for(a.save), dir_ + "/guard_copy.safetensors.state",
+                             std::filesystem::copy_options::overwrite_existing);
+  copy.resume = dir_ + "/guard_copy.safetensors";
+  copy.steps = 4;
+  EXPECT_EQ(train(copy, comm_).steps.size(), 1u);
+  TrainConfig other = a;
+  other.overwrite = true;
+  EXPECT_EQ(train(other, comm_).steps.size(), 2u);
+  // A file that is not a checkpoint.
+  TrainConfig junk = a;
+  junk.save = dir_ + "/junk.safetensors";
+  { std::ofstream(junk.save) << "not a checkpoint"; }
+  refused(junk, "exists and is not a readable aq-train checkpoint");
+  // A live writer holds the path: refused with its pid; the lock file goes away with its holder.
+  {
+    PathLock held(a.save, "--save");
+    refused(a, str("is being written by another run (pid ", ::getpid(), " on host ").c_str());
+  }
+  EXPECT_FALSE(std::filesystem::exists(a.save + ".lock"));
+  // Temporaries of a writer that died are removed at the next start (a pid that is not running: the first
+  // child's, after it exited).
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);
+  const std::string tmp = str(a.save, ".tmp.", child);
+  { std::ofstream(tmp) << "half a model"; }
+  const std::string live = str(a.save, ".tmp.", ::getppid());  // a live process's (our parent): kept
+  { std::ofstream(live) << "in progress"; }
+  train(other, comm_);
+  EXPECT_FALSE(std::filesystem::exists(tmp));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  std::filesystem::remove(live);
 }
 
 TEST(OuterOptimizer, NesterovMatchesTheClosedFormSequence) {

@@ -380,6 +380,7 @@ class Layouts : public ::testing::Test {
   // A config whose global batch is 4 sequences whatever the layout.
   static TrainConfig config(int dp) {
     TrainConfig c;
+    c.overwrite = true;  // the tests save to the same paths run after run
     c.layers = 2;
     c.heads = 4;
     c.dim = 24;
