@@ -123,6 +123,9 @@ int main(int argc, char** argv) {
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   bool by_signal = false;
   const int code = aq::run_main("aq-train", app, argc, argv, ctx, [&] {
+    cfg.given.emplace();  // which flags were given: --resume restores the saved run's other options
+    for (const CLI::Option* opt : app.get_options())
+      if (opt->count()) cfg.given->insert(opt->get_name());
     if (o_layers->count()) cfg.layers = layers;
     if (o_heads->count()) cfg.heads = heads;
     if (o_dim->count()) cfg.dim = dim;

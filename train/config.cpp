@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "ops/cpu/blas.h"
+#include "runtime/file_io.h"
 #include "train/job.h"
 #ifdef AQ_HAVE_CUDA
 #include "ops/cuda/gemm.h"
@@ -101,6 +102,76 @@ DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo)
   }
   o.error_feedback = o.codec != WanCodec::None && cfg.error_feedback != "off";
   return o;
+}
+
+void restore_saved_options(TrainConfig& cfg, int dp) {
+  const std::string sp = state_path_for(cfg.resume);
+  if (!cfg.given || !file_exists(sp)) return;  // a missing state file is reported when it is loaded
+  const SafeTensorsReader state(sp);
+  if (!state.metadata().count("train_options")) return;
+  nlohmann::json o;
+  try {
+    o = nlohmann::json::parse(state.metadata().at("train_options"));
+  } catch (const std::exception& e) {
+    fail(str(sp, ": \"train_options\" in the metadata is malformed (", e.what(), "); the file is damaged"));
+  }
+  std::string restored, changed;
+  const auto given = [&](const char* flag) { return cfg.given->count(flag) > 0; };
+  // A hyper-parameter: restored when not given; a given new value is taken, and said.
+  const auto hyper = [&](const char* flag, const char* key, auto& field) {
+    using V = std::decay_t<decltype(field)>;
+    if (!o.contains(key)) return;
+    const V saved = o.at(key).get<V>();
+    if (field == saved) return;
+    if (given(flag))
+      changed += str(" ", flag, " ", saved, " → ", field);
+    else
+      restored += str(" ", flag, " ", field = saved);
+  };
+  // An option whose change would alter the data order or the shapes: restored when not given; a given new value
+  // is refused with the reason.
+  const auto fixed = [&](const char* flag, const char* key, auto& field, const char* why) {
+    using V = std::decay_t<decltype(field)>;
+    if (!o.contains(key)) return;
+    const V saved = o.at(key).get<V>();
+    if (field == saved) return;
+    AQ_CHECK(!given(flag), "--resume ", cfg.resume, ": ", flag, " ", field, " differs from the saved run's ", saved,
+             "; ", why, ": drop ", flag, " to continue the run, or start a new one from its weights with --init-from");
+    restored += str(" ", flag, " ", field = saved);
+  };
+  fixed("--seq", "seq", cfg.seq, "the sequences would be cut differently");
+  fixed("--data", "data", cfg.data, "the data order would change");
+  fixed("--grad-accum", "grad_accum", cfg.grad_accum, "the global batch would change");
+  fixed("--outer", "outer", cfg.outer, "the training algorithm and its saved state differ");
+  // The global batch (batch × dp) is the run's; the per-rank batch follows this run's dp.
+  if (o.contains("batch") && o.contains("dp")) {
+    const int64_t global = o.at("batch").get<int64_t>() * o.at("dp").get<int64_t>();
+    if (given("--batch")) {
+      AQ_CHECK(static_cast<int64_t>(cfg.batch) * dp == global, "--resume ", cfg.resume, ": --batch ", cfg.batch,
+               " on dp=", dp, " is a global batch of ", static_cast<int64_t>(cfg.batch) * dp,
+               " sequences, the saved run's is ", global, "; the data order would change: drop --batch to continue ",
+               "the run, or start a new one with --init-from");
+    } else {
+      AQ_CHECK(global % dp == 0, "--resume ", cfg.resume, ": the saved run's global batch of ", global,
+               " sequences does not split over dp=", dp, "; use a data-parallel size that divides it");
+      if (cfg.batch != global / dp) restored += str(" --batch ", cfg.batch = static_cast<int>(global / dp));
+    }
+  }
+  hyper("--steps", "steps", cfg.steps);
+  hyper("--lr", "lr", cfg.schedule.lr);
+  hyper("--lr-schedule", "lr_schedule", cfg.schedule.kind);
+  hyper("--warmup", "warmup", cfg.schedule.warmup);
+  hyper("--min-lr", "min_lr", cfg.schedule.min_lr);
+  hyper("--weight-decay", "weight_decay", cfg.weight_decay);
+  hyper("--beta1", "beta1", cfg.beta1);
+  hyper("--beta2", "beta2", cfg.beta2);
+  hyper("--eps", "eps", cfg.eps);
+  hyper("--grad-clip", "grad_clip", cfg.grad_clip);
+  hyper("--outer-steps", "outer_steps", cfg.outer_steps);
+  hyper("--outer-lr", "outer_lr", cfg.outer_lr);
+  hyper("--outer-momentum", "outer_momentum", cfg.outer_momentum);
+  if (!restored.empty()) log_info("resume: the saved run's options:", restored);
+  if (!changed.empty()) log_info("resume: changed from the saved run:", changed);
 }
 
 namespace {

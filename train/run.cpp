@@ -90,6 +90,8 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
     std::string error;
     try {
       if (phase == 0) {
+        if (!cfg.resume.empty()) restore_saved_options(cfg, ctx.dp());
+        cfg.schedule.steps = cfg.steps;
         cfg.validate();
         job_ptr = make_job(cfg, ctx);
         job_ptr->setup();

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,11 @@ struct TrainConfig {
   int outer_fragments = 1;             // F: parameter fragments synced on a staggered schedule (streaming)
   int64_t outer_overlap = 0;           // τ: inner steps a fragment's exchange runs behind before it is merged
   double outer_mix = 0.5;              // τ > 0: weight of the replica's own values at the merge
+  // The flags given on the command line (aq-train fills it). With --resume, the saved run's options that were not
+  // given are restored, a given hyper-parameter that differs is taken with a line saying old → new, and a given
+  // change that would alter the data order or shapes is refused (restore_saved_options). Unset (a program that
+  // fills TrainConfig itself): the fields are taken as they are.
+  std::optional<std::set<std::string>> given;
   // Called on every rank after each step, outside the step's timing (aq-bench times its sgemm ceiling there).
   std::function<void(const StepRecord&)> after_step;
 
@@ -114,6 +120,11 @@ std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M)
 // The exit code of a run stopped by a signal (after saving when --save was given): EX_TEMPFAIL, "try again" —
 // schedulers and scripts requeue on it. A run stopped by --stop-at or --time-limit exits 0.
 constexpr int kExitStoppedBySignal = 75;
+
+// --resume with cfg.given set: the options of the saved run (its state file's "train_options") put back where
+// no flag was given, per the rules at TrainConfig::given; `dp` is this run's data-parallel size (the global batch
+// is kept). Prints what it restored and what changed. Throws aq::Error for a refused change.
+void restore_saved_options(TrainConfig& cfg, int dp);
 
 // Path of the training-state companion of a model checkpoint.
 std::string state_path_for(const std::string& model_path);
