@@ -1,5 +1,6 @@
-// balance.cpp — the work split of synchronous data parallelism over centres of different speed (--balance,
-// --grad-accum): how many micro-batches each DP rank runs per step, and where in the global batch they are.
+// balance.cpp — work split by centre speed (--balance, --grad-accum). Synchronous data parallelism: how many
+// micro-batches each DP rank runs per step, and where in the global batch they are. DiLoCo: how many inner steps
+// of every window each centre trains (pace_now; the idle steps are in job.cpp, the token weights in diloco.cpp).
 #include <algorithm>
 #include <cmath>
 #include <sstream>

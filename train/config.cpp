@@ -82,7 +82,7 @@ void TrainConfig::validate() const {
            "(or bf16)");
 }
 
-// (identically on every rank) for a combination that cannot run.
+// See job.h: the DP algorithm resolved against the centres; a combination that cannot run throws on every rank.
 DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo) {
   DpAlgoOptions o;
   const bool centres = topo.centres() > 1;
