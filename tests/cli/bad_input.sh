@@ -218,6 +218,8 @@ expect_fail balance_split_per_centre '--balance 3,1 gives 2 centre\(s\) micro-ba
   "${RUN[@]}" --data "$DATA" --balance 3,1 "${SAVE[@]}"
 expect_fail balance_with_diloco '--balance must be off, auto or inner steps per window of --outer-steps 50 of each centre, each in \[1, 50\], e.g. 50,25 \(got "60"\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --balance 60 --outer diloco --outer-steps 50 "${SAVE[@]}"
+expect_fail balance_window_too_long '--balance paces inner steps per window of --outer-steps, which must then be <= 2\^30 \(got 2000000000\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --balance auto --outer diloco --outer-steps 2000000000 "${SAVE[@]}"
 expect_fail stop_at_negative '--stop-at must be >= 0' 1 -- "${RUN[@]}" --data "$DATA" --stop-at -1 "${SAVE[@]}"
 expect_fail time_limit_negative '--time-limit must be >= 0 minutes' 1 -- "${RUN[@]}" --data "$DATA" --time-limit -2 "${SAVE[@]}"
 expect_fail memory_does_not_fit 'the job needs about [0-9.]+ GiB per rank \(parameters .*\) but this node offers [0-9.]+ GiB to each of its 1 rank\(s\); lower --batch' 1 -- \

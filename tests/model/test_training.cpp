@@ -238,13 +238,8 @@ TEST_F(Training, CheckpointPathGuard) {
   a.save = dir_ + "/guard.safetensors";
   std::filesystem::remove(a.save);
   train(a, comm_);
-  const auto refused = [&](TrainConfig c, const char* want) {
-    try {
-      train(c, comm_);
-      ADD_FAILURE() << "accepted; expected: " << want;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
+  const auto refused = [&](const TrainConfig& c, const std::string& want) {
+    test::expect_error([&] { train(c, comm_); }, {want});
   };
   refused(a, "already holds a checkpoint of another run (step 2); continue that run with --resume");
   TrainConfig again = a;
@@ -269,7 +264,7 @@ TEST_F(Training, CheckpointPathGuard) {
   // A live writer holds the path: refused with its pid; the lock file goes away with its holder.
   {
     PathLock held(a.save, "--save");
-    refused(a, str("is being written by another run (pid ", ::getpid(), " on host ").c_str());
+    refused(a, str("is being written by another run (pid ", ::getpid(), " on host "));
   }
   EXPECT_FALSE(std::filesystem::exists(a.save + ".lock"));
   // Temporaries of a writer that died are removed at the next start (a pid that is not running: the first
@@ -285,6 +280,33 @@ TEST_F(Training, CheckpointPathGuard) {
   EXPECT_FALSE(std::filesystem::exists(tmp));
   EXPECT_TRUE(std::filesystem::exists(live));
   std::filesystem::remove(live);
+}
+
+TEST_F(Training, ResumeRefusesMalformedStateMetadata) {
+  // The checksums cover tensor bytes only: a damaged JSON value in the state's metadata must still be one line
+  // naming the file and the key, not the JSON library's message.
+  TrainConfig a = cfg_;
+  a.steps = 2;
+  a.save = dir_ + "/meta.safetensors";
+  train(a, comm_);
+  const std::string sp = state_path_for(a.save);
+  const auto rewrite = [&](const std::string& key, const std::string& value) {
+    const SafeTensorsReader f(sp);
+    std::vector<NamedTensor> tensors;
+    for (const auto& [name, e] : f.entries())
+      tensors.push_back({name, Tensor(const_cast<uint8_t*>(f.bytes(name)), e.dtype, e.shape)});
+    std::map<std::string, std::string> meta = f.metadata();
+    meta[key] = value;
+    write_safetensors(sp + ".new", tensors, meta);
+    std::filesystem::rename(sp + ".new", sp);
+  };
+  TrainConfig rest = cfg_;
+  rest.resume = a.save;
+  rest.steps = 3;
+  rewrite("rng_state", "[1, 2");
+  test::expect_error([&] { train(rest, comm_); }, {sp, "\"rng_state\" in the metadata is missing or malformed"});
+  rewrite("rng_state", "[1, 2]");
+  test::expect_error([&] { train(rest, comm_); }, {sp, "\"rng_state\" in the metadata has 2 words, not 4"});
 }
 
 TEST(OuterOptimizer, NesterovMatchesTheClosedFormSequence) {

@@ -135,6 +135,14 @@ void configure_centres(int tp, const std::string& spec, const std::vector<std::s
   unsetenv("AQ_CENTRE");
 }
 
+// Two centres: equal halves of the world, or with three ranks unequal ones (east: ranks 0-1, west: rank 2).
+void configure_two_centres() {
+  if (g_ctx->world_size() == 3)
+    configure_centres(1, "auto", {"east", "east", "west"});
+  else
+    configure_centres(1, "2", {});
+}
+
 // Every rank must end with the same values: rank 0's are broadcast and compared bit for bit.
 void expect_identical_on_every_rank(const std::vector<float>& x, const std::string& what) {
   std::vector<float> root = x;
@@ -546,9 +554,7 @@ TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
   // Two centres (equal, or 2 + 1 with three ranks, where ZeRO-1 runs inside the larger centre only), with and
   // without ZeRO-1.
   for (int zero : {0, 1}) {
-  const int P = g_ctx->world_size();
-  configure_centres(1, P == 3 ? "auto" : "2", P == 3 ? std::vector<std::string>{"east", "east", "west"}
-                                                     : std::vector<std::string>{});
+  configure_two_centres();
   SCOPED_TRACE(str(g_ctx->topology().describe(), " zero=", zero));
   TrainConfig c = config(g_ctx->world_size());
   c.zero = zero;
@@ -645,11 +651,9 @@ TEST_F(Layouts, PacedDiLoCoTrainsEachCentresShareAndResumesMidPhase) {
   // ≡ 2, 0 mod 4), and the outer average weighs them by the steps they trained. Equal centres, or 2 + 1 ranks.
   const int P = g_ctx->world_size();
   if (P < 2) return;
-  configure_centres(1, P == 3 ? "auto" : "2", P == 3 ? std::vector<std::string>{"east", "east", "west"}
-                                                     : std::vector<std::string>{});
+  configure_two_centres();
   SCOPED_TRACE(g_ctx->topology().describe());
-  TrainConfig c = config(P == 3 ? 1 : g_ctx->world_size());
-  if (P == 3) c.batch = 1;
+  TrainConfig c = config(P);  // batch 4 / P: 1 per rank with 3 ranks
   c.outer = "diloco";
   c.outer_steps = 4;
   c.outer_fragments = 2;
@@ -666,7 +670,10 @@ TEST_F(Layouts, PacedDiLoCoTrainsEachCentresShareAndResumesMidPhase) {
   c.balance = "4,2";
   const TrainResult whole = train(c, *g_ctx);
   const bool slow = g_ctx->centre() == 1;
-  for (const StepRecord& r : whole.steps) EXPECT_EQ(r.idle, slow && r.step % 2 == 1) << "step " << r.step;
+  for (const StepRecord& r : whole.steps) {
+    EXPECT_EQ(r.idle, slow && r.step % 2 == 1) << "step " << r.step;
+    EXPECT_EQ(r.micro_batches, r.idle ? 0 : 1) << "step " << r.step;
+  }
   // Saved mid-window (step 3, after an idle step of centre 1), resumed: every trained step bit-identical.
   TrainConfig first = c;
   first.steps = 3;
@@ -689,12 +696,7 @@ TEST_F(Layouts, PacedDiLoCoTrainsEachCentresShareAndResumesMidPhase) {
   }
   // A pace that does not fit the window is refused with the range.
   c.balance = "4,5";
-  try {
-    train(c, *g_ctx);
-    ADD_FAILURE() << "--balance 4,5 with --outer-steps 4 was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("each in [1, 4]"), std::string::npos) << e.what();
-  }
+  test::expect_error([&] { train(c, *g_ctx); }, {"inner steps per window of --outer-steps 4", "each in [1, 4]", "(got \"4,5\")"});
 }
 
 TEST_F(Layouts, ZeroWithHierNeedsEqualContiguousCentres) {
