@@ -333,6 +333,7 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
   device_synchronize(device_);  // the step's time includes the queued optimizer kernels
   const double tp_ms = model_->take_tp_comm_ms();
   StepRecord r{s + 1, loss, hp.lr, norm, t.ms(), 0.0, comm + tp_ms, exposed + tp_ms};
+  r.micro_batches = K;
   return r;
 }
 

@@ -29,6 +29,7 @@ struct StepRecord {
   bool outer_sync = false;           // --outer diloco: this step merged an outer update (of some fragment)
   int outer_launched = 0, outer_merged = 0;  // fragments whose exchange started / whose update was merged
   double outer_exposed_ms = 0;       // time the step waited for outer exchanges (the rest was hidden)
+  int micro_batches = 0;  // micro-batches this rank trained in the step (its K; 0 when idle)
   bool idle = false;  // --outer diloco --balance: this rank's centre sat this step out (it trains fewer steps
                       // per window, being slower); loss is then that of its last trained step
 };

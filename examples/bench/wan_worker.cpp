@@ -46,7 +46,7 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
     // Low-communication runs: the mean matters (the outer syncs fall on few steps), and what this rank trained.
     ms_total += r.steps[i].ms;
     exposed_total += r.steps[i].exposed_comm_ms;
-    trained += r.steps[i].idle ? 0 : 1;
+    trained += r.steps[i].micro_batches;  // this rank's K (its --balance share), 0 on an idle step
   }
   constexpr int kFields = 10;
   const double mine[kFields] = {static_cast<double>(ctx.centre()),
@@ -57,7 +57,7 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
                                 median(wan_b),
                                 wan_total,
                                 ms.empty() ? 0.0 : ms_total / static_cast<double>(ms.size()),
-                                ms_total > 0 ? trained * sh.batch * sh.seq * o.grad_accum / (ms_total / 1e3) : 0.0,
+                                ms_total > 0 ? trained * sh.batch * sh.seq / (ms_total / 1e3) : 0.0,
                                 ms_total > 0 ? exposed_total / ms_total : 0.0};
   std::vector<double> all(static_cast<size_t>(kFields * ctx.world_size()));
   ctx.world().all_gather(mine, all.data(), kFields, DType::F64, {"wan-worker: per-rank figures"})->wait();
