@@ -199,16 +199,16 @@ StepRecord Job<T>::step(int64_t s) {
     r.idle = true;
   }
   ++opt_.step;
-  // The tokens trained in this step by every centre (all of them, unless DiLoCo paces the centres).
+  // The DP ranks that trained in this step (all of them, unless DiLoCo paces the centres), and each paced
+  // centre's count of trained steps towards every fragment's next sync.
   const Topology& topo = ctx_.topology();
   int64_t ranks_trained = 0;
-  for (int c = 0; c < topo.centres(); ++c)
-    if (inner_active(c, s)) ranks_trained += topo.centre_dp[static_cast<size_t>(c)];
-  if (paced()) {
+  for (int c = 0; c < topo.centres(); ++c) {
+    if (!inner_active(c, s)) continue;
+    ranks_trained += topo.centre_dp[static_cast<size_t>(c)];
     const size_t F = fragments_.size();
-    for (int c = 0; c < topo.centres(); ++c)
-      if (inner_active(c, s))
-        for (size_t f = 0; f < F; ++f) ++window_active_[static_cast<size_t>(c) * F + f];
+    if (paced())
+      for (size_t f = 0; f < F; ++f) ++window_active_[static_cast<size_t>(c) * F + f];
   }
   if (diloco()) {
     outer_steps(opt_.step, r);
