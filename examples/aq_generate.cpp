@@ -12,10 +12,10 @@
 
 #include "examples/main_guard.h"
 #include "model/gpt2.h"
-#include "train/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/rng.h"
 #include "runtime/tokenizer.h"
+#include "train/trainer.h"
 
 int main(int argc, char** argv) {
   aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
@@ -25,7 +25,9 @@ int main(int argc, char** argv) {
   double temperature = 0.8;
   uint64_t seed = 42;
   CLI::App app{"aq-generate: sample from a GPT-2 checkpoint"};
-  app.add_option("--model", model_path, "GPT-2 safetensors checkpoint")->required();
+  app.add_option("--model", model_path,
+                 "GPT-2 safetensors file, a save (DIR/step-N) or a --save directory (its newest intact save)")
+      ->required();
   app.add_option("--prompt", prompt, "Text to continue (byte-level models, or with --tokenizer)")
       ->capture_default_str();
   app.add_option("--tokenizer", tokenizer,
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
     AQ_CHECK(temperature >= 0, "--temperature must be >= 0 (got ", temperature, ")");
     AQ_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
     aq::configure_threads(threads);
+    model_path = aq::resolve_checkpoint(model_path, "--model").model;
     aq::SafeTensorsReader file(model_path);
     const aq::GPT2Config cfg = aq::read_checkpoint_config(file, heads);
     aq::GPT2<float> model(cfg, 1, cfg.max_seq);

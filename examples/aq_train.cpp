@@ -1,7 +1,7 @@
 // aq-train — train a GPT-2 on token shards.
 //
 //   build/bin/aq-train --data 'data/fortunes/train_*.bin' --val-data 'data/fortunes/val_*.bin'
-//       --layers 4 --heads 4 --dim 128 --seq 128 --batch 16 --steps 500 --lr 1e-3 --save out/model.safetensors
+//       --layers 4 --heads 4 --dim 128 --seq 128 --batch 16 --steps 500 --lr 1e-3 --save out/checkpoint
 //   mpirun -np 4 build/bin/aq-train --tp 2 ...    (2-way tensor parallel x 2-way data parallel)
 
 #include <CLI/CLI.hpp>
@@ -9,9 +9,9 @@
 
 #include "examples/main_guard.h"
 #include "parallel/trace_session.h"
-#include "train/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/log.h"
+#include "train/trainer.h"
 
 int main(int argc, char** argv) {
   aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
@@ -28,8 +28,11 @@ int main(int argc, char** argv) {
   auto* o_dim = app.add_option("--dim", dim, "Model width C, divisible by --heads (default 128)");
   auto* o_vocab = app.add_option("--vocab", vocab, "Vocabulary size V <= 65535 (default 256, byte-level)");
   auto* o_max_seq = app.add_option("--max-seq", max_seq, "Context length n_positions (default max(--seq, 128))");
-  app.add_option("--init-from", cfg.init_from, "Start from the weights of a GPT-2 safetensors file");
-  app.add_option("--resume", cfg.resume, "Continue a run saved with --save (its FILE.state must sit beside it)");
+  app.add_option("--init-from", cfg.init_from,
+                 "Start from the weights of a GPT-2 safetensors file, a save, or a --save directory (its newest save)");
+  app.add_option(
+      "--resume", cfg.resume,
+      "Continue a run saved with --save: its directory (the newest intact save is taken) or one step-N save");
   app.add_option("--data", cfg.data, "Training shards (file or glob)")->required();
   app.add_option("--val-data", cfg.val_data, "Validation shards (file or glob)");
   app.add_option("--batch", cfg.batch, "Sequences per step B")->capture_default_str();
@@ -44,7 +47,8 @@ int main(int argc, char** argv) {
   app.add_option("--grad-accum", cfg.grad_accum,
                  "Micro-batches of --batch sequences per optimizer step (gradient accumulation)")
       ->capture_default_str();
-  app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")->capture_default_str();
+  app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")
+      ->capture_default_str();
   app.add_option("--lr", cfg.schedule.lr, "Peak learning rate")->capture_default_str();
   app.add_option("--lr-schedule", cfg.schedule.kind, "constant | cosine (linear warmup, cosine decay to --min-lr)")
       ->capture_default_str();
@@ -58,10 +62,13 @@ int main(int argc, char** argv) {
   app.add_option("--grad-clip", cfg.grad_clip, "Clip the global gradient L2 norm to this (0 = off)")
       ->capture_default_str();
   app.add_option("--seed", cfg.seed, "Seed of the initial weights")->capture_default_str();
-  app.add_option("--save", cfg.save, "Write the model (safetensors) here at the end, plus FILE.state");
+  app.add_option("--save", cfg.save,
+                 "Checkpoint directory: each save (at the end, every --save-every steps, on a signal) is DIR/step-N/");
+  app.add_option("--keep", cfg.keep, "Saves kept in --save DIR, newest first (0 = all)")->capture_default_str();
   app.add_flag("--overwrite", cfg.overwrite,
-               "Let a fresh run replace a checkpoint of another run at --save (refused otherwise)");
-  app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")->capture_default_str();
+               "Let a fresh run replace the saves of another run in --save DIR (refused otherwise)");
+  app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")
+      ->capture_default_str();
   app.add_option("--eval-every", cfg.eval_every, "Validation loss every N steps (and at the end)")
       ->capture_default_str();
   app.add_option("--eval-batches", cfg.eval_batches, "Batches per validation")->capture_default_str();

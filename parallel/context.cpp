@@ -285,7 +285,8 @@ std::string ParallelContext::banner(const std::string& device) {
   std::vector<char> all(static_cast<size_t>(kLen) * world_size_);
   world_->all_gather(mine, all.data(), kLen / 4, DType::I32, {"banner"})->wait();  // 128 chars as 32 int32
   std::string out = str("world ", world_size_, " = tp ", tp_, " x dp ", dp(), " | ", topo_.describe(), "\n");
-  for (int r = 0; r < world_size_; ++r) out += str("  ", std::string(all.data() + r * kLen), r + 1 < world_size_ ? "\n" : "");
+  for (int r = 0; r < world_size_; ++r)
+    out += str("  ", std::string(all.data() + r * kLen), r + 1 < world_size_ ? "\n" : "");
   return out;
 }
 
@@ -322,16 +323,22 @@ std::string ParallelContext::agree_on_failure(const std::string& my_error) {
   int32_t key = my_error.empty() ? INT32_MIN : -world_rank_;
   world_->all_reduce(&key, 1, DType::I32, {"failure agreement", ReduceOp::Max})->wait();
   if (key == INT32_MIN) return "";
-  const int root = -key;
-  int32_t len = world_rank_ == root ? static_cast<int32_t>(my_error.size()) : 0;
-  world_->broadcast(&len, 1, DType::I32, root, {"failure message length"})->wait();
+  return broadcast_string(my_error, -key);
+}
+
+std::string ParallelContext::broadcast_string(const std::string& s, int root) {
+  if (world_size_ == 1) return s;
+  AQ_ASSERT(world_->size() == world_size_, "broadcast_string before configure(): the MPI groups do not exist yet");
+  int32_t len = world_rank_ == root ? static_cast<int32_t>(s.size()) : 0;
+  world_->broadcast(&len, 1, DType::I32, root, {"string length"})->wait();
+  // One int32 per byte: every backend moves I32, not every one moves raw bytes.
   std::vector<int32_t> buf(static_cast<size_t>(len));
   if (world_rank_ == root)
-    for (int32_t i = 0; i < len; ++i) buf[i] = static_cast<unsigned char>(my_error[i]);
-  world_->broadcast(buf.data(), len, DType::I32, root, {"failure message"})->wait();
-  std::string msg(static_cast<size_t>(len), ' ');
-  for (int32_t i = 0; i < len; ++i) msg[i] = static_cast<char>(buf[i]);
-  return msg;
+    for (int32_t i = 0; i < len; ++i) buf[i] = static_cast<unsigned char>(s[i]);
+  world_->broadcast(buf.data(), len, DType::I32, root, {"string"})->wait();
+  std::string out(static_cast<size_t>(len), ' ');
+  for (int32_t i = 0; i < len; ++i) out[i] = static_cast<char>(buf[i]);
+  return out;
 }
 
 }  // namespace aq

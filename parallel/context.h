@@ -78,6 +78,8 @@ class ParallelContext {
   // All ranks learn whether any rank failed; the lowest failing rank's message is returned on every rank
   // (empty when all succeeded). Collective: every rank calls it at the same point.
   std::string agree_on_failure(const std::string& my_error);
+  // Rank `root`'s string on every rank (collective over the world: every rank calls it, in the same order).
+  std::string broadcast_string(const std::string& s, int root = 0);
 
  private:
   ParallelContext() = default;

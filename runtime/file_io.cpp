@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "runtime/error.h"
+#include "runtime/fault.h"
 
 namespace aq {
 namespace {
@@ -62,6 +63,7 @@ AtomicWriter::~AtomicWriter() {
 }
 
 void AtomicWriter::write(const void* data, size_t bytes) {
+  fault_point();
   const char* p = static_cast<const char*>(data);
   while (bytes > 0) {
     ssize_t n = ::write(fd_, p, bytes);
@@ -73,12 +75,15 @@ void AtomicWriter::write(const void* data, size_t bytes) {
 }
 
 void AtomicWriter::commit() {
+  fault_point();
   AQ_CHECK(::fsync(fd_) == 0, "fsync of ", tmp_, " failed: ", std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
+  fault_point();
   AQ_CHECK(::rename(tmp_.c_str(), path_.c_str()) == 0, "cannot rename ", tmp_, " to ", path_, ": ",
            std::strerror(errno));
   committed_ = true;
+  fault_point();
   int dfd = ::open(dir_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);  // make the rename itself durable

@@ -1,15 +1,12 @@
 // path_lock.cpp — see path_lock.h.
 #include "runtime/path_lock.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
 #include "runtime/error.h"
@@ -26,7 +23,8 @@ std::string this_host() {
 
 }  // namespace
 
-PathLock::PathLock(const std::string& path, const char* what) : lock_path_(path + ".lock") {
+PathLock::PathLock(const std::string& path, const char* what, const std::string& lock_file)
+    : lock_path_(lock_file.empty() ? path + ".lock" : lock_file) {
   // The holder removes the lock file when it is done, so the file we locked may have been unlinked between our
   // open and our flock (and a newer one created): the lock counts only when it is on the file the path names now.
   for (;;) {
@@ -44,7 +42,8 @@ PathLock::PathLock(const std::string& path, const char* what) : lock_path_(path 
       fail(str(what, " ", path, " is being written by another run (", who, ", holding ", lock_path_,
                "); wait for it to finish, stop it, or save elsewhere"));
     }
-    struct stat held {}, named {};
+    struct stat held {
+    }, named{};
     if (::fstat(fd_, &held) == 0 && ::stat(lock_path_.c_str(), &named) == 0 && held.st_ino == named.st_ino &&
         held.st_dev == named.st_dev)
       break;
@@ -60,30 +59,6 @@ PathLock::~PathLock() {
   if (fd_ < 0) return;
   ::unlink(lock_path_.c_str());  // while still holding it (see the constructor's check)
   ::close(fd_);
-}
-
-std::vector<std::string> remove_dead_temporaries(const std::vector<std::string>& files) {
-  std::vector<std::string> removed;
-  for (const std::string& file : files) {
-    const size_t slash = file.rfind('/');
-    const std::string dir = slash == std::string::npos ? "." : file.substr(0, slash);
-    const std::string prefix = (slash == std::string::npos ? file : file.substr(slash + 1)) + ".tmp.";
-    DIR* d = ::opendir(dir.c_str());
-    if (!d) continue;
-    while (const dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      if (name.compare(0, prefix.size(), prefix) != 0) continue;
-      char* end = nullptr;
-      const long pid = std::strtol(name.c_str() + prefix.size(), &end, 10);
-      if (end == name.c_str() + prefix.size() || *end != '\0' || pid <= 0) continue;
-      // A live process (or one we may not signal) might still be writing it: leave it.
-      if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
-      const std::string full = slash == std::string::npos ? name : dir + "/" + name;
-      if (::unlink(full.c_str()) == 0) removed.push_back(full);
-    }
-    ::closedir(d);
-  }
-  return removed;
 }
 
 }  // namespace aq

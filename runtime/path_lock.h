@@ -1,14 +1,13 @@
-// path_lock.h — one writer per checkpoint path, and what a dead writer left behind.
+// path_lock.h — one writer per checkpoint directory.
 //
-// PathLock takes an exclusive advisory lock (flock) on "<path>.lock" for as long as it lives and writes the
+// PathLock takes an exclusive advisory lock (flock) on a lock file for as long as it lives and writes the
 // holder's "pid host" into it, so a second writer is refused with the holder's name instead of both reporting
-// success over a mixed pair of files. The holder removes the lock file when it is done; the kernel drops the
-// lock when the holder dies (kill -9 included), so the file a dead holder leaves never blocks a new run. flock is per host on most network file systems: two writers on two
-// hosts sharing an NFS directory are not kept apart.
+// success over a mixed set of saves. The holder removes the lock file when it is done; the kernel drops the
+// lock when the holder dies (kill -9 included), so the file a dead holder leaves never blocks a new run. flock is
+// per host on most network file systems: two writers on two hosts sharing an NFS directory are not kept apart.
 #pragma once
 
 #include <string>
-#include <vector>
 
 namespace aq {
 
@@ -16,7 +15,8 @@ class PathLock {
  public:
   // Throws aq::Error naming the holder ("pid 1234 on host h") when another process holds the lock, and the
   // errno text when the lock file cannot be created. `what` names the path's role in messages ("--save").
-  PathLock(const std::string& path, const char* what);
+  // The lock file is `lock_file`, or "<path>.lock" when it is empty.
+  PathLock(const std::string& path, const char* what, const std::string& lock_file = "");
   ~PathLock();
   PathLock(const PathLock&) = delete;
   PathLock& operator=(const PathLock&) = delete;
@@ -27,10 +27,5 @@ class PathLock {
   std::string lock_path_;
   int fd_ = -1;
 };
-
-// Removes the temporaries of AtomicWriter ("<file>.tmp.<pid>", file_io.h) that a writer on this host left when it
-// died, for each of `files`: those whose pid is no longer a live process. Call it while holding the PathLock of
-// the files, so no live writer of this job is using them. Returns the paths removed.
-std::vector<std::string> remove_dead_temporaries(const std::vector<std::string>& files);
 
 }  // namespace aq

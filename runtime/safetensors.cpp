@@ -48,8 +48,8 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
   AQ_CHECK(size >= 8, path, " is not a safetensors file: it has ", size, " bytes, fewer than the 8-byte header length");
   uint64_t header_len = 0;
   std::memcpy(&header_len, file_.data(), 8);  // little-endian on every platform we build for
-  AQ_CHECK(header_len >= 2 && header_len <= size - 8, path, ": corrupt safetensors header: header length ",
-           header_len, " does not fit in a file of ", size, " bytes");
+  AQ_CHECK(header_len >= 2 && header_len <= size - 8, path, ": corrupt safetensors header: header length ", header_len,
+           " does not fit in a file of ", size, " bytes");
   data_start_ = 8 + header_len;
 
   nlohmann::json header;
@@ -86,21 +86,20 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : file_(path) {
       AQ_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, path, ": tensor \"", name, "\" has a bad shape");
       entry.shape.push_back(d.get<int64_t>());
       // A dimension larger than the file cannot be real; checking here also keeps the product from overflowing.
-      AQ_CHECK(entry.shape.back() == 0 || numel <= static_cast<int64_t>(size) / entry.shape.back(), path,
-               ": tensor \"", name, "\" has shape ", shape_str(entry.shape), "…, larger than the whole file");
+      AQ_CHECK(entry.shape.back() == 0 || numel <= static_cast<int64_t>(size) / entry.shape.back(), path, ": tensor \"",
+               name, "\" has shape ", shape_str(entry.shape), "…, larger than the whole file");
       numel *= entry.shape.back();
     }
     AQ_CHECK(e["data_offsets"][0].is_number_unsigned() && e["data_offsets"][1].is_number_unsigned(), path,
              ": tensor \"", name, "\" has non-integer data_offsets");
     entry.begin = e["data_offsets"][0].get<size_t>();
     entry.end = e["data_offsets"][1].get<size_t>();
-    AQ_CHECK(entry.begin <= entry.end && entry.end <= data_size, path, ": corrupt safetensors header: tensor \"",
-             name, "\" has data_offsets [", entry.begin, ", ", entry.end, ") outside the ", data_size,
+    AQ_CHECK(entry.begin <= entry.end && entry.end <= data_size, path, ": corrupt safetensors header: tensor \"", name,
+             "\" has data_offsets [", entry.begin, ", ", entry.end, ") outside the ", data_size,
              "-byte data section (truncated or damaged file)");
     size_t expect = static_cast<size_t>(shape_numel(entry.shape)) * dtype_size(entry.dtype);
-    AQ_CHECK(entry.end - entry.begin == expect, path, ": tensor \"", name, "\" of shape ", shape_str(entry.shape),
-             " ", dtype_name(entry.dtype), " needs ", expect, " bytes but its data_offsets span ",
-             entry.end - entry.begin);
+    AQ_CHECK(entry.end - entry.begin == expect, path, ": tensor \"", name, "\" of shape ", shape_str(entry.shape), " ",
+             dtype_name(entry.dtype), " needs ", expect, " bytes but its data_offsets span ", entry.end - entry.begin);
     ranges.emplace_back(entry.begin, name);
     entries_[name] = entry;
   }
@@ -156,6 +155,21 @@ const uint8_t* SafeTensorsReader::bytes(const std::string& name) const {
   return file_.data() + data_start_ + entry(name).begin;
 }
 
+// Files we write carry a checksum per tensor: damaged bytes (bit flips, zero-filled blocks) are refused.
+void SafeTensorsReader::verify_checksum(const std::string& name, const Entry& e) const {
+  if (checksums_.empty()) return;
+  auto it = checksums_.find(name);
+  AQ_CHECK(it != checksums_.end(), path(), ": tensor \"", name, "\" has no checksum although the file carries them; ",
+           "the file was altered: restore it or resume from an earlier checkpoint");
+  const std::string got = hex64(bytes_hash(file_.data() + data_start_ + e.begin, e.end - e.begin));
+  AQ_CHECK(got == it->second, path(), ": tensor \"", name, "\" is damaged: its bytes hash to ", got, " but were ",
+           it->second, " when written; restore the file or resume from an earlier checkpoint");
+}
+
+void SafeTensorsReader::verify_checksums() const {
+  for (const auto& [name, e] : entries_) verify_checksum(name, e);
+}
+
 template <typename T>
 void SafeTensorsReader::read(const std::string& name, const Shape& shape, T* dst) const {
   const Entry& e = entry(name);
@@ -163,15 +177,7 @@ void SafeTensorsReader::read(const std::string& name, const Shape& shape, T* dst
            shape_str(shape), " for this model configuration");
   const uint8_t* src = bytes(name);
   const size_t n = static_cast<size_t>(shape_numel(shape));
-  // Files we write carry a checksum per tensor: damaged bytes (bit flips, zero-filled blocks) are refused.
-  if (!checksums_.empty()) {
-    auto it = checksums_.find(name);
-    AQ_CHECK(it != checksums_.end(), path(), ": tensor \"", name, "\" has no checksum although the file carries them; ",
-             "the file was altered: restore it or resume from an earlier checkpoint");
-    const std::string got = hex64(bytes_hash(src, e.end - e.begin));
-    AQ_CHECK(got == it->second, path(), ": tensor \"", name, "\" is damaged: its bytes hash to ", got, " but were ",
-             it->second, " when written; restore the file or resume from an earlier checkpoint");
-  }
+  verify_checksum(name, e);
   switch (e.dtype) {
     case DType::F32:
       for (size_t i = 0; i < n; ++i) {

@@ -42,8 +42,13 @@ class SafeTensorsReader {
   void read(const std::string& name, const Shape& shape, T* dst) const;
   // Raw bytes of a tensor (any dtype) for callers that handle the type themselves.
   const uint8_t* bytes(const std::string& name) const;
+  // Checks every tensor against its checksum (when the file carries them); the first mismatch is an aq::Error
+  // naming the file and the tensor.
+  void verify_checksums() const;
 
  private:
+  void verify_checksum(const std::string& name, const Entry& e) const;
+
   MappedFile file_;
   size_t data_start_ = 0;
   std::map<std::string, std::string> metadata_;

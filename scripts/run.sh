@@ -26,7 +26,7 @@ BATCH=$(( 16 / NP > 0 ? 16 / NP : 1 ))  # per rank: the global batch stays 16 se
 "${LAUNCH[@]}" build/bin/aq-train --data "$DATA/train_*.bin" --val-data "$DATA/val_*.bin" \
   --layers 4 --heads 4 --dim 128 --seq 128 --batch "$BATCH" \
   --steps 1000 --lr 3e-3 --lr-schedule cosine --warmup 50 --min-lr 3e-4 \
-  --eval-every 250 --eval-batches 8 --save out/model.safetensors --overwrite --log out/train.jsonl "$@"
+  --eval-every 250 --eval-batches 8 --save out/checkpoint --overwrite --log out/train.jsonl "$@"
 
 # Loss, throughput and the step's time split to out/train.png (when Debian's python3-matplotlib is present;
 # ./scripts/install_deps.sh --reference installs it).
@@ -37,5 +37,5 @@ else
 fi
 
 echo
-echo "---- sample from out/model.safetensors ----"
-build/bin/aq-generate --model out/model.safetensors --prompt "The " --tokens 300 --temperature 0.8 --top-k 40
+echo "---- sample from the newest save in out/checkpoint ----"
+build/bin/aq-generate --model out/checkpoint --prompt "The " --tokens 300 --temperature 0.8 --top-k 40

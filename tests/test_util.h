@@ -3,7 +3,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cmath>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "ops/registry.h"
+#include "runtime/checkpoint_dir.h"
 #include "runtime/error.h"
 #include "runtime/rng.h"
 #include "runtime/safetensors.h"
@@ -113,10 +113,14 @@ inline double project(const std::vector<double>& out, const std::vector<double>&
   return s;
 }
 
-// Per tensor of `want`, the relative L2 distance ‖got − want‖ / ‖want‖ of two safetensors checkpoints (read in
-// double). Layout and accumulation-order tests hold it to a bound.
+// The model and state files of the newest intact save in a --save directory (or of a save, or a file).
+inline std::string saved_model(const std::string& path) { return resolve_checkpoint(path, "test").model; }
+inline std::string saved_state(const std::string& path) { return resolve_checkpoint(path, "test").state; }
+
+// Per tensor of `want`, the relative L2 distance ‖got − want‖ / ‖want‖ of two safetensors checkpoints (files, saves
+// or --save directories; read in double). Layout and accumulation-order tests hold it to a bound.
 inline std::map<std::string, double> checkpoint_rel_errors(const std::string& got, const std::string& want) {
-  SafeTensorsReader a(got), b(want);
+  SafeTensorsReader a(saved_model(got)), b(saved_model(want));
   std::map<std::string, double> out;
   for (const auto& [name, e] : b.entries()) {
     std::vector<double> x(static_cast<size_t>(shape_numel(e.shape))), y(x.size());

@@ -1,12 +1,18 @@
-// checkpoint.cpp — saving and resuming a job: one consolidated Hugging Face GPT-2 safetensors file (the model;
-// with DiLoCo, θ_global) plus "<file>.state" (AdamW moments, step, data position, RNG, options, error-feedback
-// residuals per centre, DiLoCo replicas and outer momentum), the same whatever layout wrote them.
+// checkpoint.cpp — saving and resuming a job. A save is a directory (runtime/checkpoint_dir.h) with one consolidated
+// Hugging Face GPT-2 safetensors file (the model; with DiLoCo, θ_global) and state.safetensors (AdamW moments,
+// step, data position, RNG, options, error-feedback residuals per centre, DiLoCo replicas and outer momentum), the
+// same whatever layout wrote them.
+#include <sys/stat.h>
+
 #include <algorithm>
-#include <filesystem>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "parallel/trace_session.h"
+#include "runtime/checkpoint_dir.h"
 #include "runtime/file_io.h"
 #include "train/job.h"
 
@@ -100,45 +106,52 @@ void Job<T>::load_state(const SafeTensorsReader& weights) {
 
 template <typename T>
 void Job<T>::guard_save_path() {
-  // One writer per path; temporaries of a writer that died are removed while we hold the lock.
-  save_lock_ = std::make_unique<PathLock>(cfg_.save, "--save");
-  const std::vector<std::string> gone = remove_dead_temporaries({cfg_.save, state_path_for(cfg_.save)});
+  const std::string& root = cfg_.save;
+  std::error_code ec;
+  const auto kind = std::filesystem::status(root, ec).type();
+  const bool ends_st = root.size() > 12 && root.compare(root.size() - 12, 12, ".safetensors") == 0;
+  AQ_CHECK(kind != std::filesystem::file_type::regular && (kind == std::filesystem::file_type::directory || !ends_st),
+           "--save ", root, " names a file, but --save takes a checkpoint directory (each save is DIR/step-N/ with ",
+           kModelFile, ", ", kStateFile, " and ", kManifestFile, "); use e.g. --save ",
+           ends_st ? root.substr(0, root.size() - 12) : root + ".ckpt");
+  if (kind == std::filesystem::file_type::not_found) {
+    made_save_dir_ = ::mkdir(root.c_str(), 0755) == 0;
+    AQ_CHECK(made_save_dir_ || errno == EEXIST, "cannot create the checkpoint directory ", root, ": ",
+             std::strerror(errno), " (create its parent directory, or choose another --save)");
+  }
+  AQ_CHECK(std::filesystem::is_directory(root, ec), "--save ", root, " is not a directory");
+  check_writable(root + "/.write-test", "checkpoint directory");
+  // One writer per directory; what a writer that died left behind is removed while we hold the lock.
+  save_lock_ = std::make_unique<PathLock>(root, "--save", root + "/.lock");
+  const std::vector<std::string> gone = remove_dead_saves(root);
   if (!gone.empty())
-    log_info("removed ", gone.size(), " temporary file(s) of an interrupted save (", gone.front(),
+    log_info("removed ", gone.size(), " unfinished save(s) of a writer that died (", gone.front(),
              gone.size() > 1 ? ", …" : "", ")");
   // This run's id: a fresh one, or the resumed run's.
   run_id_ = new_checkpoint_id();
+  int64_t resumed_step = -1;
   if (!cfg_.resume.empty() && file_exists(state_path_for(cfg_.resume))) {
     const SafeTensorsReader resumed(state_path_for(cfg_.resume));
     const auto& m = resumed.metadata();
     run_id_ = m.count("run_id") ? m.at("run_id") : m.count("checkpoint_id") ? m.at("checkpoint_id") : run_id_;
+    resumed_step = resumed.metadata_int("step").value_or(-1);
   }
-  if (!file_exists(cfg_.save) || cfg_.overwrite) return;
-  // The path holds a file already: ours (the file we resume, or an earlier save of this run) or another run's.
-  std::error_code ec;
-  if (!cfg_.resume.empty() &&
-      std::filesystem::equivalent(std::filesystem::path(cfg_.save), std::filesystem::path(cfg_.resume), ec))
-    return;
-  std::string step = "?", theirs;
-  try {
-    const SafeTensorsReader existing(cfg_.save);
-    const auto& m = existing.metadata();
-    if (m.count("step")) step = m.at("step");
-    if (m.count("run_id")) theirs = m.at("run_id");
-  } catch (const Error&) {
-    fail(str("--save ", cfg_.save, " exists and is not a readable aq-train checkpoint; save elsewhere, or pass ",
-             "--overwrite to replace it"));
+  if (cfg_.overwrite) return;  // the other run's saves (and later ones of this run) go at the first save
+  for (const SaveInfo& s : list_saves(root)) {  // newest first
+    AQ_CHECK(s.run_id == run_id_, "--save ", root, " already holds saves of another run (newest: step ", s.step,
+             "); continue that run with --resume ", root, ", save elsewhere, or pass --overwrite to replace them ",
+             "(they are removed at this run's first save)");
+    AQ_CHECK(s.step <= resumed_step || !check_save(s.dir).empty(), "--save ", root, " holds a later save of this run (",
+             s.dir, ") than the one resumed (step ", resumed_step, "); resume the newest with --resume ", root,
+             ", save elsewhere, or pass --overwrite to drop the later saves at this run's first save");
   }
-  if (!theirs.empty() && theirs == run_id_) return;
-  fail(str("--save ", cfg_.save, " already holds a checkpoint of another run (step ", step, "); continue that run with ",
-           "--resume ", cfg_.save, ", save elsewhere, or pass --overwrite to replace it"));
 }
 
 template <typename T>
 void Job<T>::save(const std::string& path) {
   // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
-  // rank 0 writes. State first, then the model: if we die in between, the model file's id no longer matches
-  // the new state and --resume refuses the pair instead of silently mixing two steps.
+  // rank 0 writes one save directory (runtime/checkpoint_dir.h): committed as a unit, so a kill at any instant
+  // leaves the previous saves loadable.
   trace::Span trace_span(trace::Stream::Compute, "checkpoint write");
   const std::vector<float> m = full_local(opt_.m.data(), slice_len(), "checkpoint gather exp_avg");
   const std::vector<float> v = full_local(opt_.v.data(), slice_len(), "checkpoint gather exp_avg_sq");
@@ -158,7 +171,8 @@ void Job<T>::save(const std::string& path) {
       std::vector<float> full(static_cast<size_t>(model_->buffer_size()), 0.0f);
       const auto [b, e] = fragments_[static_cast<size_t>(pending_[k].fragment)];
       std::copy(pending_[k].delta.begin(), pending_[k].delta.end(), full.begin() + b);
-      for (NamedTensor& t : model_->gather_full(str("outer_pending.", k, "."), full.data())) moments.push_back(std::move(t));
+      for (NamedTensor& t : model_->gather_full(str("outer_pending.", k, "."), full.data()))
+        moments.push_back(std::move(t));
     }
     params = model_->gather_full("", theta_global_.data());
     for (NamedTensor& t : model_->gather_full("outer_momentum.", outer_mom_.data())) moments.push_back(std::move(t));
@@ -167,7 +181,8 @@ void Job<T>::save(const std::string& path) {
     const std::pair<const char*, const std::vector<float>*> parts[] = {
         {"param", &replica}, {"exp_avg", &m}, {"exp_avg_sq", &v}};
     for (const auto& [what, buf] : parts)
-      append_per_centre(*buf, what, [what = what](int c) { return str("centre.", c, ".", what, "."); }, moments);
+      append_per_centre(
+          *buf, what, [what = what](int c) { return str("centre.", c, ".", what, "."); }, moments);
   } else {
     params = model_->gather_full("", master.empty() ? nullptr : master.data());
   }
@@ -177,8 +192,10 @@ void Job<T>::save(const std::string& path) {
   if (paced()) {
     std::vector<double> u(static_cast<size_t>(ctx_.topology().centres()), 0.0);  // exact below 2^53
     u[static_cast<size_t>(ctx_.centre())] = static_cast<double>(updates_);
-    ctx_.world().all_reduce(u.data(), static_cast<int64_t>(u.size()), DType::F64,
-                            {"checkpoint AdamW updates per centre", ReduceOp::Max})->wait();
+    ctx_.world()
+        .all_reduce(u.data(), static_cast<int64_t>(u.size()), DType::F64,
+                    {"checkpoint AdamW updates per centre", ReduceOp::Max})
+        ->wait();
     for (double x : u) centre_updates.push_back(static_cast<int64_t>(x));
   }
   std::string error;
@@ -186,17 +203,27 @@ void Job<T>::save(const std::string& path) {
     try {
       const std::string id = new_checkpoint_id();
       const auto rs = rng_.state();
-      nlohmann::json options = {{"lr", cfg_.schedule.lr},           {"lr_schedule", cfg_.schedule.kind},
-                                {"warmup", cfg_.schedule.warmup},   {"min_lr", cfg_.schedule.min_lr},
-                                {"weight_decay", cfg_.weight_decay}, {"beta1", cfg_.beta1},
-                                {"beta2", cfg_.beta2},              {"eps", cfg_.eps},
-                                {"grad_clip", cfg_.grad_clip},      {"batch", cfg_.batch},
-                                {"seq", cfg_.seq},                  {"steps", cfg_.steps},
+      nlohmann::json options = {{"lr", cfg_.schedule.lr},
+                                {"lr_schedule", cfg_.schedule.kind},
+                                {"warmup", cfg_.schedule.warmup},
+                                {"min_lr", cfg_.schedule.min_lr},
+                                {"weight_decay", cfg_.weight_decay},
+                                {"beta1", cfg_.beta1},
+                                {"beta2", cfg_.beta2},
+                                {"eps", cfg_.eps},
+                                {"grad_clip", cfg_.grad_clip},
+                                {"batch", cfg_.batch},
+                                {"seq", cfg_.seq},
+                                {"steps", cfg_.steps},
                                 {"grad_accum", cfg_.grad_accum},
-                                {"seed", cfg_.seed},                {"data", cfg_.data},
-                                {"tp", ctx_.tp()},                  {"dp", ctx_.dp()},
-                                {"zero", cfg_.zero},                {"outer", cfg_.outer},
-                                {"outer_steps", cfg_.outer_steps},  {"outer_lr", cfg_.outer_lr},
+                                {"seed", cfg_.seed},
+                                {"data", cfg_.data},
+                                {"tp", ctx_.tp()},
+                                {"dp", ctx_.dp()},
+                                {"zero", cfg_.zero},
+                                {"outer", cfg_.outer},
+                                {"outer_steps", cfg_.outer_steps},
+                                {"outer_lr", cfg_.outer_lr},
                                 {"outer_momentum", cfg_.outer_momentum}};
       std::map<std::string, std::string> meta = model_->config().to_metadata();
       meta["checkpoint_id"] = id;
@@ -221,11 +248,18 @@ void Job<T>::save(const std::string& path) {
         if (paced()) {
           state_meta["outer_window_active"] = dump_json(nlohmann::json(window_active_));
           state_meta["centre_updates"] = dump_json(nlohmann::json(centre_updates));
-          if (!inner_per_window_.empty()) state_meta["outer_inner_steps"] = dump_json(nlohmann::json(inner_per_window_));
+          if (!inner_per_window_.empty())
+            state_meta["outer_inner_steps"] = dump_json(nlohmann::json(inner_per_window_));
         }
       }
-      write_safetensors(state_path_for(path), moments, state_meta);
-      write_safetensors(path, params, meta);
+      // Into a hidden directory, renamed to step-N once both files and the manifest are on disk.
+      SaveWriter save(path, opt_.step);
+      write_safetensors(save.file(kStateFile), moments, state_meta);
+      write_safetensors(save.file(kModelFile), params, meta);
+      save.commit(id, run_id_, {kModelFile, kStateFile});
+      const std::vector<std::string> pruned = prune_saves(path, opt_.step, cfg_.keep, run_id_);
+      if (!pruned.empty())
+        log_info("removed ", pruned.size(), " older save(s) (--keep ", cfg_.keep, "): ", pruned.back());
     } catch (const std::exception& e) {  // any failure of the writer must reach every rank
       error = str("saving ", path, " failed: ", e.what());
     }
@@ -242,7 +276,8 @@ bool Job<T>::save_residuals(std::vector<NamedTensor>& out) {
   // intra index 0 (one per centre and tp_rank) then gather every centre's, and the TP groups consolidate them.
   const int64_t n = model_->buffer_size();
   ctx_.intra_group().all_reduce(centre.data(), n, DType::F32, {"checkpoint error-feedback residuals"})->wait();
-  append_per_centre(centre, "error-feedback residuals", [](int c) { return str("ef_residual.", c, "."); }, out);
+  append_per_centre(
+      centre, "error-feedback residuals", [](int c) { return str("ef_residual.", c, "."); }, out);
   return true;
 }
 
@@ -279,7 +314,8 @@ void Job<T>::append_per_centre(const std::vector<float>& mine, const std::string
   if (topo.centres() == 1)
     std::copy(mine.begin(), mine.end(), all.begin());
   else if (topo.intra_index[ctx_.world_rank()] == 0)  // one rank per centre and tp_rank gathers every centre's
-    ctx_.cross_group()->all_gather(mine.data(), all.data(), n, DType::F32, {"checkpoint " + what + " of every centre"})
+    ctx_.cross_group()
+        ->all_gather(mine.data(), all.data(), n, DType::F32, {"checkpoint " + what + " of every centre"})
         ->wait();
   for (int c = 0; c < topo.centres(); ++c)
     for (NamedTensor& t : model_->gather_full(prefix(c), all.data() + static_cast<size_t>(c) * n))
@@ -291,7 +327,8 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
   // θ_global is the model file (loaded already); the state has the momentum and each centre's replica.
   const auto& sm = state.metadata();
   if (!sm.count("diloco_centres")) {
-    log_info("resume: ", state.path(), " has no DiLoCo state; every centre starts its replica from the model and "
+    log_info("resume: ", state.path(),
+             " has no DiLoCo state; every centre starts its replica from the model and "
              "the outer momentum from zero");
     return;
   }
@@ -342,8 +379,9 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
         inner_per_window_ = std::move(pace);
         balanced_ = true;
       } else {
-        log_info("resume: the saved pace of inner steps is for other centres or another --outer-steps; it is "
-                 "measured again");
+        log_info(
+            "resume: the saved pace of inner steps is for other centres or another --outer-steps; it is "
+            "measured again");
       }
     }
     if (sm.count("outer_window_active")) {
@@ -351,8 +389,9 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
       if (same && active.size() == window_active_.size())
         window_active_ = std::move(active);
       else
-        log_info("resume: the saved counts of inner steps per fragment are for other centres or fragments; the "
-                 "next outer syncs weigh the centres from zero counts");
+        log_info(
+            "resume: the saved counts of inner steps per fragment are for other centres or fragments; the "
+            "next outer syncs weigh the centres from zero counts");
     }
   }
   if (it == names.end()) {

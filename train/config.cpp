@@ -15,8 +15,6 @@
 
 namespace aq {
 
-std::string state_path_for(const std::string& model_path) { return model_path + ".state"; }
-
 int configure_threads(int threads, int local_ranks) {
   // 0: the node's cores shared by the ranks on it.
   const int cores = omp_get_num_procs();
@@ -47,7 +45,8 @@ void TrainConfig::validate() const {
   AQ_CHECK(grad_clip >= 0, "--grad-clip must be >= 0 (0 turns clipping off; got ", grad_clip, ")");
   AQ_CHECK(save_every >= 0 && eval_every >= 0, "--save-every and --eval-every must be >= 0");
   AQ_CHECK(eval_batches >= 1, "--eval-batches must be >= 1 (got ", eval_batches, ")");
-  AQ_CHECK(save_every == 0 || !save.empty(), "--save-every ", save_every, " needs --save FILE to say where");
+  AQ_CHECK(save_every == 0 || !save.empty(), "--save-every ", save_every, " needs --save DIR to say where");
+  AQ_CHECK(keep >= 0, "--keep must be >= 0 saves (0 keeps every save; got ", keep, ")");
   AQ_CHECK(eval_every == 0 || !val_data.empty(), "--eval-every ", eval_every, " needs --val-data GLOB to evaluate on");
   AQ_CHECK(init_from.empty() || resume.empty(), "--init-from and --resume exclude each other: --resume continues a ",
            "saved run with its optimizer state, --init-from starts a new run from weights");

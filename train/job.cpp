@@ -46,10 +46,7 @@ void Job<T>::setup() {
            "skips this check)");
   // Only rank 0 writes checkpoints and the log; its failures reach every rank through agree_on_failure.
   if (ctx_.world_rank() == 0) {
-    if (!cfg_.save.empty()) {
-      check_writable(cfg_.save, "checkpoint");
-      guard_save_path();
-    }
+    if (!cfg_.save.empty()) guard_save_path();
     if (!cfg_.log.empty()) {
       check_writable(cfg_.log, "log");
       log_file_.open(cfg_.log, cfg_.resume.empty() ? std::ios::trunc : std::ios::app);

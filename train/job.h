@@ -4,6 +4,8 @@
 // Each of those files instantiates Job<float> and Job<bf16> for the methods it defines.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <deque>
 #include <fstream>
@@ -77,6 +79,11 @@ class Job final : public JobApi {
  public:
   Job(const TrainConfig& cfg, ParallelContext& ctx, Device device)
       : cfg_(cfg), ctx_(ctx), rng_(cfg.seed), device_(device) {}
+  // A --save directory this run created and never saved into (it failed first) does not outlive it.
+  ~Job() override {
+    save_lock_.reset();
+    if (made_save_dir_) ::rmdir(cfg_.save.c_str());  // fails, harmlessly, once it holds a save
+  }
 
   void setup() override;
   void build() override;
@@ -92,9 +99,7 @@ class Job final : public JobApi {
   }
   int64_t start_step() const override { return opt_.step; }
   Device device() const override { return device_; }
-  std::string device_label() const override {
-    return device_ == Device::CPU ? "cpu" : str("cuda:", ctx_.local_rank());
-  }
+  std::string device_label() const override { return device_ == Device::CPU ? "cpu" : str("cuda:", ctx_.local_rank()); }
   void describe(TrainResult& r) const override {
     r.device = device_ == Device::CPU ? "cpu" : "cuda";
     r.dtype = std::is_same_v<T, bf16> ? "bf16" : "fp32";
@@ -110,22 +115,24 @@ class Job final : public JobApi {
              gib(mem_.grads), ", optimizer ", gib(mem_.optimizer + mem_.outer), ", activations ", gib(mem_.activations),
              ")", device_ == Device::CPU && mem_avail_ > 0 ? str(" of ", gib(mem_avail_), " available") : "",
              device_ == Device::CPU ? "" : " (on the GPU, not checked)");
-    log_info("data: ", train_data_->num_shards(), " shard(s), ", train_data_->total_tokens(), " tokens | batch ",
-             cfg_.batch, " x ", cfg_.seq, " per rank", cfg_.grad_accum > 1 ? str(" x ", cfg_.grad_accum, " micro-batches") : "",
-             ", ", static_cast<int64_t>(cfg_.batch) * cfg_.grad_accum * cfg_.seq * ctx_.dp(),
-             " tokens/step over dp=", ctx_.dp(), buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
+    log_info(
+        "data: ", train_data_->num_shards(), " shard(s), ", train_data_->total_tokens(), " tokens | batch ", cfg_.batch,
+        " x ", cfg_.seq, " per rank", cfg_.grad_accum > 1 ? str(" x ", cfg_.grad_accum, " micro-batches") : "", ", ",
+        static_cast<int64_t>(cfg_.batch) * cfg_.grad_accum * cfg_.seq * ctx_.dp(), " tokens/step over dp=", ctx_.dp(),
+        buckets_ ? str(" | ", buckets_->num_buckets(), " gradient buckets") : "");
     if (diloco())
       log_info("outer: DiLoCo every ", cfg_.outer_steps, " steps, Nesterov lr ", cfg_.outer_lr, " momentum ",
                cfg_.outer_momentum,
                fragments_.size() > 1 ? str(" | ", fragments_.size(), " fragments on a staggered schedule") : "",
-               cfg_.outer_overlap ? str(" | exchanges overlap ", cfg_.outer_overlap, " inner steps, merged with mix ",
-                                        cfg_.outer_mix) : "",
+               cfg_.outer_overlap
+                   ? str(" | exchanges overlap ", cfg_.outer_overlap, " inner steps, merged with mix ", cfg_.outer_mix)
+                   : "",
                " | inner data parallel inside each centre (dp=", idp(), " here)",
-               paced() ? (cfg_.balance == "auto" ? " | inner steps paced by measured centre speed, token-weighted average"
-                                                 : str(" | inner steps per window by centre: ", cfg_.balance,
-                                                       ", token-weighted average")) : "",
-               " | outer exchange: ",
-               outer_algo_->describe());
+               paced() ? (cfg_.balance == "auto"
+                              ? " | inner steps paced by measured centre speed, token-weighted average"
+                              : str(" | inner steps per window by centre: ", cfg_.balance, ", token-weighted average"))
+                       : "",
+               " | outer exchange: ", outer_algo_->describe());
     else if (ctx_.dp() > 1)
       log_info("data parallel: ", dp_algo_->describe());
   }
@@ -138,7 +145,9 @@ class Job final : public JobApi {
   // rank's centre (each centre trains its own replica between outer syncs).
   bool diloco() const { return cfg_.outer == "diloco"; }
   int idp() const { return diloco() ? ctx_.topology().centre_dp[static_cast<size_t>(ctx_.centre())] : ctx_.dp(); }
-  int idp_rank() const { return diloco() ? ctx_.topology().intra_index[static_cast<size_t>(ctx_.world_rank())] : ctx_.dp_rank(); }
+  int idp_rank() const {
+    return diloco() ? ctx_.topology().intra_index[static_cast<size_t>(ctx_.world_rank())] : ctx_.dp_rank();
+  }
   Backend& idp_group() { return diloco() ? ctx_.intra_group() : ctx_.dp_group(); }
   double global_grad_norm(const float* grads);  // grads indexed from slice_begin()
   // Error feedback: appends each centre's residuals ("ef_residual.<centre id>.<tensor>") to `out`; false when
@@ -184,7 +193,7 @@ class Job final : public JobApi {
   // The algorithm whose traffic crosses centres (and keeps the error-feedback residuals).
   DpAlgorithm& wan_algo() { return outer_algo_ ? *outer_algo_ : *dp_algo_; }
   void outer_steps(int64_t t, StepRecord& r);
-  void cut_fragments();            // fragments_ from --outer-fragments, at tensor boundaries
+  void cut_fragments();           // fragments_ from --outer-fragments, at tensor boundaries
   void outer_finish_exchanges();  // completes every exchange in flight (before a save and at the end)
   void finish_communication() override {
     if (diloco()) outer_finish_exchanges();
@@ -202,14 +211,14 @@ class Job final : public JobApi {
   DeviceBuffer<ops::TensorChunk> chunks_;
   std::unique_ptr<SafeTensorsReader> weights_;  // --init-from / --resume file, opened in setup()
   OptimizerState opt_;
-  DeviceBuffer<float> grad_slice_;  // ZeRO-1: this rank's reduced gradient slice
+  DeviceBuffer<float> grad_slice_;         // ZeRO-1: this rank's reduced gradient slice
   std::vector<int32_t> inputs_, targets_;  // a step's K micro-batches, (K·B, T)
   // Micro-batches per DP rank (work split by speed; all equal to --grad-accum unless --balance), this rank's K
   // and their total M over the DP ranks. The step's global batch is M·B sequences.
   std::vector<int> micro_;
   int K_ = 1;
   int64_t M_ = 1;
-  double micro_ms_ = 0;  // --balance auto: this rank's time per micro-batch, summed over the timed steps
+  double micro_ms_ = 0;     // --balance auto: this rank's time per micro-batch, summed over the timed steps
   bool balanced_ = false;   // --balance auto: the split was measured (or restored from a checkpoint)
   int64_t start_step_ = 0;  // the first step this run executes
   void apply_split(std::vector<int> micro);  // sets micro_, K_, M_ and this rank's data window
@@ -226,12 +235,13 @@ class Job final : public JobApi {
   // (window_active_, centre-major × fragment). Empty: every centre trains every step.
   bool paced() const { return diloco() && cfg_.balance != "off"; }
   bool inner_active(int c, int64_t s) const {
-    return inner_per_window_.empty() || inner_step_active(inner_per_window_[static_cast<size_t>(c)], cfg_.outer_steps, s);
+    return inner_per_window_.empty() ||
+           inner_step_active(inner_per_window_[static_cast<size_t>(c)], cfg_.outer_steps, s);
   }
   void pace_now();  // --balance auto under DiLoCo: times → inner steps per window. Collective.
   std::vector<int> inner_per_window_;
   std::vector<int64_t> window_active_;
-  int64_t updates_ = 0;     // AdamW updates of this rank's replica: opt_.step, less the steps its centre idled
+  int64_t updates_ = 0;  // AdamW updates of this rank's replica: opt_.step, less the steps its centre idled
   // The loss of the last step this rank trained (an idle step reports it; NaN, written null, before the first).
   double last_loss_ = std::numeric_limits<double>::quiet_NaN();
   // --balance auto: the first timed step (0-based; a warm-up step comes before it). From the run's start, so a
@@ -241,12 +251,13 @@ class Job final : public JobApi {
   // The step's forward/backward, gradient reduction, clipping and AdamW (not for an idle step of a paced
   // centre). Collective over the step's groups.
   StepRecord inner_step(int64_t s, Timer& t);
-  bool last_micro_ = true;                 // the micro-batch running is the step's last
+  bool last_micro_ = true;  // the micro-batch running is the step's last
   std::ofstream log_file_;
-  // Rank 0 with --save: the path's lock for the whole run, and the id this run's checkpoints carry ("run_id",
+  // Rank 0 with --save: the directory's lock for the whole run, and the id this run's checkpoints carry ("run_id",
   // kept across resumes) so a later fresh run can tell them from its own. guard_save_path() sets both.
   std::unique_ptr<PathLock> save_lock_;
   std::string run_id_;
+  bool made_save_dir_ = false;
   void guard_save_path();
   typename ops::MultiAdamW<T>::Update* adamw_ = nullptr;
   ops::MultiAdamW<float>::SumSquares* sum_squares_ = nullptr;

@@ -62,7 +62,7 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
       Timer st;
       job.save(cfg.save);
       save_s = st.ms() / 1000.0;
-      log_info("saved ", cfg.save, " (step ", s + 1, ")");
+      log_info("saved ", cfg.save, "/", save_dir_name(s + 1));
     }
   }
   if (cfg.steps > first) result.step_loop_device_mallocs = device_driver_allocations(job.device()) - allocs_after_first;
@@ -70,11 +70,33 @@ void run_loop(JobApi& job, const TrainConfig& cfg, ParallelContext& ctx, TrainRe
   job.finish_communication();
   if (!cfg.save.empty()) {
     job.save(cfg.save);
-    log_info("saved ", cfg.save, " and ", state_path_for(cfg.save), " (step ", job.start_step(), ")");
+    log_info("saved ", cfg.save, "/", save_dir_name(job.start_step()));
   }
   if (!result.stopped_by.empty())
     log_info("stopped by ", result.stopped_by, " after step ", job.start_step(), " of ", cfg.steps,
              cfg.save.empty() ? " (nothing saved: no --save)" : str("; continue with --resume ", cfg.save));
+}
+
+// --resume / --init-from name a checkpoint directory, one save, or a file: rank 0 finds the files (the newest
+// intact save, checksums verified) and every rank takes its answer, so all load the same save.
+void resolve_checkpoint_flag(TrainConfig& cfg, ParallelContext& ctx) {
+  const bool resume = !cfg.resume.empty();
+  std::string& path = resume ? cfg.resume : cfg.init_from;
+  if (path.empty()) return;
+  std::string error, model, chosen;
+  if (ctx.world_rank() == 0) {
+    try {
+      const CheckpointRef ref = resolve_checkpoint(path, resume ? "--resume" : "--init-from");
+      model = ref.model;
+      chosen = ref.chosen;
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+  error = ctx.agree_on_failure(error);
+  if (!error.empty()) throw AgreedError(error);
+  if (!chosen.empty()) log_info(resume ? "resume: " : "init: ", chosen);
+  path = ctx.broadcast_string(model);
 }
 
 }  // namespace
@@ -83,6 +105,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   TrainConfig cfg = cfg_in;
   cfg.schedule.steps = cfg.steps;
   const int nthreads = configure_threads(cfg.threads, ctx.local_size());
+  resolve_checkpoint_flag(cfg, ctx);
   std::unique_ptr<JobApi> job_ptr;
   // Set-up failures (bad flags, files, shapes, devices) are agreed on, so exactly one rank reports and all exit;
   // the collective part of building (device groups) starts only once every rank got that far.

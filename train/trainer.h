@@ -18,6 +18,7 @@
 #include "model/gpt2.h"
 #include "model/schedule.h"
 #include "parallel/context.h"
+#include "runtime/checkpoint_dir.h"
 
 namespace aq {
 
@@ -54,8 +55,11 @@ struct TrainConfig {
   LrSchedule schedule;          // lr, min_lr, warmup, kind (steps is filled from `steps`)
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
   uint64_t seed = 1337;
+  // --save DIR: a checkpoint directory (runtime/checkpoint_dir.h), one step-N sub-directory per save, the newest
+  // `keep` of them kept (0 = all).
   std::string save, log;
-  // A fresh run refuses a --save path that holds another run's checkpoint unless this is set (--overwrite).
+  int keep = 2;
+  // A fresh run refuses a --save directory that holds another run's saves unless this is set (--overwrite).
   bool overwrite = false;
   int64_t save_every = 0, eval_every = 0, eval_batches = 8;
   // Stopping early while the schedule still follows `steps` (a run split over several jobs is bit-identical to
@@ -126,9 +130,6 @@ constexpr int kExitStoppedBySignal = 75;
 // no flag was given, per the rules at TrainConfig::given; `dp` is this run's data-parallel size (the global batch
 // is kept). Prints what it restored and what changed. Throws aq::Error for a refused change.
 void restore_saved_options(TrainConfig& cfg, int dp);
-
-// Path of the training-state companion of a model checkpoint.
-std::string state_path_for(const std::string& model_path);
 
 // Applies --threads to OpenMP and OpenBLAS; returns the thread count in use.
 int configure_threads(int threads, int local_ranks = 1);

@@ -34,7 +34,7 @@ fail() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
 # Files a failed run must not leave: its checkpoint, atomic-write temporaries, writability probes.
 leftovers() {
   {
-    find "$OUT" -name 'out.safetensors*'
+    find "$OUT" -mindepth 1 \( -path "$OUT/out" -o -path "$OUT/out/*" \)
     find "$TMP" \( -name '*.tmp.*' -o -name '*.probe.*' \)
   } 2>/dev/null | sort -u
 }
@@ -110,10 +110,11 @@ DATA=$TMP/data/train_000.bin
 AQT=("$BIN/aq-train" --threads 1 --device cpu)
 TRAIN=("${AQT[@]}" --layers 1 --heads 2 --dim 16)
 RUN=("${TRAIN[@]}" --seq 16 --batch 2)
-CK=$TMP/ck.safetensors
-"${RUN[@]}" --data "$DATA" --steps 1 --save "$CK" >/dev/null 2>"$TMP/stderr" ||
+CKDIR=$TMP/ck
+CK=$CKDIR/step-00000001/model.safetensors
+"${RUN[@]}" --data "$DATA" --steps 1 --save "$CKDIR" >/dev/null 2>"$TMP/stderr" ||
   setup_failed "aq-train --steps 1 --save: $(cat "$TMP/stderr")"
-[[ -f $CK && -f $CK.state ]] || setup_failed "aq-train --save wrote no checkpoint"
+[[ -f $CK && -f $CKDIR/step-00000001/state.safetensors ]] || setup_failed "aq-train --save wrote no checkpoint"
 
 # Damaged copies of the checkpoint, written with the Python standard library only.
 cat >"$TMP/edit.py" <<'EOF'
@@ -159,15 +160,15 @@ head -c 4096 /dev/urandom >"$TMP/random.bin"
 head -c 5000 "$DATA" >"$TMP/truncated.bin"
 cp "$CK" "$TMP/nostate.safetensors"
 # A model file paired with the state of a different save (as after a crash between the two writes).
-"${RUN[@]}" --data "$DATA" --steps 2 --save "$TMP/other.safetensors" >/dev/null 2>"$TMP/stderr" ||
+"${RUN[@]}" --data "$DATA" --steps 2 --save "$TMP/other" >/dev/null 2>"$TMP/stderr" ||
   setup_failed "aq-train --steps 2 --save: $(cat "$TMP/stderr")"
 cp "$CK" "$TMP/mixed.safetensors"
-cp "$TMP/other.safetensors.state" "$TMP/mixed.safetensors.state"
+cp "$TMP/other/step-00000002/state.safetensors" "$TMP/mixed.safetensors.state"
 mkdir -p "$TMP/adir"
 
 # ---- aq-train: command line ------------------------------------------------------------------------------------
 
-SAVE=(--save "$OUT/out.safetensors")
+SAVE=(--save "$OUT/out")
 if [[ -e /nonexistent_dir ]]; then
   fail nonexistent_dir "/nonexistent_dir exists on this machine, so the unwritable-path cases cannot work; remove it"
 fi
@@ -249,9 +250,9 @@ expect_fail seq_above_max_seq '--seq 64 exceeds .*n_positions=32.*--max-seq' 1 -
   "${TRAIN[@]}" --data "$DATA" --seq 64 --max-seq 32 "${SAVE[@]}"
 expect_fail seq_above_checkpoint_context "--seq 200 exceeds .*n_positions=128" 1 -- \
   "${TRAIN[@]}" --data "$DATA" --seq 200 --init-from "$CK" "${SAVE[@]}"
-expect_fail flag_disagrees_with_checkpoint '--layers 2 disagrees with .*ck\.safetensors' 1 -- \
+expect_fail flag_disagrees_with_checkpoint '--layers 2 disagrees with .*ck/step-00000001/model\.safetensors' 1 -- \
   "${AQT[@]}" --data "$DATA" --layers 2 --init-from "$CK" "${SAVE[@]}"
-expect_fail heads_disagree_with_checkpoint '--heads 4 disagrees with .*ck\.safetensors, which records n_head=2' 1 -- \
+expect_fail heads_disagree_with_checkpoint '--heads 4 disagrees with .*ck/step-00000001/model\.safetensors, which records n_head=2' 1 -- \
   "${AQT[@]}" --data "$DATA" --heads 4 --init-from "$CK" "${SAVE[@]}"
 expect_fail resume_and_init_from 'exclude each other' 1 -- \
   "${RUN[@]}" --data "$DATA" --resume "$CK" --init-from "$CK" "${SAVE[@]}"
@@ -260,11 +261,14 @@ expect_fail save_every_without_save '--save-every 5 needs --save' 1 -- "${RUN[@]
 
 # ---- aq-train: output paths ------------------------------------------------------------------------------------
 
-expect_fail save_unwritable 'cannot write checkpoint to /nonexistent_dir/x\.safetensors' 1 -- \
-  "${RUN[@]}" --data "$DATA" --steps 1 --save /nonexistent_dir/x.safetensors
-expect_fail save_parent_is_a_file 'cannot write checkpoint to .*text\.txt/x\.safetensors' 1 -- \
-  "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/text.txt/x.safetensors"
-expect_fail save_is_directory 'is a directory' 1 -- "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/adir"
+expect_fail save_unwritable 'cannot create the checkpoint directory /nonexistent_dir/x: No such file or directory \(create its parent' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --save /nonexistent_dir/x
+expect_fail save_parent_is_a_file 'cannot create the checkpoint directory .*text\.txt/x: Not a directory' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/text.txt/x"
+expect_fail save_is_a_file 'names a file, but --save takes a checkpoint directory .* use e\.g\. --save .*text\.txt\.ckpt' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/text.txt"
+expect_fail save_single_file_layout 'names a file, but --save takes a checkpoint directory .* use e\.g\. --save .*/model$' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/model.safetensors"
 expect_fail log_unwritable 'cannot write log to /nonexistent_dir/log\.jsonl' 1 -- \
   "${RUN[@]}" --data "$DATA" --steps 1 --log /nonexistent_dir/log.jsonl "${SAVE[@]}"
 
@@ -308,14 +312,18 @@ expect_fail checkpoint_truncated 'cut\.safetensors: corrupt safetensors header: 
   "${RUN[@]}" --data "$DATA" --init-from "$TMP/cut.safetensors" "${SAVE[@]}"
 expect_fail checkpoint_not_safetensors 'random\.bin: corrupt safetensors header' 1 -- \
   "${RUN[@]}" --data "$DATA" --init-from "$TMP/random.bin" "${SAVE[@]}"
-expect_fail checkpoint_missing_file 'cannot open .*absent\.safetensors' 1 -- \
+expect_fail checkpoint_missing_file '--init-from .*absent\.safetensors: No such file or directory' 1 -- \
   "${RUN[@]}" --data "$DATA" --init-from "$TMP/absent.safetensors" "${SAVE[@]}"
 expect_fail resume_without_state '--resume .*nostate\.safetensors needs its training state' 1 -- \
   "${RUN[@]}" --data "$DATA" --steps 2 --resume "$TMP/nostate.safetensors" "${SAVE[@]}"
 expect_fail resume_mismatched_state 'belong to different saves \(model at step 1, state at step 2\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --steps 3 --resume "$TMP/mixed.safetensors" "${SAVE[@]}"
 expect_fail resume_nothing_to_do 'already at step 1 and --steps is 1' 1 -- \
-  "${RUN[@]}" --data "$DATA" --steps 1 --resume "$CK" "${SAVE[@]}"
+  "${RUN[@]}" --data "$DATA" --steps 1 --resume "$CKDIR" "${SAVE[@]}"
+mkdir -p "$TMP/emptyck/.saving-step-00000003.1"
+expect_fail resume_no_save 'holds no checkpoint \(no step-\* saves, no manifest\.json, no model\.safetensors\); 1 save\(s\) there were interrupted .*start the run afresh' 1 -- \
+  "${RUN[@]}" --data "$DATA" --steps 2 --resume "$TMP/emptyck" "${SAVE[@]}"
+rm -rf "$TMP/emptyck"
 
 # ---- aq-train: divergence ----------------------------------------------------------------------------------------
 
@@ -346,7 +354,7 @@ expect_fail prepare_wordpiece_json "the tokenizer's model is WordPiece; only byt
   "$BIN/aq-prepare" --out "$OUT/data" --tokenizer "$TMP/wordpiece.json" "$TMP/text.txt"
 expect_fail generate_metaspace_json "pre-tokenizer is Metaspace" 1 -- \
   "$BIN/aq-generate" --model "$CK" --tokenizer "$TMP/spm.json" --threads 1
-expect_fail generate_missing_model 'cannot open .*absent\.safetensors' 1 -- \
+expect_fail generate_missing_model '--model .*absent\.safetensors: No such file or directory' 1 -- \
   "$BIN/aq-generate" --model "$TMP/absent.safetensors" --threads 1
 expect_fail generate_truncated_model 'cut\.safetensors: corrupt safetensors header' 1 -- \
   "$BIN/aq-generate" --model "$TMP/cut.safetensors" --threads 1
@@ -356,12 +364,13 @@ expect_fail generate_bad_tokens '--tokens must be >= 1' 1 -- "$BIN/aq-generate" 
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 if "${RUN[@]}" --data "$DATA" --val-data "$TMP/data/val_000.bin" --eval-batches 1 --steps 2 \
-  --save "$OUT/out.safetensors" --log "$OUT/log.jsonl" >"$TMP/stdout" 2>"$TMP/stderr"; then
+  --save "$OUT/out" --log "$OUT/log.jsonl" >"$TMP/stdout" 2>"$TMP/stderr"; then
   if [[ -s $TMP/stderr ]]; then
     fail valid_run "exit 0 but stderr is not empty: $(cat "$TMP/stderr")"
-  elif [[ ! -f $OUT/out.safetensors || ! -f $OUT/out.safetensors.state || ! -s $OUT/log.jsonl ]]; then
+  elif [[ ! -f $OUT/out/step-00000002/model.safetensors || ! -f $OUT/out/step-00000002/state.safetensors ||
+    ! -f $OUT/out/step-00000002/manifest.json || ! -s $OUT/log.jsonl ]]; then
     fail valid_run "exit 0 but the checkpoint, its state or the log is missing"
-  elif [[ -n $(find "$TMP" \( -name '*.tmp.*' -o -name '*.probe.*' \)) ]]; then
+  elif [[ -n $(find "$TMP" \( -name '*.tmp.*' -o -name '*.probe.*' -o -name '.saving-*' -o -name '.lock' \)) ]]; then
     fail valid_run "temporary files left behind"
   else
     ok valid_run

@@ -64,19 +64,19 @@ refused() {
 runs() {
   local name=$1 save=$2
   shift 3
-  rm -f "$save" "$save.state"
+  rm -rf "$save"
   if ! "$@" >"$TMP/out" 2>"$TMP/err"; then
     fail "$name" "exit code $? (stderr: $(tail -3 "$TMP/err"))"
-  elif [[ ! -f $save ]]; then
-    fail "$name" "no checkpoint at $save"
+  elif [[ ! -f $save/step-00000001/model.safetensors ]]; then
+    fail "$name" "no checkpoint in $save"
   else
     ok "$name"
   fi
 }
 
-CK=$TMP/ck.safetensors
+CK=$TMP/ck
 runs "no launcher: one process trains" "$CK" -- "${CLEAN[@]}" "${TRAIN[@]}" --save "$CK"
-rm -f "$CK" "$CK.state"
+rm -rf "$CK"
 refused "bare srun -n 2: aq-train refuses" \
   '^aq-train: error: this process is one of 2 tasks of a Slurm job step \(SLURM_STEP_NUM_TASKS=2\) but no MPI world was found \(world size 1, no PMI or PMIx in the environment\).*launch with srun --mpi=pmix -n 2 \(or mpirun inside the allocation\); or set AQ_ALLOW_INDEPENDENT_TASKS=1' \
   "$CK" -- "${CLEAN[@]}" "${SRUN2[@]}" "${TRAIN[@]}" --save "$CK"

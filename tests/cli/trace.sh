@@ -25,7 +25,7 @@ ok() { echo "ok $1"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 
 # 1. Four ranks, tp 2 x dp 2, steps 2-3 recorded (a save at step 2 and an evaluation at step 3 fall inside).
-if timeout 300 "${MPIRUN[@]}" -np 4 "$BIN/aq-train" "${ARGS[@]}" --tp 2 --save-every 2 --save "$TMP/m.safetensors" \
+if timeout 300 "${MPIRUN[@]}" -np 4 "$BIN/aq-train" "${ARGS[@]}" --tp 2 --save-every 2 --save "$TMP/m" \
     --trace "$TMP/trace.json" --trace-steps 2:3 > "$TMP/out.txt" 2>&1; then
   if /usr/bin/python3 "$HERE/check_trace.py" "$TMP/trace.json" --ranks 4 --steps 2:3 --buckets --tp \
       --expect "checkpoint write" --expect "evaluation" > "$TMP/check.txt" 2>&1; then

@@ -11,11 +11,11 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "runtime/data.h"
 #include "runtime/path_lock.h"
+#include "tests/test_util.h"
 #include "train/outer_optimizer.h"
 #include "train/trainer.h"
-#include "runtime/data.h"
-#include "tests/test_util.h"
 
 namespace aq {
 namespace {
@@ -60,7 +60,7 @@ class Training : public test::TempDirTest {
     cfg_.data = dir_ + "/train_000.bin";
     cfg_.quiet = true;
     cfg_.threads = 2;
-    cfg_.device = "cpu";  // the CPU trainer is what this suite tests, GPU or not
+    cfg_.device = "cpu";    // the CPU trainer is what this suite tests, GPU or not
     cfg_.overwrite = true;  // the tests save to the same paths run after run (CheckpointPathGuard checks it off)
   }
 
@@ -103,24 +103,24 @@ TEST_F(Training, SameSeedGivesBitIdenticalLosses) {
 
 TEST_F(Training, ResumeContinuesBitIdentically) {
   TrainConfig full = cfg_;
-  full.save = dir_ + "/full.safetensors";
+  full.save = dir_ + "/full";
   const auto all = losses(train(full, comm_));
 
   TrainConfig first = cfg_;
   first.steps = 2;
-  first.save = dir_ + "/part.safetensors";
+  first.save = dir_ + "/part";
   const auto head = losses(train(first, comm_));
   TrainConfig rest = cfg_;
   rest.resume = first.save;
-  rest.save = dir_ + "/resumed.safetensors";
+  rest.save = dir_ + "/resumed";
   const auto tail = losses(train(rest, comm_));
 
   ASSERT_EQ(head.size() + tail.size(), all.size());
   std::vector<double> joined = head;
   joined.insert(joined.end(), tail.begin(), tail.end());
   EXPECT_EQ(joined, all);
-  EXPECT_EQ(tensor_bytes(rest.save), tensor_bytes(full.save));
-  EXPECT_EQ(tensor_bytes(state_path_for(rest.save)), tensor_bytes(state_path_for(full.save)));
+  EXPECT_EQ(tensor_bytes(test::saved_model(rest.save)), tensor_bytes(test::saved_model(full.save)));
+  EXPECT_EQ(tensor_bytes(test::saved_state(rest.save)), tensor_bytes(test::saved_state(full.save)));
 }
 
 TEST_F(Training, GradientAccumulationEqualsTheLargerBatch) {
@@ -129,14 +129,14 @@ TEST_F(Training, GradientAccumulationEqualsTheLargerBatch) {
   // weights agree to fp32 rounding (the contract: not bit-identical, rel < 1e-5 / 1e-4).
   TrainConfig big = cfg_;
   big.batch = 6;
-  big.save = dir_ + "/big.safetensors";
+  big.save = dir_ + "/big";
   const TrainResult ref = train(big, comm_);
   const auto want = losses(ref);
   for (int K : {2, 3}) {
     TrainConfig acc = cfg_;
     acc.batch = 6 / K;
     acc.grad_accum = K;
-    acc.save = dir_ + "/acc.safetensors";
+    acc.save = dir_ + "/acc";
     const TrainResult got = train(acc, comm_);
     ASSERT_EQ(got.steps.size(), want.size());
     for (size_t i = 0; i < want.size(); ++i) {
@@ -157,11 +157,11 @@ TEST_F(Training, StoppingEarlyKeepsTheScheduleAndResumesBitIdentically) {
   // A cosine run of 6 steps stopped after step 3 (by --stop-at, then by SIGTERM arriving during step 3) and
   // resumed: the schedule follows --steps throughout, so losses and the final files equal the uninterrupted run.
   TrainConfig full = cfg_;
-  full.save = dir_ + "/full.safetensors";
+  full.save = dir_ + "/full";
   const auto all = losses(train(full, comm_));
   for (const char* how : {"--stop-at", "SIGTERM"}) {
     TrainConfig first = cfg_;
-    first.save = dir_ + "/stopped.safetensors";
+    first.save = dir_ + "/stopped";
     if (std::string(how) == "--stop-at")
       first.stop_at = 3;
     else
@@ -173,33 +173,72 @@ TEST_F(Training, StoppingEarlyKeepsTheScheduleAndResumesBitIdentically) {
     ASSERT_EQ(head.steps.size(), std::string(how) == "--stop-at" ? 3u : 2u) << how;
     TrainConfig rest = cfg_;
     rest.resume = first.save;
-    rest.save = dir_ + "/resumed.safetensors";
+    rest.save = dir_ + "/resumed";
     const TrainResult tail = train(rest, comm_);
     EXPECT_TRUE(tail.stopped_by.empty());
     std::vector<double> joined = losses(head);
     for (double l : losses(tail)) joined.push_back(l);
     EXPECT_EQ(joined, all) << how;
-    EXPECT_EQ(tensor_bytes(rest.save), tensor_bytes(full.save)) << how;
+    EXPECT_EQ(tensor_bytes(test::saved_model(rest.save)), tensor_bytes(test::saved_model(full.save))) << how;
   }
 }
 
-TEST_F(Training, ResumeRefusesAStateFromAnotherSave) {
+TEST_F(Training, ResumeTakesTheNewestIntactSave) {
+  // Saves whose files were mixed, truncated or damaged are skipped, each named with its reason; naming one of
+  // them directly is refused with that reason; the newest intact save is taken and its steps replayed.
   TrainConfig a = cfg_;
-  a.steps = 2;
-  a.save = dir_ + "/a.safetensors";
-  train(a, comm_);
+  a.steps = 4;
+  a.save_every = 1;
+  a.keep = 0;
+  a.save = dir_ + "/newest";
+  const auto all = losses(train(a, comm_));
   TrainConfig b = a;
-  b.save = dir_ + "/b.safetensors";
+  b.seed += 1;
+  b.save = dir_ + "/newest_other";
   train(b, comm_);
-  ASSERT_EQ(std::rename(state_path_for(b.save).c_str(), state_path_for(a.save).c_str()), 0);
-  TrainConfig r = cfg_;
-  r.resume = a.save;
-  try {
-    train(r, comm_);
-    FAIL() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("different saves"), std::string::npos) << e.what();
+  const auto save = [&](int step) { return str(a.save, "/", save_dir_name(step)); };
+  namespace fs = std::filesystem;
+  // step 4: the state of another run's step-4 save; step 3: a tensor's bytes flipped; step 2: truncated.
+  fs::copy_file(b.save + "/step-00000004/state.safetensors", save(4) + "/state.safetensors",
+                fs::copy_options::overwrite_existing);
+  {
+    const SafeTensorsReader m(save(3) + "/model.safetensors");
+    const size_t at = m.entries().at("wte.weight").begin + 8 + 17;  // inside the data section (past the header)
+    std::fstream f(save(3) + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    std::string head(8, '\0');
+    f.read(head.data(), 8);
+    uint64_t n = 0;
+    std::memcpy(&n, head.data(), 8);
+    f.seekg(static_cast<std::streamoff>(at + n));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x10);
+    f.seekp(static_cast<std::streamoff>(at + n));
+    f.write(&c, 1);
   }
+  fs::resize_file(save(2) + "/state.safetensors", fs::file_size(save(2) + "/state.safetensors") - 4);
+  TrainConfig r = cfg_;
+  r.steps = 4;
+  r.resume = a.save;
+  const TrainResult got = train(r, comm_);  // from step 1
+  ASSERT_EQ(got.steps.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(got.steps[i].loss, all[i + 1]) << "step " << i + 2;
+  const auto refused = [&](int step, const std::string& why) {
+    TrainConfig one = r;
+    one.resume = save(step);
+    test::expect_error([&] { train(one, comm_); }, {"--resume " + save(step) + " is not a usable save", why});
+  };
+  refused(4, "belongs to another save than its manifest");
+  refused(3, "tensor \"wte.weight\" is damaged");
+  refused(2, "bytes, the manifest says");
+  fs::remove_all(save(1));
+  test::expect_error([&] { train(r, comm_); }, {"--resume " + a.save + " holds no intact save: step-00000004: "});
+  // The single-file layout of earlier versions: a model file and FILE.state from two different saves.
+  const std::string legacy = dir_ + "/legacy.safetensors";
+  fs::copy_file(b.save + "/step-00000004/model.safetensors", legacy, fs::copy_options::overwrite_existing);
+  fs::copy_file(b.save + "/step-00000003/state.safetensors", legacy + ".state", fs::copy_options::overwrite_existing);
+  r.resume = legacy;
+  test::expect_error([&] { train(r, comm_); }, {"belong to different saves"});
 }
 
 TEST_F(Training, JsonLogHasOneLinePerStepAndValidationLines) {
@@ -230,56 +269,68 @@ TEST_F(Training, JsonLogHasOneLinePerStepAndValidationLines) {
 }
 
 TEST_F(Training, CheckpointPathGuard) {
-  // A fresh run does not replace another run's checkpoint without --overwrite; the same run (resumed from the
-  // path, or from elsewhere saving back to its own file) may; a held path is refused with the holder's pid.
+  // A fresh run does not replace another run's saves without --overwrite; the same run (resumed from the
+  // directory, or from a copy elsewhere saving back to its own) may; a held directory is refused with the holder's
+  // pid; a file (the single-file layout) is refused with the new layout named.
+  namespace fs = std::filesystem;
   TrainConfig a = cfg_;
   a.steps = 2;
   a.overwrite = false;
-  a.save = dir_ + "/guard.safetensors";
-  std::filesystem::remove(a.save);
+  a.save = dir_ + "/guard";
+  fs::remove_all(a.save);
   train(a, comm_);
   const auto refused = [&](const TrainConfig& c, const std::string& want) {
     test::expect_error([&] { train(c, comm_); }, {want});
   };
-  refused(a, "already holds a checkpoint of another run (step 2); continue that run with --resume");
+  refused(a, "already holds saves of another run (newest: step 2); continue that run with --resume");
   TrainConfig again = a;
   again.resume = a.save;  // the same run, continued in place
   again.steps = 3;
   EXPECT_EQ(train(again, comm_).steps.size(), 1u);
-  TrainConfig copy = again;  // resumed from a copy elsewhere, saving back to its own file: still this run
-  std::filesystem::copy_file(a.save, dir_ + "/guard_copy.safetensors", std::filesystem::copy_options::overwrite_existing);
-  std::filesystem::copy_file(state_path_for(a.save), dir_ + "/guard_copy.safetensors.state",
-                             std::filesystem::copy_options::overwrite_existing);
-  copy.resume = dir_ + "/guard_copy.safetensors";
+  TrainConfig copy = again;  // resumed from a copy elsewhere, saving back to its own directory: still this run
+  fs::remove_all(dir_ + "/guard_copy");
+  fs::copy(a.save, dir_ + "/guard_copy", fs::copy_options::recursive);
+  copy.resume = dir_ + "/guard_copy";
   copy.steps = 4;
   EXPECT_EQ(train(copy, comm_).steps.size(), 1u);
+  // An older save of this run resumed into a directory that holds later ones: refused (they would be dropped).
+  TrainConfig older = copy;
+  older.resume = a.save + "/step-00000003";
+  older.steps = 5;
+  refused(older, "holds a later save of this run (" + a.save + "/step-00000004) than the one resumed (step 3)");
   TrainConfig other = a;
   other.overwrite = true;
   EXPECT_EQ(train(other, comm_).steps.size(), 2u);
-  // A file that is not a checkpoint.
+  ASSERT_EQ(list_saves(a.save).size(), 1u);  // the other run's saves were removed at the first save
+  EXPECT_EQ(list_saves(a.save)[0].step, 2);
+  // A file, or a name in the single-file layout.
   TrainConfig junk = a;
-  junk.save = dir_ + "/junk.safetensors";
-  { std::ofstream(junk.save) << "not a checkpoint"; }
-  refused(junk, "exists and is not a readable aq-train checkpoint");
-  // A live writer holds the path: refused with its pid; the lock file goes away with its holder.
+  junk.save = dir_ + "/junk.bin";
+  { std::ofstream(junk.save) << "not a directory"; }
+  refused(junk, "names a file, but --save takes a checkpoint directory");
+  junk.save = dir_ + "/model.safetensors";
+  refused(junk, "use e.g. --save " + dir_ + "/model");
+  // A live writer holds the directory: refused with its pid; the lock file goes away with its holder.
   {
-    PathLock held(a.save, "--save");
+    PathLock held(a.save, "--save", a.save + "/.lock");
     refused(a, str("is being written by another run (pid ", ::getpid(), " on host "));
   }
-  EXPECT_FALSE(std::filesystem::exists(a.save + ".lock"));
-  // Temporaries of a writer that died are removed at the next start (a pid that is not running: the first
-  // child's, after it exited).
+  EXPECT_FALSE(fs::exists(a.save + "/.lock"));
+  // The unfinished save of a writer that died is removed at the next start (a pid that is not running: the
+  // first child's, after it exited); a live process's (our parent's) is kept.
   const pid_t child = ::fork();
   if (child == 0) ::_exit(0);
   ::waitpid(child, nullptr, 0);
-  const std::string tmp = str(a.save, ".tmp.", child);
-  { std::ofstream(tmp) << "half a model"; }
-  const std::string live = str(a.save, ".tmp.", ::getppid());  // a live process's (our parent): kept
-  { std::ofstream(live) << "in progress"; }
+  const std::string dead = str(a.save, "/.saving-step-00000009.", child);
+  const std::string live = str(a.save, "/.saving-step-00000009.", ::getppid());
+  for (const std::string& d : {dead, live}) {
+    fs::create_directories(d);
+    std::ofstream(d + "/model.safetensors") << "half a model";
+  }
   train(other, comm_);
-  EXPECT_FALSE(std::filesystem::exists(tmp));
-  EXPECT_TRUE(std::filesystem::exists(live));
-  std::filesystem::remove(live);
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_TRUE(fs::exists(live));
+  fs::remove_all(live);
 }
 
 TEST_F(Training, ResumeRefusesMalformedStateMetadata) {
@@ -287,9 +338,13 @@ TEST_F(Training, ResumeRefusesMalformedStateMetadata) {
   // naming the file and the key, not the JSON library's message.
   TrainConfig a = cfg_;
   a.steps = 2;
-  a.save = dir_ + "/meta.safetensors";
+  a.save = dir_ + "/meta";
   train(a, comm_);
-  const std::string sp = state_path_for(a.save);
+  // A save's files are checked against its manifest first (sizes, ids, checksums), so the damage is made to a
+  // copy in the single-file layout, which is read without one.
+  const std::string legacy = dir_ + "/meta.safetensors", sp = legacy + ".state";
+  std::filesystem::copy_file(test::saved_model(a.save), legacy, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(test::saved_state(a.save), sp, std::filesystem::copy_options::overwrite_existing);
   const auto rewrite = [&](const std::string& key, const std::string& value) {
     const SafeTensorsReader f(sp);
     std::vector<NamedTensor> tensors;
@@ -301,7 +356,7 @@ TEST_F(Training, ResumeRefusesMalformedStateMetadata) {
     std::filesystem::rename(sp + ".new", sp);
   };
   TrainConfig rest = cfg_;
-  rest.resume = a.save;
+  rest.resume = legacy;
   rest.steps = 3;
   rewrite("rng_state", "[1, 2");
   test::expect_error([&] { train(rest, comm_); }, {sp, "\"rng_state\" in the metadata is missing or malformed"});

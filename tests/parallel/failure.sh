@@ -60,11 +60,11 @@ check "error on rank 1 only" "error:1:3" 'aq: error on rank 1 .*injected fault; 
 check "rank 1 stalled in set-up" "setupstall:1:0" 'set-up did not finish: rank 0 .* waited [0-9]+ s while creating the process groups'
 # A signal on one rank stops every rank after the same step, saves, and exits 75; the saved run then resumes.
 AQ_FAULT_INJECT=sigterm:1:3 timeout 120 "$MPIEXEC" --allow-run-as-root --oversubscribe --bind-to none -np 2 \
-  "$BIN/aq-train" "${ARGS[@]}" --save "$TMP/ck.safetensors" > "$TMP/out.txt" 2>&1
+  "$BIN/aq-train" "${ARGS[@]}" --save "$TMP/ck" > "$TMP/out.txt" 2>&1
 rc=$?
 if [[ $rc -eq 75 ]] && grep -Eq 'stopped by SIGTERM after step 3 of 20; continue with --resume' "$TMP/out.txt" &&
   timeout 120 "$MPIEXEC" --allow-run-as-root --oversubscribe --bind-to none -np 2 "$BIN/aq-train" "${ARGS[@]}" \
-    --resume "$TMP/ck.safetensors" > "$TMP/out2.txt" 2>&1 && grep -q 'resumed .* at step 3' "$TMP/out2.txt"; then
+    --resume "$TMP/ck" > "$TMP/out2.txt" 2>&1 && grep -q 'resumed .* at step 3' "$TMP/out2.txt"; then
   echo "ok SIGTERM on rank 1 only: every rank stopped after step 3, saved, exit 75, resumed"
   pass=$((pass + 1))
 else

@@ -433,7 +433,7 @@ class Layouts : public ::testing::Test {
 };
 
 TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
-  const std::string ref_path = str(dir_, "/ref_", g_ctx->world_rank(), ".safetensors");
+  const std::string ref_path = str(dir_, "/ref_", g_ctx->world_rank(), "");
   const TrainResult want = reference(ref_path);
   for (int tp : {1, 2, 4}) {
     if (g_ctx->world_size() % tp) continue;
@@ -443,7 +443,7 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
       g_ctx->configure(tp, 60);
       TrainConfig c = config(dp);
       c.zero = zero;
-      c.save = str(dir_, "/tp", tp, "_zero", zero, ".safetensors");
+      c.save = str(dir_, "/tp", tp, "_zero", zero, "");
       const TrainResult got = train(c, *g_ctx);
       expect_same_losses(got, want, 0, what.c_str());
       expect_same_weights(c.save, ref_path, what.c_str());
@@ -456,7 +456,7 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
     TrainConfig c = config(2);
     c.batch = 1;
     c.grad_accum = 2;
-    c.save = str(dir_, "/accum.safetensors");
+    c.save = str(dir_, "/accum");
     const TrainResult got = train(c, *g_ctx);
     expect_same_losses(got, want, 0, "dp=2 with 2 micro-batches");
     expect_same_weights(c.save, ref_path, "dp=2 with 2 micro-batches");
@@ -471,7 +471,7 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
       configure_centres(tp, "2", {});
       TrainConfig c = config(dp);
       c.zero = zero;
-      c.save = str(dir_, "/centres_tp", tp, "_zero", zero, ".safetensors");
+      c.save = str(dir_, "/centres_tp", tp, "_zero", zero, "");
       const TrainResult got = train(c, *g_ctx);
       expect_same_losses(got, want, 0, what.c_str());
       expect_same_weights(c.save, ref_path, what.c_str());
@@ -486,7 +486,7 @@ TEST_F(Layouts, ResumeAcrossLayouts) {
   TrainConfig first = config(g_ctx->world_size() / tp0);
   first.steps = 3;
   first.zero = 1;
-  first.save = dir_ + "/resume_from.safetensors";
+  first.save = dir_ + "/resume_from";
   train(first, *g_ctx);
   // … and continue at every other layout, and in one process.
   for (int tp : {1, 2, 4}) {
@@ -516,10 +516,10 @@ TEST_F(Layouts, ResumeWithErrorFeedbackIsBitIdentical) {
     const TrainResult whole = train(c, *g_ctx);
     TrainConfig first = c;
     first.steps = 3;
-    first.save = str(dir_, "/ef_zero", zero, ".safetensors");
+    first.save = str(dir_, "/ef_zero", zero, "");
     train(first, *g_ctx);
     if (g_ctx->world_rank() == 0) {
-      SafeTensorsReader state(state_path_for(first.save));
+      SafeTensorsReader state(test::saved_state(first.save));
       EXPECT_TRUE(state.metadata().count("ef_centres")) << what;
       EXPECT_TRUE(state.entries().count("ef_residual.1.wte.weight")) << what;
     }
@@ -535,7 +535,7 @@ TEST_F(Layouts, ResumeWithErrorFeedbackIsBitIdentical) {
 TEST_F(Layouts, DiLoCoWithOneCentreAndPlainAveragingIsDataParallel) {
   // One centre, H = 1, outer lr 1, momentum 0: every step's outer update replaces θ_global by the replica, so
   // the run is synchronous data parallelism (up to the rounding of θ_g − (θ_g − θ)).
-  const std::string ref_path = str(dir_, "/diloco_ref_", g_ctx->world_rank(), ".safetensors");
+  const std::string ref_path = str(dir_, "/diloco_ref_", g_ctx->world_rank(), "");
   const TrainResult want = reference(ref_path);
   g_ctx->configure(1, 60);
   TrainConfig c = config(g_ctx->world_size());
@@ -543,7 +543,7 @@ TEST_F(Layouts, DiLoCoWithOneCentreAndPlainAveragingIsDataParallel) {
   c.outer_steps = 1;
   c.outer_lr = 1.0;
   c.outer_momentum = 0.0;
-  c.save = str(dir_, "/diloco_dp.safetensors");
+  c.save = str(dir_, "/diloco_dp");
   const TrainResult got = train(c, *g_ctx);
   for (const StepRecord& r : got.steps) EXPECT_TRUE(r.outer_sync) << "step " << r.step;
   expect_same_losses(got, want, 0, "DiLoCo H=1 lr=1 mu=0, one centre");
@@ -563,7 +563,7 @@ TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
   c.wan_compress = "int8";
   // The run is cut by lowering --steps, which would reshape a cosine schedule after the cut: keep it constant.
   c.schedule.kind = "constant";
-  c.save = str(dir_, "/diloco_whole.safetensors");
+  c.save = str(dir_, "/diloco_whole");
   const TrainResult whole = train(c, *g_ctx);
   c.save.clear();
   // Only outer syncs cross centres: wan_bytes on steps 4 (and only there, of 6), nothing in between; a rank
@@ -581,10 +581,10 @@ TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
   for (int64_t at : {3, 5}) {
     TrainConfig first = c;
     first.steps = at;
-    first.save = str(dir_, "/diloco_", at, ".safetensors");
+    first.save = str(dir_, "/diloco_", at, "");
     train(first, *g_ctx);
     if (g_ctx->world_rank() == 0) {
-      SafeTensorsReader state(state_path_for(first.save));
+      SafeTensorsReader state(test::saved_state(first.save));
       EXPECT_TRUE(state.metadata().count("diloco_centres"));
       EXPECT_TRUE(state.entries().count("centre.1.param.wte.weight"));
       EXPECT_TRUE(state.entries().count("outer_momentum.wte.weight"));
@@ -626,10 +626,10 @@ TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
   EXPECT_GT(bytes, 0.0);
   TrainConfig first = c;
   first.steps = 2;
-  first.save = str(dir_, "/streaming.safetensors");
+  first.save = str(dir_, "/streaming");
   train(first, *g_ctx);
   if (g_ctx->world_rank() == 0) {
-    SafeTensorsReader state(state_path_for(first.save));
+    SafeTensorsReader state(test::saved_state(first.save));
     // Fragment 0, merged at step 3, its sum scaled by 1 / DP ranks at the merge.
     EXPECT_EQ(state.metadata().at("outer_pending"), str("[[0,3,", 1.0 / g_ctx->dp(), "]]"));
   }
@@ -677,10 +677,10 @@ TEST_F(Layouts, PacedDiLoCoTrainsEachCentresShareAndResumesMidPhase) {
   // Saved mid-window (step 3, after an idle step of centre 1), resumed: every trained step bit-identical.
   TrainConfig first = c;
   first.steps = 3;
-  first.save = str(dir_, "/paced_3.safetensors");
+  first.save = str(dir_, "/paced_3");
   train(first, *g_ctx);
   if (g_ctx->world_rank() == 0) {
-    SafeTensorsReader state(state_path_for(first.save));
+    SafeTensorsReader state(test::saved_state(first.save));
     EXPECT_EQ(state.metadata().at("centre_updates"), "[3,1]");
     EXPECT_TRUE(state.metadata().count("outer_window_active"));
   }
@@ -753,7 +753,7 @@ TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
   TrainConfig whole = automatic;
   whole.steps = 6;
   const TrainResult w = train(whole, *g_ctx);
-  automatic.save = dir_ + "/balance.safetensors";
+  automatic.save = dir_ + "/balance";
   train(automatic, *g_ctx);
   TrainConfig rest = whole;
   rest.resume = automatic.save;
@@ -761,15 +761,15 @@ TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
   ASSERT_EQ(got.steps.size(), 2u);
   for (size_t i = 0; i < 2; ++i) EXPECT_EQ(got.steps[i].loss, w.steps[i + 4].loss) << "step " << got.steps[i].step;
   if (g_ctx->world_rank() == 0) {
-    SafeTensorsReader state(state_path_for(automatic.save));
+    SafeTensorsReader state(test::saved_state(automatic.save));
     EXPECT_EQ(state.metadata().at("balance_micro"), "[3,1]");
   }
   // Saved before the split was measured: nothing is saved, and the resumed run measures.
   automatic.steps = 1;
-  automatic.save = dir_ + "/balance_early.safetensors";
+  automatic.save = dir_ + "/balance_early";
   train(automatic, *g_ctx);
   if (g_ctx->world_rank() == 0) {
-    SafeTensorsReader state(state_path_for(automatic.save));
+    SafeTensorsReader state(test::saved_state(automatic.save));
     EXPECT_EQ(state.metadata().count("balance_micro"), 0u);
   }
   rest.resume = automatic.save;

@@ -22,8 +22,8 @@ cat "$ROOT"/*/*.h "$ROOT"/*/*/*.h "$ROOT"/*/*.cpp > "$WORK/text.txt"
 ARGS=(--data "$WORK/data/train_*.bin" --batch 3 --seq 37 --steps 8 --lr 1e-3 --lr-schedule cosine --warmup 3
       --min-lr 1e-4 --weight-decay 0.1 --beta1 0.9 --beta2 0.95 --eps 1e-8 --grad-clip 1.0)
 "$BIN/aq-train" --device cpu --init-from "$WORK/init.safetensors" "${ARGS[@]}" --log "$WORK/ours.jsonl" \
-  --save "$WORK/ours.safetensors" --threads 2 > /dev/null
+  --save "$WORK/ours" --threads 2 > /dev/null
 "$PY" "$ROOT/scripts/torch_reference.py" --init "$WORK/init.safetensors" "${ARGS[@]}" --log-out "$WORK/ref.jsonl" \
   --save "$WORK/ref.safetensors" > /dev/null
 "$PY" "$ROOT/scripts/compare_reference.py" --ours-log "$WORK/ours.jsonl" --ref-log "$WORK/ref.jsonl" \
-  --ours-model "$WORK/ours.safetensors" --ref-model "$WORK/ref.safetensors" --loss-tol 1e-4 --weight-tol 1e-3
+  --ours-model "$WORK/ours/step-00000008/model.safetensors" --ref-model "$WORK/ref.safetensors" --loss-tol 1e-4 --weight-tol 1e-3

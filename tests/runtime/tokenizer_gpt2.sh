@@ -109,8 +109,8 @@ done
 
 # A tiny model trained on GPT-2 tokens, sampled as text (V padded to 50304 as llm.c does).
 if "$BIN/aq-train" --data "$WORK/shards/train_*.bin" --vocab 50304 --layers 1 --heads 2 --dim 32 --seq 32 --batch 2 \
-     --steps 3 --save "$WORK/tiny.safetensors" --threads 2 > "$WORK/train.log" 2>&1 &&
-   "$BIN/aq-generate" --model "$WORK/tiny.safetensors" --tokenizer gpt2 --vocab "$VOCAB" --prompt "The answer is" \
+     --steps 3 --save "$WORK/tiny" --threads 2 > "$WORK/train.log" 2>&1 &&
+   "$BIN/aq-generate" --model "$WORK/tiny" --tokenizer gpt2 --vocab "$VOCAB" --prompt "The answer is" \
      --tokens 20 --threads 2 > "$WORK/gen.txt" 2> "$WORK/gen.err" && grep -q "^The answer is" "$WORK/gen.txt" &&
    ! grep -Eq "^The answer is( [0-9]+){5}" "$WORK/gen.txt"; then
   echo "ok aq-generate --tokenizer gpt2 prints text: $(head -c 120 "$WORK/gen.txt" | tr '\n' ' ')"
