@@ -9,19 +9,37 @@ namespace aq::ops {
 namespace {
 
 template <typename T>
-void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int64_t N, int C, double eps) {
+inline void normalize_row(T* o, T* rstd_out, const T* x, const T* w, int C, T eps) {
+  T ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (int c = 0; c < C; ++c) ss += x[c] * x[c];
+  const T s = T(1) / std::sqrt(ss / C + eps);
+#pragma omp simd
+  for (int c = 0; c < C; ++c) o[c] = x[c] * s * w[c];
+  *rstd_out = s;
+}
+
+void check_shape(int C, double eps) {
   AQ_CHECK(C >= 1 && eps >= 0, "rmsnorm: width C=", C, " must be >= 1 and eps=", eps, " >= 0");
+}
+
+template <typename T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int64_t N, int C, double eps) {
+  check_shape(C, eps);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) normalize_row(out + i * C, rstd + i, inp + i * C, w, C, static_cast<T>(eps));
+}
+
+template <typename T>
+void residual_rmsnorm_forward(T* res, T* out, T* rstd, const T* a, const T* b_in, const T* w, int64_t N, int C,
+                              double eps) {
+  check_shape(C, eps);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
-    const T* x = inp + i * C;
-    T ss = 0;
-#pragma omp simd reduction(+ : ss)
-    for (int c = 0; c < C; ++c) ss += x[c] * x[c];
-    const T s = T(1) / std::sqrt(ss / C + static_cast<T>(eps));
-    T* o = out + i * C;
+    T* r = res + i * C;
 #pragma omp simd
-    for (int c = 0; c < C; ++c) o[c] = x[c] * s * w[c];
-    rstd[i] = s;
+    for (int c = 0; c < C; ++c) r[c] = a[i * C + c] + b_in[i * C + c];
+    normalize_row(out + i * C, rstd + i, r, w, C, static_cast<T>(eps));
   }
 }
 
@@ -62,6 +80,8 @@ void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, c
 template <typename T>
 void add_kernels(Registry& r) {
   r.add<typename RmsNorm<T>::Forward>("rmsnorm_forward", Device::CPU, dtype_of<T>(), &rmsnorm_forward<T>);
+  r.add<typename RmsNorm<T>::ResidualForward>("residual_rmsnorm_forward", Device::CPU, dtype_of<T>(),
+                                              &residual_rmsnorm_forward<T>);
   r.add<typename RmsNorm<T>::Backward>("rmsnorm_backward", Device::CPU, dtype_of<T>(), &rmsnorm_backward<T>);
 }
 

@@ -628,6 +628,19 @@ TEST(RmsNorm, ForwardMatchesNaiveInDoubleAndFloat) {
       {"rmsnorm", "eps=-1"});
 }
 
+TEST(RmsNorm, ResidualForwardIsAddThenNormalize) {
+  const int N = 15, C = 19;
+  const double eps = 1e-5;
+  V a = randn<double>(N * C, 110), bin = randn<double>(N * C, 111), w = randn<double>(C, 112), sum(N * C);
+  for (int i = 0; i < N * C; ++i) sum[i] = a[i] + bin[i];
+  V res(N * C, NAN), out(N * C, NAN), rs(N, NAN), rs_ref(N);
+  kernel<ops::RmsNorm<double>::ResidualForward>("residual_rmsnorm_forward", DType::F64)(
+      res.data(), out.data(), rs.data(), a.data(), bin.data(), w.data(), N, C, eps);
+  EXPECT_EQ(res, sum);
+  EXPECT_LT(rel_err(out, ref_rmsnorm(sum, w, N, C, eps, &rs_ref)), 1e-14);
+  EXPECT_LT(rel_err(rs, rs_ref), 1e-14);
+}
+
 TEST(RmsNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
   const int B = 3, T = 5, N = B * T, C = 11;
   const double eps = 1e-5;
@@ -893,9 +906,9 @@ TEST(Registry, EveryRegisteredOpIsCoveredByThisFile) {
                                         "matmul_backward", "attention_forward", "attention_backward", "gelu_forward",
                                         "gelu_backward", "softmax_xent", "classifier", "adamw_update", "sum_squares",
                                         "matmul_gelu_forward", "matmul_backward_dgelu", "multi_adamw",
-                                        "multi_sum_squares", "rmsnorm_forward", "rmsnorm_backward",
-                                        "swiglu_forward", "swiglu_backward", "rope_forward", "rope_backward",
-                                        "attention_gqa_forward", "attention_gqa_backward",
+                                        "multi_sum_squares", "rmsnorm_forward", "residual_rmsnorm_forward",
+                                        "rmsnorm_backward", "swiglu_forward", "swiglu_backward", "rope_forward",
+                                        "rope_backward", "attention_gqa_forward", "attention_gqa_backward",
                                         "cast_to_working"};  // CUDA only: tests/ops/test_ops_cuda_bf16.cpp
   for (const std::string& k : ops::Registry::instance().list()) {
     const std::string op = k.substr(0, k.find('/'));

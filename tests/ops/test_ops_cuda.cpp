@@ -280,6 +280,16 @@ TEST(CudaOps, RmsNormForwardAndBackward) {
                                                          grs.get(), N, C);
   EXPECT_LT(rel_err(gdx.read(), dx), 1e-5);  // both accumulate into the same starting values
   EXPECT_LT(rel_err(gdw.read(), dw), 1e-5);
+  // fused with the residual add: res = x + b_in, normalised
+  F b_in = randn<float>(N * C, 51), res(N * C);
+  cpu<ops::RmsNorm<float>::ResidualForward>("residual_rmsnorm_forward")(res.data(), out.data(), rs.data(), x.data(),
+                                                                        b_in.data(), w.data(), N, C, eps);
+  Dev<float> gb_in(b_in), gres(F(N * C, NAN)), gout2(F(N * C, NAN)), grs2(F(N, NAN));
+  gpu<ops::RmsNorm<float>::ResidualForward>("residual_rmsnorm_forward")(gres.get(), gout2.get(), grs2.get(), gx.get(),
+                                                                        gb_in.get(), gw.get(), N, C, eps);
+  EXPECT_EQ(gres.read(), res);  // one fp32 addition either way
+  EXPECT_LT(rel_err(gout2.read(), out), 1e-5);
+  EXPECT_LT(rel_err(grs2.read(), rs), 1e-5);
 }
 
 TEST(CudaOps, SwiGluForwardBackwardAndInPlace) {
@@ -320,8 +330,8 @@ TEST(CudaOps, RopeForwardAndBackward) {
 }
 
 // Grouped-query attention against the CPU kernel: the flash tiles at head sizes 5, 32, 64 and 128 and the row
-// kernels at 160, groups of 2, 3 and 4 (and NKV = 1); outputs NaN-poisoned. Then NKV = NH through the GQA entry
-// equals the multi-head entry bit for bit.
+// kernels at 160, groups of 2, 3 and 4 (and NKV = 1); outputs NaN-poisoned; the backward repeats bit for bit.
+// Then NKV = NH through the GQA entry equals the multi-head entry bit for bit.
 TEST(CudaOps, AttentionGqaForwardBackward) {
   AQ_REQUIRE_GPU();
   for (auto [B, T, NH, NKV, hs] : {std::tuple{2, 7, 6, 2, 5}, std::tuple{1, 67, 8, 2, 64}, std::tuple{3, 130, 6, 3, 32},
@@ -341,6 +351,10 @@ TEST(CudaOps, AttentionGqaForwardBackward) {
     EXPECT_LT(rel_err(gout.read(), out), 1e-5) << "NH " << NH << " NKV " << NKV << " hs " << hs;
     EXPECT_LT(rel_err(glse.read(), lse), 1e-5) << "NH " << NH << " NKV " << NKV << " hs " << hs;
     EXPECT_LT(rel_err(gdqkv.read(), dqkv), 1e-5) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+    Dev<float> again(F(qkv.size(), NAN));  // the group sums run in a fixed order: a second run gives the same bits
+    gpu<ops::Attention<float>::BackwardGqa>("attention_gqa_backward")(again.get(), gdout.get(), gqkv.get(), gout.get(),
+                                                                      glse.get(), B, T, NH, NKV, hs);
+    EXPECT_EQ(again.read(), gdqkv.read()) << "NH " << NH << " NKV " << NKV << " hs " << hs;
   }
   const int B = 2, T = 70, NH = 3, hs = 24, C = NH * hs;
   F qkv = randn<float>(B * T * 3 * C, 49), dout = randn<float>(B * T * C, 50);

@@ -64,8 +64,8 @@ TEST(CudaBf16, EveryKernelTheModelUsesHasABf16Version) {
                          "layernorm_backward", "matmul_forward", "matmul_backward", "matmul_gelu_forward",
                          "matmul_backward_dgelu", "attention_forward", "attention_backward", "gelu_forward",
                          "gelu_backward", "classifier", "multi_adamw", "cast_to_working", "rmsnorm_forward",
-                         "rmsnorm_backward", "swiglu_forward", "swiglu_backward", "rope_forward", "rope_backward",
-                         "attention_gqa_forward", "attention_gqa_backward"})
+                         "residual_rmsnorm_forward", "rmsnorm_backward", "swiglu_forward", "swiglu_backward",
+                         "rope_forward", "rope_backward", "attention_gqa_forward", "attention_gqa_backward"})
     EXPECT_TRUE(r.contains(op, Device::CUDA, DType::BF16)) << op << " has no CUDA bf16 kernel";
 }
 
@@ -186,6 +186,18 @@ TEST(CudaBf16, RmsNormForwardAndBackward) {
                                                           grs.get(), N, C);
   EXPECT_LT(rel_err(to_float(gdx.read()), dx), kBf16Tol);
   EXPECT_LT(rel_err(gdw.read(), dw), 1e-4);  // fp32 gradients of bf16 inputs: only summation order differs
+  // fused with the residual add: the reference normalises the bf16-rounded sum, which is what the GPU normalises
+  F b_in = round_bf16(randn<float>(N * C, 71)), res(N * C);
+  for (int i = 0; i < N * C; ++i) res[i] = x[i] + b_in[i];
+  res = round_bf16(res);
+  cpu<ops::RmsNorm<float>::Forward>("rmsnorm_forward")(out.data(), rs.data(), res.data(), w.data(), N, C, eps);
+  Dev<bf16> gb_in(to_bf16(b_in)), gres{H(N * C)}, gout2{H(N * C)};
+  Dev<float> grs2(F(N, NAN));
+  gpu16<ops::RmsNorm<bf16>::ResidualForward>("residual_rmsnorm_forward")(gres.get(), gout2.get(), grs2.get(), gx.get(),
+                                                                         gb_in.get(), gw.get(), N, C, eps);
+  EXPECT_EQ(to_float(gres.read()), res);  // one rounding of an exact fp32 sum of two bf16 values
+  EXPECT_LT(rel_err(to_float(gout2.read()), out), kBf16Rounded);
+  EXPECT_LT(rel_err(grs2.read(), rs), 1e-5);
 }
 
 TEST(CudaBf16, SwiGluForwardAndBackward) {
