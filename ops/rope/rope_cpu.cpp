@@ -21,11 +21,13 @@ template <typename T>
 void rope_rotate(T* x, int B, int T_, int stride, int n_heads, int hs, int pos0, double theta, double sign) {
   check_rope_shape(B, T_, stride, n_heads, hs, pos0, theta);
   const int half = hs / 2;
+  std::vector<double> inv_freq(half);  // the same expression as rope_cuda.cu's, so both tables agree
+  for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * i / hs);
   std::vector<T> cs(static_cast<size_t>(T_) * half), sn(cs.size());  // (T_, half)
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < T_; ++t)
     for (int i = 0; i < half; ++i) {
-      const double angle = static_cast<double>(pos0 + t) * std::pow(theta, -2.0 * i / hs);
+      const double angle = static_cast<double>(pos0 + t) * inv_freq[i];
       cs[static_cast<size_t>(t) * half + i] = static_cast<T>(std::cos(angle));
       sn[static_cast<size_t>(t) * half + i] = static_cast<T>(sign * std::sin(angle));
     }
