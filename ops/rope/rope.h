@@ -11,9 +11,10 @@
 //
 // Precision: inv_freq, the angle and its cos/sin are evaluated in double and rounded once to the kernel's
 // arithmetic type (fp32 for float and bf16 storage). Hugging Face evaluates inv_freq, pos·inv_freq and cos/sin
-// in fp32, so its angle is off by up to about pos·inv_freq·2⁻²⁴ (≈ 1e-4 rad at position 2000 for i = 0); ours
-// is the exact angle, theirs is within that of it (tests/ops/test_ops.cpp checks both). HF also rounds cos and
-// sin to bf16 in a bf16 model; here they stay fp32 and only the rotated values are rounded.
+// in fp32, so its angle is off by up to about pos·inv_freq·2⁻²³ (≈ 2e-4 rad at position 2000 where inv_freq is
+// near 1; i = 0 is exact, inv_freq being 1); ours is the exact angle, theirs is within that of it
+// (tests/ops/test_ops.cpp checks both). HF also rounds cos and sin to bf16 in a bf16 model; here they stay fp32
+// and only the rotated values are rounded.
 #pragma once
 
 #include <cstdint>
