@@ -8,7 +8,10 @@
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/registry.h"
+#include "ops/rmsnorm/rmsnorm.h"
+#include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
+#include "ops/swiglu/swiglu.h"
 
 namespace aq::ops {
 
@@ -20,6 +23,9 @@ void register_builtin_kernels(Registry& r) {
   register_gelu_cpu(r);
   register_softmax_xent_cpu(r);
   register_adamw_cpu(r);
+  register_rmsnorm_cpu(r);
+  register_swiglu_cpu(r);
+  register_rope_cpu(r);
 #ifdef AQ_HAVE_CUDA
   register_embedding_cuda(r);
   register_layernorm_cuda(r);
@@ -28,6 +34,9 @@ void register_builtin_kernels(Registry& r) {
   register_attention_cuda(r);
   register_softmax_xent_cuda(r);
   register_adamw_cuda(r);
+  register_rmsnorm_cuda(r);
+  register_swiglu_cuda(r);
+  register_rope_cuda(r);
 #endif
 }
 

@@ -20,6 +20,13 @@
 // Head sizes above 128 take the row kernels at the end of the file (one block per query or key row, the scores
 // of that row in shared memory), which are slower but fit any head size.
 //
+// Grouped-query attention (attention_gqa_*, layout in attention.h): every kernel takes NKV, the kv head count;
+// qkv rows are (NH+2·NKV)·hs wide and query head h reads kv head h / (NH/NKV). The dK/dV kernels run one block
+// per (key tile or row, KV head, batch) and walk the query heads sharing that kv head one after the other, so
+// the sum over the group stays in one block (one writer, fixed order, as above). With NKV = NH every index is
+// what it was for multi-head attention. The tensor-core kernels stay multi-head only: GQA with NKV < NH takes
+// the FMA tiles (or the row kernels) in both precisions, and GQA with NKV = NH is sent to the multi-head entry.
+//
 // Tensor cores: bf16 with a head size that is a multiple of 16, up to 128 (GPT-2's 64 among them), takes the
 // WMMA kernels of attention_wmma.cu instead (same three passes and the same one-writer, fixed-order
 // determinism; 4 warps, each owning 16 rows of a 64-row tile), which run at the bf16 tensor-core rate rather
@@ -179,10 +186,10 @@ constexpr size_t backward_q_smem() {
 // ---- forward -----------------------------------------------------------------------------------------------
 
 // One block per (query tile, head, batch): grid (ceil(T_/QF), NH, B), kFlashThreads threads.
-// out (B,T_,C), lse (B,NH,T_), qkv (B,T_,3C); vec: 128-bit loads are safe (see load_tile)
+// out (B,T_,C), lse (B,NH,T_), qkv (B,T_,(NH+2·NKV)·hs), C = NH·hs; vec: 128-bit loads are safe (see load_tile)
 template <typename T, int D>
 __global__ void __launch_bounds__(kFlashThreads)
-    flash_forward_kernel(T* out, float* lse, const T* qkv, int T_, int C, int NH, float scale, bool vec) {
+    flash_forward_kernel(T* out, float* lse, const T* qkv, int T_, int C, int NH, int NKV, float scale, bool vec) {
   using S = Tiles<D>;
   constexpr int BQ = S::QF, BK = S::KF, P = S::P, PS = BK + 1;
   constexpr int I = BQ / 16, J = BK / 16, JD = D / 16;
@@ -195,8 +202,9 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int qt = gridDim.x - 1 - blockIdx.x;  // the longest (latest) query tiles start first
   const int h = blockIdx.y, b = blockIdx.z, hs = C / NH;
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  const int64_t C3 = 3 * static_cast<int64_t>(C);
-  const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;  // q of row 0; k at +C, v at +2C
+  const int64_t C3 = static_cast<int64_t>(NH + 2 * NKV) * hs;        // row stride of qkv (3C for multi-head)
+  const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;  // q of row 0
+  const T* kbase = qkv + static_cast<int64_t>(b) * T_ * C3 + C + (h / (NH / NKV)) * hs;  // k of row 0; v +NKV·hs
   const int q0 = qt * BQ;
 
   load_tile<T, D>(Qs, base, C3, q0, BQ, T_, hs, vec);
@@ -213,8 +221,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   for (int kt = 0; kt < nk; ++kt) {
     const int k0 = kt * BK;
     __syncthreads();  // the previous step's reads of Ks, Vs and Ps are done
-    load_tile<T, D>(Ks, base + C, C3, k0, BK, T_, hs, vec);
-    load_tile<T, D>(Vs, base + 2 * C, C3, k0, BK, T_, hs, vec);
+    load_tile<T, D>(Ks, kbase, C3, k0, BK, T_, hs, vec);
+    load_tile<T, D>(Vs, kbase + NKV * hs, C3, k0, BK, T_, hs, vec);
     __syncthreads();
     float s[I][J];
     zero(s);
@@ -307,13 +315,14 @@ __device__ __forceinline__ void recompute_p_ds(float (&p)[I][J], float (&ds)[I][
   }
 }
 
-// One block per KEY tile: grid (ceil(T_/KB), NH, B), kFlashThreads threads. Walks the query tiles at or after
-// the key tile (causal) and writes dK and dV of its keys (columns C… and 2C… of dqkv).
-// dqkv (B,T_,3C), dout (B,T_,C), qkv (B,T_,3C), lse (B,NH,T_), Dbuf (B,NH,T_)
+// One block per KEY tile and kv head: grid (ceil(T_/KB), NKV, B), kFlashThreads threads. Walks the query tiles at
+// or after the key tile (causal) of each query head sharing the kv head, in head order, and writes dK and dV of
+// its keys (columns C… and C+NKV·hs… of dqkv).
+// dqkv (B,T_,(NH+2·NKV)·hs), dout (B,T_,C), qkv (B,T_,(NH+2·NKV)·hs), lse (B,NH,T_), Dbuf (B,NH,T_); C = NH·hs
 template <typename T, int D>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_backward_kv_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* Dbuf, int T_, int C,
-                             int NH, float scale, bool vec) {
+                             int NH, int NKV, float scale, bool vec) {
   using S = Tiles<D>;
   constexpr int BQ = S::QB, BK = S::KB, P = S::P, PS = BK + 1;
   constexpr int IQ = BQ / 16, JK = BK / 16, IK = BK / 16, JD = D / 16;
@@ -328,49 +337,52 @@ __global__ void __launch_bounds__(kFlashThreads)
   float* Ds = Ls + BQ;        // (BQ) D of the query tile
 
   const int kt = blockIdx.x;  // the earliest key tiles have the most query tiles: they start first
-  const int h = blockIdx.y, b = blockIdx.z, hs = C / NH;
+  const int kh = blockIdx.y, b = blockIdx.z, hs = C / NH, group = NH / NKV;  // kv head kh serves heads kh·group …
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  const int64_t C3 = 3 * static_cast<int64_t>(C);
-  const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
-  const T* dbase = dout + static_cast<int64_t>(b) * T_ * C + h * hs;
-  const float* lrow = lse + (static_cast<int64_t>(b) * NH + h) * T_;
-  const float* drow = Dbuf + (static_cast<int64_t>(b) * NH + h) * T_;
+  const int64_t C3 = static_cast<int64_t>(NH + 2 * NKV) * hs;
+  const T* kbase = qkv + static_cast<int64_t>(b) * T_ * C3 + C + kh * hs;  // k of row 0; v at +NKV·hs
   const int k0 = kt * BK;
 
-  load_tile<T, D>(Ks, base + C, C3, k0, BK, T_, hs, vec);
-  load_tile<T, D>(Vs, base + 2 * C, C3, k0, BK, T_, hs, vec);
+  load_tile<T, D>(Ks, kbase, C3, k0, BK, T_, hs, vec);
+  load_tile<T, D>(Vs, kbase + NKV * hs, C3, k0, BK, T_, hs, vec);
   float dk[IK][JD], dv[IK][JD];  // rows: keys ty+16i; columns: dims tx+16j
   zero(dk);
   zero(dv);
   const int nq = (T_ + BQ - 1) / BQ;
-  for (int qt = k0 / BQ; qt < nq; ++qt) {  // queries before k0 see none of these keys
-    const int q0 = qt * BQ;
-    __syncthreads();  // the previous step's reads of Qs, dOs, Ps, dSs, Ls and Ds are done
-    load_tile<T, D>(Qs, base, C3, q0, BQ, T_, hs, vec);
-    load_tile<T, D>(dOs, dbase, C, q0, BQ, T_, hs, vec);
-    load_stats(Ls, lrow, q0, BQ, T_);
-    load_stats(Ds, drow, q0, BQ, T_);
-    __syncthreads();
-    float p[IQ][JK], ds[IQ][JK];
-    recompute_p_ds<D>(p, ds, Qs, dOs, Ks, Vs, Ls, Ds, q0, k0, T_, hs, scale, ty, tx);
+  for (int h = kh * group; h < (kh + 1) * group; ++h) {  // the query heads sharing this kv head, in order
+    const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
+    const T* dbase = dout + static_cast<int64_t>(b) * T_ * C + h * hs;
+    const float* lrow = lse + (static_cast<int64_t>(b) * NH + h) * T_;
+    const float* drow = Dbuf + (static_cast<int64_t>(b) * NH + h) * T_;
+    for (int qt = k0 / BQ; qt < nq; ++qt) {  // queries before k0 see none of these keys
+      const int q0 = qt * BQ;
+      __syncthreads();  // the previous step's reads of Qs, dOs, Ps, dSs, Ls and Ds are done
+      load_tile<T, D>(Qs, base, C3, q0, BQ, T_, hs, vec);
+      load_tile<T, D>(dOs, dbase, C, q0, BQ, T_, hs, vec);
+      load_stats(Ls, lrow, q0, BQ, T_);
+      load_stats(Ds, drow, q0, BQ, T_);
+      __syncthreads();
+      float p[IQ][JK], ds[IQ][JK];
+      recompute_p_ds<D>(p, ds, Qs, dOs, Ks, Vs, Ls, Ds, q0, k0, T_, hs, scale, ty, tx);
 #pragma unroll
-    for (int i = 0; i < IQ; ++i)
+      for (int i = 0; i < IQ; ++i)
 #pragma unroll
-      for (int j = 0; j < JK; ++j) {
-        Ps[(ty + 16 * i) * PS + tx + 16 * j] = p[i][j];
-        dSs[(ty + 16 * i) * PS + tx + 16 * j] = ds[i][j];
-      }
-    __syncthreads();
-    // the scale of dK is applied once, at the end
-    tile_mma(dv, BQ, ty, tx, TileT{Ps, PS}, Tile{dOs, P});  // dV += Pᵀ·dO
-    tile_mma(dk, BQ, ty, tx, TileT{dSs, PS}, Tile{Qs, P});  // dK += dSᵀ·Q
+        for (int j = 0; j < JK; ++j) {
+          Ps[(ty + 16 * i) * PS + tx + 16 * j] = p[i][j];
+          dSs[(ty + 16 * i) * PS + tx + 16 * j] = ds[i][j];
+        }
+      __syncthreads();
+      // the scale of dK is applied once, at the end
+      tile_mma(dv, BQ, ty, tx, TileT{Ps, PS}, Tile{dOs, P});  // dV += Pᵀ·dO
+      tile_mma(dk, BQ, ty, tx, TileT{dSs, PS}, Tile{Qs, P});  // dK += dSᵀ·Q
+    }
   }
 #pragma unroll
   for (int i = 0; i < IK; ++i) {
     const int k = k0 + ty + 16 * i;
     if (k >= T_) continue;
-    T* dkrow = dqkv + (static_cast<int64_t>(b) * T_ + k) * C3 + C + h * hs;
-    T* dvrow = dkrow + C;
+    T* dkrow = dqkv + (static_cast<int64_t>(b) * T_ + k) * C3 + C + kh * hs;
+    T* dvrow = dkrow + NKV * hs;
 #pragma unroll
     for (int jd = 0; jd < JD; ++jd) {
       const int d = tx + 16 * jd;
@@ -382,13 +394,13 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
 }
 
-// One block per QUERY tile: grid (ceil(T_/QB), NH, B), kFlashThreads threads. Walks the key tiles up to the
-// causal limit and writes dQ of its queries (columns 0… of dqkv).
-// dqkv (B,T_,3C), dout (B,T_,C), qkv (B,T_,3C), lse (B,NH,T_), Dbuf (B,NH,T_)
+// One block per QUERY tile: grid (ceil(T_/QB), NH, B), kFlashThreads threads. Walks the key tiles (of the
+// head's kv head) up to the causal limit and writes dQ of its queries (columns 0… of dqkv).
+// dqkv (B,T_,(NH+2·NKV)·hs), dout (B,T_,C), qkv (B,T_,(NH+2·NKV)·hs), lse (B,NH,T_), Dbuf (B,NH,T_); C = NH·hs
 template <typename T, int D>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_backward_q_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* Dbuf, int T_, int C,
-                            int NH, float scale, bool vec) {
+                            int NH, int NKV, float scale, bool vec) {
   using S = Tiles<D>;
   constexpr int BQ = S::QB, BK = S::KB, P = S::P, PS = BK + 1;
   constexpr int IQ = BQ / 16, JK = BK / 16, JD = D / 16;
@@ -404,8 +416,9 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int qt = gridDim.x - 1 - blockIdx.x;  // the longest (latest) query tiles start first
   const int h = blockIdx.y, b = blockIdx.z, hs = C / NH;
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  const int64_t C3 = 3 * static_cast<int64_t>(C);
+  const int64_t C3 = static_cast<int64_t>(NH + 2 * NKV) * hs;
   const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
+  const T* kbase = qkv + static_cast<int64_t>(b) * T_ * C3 + C + (h / (NH / NKV)) * hs;  // k of row 0; v +NKV·hs
   const int q0 = qt * BQ;
 
   load_tile<T, D>(Qs, base, C3, q0, BQ, T_, hs, vec);
@@ -418,8 +431,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   for (int kt = 0; kt < nk; ++kt) {
     const int k0 = kt * BK;
     __syncthreads();  // the previous step's reads of Ks, Vs and dSs are done
-    load_tile<T, D>(Ks, base + C, C3, k0, BK, T_, hs, vec);
-    load_tile<T, D>(Vs, base + 2 * C, C3, k0, BK, T_, hs, vec);
+    load_tile<T, D>(Ks, kbase, C3, k0, BK, T_, hs, vec);
+    load_tile<T, D>(Vs, kbase + NKV * hs, C3, k0, BK, T_, hs, vec);
     __syncthreads();
     float p[IQ][JK], ds[IQ][JK];
     recompute_p_ds<D>(p, ds, Qs, dOs, Ks, Vs, Ls, Ds, q0, k0, T_, hs, scale, ty, tx);
@@ -476,18 +489,20 @@ __device__ float block_all(float* red, float v, Op op) {
 }
 
 // One block per query row: grid (T_, NH, B), kRowThreads threads, T_ floats of dynamic shared memory.
-// out (B,T_,C), lse (B,NH,T_), qkv (B,T_,3C)
+// out (B,T_,C), lse (B,NH,T_), qkv (B,T_,(NH+2·NKV)·hs); C = NH·hs
 template <typename T>
-__global__ void row_forward_kernel(T* out, float* lse, const T* qkv, int T_, int C, int NH, float scale) {
+__global__ void row_forward_kernel(T* out, float* lse, const T* qkv, int T_, int C, int NH, int NKV, float scale) {
   extern __shared__ float s[];  // scores of this query row, T_ values
   __shared__ float red[kRowWarps];
   const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hs = C / NH;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t C3 = 3 * static_cast<int64_t>(C);
+  const int64_t C3 = static_cast<int64_t>(NH + 2 * NKV) * hs;
   const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
+  const T* kbase = qkv + static_cast<int64_t>(b) * T_ * C3 + C + (h / (NH / NKV)) * hs;  // k of row 0
+  const T* vbase = kbase + NKV * hs;                                                     // v of row 0
   const T* q = base + t * C3;
   for (int t2 = warp; t2 <= t; t2 += kRowWarps) {
-    const float d = warp_dot(q, base + t2 * C3 + C, hs, lane);
+    const float d = warp_dot(q, kbase + t2 * C3, hs, lane);
     if (lane == 0) s[t2] = d * scale;
   }
   __syncthreads();
@@ -503,7 +518,7 @@ __global__ void row_forward_kernel(T* out, float* lse, const T* qkv, int T_, int
   sum = block_all(red, sum, cuda::SumOp{});  // its first barrier also publishes s
   for (int i = threadIdx.x; i < hs; i += blockDim.x) {
     float acc = 0.0f;
-    for (int t2 = 0; t2 <= t; ++t2) acc += s[t2] * cuda::to_f(base[t2 * C3 + 2 * C + i]);
+    for (int t2 = 0; t2 <= t; ++t2) acc += s[t2] * cuda::to_f(vbase[t2 * C3 + i]);
     out[(static_cast<int64_t>(b) * T_ + t) * C + h * hs + i] = cuda::from_f<T>(acc / sum);
   }
   if (threadIdx.x == 0) lse[(static_cast<int64_t>(b) * NH + h) * T_ + t] = m + logf(sum);
@@ -511,70 +526,88 @@ __global__ void row_forward_kernel(T* out, float* lse, const T* qkv, int T_, int
 
 // Per query row t: d(q_t) = scale · Σ_t2 ds(t,t2) · k_t2 with ds = p·(dO·v_t2 − D_t). Grid (T_, NH, B),
 // kRowThreads threads, T_ floats of dynamic shared memory.
-// dqkv (B,T_,3C), Dbuf (B,NH,T_), dout (B,T_,C), qkv (B,T_,3C), lse (B,NH,T_)
+// dqkv (B,T_,(NH+2·NKV)·hs), Dbuf (B,NH,T_), dout (B,T_,C), qkv (B,T_,(NH+2·NKV)·hs), lse (B,NH,T_)
 template <typename T>
 __global__ void row_backward_q_kernel(T* dqkv, const float* Dbuf, const T* dout, const T* qkv, const float* lse, int T_,
-                                      int C, int NH, float scale) {
+                                      int C, int NH, int NKV, float scale) {
   extern __shared__ float ds[];
   const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hs = C / NH;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t C3 = 3 * static_cast<int64_t>(C);
+  const int64_t C3 = static_cast<int64_t>(NH + 2 * NKV) * hs;
   const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
+  const T* kbase = qkv + static_cast<int64_t>(b) * T_ * C3 + C + (h / (NH / NKV)) * hs;  // k of row 0
+  const T* vbase = kbase + NKV * hs;                                                     // v of row 0
   const T* q = base + t * C3;
   const T* dO = dout + (static_cast<int64_t>(b) * T_ + t) * C + h * hs;
   const int64_t stat = (static_cast<int64_t>(b) * NH + h) * T_ + t;
   const float D = Dbuf[stat], l = lse[stat];
   for (int t2 = warp; t2 <= t; t2 += kRowWarps) {
-    const float sc = warp_dot(q, base + t2 * C3 + C, hs, lane) * scale;
-    const float dp = warp_dot(dO, base + t2 * C3 + 2 * C, hs, lane);
+    const float sc = warp_dot(q, kbase + t2 * C3, hs, lane) * scale;
+    const float dp = warp_dot(dO, vbase + t2 * C3, hs, lane);
     if (lane == 0) ds[t2] = expf(sc - l) * (dp - D);
   }
   __syncthreads();
   T* dq = dqkv + static_cast<int64_t>(b) * T_ * C3 + t * C3 + h * hs;
   for (int i = threadIdx.x; i < hs; i += blockDim.x) {
     float acc = 0.0f;
-    for (int t2 = 0; t2 <= t; ++t2) acc += ds[t2] * cuda::to_f(base[t2 * C3 + C + i]);
+    for (int t2 = 0; t2 <= t; ++t2) acc += ds[t2] * cuda::to_f(kbase[t2 * C3 + i]);
     dq[i] = cuda::from_f<T>(acc * scale);
   }
 }
 
-// Per key row t2: d(k_t2) = scale · Σ_{t≥t2} ds(t,t2) · q_t and d(v_t2) = Σ_{t≥t2} p(t,t2) · dO_t. Grid
-// (T_, NH, B), kRowThreads threads, 2·T_ floats of dynamic shared memory.
-// dqkv (B,T_,3C), Dbuf (B,NH,T_), dout (B,T_,C), qkv (B,T_,3C), lse (B,NH,T_)
+// Per key row t2: d(k_t2) = scale · Σ_{t≥t2} ds(t,t2) · q_t and d(v_t2) = Σ_{t≥t2} p(t,t2) · dO_t, summed over
+// the query heads sharing the kv head. Grid (T_, NKV, B), kRowThreads threads, 2·T_ floats of dynamic shared
+// memory, plus 2·hs (fp32 sums over the group's heads) when NKV < NH.
+// dqkv (B,T_,(NH+2·NKV)·hs), Dbuf (B,NH,T_), dout (B,T_,C), qkv (B,T_,(NH+2·NKV)·hs), lse (B,NH,T_)
 template <typename T>
 __global__ void row_backward_kv_kernel(T* dqkv, const float* Dbuf, const T* dout, const T* qkv, const float* lse,
-                                       int T_, int C, int NH, float scale) {
-  extern __shared__ float sh[];  // p (T_) then ds (T_)
+                                       int T_, int C, int NH, int NKV, float scale) {
+  extern __shared__ float sh[];  // p (T_) then ds (T_), then the group sums of d(k) and d(v) (hs each)
+  const int t2 = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, hs = C / NH, group = NH / NKV;
   float* p = sh;
   float* ds = sh + T_;
-  const int t2 = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hs = C / NH;
+  float* acc_k = ds + T_;
+  float* acc_v = acc_k + hs;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t C3 = 3 * static_cast<int64_t>(C);
-  const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
-  const T* k = base + t2 * C3 + C;
-  const T* v = base + t2 * C3 + 2 * C;
-  for (int t = t2 + warp; t < T_; t += kRowWarps) {
-    const int64_t stat = (static_cast<int64_t>(b) * NH + h) * T_ + t;
-    const float sc = warp_dot(base + t * C3, k, hs, lane) * scale;
-    const T* dO = dout + (static_cast<int64_t>(b) * T_ + t) * C + h * hs;
-    const float dp = warp_dot(dO, v, hs, lane);
-    if (lane == 0) {
-      const float pt = expf(sc - lse[stat]);
-      p[t] = pt;
-      ds[t] = pt * (dp - Dbuf[stat]);
+  const int64_t C3 = static_cast<int64_t>(NH + 2 * NKV) * hs;
+  const T* k = qkv + static_cast<int64_t>(b) * T_ * C3 + t2 * C3 + C + kh * hs;
+  const T* v = k + NKV * hs;
+  T* dk = dqkv + static_cast<int64_t>(b) * T_ * C3 + t2 * C3 + C + kh * hs;
+  T* dv = dk + NKV * hs;
+  for (int h = kh * group; h < (kh + 1) * group; ++h) {  // the query heads sharing this kv head, in order
+    const T* base = qkv + static_cast<int64_t>(b) * T_ * C3 + h * hs;
+    __syncthreads();  // the previous head's reads of p and ds are done
+    for (int t = t2 + warp; t < T_; t += kRowWarps) {
+      const int64_t stat = (static_cast<int64_t>(b) * NH + h) * T_ + t;
+      const float sc = warp_dot(base + t * C3, k, hs, lane) * scale;
+      const T* dO = dout + (static_cast<int64_t>(b) * T_ + t) * C + h * hs;
+      const float dp = warp_dot(dO, v, hs, lane);
+      if (lane == 0) {
+        const float pt = expf(sc - lse[stat]);
+        p[t] = pt;
+        ds[t] = pt * (dp - Dbuf[stat]);
+      }
     }
-  }
-  __syncthreads();
-  T* dk = dqkv + static_cast<int64_t>(b) * T_ * C3 + t2 * C3 + C + h * hs;
-  T* dv = dk + C;
-  for (int i = threadIdx.x; i < hs; i += blockDim.x) {
-    float ak = 0.0f, av = 0.0f;
-    for (int t = t2; t < T_; ++t) {
-      ak += ds[t] * cuda::to_f(base[t * C3 + i]);
-      av += p[t] * cuda::to_f(dout[(static_cast<int64_t>(b) * T_ + t) * C + h * hs + i]);
+    __syncthreads();
+    for (int i = threadIdx.x; i < hs; i += blockDim.x) {  // each thread owns its dims i, so acc needs no barrier
+      float ak = 0.0f, av = 0.0f;
+      for (int t = t2; t < T_; ++t) {
+        ak += ds[t] * cuda::to_f(base[t * C3 + i]);
+        av += p[t] * cuda::to_f(dout[(static_cast<int64_t>(b) * T_ + t) * C + h * hs + i]);
+      }
+      if (group > 1) {  // multi-head attention writes at once and never touches acc (no shared memory for it)
+        const bool first = h == kh * group, last = h == (kh + 1) * group - 1;
+        ak += first ? 0.0f : acc_k[i];
+        av += first ? 0.0f : acc_v[i];
+        if (!last) {
+          acc_k[i] = ak;
+          acc_v[i] = av;
+          continue;
+        }
+      }
+      dk[i] = cuda::from_f<T>(ak * scale);
+      dv[i] = cuda::from_f<T>(av);
     }
-    dk[i] = cuda::from_f<T>(ak * scale);
-    dv[i] = cuda::from_f<T>(av);
   }
 }
 
@@ -582,35 +615,39 @@ __global__ void row_backward_kv_kernel(T* dqkv, const float* Dbuf, const T* dout
 
 constexpr int kMaxFlashHead = 128;
 
-void check_row_shape(int T_, int hs) {
-  AQ_CHECK(T_ <= 6144, "CUDA attention with head size ", hs, " > ", kMaxFlashHead,
-           " holds a row of scores in shared memory: sequence length ", T_, " exceeds 6144; lower --seq or use ",
-           "head size ≤ ", kMaxFlashHead);
+// The row kernels hold a row's scores in shared memory (48 KiB by default): T_ floats forward and for dQ, 2·T_ for
+// dK/dV, plus 2·hs for the group sums of grouped-query attention.
+void check_row_shape(int T_, int hs, int group) {
+  const int limit = group > 1 ? 6144 - hs : 6144;
+  AQ_CHECK(T_ <= limit, "CUDA attention with head size ", hs, " > ", kMaxFlashHead,
+           " holds a row of scores in shared memory: sequence length ", T_, " exceeds ", limit,
+           "; lower --seq or use head size ≤ ", kMaxFlashHead);
 }
 
 template <typename T, int D>
-void flash_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, int NH, float scale) {
+void flash_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, int NH, int NKV, float scale) {
   const bool vec = vector_loads<T>(C / NH, {qkv});
   const size_t smem = forward_smem<D>();
   allow_smem<flash_forward_kernel<T, D>>(smem);
   const dim3 grid((T_ + Tiles<D>::QF - 1) / Tiles<D>::QF, NH, B);
-  flash_forward_kernel<T, D><<<grid, kFlashThreads, smem>>>(out, lse, qkv, T_, C, NH, scale, vec);
+  flash_forward_kernel<T, D><<<grid, kFlashThreads, smem>>>(out, lse, qkv, T_, C, NH, NKV, scale, vec);
   AQ_CUDA_LAUNCH_CHECK();
 }
 
 template <typename T, int D>
 void flash_backward(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* Dbuf, int B, int T_, int C,
-                    int NH, float scale) {
+                    int NH, int NKV, float scale) {
   const bool vec = vector_loads<T>(C / NH, {qkv, dout});
   const size_t kv_smem = backward_kv_smem<D>(), q_smem = backward_q_smem<D>();
   allow_smem<flash_backward_kv_kernel<T, D>>(kv_smem);
   allow_smem<flash_backward_q_kernel<T, D>>(q_smem);
-  const dim3 kv_grid((T_ + Tiles<D>::KB - 1) / Tiles<D>::KB, NH, B);
+  const dim3 kv_grid((T_ + Tiles<D>::KB - 1) / Tiles<D>::KB, NKV, B);
   flash_backward_kv_kernel<T, D>
-      <<<kv_grid, kFlashThreads, kv_smem>>>(dqkv, dout, qkv, lse, Dbuf, T_, C, NH, scale, vec);
+      <<<kv_grid, kFlashThreads, kv_smem>>>(dqkv, dout, qkv, lse, Dbuf, T_, C, NH, NKV, scale, vec);
   AQ_CUDA_LAUNCH_CHECK();
   const dim3 q_grid((T_ + Tiles<D>::QB - 1) / Tiles<D>::QB, NH, B);
-  flash_backward_q_kernel<T, D><<<q_grid, kFlashThreads, q_smem>>>(dqkv, dout, qkv, lse, Dbuf, T_, C, NH, scale, vec);
+  flash_backward_q_kernel<T, D>
+      <<<q_grid, kFlashThreads, q_smem>>>(dqkv, dout, qkv, lse, Dbuf, T_, C, NH, NKV, scale, vec);
   AQ_CUDA_LAUNCH_CHECK();
 }
 
@@ -626,6 +663,61 @@ bool fma_forced() {
 template <typename T>
 bool use_wmma(int hs) {
   return std::is_same_v<T, bf16> && hs % 16 == 0 && hs <= kMaxFlashHead && !fma_forced();
+}
+
+// The FMA flash tiles (hs ≤ 128) or the row kernels, for NKV kv heads (NKV = NH: multi-head attention).
+// out (B,T_,C), lse (B,NH,T_), qkv (B,T_,(NH+2·NKV)·hs); C = NH·hs
+template <typename T>
+void fma_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, int NH, int NKV, float scale) {
+  const int hs = C / NH;
+  if (hs <= 16) {
+    flash_forward<T, 16>(out, lse, qkv, B, T_, C, NH, NKV, scale);
+  } else if (hs <= 32) {
+    flash_forward<T, 32>(out, lse, qkv, B, T_, C, NH, NKV, scale);
+  } else if (hs <= 64) {
+    flash_forward<T, 64>(out, lse, qkv, B, T_, C, NH, NKV, scale);
+  } else if (hs <= kMaxFlashHead) {
+    flash_forward<T, 128>(out, lse, qkv, B, T_, C, NH, NKV, scale);
+  } else {
+    check_row_shape(T_, hs, NH / NKV);
+    row_forward_kernel<T><<<dim3(T_, NH, B), kRowThreads, T_ * sizeof(float)>>>(out, lse, qkv, T_, C, NH, NKV, scale);
+    AQ_CUDA_LAUNCH_CHECK();
+  }
+}
+
+// dqkv (B,T_,(NH+2·NKV)·hs) overwritten; dout (B,T_,C), qkv, lse (B,NH,T_), Dbuf (B,NH,T_); C = NH·hs
+template <typename T>
+void fma_backward(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* Dbuf, int B, int T_, int C,
+                  int NH, int NKV, float scale) {
+  const int hs = C / NH;
+  if (hs <= 16) {
+    flash_backward<T, 16>(dqkv, dout, qkv, lse, Dbuf, B, T_, C, NH, NKV, scale);
+  } else if (hs <= 32) {
+    flash_backward<T, 32>(dqkv, dout, qkv, lse, Dbuf, B, T_, C, NH, NKV, scale);
+  } else if (hs <= 64) {
+    flash_backward<T, 64>(dqkv, dout, qkv, lse, Dbuf, B, T_, C, NH, NKV, scale);
+  } else if (hs <= kMaxFlashHead) {
+    flash_backward<T, 128>(dqkv, dout, qkv, lse, Dbuf, B, T_, C, NH, NKV, scale);
+  } else {
+    const int group = NH / NKV;
+    check_row_shape(T_, hs, group);
+    row_backward_q_kernel<T>
+        <<<dim3(T_, NH, B), kRowThreads, T_ * sizeof(float)>>>(dqkv, Dbuf, dout, qkv, lse, T_, C, NH, NKV, scale);
+    AQ_CUDA_LAUNCH_CHECK();
+    const size_t kv_smem =
+        (2 * static_cast<size_t>(T_) + (group > 1 ? 2 * static_cast<size_t>(hs) : 0)) * sizeof(float);
+    row_backward_kv_kernel<T>
+        <<<dim3(T_, NKV, B), kRowThreads, kv_smem>>>(dqkv, Dbuf, dout, qkv, lse, T_, C, NH, NKV, scale);
+    AQ_CUDA_LAUNCH_CHECK();
+  }
+}
+
+// Dbuf (B,NH,T_) = rowsum(dout·out) per head, the backward's D; dout, out (B,T_,C)
+template <typename T>
+void backward_D(float* Dbuf, const T* dout, const T* out, int B, int T_, int C, int NH) {
+  const int64_t rows = static_cast<int64_t>(B) * NH * T_;
+  attention_backward_D_kernel<T><<<static_cast<unsigned>((rows + 7) / 8), 256>>>(Dbuf, dout, out, B, T_, C, NH);
+  AQ_CUDA_LAUNCH_CHECK();
 }
 
 // out (B,T_,C), lse (B,NH,T_), qkv (B,T_,3C)
@@ -649,19 +741,7 @@ void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C, i
       return;
     }
   }
-  if (hs <= 16) {
-    flash_forward<T, 16>(out, lse, qkv, B, T_, C, NH, scale);
-  } else if (hs <= 32) {
-    flash_forward<T, 32>(out, lse, qkv, B, T_, C, NH, scale);
-  } else if (hs <= 64) {
-    flash_forward<T, 64>(out, lse, qkv, B, T_, C, NH, scale);
-  } else if (hs <= kMaxFlashHead) {
-    flash_forward<T, 128>(out, lse, qkv, B, T_, C, NH, scale);
-  } else {
-    check_row_shape(T_, hs);
-    row_forward_kernel<T><<<dim3(T_, NH, B), kRowThreads, T_ * sizeof(float)>>>(out, lse, qkv, T_, C, NH, scale);
-    AQ_CUDA_LAUNCH_CHECK();
-  }
+  fma_forward(out, lse, qkv, B, T_, C, NH, NH, scale);
 }
 
 // dqkv (B,T_,3C) overwritten; dout (B,T_,C), qkv (B,T_,3C), out (B,T_,C), lse (B,NH,T_)
@@ -672,11 +752,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   if (B == 0 || T_ == 0) return;
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(static_cast<float>(hs));
-  const int64_t rows = static_cast<int64_t>(B) * NH * T_;
-  cuda::DeviceScratch D(static_cast<size_t>(rows) * sizeof(float));  // D (B,NH,T_)
-  attention_backward_D_kernel<T>
-      <<<static_cast<unsigned>((rows + 7) / 8), 256>>>(D.as<float>(), dout, out, B, T_, C, NH);
-  AQ_CUDA_LAUNCH_CHECK();
+  cuda::DeviceScratch D(static_cast<size_t>(B) * NH * T_ * sizeof(float));  // D (B,NH,T_)
+  backward_D(D.as<float>(), dout, out, B, T_, C, NH);
   if constexpr (std::is_same_v<T, bf16>) {
     if (use_wmma<T>(hs)) {
       if (hs <= 16) {
@@ -691,32 +768,52 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
       return;
     }
   }
-  if (hs <= 16) {
-    flash_backward<T, 16>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
-  } else if (hs <= 32) {
-    flash_backward<T, 32>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
-  } else if (hs <= 64) {
-    flash_backward<T, 64>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
-  } else if (hs <= kMaxFlashHead) {
-    flash_backward<T, 128>(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, scale);
-  } else {
-    check_row_shape(T_, hs);
-    row_backward_q_kernel<T>
-        <<<dim3(T_, NH, B), kRowThreads, T_ * sizeof(float)>>>(dqkv, D.as<float>(), dout, qkv, lse, T_, C, NH, scale);
-    AQ_CUDA_LAUNCH_CHECK();
-    row_backward_kv_kernel<T><<<dim3(T_, NH, B), kRowThreads, 2 * T_ * sizeof(float)>>>(dqkv, D.as<float>(), dout, qkv,
-                                                                                        lse, T_, C, NH, scale);
-    AQ_CUDA_LAUNCH_CHECK();
-  }
+  fma_backward(dqkv, dout, qkv, lse, D.as<float>(), B, T_, C, NH, NH, scale);
+}
+
+void check_gqa_shape(int NH, int NKV, int hs) {
+  AQ_CHECK(NH >= 1 && NKV >= 1 && hs >= 1, "attention: head counts NH=", NH, ", NKV=", NKV, " and head size ", hs,
+           " must be >= 1");
+  AQ_CHECK(NH % NKV == 0, "attention: query heads NH=", NH, " are not a multiple of the key/value heads NKV=", NKV);
+}
+
+// Grouped-query attention: out (B,T_,NH·hs), lse (B,NH,T_), qkv (B,T_,(NH+2·NKV)·hs). NKV = NH is multi-head
+// attention and takes the multi-head entry (tensor cores included); NKV < NH takes the FMA tiles.
+template <typename T>
+void attention_gqa_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int hs) {
+  check_gqa_shape(NH, NKV, hs);
+  if (NKV == NH) return attention_forward(out, lse, qkv, B, T_, NH * hs, NH);
+  if (B == 0 || T_ == 0) return;
+  fma_forward(out, lse, qkv, B, T_, NH * hs, NH, NKV, 1.0f / sqrtf(static_cast<float>(hs)));
+}
+
+// dqkv (B,T_,(NH+2·NKV)·hs) overwritten; dout (B,T_,NH·hs), qkv, out (B,T_,NH·hs), lse (B,NH,T_)
+template <typename T>
+void attention_gqa_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B, int T_, int NH,
+                            int NKV, int hs) {
+  check_gqa_shape(NH, NKV, hs);
+  if (NKV == NH) return attention_backward(dqkv, dout, qkv, out, lse, B, T_, NH * hs, NH);
+  if (B == 0 || T_ == 0) return;
+  cuda::DeviceScratch D(static_cast<size_t>(B) * NH * T_ * sizeof(float));  // D (B,NH,T_)
+  backward_D(D.as<float>(), dout, out, B, T_, NH * hs, NH);
+  fma_backward(dqkv, dout, qkv, lse, D.as<float>(), B, T_, NH * hs, NH, NKV, 1.0f / sqrtf(static_cast<float>(hs)));
+}
+
+template <typename T>
+void add_kernels(Registry& r) {
+  r.add<typename Attention<T>::Forward>("attention_forward", Device::CUDA, dtype_of<T>(), &attention_forward<T>);
+  r.add<typename Attention<T>::Backward>("attention_backward", Device::CUDA, dtype_of<T>(), &attention_backward<T>);
+  r.add<typename Attention<T>::ForwardGqa>("attention_gqa_forward", Device::CUDA, dtype_of<T>(),
+                                           &attention_gqa_forward<T>);
+  r.add<typename Attention<T>::BackwardGqa>("attention_gqa_backward", Device::CUDA, dtype_of<T>(),
+                                            &attention_gqa_backward<T>);
 }
 
 }  // namespace
 
 void register_attention_cuda(Registry& r) {
-  r.add<Attention<float>::Forward>("attention_forward", Device::CUDA, DType::F32, &attention_forward<float>);
-  r.add<Attention<float>::Backward>("attention_backward", Device::CUDA, DType::F32, &attention_backward<float>);
-  r.add<Attention<bf16>::Forward>("attention_forward", Device::CUDA, DType::BF16, &attention_forward<bf16>);
-  r.add<Attention<bf16>::Backward>("attention_backward", Device::CUDA, DType::BF16, &attention_backward<bf16>);
+  add_kernels<float>(r);
+  add_kernels<bf16>(r);
 }
 
 }  // namespace aq::ops

@@ -15,7 +15,10 @@
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
+#include "ops/rmsnorm/rmsnorm.h"
+#include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
+#include "ops/swiglu/swiglu.h"
 #include "tests/test_util.h"
 
 namespace aq {
@@ -535,6 +538,348 @@ TEST(MultiAdamW, EqualsPerTensorUpdatesBitForBitAndSumsSquaresByClass) {
     EXPECT_NEAR(sums[c], static_cast<double>(naive[c]), 1e-12 * static_cast<double>(naive[c])) << "class " << c;
 }
 
+// ---- Llama family: RMSNorm, SwiGLU, rotary embeddings, grouped-query attention ----------------------------
+
+V ref_rmsnorm(const V& x, const V& w, int N, int C, double eps, V* rstd = nullptr) {
+  V out(x.size());
+  for (int i = 0; i < N; ++i) {
+    double ss = 0;
+    for (int c = 0; c < C; ++c) ss += x[i * C + c] * x[i * C + c];
+    const double r = 1 / std::sqrt(ss / C + eps);
+    if (rstd) (*rstd)[i] = r;
+    for (int c = 0; c < C; ++c) out[i * C + c] = x[i * C + c] * r * w[c];
+  }
+  return out;
+}
+
+double ref_silu(double g) { return g / (1 + std::exp(-g)); }
+
+// out (N,F) = silu(gate)·up of a packed (N,2F) input
+V ref_swiglu(const V& inp, int N, int F) {
+  V out(static_cast<size_t>(N) * F);
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < F; ++c) out[i * F + c] = ref_silu(inp[i * 2 * F + c]) * inp[i * 2 * F + F + c];
+  return out;
+}
+
+// Hugging Face's apply_rotary_pos_emb on the first n_heads heads of each (B·T) row, in double: angle pos·θ_i,
+// θ_i = theta^(−2i/hs), x' = x·cos + rotate_half(x)·sin.
+V ref_rope(const V& x, int B, int T, int stride, int n_heads, int hs, int pos0, double theta) {
+  V out = x;
+  const int half = hs / 2;
+  for (int r = 0; r < B * T; ++r)
+    for (int h = 0; h < n_heads; ++h)
+      for (int i = 0; i < half; ++i) {
+        const double a = (pos0 + r % T) * std::pow(theta, -2.0 * i / hs);
+        const size_t p = static_cast<size_t>(r) * stride + h * hs + i;
+        out[p] = x[p] * std::cos(a) - x[p + half] * std::sin(a);
+        out[p + half] = x[p + half] * std::cos(a) + x[p] * std::sin(a);
+      }
+  return out;
+}
+
+// Causal grouped-query attention in double: query head h reads kv head h / (NH/NKV) of qkv (B,T,(NH+2·NKV)·hs).
+V ref_attention_gqa(const V& qkv, int B, int T, int NH, int NKV, int hs) {
+  const int ld = (NH + 2 * NKV) * hs, C = NH * hs;
+  V out(static_cast<size_t>(B) * T * C, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h) {
+      const int kc = NH * hs + (h / (NH / NKV)) * hs, vc = kc + NKV * hs;
+      for (int t = 0; t < T; ++t) {
+        V s(T);
+        double mx = -INFINITY, z = 0;
+        for (int u = 0; u <= t; ++u) {
+          double d = 0;
+          for (int i = 0; i < hs; ++i) d += qkv[(b * T + t) * ld + h * hs + i] * qkv[(b * T + u) * ld + kc + i];
+          s[u] = d / std::sqrt(static_cast<double>(hs));
+          mx = std::max(mx, s[u]);
+        }
+        for (int u = 0; u <= t; ++u) z += std::exp(s[u] - mx);
+        for (int u = 0; u <= t; ++u)
+          for (int i = 0; i < hs; ++i)
+            out[(b * T + t) * C + h * hs + i] += std::exp(s[u] - mx) / z * qkv[(b * T + u) * ld + vc + i];
+      }
+    }
+  return out;
+}
+
+TEST(RmsNorm, ForwardMatchesNaiveInDoubleAndFloat) {
+  const int B = 3, T = 7, N = B * T, C = 37;
+  const double eps = 1e-6;
+  V x = randn<double>(N * C, 80, 2.0), w = randn<double>(C, 81);
+  for (int c = 0; c < C; ++c) x[4 * C + c] *= 1e-4;  // a row whose mean square is near eps
+  V rstd_ref(N), out(N * C, NAN), rstd(N, NAN);
+  const V expect = ref_rmsnorm(x, w, N, C, eps, &rstd_ref);
+  kernel<ops::RmsNorm<double>::Forward>("rmsnorm_forward", DType::F64)(out.data(), rstd.data(), x.data(), w.data(), N,
+                                                                       C, eps);
+  EXPECT_LT(rel_err(out, expect), 1e-14);
+  EXPECT_LT(rel_err(rstd, rstd_ref), 1e-14);
+  auto xf = cast<float>(x), wf = cast<float>(w);
+  std::vector<float> outf(N * C, NAN), rstdf(N, NAN);
+  kernel<ops::RmsNorm<float>::Forward>("rmsnorm_forward", DType::F32)(outf.data(), rstdf.data(), xf.data(), wf.data(),
+                                                                      N, C, eps);
+  EXPECT_LT(rel_err(outf, expect), 1e-6);
+  EXPECT_LT(rel_err(rstdf, rstd_ref), 1e-6);
+  test::expect_error(
+      [&] {
+        kernel<ops::RmsNorm<double>::Forward>("rmsnorm_forward", DType::F64)(out.data(), rstd.data(), x.data(),
+                                                                             w.data(), N, C, -1.0);
+      },
+      {"rmsnorm", "eps=-1"});
+}
+
+TEST(RmsNorm, ResidualForwardIsAddThenNormalize) {
+  const int N = 15, C = 19;
+  const double eps = 1e-5;
+  V a = randn<double>(N * C, 110), bin = randn<double>(N * C, 111), w = randn<double>(C, 112), sum(N * C);
+  for (int i = 0; i < N * C; ++i) sum[i] = a[i] + bin[i];
+  V res(N * C, NAN), out(N * C, NAN), rs(N, NAN), rs_ref(N);
+  kernel<ops::RmsNorm<double>::ResidualForward>("residual_rmsnorm_forward", DType::F64)(
+      res.data(), out.data(), rs.data(), a.data(), bin.data(), w.data(), N, C, eps);
+  EXPECT_EQ(res, sum);
+  EXPECT_LT(rel_err(out, ref_rmsnorm(sum, w, N, C, eps, &rs_ref)), 1e-14);
+  EXPECT_LT(rel_err(rs, rs_ref), 1e-14);
+}
+
+TEST(RmsNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  const int B = 3, T = 5, N = B * T, C = 11;
+  const double eps = 1e-5;
+  auto fwd = kernel<ops::RmsNorm<double>::Forward>("rmsnorm_forward", DType::F64);
+  auto bwd = kernel<ops::RmsNorm<double>::Backward>("rmsnorm_backward", DType::F64);
+  V x = randn<double>(N * C, 82), w = randn<double>(C, 83), proj = randn<double>(N * C, 84);
+  V out(N * C), rs(N);
+  fwd(out.data(), rs.data(), x.data(), w.data(), N, C, eps);
+  V dx0 = randn<double>(N * C, 85), dx = dx0, dw0 = randn<double>(C, 86), dw = dw0;
+  bwd(dx.data(), dw.data(), proj.data(), x.data(), w.data(), rs.data(), N, C);
+  for (int i = 0; i < N * C; ++i) dx[i] -= dx0[i];  // backward accumulates: subtract what was there
+  for (int c = 0; c < C; ++c) dw[c] -= dw0[c];
+  auto loss = [&] { return project(ref_rmsnorm(x, w, N, C, eps), proj); };
+  expect_gradient(x, dx, loss, "rmsnorm input");
+  expect_gradient(w, dw, loss, "rmsnorm weight");
+  // float kernels against the double ones on the same inputs (zero-initialised accumulators)
+  auto xf = cast<float>(x), wf = cast<float>(w), pf = cast<float>(proj);
+  std::vector<float> of(N * C), rf(N), dxf(N * C, 0.0f), dwf(C, 0.0f);
+  V dxd(N * C, 0.0), dwd(C, 0.0);
+  bwd(dxd.data(), dwd.data(), proj.data(), x.data(), w.data(), rs.data(), N, C);
+  kernel<ops::RmsNorm<float>::Forward>("rmsnorm_forward", DType::F32)(of.data(), rf.data(), xf.data(), wf.data(), N, C,
+                                                                      eps);
+  kernel<ops::RmsNorm<float>::Backward>("rmsnorm_backward", DType::F32)(dxf.data(), dwf.data(), pf.data(), xf.data(),
+                                                                        wf.data(), rf.data(), N, C);
+  EXPECT_LT(rel_err(dxf, dxd), 1e-5);
+  EXPECT_LT(rel_err(dwf, dwd), 1e-5);
+}
+
+TEST(SwiGlu, ForwardMatchesNaiveInDoubleAndFloat) {
+  const int B = 3, T = 7, N = B * T, F = 13;
+  V inp = randn<double>(N * 2 * F, 87, 3.0);
+  inp[0] = -90.0;  // exp(90) overflows float: sigmoid must still come out 0, not NaN
+  inp[1] = 90.0;
+  const V expect = ref_swiglu(inp, N, F);
+  V out(N * F, NAN);
+  kernel<ops::SwiGlu<double>::Forward>("swiglu_forward", DType::F64)(out.data(), inp.data(), N, F);
+  EXPECT_LT(rel_err(out, expect), 1e-14);
+  auto inf = cast<float>(inp);
+  std::vector<float> outf(N * F, NAN);
+  kernel<ops::SwiGlu<float>::Forward>("swiglu_forward", DType::F32)(outf.data(), inf.data(), N, F);
+  EXPECT_LT(rel_err(outf, expect), 1e-6);
+}
+
+TEST(SwiGlu, BackwardMatchesFiniteDifferencesAndMayRunInPlace) {
+  const int B = 3, T = 5, N = B * T, F = 7;
+  V inp = randn<double>(N * 2 * F, 88, 2.0), proj = randn<double>(N * F, 89), dinp(N * 2 * F, NAN);
+  auto bwd = kernel<ops::SwiGlu<double>::Backward>("swiglu_backward", DType::F64);
+  bwd(dinp.data(), proj.data(), inp.data(), N, F);
+  auto loss = [&] { return project(ref_swiglu(inp, N, F), proj); };
+  expect_gradient(inp, dinp, loss, "swiglu [gate | up]");
+  V alias = inp;
+  bwd(alias.data(), proj.data(), alias.data(), N, F);
+  EXPECT_EQ(alias, dinp);
+  auto inf = cast<float>(inp), pf = cast<float>(proj);
+  std::vector<float> dinpf(N * 2 * F, NAN);
+  kernel<ops::SwiGlu<float>::Backward>("swiglu_backward", DType::F32)(dinpf.data(), pf.data(), inf.data(), N, F);
+  EXPECT_LT(rel_err(dinpf, dinp), 1e-6);
+}
+
+// On a packed GQA input (NH=3, NKV=1, hs=10): the q and k heads rotate, v is untouched; every rotated pair keeps
+// its norm; position 0 is the identity; the result matches HF's formula in double; an offset continues the
+// sequence (rows of pos0=5 equal rows 5… of a longer sequence from 0, bit for bit).
+TEST(Rope, ForwardMatchesClosedFormOnQAndKHeads) {
+  const int B = 3, T = 7, NH = 3, NKV = 1, hs = 10, half = hs / 2, stride = (NH + 2 * NKV) * hs;
+  const int nrot = NH + NKV;
+  auto fwd = kernel<ops::Rope<double>::Forward>("rope_forward", DType::F64);
+  for (double theta : {10000.0, 500000.0}) {
+    const V x = randn<double>(B * T * stride, 90);
+    V y = x;
+    fwd(y.data(), B, T, stride, nrot, hs, 0, theta);
+    EXPECT_LT(rel_err(y, ref_rope(x, B, T, stride, nrot, hs, 0, theta)), 1e-14) << "theta " << theta;
+    for (int r = 0; r < B * T; ++r) {
+      for (int c = nrot * hs; c < stride; ++c) ASSERT_EQ(y[r * stride + c], x[r * stride + c]) << "v column changed";
+      for (int h = 0; h < nrot; ++h)
+        for (int i = 0; i < half; ++i) {
+          const size_t p = static_cast<size_t>(r) * stride + h * hs + i;
+          const double n0 = std::hypot(x[p], x[p + half]), n1 = std::hypot(y[p], y[p + half]);
+          EXPECT_NEAR(n1, n0, 1e-14 * n0) << "pair norm, row " << r;
+          if (r % T == 0) {
+            EXPECT_EQ(y[p], x[p]) << "position 0 must be the identity";
+            EXPECT_EQ(y[p + half], x[p + half]) << "position 0 must be the identity";
+          }
+        }
+    }
+    // An offset continues the sequence: rows 5 … 5+T−1 of a sequence of T+5 from position 0.
+    const int off = 5, TL = T + off;
+    V longer = randn<double>(TL * stride, 91), shorter(longer.begin() + off * stride, longer.end());
+    fwd(longer.data(), 1, TL, stride, nrot, hs, 0, theta);
+    fwd(shorter.data(), 1, T, stride, nrot, hs, off, theta);
+    EXPECT_EQ(shorter, V(longer.begin() + off * stride, longer.end()));
+    auto xf = cast<float>(x);
+    fwd(y.data(), B, T, stride, nrot, hs, 3, theta);
+    std::vector<float> yf = xf;
+    kernel<ops::Rope<float>::Forward>("rope_forward", DType::F32)(yf.data(), B, T, stride, nrot, hs, 3, theta);
+    EXPECT_LT(rel_err(yf, ref_rope(x, B, T, stride, nrot, hs, 3, theta)), 1e-6) << "theta " << theta;
+  }
+  V x(stride);
+  test::expect_error([&] { fwd(x.data(), 1, 1, stride, nrot, 9, 0, 1e4); }, {"rope", "head size 9"});
+  test::expect_error([&] { fwd(x.data(), 1, 1, stride, 6, hs, 0, 1e4); }, {"6 heads of size 10", "50 columns"});
+}
+
+// Against Hugging Face's float32 evaluation (inv_freq = 1/theta^(2i/hs), angle = pos·inv_freq and cos/sin, all
+// in fp32, then x·cos + rotate_half(x)·sin in fp32): within fp32 rounding at short positions; at position ~2000
+// HF's fp32 angle drifts from the exact one by up to ~pos·θ_i·2⁻²³, and the float kernel (exact angle, see
+// rope.h) stays within 1e-6 of the double reference there while HF's formula is off by that drift.
+TEST(Rope, FloatKernelAgainstHuggingFaceFloat32Formula) {
+  const int B = 2, T = 9, NH = 2, hs = 16, half = hs / 2, stride = NH * hs;
+  const double theta = 10000.0;
+  auto hf = [&](const std::vector<float>& x, int pos0) {
+    std::vector<float> out = x;
+    for (int r = 0; r < B * T; ++r)
+      for (int h = 0; h < NH; ++h)
+        for (int i = 0; i < half; ++i) {
+          const float inv =
+              1.0f / std::pow(static_cast<float>(theta), static_cast<float>(2 * i) / static_cast<float>(hs));
+          const float a = static_cast<float>(pos0 + r % T) * inv, c = std::cos(a), s = std::sin(a);
+          const size_t p = static_cast<size_t>(r) * stride + h * hs + i;
+          out[p] = x[p] * c + (-x[p + half]) * s;
+          out[p + half] = x[p + half] * c + x[p] * s;
+        }
+    return out;
+  };
+  const V x = randn<double>(B * T * stride, 92);
+  const auto xf = cast<float>(x);
+  for (int pos0 : {0, 2000}) {
+    std::vector<float> y = xf;
+    kernel<ops::Rope<float>::Forward>("rope_forward", DType::F32)(y.data(), B, T, stride, NH, hs, pos0, theta);
+    const V exact = ref_rope(V(xf.begin(), xf.end()), B, T, stride, NH, hs, pos0, theta);
+    const double ours = rel_err(y, exact), theirs = rel_err(hf(xf, pos0), exact), vs_hf = rel_err(y, hf(xf, pos0));
+    EXPECT_LT(ours, 1e-6) << "pos0 " << pos0;
+    const double drift = (pos0 + T) * std::ldexp(1.0, -23) * 2;  // |x| ≤ ~4: angle error × a few
+    EXPECT_LT(vs_hf, 2e-6 + drift) << "pos0 " << pos0 << " (HF's own error " << theirs << ")";
+  }
+}
+
+TEST(Rope, BackwardMatchesFiniteDifferencesAndInvertsForward) {
+  const int B = 2, T = 5, NH = 2, NKV = 1, hs = 6, stride = (NH + 2 * NKV) * hs, nrot = NH + NKV, pos0 = 4;
+  const double theta = 10000.0;
+  V x = randn<double>(B * T * stride, 93), proj = randn<double>(B * T * stride, 94);
+  V dx = proj;
+  kernel<ops::Rope<double>::Backward>("rope_backward", DType::F64)(dx.data(), B, T, stride, nrot, hs, pos0, theta);
+  auto loss = [&] { return project(ref_rope(x, B, T, stride, nrot, hs, pos0, theta), proj); };
+  expect_gradient(x, dx, loss, "rope input");
+  V y = x;
+  kernel<ops::Rope<double>::Forward>("rope_forward", DType::F64)(y.data(), B, T, stride, nrot, hs, pos0, theta);
+  kernel<ops::Rope<double>::Backward>("rope_backward", DType::F64)(y.data(), B, T, stride, nrot, hs, pos0, theta);
+  EXPECT_LT(rel_err(y, x), 1e-15);
+}
+
+// Grouped-query attention (NH=6 query heads over NKV=2 or 1 kv heads, and NKV=NH) against the naive softmax in
+// double, outputs NaN-poisoned; float against double.
+TEST(AttentionGqa, ForwardMatchesNaiveCausalSoftmax) {
+  const int B = 3, T = 7, NH = 6, hs = 5;
+  for (int NKV : {2, 1, 6}) {
+    const int ld = (NH + 2 * NKV) * hs, C = NH * hs;
+    V qkv = randn<double>(B * T * ld, 95);
+    V out(B * T * C, NAN), lse(B * NH * T, NAN);
+    kernel<ops::Attention<double>::ForwardGqa>("attention_gqa_forward", DType::F64)(out.data(), lse.data(), qkv.data(),
+                                                                                    B, T, NH, NKV, hs);
+    const V expect = ref_attention_gqa(qkv, B, T, NH, NKV, hs);
+    EXPECT_LT(rel_err(out, expect), 1e-13) << "NKV " << NKV;
+    for (double l : lse) ASSERT_TRUE(std::isfinite(l)) << "lse not written";
+    auto qf = cast<float>(qkv);
+    std::vector<float> outf(B * T * C, NAN), lsef(B * NH * T, NAN);
+    kernel<ops::Attention<float>::ForwardGqa>("attention_gqa_forward", DType::F32)(outf.data(), lsef.data(), qf.data(),
+                                                                                   B, T, NH, NKV, hs);
+    EXPECT_LT(rel_err(outf, expect), 1e-5) << "NKV " << NKV;
+  }
+  V x(1);
+  test::expect_error(
+      [&] {
+        kernel<ops::Attention<double>::ForwardGqa>("attention_gqa_forward", DType::F64)(x.data(), x.data(), x.data(), 1,
+                                                                                        1, 6, 4, 8);
+      },
+      {"NH=6", "NKV=4"});
+}
+
+TEST(AttentionGqa, BackwardMatchesFiniteDifferences) {
+  const int B = 2, T = 5, NH = 6, hs = 4;
+  for (int NKV : {2, 1}) {
+    const int ld = (NH + 2 * NKV) * hs, C = NH * hs;
+    V qkv = randn<double>(B * T * ld, 96), proj = randn<double>(B * T * C, 97);
+    V out(B * T * C), lse(B * NH * T), dqkv(qkv.size(), NAN);
+    kernel<ops::Attention<double>::ForwardGqa>("attention_gqa_forward", DType::F64)(out.data(), lse.data(), qkv.data(),
+                                                                                    B, T, NH, NKV, hs);
+    kernel<ops::Attention<double>::BackwardGqa>("attention_gqa_backward", DType::F64)(
+        dqkv.data(), proj.data(), qkv.data(), out.data(), lse.data(), B, T, NH, NKV, hs);
+    auto loss = [&] { return project(ref_attention_gqa(qkv, B, T, NH, NKV, hs), proj); };
+    expect_gradient(qkv, dqkv, loss, NKV == 2 ? "gqa qkv (NKV=2)" : "gqa qkv (NKV=1)", 1e-6, 1000);
+  }
+}
+
+// Across two query-block boundaries at an odd length (the kv task walks its group's heads block by block):
+// forward against the naive softmax, backward against finite differences (a sample), float against double.
+TEST(AttentionGqa, QueryBlocksMatchNaiveAtLongOddSequences) {
+  const int B = 2, T = 150, NH = 4, NKV = 2, hs = 6, ld = (NH + 2 * NKV) * hs, C = NH * hs;
+  V qkv = randn<double>(B * T * ld, 98), proj = randn<double>(B * T * C, 99);
+  V out(B * T * C, NAN), lse(B * NH * T, NAN), dqkv(qkv.size(), NAN);
+  kernel<ops::Attention<double>::ForwardGqa>("attention_gqa_forward", DType::F64)(out.data(), lse.data(), qkv.data(), B,
+                                                                                  T, NH, NKV, hs);
+  EXPECT_LT(rel_err(out, ref_attention_gqa(qkv, B, T, NH, NKV, hs)), 1e-12);
+  kernel<ops::Attention<double>::BackwardGqa>("attention_gqa_backward", DType::F64)(
+      dqkv.data(), proj.data(), qkv.data(), out.data(), lse.data(), B, T, NH, NKV, hs);
+  auto loss = [&] { return project(ref_attention_gqa(qkv, B, T, NH, NKV, hs), proj); };
+  expect_gradient(qkv, dqkv, loss, "gqa qkv (T=150)", 1e-6, 150);
+  auto qf = cast<float>(qkv), pf = cast<float>(proj);
+  std::vector<float> outf(out.size(), NAN), lsef(lse.size(), NAN), dqkvf(qkv.size(), NAN);
+  kernel<ops::Attention<float>::ForwardGqa>("attention_gqa_forward", DType::F32)(outf.data(), lsef.data(), qf.data(), B,
+                                                                                 T, NH, NKV, hs);
+  EXPECT_LT(rel_err(outf, out), 1e-5);
+  kernel<ops::Attention<float>::BackwardGqa>("attention_gqa_backward", DType::F32)(
+      dqkvf.data(), pf.data(), qf.data(), outf.data(), lsef.data(), B, T, NH, NKV, hs);
+  EXPECT_LT(rel_err(dqkvf, dqkv), 1e-4);
+}
+
+// With NKV = NH the GQA entry points are the GPT-2 kernels: the same bits, forward and backward, float and double.
+template <typename T>
+void expect_gqa_equals_mha() {
+  const int B = 2, Tn = 70, NH = 3, hs = 8, C = NH * hs;
+  const auto qkv = randn<T>(static_cast<size_t>(B) * Tn * 3 * C, 100), dout = randn<T>(B * Tn * C, 101);
+  std::vector<T> o1(B * Tn * C, NAN), o2 = o1, l1(B * NH * Tn, NAN), l2 = l1, d1(qkv.size(), NAN), d2 = d1;
+  const DType dt = dtype_of<T>();
+  using A = ops::Attention<T>;
+  kernel<typename A::Forward>("attention_forward", dt)(o1.data(), l1.data(), qkv.data(), B, Tn, C, NH);
+  kernel<typename A::ForwardGqa>("attention_gqa_forward", dt)(o2.data(), l2.data(), qkv.data(), B, Tn, NH, NH, hs);
+  kernel<typename A::Backward>("attention_backward", dt)(d1.data(), dout.data(), qkv.data(), o1.data(), l1.data(), B,
+                                                         Tn, C, NH);
+  kernel<typename A::BackwardGqa>("attention_gqa_backward", dt)(d2.data(), dout.data(), qkv.data(), o2.data(),
+                                                                l2.data(), B, Tn, NH, NH, hs);
+  EXPECT_EQ(o1, o2);
+  EXPECT_EQ(l1, l2);
+  EXPECT_EQ(d1, d2);
+}
+
+TEST(AttentionGqa, EqualHeadCountsAreTheMultiHeadKernelBitForBit) {
+  expect_gqa_equals_mha<double>();
+  expect_gqa_equals_mha<float>();
+}
+
 // ---- registry ---------------------------------------------------------------------------------------------
 
 TEST(Registry, UnknownOpAndWrongSignatureAreClearErrors) {
@@ -561,7 +906,9 @@ TEST(Registry, EveryRegisteredOpIsCoveredByThisFile) {
                                         "matmul_backward", "attention_forward", "attention_backward", "gelu_forward",
                                         "gelu_backward", "softmax_xent", "classifier", "adamw_update", "sum_squares",
                                         "matmul_gelu_forward", "matmul_backward_dgelu", "multi_adamw",
-                                        "multi_sum_squares",
+                                        "multi_sum_squares", "rmsnorm_forward", "residual_rmsnorm_forward",
+                                        "rmsnorm_backward", "swiglu_forward", "swiglu_backward", "rope_forward",
+                                        "rope_backward", "attention_gqa_forward", "attention_gqa_backward",
                                         "cast_to_working"};  // CUDA only: tests/ops/test_ops_cuda_bf16.cpp
   for (const std::string& k : ops::Registry::instance().list()) {
     const std::string op = k.substr(0, k.find('/'));

@@ -15,6 +15,9 @@
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
+#include "ops/rmsnorm/rmsnorm.h"
+#include "ops/rope/rope.h"
+#include "ops/swiglu/swiglu.h"
 #include "train/trainer.h"
 #include "runtime/cuda/device.h"
 #include "runtime/data.h"
@@ -257,6 +260,114 @@ TEST(CudaOps, VocabularyParallelClassifierMatchesSingleRank) {
   joined.insert(joined.end(), dwr[1].begin(), dwr[1].begin() + (V - Vl) * C);
   EXPECT_LT(rel_err(joined, dwte), 1e-5);
   for (int i = (V - Vl) * C; i < Vl * C; ++i) ASSERT_EQ(dwr[1][i], 0.0f) << "padding row got a gradient";
+}
+
+TEST(CudaOps, RmsNormForwardAndBackward) {
+  AQ_REQUIRE_GPU();
+  const int N = 37, C = 75;
+  const double eps = 1e-5;
+  F x = randn<float>(N * C, 40, 2.0), w = randn<float>(C, 41), dout = randn<float>(N * C, 42);
+  F out(N * C), rs(N), dx = randn<float>(N * C, 43), dw(C, 0.5f);
+  const F dx0 = dx, dw0 = dw;
+  cpu<ops::RmsNorm<float>::Forward>("rmsnorm_forward")(out.data(), rs.data(), x.data(), w.data(), N, C, eps);
+  cpu<ops::RmsNorm<float>::Backward>("rmsnorm_backward")(dx.data(), dw.data(), dout.data(), x.data(), w.data(),
+                                                         rs.data(), N, C);
+  Dev<float> gx(x), gw(w), gout(F(N * C, NAN)), grs(F(N, NAN)), gdout(dout), gdx(dx0), gdw(dw0);
+  gpu<ops::RmsNorm<float>::Forward>("rmsnorm_forward")(gout.get(), grs.get(), gx.get(), gw.get(), N, C, eps);
+  EXPECT_LT(rel_err(gout.read(), out), 1e-5);
+  EXPECT_LT(rel_err(grs.read(), rs), 1e-5);
+  gpu<ops::RmsNorm<float>::Backward>("rmsnorm_backward")(gdx.get(), gdw.get(), gdout.get(), gx.get(), gw.get(),
+                                                         grs.get(), N, C);
+  EXPECT_LT(rel_err(gdx.read(), dx), 1e-5);  // both accumulate into the same starting values
+  EXPECT_LT(rel_err(gdw.read(), dw), 1e-5);
+  // fused with the residual add: res = x + b_in, normalised
+  F b_in = randn<float>(N * C, 51), res(N * C);
+  cpu<ops::RmsNorm<float>::ResidualForward>("residual_rmsnorm_forward")(res.data(), out.data(), rs.data(), x.data(),
+                                                                        b_in.data(), w.data(), N, C, eps);
+  Dev<float> gb_in(b_in), gres(F(N * C, NAN)), gout2(F(N * C, NAN)), grs2(F(N, NAN));
+  gpu<ops::RmsNorm<float>::ResidualForward>("residual_rmsnorm_forward")(gres.get(), gout2.get(), grs2.get(), gx.get(),
+                                                                        gb_in.get(), gw.get(), N, C, eps);
+  EXPECT_EQ(gres.read(), res);  // one fp32 addition either way
+  EXPECT_LT(rel_err(gout2.read(), out), 1e-5);
+  EXPECT_LT(rel_err(grs2.read(), rs), 1e-5);
+}
+
+TEST(CudaOps, SwiGluForwardBackwardAndInPlace) {
+  AQ_REQUIRE_GPU();
+  for (auto [N, Fn] : {std::pair{21, 13}, std::pair{5, 1001}}) {
+    F inp = randn<float>(N * 2 * Fn, 44, 3.0), dout = randn<float>(N * Fn, 45), out(N * Fn), dinp(N * 2 * Fn);
+    inp[0] = -90.0f;  // expf(90) is infinite: sigmoid must come out 0, not NaN
+    cpu<ops::SwiGlu<float>::Forward>("swiglu_forward")(out.data(), inp.data(), N, Fn);
+    cpu<ops::SwiGlu<float>::Backward>("swiglu_backward")(dinp.data(), dout.data(), inp.data(), N, Fn);
+    Dev<float> ginp(inp), gdout(dout), gout(F(N * Fn, NAN)), gdinp(F(N * 2 * Fn, NAN)), galias(inp);
+    gpu<ops::SwiGlu<float>::Forward>("swiglu_forward")(gout.get(), ginp.get(), N, Fn);
+    gpu<ops::SwiGlu<float>::Backward>("swiglu_backward")(gdinp.get(), gdout.get(), ginp.get(), N, Fn);
+    gpu<ops::SwiGlu<float>::Backward>("swiglu_backward")(galias.get(), gdout.get(), galias.get(), N, Fn);
+    EXPECT_LT(rel_err(gout.read(), out), 1e-5) << "F=" << Fn;
+    EXPECT_LT(rel_err(gdinp.read(), dinp), 1e-5) << "F=" << Fn;
+    EXPECT_EQ(galias.read(), gdinp.read()) << "in place differs, F=" << Fn;
+  }
+}
+
+// The q and k heads of a packed GQA input (v untouched), at a short and a long position offset; the cos/sin
+// tables are evaluated in double on both devices, so only the fp32 rotation itself may differ.
+TEST(CudaOps, RopeForwardAndBackward) {
+  AQ_REQUIRE_GPU();
+  for (auto [NH, NKV, hs] : {std::tuple{3, 1, 10}, std::tuple{4, 2, 128}})
+    for (int pos0 : {0, 1000})
+      for (double theta : {10000.0, 500000.0}) {
+        const int B = 3, T = 7, stride = (NH + 2 * NKV) * hs, nrot = NH + NKV;
+        const F x = randn<float>(B * T * stride, 46);
+        F y = x, dy = x;
+        cpu<ops::Rope<float>::Forward>("rope_forward")(y.data(), B, T, stride, nrot, hs, pos0, theta);
+        cpu<ops::Rope<float>::Backward>("rope_backward")(dy.data(), B, T, stride, nrot, hs, pos0, theta);
+        Dev<float> gy(x), gdy(x);
+        gpu<ops::Rope<float>::Forward>("rope_forward")(gy.get(), B, T, stride, nrot, hs, pos0, theta);
+        gpu<ops::Rope<float>::Backward>("rope_backward")(gdy.get(), B, T, stride, nrot, hs, pos0, theta);
+        EXPECT_LT(rel_err(gy.read(), y), 1e-6) << "hs " << hs << " pos0 " << pos0 << " theta " << theta;
+        EXPECT_LT(rel_err(gdy.read(), dy), 1e-6) << "hs " << hs << " pos0 " << pos0 << " theta " << theta;
+      }
+}
+
+// Grouped-query attention against the CPU kernel: the flash tiles at head sizes 5, 32, 64 and 128 and the row
+// kernels at 160, groups of 2, 3 and 4 (and NKV = 1); outputs NaN-poisoned; the backward repeats bit for bit.
+// Then NKV = NH through the GQA entry equals the multi-head entry bit for bit.
+TEST(CudaOps, AttentionGqaForwardBackward) {
+  AQ_REQUIRE_GPU();
+  for (auto [B, T, NH, NKV, hs] : {std::tuple{2, 7, 6, 2, 5}, std::tuple{1, 67, 8, 2, 64}, std::tuple{3, 130, 6, 3, 32},
+                                   std::tuple{2, 70, 4, 1, 128}, std::tuple{1, 33, 4, 2, 160}}) {
+    const int ld = (NH + 2 * NKV) * hs, C = NH * hs;
+    F qkv = randn<float>(B * T * ld, 47), dout = randn<float>(B * T * C, 48), out(B * T * C), lse(B * NH * T),
+      dqkv(qkv.size());
+    cpu<ops::Attention<float>::ForwardGqa>("attention_gqa_forward")(out.data(), lse.data(), qkv.data(), B, T, NH, NKV,
+                                                                    hs);
+    cpu<ops::Attention<float>::BackwardGqa>("attention_gqa_backward")(dqkv.data(), dout.data(), qkv.data(), out.data(),
+                                                                      lse.data(), B, T, NH, NKV, hs);
+    Dev<float> gqkv(qkv), gdout(dout), gout(F(out.size(), NAN)), glse(F(lse.size(), NAN)), gdqkv(F(qkv.size(), NAN));
+    gpu<ops::Attention<float>::ForwardGqa>("attention_gqa_forward")(gout.get(), glse.get(), gqkv.get(), B, T, NH, NKV,
+                                                                    hs);
+    gpu<ops::Attention<float>::BackwardGqa>("attention_gqa_backward")(gdqkv.get(), gdout.get(), gqkv.get(), gout.get(),
+                                                                      glse.get(), B, T, NH, NKV, hs);
+    EXPECT_LT(rel_err(gout.read(), out), 1e-5) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+    EXPECT_LT(rel_err(glse.read(), lse), 1e-5) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+    EXPECT_LT(rel_err(gdqkv.read(), dqkv), 1e-5) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+    Dev<float> again(F(qkv.size(), NAN));  // the group sums run in a fixed order: a second run gives the same bits
+    gpu<ops::Attention<float>::BackwardGqa>("attention_gqa_backward")(again.get(), gdout.get(), gqkv.get(), gout.get(),
+                                                                      glse.get(), B, T, NH, NKV, hs);
+    EXPECT_EQ(again.read(), gdqkv.read()) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+  }
+  const int B = 2, T = 70, NH = 3, hs = 24, C = NH * hs;
+  F qkv = randn<float>(B * T * 3 * C, 49), dout = randn<float>(B * T * C, 50);
+  Dev<float> gqkv(qkv), gdout(dout), o1(F(B * T * C, NAN)), o2(F(B * T * C, NAN)), l1(F(B * NH * T, NAN)),
+      l2(F(B * NH * T, NAN)), d1(F(qkv.size(), NAN)), d2(F(qkv.size(), NAN));
+  gpu<ops::Attention<float>::Forward>("attention_forward")(o1.get(), l1.get(), gqkv.get(), B, T, C, NH);
+  gpu<ops::Attention<float>::ForwardGqa>("attention_gqa_forward")(o2.get(), l2.get(), gqkv.get(), B, T, NH, NH, hs);
+  gpu<ops::Attention<float>::Backward>("attention_backward")(d1.get(), gdout.get(), gqkv.get(), o1.get(), l1.get(), B,
+                                                             T, C, NH);
+  gpu<ops::Attention<float>::BackwardGqa>("attention_gqa_backward")(d2.get(), gdout.get(), gqkv.get(), o2.get(),
+                                                                    l2.get(), B, T, NH, NH, hs);
+  EXPECT_EQ(o1.read(), o2.read());
+  EXPECT_EQ(d1.read(), d2.read());
 }
 
 TEST(CudaOps, EveryCpuKernelHasACudaTwin) {

@@ -14,11 +14,15 @@
 
 #include "train/trainer.h"
 #include "ops/adamw/adamw.h"
+#include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
+#include "ops/rmsnorm/rmsnorm.h"
+#include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
+#include "ops/swiglu/swiglu.h"
 #include "runtime/cuda/allocator.h"
 #include "runtime/data.h"
 #include "runtime/safetensors.h"
@@ -59,7 +63,9 @@ TEST(CudaBf16, EveryKernelTheModelUsesHasABf16Version) {
   for (const char* op : {"embedding_forward", "embedding_backward", "layernorm_forward", "residual_layernorm_forward",
                          "layernorm_backward", "matmul_forward", "matmul_backward", "matmul_gelu_forward",
                          "matmul_backward_dgelu", "attention_forward", "attention_backward", "gelu_forward",
-                         "gelu_backward", "classifier", "multi_adamw", "cast_to_working"})
+                         "gelu_backward", "classifier", "multi_adamw", "cast_to_working", "rmsnorm_forward",
+                         "residual_rmsnorm_forward", "rmsnorm_backward", "swiglu_forward", "swiglu_backward",
+                         "rope_forward", "rope_backward", "attention_gqa_forward", "attention_gqa_backward"})
     EXPECT_TRUE(r.contains(op, Device::CUDA, DType::BF16)) << op << " has no CUDA bf16 kernel";
 }
 
@@ -158,6 +164,111 @@ TEST(CudaBf16, MatmulForwardBackward) {
   EXPECT_LT(rel_err(to_float(gdx.read()), dx), kBf16Tol);
   EXPECT_LT(rel_err(gdw.read(), dw), 1e-5);  // bf16 products are exact in fp32: only the order differs
   EXPECT_LT(rel_err(gdb.read(), db), 1e-5);
+}
+
+TEST(CudaBf16, RmsNormForwardAndBackward) {
+  AQ_REQUIRE_GPU();
+  const int N = 37, C = 75;
+  const double eps = 1e-5;
+  F x = round_bf16(randn<float>(N * C, 60, 2.0)), w = round_bf16(randn<float>(C, 61));
+  F dout = round_bf16(randn<float>(N * C, 62)), dx = round_bf16(randn<float>(N * C, 63)), dw(C, 0.5f);
+  const F dx0 = dx, dw0 = dw;
+  F out(N * C), rs(N);
+  cpu<ops::RmsNorm<float>::Forward>("rmsnorm_forward")(out.data(), rs.data(), x.data(), w.data(), N, C, eps);
+  cpu<ops::RmsNorm<float>::Backward>("rmsnorm_backward")(dx.data(), dw.data(), dout.data(), x.data(), w.data(),
+                                                         rs.data(), N, C);
+  Dev<bf16> gx(to_bf16(x)), gw(to_bf16(w)), gout{H(N * C)}, gdout(to_bf16(dout)), gdx(to_bf16(dx0));
+  Dev<float> grs(F(N, NAN)), gdw(dw0);
+  gpu16<ops::RmsNorm<bf16>::Forward>("rmsnorm_forward")(gout.get(), grs.get(), gx.get(), gw.get(), N, C, eps);
+  EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Rounded);
+  EXPECT_LT(rel_err(grs.read(), rs), 1e-5);
+  gpu16<ops::RmsNorm<bf16>::Backward>("rmsnorm_backward")(gdx.get(), gdw.get(), gdout.get(), gx.get(), gw.get(),
+                                                          grs.get(), N, C);
+  EXPECT_LT(rel_err(to_float(gdx.read()), dx), kBf16Tol);
+  EXPECT_LT(rel_err(gdw.read(), dw), 1e-4);  // fp32 gradients of bf16 inputs: only summation order differs
+  // fused with the residual add: the reference normalises the bf16-rounded sum, which is what the GPU normalises
+  F b_in = round_bf16(randn<float>(N * C, 71)), res(N * C);
+  for (int i = 0; i < N * C; ++i) res[i] = x[i] + b_in[i];
+  res = round_bf16(res);
+  cpu<ops::RmsNorm<float>::Forward>("rmsnorm_forward")(out.data(), rs.data(), res.data(), w.data(), N, C, eps);
+  Dev<bf16> gb_in(to_bf16(b_in)), gres{H(N * C)}, gout2{H(N * C)};
+  Dev<float> grs2(F(N, NAN));
+  gpu16<ops::RmsNorm<bf16>::ResidualForward>("residual_rmsnorm_forward")(gres.get(), gout2.get(), grs2.get(), gx.get(),
+                                                                         gb_in.get(), gw.get(), N, C, eps);
+  EXPECT_EQ(to_float(gres.read()), res);  // one rounding of an exact fp32 sum of two bf16 values
+  EXPECT_LT(rel_err(to_float(gout2.read()), out), kBf16Rounded);
+  EXPECT_LT(rel_err(grs2.read(), rs), 1e-5);
+}
+
+TEST(CudaBf16, SwiGluForwardAndBackward) {
+  AQ_REQUIRE_GPU();
+  const int N = 21, Fn = 13;
+  F inp = round_bf16(randn<float>(N * 2 * Fn, 64, 3.0)), dout = round_bf16(randn<float>(N * Fn, 65));
+  F out(N * Fn), dinp(N * 2 * Fn);
+  cpu<ops::SwiGlu<float>::Forward>("swiglu_forward")(out.data(), inp.data(), N, Fn);
+  cpu<ops::SwiGlu<float>::Backward>("swiglu_backward")(dinp.data(), dout.data(), inp.data(), N, Fn);
+  Dev<bf16> ginp(to_bf16(inp)), gdout(to_bf16(dout)), gout{H(N * Fn)}, gdinp{H(N * 2 * Fn)};
+  gpu16<ops::SwiGlu<bf16>::Forward>("swiglu_forward")(gout.get(), ginp.get(), N, Fn);
+  gpu16<ops::SwiGlu<bf16>::Backward>("swiglu_backward")(gdinp.get(), gdout.get(), ginp.get(), N, Fn);
+  EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Rounded);  // fp32 from exact inputs, rounded once
+  EXPECT_LT(rel_err(to_float(gdinp.read()), dinp), kBf16Rounded);
+}
+
+TEST(CudaBf16, RopeForwardAndBackward) {
+  AQ_REQUIRE_GPU();
+  const int B = 3, T = 7, NH = 4, NKV = 2, hs = 64, stride = (NH + 2 * NKV) * hs, nrot = NH + NKV, pos0 = 1000;
+  const double theta = 500000.0;
+  const F x = round_bf16(randn<float>(B * T * stride, 66));
+  F y = x, dy = x;
+  cpu<ops::Rope<float>::Forward>("rope_forward")(y.data(), B, T, stride, nrot, hs, pos0, theta);
+  cpu<ops::Rope<float>::Backward>("rope_backward")(dy.data(), B, T, stride, nrot, hs, pos0, theta);
+  Dev<bf16> gy(to_bf16(x)), gdy(to_bf16(x));
+  gpu16<ops::Rope<bf16>::Forward>("rope_forward")(gy.get(), B, T, stride, nrot, hs, pos0, theta);
+  gpu16<ops::Rope<bf16>::Backward>("rope_backward")(gdy.get(), B, T, stride, nrot, hs, pos0, theta);
+  const F got = to_float(gy.read());
+  EXPECT_LT(rel_err(got, y), kBf16Rounded);  // an fp32 rotation of exact inputs, rounded once
+  EXPECT_LT(rel_err(to_float(gdy.read()), dy), kBf16Rounded);
+  for (int r = 0; r < B * T; ++r)  // the v heads are not touched: the same bits
+    for (int c = nrot * hs; c < stride; ++c) ASSERT_EQ(got[r * stride + c], x[r * stride + c]) << "v changed";
+}
+
+// Grouped-query attention in bf16 (the FMA tiles: the tensor-core kernels are multi-head only) against the CPU
+// in fp32 on the same rounded inputs; then NKV = NH through the GQA entry equals the multi-head entry (tensor
+// cores at hs 64) bit for bit.
+TEST(CudaBf16, AttentionGqaForwardBackward) {
+  AQ_REQUIRE_GPU();
+  for (auto [B, T, NH, NKV, hs] : {std::tuple{2, 37, 6, 2, 16}, std::tuple{1, 130, 8, 2, 64},
+                                   std::tuple{2, 70, 4, 1, 128}, std::tuple{1, 33, 4, 2, 160}}) {
+    const int ld = (NH + 2 * NKV) * hs, C = NH * hs;
+    F qkv = round_bf16(randn<float>(B * T * ld, 67)), dout = round_bf16(randn<float>(B * T * C, 68));
+    F out(B * T * C), lse(B * NH * T), dqkv(qkv.size());
+    cpu<ops::Attention<float>::ForwardGqa>("attention_gqa_forward")(out.data(), lse.data(), qkv.data(), B, T, NH, NKV,
+                                                                    hs);
+    cpu<ops::Attention<float>::BackwardGqa>("attention_gqa_backward")(dqkv.data(), dout.data(), qkv.data(), out.data(),
+                                                                      lse.data(), B, T, NH, NKV, hs);
+    Dev<bf16> gqkv(to_bf16(qkv)), gdout(to_bf16(dout)), gout{H(out.size())}, gdqkv{H(qkv.size())};
+    Dev<float> glse(F(lse.size(), NAN));
+    gpu16<ops::Attention<bf16>::ForwardGqa>("attention_gqa_forward")(gout.get(), glse.get(), gqkv.get(), B, T, NH, NKV,
+                                                                     hs);
+    gpu16<ops::Attention<bf16>::BackwardGqa>("attention_gqa_backward")(gdqkv.get(), gdout.get(), gqkv.get(), gout.get(),
+                                                                       glse.get(), B, T, NH, NKV, hs);
+    EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Tol) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+    EXPECT_LT(rel_err(glse.read(), lse), 1e-4) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+    EXPECT_LT(rel_err(to_float(gdqkv.read()), dqkv), kBf16Tol) << "NH " << NH << " NKV " << NKV << " hs " << hs;
+  }
+  const int B = 2, T = 70, NH = 3, hs = 64, C = NH * hs;
+  const H qkv = to_bf16(randn<float>(B * T * 3 * C, 69)), dout = to_bf16(randn<float>(B * T * C, 70));
+  Dev<bf16> gqkv(qkv), gdout(dout), o1{H(B * T * C)}, o2{H(B * T * C)}, d1{H(qkv.size())}, d2{H(qkv.size())};
+  Dev<float> l1(F(B * NH * T, NAN)), l2(F(B * NH * T, NAN));
+  gpu16<ops::Attention<bf16>::Forward>("attention_forward")(o1.get(), l1.get(), gqkv.get(), B, T, C, NH);
+  gpu16<ops::Attention<bf16>::ForwardGqa>("attention_gqa_forward")(o2.get(), l2.get(), gqkv.get(), B, T, NH, NH, hs);
+  gpu16<ops::Attention<bf16>::Backward>("attention_backward")(d1.get(), gdout.get(), gqkv.get(), o1.get(), l1.get(), B,
+                                                              T, C, NH);
+  gpu16<ops::Attention<bf16>::BackwardGqa>("attention_gqa_backward")(d2.get(), gdout.get(), gqkv.get(), o2.get(),
+                                                                     l2.get(), B, T, NH, NH, hs);
+  EXPECT_EQ(to_float(o1.read()), to_float(o2.read()));
+  EXPECT_EQ(to_float(d1.read()), to_float(d2.read()));
+  EXPECT_EQ(l1.read(), l2.read());
 }
 
 // The GELU fusions in both precisions, at a shape where cuBLASLt's epilogues apply (leading dimensions a
