@@ -11,7 +11,7 @@
 #include <numeric>
 
 #include "examples/main_guard.h"
-#include "model/gpt2.h"
+#include "model/transformer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/rng.h"
 #include "runtime/tokenizer.h"
@@ -47,8 +47,8 @@ int main(int argc, char** argv) {
     aq::configure_threads(threads);
     model_path = aq::resolve_checkpoint(model_path, "--model").model;
     aq::SafeTensorsReader file(model_path);
-    const aq::GPT2Config cfg = aq::read_checkpoint_config(file, heads);
-    aq::GPT2<float> model(cfg, 1, cfg.max_seq);
+    const aq::ModelConfig cfg = aq::read_checkpoint_config(file, heads);
+    aq::Transformer<float> model(cfg, 1, cfg.max_seq);
     model.load(file);
     std::unique_ptr<aq::Tokenizer> tok;
     if (!tokenizer.empty() && tokenizer != "bytes") {

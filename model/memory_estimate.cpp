@@ -8,7 +8,7 @@
 
 namespace aq {
 
-MemoryEstimate estimate_memory(const GPT2Config& cfg, int B, int T, int tp, double optimizer_share, bool bf16,
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, int tp, double optimizer_share, bool bf16,
                                bool diloco) {
   const double C = cfg.n_embd, L = cfg.n_layer, V = cfg.vocab_size, H = cfg.n_head, N = static_cast<double>(B) * T;
   // Parameters of this rank's shard: per block 12C²/tp weights and ~13C biases and norms; the tables.

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <string>
 
-#include "model/gpt2.h"
+#include "model/transformer.h"
 
 namespace aq {
 
@@ -22,7 +22,7 @@ struct MemoryEstimate {
 
 // cfg: the model; B, T: micro-batch; tp; optimizer_share: the fraction of the buffer whose AdamW state this
 // rank keeps (1, or 1/dp under ZeRO-1); bf16: a bf16 model (fp32 master copy); diloco: + θ_global, momentum.
-MemoryEstimate estimate_memory(const GPT2Config& cfg, int B, int T, int tp, double optimizer_share, bool bf16,
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, int tp, double optimizer_share, bool bf16,
                                bool diloco);
 
 // Host memory this process may still use: MemAvailable, bounded by a cgroup limit (v2 memory.max or v1

@@ -183,10 +183,10 @@ void check_flag(const std::optional<int>& flag, int value, const char* name, con
 
 }  // namespace
 
-GPT2Config model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReader>& weights) {
+ModelConfig model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReader>& weights) {
   const std::string& file = !cfg.resume.empty() ? cfg.resume : cfg.init_from;
   if (file.empty()) {
-    GPT2Config c;
+    ModelConfig c;
     c.n_layer = cfg.layers.value_or(4);
     c.n_head = cfg.heads.value_or(4);
     c.n_embd = cfg.dim.value_or(128);
@@ -196,7 +196,7 @@ GPT2Config model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReade
     return c;
   }
   weights = std::make_unique<SafeTensorsReader>(file);
-  GPT2Config c = read_checkpoint_config(*weights, cfg.heads.value_or(0));
+  ModelConfig c = read_checkpoint_config(*weights, cfg.heads.value_or(0));
   check_flag(cfg.layers, c.n_layer, "--layers", file);
   check_flag(cfg.dim, c.n_embd, "--dim", file);
   check_flag(cfg.vocab, c.vocab_size, "--vocab", file);

@@ -92,7 +92,7 @@ void Job<T>::build() {
   int pad = cfg_.zero ? 16 * idp() : 1;
   if (diloco())
     for (int g : ctx_.topology().centre_dp) pad = std::lcm(pad, 16 * g);
-  model_ = std::make_unique<GPT2<T>>(mc_, cfg_.batch, cfg_.seq, tp, pad, device_);
+  model_ = std::make_unique<Transformer<T>>(mc_, cfg_.batch, cfg_.seq, tp, pad, device_);
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));

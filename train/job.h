@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gpt2.h"
+#include "model/transformer.h"
 #include "model/memory_estimate.h"
 #include "ops/adamw/adamw.h"
 #include "parallel/algo/dp_algorithm.h"
@@ -43,7 +43,7 @@ std::string dump_json(const J& j) {
 DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo);
 // The model's shape: from the flags for a fresh model, or from the --init-from/--resume file, opened into
 // `weights` (flags given explicitly must agree with it). (config.cpp)
-GPT2Config model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReader>& weights);
+ModelConfig model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReader>& weights);
 // --device and --dtype resolved for this job. (config.cpp)
 Device choose_device(const std::string& want, const ParallelContext& ctx);
 bool use_bf16(const std::string& want, Device device);
@@ -162,8 +162,8 @@ class Job final : public JobApi {
   TrainConfig cfg_;
   ParallelContext& ctx_;
   Rng rng_;
-  GPT2Config mc_;
-  std::unique_ptr<GPT2<T>> model_;
+  ModelConfig mc_;
+  std::unique_ptr<Transformer<T>> model_;
   std::unique_ptr<DataLoader> train_data_, val_data_;
   DpAlgoOptions dp_opts_;                 // resolved in setup()
   MemoryEstimate mem_;                    // per rank, from setup()

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gpt2.h"
+#include "model/transformer.h"
 #include "model/schedule.h"
 #include "parallel/context.h"
 #include "runtime/checkpoint_dir.h"

@@ -2,14 +2,14 @@
 // the float model against the double model on the same weights.
 #include <cmath>
 
-#include "model/gpt2.h"
+#include "model/transformer.h"
 #include "tests/test_util.h"
 
 namespace aq {
 namespace {
 
-GPT2Config tiny_config() {
-  GPT2Config c;
+ModelConfig tiny_config() {
+  ModelConfig c;
   c.n_layer = 2;
   c.n_head = 2;
   c.n_embd = 8;
@@ -21,7 +21,7 @@ GPT2Config tiny_config() {
 // Random weights everywhere (not just GPT-2 init, whose zero biases and unit LayerNorm weights would hide
 // mistakes in their gradients).
 template <typename T>
-void randomize(GPT2<T>& m, uint64_t seed) {
+void randomize(Transformer<T>& m, uint64_t seed) {
   Rng rng(seed);
   for (const ParamInfo& p : m.params_info())
     for (int64_t i = 0; i < shape_numel(p.shape); ++i)
@@ -34,7 +34,7 @@ void randomize(GPT2<T>& m, uint64_t seed) {
 
 TEST(GPT2, WholeModelGradientMatchesFiniteDifferences) {
   const int B = 2, T = 5;
-  GPT2<double> model(tiny_config(), B, T);
+  Transformer<double> model(tiny_config(), B, T);
   randomize(model, 1);
   auto inp = test::random_tokens(B * T, 11, 2), tgt = test::random_tokens(B * T, 11, 3);
   const double loss = model.forward_backward(inp.data(), tgt.data(), B, T);
@@ -60,8 +60,8 @@ TEST(GPT2, WholeModelGradientMatchesFiniteDifferences) {
 
 TEST(GPT2, FloatModelMatchesDoubleModel) {
   const int B = 3, T = 7;
-  GPT2<double> md(tiny_config(), B, T);
-  GPT2<float> mf(tiny_config(), B, T);
+  Transformer<double> md(tiny_config(), B, T);
+  Transformer<float> mf(tiny_config(), B, T);
   randomize(md, 4);
   for (int64_t i = 0; i < md.buffer_size(); ++i) mf.params()[i] = static_cast<float>(md.params()[i]);
   auto inp = test::random_tokens(B * T, 11, 5), tgt = test::random_tokens(B * T, 11, 6);
@@ -74,13 +74,13 @@ TEST(GPT2, FloatModelMatchesDoubleModel) {
 }
 
 TEST(GPT2, InitialisationFollowsGpt2) {
-  GPT2Config c;
+  ModelConfig c;
   c.n_layer = 3;
   c.n_head = 2;
   c.n_embd = 64;
   c.vocab_size = 300;
   c.max_seq = 16;
-  GPT2<float> m(c, 1, 16);
+  Transformer<float> m(c, 1, 16);
   m.init_random(7);
   for (const ParamInfo& p : m.params_info()) {
     const float* w = m.params() + p.offset;
@@ -104,8 +104,8 @@ TEST(GPT2, InitialisationFollowsGpt2) {
   }
 }
 
-TEST(GPT2Config, RejectsBadShapesWithTheFix) {
-  GPT2Config c = tiny_config();
+TEST(ModelConfig, RejectsBadShapesWithTheFix) {
+  ModelConfig c = tiny_config();
   c.n_embd = 10;
   c.n_head = 4;
   try {
@@ -117,15 +117,15 @@ TEST(GPT2Config, RejectsBadShapesWithTheFix) {
   c = tiny_config();
   c.vocab_size = 70000;
   EXPECT_THROW(c.validate(), Error);
-  EXPECT_THROW(GPT2<float>(tiny_config(), 1, 8), Error);  // seq 8 > max_seq 7
+  EXPECT_THROW(Transformer<float>(tiny_config(), 1, 8), Error);  // seq 8 > max_seq 7
 }
 
 TEST(GPT2, BatchAndTensorParallelSplitAreCheckedBeforeAnythingIsSized) {
-  test::expect_error([] { GPT2<float>(tiny_config(), 0, 4); }, {"--batch must be >= 1 (got 0)"});
-  GPT2Config c = tiny_config();
+  test::expect_error([] { Transformer<float>(tiny_config(), 0, 4); }, {"--batch must be >= 1 (got 0)"});
+  ModelConfig c = tiny_config();
   c.n_head = 3;
   c.n_embd = 3 * (c.n_embd / 3);
-  test::expect_error([&] { GPT2<float>(c, 1, 4, TensorParallel{2, 0, nullptr}); },
+  test::expect_error([&] { Transformer<float>(c, 1, 4, TensorParallel{2, 0, nullptr}); },
                      {"--tp 2 must divide the head count H=3", "divisors of 3"});
 }
 

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gpt2.h"
+#include "model/transformer.h"
 #include "runtime/rng.h"
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
@@ -295,8 +295,8 @@ TEST_F(SafeTensors, BadMetadataAndReadErrors) {
 
 // ---- GPT-2 checkpoints ----------------------------------------------------------------------------------------
 
-GPT2Config tiny_config() {
-  GPT2Config c;
+ModelConfig tiny_config() {
+  ModelConfig c;
   c.n_layer = 1;
   c.n_head = 2;
   c.n_embd = 6;
@@ -309,7 +309,7 @@ class Checkpoint : public SafeTensors {
  protected:
   void SetUp() override {
     SafeTensors::SetUp();
-    model_ = std::make_unique<GPT2<float>>(tiny_config(), 1, 5);
+    model_ = std::make_unique<Transformer<float>>(tiny_config(), 1, 5);
     model_->init_random(7);
     // Non-zero biases and LayerNorm parameters too, so every tensor is checked.
     Rng rng(11);
@@ -328,20 +328,20 @@ class Checkpoint : public SafeTensors {
     return p;
   }
 
-  void expect_same_params(const GPT2<float>& other) const {
+  void expect_same_params(const Transformer<float>& other) const {
     for (const ParamInfo& p : model_->params_info())
       EXPECT_EQ(std::memcmp(model_->params() + p.offset, other.params() + p.offset, 4 * shape_numel(p.shape)), 0)
           << p.name << " differs";
   }
 
-  std::unique_ptr<GPT2<float>> model_;
+  std::unique_ptr<Transformer<float>> model_;
 };
 
 TEST_F(Checkpoint, LoadIsBitExact) {
   const std::string p = write_model("model.safetensors");
   SafeTensorsReader r(p);
   EXPECT_EQ(read_checkpoint_config(r, 0), tiny_config());
-  GPT2<float> fresh(tiny_config(), 1, 5);
+  Transformer<float> fresh(tiny_config(), 1, 5);
   fresh.init_random(99);
   fresh.load(r);
   expect_same_params(fresh);
@@ -384,7 +384,7 @@ TEST_F(Checkpoint, NonFiniteValuesAreRefused) {
     for (NamedTensor& n : t)
       if (n.name == "h.0.mlp.c_fc.bias") n.tensor.data<float>()[7] = std::numeric_limits<float>::quiet_NaN();
   });
-  GPT2<float> other(tiny_config(), 1, 5);
+  Transformer<float> other(tiny_config(), 1, 5);
   test::expect_error([&] { other.load(SafeTensorsReader(p)); },
                      {p, "h.0.mlp.c_fc.bias", "at element 7", "resume from an earlier checkpoint"});
 }
@@ -394,7 +394,7 @@ TEST_F(Checkpoint, MissingTensorIsNamed) {
     std::erase_if(t, [](const NamedTensor& n) { return n.name == "h.0.mlp.c_fc.bias"; });
   });
   SafeTensorsReader r(p);
-  GPT2<float> fresh(tiny_config(), 1, 5);
+  Transformer<float> fresh(tiny_config(), 1, 5);
   expect_error([&] { fresh.load(r); }, {p, "missing tensor \"h.0.mlp.c_fc.bias\"", "L=1 H=2 C=6 V=7 maxT=5"});
 }
 
@@ -404,7 +404,7 @@ TEST_F(Checkpoint, WrongShapeNamesTensorAndBothShapes) {
       if (n.name == "h.0.attn.c_proj.weight") n.tensor = Tensor::zeros(DType::F32, {6, 7});
   });
   SafeTensorsReader r(p);
-  GPT2<float> fresh(tiny_config(), 1, 5);
+  Transformer<float> fresh(tiny_config(), 1, 5);
   expect_error([&] { fresh.load(r); }, {p, "\"h.0.attn.c_proj.weight\"", "[6, 7]", "expected [6, 6]"});
 }
 
@@ -414,7 +414,7 @@ TEST_F(Checkpoint, IntegerTensorIsRejected) {
       if (n.name == "h.0.ln_2.bias") n.tensor = Tensor::zeros(DType::I32, {6});
   });
   SafeTensorsReader r(p);
-  GPT2<float> fresh(tiny_config(), 1, 5);
+  Transformer<float> fresh(tiny_config(), 1, 5);
   expect_error([&] { fresh.load(r); }, {p, "\"h.0.ln_2.bias\"", "I32"});
 }
 
@@ -428,7 +428,7 @@ TEST_F(Checkpoint, HuggingFaceNamesAndExtraBuffersAreAccepted) {
   });
   SafeTensorsReader r(p);
   EXPECT_EQ(read_checkpoint_config(r, 0), tiny_config());
-  GPT2<float> fresh(tiny_config(), 1, 5);
+  Transformer<float> fresh(tiny_config(), 1, 5);
   fresh.load(r);
   expect_same_params(fresh);
 }
@@ -436,7 +436,7 @@ TEST_F(Checkpoint, HuggingFaceNamesAndExtraBuffersAreAccepted) {
 TEST_F(Checkpoint, F32CheckpointLoadsIntoDoubleModel) {
   const std::string p = write_model("model.safetensors");
   SafeTensorsReader r(p);
-  GPT2<double> d(tiny_config(), 1, 5);
+  Transformer<double> d(tiny_config(), 1, 5);
   d.load(r);
   for (const ParamInfo& info : model_->params_info())
     for (int64_t i = 0; i < shape_numel(info.shape); ++i)

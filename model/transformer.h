@@ -1,4 +1,4 @@
-// gpt2.h — the GPT-2 model: parameters, activations, forward and backward.
+// transformer.h — the GPT-2 model: parameters, activations, forward and backward.
 //
 // Pre-LayerNorm blocks (x += attn(ln_1(x)); x += mlp(ln_2(x))), causal attention, a 4C tanh-GELU MLP, a final
 // LayerNorm and an LM head tied to the token embedding; learned positions. Parameters, gradients and all
@@ -42,18 +42,18 @@
 
 namespace aq {
 
-struct GPT2Config {
+struct ModelConfig {
   int n_layer = 4, n_head = 4, n_embd = 128, vocab_size = 256, max_seq = 128;
 
   void validate() const;  // throws aq::Error with the fix
   std::map<std::string, std::string> to_metadata() const;  // HF names: n_layer, n_head, n_embd, ...
   std::string describe() const;
-  bool operator==(const GPT2Config&) const = default;
+  bool operator==(const ModelConfig&) const = default;
 };
 
 // Reads the configuration of a GPT-2 checkpoint: from its __metadata__ when present, otherwise from tensor
 // shapes (a Hugging Face export has no metadata); `heads_override` > 0 supplies n_head when the file lacks it.
-GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_override);
+ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_override);
 
 // How a parameter is split over the tensor-parallel ranks.
 enum class TpSplit {
@@ -81,17 +81,17 @@ struct TensorParallel {
 };
 
 template <typename T>
-class GPT2 {
+class Transformer {
  public:
   using M = master_t<T>;
 
   // Allocates for batches up to max_batch × max_seq_len tokens (max_seq_len <= cfg.max_seq). The flat buffers
   // are padded to a multiple of `buffer_multiple` elements (ZeRO-1 splits them evenly over data-parallel ranks).
   // Parameters, gradients and activations live on `device`; inputs, targets and results cross as host data.
-  GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp = {}, int64_t buffer_multiple = 1,
+  Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp = {}, int64_t buffer_multiple = 1,
        Device device = Device::CPU);
 
-  const GPT2Config& config() const { return cfg_; }
+  const ModelConfig& config() const { return cfg_; }
   const std::vector<ParamInfo>& params_info() const { return params_info_; }
   int64_t num_params() const { return num_params_; }  // real parameters (without alignment padding)
   int64_t buffer_size() const { return buffer_size_; }  // flat buffer length including padding
@@ -100,7 +100,7 @@ class GPT2 {
   // changes the master weights of a bf16 model calls refresh_working_copy() (or writes the copy itself, as the
   // fused AdamW does).
   M* params() { return master_ptr(); }
-  const M* params() const { return const_cast<GPT2*>(this)->master_ptr(); }
+  const M* params() const { return const_cast<Transformer*>(this)->master_ptr(); }
   M* grads() { return grads_.data(); }
   T* working_params() { return params_.data(); }  // what the kernels read; == params() unless T is bf16
   void refresh_working_copy();
@@ -205,7 +205,7 @@ class GPT2 {
   TensorParallel tp_;
   std::function<void(int64_t)> grad_ready_;
 
-  GPT2Config cfg_;
+  ModelConfig cfg_;
   int max_batch_, max_seq_len_;
   int64_t classifier_chunk_ = 0;
   std::vector<ParamInfo> params_info_;

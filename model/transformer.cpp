@@ -1,9 +1,9 @@
-// gpt2.cpp — GPT-2 forward and backward over the registered kernels.
+// transformer.cpp — GPT-2 forward and backward over the registered kernels.
 //
 // Data flow of one training step (N = B·T tokens):
 //   tokens → embedding → L × [ln_1 → c_attn → attention → c_proj (+res) → ln_2 → c_fc → gelu → c_proj (+res)]
 //          → ln_f → classifier (tied wte; loss and dlogits fused) → backward in reverse → gradients.
-#include "model/gpt2.h"
+#include "model/transformer.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,7 +18,7 @@ namespace aq {
 
 // ---- configuration ----------------------------------------------------------------------------------------
 
-void GPT2Config::validate() const {
+void ModelConfig::validate() const {
   AQ_CHECK(n_layer >= 1, "--layers must be >= 1 (got ", n_layer, ")");
   AQ_CHECK(n_head >= 1, "--heads must be >= 1 (got ", n_head, ")");
   AQ_CHECK(n_embd >= 1, "--dim must be >= 1 (got ", n_embd, ")");
@@ -29,13 +29,13 @@ void GPT2Config::validate() const {
   AQ_CHECK(max_seq >= 1, "--max-seq must be >= 1 (got ", max_seq, ")");
 }
 
-std::map<std::string, std::string> GPT2Config::to_metadata() const {
+std::map<std::string, std::string> ModelConfig::to_metadata() const {
   return {{"n_layer", std::to_string(n_layer)},   {"n_head", std::to_string(n_head)},
           {"n_embd", std::to_string(n_embd)},     {"vocab_size", std::to_string(vocab_size)},
           {"n_positions", std::to_string(max_seq)}, {"format", "pt"}};
 }
 
-std::string GPT2Config::describe() const {
+std::string ModelConfig::describe() const {
   return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq);
 }
 
@@ -53,7 +53,7 @@ int metadata_int(const SafeTensorsReader& f, const char* key, int fallback) {
 }
 }  // namespace
 
-GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_override) {
+ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_override) {
   std::map<std::string, std::string> names;  // stripped name → name in file
   for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
   auto shape_of = [&](const std::string& n) -> const Shape& {
@@ -68,7 +68,7 @@ GPT2Config read_checkpoint_config(const SafeTensorsReader& file, int heads_overr
   int layers = 0;
   while (names.count(str("h.", layers, ".ln_1.weight"))) ++layers;
 
-  GPT2Config cfg;
+  ModelConfig cfg;
   cfg.vocab_size = metadata_int(file, "vocab_size", static_cast<int>(wte[0]));
   cfg.n_embd = metadata_int(file, "n_embd", static_cast<int>(wte[1]));
   cfg.max_seq = metadata_int(file, "n_positions", static_cast<int>(wpe[0]));
@@ -123,7 +123,7 @@ void scatter_shard(const ParamInfo& p, int rank, const V* full, V* shard) {
 }  // namespace
 
 template <typename T>
-void GPT2<T>::build_param_table() {
+void Transformer<T>::build_param_table() {
   const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, maxT = cfg_.max_seq, tp = tp_.size;
   int64_t offset = 0;
   auto add = [&](const std::string& name, Shape full, TpSplit split) {
@@ -163,7 +163,7 @@ void GPT2<T>::build_param_table() {
 
 template <typename T>
 template <typename P>
-typename GPT2<T>::template LayerPtrs<P> GPT2<T>::layer_view(P* base, int l) const {
+typename Transformer<T>::template LayerPtrs<P> Transformer<T>::layer_view(P* base, int l) const {
   const auto& o = layer_offsets_[static_cast<size_t>(l)];
   return LayerPtrs<P>{base + o[0], base + o[1], base + o[2], base + o[3],  base + o[4],  base + o[5],
                       base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
@@ -189,14 +189,14 @@ int64_t classifier_rows(int64_t N, size_t row_bytes, Device device) {
 // Rows of the token table on each TP rank. On the GPU they are padded to a multiple of 64, so every row of
 // the classifier's logits starts 16-byte aligned (GPT-2's V = 50257 is odd) and cuBLASLt can use its fastest
 // kernels; the padding rows are zero and receive no gradient.
-int local_vocab(const GPT2Config& cfg, const TensorParallel& tp, Device device) {
+int local_vocab(const ModelConfig& cfg, const TensorParallel& tp, Device device) {
   const int rows = (cfg.vocab_size + tp.size - 1) / tp.size;
   return device == Device::CUDA ? (rows + 63) / 64 * 64 : rows;
 }
 
 // Validates the configuration, the batch and the tensor-parallel split before anything is sized from them.
 // (C % H == 0 and H % tp == 0 give C % tp == 0, so every column split below is whole.)
-const GPT2Config& check_args(const GPT2Config& cfg, int max_batch, int max_seq_len, const TensorParallel& tp) {
+const ModelConfig& check_args(const ModelConfig& cfg, int max_batch, int max_seq_len, const TensorParallel& tp) {
   cfg.validate();
   AQ_CHECK(max_batch >= 1, "--batch must be >= 1 (got ", max_batch, ")");
   AQ_CHECK(max_seq_len >= 1 && max_seq_len <= cfg.max_seq, "sequence length --seq ", max_seq_len,
@@ -211,14 +211,14 @@ const GPT2Config& check_args(const GPT2Config& cfg, int max_batch, int max_seq_l
 }  // namespace
 
 template <typename T>
-size_t GPT2<T>::plan_activation_bytes() {
+size_t Transformer<T>::plan_activation_bytes() {
   Arena planner = Arena::planner();
   layout_activations(planner);
   return planner.used();
 }
 
 template <typename T>
-GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParallel tp, int64_t buffer_multiple,
+Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp, int64_t buffer_multiple,
               Device device)
     : Cl_(check_args(cfg, max_batch, max_seq_len, tp).n_embd / tp.size),
       NHl_(cfg.n_head / tp.size),
@@ -266,7 +266,7 @@ GPT2<T>::GPT2(const GPT2Config& cfg, int max_batch, int max_seq_len, TensorParal
 }
 
 template <typename T>
-void GPT2<T>::layout_activations(Arena& a) {
+void Transformer<T>::layout_activations(Arena& a) {
   const int64_t N = static_cast<int64_t>(max_batch_) * max_seq_len_;
   const int64_t C = cfg_.n_embd, Cl = Cl_;
   acts_.assign(static_cast<size_t>(cfg_.n_layer), LayerActs{});
@@ -301,7 +301,7 @@ void GPT2<T>::layout_activations(Arena& a) {
 // ---- initialisation, loading, saving ----------------------------------------------------------------------
 
 template <typename T>
-void GPT2<T>::with_host_params(const std::function<void(M*)>& fn) {
+void Transformer<T>::with_host_params(const std::function<void(M*)>& fn) {
   M* master = master_ptr();
   if (device_ == Device::CPU) return fn(master);  // no staging copy on the CPU (it would double the peak)
   std::vector<M> host(static_cast<size_t>(buffer_size_), M(0));
@@ -312,17 +312,17 @@ void GPT2<T>::with_host_params(const std::function<void(M*)>& fn) {
 }
 
 template <typename T>
-void GPT2<T>::refresh_working_copy() {
+void Transformer<T>::refresh_working_copy() {
   if constexpr (!std::is_same_v<T, M>) k_.cast_to_working(params_.data(), master_.data(), buffer_size_);
 }
 
 template <typename T>
-void GPT2<T>::init_random(uint64_t seed) {
+void Transformer<T>::init_random(uint64_t seed) {
   with_host_params([&](M* P) { init_random_into(P, seed); });
 }
 
 template <typename T>
-void GPT2<T>::init_random_into(M* P, uint64_t seed) {
+void Transformer<T>::init_random_into(M* P, uint64_t seed) {
   Rng rng(seed);
   const double residual_std = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
   std::fill(P, P + buffer_size_, M(0));
@@ -345,7 +345,7 @@ void GPT2<T>::init_random_into(M* P, uint64_t seed) {
 }
 
 template <typename T>
-void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, M* host_dst) {
+void Transformer<T>::load(const SafeTensorsReader& file, const std::string& prefix, M* host_dst) {
   if (!host_dst) return with_host_params([&](M* P) { load(file, prefix, P); });
   M* base = host_dst;
   std::map<std::string, std::string> names;
@@ -371,7 +371,7 @@ void GPT2<T>::load(const SafeTensorsReader& file, const std::string& prefix, M* 
 }
 
 template <typename T>
-std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const M* host_src) {
+std::vector<NamedTensor> Transformer<T>::gather_full(const std::string& prefix, const M* host_src) {
   std::vector<M> staged;
   if (!host_src && device_ != Device::CPU) {
     staged.resize(static_cast<size_t>(buffer_size_));
@@ -407,13 +407,13 @@ std::vector<NamedTensor> GPT2<T>::gather_full(const std::string& prefix, const M
 // ---- forward ----------------------------------------------------------------------------------------------
 
 template <typename T>
-void GPT2<T>::check_batch(int B, int T_) const {
+void Transformer<T>::check_batch(int B, int T_) const {
   AQ_ASSERT(B >= 1 && B <= max_batch_ && T_ >= 1 && T_ <= max_seq_len_, "batch ", B, "x", T_,
             " exceeds the planned ", max_batch_, "x", max_seq_len_);
 }
 
 template <typename T>
-void GPT2<T>::tp_all_reduce(T* data, int64_t n, const char* what) {
+void Transformer<T>::tp_all_reduce(T* data, int64_t n, const char* what) {
   if (tp_.size == 1) return;
   ProfileScope prof("tp all-reduce");
   trace::Span span(trace::Stream::TensorParallel, what);
@@ -424,14 +424,14 @@ void GPT2<T>::tp_all_reduce(T* data, int64_t n, const char* what) {
 }
 
 template <typename T>
-const int32_t* GPT2<T>::to_device(int32_t* slot, const int32_t* host, int64_t n) {
+const int32_t* Transformer<T>::to_device(int32_t* slot, const int32_t* host, int64_t n) {
   if (device_ == Device::CPU) return host;
   device_copy(slot, device_, host, Device::CPU, static_cast<size_t>(n) * sizeof(int32_t));
   return slot;
 }
 
 template <typename T>
-double GPT2<T>::mean_loss(int64_t N) {
+double Transformer<T>::mean_loss(int64_t N) {
   device_copy(losses_host_.data(), Device::CPU, losses_, device_, static_cast<size_t>(N) * sizeof(M));
   double sum = 0;
   for (int64_t i = 0; i < N; ++i) sum += static_cast<double>(losses_host_[static_cast<size_t>(i)]);
@@ -439,7 +439,7 @@ double GPT2<T>::mean_loss(int64_t N) {
 }
 
 template <typename T>
-const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
+const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
   check_batch(B, T_);
   const int32_t* inputs = to_device(inputs_, host_inputs, static_cast<int64_t>(B) * T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
@@ -495,8 +495,8 @@ const int32_t* GPT2<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_
 }
 
 template <typename T>
-void GPT2<T>::classifier_hook(void* self, M* data, int64_t n, int is_max) {
-  auto* m = static_cast<GPT2<T>*>(self);
+void Transformer<T>::classifier_hook(void* self, M* data, int64_t n, int is_max) {
+  auto* m = static_cast<Transformer<T>*>(self);
   ProfileScope prof("tp all-reduce");
   trace::Span span(trace::Stream::TensorParallel, is_max ? "vocab-parallel row max" : "vocab-parallel row sums");
   span.arg("bytes", static_cast<double>(n) * sizeof(M));
@@ -509,14 +509,14 @@ void GPT2<T>::classifier_hook(void* self, M* data, int64_t n, int is_max) {
 }
 
 template <typename T>
-void GPT2<T>::classifier(T* dx, M* dwte, const int32_t* targets, int64_t N) {
-  const ops::ReduceHook<M> hook{this, &GPT2<T>::classifier_hook};
+void Transformer<T>::classifier(T* dx, M* dwte, const int32_t* targets, int64_t N) {
+  const ops::ReduceHook<M> hook{this, &Transformer<T>::classifier_hook};
   k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.data() + wte_off_, targets, N, cfg_.n_embd,
                 Vl_, v0_, cfg_.vocab_size, classifier_chunk_, M(1) / static_cast<M>(N), tp_.size > 1 ? &hook : nullptr);
 }
 
 template <typename T>
-double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T_) {
+double Transformer<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T_) {
   forward_to_lnf(inputs, B, T_);
   const int64_t N = static_cast<int64_t>(B) * T_;
   classifier(nullptr, nullptr, to_device(targets_, targets, N), N);
@@ -524,7 +524,7 @@ double GPT2<T>::evaluate(const int32_t* inputs, const int32_t* targets, int B, i
 }
 
 template <typename T>
-void GPT2<T>::last_logits(const int32_t* tokens, int t, M* logits) {
+void Transformer<T>::last_logits(const int32_t* tokens, int t, M* logits) {
   AQ_CHECK(tp_.size == 1 && device_ == Device::CPU, "last_logits (generation) runs on a single CPU rank");
   if constexpr (std::is_same_v<T, M>) {  // a bf16 model lives on a GPU (checked at construction)
     forward_to_lnf(tokens, 1, t);
@@ -543,7 +543,7 @@ void GPT2<T>::last_logits(const int32_t* tokens, int t, M* logits) {
 // ---- backward ---------------------------------------------------------------------------------------------
 
 template <typename T>
-double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_,
+double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_,
                                   bool accumulate) {
   trace::Span forward_span(trace::Stream::Compute, "forward");
   const int32_t* inputs = forward_to_lnf(host_inputs, B, T_);
@@ -626,8 +626,8 @@ double GPT2<T>::forward_backward(const int32_t* host_inputs, const int32_t* host
   return mean_loss(N);
 }
 
-template class GPT2<float>;
-template class GPT2<double>;
-template class GPT2<bf16>;
+template class Transformer<float>;
+template class Transformer<double>;
+template class Transformer<bf16>;
 
 }  // namespace aq
