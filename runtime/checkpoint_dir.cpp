@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,9 +25,11 @@ namespace aq {
 namespace {
 
 constexpr const char* kFormat = "aqueduct-checkpoint";
+// The checkpoint ids of saves that --overwrite is removing (drop_saves): ignored from the moment the file exists.
+constexpr const char* kDroppedFile = ".dropped";
 constexpr int kFormatVersion = 1;
-// Hidden directories of a save in progress, of a save moved aside, of a save being removed.
-constexpr const char* kHidden[] = {".saving-", ".replaced-", ".removing-"};
+// What a writer leaves while it works: a save in progress, a save being removed, the temporary of .dropped.
+constexpr const char* kHidden[] = {".saving-", ".removing-", ".dropped.tmp."};
 
 bool is_dir(const std::string& p) {
   struct stat st {};
@@ -102,6 +103,20 @@ void remove_save_dir(const std::string& root, const std::string& name) {
   std::filesystem::remove_all(hidden, ec);
 }
 
+std::vector<std::string> dropped_ids(const std::string& root) {
+  std::ifstream in(root + "/" + kDroppedFile);
+  if (!in.good()) return {};
+  try {
+    return nlohmann::json::parse(in).get<std::vector<std::string>>();
+  } catch (const std::exception&) {
+    return {};  // written atomically, so only a foreign file: it drops nothing
+  }
+}
+
+bool is_dropped(const std::vector<std::string>& dropped, const std::string& id) {
+  return std::find(dropped.begin(), dropped.end(), id) != dropped.end();
+}
+
 }  // namespace
 
 std::string save_dir_name(int64_t step) {
@@ -112,17 +127,19 @@ std::string save_dir_name(int64_t step) {
 
 std::vector<SaveInfo> list_saves(const std::string& root) {
   std::vector<SaveInfo> saves;
+  const std::vector<std::string> dropped = dropped_ids(root);
   for (const std::string& name : entries_of(root)) {
     if (step_of_name(name) < 0 || !is_dir(root + "/" + name)) continue;
     try {
       const nlohmann::json m = read_manifest(root + "/" + name);
-      saves.push_back(SaveInfo{root + "/" + name, m["step"].get<int64_t>(), m["checkpoint_id"].get<std::string>(),
-                               m.value("run_id", std::string())});
+      SaveInfo info{root + "/" + name, m["step"].get<int64_t>(), m["checkpoint_id"].get<std::string>(),
+                    m.value("run_id", std::string())};
+      if (!is_dropped(dropped, info.checkpoint_id)) saves.push_back(std::move(info));
     } catch (const std::exception&) {
       // not a committed save (or a damaged one): check_save names the reason when it is asked to load it
     }
   }
-  std::sort(saves.begin(), saves.end(), [](const SaveInfo& a, const SaveInfo& b) { return a.step > b.step; });
+  std::stable_sort(saves.begin(), saves.end(), [](const SaveInfo& a, const SaveInfo& b) { return a.step > b.step; });
   return saves;
 }
 
@@ -178,8 +195,15 @@ CheckpointRef resolve_checkpoint(const std::string& path, const char* flag) {
     if (name.compare(0, std::strlen(kHidden[0]), kHidden[0]) == 0) ++interrupted;
   }
   std::sort(steps.rbegin(), steps.rend());
+  const std::vector<std::string> dropped = dropped_ids(root);
   std::string skipped;
   for (const auto& [step, name] : steps) {
+    try {  // dropped by an --overwrite run that died while removing it; a newer format is not "damaged"
+      const nlohmann::json m = read_manifest(root + "/" + name);
+      if (is_dropped(dropped, m["checkpoint_id"].get<std::string>())) continue;
+    } catch (const Error& e) {
+      AQ_CHECK(std::string(e.what()).find("newer Aqueduct") == std::string::npos, flag, " ", root, ": ", e.what());
+    }
     const std::string why = check_save(root + "/" + name);
     if (why.empty()) {
       const std::string dir = root + "/" + name;
@@ -189,7 +213,7 @@ CheckpointRef resolve_checkpoint(const std::string& path, const char* flag) {
     }
     skipped += str(skipped.empty() ? " " : "; ", name, ": ", why);
   }
-  AQ_CHECK(steps.empty(), flag, " ", root, " holds no intact save:", skipped,
+  AQ_CHECK(skipped.empty(), flag, " ", root, " holds no intact save:", skipped,
            "; restore one of them, or start a new run");
   if (is_file(root + "/" + kModelFile)) return CheckpointRef{root + "/" + kModelFile, "", ""};
   fail(str(flag, " ", root, " holds no checkpoint (no step-* saves, no ", kManifestFile, ", no ", kModelFile, ")",
@@ -225,70 +249,86 @@ std::string SaveWriter::commit(const std::string& checkpoint_id, const std::stri
   AtomicWriter out(file(kManifestFile));  // fsyncs the file and the directory it lands in
   out.write(text.data(), text.size());
   out.commit();
-  // Into place. A save of the same step already there (an abandoned timeline, or a save repeated after a resume)
-  // is swapped out atomically where the file system can (renameat2 RENAME_EXCHANGE), so the step is never absent.
   fault_point();
-  if (is_dir(final_)) {
-    const std::string aside = str(root_, "/.replaced-", save_dir_name(step_), ".", ::getpid());
-    if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_EXCHANGE) == 0) {
-      fault_point();
-      AQ_CHECK(::rename(tmp_.c_str(), aside.c_str()) == 0, "cannot move the replaced save ", tmp_,
-               " aside: ", std::strerror(errno));
-    } else {
-      AQ_CHECK(::rename(final_.c_str(), aside.c_str()) == 0, "cannot move the old save ", final_,
-               " aside: ", std::strerror(errno));
-      fault_point();
-      AQ_CHECK(::rename(tmp_.c_str(), final_.c_str()) == 0, "cannot rename ", tmp_, " to ", final_, ": ",
-               std::strerror(errno));
-    }
-    committed_ = true;
-    fault_point();
-    std::error_code ec;
-    std::filesystem::remove_all(aside, ec);
-  } else {
-    AQ_CHECK(::rename(tmp_.c_str(), final_.c_str()) == 0, "cannot rename ", tmp_, " to ", final_, ": ",
-             std::strerror(errno));
-    committed_ = true;
-  }
+  // Into place: the commit. No save of this step can be here (the guard drops or refuses every save later than the
+  // one resumed, and holds the lock), so one that is means another program wrote into the directory.
+  AQ_CHECK(!is_dir(final_), final_, " appeared while this run was saving step ", step_,
+           "; something else writes into this --save directory: save elsewhere");
+  AQ_CHECK(::rename(tmp_.c_str(), final_.c_str()) == 0, "cannot rename ", tmp_, " to ", final_, ": ",
+           std::strerror(errno));
+  committed_ = true;
   fault_point();
   fsync_dir(root_);
   return final_;
 }
 
-std::vector<std::string> prune_saves(const std::string& root, int64_t step, int keep, const std::string& run_id) {
+std::vector<std::string> prune_saves(const std::string& root, const std::string& committed, int keep,
+                                     const std::string& run_id) {
   std::vector<std::string> removed;
-  int kept = 0;
+  if (keep == 0) return removed;
+  int kept = 1;                                 // the save just committed
   for (const SaveInfo& s : list_saves(root)) {  // newest first
-    const bool ours = s.run_id == run_id && s.step <= step;
-    if (ours && (keep == 0 || kept < keep)) {
+    if (s.run_id != run_id || s.dir == committed) continue;
+    if (kept < keep) {
       ++kept;
       continue;
     }
-    const std::string name = s.dir.substr(root.size() + 1);
-    remove_save_dir(root, name);
+    remove_save_dir(root, s.dir.substr(root.size() + 1));
     removed.push_back(s.dir);
   }
   if (!removed.empty()) fsync_dir(root);
   return removed;
 }
 
-std::vector<std::string> remove_dead_saves(const std::string& root) {
-  std::vector<std::string> removed;
-  for (const std::string& name : entries_of(root)) {
-    if (std::none_of(std::begin(kHidden), std::end(kHidden),
-                     [&](const char* h) { return name.compare(0, std::strlen(h), h) == 0; }))
-      continue;
-    const size_t dot = name.find_last_of('.');
-    char* end = nullptr;
-    const long pid = dot == std::string::npos || dot == 0 ? 0 : std::strtol(name.c_str() + dot + 1, &end, 10);
-    if (pid <= 0 || *end != '\0') continue;
-    // A live process (or one we may not signal) might still be writing it: leave it.
-    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+void drop_saves(const std::string& root, const std::vector<SaveInfo>& saves) {
+  if (saves.empty()) return;
+  // First the list, atomically: from then on every reader ignores these saves, so a kill while they are being
+  // removed never lets a requeued --resume DIR pick one of them up. recover_saves() finishes the removal.
+  std::vector<std::string> ids;
+  for (const SaveInfo& s : saves) ids.push_back(s.checkpoint_id);
+  const std::string text = nlohmann::json(ids).dump() + "\n";
+  AtomicWriter out(root + "/" + kDroppedFile);
+  out.write(text.data(), text.size());
+  out.commit();
+  for (const SaveInfo& s : saves) remove_save_dir(root, s.dir.substr(root.size() + 1));
+  fault_point();
+  ::unlink((root + "/" + kDroppedFile).c_str());
+  fsync_dir(root);
+}
+
+std::vector<std::string> recover_saves(const std::string& root) {
+  std::vector<std::string> done;
+  // Saves an --overwrite run was dropping when it died.
+  const std::vector<std::string> dropped = dropped_ids(root);
+  if (!dropped.empty()) {
+    for (const std::string& name : entries_of(root)) {
+      if (step_of_name(name) < 0) continue;
+      try {
+        if (!is_dropped(dropped, read_manifest(root + "/" + name)["checkpoint_id"].get<std::string>())) continue;
+      } catch (const std::exception&) {
+        continue;
+      }
+      remove_save_dir(root, name);
+      done.push_back(str("removed ", root, "/", name, " (dropped by --overwrite)"));
+    }
+  }
+  ::unlink((root + "/" + kDroppedFile).c_str());
+  // Hidden directories: the caller holds the directory's lock, so whoever made them is gone (no pid is trusted:
+  // pids are reused, and in containers they repeat). A save is committed by its rename, so a hidden one is not a
+  // save, even when all its files are there: --resume has already taken the newest committed one.
+  std::vector<std::string> hidden;
+  for (const std::string& name : entries_of(root))
+    if (std::any_of(std::begin(kHidden), std::end(kHidden),
+                    [&](const char* h) { return name.compare(0, std::strlen(h), h) == 0; }))
+      hidden.push_back(name);
+  for (const std::string& name : hidden) {
     std::error_code ec;
     std::filesystem::remove_all(root + "/" + name, ec);
-    if (!ec) removed.push_back(root + "/" + name);
+    if (!ec)
+      done.push_back(str("removed ", root, "/", name, name[1] == 's' ? " (a save its writer did not finish)" : ""));
   }
-  return removed;
+  if (!done.empty()) fsync_dir(root);
+  return done;
 }
 
 }  // namespace aq

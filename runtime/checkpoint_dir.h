@@ -5,13 +5,14 @@
 //   DIR/step-00000120/state.safetensors   the training state (moments, step, data position, RNG, options, …)
 //   DIR/step-00000120/manifest.json       format, step, checkpoint and run ids, each file's size: written last
 //   DIR/.saving-step-00000120.<pid>/      a save being written; renamed to step-… once all of it is on disk
-//   DIR/.replaced-step-00000120.<pid>/    an older save of the same step moved aside while the new one lands
+//   DIR/.removing-step-00000100.<pid>/    an old save being removed (renamed first, so no half-removed save shows)
+//   DIR/.dropped                          ids of saves that --overwrite is removing (drop_saves)
 //   DIR/.lock                             the writer's lock (runtime/path_lock.h)
 //
 // Why a directory per save: the model and the state are two files, and no file system renames two files at
 // once. Written into a hidden directory, fsync'd, then renamed into place as one unit, a save is either all there
 // or not there at all, so at every instant of a save the newest complete save stays loadable, and a writer killed
-// anywhere leaves only a hidden directory that the next start removes (remove_dead_saves).
+// anywhere leaves hidden directories that the next run with --save DIR settles (recover_saves).
 #pragma once
 
 #include <cstdint>
@@ -70,7 +71,7 @@ class SaveWriter {
 
   std::string file(const char* name) const { return tmp_ + "/" + name; }
   // Writes the manifest (step, ids, the sizes of `files`), makes it durable, then renames the directory to
-  // ROOT/step-N (an existing save of that step is moved aside first and removed after). Returns the final path.
+  // ROOT/step-N and makes that durable. Returns the final path.
   std::string commit(const std::string& checkpoint_id, const std::string& run_id,
                      const std::vector<const char*>& files);
 
@@ -80,14 +81,21 @@ class SaveWriter {
   bool committed_ = false;
 };
 
-// After a commit: removes every save of another run (present only under --overwrite) and every save newer than
-// `step` (a timeline abandoned by resuming an older save), then keeps the newest `keep` saves of `run_id` (0 keeps
-// all). Returns the directories removed.
-std::vector<std::string> prune_saves(const std::string& root, int64_t step, int keep, const std::string& run_id);
+// After a commit: keeps the newest `keep` saves of `run_id` (0 keeps all), counting `committed` (the save just
+// made, never removed). Saves of other runs are not touched (guard: refused without --overwrite, dropped with it).
+// Returns the directories removed.
+std::vector<std::string> prune_saves(const std::string& root, const std::string& committed, int keep,
+                                     const std::string& run_id);
 
-// Removes the hidden directories (.saving-…, .replaced-…) whose writer (the pid in the name) is no longer alive
-// on this host. Call while holding the directory's lock. Returns what it removed.
-std::vector<std::string> remove_dead_saves(const std::string& root);
+// --overwrite: removes `saves` (another run's, or later ones of this run) so that no reader takes them up again,
+// even if the process dies half-way: their ids go into ROOT/.dropped (written atomically) before anything is
+// removed, and list_saves / resolve_checkpoint / recover_saves honour that list.
+void drop_saves(const std::string& root, const std::vector<SaveInfo>& saves);
+
+// Call at start while holding the directory's lock: finishes what a writer that died left. Saves listed in
+// ROOT/.dropped are removed, and every hidden directory (.saving-…, .removing-…). Returns one line per action, for
+// the log.
+std::vector<std::string> recover_saves(const std::string& root);
 
 // The directory name of a save: "step-00000120".
 std::string save_dir_name(int64_t step);

@@ -61,7 +61,8 @@ template <typename T>
 void Job<T>::load_state(const SafeTensorsReader& weights) {
   const std::string sp = state_path_for(cfg_.resume);
   AQ_CHECK(file_exists(sp), "--resume ", cfg_.resume, " needs its training state ", sp,
-           " (written by --save beside the model); to start a new run from these weights use --init-from");
+           " (a save of aq-train --save has it beside the model; this file has none, or its save is damaged); to ",
+           "start a new run from these weights use --init-from");
   SafeTensorsReader state(sp);
   const auto& wm = weights.metadata();
   const auto& sm = state.metadata();
@@ -111,22 +112,20 @@ void Job<T>::guard_save_path() {
   const auto kind = std::filesystem::status(root, ec).type();
   const bool ends_st = root.size() > 12 && root.compare(root.size() - 12, 12, ".safetensors") == 0;
   AQ_CHECK(kind != std::filesystem::file_type::regular && (kind == std::filesystem::file_type::directory || !ends_st),
-           "--save ", root, " names a file, but --save takes a checkpoint directory (each save is DIR/step-N/ with ",
-           kModelFile, ", ", kStateFile, " and ", kManifestFile, "); use e.g. --save ",
-           ends_st ? root.substr(0, root.size() - 12) : root + ".ckpt");
+           "--save ", root, kind == std::filesystem::file_type::regular ? " is a file" : " looks like a file name",
+           ", but --save takes a checkpoint directory (each save is DIR/step-N/ with ", kModelFile, ", ", kStateFile,
+           " and ", kManifestFile, "); use e.g. --save ", ends_st ? root.substr(0, root.size() - 12) : root + ".ckpt");
   if (kind == std::filesystem::file_type::not_found) {
     made_save_dir_ = ::mkdir(root.c_str(), 0755) == 0;
     AQ_CHECK(made_save_dir_ || errno == EEXIST, "cannot create the checkpoint directory ", root, ": ",
              std::strerror(errno), " (create its parent directory, or choose another --save)");
   }
-  AQ_CHECK(std::filesystem::is_directory(root, ec), "--save ", root, " is not a directory");
+  AQ_CHECK(std::filesystem::is_directory(root, ec), "--save ", root, " is not a directory",
+           ec ? str(" (", ec.message(), ")") : std::string(), "; choose a directory for the checkpoints");
   check_writable(root + "/.write-test", "checkpoint directory");
-  // One writer per directory; what a writer that died left behind is removed while we hold the lock.
+  // One writer per directory; what a writer that died left behind is settled while we hold the lock.
   save_lock_ = std::make_unique<PathLock>(root, "--save", root + "/.lock");
-  const std::vector<std::string> gone = remove_dead_saves(root);
-  if (!gone.empty())
-    log_info("removed ", gone.size(), " unfinished save(s) of a writer that died (", gone.front(),
-             gone.size() > 1 ? ", …" : "", ")");
+  for (const std::string& line : recover_saves(root)) log_info("--save ", root, ": ", line);
   // This run's id: a fresh one, or the resumed run's.
   run_id_ = new_checkpoint_id();
   int64_t resumed_step = -1;
@@ -136,17 +135,28 @@ void Job<T>::guard_save_path() {
     run_id_ = m.count("run_id") ? m.at("run_id") : m.count("checkpoint_id") ? m.at("checkpoint_id") : run_id_;
     resumed_step = resumed.metadata_int("step").value_or(-1);
   }
-  if (cfg_.overwrite) return;  // the other run's saves (and later ones of this run) go at the first save
+  // Saves this run must not leave for a later --resume DIR to take: another run's, and later ones of this run
+  // (a timeline abandoned by resuming an older save). Without --overwrite, intact ones are refused; damaged
+  // later ones of this run are dropped in any case.
+  std::vector<SaveInfo> drop;
   for (const SaveInfo& s : list_saves(root)) {  // newest first
+    if (s.run_id == run_id_ && s.step <= resumed_step) continue;
+    if (cfg_.overwrite || (s.run_id == run_id_ && !check_save(s.dir).empty())) {
+      drop.push_back(s);
+      continue;
+    }
     AQ_CHECK(s.run_id == run_id_, "--save ", root, " already holds saves of another run (newest: step ", s.step,
              "); continue that run with --resume ", root, ", save elsewhere, or pass --overwrite to replace them ",
-             "(they are removed at this run's first save)");
-    AQ_CHECK(s.step <= resumed_step || !check_save(s.dir).empty(), "--save ", root, " holds a later save of this run (",
-             s.dir, ") than the one resumed (step ", resumed_step, "); resume the newest with --resume ", root,
-             ", save elsewhere, or pass --overwrite to drop the later saves at this run's first save");
+             "(they are removed when this run starts)");
+    fail(str("--save ", root, " holds a later save of this run (", s.dir, ") than the one resumed (step ", resumed_step,
+             "); resume the newest with --resume ", root, ", save elsewhere, or pass --overwrite to ",
+             "drop the later saves"));
   }
+  drop_saves(root, drop);
+  if (!drop.empty())
+    log_info("--save ", root, ": removed ", drop.size(), " save(s) ", cfg_.overwrite ? "(--overwrite)" : "(damaged)",
+             ", newest ", drop.front().dir);
 }
-
 template <typename T>
 void Job<T>::save(const std::string& path) {
   // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
@@ -256,10 +266,15 @@ void Job<T>::save(const std::string& path) {
       SaveWriter save(path, opt_.step);
       write_safetensors(save.file(kStateFile), moments, state_meta);
       write_safetensors(save.file(kModelFile), params, meta);
-      save.commit(id, run_id_, {kModelFile, kStateFile});
-      const std::vector<std::string> pruned = prune_saves(path, opt_.step, cfg_.keep, run_id_);
-      if (!pruned.empty())
-        log_info("removed ", pruned.size(), " older save(s) (--keep ", cfg_.keep, "): ", pruned.back());
+      const std::string dir = save.commit(id, run_id_, {kModelFile, kStateFile});
+      // The save is complete: a failure to remove older ones is a warning, not a failed save.
+      try {
+        const std::vector<std::string> pruned = prune_saves(path, dir, cfg_.keep, run_id_);
+        if (!pruned.empty())
+          log_info("removed ", pruned.size(), " older save(s) (--keep ", cfg_.keep, "): ", pruned.back());
+      } catch (const std::exception& e) {
+        log_info("warning: saved ", dir, " but could not remove older saves: ", e.what());
+      }
     } catch (const std::exception& e) {  // any failure of the writer must reach every rank
       error = str("saving ", path, " failed: ", e.what());
     }

@@ -89,7 +89,7 @@ void resolve_checkpoint_flag(TrainConfig& cfg, ParallelContext& ctx) {
       const CheckpointRef ref = resolve_checkpoint(path, resume ? "--resume" : "--init-from");
       model = ref.model;
       chosen = ref.chosen;
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       error = e.what();
     }
   }
@@ -123,7 +123,7 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
       }
     } catch (const CommError&) {
       throw;
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {  // aq::Error, and anything else: every rank must reach the agreement
       error = e.what();
     }
     error = ctx.agree_on_failure(error);

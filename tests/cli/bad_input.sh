@@ -265,9 +265,9 @@ expect_fail save_unwritable 'cannot create the checkpoint directory /nonexistent
   "${RUN[@]}" --data "$DATA" --steps 1 --save /nonexistent_dir/x
 expect_fail save_parent_is_a_file 'cannot create the checkpoint directory .*text\.txt/x: Not a directory' 1 -- \
   "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/text.txt/x"
-expect_fail save_is_a_file 'names a file, but --save takes a checkpoint directory .* use e\.g\. --save .*text\.txt\.ckpt' 1 -- \
+expect_fail save_is_a_file 'is a file, but --save takes a checkpoint directory .* use e\.g\. --save .*text\.txt\.ckpt' 1 -- \
   "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/text.txt"
-expect_fail save_single_file_layout 'names a file, but --save takes a checkpoint directory .* use e\.g\. --save .*/model$' 1 -- \
+expect_fail save_single_file_layout 'looks like a file name, but --save takes a checkpoint directory .* use e\.g\. --save .*/model$' 1 -- \
   "${RUN[@]}" --data "$DATA" --steps 1 --save "$TMP/model.safetensors"
 expect_fail log_unwritable 'cannot write log to /nonexistent_dir/log\.jsonl' 1 -- \
   "${RUN[@]}" --data "$DATA" --steps 1 --log /nonexistent_dir/log.jsonl "${SAVE[@]}"

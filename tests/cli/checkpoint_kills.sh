@@ -45,6 +45,9 @@ EOF
 "${RUN[@]}" --save ref > ref.txt 2>&1 || { echo "FAIL setup: the uninterrupted run: $(tail -2 ref.txt)"; exit 1; }
 REF=$(sums ref/step-00000004) || { echo "FAIL setup: cannot read the reference save"; exit 1; }
 
+# The run id in a save's manifest.
+run_id_of() { sed -n 's/.*"run_id": "\(.*\)".*/\1/p' "$1/manifest.json" 2> /dev/null; }
+
 count_points() {  # FLAGS... → the number of fault points the run passes
   AQ_FAULT_KILL_AT=count "$@" 2>&1 >/dev/null | sed -n 's/^aq fault points: //p'
 }
@@ -63,12 +66,26 @@ trial() {
   if [[ $rc -ne 137 ]]; then
     why="expected the kill at point $k (exit 137), got exit $rc: $(tail -1 killed.txt)"
   else
+    # Once the drop has begun (DIR/.dropped written, or the other run's step 4 gone), no --resume DIR may take up
+    # one of the dropped saves again (a user continuing by hand, say).
+    if [[ -n $DROPPED_ID ]] && { [[ -f ck/.dropped ]] || [[ $(run_id_of ck/step-00000004 2> /dev/null) != "$DROPPED_ID" ]]; }; then
+      local pick
+      pick=$("${RUN[@]}" --resume ck 2>&1 | sed -n 's/.*newest intact save in ck: \(step-[0-9]*\).*/\1/p')
+      if [[ -n $pick && $(run_id_of "ck/$pick") == "$DROPPED_ID" ]]; then
+        why="--resume ck would take up ck/$pick, a save --overwrite had begun to drop"
+      fi
+    fi
     # Continue like a requeued job. A run killed after its final save has nothing left to do.
-    if [[ ! -d ck/step-00000004 ]] || ! grep -q '"step": 4' ck/step-00000004/manifest.json 2> /dev/null; then
-      local resume=()
-      compgen -G "ck/step-*" > /dev/null && resume=(--resume ck)
-      if ! "${RUN[@]}" "${resume[@]}" --save ck > cont.txt 2>&1; then
-        why="the continued run (${resume[*]:-fresh}) failed: $(grep -m1 'error' cont.txt || tail -1 cont.txt)"
+    if [[ -z $why ]] && ! grep -q "\"run_id\": \"$DONE_ID" ck/step-00000004/manifest.json 2> /dev/null; then
+      local cont=()
+      if [[ $TAG == fresh* ]]; then
+        cont=("${RUN[@]}" --save ck)
+        compgen -G "ck/step-*" > /dev/null && cont+=(--resume ck)
+      else
+        cont=("$@")
+      fi
+      if ! "${cont[@]}" > cont.txt 2>&1; then
+        why="the continued run (${cont[*]:${#RUN[@]}}) failed: $(grep -m1 'error' cont.txt || tail -1 cont.txt)"
       elif [[ -n $(find ck -mindepth 1 -maxdepth 1 -name '.*' -print -quit) ]]; then
         why="the continued run left $(find ck -mindepth 1 -maxdepth 1 -name '.*' | head -3 | tr '\n' ' ')behind"
       fi
@@ -86,17 +103,21 @@ trial() {
 # 1. A fresh run killed at each point of its four saves.
 fresh() { :; }
 N1=$(count_points "${RUN[@]}" --save count1)
-TAG="fresh run:"
+TAG="fresh run:" DONE_ID="" DROPPED_ID=""  # the run is complete once a step-4 save exists
 for ((k = 1; k <= N1; ++k)); do trial "$k" fresh "${RUN[@]}" --save ck; done
 
-# 2. Resuming step 2 of a complete run (every save kept) with --overwrite: its saves of steps 3 and 4 replace the
-#    existing ones.
+# 2. Resuming step 2 of the run with --overwrite, into a directory whose saves of steps 3 and 4 come from another
+#    run (another seed: different bytes, so taking one of them up again would show in the final checksums). They
+#    are dropped at the start (their ids listed in DIR/.dropped first, then removed). The continuation repeats
+#    the job's own command, as a requeue does; once step 4 is saved, step 2 is pruned and the run is complete.
 "${RUN[@]}" --save all --keep 0 > all.txt 2>&1 || { echo "FAIL setup: the run keeping every save: $(tail -2 all.txt)"; exit 1; }
-complete() { rm -rf ck && cp -r all ck; }
-complete
-N2=$(count_points "${RUN[@]}" --resume ck/step-00000002 --save ck --overwrite)
-TAG="replacing run:"
-for ((k = 1; k <= N2; ++k)); do trial "$k" complete "${RUN[@]}" --resume ck/step-00000002 --save ck --overwrite; done
+"${RUN[@]}" --save other --keep 0 --seed 7 > other.txt 2>&1 || { echo "FAIL setup: the other run: $(tail -2 other.txt)"; exit 1; }
+mixed() { rm -rf ck && mkdir ck && cp -r all/step-00000001 all/step-00000002 other/step-00000003 other/step-00000004 ck/; }
+REPLACE=("${RUN[@]}" --resume ck/step-00000002 --save ck --overwrite)
+mixed
+N2=$(count_points "${REPLACE[@]}")
+TAG="replacing run:" DONE_ID=$(run_id_of all/step-00000002) DROPPED_ID=$(run_id_of other/step-00000004)  # complete: a step-4 save of this run
+for ((k = 1; k <= N2; ++k)); do trial "$k" mixed "${REPLACE[@]}"; done
 
 echo "kill points: $N1 in a fresh run, $N2 in a run replacing saves; $trials trials, $failed failed"
 [[ $N1 -gt 0 && $N2 -gt 0 && $((N1 + N2)) -ge 200 ]] || { echo "FAIL: too few kill points ($N1 + $N2 < 200)"; exit 1; }

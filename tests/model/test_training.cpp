@@ -301,14 +301,15 @@ TEST_F(Training, CheckpointPathGuard) {
   TrainConfig other = a;
   other.overwrite = true;
   EXPECT_EQ(train(other, comm_).steps.size(), 2u);
-  ASSERT_EQ(list_saves(a.save).size(), 1u);  // the other run's saves were removed at the first save
+  ASSERT_EQ(list_saves(a.save).size(), 1u);  // the other run's saves were removed at the start
   EXPECT_EQ(list_saves(a.save)[0].step, 2);
   // A file, or a name in the single-file layout.
   TrainConfig junk = a;
   junk.save = dir_ + "/junk.bin";
   { std::ofstream(junk.save) << "not a directory"; }
-  refused(junk, "names a file, but --save takes a checkpoint directory");
+  refused(junk, "is a file, but --save takes a checkpoint directory");
   junk.save = dir_ + "/model.safetensors";
+  refused(junk, "looks like a file name, but --save takes a checkpoint directory");
   refused(junk, "use e.g. --save " + dir_ + "/model");
   // A live writer holds the directory: refused with its pid; the lock file goes away with its holder.
   {
@@ -316,21 +317,27 @@ TEST_F(Training, CheckpointPathGuard) {
     refused(a, str("is being written by another run (pid ", ::getpid(), " on host "));
   }
   EXPECT_FALSE(fs::exists(a.save + "/.lock"));
-  // The unfinished save of a writer that died is removed at the next start (a pid that is not running: the
-  // first child's, after it exited); a live process's (our parent's) is kept.
-  const pid_t child = ::fork();
-  if (child == 0) ::_exit(0);
-  ::waitpid(child, nullptr, 0);
-  const std::string dead = str(a.save, "/.saving-step-00000009.", child);
-  const std::string live = str(a.save, "/.saving-step-00000009.", ::getppid());
-  for (const std::string& d : {dead, live}) {
+  // What writers that died left is removed at the next start, whoever they were (the lock is held, so no pid is
+  // asked): a hidden save is not committed even when all its files are there.
+  namespace fs = std::filesystem;
+  const std::string two = a.save + "/step-00000002";
+  const std::string complete = a.save + "/.saving-step-00000003.12345", unfinished = a.save + "/.saving-step-00000009.1",
+                    removing = str(a.save, "/.removing-step-00000001.", ::getpid());
+  fs::copy(two, complete);
+  for (const std::string& d : {unfinished, removing}) {
     fs::create_directories(d);
     std::ofstream(d + "/model.safetensors") << "half a model";
   }
-  train(other, comm_);
-  EXPECT_FALSE(fs::exists(dead));
-  EXPECT_TRUE(fs::exists(live));
-  fs::remove_all(live);
+  EXPECT_EQ(recover_saves(a.save).size(), 3u);
+  EXPECT_TRUE(check_save(two).empty()) << check_save(two);
+  for (const std::string& d : {complete, unfinished, removing}) EXPECT_FALSE(fs::exists(d)) << d;
+  // A list of saves being dropped by --overwrite: ignored by readers at once, removed at the next start.
+  { std::ofstream(a.save + "/.dropped") << "[\"" << list_saves(a.save).at(0).checkpoint_id << "\"]"; }
+  EXPECT_TRUE(list_saves(a.save).empty());
+  test::expect_error([&] { resolve_checkpoint(a.save, "--resume"); }, {"holds no checkpoint"});
+  recover_saves(a.save);
+  EXPECT_FALSE(fs::exists(two));
+  EXPECT_FALSE(fs::exists(a.save + "/.dropped"));
 }
 
 TEST_F(Training, ResumeRefusesMalformedStateMetadata) {
