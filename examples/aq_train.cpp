@@ -8,10 +8,11 @@
 #include <algorithm>
 
 #include "examples/main_guard.h"
+#include "ops/plugin_loader.h"
 #include "parallel/trace_session.h"
-#include "train/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/log.h"
+#include "train/trainer.h"
 
 int main(int argc, char** argv) {
   aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
@@ -44,7 +45,8 @@ int main(int argc, char** argv) {
   app.add_option("--grad-accum", cfg.grad_accum,
                  "Micro-batches of --batch sequences per optimizer step (gradient accumulation)")
       ->capture_default_str();
-  app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")->capture_default_str();
+  app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")
+      ->capture_default_str();
   app.add_option("--lr", cfg.schedule.lr, "Peak learning rate")->capture_default_str();
   app.add_option("--lr-schedule", cfg.schedule.kind, "constant | cosine (linear warmup, cosine decay to --min-lr)")
       ->capture_default_str();
@@ -61,7 +63,8 @@ int main(int argc, char** argv) {
   app.add_option("--save", cfg.save, "Write the model (safetensors) here at the end, plus FILE.state");
   app.add_flag("--overwrite", cfg.overwrite,
                "Let a fresh run replace a checkpoint of another run at --save (refused otherwise)");
-  app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")->capture_default_str();
+  app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")
+      ->capture_default_str();
   app.add_option("--eval-every", cfg.eval_every, "Validation loss every N steps (and at the end)")
       ->capture_default_str();
   app.add_option("--eval-batches", cfg.eval_batches, "Batches per validation")->capture_default_str();
@@ -115,6 +118,11 @@ int main(int argc, char** argv) {
                  "on | off | auto (on with --wan-compress): carry what compression dropped into the next step")
       ->capture_default_str();
 
+  std::vector<std::string> plugins;
+  app.add_option("--plugin", plugins,
+                 "Load an operator plugin (.so) at start-up; repeatable. AQ_PLUGIN_PATH (':'-separated .so files or "
+                 "directories) is loaded first")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   std::string trace_path, trace_steps = "2:4";
   app.add_option("--trace", trace_path,
                  "Write a timeline of every rank to FILE.json (Chrome trace; open in https://ui.perfetto.dev)");
@@ -123,6 +131,9 @@ int main(int argc, char** argv) {
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   bool by_signal = false;
   const int code = aq::run_main("aq-train", app, argc, argv, ctx, [&] {
+    // Plugins first: their operators must be declared before anything builds a model from them.
+    for (const aq::ops::LoadedPlugin& p : aq::ops::load_plugins(plugins))
+      aq::log_info("plugin ", p.path, ": ", p.name, " ", p.version, ", ", p.ops.size(), " operator(s)");
     cfg.given.emplace();  // which flags were given: --resume restores the saved run's other options
     for (const CLI::Option* opt : app.get_options())
       if (opt->count()) cfg.given->insert(opt->get_name());
