@@ -110,9 +110,9 @@ const LoadedPlugin& load_plugin(const std::string& path, OpRegistry& r) {
     OpDef def = r.convert(*d, path, label, info.cuda_archs, nullptr);
     AQ_CHECK(names.insert(def.name).second, "plugin ", path, " declares operator \"", def.name,
              "\" twice; give each op its own name");
-    r.check_new(def.name, path);
     defs.push_back(std::move(def));
   }
+  for (const OpDef& d : defs) r.check_new(d.name, path);
   for (OpDef& d : defs) {
     info.ops.push_back(d.name);
     r.add(std::move(d));
