@@ -29,6 +29,11 @@ function(aq_add_plugin name)
     set_target_properties(${name} PROPERTIES CUDA_ARCHITECTURES "${AQP_CUDA_ARCHITECTURES}")
   endif()
   if(CMAKE_SYSTEM_NAME STREQUAL "Linux")
-    target_link_options(${name} PRIVATE "LINKER:--no-undefined")
+    # A version script keeps even the standard library's template instantiations (which libstdc++ marks
+    # visibility default) out of the dynamic symbol table: the entry point is the plugin's only export.
+    set(map "${CMAKE_CURRENT_BINARY_DIR}/${name}.aq_plugin.map")
+    file(WRITE "${map}" "{ global: aq_plugin_init; local: *; };\n")
+    target_link_options(${name} PRIVATE "LINKER:--no-undefined" "LINKER:--version-script=${map}")
+    set_property(TARGET ${name} APPEND PROPERTY LINK_DEPENDS "${map}")
   endif()
 endfunction()

@@ -85,7 +85,7 @@ struct OpDef {
   std::vector<KernelEntry> kernels;
   std::vector<ShardingRule> sharding;
   TypedKernels typed;      // built-ins only
-  std::string origin;      // "built-in" or the plugin's path
+  std::string origin;      // "built-in" or "plugin PATH"
   std::string plugin;      // the plugin's name and version ("" for built-ins)
   std::string cuda_archs;  // as the plugin declared them ("" when it declares none)
 

@@ -107,12 +107,12 @@ const LoadedPlugin& load_plugin(const std::string& path, OpRegistry& r) {
   for (int32_t i = 0; i < pl->n_ops; ++i) {
     const AqOpDef* d = reinterpret_cast<const AqOpDef*>(reinterpret_cast<const char*>(pl->ops) +
                                                         static_cast<size_t>(i) * pl->ops->struct_size);
-    OpDef def = r.convert(*d, path, label, info.cuda_archs, nullptr);
+    OpDef def = r.convert(*d, "plugin " + path, label, info.cuda_archs, nullptr);
     AQ_CHECK(names.insert(def.name).second, "plugin ", path, " declares operator \"", def.name,
              "\" twice; give each op its own name");
     defs.push_back(std::move(def));
   }
-  for (const OpDef& d : defs) r.check_new(d.name, path);
+  for (const OpDef& d : defs) r.check_new(d.name, d.origin);
   for (OpDef& d : defs) {
     info.ops.push_back(d.name);
     r.add(std::move(d));

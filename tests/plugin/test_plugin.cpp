@@ -225,7 +225,7 @@ void expect_refused(const char* path, const std::vector<std::string>& parts, con
   EXPECT_EQ(OpRegistry::instance().list().size(), before) << "a refused plugin left operators behind";
   if (op) {
     const ops::OpDef* d = OpRegistry::instance().find(op);
-    EXPECT_TRUE(d == nullptr || d->origin != path) << op << " was registered by a refused plugin";
+    EXPECT_TRUE(d == nullptr || d->origin != std::string("plugin ") + path) << op << " was registered by a refused plugin";
   }
 }
 
