@@ -61,8 +61,7 @@ static const AqKernel scale_kernels[1] = {
     {sizeof(AqKernel), AQ_DEVICE_CPU, AQ_DTYPE_F64, scale_forward, scale_backward, NULL}};
 #endif
 static const int32_t split_any[1] = {AQ_SBP_SPLIT_ANY};
-static const AqShardingRule scale_rules[1] = {
-    {sizeof(AqShardingRule), "elementwise", split_any, split_any, split_any}};
+static const AqShardingRule scale_rules[1] = {{sizeof(AqShardingRule), "elementwise", split_any, split_any, split_any}};
 
 #if defined(DUPLICATE_NAME)
 #define OP_NAME "myorg::squared_relu"
@@ -78,9 +77,11 @@ static const AqShardingRule scale_rules[1] = {
 #define OPDEF_SIZE sizeof(AqOpDef)
 #endif
 
-#define SCALE_OP                                                                                         \
-  {OPDEF_SIZE,    OP_NAME,     1, "y = alpha x", scale_inputs, 1, scale_outputs, 1, scale_attrs, 1,      \
-   scale_shape,   NULL,        &scale_backward_spec,          scale_kernels, 1, scale_rules, 1}
+#define SCALE_OP                                                                                                 \
+  {                                                                                                              \
+    OPDEF_SIZE, OP_NAME, 1, "y = alpha x", scale_inputs, 1, scale_outputs, 1, scale_attrs, 1, scale_shape, NULL, \
+        &scale_backward_spec, scale_kernels, 1, scale_rules, 1                                                   \
+  }
 
 #ifdef TWICE
 static const AqOpDef ops[2] = {SCALE_OP, SCALE_OP};

@@ -10,9 +10,9 @@
 #include <set>
 
 #include "ops/gelu/gelu.h"
-#include "ops/softmax_xent/softmax_xent.h"
 #include "ops/op_def.h"
 #include "ops/plugin_loader.h"
+#include "ops/softmax_xent/softmax_xent.h"
 #include "tests/test_util.h"
 
 namespace aq {
@@ -44,9 +44,8 @@ TEST(OpDefs, EveryTypedKernelBelongsToADeclaredOp) {
     EXPECT_TRUE(claimed.count(name)) << "typed kernel " << k
                                      << " belongs to no operator declared in ops/builtin_ops.cpp";
   }
-  for (const char* family :
-       {"aq::embedding", "aq::layernorm", "aq::matmul", "aq::attention", "aq::gelu", "aq::softmax_xent",
-        "aq::classifier", "aq::adamw", "aq::sum_squares"})
+  for (const char* family : {"aq::embedding", "aq::layernorm", "aq::matmul", "aq::attention", "aq::gelu",
+                             "aq::softmax_xent", "aq::classifier", "aq::adamw", "aq::sum_squares"})
     EXPECT_NE(OpRegistry::instance().find(family), nullptr) << family;
 }
 
@@ -54,8 +53,9 @@ TEST(OpDefs, TypedFastPathUnchanged) {
   // The model's path: Registry::find<Fn> returns the kernel itself, and it computes what it did.
   auto* f = ops::Registry::instance().find<ops::Gelu<double>::Forward>("gelu_forward", Device::CPU, DType::F64);
   EXPECT_EQ(f, &ops::gelu_forward_cpu<double>);
-  expect_error([] { ops::Registry::instance().find<ops::Gelu<float>::Forward>("gelu_forward", Device::CPU, DType::F64); },
-               {"different signature"});
+  expect_error(
+      [] { ops::Registry::instance().find<ops::Gelu<float>::Forward>("gelu_forward", Device::CPU, DType::F64); },
+      {"different signature"});
 }
 
 TEST(OpDefs, BuiltinShapeFunctions) {
@@ -68,8 +68,8 @@ TEST(OpDefs, BuiltinShapeFunctions) {
   const auto ln16 = r.infer("aq::layernorm", DType::BF16,
                             {desc(DType::BF16, {5, 7}), desc(DType::BF16, {7}), desc(DType::BF16, {7})}, {});
   EXPECT_EQ(ln16.dtypes, (std::vector<DType>{DType::BF16, DType::F32, DType::F32}));  // statistics in master
-  const auto mm = r.infer("aq::matmul", DType::F32,
-                          {desc(DType::F32, {11, 6}), desc(DType::F32, {6, 9}), Tensor()}, {});  // no bias
+  const auto mm = r.infer("aq::matmul", DType::F32, {desc(DType::F32, {11, 6}), desc(DType::F32, {6, 9}), Tensor()},
+                          {});  // no bias
   EXPECT_EQ(mm.shapes.at(0), (Shape{11, 9}));
   const auto at = r.infer("aq::attention", DType::F32, {desc(DType::F32, {2, 5, 3 * 12})}, {AttrValue::integer(3)});
   EXPECT_EQ(at.shapes, (std::vector<Shape>{{2, 5, 12}, {2, 3, 5}}));
@@ -77,12 +77,22 @@ TEST(OpDefs, BuiltinShapeFunctions) {
                           {desc(DType::F32, {9, 4}), desc(DType::F32, {33, 4}), desc(DType::I32, {9})},
                           {AttrValue::integer(0), AttrValue::integer(33), AttrValue::integer(3), AttrValue::real(0.1)});
   EXPECT_EQ(cl.workspace_bytes, ops::classifier_scratch_bytes<float>(3, 33));
-  expect_error([&] { r.infer("aq::matmul", DType::F32, {desc(DType::F32, {11, 6}), desc(DType::F32, {7, 9}), Tensor()}, {}); },
-               {"aq::matmul", "inner sizes 6 and 7 differ"});
-  expect_error([&] { r.infer("aq::layernorm", DType::F32, {desc(DType::F64, {3, 4}), desc(DType::F32, {4}), desc(DType::F32, {4})}, {}); },
-               {"input \"inp\" is F64", "takes F32"});
-  expect_error([&] { r.infer("aq::attention", DType::F32, {desc(DType::F32, {2, 5, 36})}, {AttrValue::integer(5)}); },
-               {"not divisible by n_head = 5"});
+  expect_error(
+      [&] {
+        r.infer("aq::matmul", DType::F32, {desc(DType::F32, {11, 6}), desc(DType::F32, {7, 9}), Tensor()}, {});
+      },
+      {"aq::matmul", "inner sizes 6 and 7 differ"});
+  expect_error(
+      [&] {
+        r.infer("aq::layernorm", DType::F32, {desc(DType::F64, {3, 4}), desc(DType::F32, {4}), desc(DType::F32, {4})},
+                {});
+      },
+      {"input \"inp\" is F64", "takes F32"});
+  expect_error(
+      [&] {
+        r.infer("aq::attention", DType::F32, {desc(DType::F32, {2, 5, 36})}, {AttrValue::integer(5)});
+      },
+      {"not divisible by n_head = 5"});
   expect_error([&] { r.get("myorg::nothing"); }, {"no operator \"myorg::nothing\"", "aq::layernorm", "--plugin"});
 }
 
@@ -135,8 +145,8 @@ void check_squared_relu(double tol) {
   const DType dt = dtype_of<T>();
   auto& r = OpRegistry::instance();
   r.forward("myorg::squared_relu", {Tensor(x.data(), dt, s)}, {Tensor(y.data(), dt, s)}, {});
-  r.backward("myorg::squared_relu", {Tensor(x.data(), dt, s)}, {Tensor(dy.data(), dt, s)},
-             {Tensor(dx.data(), dt, s)}, {});
+  r.backward("myorg::squared_relu", {Tensor(x.data(), dt, s)}, {Tensor(dy.data(), dt, s)}, {Tensor(dx.data(), dt, s)},
+             {});
   for (size_t i = 0; i < n; ++i) {
     const double xi = static_cast<double>(x[i]);  // the reference sees the rounded input
     const double want_y = xi > 0 ? xi * xi : 0.0;
@@ -185,15 +195,31 @@ TEST_F(SquaredRelu, GenericCallPathChecksItsArguments) {
   auto& r = OpRegistry::instance();
   std::vector<float> x(6), y(6);
   std::vector<double> yd(6);
-  expect_error([&] { r.forward("myorg::squared_relu", {Tensor(x.data(), DType::F32, {2, 3})}, {Tensor(y.data(), DType::F32, {3, 2})}, {}); },
-               {"output \"y\" is F32 [3, 2]", "the shape function says F32 [2, 3]"});
-  expect_error([&] { r.forward("myorg::squared_relu", {Tensor(x.data(), DType::F32, {2, 3})}, {Tensor(yd.data(), DType::F64, {2, 3})}, {}); },
-               {"output \"y\" is F64"});
+  expect_error(
+      [&] {
+        r.forward("myorg::squared_relu", {Tensor(x.data(), DType::F32, {2, 3})}, {Tensor(y.data(), DType::F32, {3, 2})},
+                  {});
+      },
+      {"output \"y\" is F32 [3, 2]", "the shape function says F32 [2, 3]"});
+  expect_error(
+      [&] {
+        r.forward("myorg::squared_relu", {Tensor(x.data(), DType::F32, {2, 3})},
+                  {Tensor(yd.data(), DType::F64, {2, 3})}, {});
+      },
+      {"output \"y\" is F64"});
   std::vector<uint16_t> b(6), by(6);
-  expect_error([&] { r.forward("myorg::squared_relu", {Tensor(b.data(), DType::BF16, {6})}, {Tensor(by.data(), DType::BF16, {6})}, {}); },
-               {"has no kernel on cpu for BF16"});
-  expect_error([&] { r.forward("myorg::squared_relu", {Tensor(x.data(), DType::F32, {6})}, {Tensor(y.data(), DType::F32, {6})}, {AttrValue::real(1)}); },
-               {"takes 0 attributes, 1 given"});
+  expect_error(
+      [&] {
+        r.forward("myorg::squared_relu", {Tensor(b.data(), DType::BF16, {6})}, {Tensor(by.data(), DType::BF16, {6})},
+                  {});
+      },
+      {"has no kernel on cpu for BF16"});
+  expect_error(
+      [&] {
+        r.forward("myorg::squared_relu", {Tensor(x.data(), DType::F32, {6})}, {Tensor(y.data(), DType::F32, {6})},
+                  {AttrValue::real(1)});
+      },
+      {"takes 0 attributes, 1 given"});
 }
 
 // ---- a plugin in plain C ----------------------------------------------------------------------------------
@@ -211,8 +237,12 @@ TEST(CPlugin, LoadsAndComputes) {
              {AttrValue::real(-0.5)});
   EXPECT_EQ(dx, (std::vector<double>{-0.5, -0.5, -1.0}));
   // A kernel's own error comes back as one line naming the op and the plugin.
-  expect_error([&] { r.forward("cdemo::scale", {Tensor(x.data(), DType::F64, {3})}, {Tensor(y.data(), DType::F64, {3})}, {AttrValue::real(std::nan(""))}); },
-               {"cdemo::scale (", "forward failed: cdemo::scale: alpha is NaN"});
+  expect_error(
+      [&] {
+        r.forward("cdemo::scale", {Tensor(x.data(), DType::F64, {3})}, {Tensor(y.data(), DType::F64, {3})},
+                  {AttrValue::real(std::nan(""))});
+      },
+      {"cdemo::scale (", "forward failed: cdemo::scale: alpha is NaN"});
 }
 
 // ---- refusals ---------------------------------------------------------------------------------------------
@@ -225,7 +255,8 @@ void expect_refused(const char* path, const std::vector<std::string>& parts, con
   EXPECT_EQ(OpRegistry::instance().list().size(), before) << "a refused plugin left operators behind";
   if (op) {
     const ops::OpDef* d = OpRegistry::instance().find(op);
-    EXPECT_TRUE(d == nullptr || d->origin != std::string("plugin ") + path) << op << " was registered by a refused plugin";
+    EXPECT_TRUE(d == nullptr || d->origin != std::string("plugin ") + path)
+        << op << " was registered by a refused plugin";
   }
 }
 
