@@ -3,9 +3,9 @@
 // Each family of ops/ is declared here with the same builder a plugin author uses (include/aqueduct/
 // op_plugin.hpp) and enters the registry through the same validation (OpRegistry::add_abi). Its kernels stay
 // where ops/register_builtin.cpp put them, in the typed table; the declaration names them (forward, backward,
-// fused variants), and tests/ops/test_op_registry.cpp fails when a typed kernel belongs to no declared op, so
-// a kernel registered without its declaration is caught. Shapes: (N,C) means rows × channels as in the
-// family's header; T is the kernel's dtype, M its master type (float for bf16).
+// fused variants), and tests/plugin/test_plugin.cpp (OpDefs.EveryTypedKernelBelongsToADeclaredOp) fails when a typed
+// kernel belongs to no declared op, so a kernel registered without its declaration is caught. Shapes: (N,C) means rows
+// × channels as in the family's header; T is the kernel's dtype, M its master type (float for bf16).
 #include "aqueduct/op_plugin.hpp"
 #include "ops/op_def.h"
 #include "ops/softmax_xent/softmax_xent.h"

@@ -21,8 +21,8 @@ const T* element(const T* base, int32_t i) {
 
 template <typename T>
 void check_size(const T* p, const char* type, const std::string& where) {
-  AQ_CHECK(p->struct_size >= sizeof(T), where, ": ", type, ".struct_size is ", p->struct_size, " bytes, operator ABI ",
-           AQ_OP_ABI_MAJOR, ".", AQ_OP_ABI_MINOR, " needs at least ", sizeof(T),
+  AQ_CHECK(p->struct_size >= abi_required_size<T>(), where, ": ", type, ".struct_size is ", p->struct_size,
+           " bytes, operator ABI ", AQ_OP_ABI_MAJOR, ".x needs at least ", abi_required_size<T>(),
            "; rebuild the plugin against Aqueduct's installed headers");
 }
 

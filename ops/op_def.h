@@ -14,6 +14,7 @@
 // with tensor views (the generic path), since no C++ type can cross a dlopen boundary reliably.
 #pragma once
 
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <string>
@@ -99,6 +100,25 @@ struct ShapeResult {
   std::vector<Shape> shapes;
   uint64_t workspace_bytes = 0;
 };
+
+// The smallest struct_size accepted for each ABI struct: the end of its last field in release <major>.0. When a
+// minor release appends fields these stay as they are, and the appended fields are read only when a plugin's
+// struct_size covers them — so plugins of every minor of the major load.
+template <typename T>
+constexpr size_t abi_required_size();
+#define AQ_ABI_REQUIRED(T, last)                \
+  template <>                                   \
+  constexpr size_t abi_required_size<T>() {     \
+    return offsetof(T, last) + sizeof(T::last); \
+  }
+AQ_ABI_REQUIRED(AqPlugin, cuda_archs)
+AQ_ABI_REQUIRED(AqOpDef, n_sharding)
+AQ_ABI_REQUIRED(AqTensorSpec, flags)
+AQ_ABI_REQUIRED(AqAttrSpec, doc)
+AQ_ABI_REQUIRED(AqKernel, user)
+AQ_ABI_REQUIRED(AqBackwardSpec, recomputed)
+AQ_ABI_REQUIRED(AqShardingRule, input_grads)
+#undef AQ_ABI_REQUIRED
 
 // Formats a placement: "S(0)", "S(any)", "B", "P", "-".
 std::string sbp_str(int32_t sbp);

@@ -86,9 +86,9 @@ const LoadedPlugin& load_plugin(const std::string& path, OpRegistry& r) {
            " (plugins of major ", AQ_OP_ABI_MAJOR, " load); ",
            pl->abi_major > AQ_OP_ABI_MAJOR ? "upgrade Aqueduct or rebuild the plugin against this one's headers"
                                            : "rebuild the plugin against this Aqueduct's installed headers");
-  AQ_CHECK(pl->struct_size >= sizeof(AqPlugin), "plugin ", path, ": AqPlugin.struct_size is ", pl->struct_size,
-           " bytes, operator ABI ", AQ_OP_ABI_MAJOR, ".", AQ_OP_ABI_MINOR, " needs at least ", sizeof(AqPlugin),
-           "; rebuild the plugin against Aqueduct's installed headers");
+  AQ_CHECK(pl->struct_size >= abi_required_size<AqPlugin>(), "plugin ", path, ": AqPlugin.struct_size is ",
+           pl->struct_size, " bytes, operator ABI ", AQ_OP_ABI_MAJOR, ".x needs at least ",
+           abi_required_size<AqPlugin>(), "; rebuild the plugin against Aqueduct's installed headers");
   AQ_CHECK(pl->n_ops >= 0 && (pl->n_ops == 0 || pl->ops), "plugin ", path, " declares ", pl->n_ops,
            " operators but gives no array");
 

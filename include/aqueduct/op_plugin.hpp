@@ -191,6 +191,10 @@ class OpBuilder {
              std::to_string(r.outputs.size()) + " outputs and " + std::to_string(r.input_grads.size()) +
              " input gradients; the op has " + std::to_string(inputs_.size()) + " inputs and " +
              std::to_string(outputs_.size()) + " outputs");
+    c_attrs_.clear();  // build() may run again after more declarations: start the C view afresh
+    c_kernels_.clear();
+    c_rules_.clear();
+    saved_.clear();
     c_inputs_ = specs(inputs_);
     c_outputs_ = specs(outputs_);
     for (const Attr& a : attrs_) c_attrs_.push_back({sizeof(AqAttrSpec), a.name.c_str(), a.type, a.doc.c_str()});

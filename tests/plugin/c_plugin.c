@@ -9,7 +9,9 @@
  *   DUPLICATE_NAME     declares myorg::squared_relu, which examples/custom_op already declares
  *   TWICE              declares cdemo::scale twice
  *   AQ_NAMESPACE       declares an op in Aqueduct's own namespace
- *   INIT_FAILS         aq_plugin_init returns an error with a message */
+ *   INIT_FAILS         aq_plugin_init returns an error with a message
+ * and one that loads: CUDA_ARCHS, a plugin declaring a CUDA kernel and the architectures it carries (the entry
+ * is never called here; the test checks what the host records and aq-op inspect prints). */
 #include <stddef.h>
 #include <string.h>
 
@@ -56,15 +58,24 @@ static const AqAttrSpec scale_attrs[1] = {{sizeof(AqAttrSpec), "alpha", AQ_ATTR_
 static const AqBackwardSpec scale_backward_spec = {sizeof(AqBackwardSpec), NULL, 0, NULL};
 #ifdef NO_BACKWARD_KERNEL
 static const AqKernel scale_kernels[1] = {{sizeof(AqKernel), AQ_DEVICE_CPU, AQ_DTYPE_F64, scale_forward, NULL, NULL}};
+#define N_KERNELS 1
+#elif defined(CUDA_ARCHS)
+static const AqKernel scale_kernels[2] = {
+    {sizeof(AqKernel), AQ_DEVICE_CPU, AQ_DTYPE_F64, scale_forward, scale_backward, NULL},
+    {sizeof(AqKernel), AQ_DEVICE_CUDA, AQ_DTYPE_F32, scale_forward, scale_backward, NULL}};
+#define N_KERNELS 2
 #else
 static const AqKernel scale_kernels[1] = {
     {sizeof(AqKernel), AQ_DEVICE_CPU, AQ_DTYPE_F64, scale_forward, scale_backward, NULL}};
+#define N_KERNELS 1
 #endif
 static const int32_t split_any[1] = {AQ_SBP_SPLIT_ANY};
 static const AqShardingRule scale_rules[1] = {{sizeof(AqShardingRule), "elementwise", split_any, split_any, split_any}};
 
 #if defined(DUPLICATE_NAME)
 #define OP_NAME "myorg::squared_relu"
+#elif defined(CUDA_ARCHS)
+#define OP_NAME "cdemo::scale_cuda"
 #elif defined(AQ_NAMESPACE)
 #define OP_NAME "aq::scale"
 #else
@@ -80,7 +91,7 @@ static const AqShardingRule scale_rules[1] = {{sizeof(AqShardingRule), "elementw
 #define SCALE_OP                                                                                                 \
   {                                                                                                              \
     OPDEF_SIZE, OP_NAME, 1, "y = alpha x", scale_inputs, 1, scale_outputs, 1, scale_attrs, 1, scale_shape, NULL, \
-        &scale_backward_spec, scale_kernels, 1, scale_rules, 1                                                   \
+        &scale_backward_spec, scale_kernels, N_KERNELS, scale_rules, 1                                           \
   }
 
 #ifdef TWICE
@@ -103,7 +114,13 @@ static const AqOpDef ops[1] = {SCALE_OP};
 #define PLUGIN_SIZE sizeof(AqPlugin)
 #endif
 
-static const AqPlugin plugin = {PLUGIN_SIZE, MAJOR, AQ_OP_ABI_MINOR, "cdemo", "0.1", ops, N_OPS, NULL};
+#ifdef CUDA_ARCHS
+#define ARCHS "80;90"
+#else
+#define ARCHS NULL
+#endif
+
+static const AqPlugin plugin = {PLUGIN_SIZE, MAJOR, AQ_OP_ABI_MINOR, "cdemo", "0.1", ops, N_OPS, ARCHS};
 
 #ifdef NO_ENTRY
 #define ENTRY aq_plugin_start

@@ -50,6 +50,10 @@ for want in "plugin $lib" "  name       myorg-activations 1.0.0" "  abi        1
 done
 "$work/prefix/bin/aq-op" list > "$work/list.txt"
 grep -qxF "op aq::layernorm v1" "$work/list.txt" || fail "aq-op list lacks aq::layernorm"
+# A plugin that declares CUDA kernels and the architectures it carries (tests/plugin/c_plugin.c, CUDA_ARCHS).
+"$work/prefix/bin/aq-op" inspect "$(dirname "$bad_major")/libtest_cplugin_cuda_archs.so" > "$work/cuda.txt"
+grep -qxF "  cuda       sm_80, sm_90 (declared by the plugin)" "$work/cuda.txt" || fail "aq-op inspect: $(cat "$work/cuda.txt")"
+grep -qxF "  kernel     cuda/F32  forward, backward" "$work/cuda.txt" || fail "aq-op inspect: $(cat "$work/cuda.txt")"
 
 AQ_TEST_SQUARED_RELU="$lib" "$test_bin" --gtest_filter='SquaredRelu.*' > "$work/gtest.log" 2>&1 || {
   cat "$work/gtest.log"; fail "the out-of-tree plugin's kernels"; }

@@ -245,6 +245,14 @@ TEST(CPlugin, LoadsAndComputes) {
       {"cdemo::scale (", "forward failed: cdemo::scale: alpha is NaN"});
 }
 
+TEST(CPlugin, CudaArchitecturesAsDeclared) {
+  const ops::LoadedPlugin& p = ops::load_plugin(AQ_PLUGIN_CUDA_ARCHS);
+  EXPECT_EQ(p.cuda_archs, "80;90");
+  const ops::OpDef& d = OpRegistry::instance().get("cdemo::scale_cuda");
+  EXPECT_NE(d.kernel(Device::CUDA, DType::F32), nullptr);
+  EXPECT_EQ(d.cuda_archs, "80;90");
+}
+
 // ---- refusals ---------------------------------------------------------------------------------------------
 
 void expect_refused(const char* path, const std::vector<std::string>& parts, const char* op = nullptr) {
