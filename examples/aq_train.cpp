@@ -10,9 +10,9 @@
 #include "examples/main_guard.h"
 #include "ops/plugin_loader.h"
 #include "parallel/trace_session.h"
+#include "train/trainer.h"
 #include "runtime/blas_setup.h"
 #include "runtime/log.h"
-#include "train/trainer.h"
 
 int main(int argc, char** argv) {
   aq::ensure_blas_kernels(argv);  // first: may re-execute this program with the right OpenBLAS kernels
@@ -45,8 +45,7 @@ int main(int argc, char** argv) {
   app.add_option("--grad-accum", cfg.grad_accum,
                  "Micro-batches of --batch sequences per optimizer step (gradient accumulation)")
       ->capture_default_str();
-  app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")
-      ->capture_default_str();
+  app.add_option("--steps", cfg.steps, "Total optimizer steps (a resumed run continues up to this)")->capture_default_str();
   app.add_option("--lr", cfg.schedule.lr, "Peak learning rate")->capture_default_str();
   app.add_option("--lr-schedule", cfg.schedule.kind, "constant | cosine (linear warmup, cosine decay to --min-lr)")
       ->capture_default_str();
@@ -63,8 +62,7 @@ int main(int argc, char** argv) {
   app.add_option("--save", cfg.save, "Write the model (safetensors) here at the end, plus FILE.state");
   app.add_flag("--overwrite", cfg.overwrite,
                "Let a fresh run replace a checkpoint of another run at --save (refused otherwise)");
-  app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")
-      ->capture_default_str();
+  app.add_option("--save-every", cfg.save_every, "Also save every N steps (0 = only at the end)")->capture_default_str();
   app.add_option("--eval-every", cfg.eval_every, "Validation loss every N steps (and at the end)")
       ->capture_default_str();
   app.add_option("--eval-batches", cfg.eval_batches, "Batches per validation")->capture_default_str();
