@@ -428,6 +428,10 @@ void OpRegistry::forward(const std::string& name, const std::vector<Tensor>& inp
   const OpDef& def = get(name);
   const DType kdt = kernel_dtype_of(def, inputs);
   const Device dev = inputs.front().device();
+  for (const auto* group : {&inputs, &outputs})
+    for (const Tensor& t : *group)
+      AQ_CHECK(!t.raw() || t.device() == dev, name, ": tensors on ", device_name(dev), " and ", device_name(t.device()),
+               " in one call; every tensor of a call lives on one device");
   const KernelEntry* k = def.kernel(dev, kdt);
   AQ_CHECK(k != nullptr, name, " has no kernel on ", device_name(dev), " for ", dtype_name(kdt));
   AQ_CHECK(k->forward != nullptr, name, " on ", device_name(dev), "/", dtype_name(kdt),
@@ -497,6 +501,10 @@ void OpRegistry::backward(const std::string& name, const std::vector<Tensor>& sa
   AQ_CHECK(first != nullptr, name, "'s backward needs the gradient of at least one output");
   const DType kdt = first->dtype();
   const Device dev = first->device();
+  for (const auto* group : {&saved, &grad_outputs, &grad_inputs})
+    for (const Tensor& t : *group)
+      AQ_CHECK(!t.raw() || t.device() == dev, name, ": tensors on ", device_name(dev), " and ", device_name(t.device()),
+               " in one backward call; every tensor of a call lives on one device");
   const KernelEntry* k = def.kernel(dev, kdt);
   AQ_CHECK(k != nullptr, name, " has no kernel on ", device_name(dev), " for ", dtype_name(kdt));
   AQ_CHECK(k->backward != nullptr, name, " on ", device_name(dev), "/", dtype_name(kdt),

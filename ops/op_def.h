@@ -166,7 +166,9 @@ class OpRegistry {
   void forward(const std::string& name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
                const std::vector<AttrValue>& attrs, void* workspace = nullptr, void* stream = nullptr) const;
   // saved: the tensors of OpDef::saved in order; grad_outputs: one per output (undefined Tensor() for none);
-  // grad_inputs: one per input (undefined Tensor() where no gradient is wanted).
+  // grad_inputs: one per input (undefined Tensor() where no gradient is wanted). The kernel's dtype and device
+  // are those of the first gradient given. `workspace` is passed through as the caller sized it (the forward's
+  // shape function reports the forward's need; none by default).
   void backward(const std::string& name, const std::vector<Tensor>& saved, const std::vector<Tensor>& grad_outputs,
                 const std::vector<Tensor>& grad_inputs, const std::vector<AttrValue>& attrs, void* workspace = nullptr,
                 void* stream = nullptr) const;

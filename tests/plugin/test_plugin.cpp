@@ -220,6 +220,12 @@ TEST_F(SquaredRelu, GenericCallPathChecksItsArguments) {
                   {AttrValue::real(1)});
       },
       {"takes 0 attributes, 1 given"});
+  expect_error(
+      [&] {
+        r.forward("myorg::squared_relu", {Tensor(x.data(), DType::F32, {6})},
+                  {Tensor(y.data(), DType::F32, {6}, Device::CUDA)}, {});
+      },
+      {"tensors on cpu and cuda in one call"});
 }
 
 // ---- a plugin in plain C ----------------------------------------------------------------------------------
