@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "examples/main_guard.h"
+#include "ops/plugin_loader.h"
 #include "parallel/trace_session.h"
 #include "runtime/blas_setup.h"
 #include "runtime/log.h"
@@ -122,6 +123,11 @@ int main(int argc, char** argv) {
                  "on | off | auto (on with --wan-compress): carry what compression dropped into the next step")
       ->capture_default_str();
 
+  std::vector<std::string> plugins;
+  app.add_option("--plugin", plugins,
+                 "Load an operator plugin (.so) at start-up; repeatable. AQ_PLUGIN_PATH (':'-separated .so files or "
+                 "directories) is loaded first")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   std::string trace_path, trace_steps = "2:4";
   app.add_option("--trace", trace_path,
                  "Write a timeline of every rank to FILE.json (Chrome trace; open in https://ui.perfetto.dev)");
@@ -130,6 +136,9 @@ int main(int argc, char** argv) {
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   bool by_signal = false;
   const int code = aq::run_main("aq-train", app, argc, argv, ctx, [&] {
+    // Plugins first: their operators must be declared before anything builds a model from them.
+    for (const aq::ops::LoadedPlugin& p : aq::ops::load_plugins(plugins))
+      aq::log_info("plugin ", p.path, ": ", p.name, " ", p.version, ", ", p.ops.size(), " operator(s)");
     cfg.given.emplace();  // which flags were given: --resume restores the saved run's other options
     for (const CLI::Option* opt : app.get_options())
       if (opt->count()) cfg.given->insert(opt->get_name());

@@ -1,15 +1,20 @@
 // registry.h — where operator kernels are found.
 //
-// A kernel is registered under (operator name, device, dtype) with its exact C++ signature; lookups check the
-// signature too, so a CUDA kernel or a user's operator joins by registering, and a mismatch is an error at
-// start-up rather than a crash in the step. Built-in kernels are registered in one place:
-// ops/register_builtin.cpp. Callers resolve the function pointers once (at model construction), not per call.
+// A kernel is registered under (kernel name, device, dtype) with its exact C++ signature; lookups check the
+// signature too, so a CUDA kernel joins by registering, and a mismatch is an error at start-up rather than a
+// crash in the step. Built-in kernels are registered in one place: ops/register_builtin.cpp; the operators they
+// implement are declared (schema, shapes, backward, sharding) in ops/builtin_ops.cpp (see ops/op_def.h).
+// Callers resolve the function pointers once (at model construction), not per call.
+//
+// The signature is the type's mangled name compared as a string, never a type_info address or std::type_index:
+// those differ between copies of one type in separately loaded objects (dlopen with RTLD_LOCAL, -fvisibility).
+// Plugin operators do not use this typed table at all; they cross a C ABI (include/aqueduct/op_abi.h).
 #pragma once
 
 #include <map>
 #include <string>
 #include <tuple>
-#include <typeindex>
+#include <typeinfo>
 #include <vector>
 
 #include "runtime/error.h"
@@ -25,7 +30,7 @@ class Registry {
   void add(const std::string& op, Device device, DType dtype, Fn* fn) {
     Key key{op, device, dtype};
     AQ_CHECK(table_.count(key) == 0, "kernel ", describe(key), " is registered twice");
-    table_.emplace(key, Slot{reinterpret_cast<void (*)()>(fn), std::type_index(typeid(Fn))});
+    table_.emplace(key, Slot{reinterpret_cast<void (*)()>(fn), typeid(Fn).name()});
   }
 
   template <typename Fn>
@@ -34,7 +39,7 @@ class Registry {
     auto it = table_.find(key);
     AQ_CHECK(it != table_.end(), "no kernel for ", describe(key), "; registered kernels for this op: ",
              available(op));
-    AQ_CHECK(it->second.signature == std::type_index(typeid(Fn)), "kernel ", describe(key),
+    AQ_CHECK(it->second.signature == typeid(Fn).name(), "kernel ", describe(key),
              " was registered with a different signature than its caller expects");
     return reinterpret_cast<Fn*>(it->second.fn);
   }
@@ -48,7 +53,7 @@ class Registry {
   using Key = std::tuple<std::string, Device, DType>;
   struct Slot {
     void (*fn)();
-    std::type_index signature;
+    std::string signature;  // mangled name of the function type
   };
   static std::string describe(const Key& k);
   std::string available(const std::string& op) const;

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# out_of_tree.sh — an operator plugin built against an installed Aqueduct, without its source tree.
+#
+#   out_of_tree.sh BUILD_DIR SOURCE_DIR TEST_PLUGIN_BIN BAD_MAJOR_PLUGIN
+# 1. cmake --install BUILD_DIR --component dev into a temporary prefix: headers, CMake package, aq-op.
+# 2. examples/custom_op copied elsewhere, configured with only that prefix (CMAKE_PREFIX_PATH) and built; the
+#    compile commands must not mention SOURCE_DIR, the library must export aq_plugin_init alone and need no
+#    Aqueduct library.
+# 3. aq-op inspect (the installed one) prints the ABI, the op, its kernels and its sharding rule.
+# 4. test_plugin's SquaredRelu cases run the out-of-tree library (forward/backward against float64 and finite
+#    differences).
+# 5. aq-train refuses a missing plugin, a plugin of another ABI major and a bad AQ_PLUGIN_PATH in one line each,
+#    with a non-zero exit, before it opens any data.
+set -euo pipefail
+build=$(realpath "$1"); src=$(realpath "$2"); test_bin=$3; bad_major=$4
+work=$(mktemp -d /tmp/aq-plugin-oot-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+cmake --install "$build" --prefix "$work/prefix" --component dev > "$work/install.log" || {
+  cat "$work/install.log"; fail "cmake --install failed"; }
+for f in include/aqueduct/op_abi.h include/aqueduct/op_plugin.hpp bin/aq-op \
+         lib/cmake/Aqueduct/AqueductConfig.cmake lib/cmake/Aqueduct/AqueductConfigVersion.cmake \
+         lib/cmake/Aqueduct/AqueductTargets.cmake lib/cmake/Aqueduct/AqueductPlugin.cmake; do
+  [[ -e "$work/prefix/$f" ]] || fail "the install lacks $f"
+done
+if ls "$work/prefix/lib" | grep -q '\.a$\|\.so'; then fail "the dev install ships libraries; plugins need none"; fi
+
+cp -r "$src/examples/custom_op" "$work/src"
+cmake -S "$work/src" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_EXPORT_COMPILE_COMMANDS=ON > "$work/configure.log" 2>&1 || { cat "$work/configure.log"; fail "configure"; }
+cmake --build "$work/build" > "$work/build.log" 2>&1 || { cat "$work/build.log"; fail "build"; }
+lib="$work/build/libmyorg_squared_relu.so"
+[[ -f "$lib" ]] || fail "no $lib"
+if grep -q "$src" "$work/build/compile_commands.json"; then fail "the out-of-tree build saw the source tree: $(cat "$work/build/compile_commands.json")"; fi
+grep -q -- "-I$work/prefix/include\|-isystem $work/prefix/include" "$work/build/compile_commands.json" \
+  || fail "the build does not use the installed headers: $(cat "$work/build/compile_commands.json")"
+exported=$(nm -D --defined-only "$lib" | awk '$2 ~ /[TtWDdBbRrVv]/ {print $3}' | grep -v '^_init$\|^_fini$' | sort)
+[[ "$exported" == "aq_plugin_init" ]] || fail "the plugin exports more than aq_plugin_init: $exported"
+if readelf -d "$lib" | grep NEEDED | grep -qi 'aq'; then fail "the plugin links an Aqueduct library: $(readelf -d "$lib" | grep NEEDED)"; fi
+
+"$work/prefix/bin/aq-op" inspect "$lib" > "$work/inspect.txt"
+cat "$work/inspect.txt"
+for want in "plugin $lib" "  name       myorg-activations 1.0.0" "  abi        1.0 (this Aqueduct speaks 1.0)" \
+            "  cuda       none (no CUDA kernels)" "  operators  1" "op myorg::squared_relu v1" \
+            "  input      x: T [any] any rank" "  output     y: T [same as x] any rank" "  backward   saves x; recomputes nothing" \
+            "  kernel     cpu/F32  forward, backward" "  kernel     cpu/F64  forward, backward" \
+            "  sharding   elementwise: in x=S(any) | out y=S(any) | grad x=S(any)"; do
+  grep -qxF -- "$want" "$work/inspect.txt" || fail "aq-op inspect lacks the line: $want"
+done
+"$work/prefix/bin/aq-op" list > "$work/list.txt"
+grep -qxF "op aq::layernorm v1" "$work/list.txt" || fail "aq-op list lacks aq::layernorm"
+# A plugin that declares CUDA kernels and the architectures it carries (tests/plugin/c_plugin.c, CUDA_ARCHS).
+"$work/prefix/bin/aq-op" inspect "$(dirname "$bad_major")/libtest_cplugin_cuda_archs.so" > "$work/cuda.txt"
+grep -qxF "  cuda       sm_80, sm_90 (declared by the plugin)" "$work/cuda.txt" || fail "aq-op inspect: $(cat "$work/cuda.txt")"
+grep -qxF "  kernel     cuda/F32  forward, backward" "$work/cuda.txt" || fail "aq-op inspect: $(cat "$work/cuda.txt")"
+
+AQ_TEST_SQUARED_RELU="$lib" "$test_bin" --gtest_filter='SquaredRelu.*' > "$work/gtest.log" 2>&1 || {
+  cat "$work/gtest.log"; fail "the out-of-tree plugin's kernels"; }
+grep -q "PASSED.*4 tests" "$work/gtest.log" || { cat "$work/gtest.log"; fail "expected 4 SquaredRelu tests"; }
+
+# aq-train: one line, non-zero exit, before the (missing) data is looked at.
+refuse() {  # refuse WHAT EXPECTED_SUBSTRING -- command...
+  local what=$1 want=$2; shift 3
+  set +e; "$@" > "$work/out.txt" 2> "$work/err.txt"; local code=$?; set -e
+  [[ $code -ne 0 ]] || fail "$what: exit code 0"
+  [[ $(wc -l < "$work/err.txt") -eq 1 ]] || fail "$what: not one line: $(cat "$work/err.txt")"
+  grep -qF -- "$want" "$work/err.txt" || fail "$what: \"$want\" not in: $(cat "$work/err.txt")"
+  echo "refused ($what, exit $code): $(cat "$work/err.txt")"
+}
+refuse "missing plugin" "aq-train: error: plugin $work/missing.so: no such file" -- \
+  "$build/bin/aq-train" --data "$work/none.bin" --plugin "$lib" --plugin "$work/missing.so"
+refuse "newer ABI major" "was built for operator ABI 2.0" -- \
+  "$build/bin/aq-train" --data "$work/none.bin" --plugin "$bad_major"
+AQ_PLUGIN_PATH="$work/nowhere" refuse "bad AQ_PLUGIN_PATH" "AQ_PLUGIN_PATH names $work/nowhere, which does not exist" -- \
+  "$build/bin/aq-train" --data "$work/none.bin"
+echo "out-of-tree plugin: OK"
