@@ -89,6 +89,42 @@ void attention_shape(ShapeCall& s) {
   set(s.out(1), master(s.kernel_dtype()), {qkv.shape[0], nh, qkv.shape[1]});
 }
 
+void rmsnorm_shape(ShapeCall& s) {
+  const AqTensorDesc &x = s.in(0), &w = s.in(1);
+  expect(w.shape[0] == x.shape[1], "aq::rmsnorm",
+         "inp " + dims(x) + " needs w of C = " + std::to_string(x.shape[1]) + ", given " + dims(w));
+  expect(s.attr_float(0) > 0, "aq::rmsnorm", "eps must be positive, got " + std::to_string(s.attr_float(0)));
+  set(s.out(0), s.kernel_dtype(), {x.shape[0], x.shape[1]});
+  set(s.out(1), master(s.kernel_dtype()), {x.shape[0]});
+}
+
+void swiglu_shape(ShapeCall& s) {
+  const AqTensorDesc& x = s.in(0);
+  expect(x.shape[1] % 2 == 0, "aq::swiglu", "inp " + dims(x) + ": the last dimension must be 2F ([gate | up])");
+  set(s.out(0), s.kernel_dtype(), {x.shape[0], x.shape[1] / 2});
+}
+
+void rope_shape(ShapeCall& s) {
+  const AqTensorDesc& x = s.in(0);
+  const int64_t heads = s.attr_int(0), hs = s.attr_int(1);
+  expect(hs > 0 && hs % 2 == 0, "aq::rope", "head size " + std::to_string(hs) + " must be even and positive");
+  expect(heads >= 1 && heads * hs <= x.shape[2], "aq::rope",
+         std::to_string(heads) + " heads of " + std::to_string(hs) + " columns do not fit in x " + dims(x));
+  s.out(0) = x;
+  s.out(0).dtype = s.kernel_dtype();
+}
+
+void attention_gqa_shape(ShapeCall& s) {
+  const AqTensorDesc& qkv = s.in(0);
+  const int64_t nh = s.attr_int(0), nkv = s.attr_int(1), hs = s.attr_int(2);
+  expect(nh > 0 && nkv > 0 && nh % nkv == 0, "aq::attention_gqa",
+         "n_head = " + std::to_string(nh) + " must be a multiple of n_kv_head = " + std::to_string(nkv));
+  expect(qkv.shape[2] == (nh + 2 * nkv) * hs, "aq::attention_gqa",
+         "qkv " + dims(qkv) + ": the last dimension must be (NH + 2·NKV)·hs = " + std::to_string((nh + 2 * nkv) * hs));
+  set(s.out(0), s.kernel_dtype(), {qkv.shape[0], qkv.shape[1], nh * hs});
+  set(s.out(1), master(s.kernel_dtype()), {qkv.shape[0], nh, qkv.shape[1]});
+}
+
 void same_as_input(ShapeCall& s) {
   s.out(0) = s.in(0);
   s.out(0).dtype = s.kernel_dtype();
@@ -195,6 +231,65 @@ void declare_builtin_ops(OpRegistry& r) {
         .sharding("heads", {S2}, {S2, S1}, {S2})
         .sharding("replicated", {B}, {B, B}, {B});
     declare(r, b, {"attention_forward", "attention_backward", {}});
+  }
+  {
+    OpBuilder b("aq::rmsnorm", 1);
+    b.doc("RMSNorm over C (Llama): out = x·rstd·w; gradients of inp and w accumulate (residual stream)")
+        .input("inp", T_, 2, "N,C", kAcc)
+        .input("w", T_, 1, "C", kParam | kAcc)
+        .output("out", T_, 2, "N,C")
+        .output("rstd", M_, 1, "N", kNoGrad)
+        .attr("eps", AQ_ATTR_FLOAT, "rms_norm_eps")
+        .shape(rmsnorm_shape)
+        .saves({"inp", "w", "rstd"}, "xhat from inp and rstd")
+        .sharding("replicated", {B, B}, {B, B}, {B, B})
+        .sharding("rows", {S0, B}, {S0, S0}, {S0, P});
+    declare(r, b, {"rmsnorm_forward", "rmsnorm_backward", {"residual_rmsnorm_forward"}});
+  }
+  {
+    OpBuilder b("aq::swiglu", 1);
+    b.doc("SwiGLU on packed [gate | up] rows: out = silu(gate)·up (Llama's MLP activation)")
+        .input("inp", T_, 2, "N,2F")
+        .output("out", T_, 2, "N,F")
+        .shape(swiglu_shape)
+        .saves({"inp"})
+        // Columns split only as whole [gate shard | up shard] pairs (the column-parallel GEMM's layout), or rows.
+        .sharding("rows", {S0}, {S0}, {S0})
+        .sharding("gate-up pairs", {S1}, {S1}, {S1})
+        .sharding("replicated", {B}, {B}, {B});
+    declare(r, b, {"swiglu_forward", "swiglu_backward", {}});
+  }
+  {
+    OpBuilder b("aq::rope", 1);
+    b.doc("rotary position embedding, HF rotate_half, in place on the first n_heads heads of each row")
+        .input("x", T_, 3, "B,T,stride")
+        .output("out", T_, 3, "B,T,stride (x itself)")
+        .attr("n_heads", AQ_ATTR_INT, "heads rotated (NH + NKV on packed qkv)")
+        .attr("head_size", AQ_ATTR_INT)
+        .attr("pos0", AQ_ATTR_INT, "position of the first row")
+        .attr("theta", AQ_ATTR_FLOAT, "rope_theta")
+        .shape(rope_shape)
+        .saves({}, "nothing: the backward is the inverse rotation")
+        .sharding("heads", {S2}, {S2}, {S2})
+        .sharding("batch", {S0}, {S0}, {S0})
+        .sharding("replicated", {B}, {B}, {B});
+    declare(r, b, {"rope_forward", "rope_backward", {}});
+  }
+  {
+    OpBuilder b("aq::attention_gqa", 1);
+    b.doc("causal grouped-query attention on packed [q | k | v] (NH query heads, NKV key/value heads)")
+        .input("qkv", T_, 3, "B,T,(NH+2NKV)hs")
+        .output("out", T_, 3, "B,T,NH·hs")
+        .output("lse", M_, 3, "B,NH,T", kNoGrad)
+        .attr("n_head", AQ_ATTR_INT, "query heads NH (on this rank)")
+        .attr("n_kv_head", AQ_ATTR_INT, "key/value heads NKV (on this rank)")
+        .attr("head_size", AQ_ATTR_INT)
+        .shape(attention_gqa_shape)
+        .saves({"qkv", "out", "lse"}, "softmax probabilities, from q, k and lse")
+        // A rank holds NH/tp query heads and the NKV/tp kv heads they read (tp divides NKV).
+        .sharding("heads", {S2}, {S2, S1}, {S2})
+        .sharding("replicated", {B}, {B, B}, {B});
+    declare(r, b, {"attention_gqa_forward", "attention_gqa_backward", {}});
   }
   {
     OpBuilder b("aq::gelu", 1);
