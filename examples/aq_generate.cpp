@@ -48,8 +48,6 @@ int main(int argc, char** argv) {
     model_path = aq::resolve_checkpoint(model_path, "--model").model;
     aq::SafeTensorsReader file(model_path);
     const aq::ModelConfig cfg = aq::read_checkpoint_config(file, heads);
-    aq::Transformer<float> model(cfg, 1, cfg.max_seq);
-    model.load(file);
     std::unique_ptr<aq::Tokenizer> tok;
     if (!tokenizer.empty() && tokenizer != "bytes") {
       tok = std::make_unique<aq::Tokenizer>(aq::Tokenizer::load(tokenizer, vocab));
@@ -67,13 +65,17 @@ int main(int argc, char** argv) {
       for (unsigned char ch : prompt) ctx.push_back(ch % cfg.vocab_size);
     }
     if (ctx.empty()) ctx.push_back(0);
+    // Activations for the longest window this run will use, not the whole context (a Llama's may be 128k).
+    const int window = static_cast<int>(std::min<int64_t>(cfg.max_seq, static_cast<int64_t>(ctx.size()) + tokens));
+    aq::Transformer<float> model(cfg, 1, window);
+    model.load(file);
     if (bytes || tok) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     aq::Rng rng(seed);
     std::vector<float> logits(static_cast<size_t>(cfg.vocab_size));
     std::vector<int> order(logits.size());
     for (int i = 0; i < tokens; ++i) {
       // Keep the most recent max_seq tokens: the model has no positions beyond that.
-      const int t = std::min<int>(static_cast<int>(ctx.size()), cfg.max_seq);
+      const int t = std::min<int>(static_cast<int>(ctx.size()), window);
       model.last_logits(ctx.data() + ctx.size() - t, t, logits.data());
       std::iota(order.begin(), order.end(), 0);
       const int k = top_k > 0 ? std::min(top_k, cfg.vocab_size) : cfg.vocab_size;

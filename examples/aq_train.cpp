@@ -29,6 +29,9 @@ int main(int argc, char** argv) {
   auto* o_dim = app.add_option("--dim", dim, "Model width C, divisible by --heads (default 128)");
   auto* o_vocab = app.add_option("--vocab", vocab, "Vocabulary size V <= 65535 (default 256, byte-level)");
   auto* o_max_seq = app.add_option("--max-seq", max_seq, "Context length n_positions (default max(--seq, 128))");
+  app.add_option("--model-config", cfg.model_config,
+                 "Hugging Face config.json (model_type gpt2 or llama) of a fresh model, or of an --init-from file "
+                 "without one beside it");
   app.add_option("--init-from", cfg.init_from,
                  "Start from the weights of a GPT-2 safetensors file, a save, or a --save directory (its newest save)");
   app.add_option(

@@ -1,12 +1,15 @@
-// transformer.cpp — GPT-2 forward and backward over the registered kernels.
+// transformer.cpp — GPT-2 and Llama forward and backward over the registered kernels.
 //
 // Data flow of one training step (N = B·T tokens):
-//   tokens → embedding → L × [ln_1 → c_attn → attention → c_proj (+res) → ln_2 → c_fc → gelu → c_proj (+res)]
-//          → ln_f → classifier (tied wte; loss and dlogits fused) → backward in reverse → gradients.
+//   tokens → embedding → L × [norm → qkv GEMM (→ RoPE) → attention → out GEMM (+res) → norm → fc GEMM → GELU or
+//          SwiGLU → proj GEMM (+res)] → final norm → classifier (wte or lm_head; loss and dlogits fused)
+//          → backward in reverse → gradients.
 #include "model/transformer.h"
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "runtime/op_profile.h"
@@ -27,16 +30,143 @@ void ModelConfig::validate() const {
   AQ_CHECK(vocab_size >= 2 && vocab_size <= 65535, "vocabulary size ", vocab_size,
            " is out of range: tokens are stored as uint16, so 2 <= V <= 65535");
   AQ_CHECK(max_seq >= 1, "--max-seq must be >= 1 (got ", max_seq, ")");
+  if (!llama()) return;
+  AQ_CHECK(kv_heads() >= 1 && n_head % kv_heads() == 0, "num_key_value_heads ", kv_heads(),
+           " must divide num_attention_heads ", n_head, " (each key/value head serves a whole group of query heads)");
+  AQ_CHECK(head_size() % 2 == 0, "head size ", head_size(), " (hidden_size ", n_embd, " / ", n_head,
+           " heads) must be even: rotary embeddings turn pairs of columns");
+  AQ_CHECK(ffn() >= 1, "intermediate_size must be >= 1 (got ", ffn(), ")");
+  AQ_CHECK(norm_eps > 0 && std::isfinite(norm_eps), "rms_norm_eps must be positive (got ", norm_eps, ")");
+  AQ_CHECK(rope_theta > 0 && std::isfinite(rope_theta), "rope_theta must be positive (got ", rope_theta, ")");
 }
+
+namespace {
+
+// Doubles as text that reads back to the same value (metadata, config.json).
+std::string exact(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.17g", v);
+  return buf;
+}
+
+nlohmann::ordered_json hf_config(const ModelConfig& c) {
+  if (!c.llama())
+    return {{"architectures", {"GPT2LMHeadModel"}},
+            {"model_type", "gpt2"},
+            {"n_layer", c.n_layer},
+            {"n_head", c.n_head},
+            {"n_embd", c.n_embd},
+            {"vocab_size", c.vocab_size},
+            {"n_positions", c.max_seq},
+            {"n_ctx", c.max_seq},
+            {"activation_function", "gelu_new"},
+            {"layer_norm_epsilon", 1e-5},
+            {"tie_word_embeddings", true}};
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"model_type", "llama"},
+          {"hidden_size", c.n_embd},
+          {"intermediate_size", c.ffn()},
+          {"num_hidden_layers", c.n_layer},
+          {"num_attention_heads", c.n_head},
+          {"num_key_value_heads", c.kv_heads()},
+          {"vocab_size", c.vocab_size},
+          {"max_position_embeddings", c.max_seq},
+          {"rms_norm_eps", c.norm_eps},
+          {"rope_theta", c.rope_theta},
+          {"tie_word_embeddings", c.tied_head},
+          {"hidden_act", "silu"},
+          {"attention_bias", false},
+          {"mlp_bias", false}};
+}
+
+// A config.json object (or checkpoint metadata turned into one) → ModelConfig; `where` names it in messages.
+ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) {
+  const std::string type = j.value("model_type", "");
+  const auto num = [&](const char* key) -> int64_t {
+    AQ_CHECK(j.contains(key), where, " has no \"", key, "\" (needed for a ", type, " model)");
+    const nlohmann::json& v = j.at(key);
+    if (v.is_string()) return std::stoll(v.get<std::string>());
+    AQ_CHECK(v.is_number_integer(), where, ": \"", key, "\" is not an integer");
+    return v.get<int64_t>();
+  };
+  const auto real = [&](const char* key, double fallback) {
+    if (!j.contains(key)) return fallback;
+    const nlohmann::json& v = j.at(key);
+    return v.is_string() ? std::stod(v.get<std::string>()) : v.get<double>();
+  };
+  ModelConfig c;
+  if (type == "gpt2") {
+    c.n_layer = static_cast<int>(num("n_layer"));
+    c.n_head = static_cast<int>(num("n_head"));
+    c.n_embd = static_cast<int>(num("n_embd"));
+    c.vocab_size = static_cast<int>(num("vocab_size"));
+    c.max_seq = static_cast<int>(num("n_positions"));
+  } else {
+    AQ_CHECK(type == "llama", where, ": model_type \"", type, "\" is not one Aqueduct builds (gpt2, llama)");
+    c.arch = Arch::Llama;
+    c.n_embd = static_cast<int>(num("hidden_size"));
+    c.ffn_hidden = static_cast<int>(num("intermediate_size"));
+    c.n_layer = static_cast<int>(num("num_hidden_layers"));
+    c.n_head = static_cast<int>(num("num_attention_heads"));
+    c.n_kv_head = j.contains("num_key_value_heads") ? static_cast<int>(num("num_key_value_heads")) : c.n_head;
+    c.vocab_size = static_cast<int>(num("vocab_size"));
+    c.max_seq = static_cast<int>(num("max_position_embeddings"));
+    c.norm_eps = real("rms_norm_eps", 1e-6);  // Hugging Face's LlamaConfig default
+    c.rope_theta = real("rope_theta", 10000.0);
+    const nlohmann::json& tied =
+        j.contains("tie_word_embeddings") ? j.at("tie_word_embeddings") : nlohmann::json(false);
+    c.tied_head = tied.is_string() ? tied.get<std::string>() == "true" : tied.get<bool>();
+    AQ_CHECK(!j.contains("rope_scaling") || j.at("rope_scaling").is_null(), where,
+             ": rope_scaling (Llama 3.1's long-context frequencies) is not supported; remove it or use a model "
+             "without it");
+    AQ_CHECK(!j.value("attention_bias", false) && !j.value("mlp_bias", false), where,
+             ": attention_bias / mlp_bias are not supported (the Llama blocks here have no biases)");
+    const std::string act = j.value("hidden_act", "silu");
+    AQ_CHECK(act == "silu", where, ": hidden_act \"", act, "\" is not supported (SwiGLU uses silu)");
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    fail(str(where, ": ", e.what()));
+  }
+  return c;
+}
+
+}  // namespace
 
 std::map<std::string, std::string> ModelConfig::to_metadata() const {
-  return {{"n_layer", std::to_string(n_layer)},   {"n_head", std::to_string(n_head)},
-          {"n_embd", std::to_string(n_embd)},     {"vocab_size", std::to_string(vocab_size)},
-          {"n_positions", std::to_string(max_seq)}, {"format", "pt"}};
+  if (!llama())
+    return {{"n_layer", std::to_string(n_layer)},     {"n_head", std::to_string(n_head)},
+            {"n_embd", std::to_string(n_embd)},       {"vocab_size", std::to_string(vocab_size)},
+            {"n_positions", std::to_string(max_seq)}, {"format", "pt"}};
+  std::map<std::string, std::string> m = {{"format", "pt"}};
+  const nlohmann::ordered_json j = hf_config(*this);  // kept alive while items() iterates it
+  for (const auto& [k, v] : j.items())
+    if (!v.is_array())
+      m[k] = v.is_string() ? v.get<std::string>() : v.is_number_float() ? exact(v.get<double>()) : v.dump();
+  return m;
 }
 
+std::string ModelConfig::to_hf_config_json() const { return hf_config(*this).dump(2) + "\n"; }
+
 std::string ModelConfig::describe() const {
-  return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq);
+  if (!llama()) return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq);
+  return str("Llama L=", n_layer, " H=", n_head, " KV=", kv_heads(), " C=", n_embd, " F=", ffn(), " V=", vocab_size,
+             " maxT=", max_seq, " theta=", rope_theta, tied_head ? " tied" : "");
+}
+
+ModelConfig read_hf_config(const std::string& path) {
+  std::ifstream in(path);
+  AQ_CHECK(in.good(), "cannot read the model config ", path, " (a Hugging Face config.json)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    fail(str(path, " is not JSON (", e.what(), ")"));
+  }
+  AQ_CHECK(j.is_object() && j.contains("model_type"), path,
+           " has no \"model_type\": not a Hugging Face config.json (gpt2 or llama)");
+  return config_from_json(j, path);
 }
 
 namespace {
@@ -53,7 +183,28 @@ int metadata_int(const SafeTensorsReader& f, const char* key, int fallback) {
 }
 }  // namespace
 
-ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_override) {
+ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_override, const std::string& config_json) {
+  if (file.has("model.embed_tokens.weight")) {  // the Llama family (Hugging Face names)
+    const auto& meta = file.metadata();
+    ModelConfig c;
+    if (!config_json.empty()) {
+      c = read_hf_config(config_json);
+    } else if (meta.count("model_type")) {
+      nlohmann::json j(meta);
+      c = config_from_json(j, file.path() + " (its metadata)");
+    } else {
+      const size_t slash = file.path().find_last_of('/');
+      const std::string beside = (slash == std::string::npos ? "" : file.path().substr(0, slash + 1)) + "config.json";
+      AQ_CHECK(file_exists(beside), file.path(), " is a Llama-family checkpoint without its configuration: put its ",
+               "config.json beside it, or pass --model-config FILE");
+      c = read_hf_config(beside);
+    }
+    AQ_CHECK(c.llama(), file.path(), " holds Llama tensors (model.embed_tokens.weight) but its config says model_type ",
+             "gpt2");
+    AQ_CHECK(heads_override <= 0 || heads_override == c.n_head, "--heads ", heads_override, " disagrees with ",
+             file.path(), ", which records num_attention_heads=", c.n_head, "; drop --heads");
+    return c;
+  }
   std::map<std::string, std::string> names;  // stripped name → name in file
   for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
   auto shape_of = [&](const std::string& n) -> const Shape& {
@@ -74,14 +225,14 @@ ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_over
   cfg.max_seq = metadata_int(file, "n_positions", static_cast<int>(wpe[0]));
   cfg.n_layer = metadata_int(file, "n_layer", layers);
   const int recorded_heads = metadata_int(file, "n_head", 0);
-  AQ_CHECK(heads_override <= 0 || recorded_heads == 0 || heads_override == recorded_heads, "--heads ",
-           heads_override, " disagrees with ", file.path(), ", which records n_head=", recorded_heads,
+  AQ_CHECK(heads_override <= 0 || recorded_heads == 0 || heads_override == recorded_heads, "--heads ", heads_override,
+           " disagrees with ", file.path(), ", which records n_head=", recorded_heads,
            "; drop --heads (it only supplies the head count for files that lack it)");
   cfg.n_head = heads_override > 0 ? heads_override : recorded_heads;
   AQ_CHECK(cfg.n_head > 0, file.path(), " does not record the head count (no n_head in its metadata, as in a ",
            "Hugging Face export); pass --heads (12 for GPT-2 124M)");
-  AQ_CHECK(cfg.n_layer == layers, file.path(), ": metadata says n_layer=", cfg.n_layer, " but the file has ",
-           layers, " blocks (h.0 … h.", layers - 1, ")");
+  AQ_CHECK(cfg.n_layer == layers, file.path(), ": metadata says n_layer=", cfg.n_layer, " but the file has ", layers,
+           " blocks (h.0 … h.", layers - 1, ")");
   cfg.validate();
   return cfg;
 }
@@ -95,17 +246,23 @@ int64_t full_index(const ParamInfo& p, int rank, int64_t li) {
   const int64_t cols_l = p.shape.back(), cols = p.full_shape.back();
   const int64_t i = li / cols_l, j = li % cols_l;
   switch (p.split) {
-    case TpSplit::Replicated: return li;
+    case TpSplit::Replicated:
+      return li;
     case TpSplit::VocabRows: {
       const int64_t row = rank * p.shape[0] + i;
       return row < p.full_shape[0] ? row * cols + j : -1;
     }
-    case TpSplit::Columns: return i * cols + rank * cols_l + j;
-    case TpSplit::QkvColumns: {
-      const int64_t part_l = cols_l / 3, part = cols / 3;  // local / full width of each of q, k, v
-      return i * cols + (j / part_l) * part + rank * part_l + j % part_l;
+    case TpSplit::Columns:
+      return i * cols + rank * cols_l + j;
+    case TpSplit::PackedColumns: {  // local column j lies in part k at offset jj of that part's local slice
+      const int64_t tp = cols / cols_l;
+      int64_t jj = j, base = 0;
+      size_t k = 0;
+      while (jj >= p.parts[k] / tp) jj -= p.parts[k] / tp, base += p.parts[k], ++k;
+      return i * cols + base + rank * (p.parts[k] / tp) + jj;
     }
-    case TpSplit::Rows: return (rank * p.shape[0] + i) * cols + j;
+    case TpSplit::Rows:
+      return (rank * p.shape[0] + i) * cols + j;
   }
   return -1;
 }
@@ -126,27 +283,54 @@ template <typename T>
 void Transformer<T>::build_param_table() {
   const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, maxT = cfg_.max_seq, tp = tp_.size;
   int64_t offset = 0;
-  auto add = [&](const std::string& name, Shape full, TpSplit split) {
+  auto add = [&](const std::string& name, Shape full, TpSplit split, std::vector<int64_t> parts = {},
+                 std::vector<HfPart> hf = {}) {
     Shape local = full;
     if (split == TpSplit::VocabRows) local[0] = Vl_;
-    if (split == TpSplit::Columns || split == TpSplit::QkvColumns) local.back() /= tp;
+    if (split == TpSplit::Columns || split == TpSplit::PackedColumns) local.back() /= tp;
     if (split == TpSplit::Rows) local[0] /= tp;
     const int64_t n = shape_numel(local);
-    params_info_.push_back(ParamInfo{name, local, full, split, offset, full.size() >= 2});
+    params_info_.push_back(
+        ParamInfo{name, local, full, split, offset, full.size() >= 2, std::move(parts), std::move(hf)});
     num_params_ += shape_numel(full);
     const int64_t at = offset;
     offset += (n + 15) / 16 * 16;  // keep every tensor 64-byte aligned
     return at;
   };
+  layer_offsets_.resize(static_cast<size_t>(cfg_.n_layer));
+  if (cfg_.llama()) {
+    // Hugging Face Llama names; the projections input-major, q/k/v and gate/up packed (see transformer.h).
+    const int64_t hs = cfg_.head_size(), q = cfg_.n_head * hs, kv = cfg_.kv_heads() * hs, F = cfg_.ffn();
+    wte_off_ = add("model.embed_tokens.weight", {V, C}, TpSplit::VocabRows);
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+      const std::string h = str("model.layers.", l, ".");
+      const int64_t ln1 = add(h + "input_layernorm.weight", {C}, TpSplit::Replicated);
+      const int64_t qkv = add(h + "self_attn.qkv_proj.weight", {C, q + 2 * kv}, TpSplit::PackedColumns, {q, kv, kv},
+                              {{h + "self_attn.q_proj.weight", 0, q},
+                               {h + "self_attn.k_proj.weight", q, q + kv},
+                               {h + "self_attn.v_proj.weight", q + kv, q + 2 * kv}});
+      const int64_t o =
+          add(h + "self_attn.o_proj.weight", {q, C}, TpSplit::Rows, {}, {{h + "self_attn.o_proj.weight", 0, C}});
+      const int64_t ln2 = add(h + "post_attention_layernorm.weight", {C}, TpSplit::Replicated);
+      const int64_t fc = add(h + "mlp.gate_up_proj.weight", {C, 2 * F}, TpSplit::PackedColumns, {F, F},
+                             {{h + "mlp.gate_proj.weight", 0, F}, {h + "mlp.up_proj.weight", F, 2 * F}});
+      const int64_t down =
+          add(h + "mlp.down_proj.weight", {F, C}, TpSplit::Rows, {}, {{h + "mlp.down_proj.weight", 0, C}});
+      layer_offsets_[l] = {ln1, -1, qkv, -1, o, -1, ln2, -1, fc, -1, down, -1};
+    }
+    lnfw_off_ = add("model.norm.weight", {C}, TpSplit::Replicated);
+    head_off_ = cfg_.tied_head ? wte_off_ : add("lm_head.weight", {V, C}, TpSplit::VocabRows);
+    buffer_size_ = offset;
+    return;
+  }
   wte_off_ = add("wte.weight", {V, C}, TpSplit::VocabRows);
   wpe_off_ = add("wpe.weight", {maxT, C}, TpSplit::Replicated);
-  layer_offsets_.resize(static_cast<size_t>(cfg_.n_layer));
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const std::string h = str("h.", l, ".");
     layer_offsets_[l] = {add(h + "ln_1.weight", {C}, TpSplit::Replicated),
                          add(h + "ln_1.bias", {C}, TpSplit::Replicated),
-                         add(h + "attn.c_attn.weight", {C, 3 * C}, TpSplit::QkvColumns),
-                         add(h + "attn.c_attn.bias", {3 * C}, TpSplit::QkvColumns),
+                         add(h + "attn.c_attn.weight", {C, 3 * C}, TpSplit::PackedColumns, {C, C, C}),
+                         add(h + "attn.c_attn.bias", {3 * C}, TpSplit::PackedColumns, {C, C, C}),
                          add(h + "attn.c_proj.weight", {C, C}, TpSplit::Rows),
                          add(h + "attn.c_proj.bias", {C}, TpSplit::Replicated),
                          add(h + "ln_2.weight", {C}, TpSplit::Replicated),
@@ -158,6 +342,7 @@ void Transformer<T>::build_param_table() {
   }
   lnfw_off_ = add("ln_f.weight", {C}, TpSplit::Replicated);
   lnfb_off_ = add("ln_f.bias", {C}, TpSplit::Replicated);
+  head_off_ = wte_off_;
   buffer_size_ = offset;
 }
 
@@ -165,8 +350,8 @@ template <typename T>
 template <typename P>
 typename Transformer<T>::template LayerPtrs<P> Transformer<T>::layer_view(P* base, int l) const {
   const auto& o = layer_offsets_[static_cast<size_t>(l)];
-  return LayerPtrs<P>{base + o[0], base + o[1], base + o[2], base + o[3],  base + o[4],  base + o[5],
-                      base + o[6], base + o[7], base + o[8], base + o[9], base + o[10], base + o[11]};
+  const auto at = [&](int i) { return o[i] < 0 ? nullptr : base + o[i]; };
+  return LayerPtrs<P>{at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
 }
 
 // ---- construction -----------------------------------------------------------------------------------------
@@ -205,6 +390,12 @@ const ModelConfig& check_args(const ModelConfig& cfg, int max_batch, int max_seq
   AQ_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size, "bad tensor-parallel rank ", tp.rank, " of ", tp.size);
   AQ_CHECK(cfg.n_head % tp.size == 0, "--tp ", tp.size, " must divide the head count H=", cfg.n_head,
            " (each rank computes whole heads); choose --tp among the divisors of ", cfg.n_head);
+  AQ_CHECK(cfg.kv_heads() % tp.size == 0, "--tp ", tp.size,
+           " must divide the key/value heads num_key_value_heads=", cfg.kv_heads(),
+           " (each rank holds whole kv heads with the query heads that read them); choose --tp among ",
+           "the divisors of ", cfg.kv_heads());
+  AQ_CHECK(cfg.ffn() % tp.size == 0, "--tp ", tp.size, " must divide the MLP width intermediate_size=", cfg.ffn(),
+           "; choose --tp among its divisors");
   AQ_CHECK(tp.size == 1 || tp.group != nullptr, "tensor parallelism needs a TP process group");
   return cfg;
 }
@@ -218,10 +409,13 @@ size_t Transformer<T>::plan_activation_bytes() {
 }
 
 template <typename T>
-Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp, int64_t buffer_multiple,
-              Device device)
+Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp,
+                            int64_t buffer_multiple, Device device)
     : Cl_(check_args(cfg, max_batch, max_seq_len, tp).n_embd / tp.size),
       NHl_(cfg.n_head / tp.size),
+      NKVl_(cfg.kv_heads() / tp.size),
+      QKVl_((NHl_ + 2 * NKVl_) * cfg.head_size()),
+      Fl_(cfg.ffn() / tp.size),
       Vl_(local_vocab(cfg, tp, device)),
       v0_(tp.rank * Vl_),
       tp_(tp),
@@ -263,6 +457,18 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_l
   k_.classifier = reg.find<typename ops::Classifier<T>::Forward>("classifier", dev, dt);
   if (!std::is_same_v<T, M>)
     k_.cast_to_working = reg.find<typename ops::MultiAdamW<T>::Cast>("cast_to_working", dev, dt);
+  if (cfg_.llama()) {
+    k_.rmsnorm_forward = reg.find<typename ops::RmsNorm<T>::Forward>("rmsnorm_forward", dev, dt);
+    k_.residual_rmsnorm_forward =
+        reg.find<typename ops::RmsNorm<T>::ResidualForward>("residual_rmsnorm_forward", dev, dt);
+    k_.rmsnorm_backward = reg.find<typename ops::RmsNorm<T>::Backward>("rmsnorm_backward", dev, dt);
+    k_.swiglu_forward = reg.find<typename ops::SwiGlu<T>::Forward>("swiglu_forward", dev, dt);
+    k_.swiglu_backward = reg.find<typename ops::SwiGlu<T>::Backward>("swiglu_backward", dev, dt);
+    k_.rope_forward = reg.find<typename ops::Rope<T>::Forward>("rope_forward", dev, dt);
+    k_.rope_backward = reg.find<typename ops::Rope<T>::Backward>("rope_backward", dev, dt);
+    k_.attention_gqa_forward = reg.find<typename ops::Attention<T>::ForwardGqa>("attention_gqa_forward", dev, dt);
+    k_.attention_gqa_backward = reg.find<typename ops::Attention<T>::BackwardGqa>("attention_gqa_backward", dev, dt);
+  }
 }
 
 template <typename T>
@@ -274,12 +480,12 @@ void Transformer<T>::layout_activations(Arena& a) {
     l.res_in = a.take<T>(N * C);
     l.ln1_mean = a.take<M>(N);
     l.ln1_rstd = a.take<M>(N);
-    l.qkv = a.take<T>(N * 3 * Cl);
+    l.qkv = a.take<T>(N * QKVl_);  // 3·Cl for GPT-2
     l.atty = a.take<T>(N * Cl);
     l.lse = a.take<M>(N * NHl_);
     l.ln2_mean = a.take<M>(N);
     l.ln2_rstd = a.take<M>(N);
-    l.fch = a.take<T>(N * 4 * Cl);
+    l.fch = a.take<T>(N * (cfg_.llama() ? 2 * Fl_ : 4 * Cl));
     l.res_mid = a.take<T>(N * C);
   }
   res_final_ = a.take<T>(N * C);
@@ -287,11 +493,12 @@ void Transformer<T>::layout_activations(Arena& a) {
   lnf_mean_ = a.take<M>(N);
   lnf_rstd_ = a.take<M>(N);
   // Scratch shared by all layers.
-  lnbuf_ = a.take<T>(N * C);      // ln_1 / ln_2 output of the block being computed
-  proj_ = a.take<T>(N * C);       // c_proj outputs before the residual add
-  gelu_ = a.take<T>(N * 4 * Cl);  // GELU output; in backward also d(fch) and d(qkv)
-  dres_ = a.take<T>(N * C);       // gradient of the residual stream
-  dbuf_ = a.take<T>(N * C);       // d(ln outputs), d(attention output)
+  lnbuf_ = a.take<T>(N * C);  // ln_1 / ln_2 output of the block being computed
+  proj_ = a.take<T>(N * C);   // c_proj outputs before the residual add
+  // GELU (SwiGLU) output; in backward also d(fch) and d(qkv)
+  gelu_ = a.take<T>(N * std::max<int64_t>(cfg_.llama() ? 2 * Fl_ : 4 * Cl, QKVl_));
+  dres_ = a.take<T>(N * C);  // gradient of the residual stream
+  dbuf_ = a.take<T>(N * C);  // d(ln outputs), d(attention output)
   logits_ = a.take<char>(ops::classifier_scratch_bytes<T>(classifier_chunk_, Vl_));
   losses_ = a.take<M>(N);
   inputs_ = a.take<int32_t>(N);
@@ -330,13 +537,16 @@ void Transformer<T>::init_random_into(M* P, uint64_t seed) {
   for (const ParamInfo& p : params_info_) {
     M* w = P + p.offset;
     const int64_t n = shape_numel(p.shape);
-    const bool is_ln = p.name.find("ln_") != std::string::npos;
+    // Norm weights 1 (GPT-2 LayerNorm bias 0); a Llama's only 1-D tensors are its norms.
+    const bool is_ln = cfg_.llama() ? p.full_shape.size() == 1 : p.name.find("ln_") != std::string::npos;
     if (is_ln) {
       if (p.name.ends_with(".weight")) std::fill(w, w + n, M(1));
       continue;  // LayerNorm bias stays 0
     }
     if (!p.name.ends_with(".weight")) continue;  // linear biases stay 0
-    const bool residual = p.name.ends_with("attn.c_proj.weight") || p.name.ends_with("mlp.c_proj.weight");
+    // GPT-2 scales its residual projections down; Hugging Face's Llama draws every matrix with std 0.02.
+    const bool residual =
+        !cfg_.llama() && (p.name.ends_with("attn.c_proj.weight") || p.name.ends_with("mlp.c_proj.weight"));
     const double std = residual ? residual_std : 0.02;
     full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
     for (auto& x : full) x = static_cast<M>(std * rng.normal());
@@ -350,19 +560,35 @@ void Transformer<T>::load(const SafeTensorsReader& file, const std::string& pref
   M* base = host_dst;
   std::map<std::string, std::string> names;
   for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
-  std::vector<M> full;
+  std::vector<M> full, part;
+  const auto read_finite = [&](const std::string& name, const Shape& shape, M* dst) {
+    auto it = names.find(prefix + name);
+    AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", prefix + name, "\" required by a ", cfg_.describe(),
+             cfg_.llama() ? "" : " GPT-2");
+    const int64_t n = shape_numel(shape);
+    file.read<M>(it->second, shape, dst);
+    // A NaN or Inf in a checkpoint is refused with that reason (not left to fail later as a diverging loss).
+    for (int64_t i = 0; i < n; ++i)
+      AQ_CHECK(std::isfinite(static_cast<double>(dst[i])), file.path(), ": tensor \"", it->second, "\" holds ",
+               static_cast<double>(dst[i]), " at element ", i, ": the run had diverged before this save, or the ",
+               "file is damaged; resume from an earlier checkpoint");
+  };
   for (const ParamInfo& p : params_info_) {
-    auto it = names.find(prefix + p.name);
-    AQ_CHECK(it != names.end(), file.path(), ": missing tensor \"", prefix + p.name, "\" required by a ",
-             cfg_.describe(), " GPT-2");
     M* w = base + p.offset;
     full.resize(static_cast<size_t>(shape_numel(p.full_shape)));
-    file.read<M>(it->second, p.full_shape, full.data());
-    // A NaN or Inf in a checkpoint is refused with that reason (not left to fail later as a diverging loss).
-    for (size_t i = 0; i < full.size(); ++i)
-      AQ_CHECK(std::isfinite(static_cast<double>(full[i])), file.path(), ": tensor \"", it->second, "\" holds ",
-               static_cast<double>(full[i]), " at element ", i, ": the run had diverged before this save, or the ",
-               "file is damaged; resume from an earlier checkpoint");
+    if (p.hf.empty()) {
+      read_finite(p.name, p.full_shape, full.data());
+    } else {  // Hugging Face [out, in] pieces → columns of the input-major parameter
+      const int64_t rows = p.full_shape[0], cols = p.full_shape[1];
+      for (const HfPart& h : p.hf) {
+        const int64_t w_cols = h.col1 - h.col0;
+        part.resize(static_cast<size_t>(w_cols * rows));
+        read_finite(h.name, {w_cols, rows}, part.data());
+        for (int64_t j = 0; j < w_cols; ++j)
+          for (int64_t i = 0; i < rows; ++i)
+            full[static_cast<size_t>(i * cols + h.col0 + j)] = part[static_cast<size_t>(j * rows + i)];
+      }
+    }
     if (p.split == TpSplit::Replicated)
       std::copy(full.begin(), full.end(), w);
     else
@@ -399,7 +625,19 @@ std::vector<NamedTensor> Transformer<T>::gather_full(const std::string& prefix, 
           if (fi >= 0) f[fi] = shards[static_cast<size_t>(r * n + i)];
         }
     }
-    out.push_back(NamedTensor{prefix + p.name, full});
+    if (p.hf.empty()) {
+      out.push_back(NamedTensor{prefix + p.name, full});
+      continue;
+    }
+    const int64_t rows = p.full_shape[0], cols = p.full_shape[1];
+    for (const HfPart& h : p.hf) {  // columns of the input-major parameter → Hugging Face [out, in]
+      const int64_t w_cols = h.col1 - h.col0;
+      Tensor t = Tensor::zeros(dtype_of<M>(), {w_cols, rows});
+      M* d = t.data<M>();
+      for (int64_t j = 0; j < w_cols; ++j)
+        for (int64_t i = 0; i < rows; ++i) d[j * rows + i] = f[i * cols + h.col0 + j];
+      out.push_back(NamedTensor{prefix + h.name, t});
+    }
   }
   return out;
 }
@@ -408,8 +646,8 @@ std::vector<NamedTensor> Transformer<T>::gather_full(const std::string& prefix, 
 
 template <typename T>
 void Transformer<T>::check_batch(int B, int T_) const {
-  AQ_ASSERT(B >= 1 && B <= max_batch_ && T_ >= 1 && T_ <= max_seq_len_, "batch ", B, "x", T_,
-            " exceeds the planned ", max_batch_, "x", max_seq_len_);
+  AQ_ASSERT(B >= 1 && B <= max_batch_ && T_ >= 1 && T_ <= max_seq_len_, "batch ", B, "x", T_, " exceeds the planned ",
+            max_batch_, "x", max_seq_len_);
 }
 
 template <typename T>
@@ -439,6 +677,50 @@ double Transformer<T>::mean_loss(int64_t N) {
 }
 
 template <typename T>
+void Transformer<T>::norm_forward(T* out, M* mean, M* rstd, const T* inp, const T* w, const T* b, int64_t N) {
+  if (cfg_.llama())
+    k_.rmsnorm_forward(out, rstd, inp, w, N, cfg_.n_embd, cfg_.norm_eps);
+  else
+    k_.layernorm_forward(out, mean, rstd, inp, w, b, N, cfg_.n_embd);
+}
+
+template <typename T>
+void Transformer<T>::residual_norm_forward(T* res, T* out, M* mean, M* rstd, const T* a, const T* b_in, const T* w,
+                                           const T* b, int64_t N) {
+  if (cfg_.llama())
+    k_.residual_rmsnorm_forward(res, out, rstd, a, b_in, w, N, cfg_.n_embd, cfg_.norm_eps);
+  else
+    k_.residual_layernorm_forward(res, out, mean, rstd, a, b_in, w, b, N, cfg_.n_embd);
+}
+
+template <typename T>
+void Transformer<T>::norm_backward(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* w, const M* mean,
+                                   const M* rstd, int64_t N) {
+  if (cfg_.llama())
+    k_.rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, cfg_.n_embd);
+  else
+    k_.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, cfg_.n_embd);
+}
+
+template <typename T>
+void Transformer<T>::attention_forward(LayerActs& a, int B, int T_) {
+  if (!cfg_.llama()) return k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, Cl_, NHl_);
+  // q and k rotated in place (the stored qkv is what attention saw, for its backward).
+  const int hs = cfg_.head_size();
+  profiled("fwd rope", [&] { k_.rope_forward(a.qkv, B, T_, QKVl_, NHl_ + NKVl_, hs, 0, cfg_.rope_theta); });
+  k_.attention_gqa_forward(a.atty, a.lse, a.qkv, B, T_, NHl_, NKVl_, hs);
+}
+
+template <typename T>
+void Transformer<T>::attention_backward(T* dqkv, const T* datty, LayerActs& a, int B, int T_) {
+  if (!cfg_.llama()) return k_.attention_backward(dqkv, datty, a.qkv, a.atty, a.lse, B, T_, Cl_, NHl_);
+  const int hs = cfg_.head_size();
+  k_.attention_gqa_backward(dqkv, datty, a.qkv, a.atty, a.lse, B, T_, NHl_, NKVl_, hs);
+  // d(q, k) before the rotation: the inverse rotation of the gradients.
+  profiled("bwd rope", [&] { k_.rope_backward(dqkv, B, T_, QKVl_, NHl_ + NKVl_, hs, 0, cfg_.rope_theta); });
+}
+
+template <typename T>
 const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B, int T_) {
   check_batch(B, T_);
   const int32_t* inputs = to_device(inputs_, host_inputs, static_cast<int64_t>(B) * T_);
@@ -446,7 +728,7 @@ const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B,
   const int C = cfg_.n_embd, L = cfg_.n_layer, Cl = Cl_;
   T* P = params_.data();  // the working copy
   const T* wte = P + wte_off_;
-  const T* wpe = P + wpe_off_;
+  const T* wpe = wpe_off_ < 0 ? nullptr : P + wpe_off_;  // a Llama has rotary positions instead
 
   // Vocabulary-parallel embedding: each rank adds the rows it owns; positions are added by TP rank 0 only, so
   // the all-reduce sums exactly one wte row and one wpe row per token.
@@ -456,39 +738,45 @@ const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B,
   tp_all_reduce(acts_[0].res_in, N * C, "embedding");
   profiled("fwd layernorm", [&] {
     const LayerParams w0 = layer_view(P, 0);
-    k_.layernorm_forward(lnbuf_, acts_[0].ln1_mean, acts_[0].ln1_rstd, acts_[0].res_in, w0.ln1w, w0.ln1b, N, C);
+    norm_forward(lnbuf_, acts_[0].ln1_mean, acts_[0].ln1_rstd, acts_[0].res_in, w0.ln1w, w0.ln1b, N);
   });
   for (int l = 0; l < L; ++l) {
     trace::Span block_span(trace::Stream::Compute, "fwd block", l);
     const LayerParams w = layer_view(P, l);
     LayerActs& a = acts_[l];
     profiled("fwd gemm attn.c_attn", [&] {  // column-parallel: this rank's heads
-      k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, 3 * Cl);
+      k_.matmul_forward(a.qkv, lnbuf_, w.qkvw, w.qkvb, N, C, QKVl_);
     });
-    profiled("fwd attention", [&] { k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, Cl, NHl_); });
+    profiled("fwd attention", [&] { attention_forward(a, B, T_); });
     profiled("fwd gemm attn.c_proj", [&] {  // row-parallel
       k_.matmul_forward(proj_, a.atty, w.attprojw, row_parallel_bias(w.attprojb), N, Cl, C);
     });
     tp_all_reduce(proj_, N * C, "attn.c_proj output");
     T* res_mid = a.res_mid;
     profiled("fwd layernorm", [&] {
-      k_.residual_layernorm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N, C);
+      residual_norm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N);
     });
-    profiled("fwd gemm mlp.c_fc", [&] {  // fch = pre-GELU, gelu_ = GELU(fch)
-      k_.matmul_gelu_forward(gelu_, a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
-    });
+    if (cfg_.llama()) {
+      profiled("fwd gemm mlp.c_fc",  // fch = [gate | up]
+               [&] { k_.matmul_forward(a.fch, lnbuf_, w.fcw, nullptr, N, C, 2 * Fl_); });
+      profiled("fwd swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
+    } else {
+      profiled("fwd gemm mlp.c_fc", [&] {  // fch = pre-GELU, gelu_ = GELU(fch)
+        k_.matmul_gelu_forward(gelu_, a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
+      });
+    }
     profiled("fwd gemm mlp.c_proj",
-             [&] { k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, 4 * Cl, C); });
+             [&] { k_.matmul_forward(proj_, gelu_, w.fcprojw, row_parallel_bias(w.fcprojb), N, Fl_, C); });
     tp_all_reduce(proj_, N * C, "mlp.c_proj output");
     // The block's residual add is fused into the next LayerNorm (ln_1 of block l+1, or ln_f).
     ProfileScope prof("fwd layernorm");
     if (l + 1 < L) {
       const LayerParams wn = layer_view(P, l + 1);
       LayerActs& n = acts_[l + 1];
-      k_.residual_layernorm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid, proj_, wn.ln1w, wn.ln1b, N, C);
+      residual_norm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid, proj_, wn.ln1w, wn.ln1b, N);
     } else {
-      k_.residual_layernorm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid, proj_, P + lnfw_off_,
-                                    P + lnfb_off_, N, C);
+      residual_norm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid, proj_, P + lnfw_off_,
+                            lnfb_off_ < 0 ? nullptr : P + lnfb_off_, N);
     }
   }
   return inputs;
@@ -502,8 +790,9 @@ void Transformer<T>::classifier_hook(void* self, M* data, int64_t n, int is_max)
   span.arg("bytes", static_cast<double>(n) * sizeof(M));
   Timer t;
   m->tp_.group
-      ->all_reduce(data, n, dtype_of<M>(), {is_max ? "vocab-parallel row max" : "vocab-parallel row sums",
-                                            is_max ? ReduceOp::Max : ReduceOp::Sum})
+      ->all_reduce(
+          data, n, dtype_of<M>(),
+          {is_max ? "vocab-parallel row max" : "vocab-parallel row sums", is_max ? ReduceOp::Max : ReduceOp::Sum})
       ->wait();
   m->tp_comm_ms_ += t.ms();
 }
@@ -511,8 +800,8 @@ void Transformer<T>::classifier_hook(void* self, M* data, int64_t n, int is_max)
 template <typename T>
 void Transformer<T>::classifier(T* dx, M* dwte, const int32_t* targets, int64_t N) {
   const ops::ReduceHook<M> hook{this, &Transformer<T>::classifier_hook};
-  k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.data() + wte_off_, targets, N, cfg_.n_embd,
-                Vl_, v0_, cfg_.vocab_size, classifier_chunk_, M(1) / static_cast<M>(N), tp_.size > 1 ? &hook : nullptr);
+  k_.classifier(losses_, dx, dwte, logits_, lnf_, params_.data() + head_off_, targets, N, cfg_.n_embd, Vl_, v0_,
+                cfg_.vocab_size, classifier_chunk_, M(1) / static_cast<M>(N), tp_.size > 1 ? &hook : nullptr);
 }
 
 template <typename T>
@@ -528,9 +817,9 @@ void Transformer<T>::last_logits(const int32_t* tokens, int t, M* logits) {
   AQ_CHECK(tp_.size == 1 && device_ == Device::CPU, "last_logits (generation) runs on a single CPU rank");
   if constexpr (std::is_same_v<T, M>) {  // a bf16 model lives on a GPU (checked at construction)
     forward_to_lnf(tokens, 1, t);
-    // One row through the tied head: logits = x·wteᵀ (V·C multiply-adds; cheap next to the forward pass).
+    // One row through the head: logits = x·wteᵀ (or lm_head; V·C multiply-adds, cheap next to the forward pass).
     const int C = cfg_.n_embd;
-    const T* wte = params_.data() + wte_off_;
+    const T* wte = params_.data() + head_off_;
     const T* x = lnf_ + static_cast<int64_t>(t - 1) * C;
     for (int v = 0; v < cfg_.vocab_size; ++v) {
       T acc = 0;
@@ -544,7 +833,7 @@ void Transformer<T>::last_logits(const int32_t* tokens, int t, M* logits) {
 
 template <typename T>
 double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_t* host_targets, int B, int T_,
-                                  bool accumulate) {
+                                        bool accumulate) {
   trace::Span forward_span(trace::Stream::Compute, "forward");
   const int32_t* inputs = forward_to_lnf(host_inputs, B, T_);
   forward_span.end();
@@ -562,7 +851,7 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
   // Classifier: loss, and dlnf into dbuf_, dwte accumulated — the logits never exist for the whole batch. Its
   // kernel names its own parts (GEMMs forward and backward, softmax-xent) for the profile.
   trace::Span loss_span(trace::Stream::Compute, "loss (classifier fwd+bwd)");
-  profiled("classifier", [&] { classifier(dbuf_, G + wte_off_, targets, N); });
+  profiled("classifier", [&] { classifier(dbuf_, G + head_off_, targets, N); });
   tp_all_reduce(dbuf_, N * C, "d(ln_f output)");
   loss_span.end();
   // Backward: after each block its gradients are final and ready() may launch data-parallel buckets, whose
@@ -571,8 +860,8 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
 
   profiled("bwd layernorm", [&] {
     device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
-    k_.layernorm_backward(dres_, G + lnfw_off_, G + lnfb_off_, dbuf_, res_final_, P + lnfw_off_, lnf_mean_, lnf_rstd_,
-                          N, C);
+    norm_backward(dres_, G + lnfw_off_, lnfb_off_ < 0 ? nullptr : G + lnfb_off_, dbuf_, res_final_, P + lnfw_off_,
+                  lnf_mean_, lnf_rstd_, N);
   });
   ready(lnfw_off_);
   for (int l = L - 1; l >= 0; --l) {
@@ -580,46 +869,55 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
     const LayerParams w = layer_view(P, l);
     const LayerGrads g = layer_view(G, l);
     LayerActs& a = acts_[l];
-    // Recompute what forward did not keep: ln_2 = LayerNorm(res_mid), with the same kernel on the same input, so
-    // the values are bit-identical to forward's.
+    // Recompute what forward did not keep: ln_2 = norm(res_mid), with the same kernel on the same input, so the
+    // values are bit-identical to forward's.
     T* res_mid = a.res_mid;
     profiled("bwd recompute layernorm",
-             [&] { k_.layernorm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N, C); });
-    // GELU recomputed from the stored pre-activation. Forward's GELU came out of the fused GEMM from the
-    // unrounded pre-activation, so with bf16 this input to c_proj's weight gradient can differ from forward's
-    // by one bf16 rounding (and by cuBLASLt's GELU vs ours in the last fp32 bits): far below bf16 resolution.
-    profiled("bwd recompute gelu", [&] { k_.gelu_forward(gelu_, a.fch, N * 4 * Cl); });
-    // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
-    // The kernel writes d(fch) = GELU'(fch) ⊙ (dres_·Wᵀ) after its last read of the GELU output, so it may
-    // overwrite that buffer in place.
-    profiled("bwd gemm mlp.c_proj", [&] {
-      k_.matmul_backward_dgelu(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, a.fch, N, 4 * Cl, C);
-    });
-    profiled("bwd gemm mlp.c_fc", [&] { k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * Cl); });
+             [&] { norm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N); });
+    if (cfg_.llama()) {
+      // SwiGLU recomputed from the stored [gate | up]; then d(its output) in place over it, and d(gate | up) in
+      // place over fch (neither is read again in this backward).
+      profiled("bwd recompute swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
+      profiled("bwd gemm mlp.c_proj",
+               [&] { k_.matmul_backward(gelu_, g.fcprojw, nullptr, dres_, gelu_, w.fcprojw, N, Fl_, C); });
+      profiled("bwd swiglu", [&] { k_.swiglu_backward(a.fch, gelu_, a.fch, N, Fl_); });
+      profiled("bwd gemm mlp.c_fc",
+               [&] { k_.matmul_backward(dbuf_, g.fcw, nullptr, a.fch, lnbuf_, w.fcw, N, C, 2 * Fl_); });
+    } else {
+      // GELU recomputed from the stored pre-activation. Forward's GELU came out of the fused GEMM from the
+      // unrounded pre-activation, so with bf16 this input to c_proj's weight gradient can differ from forward's
+      // by one bf16 rounding (and by cuBLASLt's GELU vs ours in the last fp32 bits): far below bf16 resolution.
+      profiled("bwd recompute gelu", [&] { k_.gelu_forward(gelu_, a.fch, N * 4 * Cl); });
+      // dres_ is the gradient of this block's output = res_mid + mlp(...): it flows into both terms.
+      // The kernel writes d(fch) = GELU'(fch) ⊙ (dres_·Wᵀ) after its last read of the GELU output, so it may
+      // overwrite that buffer in place.
+      profiled("bwd gemm mlp.c_proj", [&] {
+        k_.matmul_backward_dgelu(gelu_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, a.fch, N, 4 * Cl, C);
+      });
+      profiled("bwd gemm mlp.c_fc",
+               [&] { k_.matmul_backward(dbuf_, g.fcw, g.fcb, gelu_, lnbuf_, w.fcw, N, C, 4 * Cl); });
+    }
     tp_all_reduce(dbuf_, N * C, "d(ln_2 output)");
-    profiled("bwd layernorm", [&] {
-      k_.layernorm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N, C);
-    });
+    profiled("bwd layernorm",
+             [&] { norm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N); });
     // dres_ is now the gradient of res_mid = res_in + attn(...).
     profiled("bwd gemm attn.c_proj",
              [&] { k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C); });
-    profiled("bwd attention", [&] {  // gelu_ now holds d(qkv)
-      k_.attention_backward(gelu_, dbuf_, a.qkv, a.atty, a.lse, B, T_, Cl, NHl_);
-    });
-    profiled("bwd recompute layernorm", [&] {  // ln_1
-      k_.layernorm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N, C);
+    profiled("bwd attention", [&] { attention_backward(gelu_, dbuf_, a, B, T_); });  // gelu_ now holds d(qkv)
+    profiled("bwd recompute layernorm", [&] {                                        // ln_1
+      norm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N);
     });
     profiled("bwd gemm attn.c_attn",
-             [&] { k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, 3 * Cl); });
+             [&] { k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, QKVl_); });
     tp_all_reduce(dbuf_, N * C, "d(ln_1 output)");
-    profiled("bwd layernorm", [&] {
-      k_.layernorm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N, C);
-    });
+    profiled("bwd layernorm",
+             [&] { norm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N); });
     block_span.end();
     ready(layer_offsets_[static_cast<size_t>(l)][0]);  // block l's first tensor
   }
-  profiled("bwd embedding",
-           [&] { k_.embedding_backward(G + wte_off_, G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_); });
+  profiled("bwd embedding", [&] {
+    k_.embedding_backward(G + wte_off_, wpe_off_ < 0 ? nullptr : G + wpe_off_, dres_, inputs, B, T_, C, v0_, Vl_);
+  });
   ready(0);
   backward_span.end();
   // Read last: on a GPU this copy waits for the device, which would stall queuing the backward pass.

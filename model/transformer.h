@@ -1,8 +1,15 @@
-// transformer.h — the GPT-2 model: parameters, activations, forward and backward.
+// transformer.h — the decoder-only transformer: parameters, activations, forward and backward.
 //
-// Pre-LayerNorm blocks (x += attn(ln_1(x)); x += mlp(ln_2(x))), causal attention, a 4C tanh-GELU MLP, a final
-// LayerNorm and an LM head tied to the token embedding; learned positions. Parameters, gradients and all
-// activations live in three allocations made at construction: the step itself never allocates.
+// One block structure, two families (ModelConfig::arch): pre-norm blocks (x += attn(norm_1(x));
+// x += mlp(norm_2(x))), causal attention, a final norm and an LM head.
+//                 GPT-2                               Llama
+//   positions     learned table wpe                   rotary (HF rotate_half, rope_theta), inside attention
+//   norms         LayerNorm (weight, bias)            RMSNorm (weight; rms_norm_eps)
+//   attention     multi-head, with biases             grouped-query (n_kv_head key/value heads), no biases
+//   MLP           4C, tanh-GELU, with biases          SwiGLU of width F (gate and up in one GEMM), no biases
+//   LM head       tied to the token table             lm_head (untied) or tied (tie_word_embeddings)
+// Parameters, gradients and all activations live in three allocations made at construction: the step itself
+// never allocates.
 //
 // The model is a template over the element type T of weights and activations: float for training, double for
 // the gradient checks in tests, bf16 for mixed precision on a GPU. Everything kept at full precision — master
@@ -12,13 +19,21 @@
 // for the model's device and dtype.
 //
 // Tensor parallelism (Megatron-LM): with a TP group of size tp, each rank holds
-//   * c_attn column-parallel by heads (its NH/tp heads' q, k and v columns) and attn.c_proj row-parallel;
-//   * mlp.c_fc column-parallel and mlp.c_proj row-parallel;
-//   * wte vocabulary-parallel (ceil(V/tp) rows per rank, rounded up to a multiple of 64 on a GPU), used by the
-//     embedding and by the tied, vocabulary-parallel cross-entropy — full logits are never gathered;
-//   * LayerNorms, wpe and the row-parallel biases replicated.
+//   * the attention input projection column-parallel by heads (its NH/tp query heads' and NKV/tp key/value
+//     heads' columns) and the output projection row-parallel;
+//   * the MLP's first GEMM column-parallel (GPT-2's c_fc; Llama's gate and up, each split) and its second
+//     row-parallel;
+//   * the token table (and an untied lm_head) vocabulary-parallel (ceil(V/tp) rows per rank, rounded up to a
+//     multiple of 64 on a GPU), used by the embedding and the vocabulary-parallel cross-entropy — full logits
+//     are never gathered;
+//   * norms, wpe and the row-parallel biases replicated.
 // The conjugate pair: row-parallel outputs are all-reduced in forward (identity in backward), and the input
 // gradients of column-parallel layers are all-reduced in backward (identity in forward).
+//
+// Checkpoints hold Hugging Face tensors whatever the layout: GPT-2's names and Conv1D (input-major) weights as
+// kept here; a Llama's q/k/v and gate/up projections are kept packed, and every Llama projection input-major (one
+// GEMM each, the layout the kernels take), converted to and from HF's separate [out, in] tensors when a
+// checkpoint is written or read (ParamInfo::hf).
 #pragma once
 
 #include <array>
@@ -34,7 +49,10 @@
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
+#include "ops/rmsnorm/rmsnorm.h"
+#include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
+#include "ops/swiglu/swiglu.h"
 #include "parallel/backend.h"
 #include "runtime/arena.h"
 #include "runtime/memory.h"
@@ -42,35 +60,68 @@
 
 namespace aq {
 
+enum class Arch { GPT2, Llama };
+
 struct ModelConfig {
+  Arch arch = Arch::GPT2;
   int n_layer = 4, n_head = 4, n_embd = 128, vocab_size = 256, max_seq = 128;
+  // The Llama family's (GPT-2 has n_kv_head = n_head, F = 4C, LayerNorm's eps 1e-5, a tied head):
+  int n_kv_head = 0;       // num_key_value_heads; 0 = n_head
+  int ffn_hidden = 0;      // intermediate_size F; 0 = 4·n_embd
+  double norm_eps = 1e-5;  // rms_norm_eps
+  double rope_theta = 10000.0;
+  bool tied_head = true;  // tie_word_embeddings
+
+  bool llama() const { return arch == Arch::Llama; }
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int ffn() const { return ffn_hidden > 0 ? ffn_hidden : 4 * n_embd; }
+  int head_size() const { return n_embd / n_head; }
 
   void validate() const;  // throws aq::Error with the fix
-  std::map<std::string, std::string> to_metadata() const;  // HF names: n_layer, n_head, n_embd, ...
+  // Checkpoint metadata: GPT-2's n_layer, n_head, …; a Llama's Hugging Face config keys and its model_type.
+  std::map<std::string, std::string> to_metadata() const;
+  // The Hugging Face config.json (model_type gpt2 or llama), written beside the model of every save.
+  std::string to_hf_config_json() const;
   std::string describe() const;
   bool operator==(const ModelConfig&) const = default;
 };
 
-// Reads the configuration of a GPT-2 checkpoint: from its __metadata__ when present, otherwise from tensor
-// shapes (a Hugging Face export has no metadata); `heads_override` > 0 supplies n_head when the file lacks it.
-ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_override);
+// A Hugging Face config.json (model_type "gpt2" or "llama"); one clear line for anything else.
+ModelConfig read_hf_config(const std::string& path);
+
+// Reads the configuration of a checkpoint. GPT-2 (wte.weight): from its __metadata__ when present, otherwise from
+// tensor shapes (a Hugging Face export has no metadata); `heads_override` > 0 supplies n_head when the file lacks
+// it. Llama (model.embed_tokens.weight): from its metadata, else `config_json`, else the config.json beside it.
+ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_override,
+                                   const std::string& config_json = "");
 
 // How a parameter is split over the tensor-parallel ranks.
 enum class TpSplit {
-  Replicated,  // every rank holds all of it
-  VocabRows,   // rows of a [V, C] table, Vl per rank (padded; see above); rank r holds rows r·Vl … (r+1)·Vl−1
-  QkvColumns,  // last dimension 3C = [q | k | v]: rank r holds its heads' slice of each of q, k and v
-  Columns,     // last dimension split evenly
-  Rows,        // first dimension split evenly
+  Replicated,     // every rank holds all of it
+  VocabRows,      // rows of a [V, C] table, Vl per rank (padded; see above); rank r holds rows r·Vl … (r+1)·Vl−1
+  PackedColumns,  // last dimension packs parts side by side (GPT-2 [q | k | v]; Llama [q | k | v] of NH·hs,
+                  // NKV·hs, NKV·hs columns, and [gate | up]): rank r holds its slice of each part
+  Columns,        // last dimension split evenly
+  Rows,           // first dimension split evenly
+};
+
+// A Hugging Face tensor cut from a parameter kept here: columns [col0, col1) of a 2-D (rows, cols) parameter,
+// transposed to nn.Linear's [out, in].
+struct HfPart {
+  std::string name;
+  int64_t col0, col1;
 };
 
 struct ParamInfo {
-  std::string name;  // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+  std::string name;  // Hugging Face name ("h.3.attn.c_attn.weight"); a packed Llama projection has its own
+                     // ("model.layers.0.self_attn.qkv_proj.weight") and its HF tensors in `hf`
   Shape shape;       // this rank's shard
-  Shape full_shape;  // the whole tensor, as in a checkpoint
+  Shape full_shape;  // the whole tensor, as kept here
   TpSplit split;
-  int64_t offset;    // in elements, into the flat parameter (and gradient, and optimizer state) buffer
-  bool decay;        // AdamW weight decay applies (tensors with >= 2 dimensions)
+  int64_t offset;                   // in elements, into the flat parameter (and gradient, and optimizer state) buffer
+  bool decay;                       // AdamW weight decay applies (tensors with >= 2 dimensions)
+  std::vector<int64_t> parts = {};  // PackedColumns: the full width of each part, in order
+  std::vector<HfPart> hf = {};      // empty: in checkpoints as it is, under `name`
 };
 
 // The tensor-parallel group a model instance belongs to; size 1 = the whole model on this rank.
@@ -88,12 +139,12 @@ class Transformer {
   // Allocates for batches up to max_batch × max_seq_len tokens (max_seq_len <= cfg.max_seq). The flat buffers
   // are padded to a multiple of `buffer_multiple` elements (ZeRO-1 splits them evenly over data-parallel ranks).
   // Parameters, gradients and activations live on `device`; inputs, targets and results cross as host data.
-  Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp = {}, int64_t buffer_multiple = 1,
-       Device device = Device::CPU);
+  Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp = {},
+              int64_t buffer_multiple = 1, Device device = Device::CPU);
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<ParamInfo>& params_info() const { return params_info_; }
-  int64_t num_params() const { return num_params_; }  // real parameters (without alignment padding)
+  int64_t num_params() const { return num_params_; }    // real parameters (without alignment padding)
   int64_t buffer_size() const { return buffer_size_; }  // flat buffer length including padding
   Device device() const { return device_; }
   // Master weights (fp32 for bf16; the parameters themselves otherwise) and gradients, on device(). Whoever
@@ -144,7 +195,7 @@ class Transformer {
  private:
   // One block's tensors inside a flat buffer: the working parameters (P = T) or the gradients (P = M).
   template <typename P>
-  struct LayerPtrs {
+  struct LayerPtrs {  // a Llama has no biases: those pointers are null
     P *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
   };
   using LayerParams = LayerPtrs<T>;
@@ -152,16 +203,17 @@ class Transformer {
   struct LayerActs {
     // LayerNorm outputs are not stored: backward recomputes them from the residual stream (one cheap pass)
     // into a shared scratch buffer, which saves 2·N·C values per layer.
-    T* res_in;            // (N,C) residual stream entering the block
+    T* res_in;               // (N,C) residual stream entering the block
     M *ln1_mean, *ln1_rstd;  // (N), (N)
-    T* qkv;               // (N,3C)
-    T* atty;              // (N,C)
-    M* lse;               // (B,NH,T)
+    T* qkv;                  // (N,3C/tp); Llama (N,(NH+2NKV)·hs/tp), q and k rotated
+    T* atty;                 // (N,C)
+    M* lse;                  // (B,NH,T)
     // res_mid = res_in + c_proj(atty), stored: recomputing it in backward would cost one C×C GEMM per layer on
     // one rank (~2% of a GPT-2 124M step) and a blocking all-reduce with tensor parallelism.
-    T* res_mid;            // (N,C)
+    T* res_mid;  // (N,C)
     M *ln2_mean, *ln2_rstd;
-    T* fch;               // (N,4C/tp) pre-GELU; GELU is recomputed in backward instead of stored
+    T* fch;  // (N,4C/tp) pre-GELU; GELU is recomputed in backward instead of stored
+             // Llama: (N,2F/tp) [gate | up] before SwiGLU (also recomputed)
   };
   struct Kernels {
     typename ops::Embedding<T>::Forward* embedding_forward;
@@ -177,6 +229,16 @@ class Transformer {
     typename ops::Attention<T>::Backward* attention_backward;
     typename ops::Gelu<T>::Forward* gelu_forward;
     typename ops::Classifier<T>::Forward* classifier;
+    // Llama
+    typename ops::RmsNorm<T>::Forward* rmsnorm_forward = nullptr;
+    typename ops::RmsNorm<T>::ResidualForward* residual_rmsnorm_forward = nullptr;
+    typename ops::RmsNorm<T>::Backward* rmsnorm_backward = nullptr;
+    typename ops::SwiGlu<T>::Forward* swiglu_forward = nullptr;
+    typename ops::SwiGlu<T>::Backward* swiglu_backward = nullptr;
+    typename ops::Rope<T>::Forward* rope_forward = nullptr;
+    typename ops::Rope<T>::Backward* rope_backward = nullptr;
+    typename ops::Attention<T>::ForwardGqa* attention_gqa_forward = nullptr;
+    typename ops::Attention<T>::BackwardGqa* attention_gqa_backward = nullptr;
     typename ops::MultiAdamW<T>::Cast* cast_to_working = nullptr;  // bf16 only
   };
   M* master_ptr() { return std::is_same_v<T, M> ? reinterpret_cast<M*>(params_.data()) : master_.data(); }
@@ -190,6 +252,15 @@ class Transformer {
   // Runs the model up to ln_f; returns the inputs as the kernels see them (copied to the device if needed).
   const int32_t* forward_to_lnf(const int32_t* inputs, int B, int T_);
   void tp_all_reduce(T* data, int64_t n, const char* what);
+  // The block's norm (LayerNorm, or RMSNorm for a Llama, whose `mean` and bias are unused).
+  void norm_forward(T* out, M* mean, M* rstd, const T* inp, const T* w, const T* b, int64_t N);
+  void residual_norm_forward(T* res, T* out, M* mean, M* rstd, const T* a, const T* b_in, const T* w, const T* b,
+                             int64_t N);
+  void norm_backward(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* w, const M* mean, const M* rstd,
+                     int64_t N);
+  // The attention of block `a` from its qkv (Llama: rotates q and k first), and its backward into dqkv.
+  void attention_forward(LayerActs& a, int B, int T_);
+  void attention_backward(T* dqkv, const T* datty, LayerActs& a, int B, int T_);
   const T* row_parallel_bias(const T* bias) const { return tp_.rank == 0 ? bias : nullptr; }
   void classifier(T* dx, M* dwte, const int32_t* targets, int64_t N);
   const int32_t* to_device(int32_t* slot, const int32_t* host, int64_t n);  // inputs/targets onto the device
@@ -200,8 +271,9 @@ class Transformer {
   static void classifier_hook(void* self, M* data, int64_t n, int is_max);
   double tp_comm_ms_ = 0;
 
-  // Dimensions of this rank's shards.
-  int Cl_ = 0, NHl_ = 0, Vl_ = 0, v0_ = 0;
+  // Dimensions of this rank's shards: width of the attention output Cl (= NHl·hs), heads, the packed qkv width,
+  // the MLP width F (4C for GPT-2), the token table's rows.
+  int Cl_ = 0, NHl_ = 0, NKVl_ = 0, QKVl_ = 0, Fl_ = 0, Vl_ = 0, v0_ = 0;
   TensorParallel tp_;
   std::function<void(int64_t)> grad_ready_;
 
@@ -210,7 +282,8 @@ class Transformer {
   int64_t classifier_chunk_ = 0;
   std::vector<ParamInfo> params_info_;
   // Flat-buffer offsets, fixed at construction so the step never looks a name up.
-  int64_t wte_off_ = 0, wpe_off_ = 0, lnfw_off_ = 0, lnfb_off_ = 0;
+  // -1: the model has no such tensor (GPT-2: head = wte; a Llama has no wpe and no biases).
+  int64_t wte_off_ = 0, wpe_off_ = -1, lnfw_off_ = 0, lnfb_off_ = -1, head_off_ = 0;
   std::vector<std::array<int64_t, 12>> layer_offsets_;  // per block, in LayerParams field order
   int64_t num_params_ = 0, buffer_size_ = 0;
   Device device_;

@@ -147,13 +147,19 @@ std::string check_save(const std::string& dir) {
   try {
     const nlohmann::json m = read_manifest(dir);
     const std::string id = m["checkpoint_id"].get<std::string>();
-    for (const char* name : {kModelFile, kStateFile}) {
-      const std::string path = dir + "/" + name;
+    for (const char* name : {kModelFile, kStateFile})
       AQ_CHECK(m["files"].contains(name), dir, "/", kManifestFile, " does not list ", name);
+    for (const auto& [name, info] : m["files"].items()) {
+      AQ_CHECK(name.find('/') == std::string::npos, dir, "/", kManifestFile, " lists \"", name,
+               "\", which is not a file name");
+      const std::string path = dir + "/" + name;
       AQ_CHECK(is_file(path), path, " is missing");
-      const uint64_t want = m["files"][name].value("bytes", uint64_t{0});
+      const uint64_t want = info.value("bytes", uint64_t{0});
       const uint64_t have = std::filesystem::file_size(path);
       AQ_CHECK(have == want, path, " has ", have, " bytes, the manifest says ", want, " (truncated or replaced)");
+    }
+    for (const char* name : {kModelFile, kStateFile}) {
+      const std::string path = dir + "/" + name;
       const SafeTensorsReader f(path);
       const auto it = f.metadata().find("checkpoint_id");
       AQ_CHECK(it != f.metadata().end() && it->second == id, path, " belongs to another save than its manifest");

@@ -3,6 +3,7 @@
 //
 //   DIR/step-00000120/model.safetensors   the model (Hugging Face layout; loadable by --init-from, aq-generate)
 //   DIR/step-00000120/state.safetensors   the training state (moments, step, data position, RNG, options, …)
+//   DIR/step-00000120/config.json         the model's Hugging Face config.json (a save is an HF model folder)
 //   DIR/step-00000120/manifest.json       format, step, checkpoint and run ids, each file's size: written last
 //   DIR/.saving-step-00000120.<pid>/      a save being written; renamed to step-… once all of it is on disk
 //   DIR/.removing-step-00000100.<pid>/    an old save being removed (renamed first, so no half-removed save shows)
@@ -24,6 +25,7 @@ namespace aq {
 constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kStateFile = "state.safetensors";
 constexpr const char* kManifestFile = "manifest.json";
+constexpr const char* kConfigFile = "config.json";  // the model's Hugging Face config, so a save is an HF folder
 
 // One committed save, as its manifest says (not verified).
 struct SaveInfo {

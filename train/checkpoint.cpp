@@ -266,7 +266,11 @@ void Job<T>::save(const std::string& path) {
       SaveWriter save(path, opt_.step);
       write_safetensors(save.file(kStateFile), moments, state_meta);
       write_safetensors(save.file(kModelFile), params, meta);
-      const std::string dir = save.commit(id, run_id_, {kModelFile, kStateFile});
+      const std::string hf_config = model_->config().to_hf_config_json();
+      AtomicWriter config(save.file(kConfigFile));
+      config.write(hf_config.data(), hf_config.size());
+      config.commit();
+      const std::string dir = save.commit(id, run_id_, {kModelFile, kStateFile, kConfigFile});
       // The save is complete: a failure to remove older ones is a warning, not a failed save.
       try {
         const std::vector<std::string> pruned = prune_saves(path, dir, cfg_.keep, run_id_);

@@ -185,6 +185,16 @@ void check_flag(const std::optional<int>& flag, int value, const char* name, con
 
 ModelConfig model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReader>& weights) {
   const std::string& file = !cfg.resume.empty() ? cfg.resume : cfg.init_from;
+  if (file.empty() && !cfg.model_config.empty()) {  // a fresh model of the given config
+    ModelConfig c = read_hf_config(cfg.model_config);
+    const std::string where = "--model-config " + cfg.model_config;
+    check_flag(cfg.layers, c.n_layer, "--layers", where);
+    check_flag(cfg.heads, c.n_head, "--heads", where);
+    check_flag(cfg.dim, c.n_embd, "--dim", where);
+    check_flag(cfg.vocab, c.vocab_size, "--vocab", where);
+    check_flag(cfg.max_seq, c.max_seq, "--max-seq", where);
+    return c;
+  }
   if (file.empty()) {
     ModelConfig c;
     c.n_layer = cfg.layers.value_or(4);
@@ -196,7 +206,7 @@ ModelConfig model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsRead
     return c;
   }
   weights = std::make_unique<SafeTensorsReader>(file);
-  ModelConfig c = read_checkpoint_config(*weights, cfg.heads.value_or(0));
+  ModelConfig c = read_checkpoint_config(*weights, cfg.heads.value_or(0), cfg.model_config);
   check_flag(cfg.layers, c.n_layer, "--layers", file);
   check_flag(cfg.dim, c.n_embd, "--dim", file);
   check_flag(cfg.vocab, c.vocab_size, "--vocab", file);

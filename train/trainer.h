@@ -39,6 +39,9 @@ struct TrainConfig {
   // Shape of a fresh model. With --init-from/--resume the checkpoint decides, and a flag given explicitly must
   // agree with it.
   std::optional<int> layers, heads, dim, vocab, max_seq;
+  // --model-config: a Hugging Face config.json (model_type gpt2 or llama) for a fresh model, or for a checkpoint
+  // file that has no config of its own.
+  std::string model_config;
   std::string init_from, resume;
   std::string data, val_data;
   int batch = 4, seq = 64;
