@@ -89,6 +89,12 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     AQ_CHECK(v.is_number_integer(), where, ": \"", key, "\" is not an integer");
     return v.get<int64_t>();
   };
+  // Checkpoint metadata holds every value as a string ("true", "1e-05"); config.json holds JSON values.
+  const auto flag = [&](const char* key, bool fallback) {
+    if (!j.contains(key)) return fallback;
+    const nlohmann::json& v = j.at(key);
+    return v.is_string() ? v.get<std::string>() == "true" : v.get<bool>();
+  };
   const auto real = [&](const char* key, double fallback) {
     if (!j.contains(key)) return fallback;
     const nlohmann::json& v = j.at(key);
@@ -113,13 +119,11 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.max_seq = static_cast<int>(num("max_position_embeddings"));
     c.norm_eps = real("rms_norm_eps", 1e-6);  // Hugging Face's LlamaConfig default
     c.rope_theta = real("rope_theta", 10000.0);
-    const nlohmann::json& tied =
-        j.contains("tie_word_embeddings") ? j.at("tie_word_embeddings") : nlohmann::json(false);
-    c.tied_head = tied.is_string() ? tied.get<std::string>() == "true" : tied.get<bool>();
-    AQ_CHECK(!j.contains("rope_scaling") || j.at("rope_scaling").is_null(), where,
+    c.tied_head = flag("tie_word_embeddings", false);
+    AQ_CHECK(!j.contains("rope_scaling") || j.at("rope_scaling").is_null() || j.at("rope_scaling") == "null", where,
              ": rope_scaling (Llama 3.1's long-context frequencies) is not supported; remove it or use a model "
              "without it");
-    AQ_CHECK(!j.value("attention_bias", false) && !j.value("mlp_bias", false), where,
+    AQ_CHECK(!flag("attention_bias", false) && !flag("mlp_bias", false), where,
              ": attention_bias / mlp_bias are not supported (the Llama blocks here have no biases)");
     const std::string act = j.value("hidden_act", "silu");
     AQ_CHECK(act == "silu", where, ": hidden_act \"", act, "\" is not supported (SwiGLU uses silu)");

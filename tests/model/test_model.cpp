@@ -1,6 +1,8 @@
-// test_model.cpp — whole-model checks: the GPT-2 gradient against finite differences of the loss (double), and
-// the float model against the double model on the same weights.
+// test_model.cpp — whole-model checks: the GPT-2 and Llama gradients against finite differences of the loss
+// (double), the float model against the double model on the same weights, initialisation, configuration checks.
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
 #include "model/transformer.h"
 #include "tests/test_util.h"
@@ -18,23 +20,39 @@ ModelConfig tiny_config() {
   return c;
 }
 
-// Random weights everywhere (not just GPT-2 init, whose zero biases and unit LayerNorm weights would hide
-// mistakes in their gradients).
+// A Llama with every feature in play: 3 query heads over 1 key/value head (head size 4), F = 10, rotary theta
+// 50 (angles that turn visibly over 5 positions), an untied head (or tied).
+ModelConfig tiny_llama(bool tied = false) {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.n_layer = 2;
+  c.n_head = 3;
+  c.n_kv_head = 1;
+  c.n_embd = 12;
+  c.ffn_hidden = 10;
+  c.vocab_size = 11;
+  c.max_seq = 7;
+  c.rope_theta = 50;
+  c.norm_eps = 1e-5;
+  c.tied_head = tied;
+  return c;
+}
+
+// Random weights everywhere (not just GPT-2 init, whose zero biases and unit norm weights would hide mistakes in
+// their gradients); norm weights (1-D "…weight" tensors) around 1.
 template <typename T>
 void randomize(Transformer<T>& m, uint64_t seed) {
   Rng rng(seed);
-  for (const ParamInfo& p : m.params_info())
+  for (const ParamInfo& p : m.params_info()) {
+    const double base = p.full_shape.size() == 1 && p.name.ends_with("weight") ? 1.0 : 0.0;
     for (int64_t i = 0; i < shape_numel(p.shape); ++i)
-      m.params()[p.offset + i] = static_cast<T>((p.name.find("ln_") != std::string::npos &&
-                                                         p.name.ends_with("weight")
-                                                     ? 1.0
-                                                     : 0.0) +
-                                                0.3 * rng.normal());
+      m.params()[p.offset + i] = static_cast<T>(base + 0.3 * rng.normal());
+  }
 }
 
-TEST(GPT2, WholeModelGradientMatchesFiniteDifferences) {
+void expect_gradient_matches_finite_differences(const ModelConfig& cfg) {
   const int B = 2, T = 5;
-  Transformer<double> model(tiny_config(), B, T);
+  Transformer<double> model(cfg, B, T);
   randomize(model, 1);
   auto inp = test::random_tokens(B * T, 11, 2), tgt = test::random_tokens(B * T, 11, 3);
   const double loss = model.forward_backward(inp.data(), tgt.data(), B, T);
@@ -56,6 +74,70 @@ TEST(GPT2, WholeModelGradientMatchesFiniteDifferences) {
     }
     EXPECT_LT(worst, 1e-6) << "gradient of " << p.name;
   }
+}
+
+TEST(GPT2, WholeModelGradientMatchesFiniteDifferences) { expect_gradient_matches_finite_differences(tiny_config()); }
+
+TEST(Llama, WholeModelGradientMatchesFiniteDifferences) {
+  expect_gradient_matches_finite_differences(tiny_llama());
+  expect_gradient_matches_finite_differences(tiny_llama(/*tied=*/true));
+}
+
+class LlamaFiles : public test::TempDirTest {};
+
+TEST_F(LlamaFiles, HuggingFaceTensorsRoundTripThroughThePackedLayout) {
+  // gather_full splits q/k/v and gate/up and transposes to [out, in]; load puts them back: bit-identical.
+  Transformer<double> a(tiny_llama(), 1, 4), b(tiny_llama(), 1, 4);
+  randomize(a, 9);
+  std::vector<NamedTensor> hf = a.gather_full();
+  std::map<std::string, Shape> shapes;
+  for (const NamedTensor& t : hf) shapes[t.name] = t.tensor.shape();
+  EXPECT_EQ(shapes.at("model.layers.1.self_attn.q_proj.weight"), (Shape{12, 12}));
+  EXPECT_EQ(shapes.at("model.layers.1.self_attn.k_proj.weight"), (Shape{4, 12}));
+  EXPECT_EQ(shapes.at("model.layers.0.mlp.gate_proj.weight"), (Shape{10, 12}));
+  EXPECT_EQ(shapes.at("model.layers.0.mlp.down_proj.weight"), (Shape{12, 10}));
+  EXPECT_EQ(shapes.at("lm_head.weight"), (Shape{11, 12}));
+  EXPECT_EQ(shapes.count("model.layers.0.self_attn.qkv_proj.weight"), 0u);
+  // q_proj row o, column i is the packed parameter's element (i, o).
+  const ParamInfo& qkv = a.params_info()[2];
+  ASSERT_EQ(qkv.name, "model.layers.0.self_attn.qkv_proj.weight");
+  for (const NamedTensor& t : hf)
+    if (t.name == "model.layers.0.self_attn.k_proj.weight")
+      EXPECT_EQ(t.tensor.data<double>()[1 * 12 + 5], a.params()[qkv.offset + 5 * 20 + 12 + 1]);
+  const std::string& dir = dir_;
+  write_safetensors(dir + "/m.safetensors", hf, tiny_llama().to_metadata());
+  SafeTensorsReader f(dir + "/m.safetensors");
+  EXPECT_EQ(read_checkpoint_config(f, 0), tiny_llama());  // the config travels in the metadata
+  b.load(f);
+  for (int64_t i = 0; i < a.buffer_size(); ++i) ASSERT_EQ(a.params()[i], b.params()[i]) << i;
+}
+
+TEST_F(LlamaFiles, ConfigJsonIsReadAndRefusedWithReasons) {
+  const std::string& dir = dir_;
+  const auto write = [&](const std::string& text) {
+    std::ofstream(dir + "/config.json") << text;
+    return dir + "/config.json";
+  };
+  std::ofstream(dir + "/good.json") << tiny_llama().to_hf_config_json();
+  EXPECT_EQ(read_hf_config(dir + "/good.json"), tiny_llama());
+  const std::string base = R"("hidden_size": 12, "intermediate_size": 10, "num_hidden_layers": 2,
+      "num_attention_heads": 3, "vocab_size": 11, "max_position_embeddings": 7)";
+  const ModelConfig mha = read_hf_config(write(R"({"model_type": "llama", )" + base + "}"));
+  EXPECT_EQ(mha.kv_heads(), 3);   // num_key_value_heads absent: multi-head
+  EXPECT_EQ(mha.norm_eps, 1e-6);  // Hugging Face's default
+  EXPECT_FALSE(mha.tied_head);
+  test::expect_error([&] { read_hf_config(write(R"({"model_type": "mistral", )" + base + "}")); },
+                     {"model_type \"mistral\" is not one Aqueduct builds (gpt2, llama)"});
+  test::expect_error(
+      [&] { read_hf_config(write(R"({"model_type": "llama", "num_key_value_heads": 2, )" + base + "}")); },
+      {"num_key_value_heads 2 must divide num_attention_heads 3"});
+  test::expect_error(
+      [&] {
+        read_hf_config(write(R"({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}, )" + base + "}"));
+      },
+      {"rope_scaling", "is not supported"});
+  test::expect_error([&] { read_hf_config(write(R"({"model_type": "llama", "hidden_size": 12})")); },
+                     {"has no \"intermediate_size\""});
 }
 
 TEST(GPT2, FloatModelMatchesDoubleModel) {
@@ -125,8 +207,19 @@ TEST(GPT2, BatchAndTensorParallelSplitAreCheckedBeforeAnythingIsSized) {
   ModelConfig c = tiny_config();
   c.n_head = 3;
   c.n_embd = 3 * (c.n_embd / 3);
-  test::expect_error([&] { Transformer<float>(c, 1, 4, TensorParallel{2, 0, nullptr}); },
-                     {"--tp 2 must divide the head count H=3", "divisors of 3"});
+  test::expect_error(
+      [&] {
+        Transformer<float>(c, 1, 4, TensorParallel{2, 0, nullptr});
+      },
+      {"--tp 2 must divide the head count H=3", "divisors of 3"});
+  ModelConfig l = tiny_llama();
+  l.n_head = 6;
+  l.n_kv_head = 3;
+  test::expect_error(
+      [&] {
+        Transformer<float>(l, 1, 4, TensorParallel{2, 0, nullptr});
+      },
+      {"--tp 2 must divide the key/value heads num_key_value_heads=3"});
 }
 
 }  // namespace

@@ -101,6 +101,48 @@ TEST_F(Training, SameSeedGivesBitIdenticalLosses) {
   EXPECT_NE(losses(train(cfg_, comm_)), a);
 }
 
+TEST_F(Training, LlamaResumesBitIdenticallyAndSavesAHuggingFaceFolder) {
+  // A fresh Llama from --model-config (GQA, untied head), saved at step 2 and resumed: bit-identical to the
+  // uninterrupted run; each save is a Hugging Face folder (config.json beside model.safetensors) that loads again.
+  {
+    std::ofstream(dir_ + "/llama.json")
+        << R"({"model_type": "llama", "hidden_size": 32, "intermediate_size": 44, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 32,
+               "rms_norm_eps": 1e-5, "rope_theta": 1000.0, "tie_word_embeddings": false})";
+  }
+  TrainConfig base = cfg_;
+  base.layers.reset();
+  base.heads.reset();
+  base.dim.reset();
+  base.max_seq.reset();
+  base.model_config = dir_ + "/llama.json";
+  TrainConfig full = base;
+  full.save = dir_ + "/llama_full";
+  const auto all = losses(train(full, comm_));
+  TrainConfig first = base;
+  first.steps = 2;
+  first.save = dir_ + "/llama_part";
+  const auto head = losses(train(first, comm_));
+  TrainConfig rest = cfg_;  // --model-config is not needed: the save's metadata carries the config
+  rest.layers.reset();
+  rest.heads.reset();
+  rest.dim.reset();
+  rest.max_seq.reset();
+  rest.resume = first.save;
+  rest.save = dir_ + "/llama_resumed";
+  const auto tail = losses(train(rest, comm_));
+  std::vector<double> joined = head;
+  joined.insert(joined.end(), tail.begin(), tail.end());
+  EXPECT_EQ(joined, all);
+  EXPECT_EQ(tensor_bytes(test::saved_model(rest.save)), tensor_bytes(test::saved_model(full.save)));
+  const std::string model = test::saved_model(full.save);
+  EXPECT_EQ(read_hf_config(model.substr(0, model.rfind('/')) + "/config.json"), read_hf_config(base.model_config));
+  const SafeTensorsReader f(model);
+  EXPECT_TRUE(f.has("model.layers.1.self_attn.k_proj.weight"));
+  EXPECT_TRUE(f.has("lm_head.weight"));
+  EXPECT_FALSE(f.has("model.layers.1.self_attn.qkv_proj.weight"));
+}
+
 TEST_F(Training, ResumeContinuesBitIdentically) {
   TrainConfig full = cfg_;
   full.save = dir_ + "/full";
