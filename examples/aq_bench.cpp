@@ -14,7 +14,8 @@
 // scripts (scripts/bench_vs_pytorch.py compares it with PyTorch; scripts/gpu_check.sh summarises it).
 //
 // MFU = (FLOPs/token x tokens/s) / (devices x peak), FLOPs/token = 6*N + 6*L*C*T: 6N for the forward and
-// backward matmuls against every parameter (the tied LM head included), 6*L*C*T for causal attention's QK^T
+// backward matmuls against every parameter (the tied LM head included; an untied input table, a Llama's
+// embed_tokens, is a lookup and counts nothing: 6*(N - V*C)), 6*L*C*T for causal attention's QK^T
 // and AV (forward 2*2*C*T/2 per token per layer, as only the lower triangle is useful; the backward twice
 // that). PaLM and nanoGPT count the full square, 12*L*C*T, which reads ~7% higher at GPT-2 124M and T=1024.
 //
@@ -36,34 +37,41 @@
 #ifdef AQ_HAVE_CUDA
 #include "runtime/cuda/device.h"
 #endif
-#include "parallel/trace_session.h"
-#include "train/trainer.h"
 #include "ops/cpu/blas.h"
+#include "parallel/trace_session.h"
 #include "runtime/blas_setup.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
 #include "runtime/op_profile.h"
 #include "runtime/rng.h"
 #include "runtime/sysinfo.h"
+#include "train/trainer.h"
 
 namespace {
 
 struct BenchConfig {
   const char* name;
   int layers, heads, dim, vocab, max_seq, seq, batch;
+  // A Llama (RMSNorm, rotary theta 10000, SwiGLU of width ffn, kv_heads key/value heads, untied head) when ffn > 0.
+  int kv_heads = 0, ffn = 0;
 };
 constexpr BenchConfig kConfigs[] = {
     {"tiny", 4, 4, 128, 256, 128, 128, 16},
     {"gpt2-124m", 12, 12, 768, 50257, 1024, 256, 4},
     // GPT-2 124M at its full context, for one GPU: B=16 fits an 80 GB H100 with room to spare (--batch to change).
     {"gpt2-124m-1k", 12, 12, 768, 50257, 1024, 1024, 16},
+    {"llama-tiny", 4, 4, 128, 256, 128, 128, 16, 2, 344},
+    // GPT-2 124M's width and depth as a Llama with 4 kv heads, F = 2048 and a 32k vocabulary: 125M parameters
+    // (untied head), the same tokens per step as gpt2-124m.
+    {"llama-125m", 12, 12, 768, 32000, 1024, 256, 4, 4, 2048},
 };
 // "tiny (L4 H4 C128 V256 T128 B16) | gpt2-124m (…) | …", for --help, from the table itself.
 std::string config_help() {
   std::string s;
   for (const auto& c : kConfigs)
-    s += aq::str(s.empty() ? "" : " | ", c.name, " (L", c.layers, " H", c.heads, " C", c.dim, " V", c.vocab, " T", c.seq,
-                 " B", c.batch, ")");
+    s += aq::str(s.empty() ? "" : " | ", c.name, " (", c.ffn ? "Llama " : "", "L", c.layers, " H", c.heads,
+                 c.ffn ? aq::str(" KV", c.kv_heads, " F", c.ffn) : "", " C", c.dim, " V", c.vocab, " T", c.seq, " B",
+                 c.batch, ")");
   return s;
 }
 
@@ -262,11 +270,20 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     aq::write_shard(shard, tok);
   }
   aq::TrainConfig cfg;
-  cfg.layers = bc.layers;
-  cfg.heads = bc.heads;
-  cfg.dim = bc.dim;
-  cfg.vocab = bc.vocab;
-  cfg.max_seq = bc.max_seq;
+  if (bc.ffn > 0) {  // a Llama: its Hugging Face config.json beside the shard
+    aq::ModelConfig m;
+    m.arch = aq::Arch::Llama;
+    m.n_layer = bc.layers, m.n_head = bc.heads, m.n_kv_head = bc.kv_heads, m.n_embd = bc.dim, m.ffn_hidden = bc.ffn;
+    m.vocab_size = bc.vocab, m.max_seq = bc.max_seq, m.tied_head = false;
+    cfg.model_config = std::string(dir) + "/config.json";
+    std::ofstream(cfg.model_config) << m.to_hf_config_json();
+  } else {
+    cfg.layers = bc.layers;
+    cfg.heads = bc.heads;
+    cfg.dim = bc.dim;
+    cfg.vocab = bc.vocab;
+    cfg.max_seq = bc.max_seq;
+  }
   cfg.seq = bc.seq;
   cfg.batch = batch;
   cfg.steps = steps + warmup;
@@ -297,6 +314,7 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     aq::cpu::set_gemm_recorder(nullptr);
     aq::set_active_profile(nullptr);
     ::unlink(shard.c_str());
+    if (!cfg.model_config.empty()) ::unlink(cfg.model_config.c_str());
     ::rmdir(dir);
   };
   try {
@@ -318,8 +336,8 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
 
   // The worst rank's device memory and step-loop cudaMalloc count. Every rank calls this, in the same order.
   double worst[2] = {static_cast<double>(r.device_peak_bytes), static_cast<double>(r.step_loop_device_mallocs)};
-  ctx.world().all_reduce_sync(worst, 2, aq::DType::F64, {"aq-bench: device memory and mallocs (max over ranks)",
-                                                         aq::ReduceOp::Max});
+  ctx.world().all_reduce_sync(worst, 2, aq::DType::F64,
+                              {"aq-bench: device memory and mallocs (max over ranks)", aq::ReduceOp::Max});
   const bool gpu = r.device == "cuda";
   std::string device_name = "cpu";
 #ifdef AQ_HAVE_CUDA
@@ -329,7 +347,10 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   // Model FLOPs per token (see the top of this file) and the MFU against one device's dense peak.
   const int64_t n_params = r.num_params;  // the model's own count (TrainResult)
   const double attn_flops = 6.0 * bc.layers * bc.dim * bc.seq;
-  const double flops_per_token = 6.0 * static_cast<double>(n_params) + attn_flops;
+  // An untied input table (a Llama's embed_tokens) is a lookup, not a GEMM: its V·C parameters do no FLOPs. (A tied
+  // table is the LM head's GEMM too, so GPT-2 counts it.)
+  const double lookup_params = bc.ffn > 0 ? static_cast<double>(bc.vocab) * bc.dim : 0.0;
+  const double flops_per_token = 6.0 * (static_cast<double>(n_params) - lookup_params) + attn_flops;
   const double achieved_tflops = flops_per_token * tokens_per_s / ctx.world_size() / 1e12;  // per device
   const Peak peak = find_peak(gpu, device_name, r.dtype, o.peak_tflops);
   const double mib = 1024.0 * 1024.0;
@@ -354,7 +375,7 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
                               // Training's peak: the ceiling's GEMM buffers come later and are not counted.
                               {"peak_rss_mb", train_peak_rss > 0 ? train_peak_rss : aq::peak_rss_mib()},
                               {"num_params", n_params},
-                              {"flops_formula", "6*N + 6*L*C*T"},
+                              {"flops_formula", bc.ffn > 0 ? "6*(N - V*C) + 6*L*C*T" : "6*N + 6*L*C*T"},
                               {"flops_per_token", flops_per_token},
                               {"achieved_tflops", achieved_tflops}};
   if (peak.tflops > 0) {
@@ -402,15 +423,16 @@ void report(const BenchConfig& bc, const nlohmann::ordered_json& j) {
   char line[512];
   const std::string where = gpu ? "cuda (" + j["device_name"].get<std::string>() + ")" : "cpu";
   std::snprintf(line, sizeof(line), "device %s | dtype %s | B %d x T %d per rank x dp %d | %.0f tokens/s",
-                where.c_str(),
-                j["dtype"].get<std::string>().c_str(), j["batch_per_rank"].get<int>(), bc.seq, j["dp"].get<int>(),
-                num("tokens_per_s"));
+                where.c_str(), j["dtype"].get<std::string>().c_str(), j["batch_per_rank"].get<int>(), bc.seq,
+                j["dp"].get<int>(), num("tokens_per_s"));
   aq::log_info(line);
+  const std::string lookup = bc.ffn > 0 ? aq::str(" - ", bc.vocab, "*", bc.dim) : "";
   std::snprintf(line, sizeof(line),
-                "FLOPs/token = 6*N + 6*L*C*T = 6*%lld + 6*%d*%d*%d = %.0f (%.4g GFLOP; N = parameters, L layers, "
-                "C width, T sequence)",
-                static_cast<long long>(j["num_params"].get<int64_t>()), bc.layers, bc.dim, bc.seq,
-                num("flops_per_token"), num("flops_per_token") / 1e9);
+                "FLOPs/token = %s = 6*(%lld%s) + 6*%d*%d*%d = %.0f (%.4g GFLOP; N = parameters, L layers, C width, "
+                "T sequence%s)",
+                j["flops_formula"].get<std::string>().c_str(), static_cast<long long>(j["num_params"].get<int64_t>()),
+                lookup.c_str(), bc.layers, bc.dim, bc.seq, num("flops_per_token"), num("flops_per_token") / 1e9,
+                bc.ffn > 0 ? "; the input table V*C is a lookup" : "");
   aq::log_info(line);
   aq::log_info("blas ", j["blas"].get<std::string>());
   if (j.contains("cpu_mfu")) {
@@ -534,16 +556,16 @@ void scaling(const ScalingOptions& o, const std::string& self) {
     double base = 0;  // tokens/s of one rank
     for (int w : worlds)
       for (int tp : tps) {
-        if (w % tp || bc.heads % tp) continue;
+        if (w % tp || bc.heads % tp || (bc.kv_heads > 0 && bc.kv_heads % tp)) continue;
         const int dp = w / tp;
         // weak: fixed per-rank batch; strong: fixed global batch (the config's B) split over DP ranks.
         const int batch = mode == "weak" ? bc.batch : bc.batch / dp;
         if (batch < 1 || (mode == "strong" && bc.batch % dp)) continue;
-        const std::string cmd =
-            aq::str(w > 1 ? o.mpirun + " --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(w) + " "
-                          : "",
-                    self, " --config ", bc.name, " --tp ", tp, " --batch ", batch, " --threads ", o.threads,
-                    " --steps ", o.steps, " --warmup ", o.warmup);
+        const std::string cmd = aq::str(
+            w > 1 ? o.mpirun + " --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(w) + " "
+                  : "",
+            self, " --config ", bc.name, " --tp ", tp, " --batch ", batch, " --threads ", o.threads, " --steps ",
+            o.steps, " --warmup ", o.warmup);
         std::fprintf(stderr, "[scaling] %s\n", cmd.c_str());
         nlohmann::json r = run_json(cmd);
         r["mode"] = mode;
@@ -576,8 +598,8 @@ void scaling(const ScalingOptions& o, const std::string& self) {
   }
   csv.close();
   std::printf("wrote %s.csv\n", o.out.c_str());
-  const std::string plot = aq::str("/usr/bin/python3 ", AQ_SOURCE_DIR, "/scripts/plot_scaling.py ", o.out, ".csv ",
-                                   o.out, ".png");
+  const std::string plot =
+      aq::str("/usr/bin/python3 ", AQ_SOURCE_DIR, "/scripts/plot_scaling.py ", o.out, ".csv ", o.out, ".png");
   if (std::system(plot.c_str()) == 0)
     std::printf("wrote %s.png\n", o.out.c_str());
   else
@@ -643,10 +665,9 @@ int main(int argc, char** argv) {
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   return aq::run_main("aq-bench", app, argc, argv, ctx, [&] {
     const BenchConfig& bc = find_config(name);
-    AQ_CHECK(o.steps >= 1 && o.warmup >= 0, "--steps must be >= 1 and --warmup >= 0 (got ", o.steps, " and ",
-             o.warmup, ")");
-    AQ_CHECK(o.peak_tflops >= 0, "--peak-tflops must be >= 0 TFLOPS (0: the GPU peak table; got ", o.peak_tflops,
+    AQ_CHECK(o.steps >= 1 && o.warmup >= 0, "--steps must be >= 1 and --warmup >= 0 (got ", o.steps, " and ", o.warmup,
              ")");
+    AQ_CHECK(o.peak_tflops >= 0, "--peak-tflops must be >= 0 TFLOPS (0: the GPU peak table; got ", o.peak_tflops, ")");
     AQ_CHECK(!o.profile || o.device == "cpu", "--profile times CPU kernels, which run synchronously; with --device ",
              o.device,
              " the launches are asynchronous (use Nsight Systems there) — drop --profile or use --device cpu");
