@@ -30,6 +30,8 @@ void ModelConfig::validate() const {
   AQ_CHECK(vocab_size >= 2 && vocab_size <= 65535, "vocabulary size ", vocab_size,
            " is out of range: tokens are stored as uint16, so 2 <= V <= 65535");
   AQ_CHECK(max_seq >= 1, "--max-seq must be >= 1 (got ", max_seq, ")");
+  AQ_CHECK(mlp_activation.empty() || !llama(), "activation_function ", mlp_activation, ": a registered operator ",
+           "replaces the GELU of the GPT-2 family's MLP; a Llama's MLP is gated (SwiGLU) and keeps it");
   if (!llama()) return;
   AQ_CHECK(kv_heads() >= 1 && n_head % kv_heads() == 0, "num_key_value_heads ", kv_heads(),
            " must divide num_attention_heads ", n_head, " (each key/value head serves a whole group of query heads)");
@@ -59,7 +61,7 @@ nlohmann::ordered_json hf_config(const ModelConfig& c) {
             {"vocab_size", c.vocab_size},
             {"n_positions", c.max_seq},
             {"n_ctx", c.max_seq},
-            {"activation_function", "gelu_new"},
+            {"activation_function", c.mlp_activation.empty() ? "gelu_new" : c.mlp_activation},
             {"layer_norm_epsilon", 1e-5},
             {"tie_word_embeddings", true}};
   return {{"architectures", {"LlamaForCausalLM"}},
@@ -77,6 +79,14 @@ nlohmann::ordered_json hf_config(const ModelConfig& c) {
           {"hidden_act", "silu"},
           {"attention_bias", false},
           {"mlp_bias", false}};
+}
+
+// GPT-2's activation_function: its own tanh GELU (""), or a registered operator "ns::name".
+std::string gpt2_activation(const std::string& act, const std::string& where) {
+  if (act == "gelu_new" || act == "gelu_pytorch_tanh") return "";
+  AQ_CHECK(act.find("::") != std::string::npos, where, ": activation_function \"", act, "\" is not one Aqueduct ",
+           "runs: gelu_new (GPT-2's tanh GELU), or a registered operator named ns::op (from a --plugin)");
+  return act;
 }
 
 // A config.json object (or checkpoint metadata turned into one) → ModelConfig; `where` names it in messages.
@@ -107,6 +117,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.n_embd = static_cast<int>(num("n_embd"));
     c.vocab_size = static_cast<int>(num("vocab_size"));
     c.max_seq = static_cast<int>(num("n_positions"));
+    c.mlp_activation = gpt2_activation(j.value("activation_function", "gelu_new"), where);
   } else {
     AQ_CHECK(type == "llama", where, ": model_type \"", type, "\" is not one Aqueduct builds (gpt2, llama)");
     c.arch = Arch::Llama;
@@ -139,10 +150,14 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
 }  // namespace
 
 std::map<std::string, std::string> ModelConfig::to_metadata() const {
-  if (!llama())
-    return {{"n_layer", std::to_string(n_layer)},     {"n_head", std::to_string(n_head)},
-            {"n_embd", std::to_string(n_embd)},       {"vocab_size", std::to_string(vocab_size)},
-            {"n_positions", std::to_string(max_seq)}, {"format", "pt"}};
+  if (!llama()) {
+    std::map<std::string, std::string> m = {
+        {"n_layer", std::to_string(n_layer)},     {"n_head", std::to_string(n_head)},
+        {"n_embd", std::to_string(n_embd)},       {"vocab_size", std::to_string(vocab_size)},
+        {"n_positions", std::to_string(max_seq)}, {"format", "pt"}};
+    if (!mlp_activation.empty()) m["activation_function"] = mlp_activation;
+    return m;
+  }
   std::map<std::string, std::string> m = {{"format", "pt"}};
   const nlohmann::ordered_json j = hf_config(*this);  // kept alive while items() iterates it
   for (const auto& [k, v] : j.items())
@@ -154,7 +169,9 @@ std::map<std::string, std::string> ModelConfig::to_metadata() const {
 std::string ModelConfig::to_hf_config_json() const { return hf_config(*this).dump(2) + "\n"; }
 
 std::string ModelConfig::describe() const {
-  if (!llama()) return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq);
+  if (!llama())
+    return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq,
+               mlp_activation.empty() ? "" : " activation " + mlp_activation);
   return str("Llama L=", n_layer, " H=", n_head, " KV=", kv_heads(), " C=", n_embd, " F=", ffn(), " V=", vocab_size,
              " maxT=", max_seq, " theta=", rope_theta, tied_head ? " tied" : "");
 }
@@ -233,6 +250,8 @@ ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_over
            " disagrees with ", file.path(), ", which records n_head=", recorded_heads,
            "; drop --heads (it only supplies the head count for files that lack it)");
   cfg.n_head = heads_override > 0 ? heads_override : recorded_heads;
+  if (file.metadata().count("activation_function"))
+    cfg.mlp_activation = gpt2_activation(file.metadata().at("activation_function"), file.path() + " (its metadata)");
   AQ_CHECK(cfg.n_head > 0, file.path(), " does not record the head count (no n_head in its metadata, as in a ",
            "Hugging Face export); pass --heads (12 for GPT-2 124M)");
   AQ_CHECK(cfg.n_layer == layers, file.path(), ": metadata says n_layer=", cfg.n_layer, " but the file has ", layers,
@@ -405,6 +424,50 @@ const ModelConfig& check_args(const ModelConfig& cfg, int max_batch, int max_seq
 }
 }  // namespace
 
+namespace {
+
+// A registered operator placed as the MLP activation must be elementwise-shaped (one input, one output of the
+// same shape), have a backward and a kernel for the model's device and dtype, and — with tensor parallelism,
+// where its input is this rank's columns of c_fc's output — a sharding rule that splits dimension 1 of its input,
+// its output and its input's gradient. Each failure is one line naming the operator and the fix.
+void check_activation_op(const std::string& name, Device dev, DType dt, int tp) {
+  const ops::OpDef* op = ops::OpRegistry::instance().find(name);
+  AQ_CHECK(op != nullptr, "activation_function ", name, " is not a registered operator; load the plugin that ",
+           "declares it with --plugin lib.so (or AQ_PLUGIN_PATH)");
+  AQ_CHECK(op->inputs.size() == 1 && op->outputs.size() == 1, "activation_function ", name, " has ", op->inputs.size(),
+           " inputs and ", op->outputs.size(), " outputs; the MLP activation slot takes one of each");
+  AQ_CHECK(op->has_backward, "activation_function ", name,
+           " declares no backward, so the model cannot train through it");
+  AQ_CHECK(op->kernel(dev, dt) != nullptr, "activation_function ", name, " has no kernel for ", device_name(dev), "/",
+           dtype_name(dt), "; its plugin provides: ", [&] {
+             std::string k;
+             for (const ops::KernelEntry& e : op->kernels)
+               k += str(k.empty() ? "" : ", ", device_name(e.device), "/", dtype_name(e.dtype));
+             return k;
+           }());
+  static double probe[60];  // a [6, 10] input the shape function may look at but never reads
+  const ops::ShapeResult shape = ops::OpRegistry::instance().infer(name, dt, {Tensor(probe, dt, {6, 10}, dev)}, {});
+  AQ_CHECK(shape.shapes.size() == 1 && shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt,
+           "activation_function ", name, " maps a [6, 10] input to ",
+           shape.shapes.empty() ? "nothing" : shape_str(shape.shapes[0]),
+           "; the MLP activation slot needs an output of the input's shape and dtype");
+  AQ_CHECK(shape.workspace_bytes == 0 || dev == Device::CPU, "activation_function ", name, " asks for workspace on ",
+           device_name(dev), ", which the MLP activation slot does not provide");
+  if (tp == 1) return;
+  const auto splits_dim1 = [](int32_t p) { return p == 1 || p == AQ_SBP_SPLIT_ANY; };
+  std::string rules;
+  for (const ops::ShardingRule& r : op->sharding) {
+    if (splits_dim1(r.inputs.at(0)) && splits_dim1(r.outputs.at(0)) && splits_dim1(r.input_grads.at(0))) return;
+    rules += str(rules.empty() ? "" : ", ", r.name, " (in ", ops::sbp_str(r.inputs.at(0)), ", out ",
+                 ops::sbp_str(r.outputs.at(0)), ")");
+  }
+  fail(str("--tp ", tp, ": activation_function ", name, " would run on this rank's columns of mlp.c_fc's output, but ",
+           "none of its sharding rules splits dimension 1 of its input, output and gradient (",
+           rules.empty() ? "it declares none" : rules, "); run it with --tp 1, or declare such a rule in its plugin"));
+}
+
+}  // namespace
+
 template <typename T>
 size_t Transformer<T>::plan_activation_bytes() {
   Arena planner = Arena::planner();
@@ -473,6 +536,7 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_l
     k_.attention_gqa_forward = reg.find<typename ops::Attention<T>::ForwardGqa>("attention_gqa_forward", dev, dt);
     k_.attention_gqa_backward = reg.find<typename ops::Attention<T>::BackwardGqa>("attention_gqa_backward", dev, dt);
   }
+  if (!cfg_.mlp_activation.empty()) check_activation_op(cfg_.mlp_activation, dev, dt, tp_.size);
 }
 
 template <typename T>
@@ -502,6 +566,10 @@ void Transformer<T>::layout_activations(Arena& a) {
   // GELU (SwiGLU) output; in backward also d(fch) and d(qkv)
   gelu_ = a.take<T>(N * std::max<int64_t>(cfg_.llama() ? 2 * Fl_ : 4 * Cl, QKVl_));
   dres_ = a.take<T>(N * C);  // gradient of the residual stream
+  if (!cfg_.mlp_activation.empty()) {
+    act_dout_ = a.take<T>(N * 4 * Cl);
+    act_din_ = a.take<T>(N * 4 * Cl);
+  }
   dbuf_ = a.take<T>(N * C);  // d(ln outputs), d(attention output)
   logits_ = a.take<char>(ops::classifier_scratch_bytes<T>(classifier_chunk_, Vl_));
   losses_ = a.take<M>(N);
@@ -707,6 +775,23 @@ void Transformer<T>::norm_backward(T* dinp, M* dw, M* db, const T* dout, const T
 }
 
 template <typename T>
+void Transformer<T>::activation_forward(T* out, const T* pre, int64_t N) {
+  const Shape shape{N, 4 * static_cast<int64_t>(Cl_)};
+  ops::OpRegistry::instance().forward(cfg_.mlp_activation, {Tensor(const_cast<T*>(pre), dtype_of<T>(), shape, device_)},
+                                      {Tensor(out, dtype_of<T>(), shape, device_)}, {});
+}
+
+template <typename T>
+void Transformer<T>::activation_backward(T* dpre, const T* dout, const T* pre, const T* out, int64_t N) {
+  const Shape shape{N, 4 * static_cast<int64_t>(Cl_)};
+  const auto view = [&](const T* p) { return Tensor(const_cast<T*>(p), dtype_of<T>(), shape, device_); };
+  const ops::OpDef& op = ops::OpRegistry::instance().get(cfg_.mlp_activation);
+  std::vector<Tensor> saved;  // what the operator declared it keeps: its input (index 0) and/or its output (1)
+  for (int32_t i : op.saved) saved.push_back(view(i == 0 ? pre : out));
+  ops::OpRegistry::instance().backward(cfg_.mlp_activation, saved, {view(dout)}, {view(dpre)}, {});
+}
+
+template <typename T>
 void Transformer<T>::attention_forward(LayerActs& a, int B, int T_) {
   if (!cfg_.llama()) return k_.attention_forward(a.atty, a.lse, a.qkv, B, T_, Cl_, NHl_);
   // q and k rotated in place (the stored qkv is what attention saw, for its backward).
@@ -764,6 +849,9 @@ const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B,
       profiled("fwd gemm mlp.c_fc",  // fch = [gate | up]
                [&] { k_.matmul_forward(a.fch, lnbuf_, w.fcw, nullptr, N, C, 2 * Fl_); });
       profiled("fwd swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
+    } else if (!cfg_.mlp_activation.empty()) {  // a registered operator: fch = pre-activation, gelu_ = op(fch)
+      profiled("fwd gemm mlp.c_fc", [&] { k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl); });
+      profiled("fwd activation", [&] { activation_forward(gelu_, a.fch, N); });
     } else {
       profiled("fwd gemm mlp.c_fc", [&] {  // fch = pre-GELU, gelu_ = GELU(fch)
         k_.matmul_gelu_forward(gelu_, a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl);
@@ -887,6 +975,15 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
       profiled("bwd swiglu", [&] { k_.swiglu_backward(a.fch, gelu_, a.fch, N, Fl_); });
       profiled("bwd gemm mlp.c_fc",
                [&] { k_.matmul_backward(dbuf_, g.fcw, nullptr, a.fch, lnbuf_, w.fcw, N, C, 2 * Fl_); });
+    } else if (!cfg_.mlp_activation.empty()) {
+      // The operator's output recomputed from the stored pre-activation; its gradients in their own buffers (the
+      // operator may have saved its output as well as its input).
+      profiled("bwd recompute activation", [&] { activation_forward(gelu_, a.fch, N); });
+      profiled("bwd gemm mlp.c_proj",
+               [&] { k_.matmul_backward(act_dout_, g.fcprojw, g.fcprojb, dres_, gelu_, w.fcprojw, N, 4 * Cl, C); });
+      profiled("bwd activation", [&] { activation_backward(act_din_, act_dout_, a.fch, gelu_, N); });
+      profiled("bwd gemm mlp.c_fc",
+               [&] { k_.matmul_backward(dbuf_, g.fcw, g.fcb, act_din_, lnbuf_, w.fcw, N, C, 4 * Cl); });
     } else {
       // GELU recomputed from the stored pre-activation. Forward's GELU came out of the fused GEMM from the
       // unrounded pre-activation, so with bf16 this input to c_proj's weight gradient can differ from forward's

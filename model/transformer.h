@@ -49,6 +49,7 @@
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
+#include "ops/op_def.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -71,6 +72,9 @@ struct ModelConfig {
   double norm_eps = 1e-5;  // rms_norm_eps
   double rope_theta = 10000.0;
   bool tied_head = true;  // tie_word_embeddings
+  // GPT-2 family: the MLP's activation — empty for GELU (fused into the GEMM), or a registered operator
+  // ("myorg::squared_relu", from a plugin) run through the generic call path; config.json's activation_function.
+  std::string mlp_activation;
 
   bool llama() const { return arch == Arch::Llama; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
@@ -258,6 +262,10 @@ class Transformer {
                              int64_t N);
   void norm_backward(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* w, const M* mean, const M* rstd,
                      int64_t N);
+  // A registered operator as the MLP activation (ModelConfig::mlp_activation): out = op(pre), and d(pre) from
+  // d(out). Both (N, 4C/tp), through the operator registry's generic path.
+  void activation_forward(T* out, const T* pre, int64_t N);
+  void activation_backward(T* dpre, const T* dout, const T* pre, const T* out, int64_t N);
   // The attention of block `a` from its qkv (Llama: rotates q and k first), and its backward into dqkv.
   void attention_forward(LayerActs& a, int B, int T_);
   void attention_backward(T* dqkv, const T* datty, LayerActs& a, int B, int T_);
@@ -297,7 +305,8 @@ class Transformer {
   T *res_final_ = nullptr, *lnf_ = nullptr;
   M *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr;
   T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr;
-  void* logits_ = nullptr;  // classifier scratch (ops::classifier_scratch_bytes)
+  T *act_dout_ = nullptr, *act_din_ = nullptr;  // a registered MLP activation's gradients (N, 4C/tp)
+  void* logits_ = nullptr;                      // classifier scratch (ops::classifier_scratch_bytes)
   M* losses_ = nullptr;
   int32_t *inputs_ = nullptr, *targets_ = nullptr;
   // Last member: its initialiser runs the layout in planning mode, which writes the members above.

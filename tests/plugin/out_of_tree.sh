@@ -13,6 +13,8 @@
 #    with a non-zero exit, before it opens any data.
 set -euo pipefail
 build=$(realpath "$1"); src=$(realpath "$2"); test_bin=$3; bad_major=$4
+shift 4
+mpirun=("$@")  # empty when the build has no MPI: the tensor-parallel run is skipped, with the reason
 work=$(mktemp -d /tmp/aq-plugin-oot-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -74,4 +76,35 @@ refuse "newer ABI major" "was built for operator ABI 2.0" -- \
   "$build/bin/aq-train" --data "$work/none.bin" --plugin "$bad_major"
 AQ_PLUGIN_PATH="$work/nowhere" refuse "bad AQ_PLUGIN_PATH" "AQ_PLUGIN_PATH names $work/nowhere, which does not exist" -- \
   "$build/bin/aq-train" --data "$work/none.bin"
+
+# The operator in a model: a GPT-2 whose MLP activation is myorg::squared_relu (the spec: config.json's
+# activation_function), trained from the out-of-tree .so in one process and, with MPI, tensor-parallel (tp 2, each
+# rank running the operator on its columns of mlp.c_fc's output, as its elementwise sharding rule allows): the
+# same losses (rel < 1e-5), falling; the save's config.json names the operator.
+"$build/bin/aq-prepare" --out "$work/data" "$src/README.md" > /dev/null
+cat > "$work/model.json" << 'JSON'
+{"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": 256, "n_positions": 64,
+ "activation_function": "myorg::squared_relu"}
+JSON
+train=("$build/bin/aq-train" --data "$work/data/train_*.bin" --model-config "$work/model.json" --seq 64 --batch 4
+  --steps 30 --lr 3e-3 --threads 1 --plugin "$lib")
+"${train[@]}" --log "$work/one.jsonl" --save "$work/one" > "$work/train.txt" 2>&1 || {
+  cat "$work/train.txt"; fail "training with the plugin's operator in the model"; }
+grep -q "activation myorg::squared_relu" "$work/train.txt" || fail "the model line does not name the operator"
+grep -q '"activation_function": "myorg::squared_relu"' "$work/one/step-00000030/config.json" ||
+  fail "the save's config.json does not name the operator"
+losses() { sed -n 's/.*"loss":\([0-9.e+-]*\).*/\1/p' "$1"; }
+if ((${#mpirun[@]})); then
+  "${mpirun[@]}" -np 2 "${train[@]}" --tp 2 --log "$work/tp.jsonl" > "$work/tp.txt" 2>&1 || {
+    cat "$work/tp.txt"; fail "tensor-parallel training with the plugin's operator"; }
+  paste <(losses "$work/one.jsonl") <(losses "$work/tp.jsonl") | awk '
+    { d = $1 - $2; if (d < 0) d = -d; if (d / $1 > worst) worst = d / $1; n++; if (NR == 1) first = $1; last = $1 }
+    END { printf "tp 2 vs one process: %d steps, worst loss rel. difference %.2e; loss %.4f -> %.4f\n", n, worst, first, last
+          exit !(n == 30 && worst < 1e-5 && last < first - 0.5) }' || fail "tp 2 and one process disagree, or the loss did not fall"
+else
+  echo "skip the tensor-parallel run: this build has no MPI"
+fi
+refuse "model needs the plugin" "activation_function myorg::squared_relu is not a registered operator; load the plugin" -- \
+  "$build/bin/aq-train" --data "$work/data/train_*.bin" --model-config "$work/model.json" --steps 1
+
 echo "out-of-tree plugin: OK"
