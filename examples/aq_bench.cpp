@@ -54,6 +54,8 @@ struct BenchConfig {
   int layers, heads, dim, vocab, max_seq, seq, batch;
   // A Llama (RMSNorm, rotary theta 10000, SwiGLU of width ffn, kv_heads key/value heads, untied head) when ffn > 0.
   int kv_heads = 0, ffn = 0;
+  bool tied = false;                   // a Llama's tie_word_embeddings
+  const char* model_config = nullptr;  // --model-config: the model is this config.json's, as it is
 };
 constexpr BenchConfig kConfigs[] = {
     {"tiny", 4, 4, 128, 256, 128, 128, 16},
@@ -270,7 +272,9 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     aq::write_shard(shard, tok);
   }
   aq::TrainConfig cfg;
-  if (bc.ffn > 0) {  // a Llama: its Hugging Face config.json beside the shard
+  if (bc.model_config) {
+    cfg.model_config = bc.model_config;
+  } else if (bc.ffn > 0) {  // a Llama: its Hugging Face config.json beside the shard
     aq::ModelConfig m;
     m.arch = aq::Arch::Llama;
     m.n_layer = bc.layers, m.n_head = bc.heads, m.n_kv_head = bc.kv_heads, m.n_embd = bc.dim, m.ffn_hidden = bc.ffn;
@@ -314,7 +318,7 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
     aq::cpu::set_gemm_recorder(nullptr);
     aq::set_active_profile(nullptr);
     ::unlink(shard.c_str());
-    if (!cfg.model_config.empty()) ::unlink(cfg.model_config.c_str());
+    if (!cfg.model_config.empty() && !bc.model_config) ::unlink(cfg.model_config.c_str());
     ::rmdir(dir);
   };
   try {
@@ -349,7 +353,7 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
   const double attn_flops = 6.0 * bc.layers * bc.dim * bc.seq;
   // An untied input table (a Llama's embed_tokens) is a lookup, not a GEMM: its V·C parameters do no FLOPs. (A tied
   // table is the LM head's GEMM too, so GPT-2 counts it.)
-  const double lookup_params = bc.ffn > 0 ? static_cast<double>(bc.vocab) * bc.dim : 0.0;
+  const double lookup_params = bc.ffn > 0 && !bc.tied ? static_cast<double>(bc.vocab) * bc.dim : 0.0;
   const double flops_per_token = 6.0 * (static_cast<double>(n_params) - lookup_params) + attn_flops;
   const double achieved_tflops = flops_per_token * tokens_per_s / ctx.world_size() / 1e12;  // per device
   const Peak peak = find_peak(gpu, device_name, r.dtype, o.peak_tflops);
@@ -375,7 +379,7 @@ nlohmann::ordered_json run_once(aq::ParallelContext& ctx, const BenchConfig& bc,
                               // Training's peak: the ceiling's GEMM buffers come later and are not counted.
                               {"peak_rss_mb", train_peak_rss > 0 ? train_peak_rss : aq::peak_rss_mib()},
                               {"num_params", n_params},
-                              {"flops_formula", bc.ffn > 0 ? "6*(N - V*C) + 6*L*C*T" : "6*N + 6*L*C*T"},
+                              {"flops_formula", bc.ffn > 0 && !bc.tied ? "6*(N - V*C) + 6*L*C*T" : "6*N + 6*L*C*T"},
                               {"flops_per_token", flops_per_token},
                               {"achieved_tflops", achieved_tflops}};
   if (peak.tflops > 0) {
@@ -426,13 +430,13 @@ void report(const BenchConfig& bc, const nlohmann::ordered_json& j) {
                 where.c_str(), j["dtype"].get<std::string>().c_str(), j["batch_per_rank"].get<int>(), bc.seq,
                 j["dp"].get<int>(), num("tokens_per_s"));
   aq::log_info(line);
-  const std::string lookup = bc.ffn > 0 ? aq::str(" - ", bc.vocab, "*", bc.dim) : "";
+  const std::string lookup = bc.ffn > 0 && !bc.tied ? aq::str(" - ", bc.vocab, "*", bc.dim) : "";
   std::snprintf(line, sizeof(line),
                 "FLOPs/token = %s = 6*(%lld%s) + 6*%d*%d*%d = %.0f (%.4g GFLOP; N = parameters, L layers, C width, "
                 "T sequence%s)",
                 j["flops_formula"].get<std::string>().c_str(), static_cast<long long>(j["num_params"].get<int64_t>()),
                 lookup.c_str(), bc.layers, bc.dim, bc.seq, num("flops_per_token"), num("flops_per_token") / 1e9,
-                bc.ffn > 0 ? "; the input table V*C is a lookup" : "");
+                bc.ffn > 0 && !bc.tied ? "; the input table V*C is a lookup" : "");
   aq::log_info(line);
   aq::log_info("blas ", j["blas"].get<std::string>());
   if (j.contains("cpu_mfu")) {
@@ -638,14 +642,19 @@ int main(int argc, char** argv) {
     return aq::run_main("aq-bench scaling", app, argc - 1, argv + 1, [&] { scaling(o, exe); });
   }
 
-  std::string name = "tiny";
+  std::string name = "tiny", model_config;
   BenchOptions o;
-  int tp = 1;
+  int tp = 1, seq = 0;
   CLI::App app{"aq-bench: training tokens/s, MFU, peak memory and communication of named GPT-2 configurations"};
   app.add_option("--config", name, config_help())->capture_default_str();
   app.add_option("--threads", o.threads, "CPU threads per rank (0 = all cores)")->capture_default_str();
   app.add_option("--steps", o.steps, "Measured steps")->capture_default_str();
   app.add_option("--warmup", o.warmup, "Unmeasured steps first")->capture_default_str();
+  app.add_option(
+      "--model-config", model_config,
+      "A Hugging Face config.json (model_type gpt2 or llama): its model instead of --config's, at --config's "
+      "T and B unless --seq / --batch say otherwise");
+  app.add_option("--seq", seq, "Sequence length T (default: the config's)");
   app.add_option("--tp", tp, "Tensor-parallel size (under mpirun)")->capture_default_str();
   app.add_option("--batch", o.batch, "Per-rank batch (default: the config's B)");
   app.add_option("--zero", o.zero, "1: ZeRO-1")->capture_default_str();
@@ -664,7 +673,27 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
   return aq::run_main("aq-bench", app, argc, argv, ctx, [&] {
-    const BenchConfig& bc = find_config(name);
+    BenchConfig bc = find_config(name);
+    if (!model_config.empty()) {
+      const aq::ModelConfig m = aq::read_hf_config(model_config);
+      AQ_CHECK(m.mlp_activation.empty(), "--model-config ", model_config, ": activation_function ", m.mlp_activation,
+               " is a plugin operator, and aq-bench loads no plugins; benchmark it with aq-train --plugin");
+      bc = BenchConfig{model_config.c_str(),
+                       m.n_layer,
+                       m.n_head,
+                       m.n_embd,
+                       m.vocab_size,
+                       m.max_seq,
+                       bc.seq,
+                       bc.batch,
+                       m.llama() ? m.kv_heads() : 0,
+                       m.llama() ? m.ffn() : 0,
+                       m.llama() && m.tied_head,
+                       model_config.c_str()};
+    }
+    if (seq > 0) bc.seq = seq;
+    AQ_CHECK(bc.seq >= 1 && bc.seq <= bc.max_seq, "--seq ", bc.seq, " must be in [1, ", bc.max_seq,
+             "] (the model's context)");
     AQ_CHECK(o.steps >= 1 && o.warmup >= 0, "--steps must be >= 1 and --warmup >= 0 (got ", o.steps, " and ", o.warmup,
              ")");
     AQ_CHECK(o.peak_tflops >= 0, "--peak-tflops must be >= 0 TFLOPS (0: the GPU peak table; got ", o.peak_tflops, ")");
