@@ -11,7 +11,7 @@
 #
 # Time plan on one H100 with 16 cores (the whole is planned for < 10 minutes; the figures are estimates):
 #   1. configure + build (-DAQ_CUDA_ARCHS=native, -j$(nproc))                       ~3-4 min
-#   2. ctest -L gpu (kernels vs CPU, 20 GPU steps vs CPU, NCCL np1)                    ~1 min
+#   2. ctest -L gpu (kernels vs CPU, 20 GPU steps vs CPU for GPT-2 and a Llama, NCCL np1) ~1 min
 #   3. ctest -L cpu, nproc/2 tests at a time                                          ~1 min
 #   4. compute-sanitizer memcheck, 2 steps of a 2-layer model          (limit 150 s)    ~30 s
 #   5. NCCL conformance on every GPU (needs MPI)                       (limit 120 s)    ~10 s
