@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_gpt2 as tg  # noqa: E402  (safetensors I/O, shard loader, lr schedule, AdamW groups)
+import torch_reference as tr  # noqa: E402  (the training loop)
 
 
 class LlamaConfig:
@@ -250,18 +251,7 @@ def load_hf_dir(path):
     return model
 
 
-# ---- training (the semantics of scripts/torch_reference.py) -------------------------------------------------
-
-def grad_norm_and_clip(params, max_norm):
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
-    if max_norm > 0:
-        coef = max_norm / (norm + 1e-6)
-        if coef < 1.0:
-            for g in grads:
-                g.mul_(coef)
-    return norm
-
+# ---- training (scripts/torch_reference.py's loop: the C++ trainer's semantics) ---------------------------------
 
 def train(args):
     if args.threads:
@@ -270,30 +260,7 @@ def train(args):
         model = load_hf_dir(args.init)
     except (OSError, KeyError, ValueError) as e:
         sys.exit(f"error: cannot load {args.init}: {e}")
-    cfg = model.cfg
-    loader = tg.ShardLoader(args.data, args.batch, args.seq)
-    optimizer = torch.optim.AdamW(tg.adamw_param_groups(model, args.weight_decay), lr=args.lr,
-                                  betas=(args.beta1, args.beta2), eps=args.eps, foreach=False)
-    params = list(model.parameters())
-    print(f"reference: {cfg}, B={args.batch} T={args.seq} steps={args.steps}", flush=True)
-    with open(args.log_out, "w") as log:
-        for step in range(args.steps):
-            lr = tg.lr_at(step, lr=args.lr, schedule=args.lr_schedule, warmup=args.warmup, steps=args.steps,
-                          min_lr=args.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = loader.next_batch()
-            if max(x.max(), y.max()) >= cfg.vocab_size:
-                sys.exit(f"error: token id >= vocab_size {cfg.vocab_size} in data")
-            optimizer.zero_grad(set_to_none=True)
-            _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
-            loss.backward()
-            norm = grad_norm_and_clip(params, args.grad_clip)
-            optimizer.step()
-            rec = {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": norm}
-            log.write(json.dumps(rec) + "\n")
-            print(f"step {step + 1:5d}/{args.steps} | loss {rec['loss']:.6f} | lr {lr:.4e} | grad_norm {norm:.6f}",
-                  flush=True)
+    tr.train_loop(model, model.cfg.vocab_size, args, repr(model.cfg))
     tg.write_safetensors(args.save, model.export_hf(np.float64), {"format": "pt"}, dtype="F64")
     print(f"reference: wrote {args.log_out} and {args.save}", flush=True)
 

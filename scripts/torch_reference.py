@@ -67,6 +67,38 @@ def grad_norm_and_clip(params, max_norm):
     return norm
 
 
+def train_loop(model, vocab_size, args, name):
+    """Trains `model` (float64) for args.steps steps with the C++ trainer's semantics, writing args.log_out."""
+    loader = tg.ShardLoader(args.data, args.batch, args.seq)
+    optimizer = torch.optim.AdamW(
+        tg.adamw_param_groups(model, args.weight_decay), lr=args.lr,
+        betas=(args.beta1, args.beta2), eps=args.eps, foreach=False)
+    params = list(model.parameters())
+
+    print(f"reference: {name}, B={args.batch} T={args.seq} steps={args.steps} "
+          f"threads={torch.get_num_threads()}", flush=True)
+    with open(args.log_out, "w") as log:
+        for step in range(args.steps):
+            lr = tg.lr_at(step, lr=args.lr, schedule=args.lr_schedule,
+                          warmup=args.warmup, steps=args.steps, min_lr=args.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            x, y = loader.next_batch()
+            if max(x.max(), y.max()) >= vocab_size:
+                sys.exit(f"error: token id >= vocab_size {vocab_size} in data")
+            optimizer.zero_grad(set_to_none=True)
+            _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
+            loss.backward()
+            norm = grad_norm_and_clip(params, args.grad_clip)
+            optimizer.step()
+
+            rec = {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": norm}
+            log.write(json.dumps(rec) + "\n")
+            print(f"step {step + 1:5d}/{args.steps} | loss {rec['loss']:.6f} | "
+                  f"lr {lr:.4e} | grad_norm {norm:.6f}", flush=True)
+
+
 def main():
     args = parse_args()
     if args.threads:
@@ -82,35 +114,7 @@ def main():
     del tensors
     model.train()
 
-    loader = tg.ShardLoader(args.data, args.batch, args.seq)
-    optimizer = torch.optim.AdamW(
-        tg.adamw_param_groups(model, args.weight_decay), lr=args.lr,
-        betas=(args.beta1, args.beta2), eps=args.eps, foreach=False)
-    params = list(model.parameters())
-
-    print(f"reference: {cfg}, B={args.batch} T={args.seq} steps={args.steps} "
-          f"threads={torch.get_num_threads()}", flush=True)
-    with open(args.log_out, "w") as log:
-        for step in range(args.steps):
-            lr = tg.lr_at(step, lr=args.lr, schedule=args.lr_schedule,
-                          warmup=args.warmup, steps=args.steps, min_lr=args.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            x, y = loader.next_batch()
-            if max(x.max(), y.max()) >= cfg.vocab_size:
-                sys.exit(f"error: token id >= vocab_size {cfg.vocab_size} in data")
-            optimizer.zero_grad(set_to_none=True)
-            _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
-            loss.backward()
-            norm = grad_norm_and_clip(params, args.grad_clip)
-            optimizer.step()
-
-            rec = {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": norm}
-            log.write(json.dumps(rec) + "\n")
-            print(f"step {step + 1:5d}/{args.steps} | loss {rec['loss']:.6f} | "
-                  f"lr {lr:.4e} | grad_norm {norm:.6f}", flush=True)
-
+    train_loop(model, cfg.vocab_size, args, str(cfg))
     tg.write_safetensors(args.save, model.export_state(np.float64),
                          cfg.to_metadata(), dtype="F64")
     print(f"reference: wrote {args.log_out} and {args.save}", flush=True)

@@ -381,11 +381,8 @@ TEST(CudaOps, EveryCpuKernelHasACudaTwin) {
   }
 }
 
-// 20 training steps on the GPU in fp32 follow the CPU run (losses within 1e-4).
-TEST(CudaTraining, TwentyStepsMatchTheCpu) {
-  AQ_REQUIRE_GPU();
-  const test::TextShardDir data(3000);
-  TrainConfig c = data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/20);
+// Trains `c` on the CPU, then on the GPU in fp32: the losses follow (within 1e-4 relative).
+void expect_gpu_run_follows_cpu(TrainConfig c) {
   c.device = "cpu";
   const TrainResult cpu_run = train(c, ParallelContext::local());
   c.device = "cuda";
@@ -394,6 +391,13 @@ TEST(CudaTraining, TwentyStepsMatchTheCpu) {
   ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
   for (size_t i = 0; i < cpu_run.steps.size(); ++i)
     EXPECT_NEAR(gpu_run.steps[i].loss, cpu_run.steps[i].loss, 1e-4 * cpu_run.steps[i].loss) << "step " << i + 1;
+}
+
+// 20 training steps on the GPU in fp32 follow the CPU run.
+TEST(CudaTraining, TwentyStepsMatchTheCpu) {
+  AQ_REQUIRE_GPU();
+  const test::TextShardDir data(3000);
+  expect_gpu_run_follows_cpu(data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/20));
 }
 
 // The same for a Llama (RMSNorm, SwiGLU, RoPE, 4 query heads over 2 kv heads, untied head): 20 fp32 GPU steps
@@ -410,14 +414,7 @@ TEST(CudaTraining, LlamaTwentyStepsMatchTheCpu) {
   std::ofstream(c.model_config) << R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
       "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false})";
-  c.device = "cpu";
-  const TrainResult cpu_run = train(c, ParallelContext::local());
-  c.device = "cuda";
-  c.dtype = "fp32";
-  const TrainResult gpu_run = train(c, ParallelContext::local());
-  ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
-  for (size_t i = 0; i < cpu_run.steps.size(); ++i)
-    EXPECT_NEAR(gpu_run.steps[i].loss, cpu_run.steps[i].loss, 1e-4 * cpu_run.steps[i].loss) << "step " << i + 1;
+  expect_gpu_run_follows_cpu(c);
 }
 
 TEST(CudaOps, DeviceSelectionExplainsMissingGpus) {
