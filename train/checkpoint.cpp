@@ -1,7 +1,7 @@
-// checkpoint.cpp — saving and resuming a job. A save is a directory (runtime/checkpoint_dir.h) with one consolidated
-// Hugging Face GPT-2 safetensors file (the model; with DiLoCo, θ_global) and state.safetensors (AdamW moments,
-// step, data position, RNG, options, error-feedback residuals per centre, DiLoCo replicas and outer momentum), the
-// same whatever layout wrote them.
+// checkpoint.cpp — saving and resuming a job. A save is a directory (runtime/checkpoint_dir.h) holding the model
+// as one consolidated Hugging Face safetensors file (GPT-2 or Llama names; with DiLoCo, θ_global) with its
+// config.json, and state.safetensors (AdamW moments, step, data position, RNG, options, error-feedback residuals
+// per centre, DiLoCo replicas and outer momentum), the same whatever layout wrote them.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -157,6 +157,7 @@ void Job<T>::guard_save_path() {
     log_info("--save ", root, ": removed ", drop.size(), " save(s) ", cfg_.overwrite ? "(--overwrite)" : "(damaged)",
              ", newest ", drop.front().dir);
 }
+
 template <typename T>
 void Job<T>::save(const std::string& path) {
   // Everything is consolidated to whole Hugging Face tensors (collective over TP, and over DP for ZeRO-1), then
