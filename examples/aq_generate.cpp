@@ -12,6 +12,7 @@
 
 #include "examples/main_guard.h"
 #include "model/transformer.h"
+#include "ops/plugin_loader.h"
 #include "runtime/blas_setup.h"
 #include "runtime/rng.h"
 #include "runtime/tokenizer.h"
@@ -39,12 +40,17 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "Sampling seed")->capture_default_str();
   app.add_option("--heads", heads, "n_head, when the checkpoint's metadata lacks it");
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
+  std::vector<std::string> plugins;
+  app.add_option("--plugin", plugins,
+                 "Load an operator plugin (.so) the model uses (its config.json's activation_function); repeatable. "
+                 "AQ_PLUGIN_PATH is read too");
 
   return aq::run_main("aq-generate", app, argc, argv, [&] {
     AQ_CHECK(tokens >= 1, "--tokens must be >= 1 (got ", tokens, ")");
     AQ_CHECK(temperature >= 0, "--temperature must be >= 0 (got ", temperature, ")");
     AQ_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
     aq::configure_threads(threads);
+    aq::ops::load_plugins(plugins);
     model_path = aq::resolve_checkpoint(model_path, "--model").model;
     aq::SafeTensorsReader file(model_path);
     const aq::ModelConfig cfg = aq::read_checkpoint_config(file, heads);

@@ -32,7 +32,12 @@ void ModelConfig::validate() const {
   AQ_CHECK(max_seq >= 1, "--max-seq must be >= 1 (got ", max_seq, ")");
   AQ_CHECK(mlp_activation.empty() || !llama(), "activation_function ", mlp_activation, ": a registered operator ",
            "replaces the GELU of the GPT-2 family's MLP; a Llama's MLP is gated (SwiGLU) and keeps it");
-  if (!llama()) return;
+  if (!llama()) {
+    AQ_CHECK((n_kv_head == 0 || n_kv_head == n_head) && (ffn_hidden == 0 || ffn_hidden == 4 * n_embd) && tied_head,
+             "a GPT-2 has n_kv_head = n_head, an MLP of 4·n_embd and a tied head (got ", n_kv_head, ", ", ffn_hidden,
+             ", ", tied_head ? "tied" : "untied", "); use model_type llama for the others");
+    return;
+  }
   AQ_CHECK(kv_heads() >= 1 && n_head % kv_heads() == 0, "num_key_value_heads ", kv_heads(),
            " must divide num_attention_heads ", n_head, " (each key/value head serves a whole group of query heads)");
   AQ_CHECK(head_size() % 2 == 0, "head size ", head_size(), " (hidden_size ", n_embd, " / ", n_head,
@@ -118,6 +123,12 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.vocab_size = static_cast<int>(num("vocab_size"));
     c.max_seq = static_cast<int>(num("n_positions"));
     c.mlp_activation = gpt2_activation(j.value("activation_function", "gelu_new"), where);
+    // What the engine would otherwise silently build differently.
+    AQ_CHECK(!j.contains("n_inner") || j.at("n_inner").is_null() || num("n_inner") == 4 * c.n_embd, where,
+             ": n_inner other than 4·n_embd is not supported");
+    AQ_CHECK(std::fabs(real("layer_norm_epsilon", 1e-5) - 1e-5) < 1e-12, where,
+             ": layer_norm_epsilon other than 1e-5 is not supported (GPT-2's LayerNorm kernel uses 1e-5)");
+    AQ_CHECK(flag("tie_word_embeddings", true), where, ": an untied GPT-2 head is not supported");
   } else {
     AQ_CHECK(type == "llama", where, ": model_type \"", type, "\" is not one Aqueduct builds (gpt2, llama)");
     c.arch = Arch::Llama;
@@ -130,6 +141,9 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.max_seq = static_cast<int>(num("max_position_embeddings"));
     c.norm_eps = real("rms_norm_eps", 1e-6);  // Hugging Face's LlamaConfig default
     c.rope_theta = real("rope_theta", 10000.0);
+    AQ_CHECK(!j.contains("head_dim") || j.at("head_dim").is_null() || num("head_dim") == c.n_embd / c.n_head, where,
+             ": head_dim ", j.contains("head_dim") ? j.at("head_dim").dump() : "", " other than hidden_size / ",
+             "num_attention_heads is not supported");
     c.tied_head = flag("tie_word_embeddings", false);
     AQ_CHECK(!j.contains("rope_scaling") || j.at("rope_scaling").is_null() || j.at("rope_scaling") == "null", where,
              ": rope_scaling (Llama 3.1's long-context frequencies) is not supported; remove it or use a model "
@@ -204,28 +218,52 @@ int metadata_int(const SafeTensorsReader& f, const char* key, int fallback) {
 }
 }  // namespace
 
+namespace {
+
+// A checkpoint's own configuration and --model-config must describe the same model: the file wins, and a
+// --model-config that says otherwise is refused instead of silently changing the model (rope_theta, eps, …).
+void check_same_config(const ModelConfig& own, const std::string& config_json, const SafeTensorsReader& file) {
+  if (config_json.empty()) return;
+  const ModelConfig given = read_hf_config(config_json);
+  AQ_CHECK(given == own, "--model-config ", config_json, " describes ", given.describe(), " but ", file.path(), " is ",
+           own.describe(), " (from its own metadata); drop --model-config, or give the file's config");
+}
+
+ModelConfig llama_checkpoint_config(const SafeTensorsReader& file, const std::string& config_json) {
+  const auto& meta = file.metadata();
+  ModelConfig c;
+  if (meta.count("model_type")) {  // a save of aq-train: its own configuration first
+    nlohmann::json j(meta);
+    c = config_from_json(j, file.path() + " (its metadata)");
+    check_same_config(c, config_json, file);
+  } else if (!config_json.empty()) {
+    c = read_hf_config(config_json);
+  } else {
+    const size_t slash = file.path().find_last_of('/');
+    const std::string beside = (slash == std::string::npos ? "" : file.path().substr(0, slash + 1)) + "config.json";
+    AQ_CHECK(file_exists(beside), file.path(), " is a Llama-family checkpoint without its configuration: put its ",
+             "config.json beside it, or pass --model-config FILE");
+    c = read_hf_config(beside);
+  }
+  AQ_CHECK(c.llama(), file.path(), " holds Llama tensors (model.embed_tokens.weight) but its config says model_type ",
+           "gpt2");
+  return c;
+}
+
+}  // namespace
+
 ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_override, const std::string& config_json) {
   if (file.has("model.embed_tokens.weight")) {  // the Llama family (Hugging Face names)
-    const auto& meta = file.metadata();
-    ModelConfig c;
-    if (!config_json.empty()) {
-      c = read_hf_config(config_json);
-    } else if (meta.count("model_type")) {
-      nlohmann::json j(meta);
-      c = config_from_json(j, file.path() + " (its metadata)");
-    } else {
-      const size_t slash = file.path().find_last_of('/');
-      const std::string beside = (slash == std::string::npos ? "" : file.path().substr(0, slash + 1)) + "config.json";
-      AQ_CHECK(file_exists(beside), file.path(), " is a Llama-family checkpoint without its configuration: put its ",
-               "config.json beside it, or pass --model-config FILE");
-      c = read_hf_config(beside);
-    }
-    AQ_CHECK(c.llama(), file.path(), " holds Llama tensors (model.embed_tokens.weight) but its config says model_type ",
-             "gpt2");
+    const ModelConfig c = llama_checkpoint_config(file, config_json);
     AQ_CHECK(heads_override <= 0 || heads_override == c.n_head, "--heads ", heads_override, " disagrees with ",
              file.path(), ", which records num_attention_heads=", c.n_head, "; drop --heads");
     return c;
   }
+  // GPT-2: its metadata, else the tensor shapes; a --model-config fills in what a Hugging Face export lacks
+  // (n_head, activation_function) and must agree with the rest.
+  const ModelConfig given = config_json.empty() ? ModelConfig{} : read_hf_config(config_json);
+  AQ_CHECK(config_json.empty() || !given.llama(), "--model-config ", config_json, " is a Llama config, but ",
+           file.path(), " holds GPT-2 tensors (wte.weight); give its GPT-2 config.json");
   std::map<std::string, std::string> names;  // stripped name → name in file
   for (const auto& [name, e] : file.entries()) names[strip_prefix(name)] = name;
   auto shape_of = [&](const std::string& n) -> const Shape& {
@@ -245,18 +283,21 @@ ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_over
   cfg.n_embd = metadata_int(file, "n_embd", static_cast<int>(wte[1]));
   cfg.max_seq = metadata_int(file, "n_positions", static_cast<int>(wpe[0]));
   cfg.n_layer = metadata_int(file, "n_layer", layers);
-  const int recorded_heads = metadata_int(file, "n_head", 0);
+  const int recorded_heads = metadata_int(file, "n_head", config_json.empty() ? 0 : given.n_head);
   AQ_CHECK(heads_override <= 0 || recorded_heads == 0 || heads_override == recorded_heads, "--heads ", heads_override,
            " disagrees with ", file.path(), ", which records n_head=", recorded_heads,
            "; drop --heads (it only supplies the head count for files that lack it)");
   cfg.n_head = heads_override > 0 ? heads_override : recorded_heads;
   if (file.metadata().count("activation_function"))
     cfg.mlp_activation = gpt2_activation(file.metadata().at("activation_function"), file.path() + " (its metadata)");
+  else if (!config_json.empty())
+    cfg.mlp_activation = given.mlp_activation;
   AQ_CHECK(cfg.n_head > 0, file.path(), " does not record the head count (no n_head in its metadata, as in a ",
            "Hugging Face export); pass --heads (12 for GPT-2 124M)");
   AQ_CHECK(cfg.n_layer == layers, file.path(), ": metadata says n_layer=", cfg.n_layer, " but the file has ", layers,
            " blocks (h.0 … h.", layers - 1, ")");
   cfg.validate();
+  check_same_config(cfg, config_json, file);
   return cfg;
 }
 
@@ -445,14 +486,18 @@ void check_activation_op(const std::string& name, Device dev, DType dt, int tp) 
                k += str(k.empty() ? "" : ", ", device_name(e.device), "/", dtype_name(e.dtype));
              return k;
            }());
+  AQ_CHECK(op->kernel(dev, dt)->forward != nullptr, "activation_function ", name, " is a built-in operator with typed ",
+           "kernels; the activation slot takes a plugin's operator (GPT-2's own GELU is activation_function gelu_new)");
+  AQ_CHECK(op->attrs.empty(), "activation_function ", name, " declares ", op->attrs.size(), " attribute(s); the MLP ",
+           "activation slot passes none, so it takes operators without attributes");
   static double probe[60];  // a [6, 10] input the shape function may look at but never reads
   const ops::ShapeResult shape = ops::OpRegistry::instance().infer(name, dt, {Tensor(probe, dt, {6, 10}, dev)}, {});
   AQ_CHECK(shape.shapes.size() == 1 && shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt,
            "activation_function ", name, " maps a [6, 10] input to ",
            shape.shapes.empty() ? "nothing" : shape_str(shape.shapes[0]),
            "; the MLP activation slot needs an output of the input's shape and dtype");
-  AQ_CHECK(shape.workspace_bytes == 0 || dev == Device::CPU, "activation_function ", name, " asks for workspace on ",
-           device_name(dev), ", which the MLP activation slot does not provide");
+  AQ_CHECK(shape.workspace_bytes == 0, "activation_function ", name, " asks for ", shape.workspace_bytes,
+           " bytes of workspace, which the MLP activation slot does not provide");
   if (tp == 1) return;
   const auto splits_dim1 = [](int32_t p) { return p == 1 || p == AQ_SBP_SPLIT_ANY; };
   std::string rules;
@@ -563,8 +608,8 @@ void Transformer<T>::layout_activations(Arena& a) {
   // Scratch shared by all layers.
   lnbuf_ = a.take<T>(N * C);  // ln_1 / ln_2 output of the block being computed
   proj_ = a.take<T>(N * C);   // c_proj outputs before the residual add
-  // GELU (SwiGLU) output; in backward also d(fch) and d(qkv)
-  gelu_ = a.take<T>(N * std::max<int64_t>(cfg_.llama() ? 2 * Fl_ : 4 * Cl, QKVl_));
+  // GELU (SwiGLU) output; in backward also d(fch) (a Llama writes its d(gate | up) over fch instead) and d(qkv)
+  gelu_ = a.take<T>(N * std::max<int64_t>(cfg_.llama() ? Fl_ : 4 * Cl, QKVl_));
   dres_ = a.take<T>(N * C);  // gradient of the residual stream
   if (!cfg_.mlp_activation.empty()) {
     act_dout_ = a.take<T>(N * 4 * Cl);

@@ -108,6 +108,14 @@ TEST_F(LlamaFiles, HuggingFaceTensorsRoundTripThroughThePackedLayout) {
   write_safetensors(dir + "/m.safetensors", hf, tiny_llama().to_metadata());
   SafeTensorsReader f(dir + "/m.safetensors");
   EXPECT_EQ(read_checkpoint_config(f, 0), tiny_llama());  // the config travels in the metadata
+  // A --model-config that contradicts the file's own config is refused, not taken (rope_theta here).
+  ModelConfig other = tiny_llama();
+  other.rope_theta = 60;
+  std::ofstream(dir + "/other.json") << other.to_hf_config_json();
+  test::expect_error([&] { read_checkpoint_config(f, 0, dir + "/other.json"); },
+                     {"--model-config " + dir + "/other.json describes", "theta=60", "drop --model-config"});
+  std::ofstream(dir + "/same.json") << tiny_llama().to_hf_config_json();
+  EXPECT_EQ(read_checkpoint_config(f, 0, dir + "/same.json"), tiny_llama());
   b.load(f);
   for (int64_t i = 0; i < a.buffer_size(); ++i) ASSERT_EQ(a.params()[i], b.params()[i]) << i;
 }

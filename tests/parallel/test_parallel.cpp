@@ -15,14 +15,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
-#include "train/trainer.h"
 #include "parallel/algo/dp_algorithm.h"
 #include "parallel/context.h"
 #include "parallel/staged_backend.h"
 #include "runtime/data.h"
 #include "runtime/log.h"
 #include "tests/test_util.h"
+#include "train/trainer.h"
 
 namespace aq {
 namespace {
@@ -120,9 +121,9 @@ TEST(Backend, ConformanceOnEveryGroup) {
 // The centre layouts this world allows: a --centres spec and, for "auto", every rank's AQ_CENTRE ("" = unset).
 std::vector<std::pair<std::string, std::vector<std::string>>> centre_layouts(int world) {
   std::vector<std::pair<std::string, std::vector<std::string>>> l = {{"auto", {}}};  // one centre
-  if (world >= 2) l.push_back({std::to_string(world % 2 ? world : 2), {}});        // equal blocks
-  if (world == 3) l.push_back({"auto", {"east", "east", "west"}});                  // 2 + 1
-  if (world == 4) l.push_back({"auto", {"east", "west", "east", "east"}});          // 3 + 1, interleaved
+  if (world >= 2) l.push_back({std::to_string(world % 2 ? world : 2), {}});          // equal blocks
+  if (world == 3) l.push_back({"auto", {"east", "east", "west"}});                   // 2 + 1
+  if (world == 4) l.push_back({"auto", {"east", "west", "east", "east"}});           // 3 + 1, interleaved
   return l;
 }
 
@@ -148,9 +149,8 @@ void expect_identical_on_every_rank(const std::vector<float>& x, const std::stri
   std::vector<float> root = x;
   g_ctx->world().broadcast(root.data(), static_cast<int64_t>(root.size()), DType::F32, 0, {"compare"})->wait();
   for (size_t i = 0; i < x.size(); ++i)
-    ASSERT_EQ(std::memcmp(&root[i], &x[i], sizeof(float)), 0) << what << ": element " << i << " " << x[i]
-                                                               << " on rank " << g_ctx->world_rank() << ", "
-                                                               << root[i] << " on rank 0";
+    ASSERT_EQ(std::memcmp(&root[i], &x[i], sizeof(float)), 0) << what << ": element " << i << " " << x[i] << " on rank "
+                                                              << g_ctx->world_rank() << ", " << root[i] << " on rank 0";
 }
 
 TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
@@ -210,7 +210,8 @@ TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
           } else if (algo == "hier" && codec == WanCodec::None) {
             EXPECT_EQ(bytes, 2.0 * 8 * (topo.centres() - 1) * static_cast<double>(total));  // two rounds
           } else if (algo == "hier") {
-            EXPECT_LT(bytes, 2.0 * 8 * (topo.centres() - 1) * static_cast<double>(total) / (codec == WanCodec::Int8 ? 3.0 : 1.9));
+            EXPECT_LT(bytes, 2.0 * 8 * (topo.centres() - 1) * static_cast<double>(total) /
+                                 (codec == WanCodec::Int8 ? 3.0 : 1.9));
           }
         }
       }
@@ -277,7 +278,8 @@ TEST(DpAlgorithms, ErrorFeedbackLosesNothingAcrossRanks) {
       o.error_feedback = true;
       o.buffer_size = n;
       auto dp = make_dp_algorithm(o, g_ctx->dp_groups());
-      std::vector<float> x = test::randn<float>(static_cast<size_t>(n), 11 + static_cast<uint64_t>(g_ctx->world_rank()), 1e-2);
+      std::vector<float> x =
+          test::randn<float>(static_cast<size_t>(n), 11 + static_cast<uint64_t>(g_ctx->world_rank()), 1e-2);
       std::vector<double> outputs(static_cast<size_t>(n), 0.0), want(x.begin(), x.end());
       const int R = 5;
       for (int round = 0; round < R; ++round) {
@@ -426,14 +428,52 @@ class Layouts : public ::testing::Test {
     // 3e-4, not 1e-4: AdamW normalises each element's step, so elements whose gradient is near zero turn
     // summation-order differences (TP, DP, hierarchical reductions) into relative step differences; with
     // the AVX-512 (Cooperlake) kernels a TP run's c_proj.bias ends 1.1-1.5e-4 from one process's.
-    for (const auto& [name, err] : test::checkpoint_rel_errors(got, want)) EXPECT_LT(err, 3e-4) << what << ": tensor " << name;
+    for (const auto& [name, err] : test::checkpoint_rel_errors(got, want))
+      EXPECT_LT(err, 3e-4) << what << ": tensor " << name;
   }
 
   static inline std::string dir_;
 };
 
+TEST_F(Layouts, LlamaEveryLayoutMatchesOneProcess) {
+  // A Llama (RMSNorm, SwiGLU, RoPE, 4 query heads over 2 kv heads, untied head, V 259) under tp 1 and 2 — each TP
+  // rank holding 2 query heads with the kv head they read — and dp with and without ZeRO-1, against one process.
+  const std::string spec = str(dir_, "/llama_", g_ctx->world_rank(), ".json");
+  std::ofstream(spec) << R"({"model_type": "llama", "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 259, "max_position_embeddings": 16,
+      "rms_norm_eps": 1e-5, "rope_theta": 500.0, "tie_word_embeddings": false})";
+  const auto llama = [&](int dp) {
+    TrainConfig c = config(dp);
+    c.layers.reset();
+    c.heads.reset();
+    c.dim.reset();
+    c.vocab.reset();
+    c.max_seq.reset();
+    c.model_config = spec;
+    return c;
+  };
+  TrainConfig one = llama(1);
+  const std::string ref_path = str(dir_, "/llama_ref_", g_ctx->world_rank());
+  one.save = ref_path;
+  const TrainResult want = train(one, ParallelContext::local());
+  for (int tp : {1, 2}) {
+    if (g_ctx->world_size() % tp) continue;
+    for (int zero : {0, 1}) {
+      const int dp = g_ctx->world_size() / tp;
+      const std::string what = str("llama tp=", tp, " dp=", dp, " zero=", zero);
+      g_ctx->configure(tp, 60);
+      TrainConfig c = llama(dp);
+      c.zero = zero;
+      c.save = str(dir_, "/llama_tp", tp, "_zero", zero);
+      const TrainResult got = train(c, *g_ctx);
+      expect_same_losses(got, want, 0, what.c_str());
+      expect_same_weights(c.save, ref_path, what.c_str());
+    }
+  }
+}
+
 TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
-  const std::string ref_path = str(dir_, "/ref_", g_ctx->world_rank(), "");
+  const std::string ref_path = str(dir_, "/ref_", g_ctx->world_rank());
   const TrainResult want = reference(ref_path);
   for (int tp : {1, 2, 4}) {
     if (g_ctx->world_size() % tp) continue;
@@ -443,7 +483,7 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
       g_ctx->configure(tp, 60);
       TrainConfig c = config(dp);
       c.zero = zero;
-      c.save = str(dir_, "/tp", tp, "_zero", zero, "");
+      c.save = str(dir_, "/tp", tp, "_zero", zero);
       const TrainResult got = train(c, *g_ctx);
       expect_same_losses(got, want, 0, what.c_str());
       expect_same_weights(c.save, ref_path, what.c_str());
@@ -471,7 +511,7 @@ TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
       configure_centres(tp, "2", {});
       TrainConfig c = config(dp);
       c.zero = zero;
-      c.save = str(dir_, "/centres_tp", tp, "_zero", zero, "");
+      c.save = str(dir_, "/centres_tp", tp, "_zero", zero);
       const TrainResult got = train(c, *g_ctx);
       expect_same_losses(got, want, 0, what.c_str());
       expect_same_weights(c.save, ref_path, what.c_str());
@@ -516,7 +556,7 @@ TEST_F(Layouts, ResumeWithErrorFeedbackIsBitIdentical) {
     const TrainResult whole = train(c, *g_ctx);
     TrainConfig first = c;
     first.steps = 3;
-    first.save = str(dir_, "/ef_zero", zero, "");
+    first.save = str(dir_, "/ef_zero", zero);
     train(first, *g_ctx);
     if (g_ctx->world_rank() == 0) {
       SafeTensorsReader state(test::saved_state(first.save));
@@ -535,7 +575,7 @@ TEST_F(Layouts, ResumeWithErrorFeedbackIsBitIdentical) {
 TEST_F(Layouts, DiLoCoWithOneCentreAndPlainAveragingIsDataParallel) {
   // One centre, H = 1, outer lr 1, momentum 0: every step's outer update replaces θ_global by the replica, so
   // the run is synchronous data parallelism (up to the rounding of θ_g − (θ_g − θ)).
-  const std::string ref_path = str(dir_, "/diloco_ref_", g_ctx->world_rank(), "");
+  const std::string ref_path = str(dir_, "/diloco_ref_", g_ctx->world_rank());
   const TrainResult want = reference(ref_path);
   g_ctx->configure(1, 60);
   TrainConfig c = config(g_ctx->world_size());
@@ -554,48 +594,48 @@ TEST_F(Layouts, DiLoCoAcrossCentresSyncsEveryHStepsAndResumesMidPhase) {
   // Two centres (equal, or 2 + 1 with three ranks, where ZeRO-1 runs inside the larger centre only), with and
   // without ZeRO-1.
   for (int zero : {0, 1}) {
-  configure_two_centres();
-  SCOPED_TRACE(str(g_ctx->topology().describe(), " zero=", zero));
-  TrainConfig c = config(g_ctx->world_size());
-  c.zero = zero;
-  c.outer = "diloco";
-  c.outer_steps = 4;
-  c.wan_compress = "int8";
-  // The run is cut by lowering --steps, which would reshape a cosine schedule after the cut: keep it constant.
-  c.schedule.kind = "constant";
-  c.save = str(dir_, "/diloco_whole");
-  const TrainResult whole = train(c, *g_ctx);
-  c.save.clear();
-  // Only outer syncs cross centres: wan_bytes on steps 4 (and only there, of 6), nothing in between; a rank
-  // of the larger centre that carries no cross-centre shard sends nothing at all.
-  const Topology& topo = g_ctx->topology();
-  const bool carrier = topo.intra_index[static_cast<size_t>(g_ctx->world_rank())] < topo.cross_shards();
-  for (const StepRecord& r : whole.steps) {
-    EXPECT_EQ(r.outer_sync, r.step % 4 == 0) << "step " << r.step;
-    if (r.step % 4 == 0 && carrier)
-      EXPECT_GT(r.wan_bytes, 0.0) << "step " << r.step;
-    else
-      EXPECT_EQ(r.wan_bytes, 0.0) << "step " << r.step;
-  }
-  // Saved in the middle of an inner phase (step 3) and after the sync (step 5), resumed: bit-identical.
-  for (int64_t at : {3, 5}) {
-    TrainConfig first = c;
-    first.steps = at;
-    first.save = str(dir_, "/diloco_", at, "");
-    train(first, *g_ctx);
-    if (g_ctx->world_rank() == 0) {
-      SafeTensorsReader state(test::saved_state(first.save));
-      EXPECT_TRUE(state.metadata().count("diloco_centres"));
-      EXPECT_TRUE(state.entries().count("centre.1.param.wte.weight"));
-      EXPECT_TRUE(state.entries().count("outer_momentum.wte.weight"));
+    configure_two_centres();
+    SCOPED_TRACE(str(g_ctx->topology().describe(), " zero=", zero));
+    TrainConfig c = config(g_ctx->world_size());
+    c.zero = zero;
+    c.outer = "diloco";
+    c.outer_steps = 4;
+    c.wan_compress = "int8";
+    // The run is cut by lowering --steps, which would reshape a cosine schedule after the cut: keep it constant.
+    c.schedule.kind = "constant";
+    c.save = str(dir_, "/diloco_whole");
+    const TrainResult whole = train(c, *g_ctx);
+    c.save.clear();
+    // Only outer syncs cross centres: wan_bytes on steps 4 (and only there, of 6), nothing in between; a rank
+    // of the larger centre that carries no cross-centre shard sends nothing at all.
+    const Topology& topo = g_ctx->topology();
+    const bool carrier = topo.intra_index[static_cast<size_t>(g_ctx->world_rank())] < topo.cross_shards();
+    for (const StepRecord& r : whole.steps) {
+      EXPECT_EQ(r.outer_sync, r.step % 4 == 0) << "step " << r.step;
+      if (r.step % 4 == 0 && carrier)
+        EXPECT_GT(r.wan_bytes, 0.0) << "step " << r.step;
+      else
+        EXPECT_EQ(r.wan_bytes, 0.0) << "step " << r.step;
     }
-    TrainConfig rest = c;
-    rest.resume = first.save;
-    const TrainResult got = train(rest, *g_ctx);
-    ASSERT_EQ(got.steps.size(), static_cast<size_t>(6 - at));
-    for (size_t i = 0; i < got.steps.size(); ++i)
-      EXPECT_EQ(got.steps[i].loss, whole.steps[i + at].loss) << "resumed at " << at << ", step " << got.steps[i].step;
-  }
+    // Saved in the middle of an inner phase (step 3) and after the sync (step 5), resumed: bit-identical.
+    for (int64_t at : {3, 5}) {
+      TrainConfig first = c;
+      first.steps = at;
+      first.save = str(dir_, "/diloco_", at);
+      train(first, *g_ctx);
+      if (g_ctx->world_rank() == 0) {
+        SafeTensorsReader state(test::saved_state(first.save));
+        EXPECT_TRUE(state.metadata().count("diloco_centres"));
+        EXPECT_TRUE(state.entries().count("centre.1.param.wte.weight"));
+        EXPECT_TRUE(state.entries().count("outer_momentum.wte.weight"));
+      }
+      TrainConfig rest = c;
+      rest.resume = first.save;
+      const TrainResult got = train(rest, *g_ctx);
+      ASSERT_EQ(got.steps.size(), static_cast<size_t>(6 - at));
+      for (size_t i = 0; i < got.steps.size(); ++i)
+        EXPECT_EQ(got.steps[i].loss, whole.steps[i + at].loss) << "resumed at " << at << ", step " << got.steps[i].step;
+    }
   }
 }
 
@@ -637,7 +677,8 @@ TEST_F(Layouts, StreamingDiLoCoWithOverlapResumesWithAnExchangeInFlight) {
   TrainConfig other = c;
   other.resume = first.save;
   other.outer_fragments = 3;
-  test::expect_error([&] { train(other, *g_ctx); }, {"was saved with --outer-fragments 2", "resume with --outer-fragments 2"});
+  test::expect_error([&] { train(other, *g_ctx); },
+                     {"was saved with --outer-fragments 2", "resume with --outer-fragments 2"});
   TrainConfig rest = c;
   rest.resume = first.save;
   const TrainResult got = train(rest, *g_ctx);
@@ -696,7 +737,8 @@ TEST_F(Layouts, PacedDiLoCoTrainsEachCentresShareAndResumesMidPhase) {
   }
   // A pace that does not fit the window is refused with the range.
   c.balance = "4,5";
-  test::expect_error([&] { train(c, *g_ctx); }, {"inner steps per window of --outer-steps 4", "each in [1, 4]", "(got \"4,5\")"});
+  test::expect_error([&] { train(c, *g_ctx); },
+                     {"inner steps per window of --outer-steps 4", "each in [1, 4]", "(got \"4,5\")"});
 }
 
 TEST_F(Layouts, ZeroWithHierNeedsEqualContiguousCentres) {
@@ -707,8 +749,8 @@ TEST_F(Layouts, ZeroWithHierNeedsEqualContiguousCentres) {
   TrainConfig c = config(4);
   c.zero = 1;
   c.dp_algo = "hier";
-  test::expect_error([&] { train(c, *g_ctx); }, {"--zero 1 with --dp-algo hier needs centres of equal size",
-                                                 "or use --dp-algo flat"});
+  test::expect_error([&] { train(c, *g_ctx); },
+                     {"--zero 1 with --dp-algo hier needs centres of equal size", "or use --dp-algo flat"});
   c.dp_algo = "auto";
   c.steps = 2;
   EXPECT_EQ(train(c, *g_ctx).steps.size(), 2u);

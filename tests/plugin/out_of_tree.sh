@@ -94,6 +94,11 @@ grep -q "activation myorg::squared_relu" "$work/train.txt" || fail "the model li
 grep -q '"activation_function": "myorg::squared_relu"' "$work/one/step-00000030/config.json" ||
   fail "the save's config.json does not name the operator"
 losses() { sed -n 's/.*"loss":\([0-9.e+-]*\).*/\1/p' "$1"; }
+# The operator really runs: the same model with GPT-2's GELU trains to other losses.
+sed 's/"myorg::squared_relu"/"gelu_new"/' "$work/model.json" > "$work/gelu.json"
+"${train[@]}" --model-config "$work/gelu.json" --log "$work/gelu.jsonl" > /dev/null 2>&1 || fail "the GELU run"
+[[ $(losses "$work/one.jsonl" | tail -1) != $(losses "$work/gelu.jsonl" | tail -1) ]] ||
+  fail "squared_relu and GELU gave the same losses: the operator did not run"
 if ((${#mpirun[@]})); then
   "${mpirun[@]}" -np 2 "${train[@]}" --tp 2 --log "$work/tp.jsonl" > "$work/tp.txt" 2>&1 || {
     cat "$work/tp.txt"; fail "tensor-parallel training with the plugin's operator"; }
