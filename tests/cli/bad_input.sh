@@ -169,6 +169,7 @@ mkdir -p "$TMP/adir"
 # ---- aq-train: command line ------------------------------------------------------------------------------------
 
 SAVE=(--save "$OUT/out")
+echo '{"model_type": "bert", "hidden_size": 8}' > "$TMP/bert.json"
 if [[ -e /nonexistent_dir ]]; then
   fail nonexistent_dir "/nonexistent_dir exists on this machine, so the unwritable-path cases cannot work; remove it"
 fi
@@ -258,6 +259,9 @@ expect_fail resume_and_init_from 'exclude each other' 1 -- \
   "${RUN[@]}" --data "$DATA" --resume "$CK" --init-from "$CK" "${SAVE[@]}"
 expect_fail threads_negative '--threads must be >= 0' 1 -- "$BIN/aq-train" --data "$DATA" --threads -1 "${SAVE[@]}"
 expect_fail save_every_without_save '--save-every 5 needs --save' 1 -- "${RUN[@]}" --data "$DATA" --save-every 5
+expect_fail keep_negative '--keep must be >= 0 saves \(0 keeps every save; got -1\)' 1 -- "${RUN[@]}" --data "$DATA" --keep -1 "${SAVE[@]}"
+expect_fail model_config_unknown_type 'model_type "bert" is not one Aqueduct builds' 1 -- \
+  "${RUN[@]}" --data "$DATA" --model-config "$TMP/bert.json" "${SAVE[@]}"
 
 # ---- aq-train: output paths ------------------------------------------------------------------------------------
 
