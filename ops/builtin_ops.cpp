@@ -7,6 +7,7 @@
 // kernel belongs to no declared op, so a kernel registered without its declaration is caught. Shapes: (N,C) means rows
 // × channels as in the family's header; T is the kernel's dtype, M its master type (float for bf16).
 #include "aqueduct/op_plugin.hpp"
+#include "ops/builtin_adapters.h"
 #include "ops/op_def.h"
 #include "ops/softmax_xent/softmax_xent.h"
 
@@ -160,10 +161,18 @@ void sum_squares_shape(ShapeCall& s) { set(s.out(0), AQ_DTYPE_F64, {}); }
 
 // ---- declarations ------------------------------------------------------------------------------------------
 
+// Declares the op; where ops/builtin_adapters.cpp has an adapter for it, its kernels also get generic entry points
+// (so OpRegistry::forward/backward and aq-op check run it like a plugin op).
 void declare(OpRegistry& r, OpBuilder& b, TypedKernels typed) {
   AqOpDef def;
   b.build(def);
-  r.add_abi(def, "built-in", "", "", &typed);
+  OpDef d = r.convert(def, "built-in", "", "", &typed);
+  if (const BuiltinAdapter* a = builtin_adapter(d.name))
+    for (KernelEntry& k : d.kernels) {
+      k.forward = a->forward;
+      k.backward = a->backward;
+    }
+  r.add(std::move(d));
 }
 
 }  // namespace
