@@ -120,7 +120,8 @@ int main(int argc, char** argv) {
   auto* chk = app.add_subcommand("check", "Check operators: kernels, shapes, backward, determinism, CUDA, sharding");
   std::vector<std::string> check_plugins, check_ops;
   uint64_t seed = std::random_device{}();
-  chk->add_option("--plugin", check_plugins, "Plugin shared library to load and check (repeatable)");
+  chk->add_option("--plugin", check_plugins, "Plugin shared library to load and check (repeatable)")
+      ->allow_extra_args(false);  // one path per --plugin, so operator names can follow
   chk->add_option("--seed", seed, "Seed of the random inputs (default: fresh; printed, to replay a failure)");
   chk->add_option("ops", check_ops, "Operators to check (default: every declared one)");
   bool failed = false;

@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <exception>
+#include <type_traits>
 
 #include "ops/adamw/adamw.h"
 #include "ops/attention/attention.h"
@@ -104,6 +105,15 @@ void store_bytes(void* dst, const void* src, size_t bytes, Device dev, void* str
   (void)stream;
   fail("a CUDA tensor reached a build without CUDA; rebuild with -DAQ_CUDA=ON");
 #endif
+}
+
+// A float attribute in the kernel's element type (bf16 has no arithmetic conversions of its own).
+template <typename T>
+T element(double v) {
+  if constexpr (std::is_same_v<T, bf16>)
+    return float_to_bf16(static_cast<float>(v));
+  else
+    return static_cast<T>(v);
 }
 
 template <typename Fn>
@@ -321,14 +331,25 @@ AqStatus embedding_bwd(void*, const AqKernelArgs* a, AqError* e) {
 }
 
 // ---- softmax_xent: logits (N,V), targets (N) -> losses (N); attrs dscale, backward -----------------------
-// With backward = 1 the same call overwrites logits with dlogits (the declared contract: nothing is saved).
+// With backward = 1 the same call overwrites logits with dlogits (the declared contract: nothing is saved). With
+// backward = 0 the typed kernel would still leave exp(logits − max) in the logits, so it runs on a copy in the
+// workspace (sized by the shape function): a forward keeps its inputs.
 AqStatus softmax_xent_fwd(void*, const AqKernelArgs* a, AqError* e) {
   return dispatch(a, e, "aq::softmax_xent", [&](auto tag, Device dev) {
     using T = typename decltype(tag)::type;
     const AqTensor* logits = a->inputs[0];
+    const bool backward = a->attrs[1]->i != 0;
+    T* rows = ptr<T>(logits);
+    if (!backward) {
+      const size_t bytes = static_cast<size_t>(aq_tensor_numel(logits)) * sizeof(T);
+      AQ_CHECK(a->workspace && a->workspace_bytes >= bytes, "aq::softmax_xent: backward=0 needs ", bytes,
+               " bytes of workspace for a copy of the logits, given ", a->workspace_bytes);
+      copy_bytes(a->workspace, rows, bytes, dev, a->stream);
+      rows = static_cast<T*>(a->workspace);
+    }
     typed<typename SoftmaxXent<T>::Forward>("softmax_xent", dev, dtype_of<T>())(
-        ptr<T>(a->outputs[0]), ptr<T>(logits), ptr<int32_t>(a->inputs[1]), logits->shape[0],
-        as_int(logits->shape[1], "aq::softmax_xent", "V"), static_cast<T>(a->attrs[0]->f), a->attrs[1]->i != 0 ? 1 : 0);
+        ptr<T>(a->outputs[0]), rows, ptr<int32_t>(a->inputs[1]), logits->shape[0],
+        as_int(logits->shape[1], "aq::softmax_xent", "V"), element<T>(a->attrs[0]->f), backward ? 1 : 0);
   });
 }
 
