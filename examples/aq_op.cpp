@@ -125,11 +125,29 @@ int main(int argc, char** argv) {
   chk->add_option("--seed", seed, "Seed of the random inputs (default: fresh; printed, to replay a failure)");
   chk->add_option("ops", check_ops, "Operators to check (default: every declared one)");
   bool failed = false;
-  const int rc = aq::run_main("aq-op", app, argc, argv, [&] {
+  // Under mpirun, `check` also runs every sharding rule with one shard per rank; otherwise a world of one.
+  aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
+  const int rc = aq::run_main("aq-op", app, argc, argv, ctx, [&] {
     if (chk->parsed()) {
       aq::ops::load_plugins(check_plugins);
       aq::ops::CheckOptions opt;
       opt.ops = check_ops;
+      aq::ops::RankGroup ranks;
+      if (ctx.world_size() > 1) {
+        ctx.configure(ctx.world_size(), 120.0);
+        // Every rank draws the same inputs: rank 0's seed, as two 32-bit words.
+        int32_t words[2] = {static_cast<int32_t>(seed & 0xffffffffu), static_cast<int32_t>(seed >> 32)};
+        ctx.world().broadcast(words, 2, aq::DType::I32, 0, {})->wait();
+        seed = static_cast<uint32_t>(words[0]) | (static_cast<uint64_t>(static_cast<uint32_t>(words[1])) << 32);
+        ranks.rank = ctx.world_rank();
+        ranks.size = ctx.world_size();
+        ranks.all_reduce = [&ctx](double* data, int64_t n, bool max) {
+          aq::CollectiveOptions o;
+          o.op = max ? aq::ReduceOp::Max : aq::ReduceOp::Sum;
+          ctx.world().all_reduce(data, n, aq::DType::F64, o)->wait();
+        };
+        opt.ranks = &ranks;
+      }
       opt.seed = seed;
       failed = aq::ops::check_ops(opt, stdout).failed > 0;
     }

@@ -149,6 +149,7 @@ struct Reporter {
   std::FILE* out;
   CheckSummary sum;
   void line(const std::string& op, const std::string& check, const std::string& result) {
+    if (!out) return;  // a rank other than 0 under mpirun: counts, prints nothing
     std::fprintf(out, "%-20s %-30s %s\n", op.c_str(), check.c_str(), result.c_str());
     std::fflush(out);
   }
@@ -736,6 +737,26 @@ struct Gather {
       }
     }
   }
+  // Under mpirun each rank added only its own shard: combine the ranks' pieces (S: placed into zeros and summed,
+  // P: summed, B: the worst rank). Every rank calls this for the same tensors in the same order.
+  void combine(const RankGroup& g) {
+    if (!whole.present() || pl.sbp == AQ_SBP_NONE) return;
+    double bad_shape = shape_err.empty() ? 0.0 : 1.0;
+    g.all_reduce(&bad_shape, 1, true);
+    if (bad_shape > 0 && shape_err.empty()) shape_err = "another rank's shard has a shape the rule does not imply";
+    if (pl.sbp >= 0) {
+      if (!placed.present()) placed = Buf(whole.dtype(), whole.shape());  // zeros
+      std::vector<double> v(static_cast<size_t>(whole.numel()));
+      for (int64_t k = 0; k < whole.numel(); ++k) v[static_cast<size_t>(k)] = placed.get(k);
+      g.all_reduce(v.data(), whole.numel(), false);
+      for (int64_t k = 0; k < whole.numel(); ++k) placed.set(k, v[static_cast<size_t>(k)]);
+    } else if (pl.sbp == AQ_SBP_PARTIAL_SUM) {
+      sum.resize(static_cast<size_t>(whole.numel()), 0.0);
+      g.all_reduce(sum.data(), whole.numel(), false);
+    } else {
+      g.all_reduce(&b_err, 1, true);
+    }
+  }
   double error() const {
     if (!shape_err.empty()) return INFINITY;
     double worst = b_err;
@@ -754,9 +775,10 @@ struct Gather {
   }
 };
 
-void check_rule(Op& op, const ShardingRule& rule, int n, Reporter& rep) {
+// group: null to simulate the n ranks in this process; else n is the group's size and this process is one rank.
+void check_rule(Op& op, const ShardingRule& rule, int n, Reporter& rep, const RankGroup* group) {
   const OpDef& d = op.def;
-  const std::string check = str("sharding ", rule.name, " x", n);
+  const std::string check = str("sharding ", rule.name, " x", n, group ? " mpi" : "");
   const std::optional<DType> kdt = reference_dtype(d);
   if (!kdt) return rep.skip(d.name, check, "no CPU F64 or F32 kernel to run on this machine");
   const double tol = *kdt == DType::F64 ? 1e-10 : 1e-4;
@@ -832,7 +854,7 @@ void check_rule(Op& op, const ShardingRule& rule, int n, Reporter& rep) {
 
   std::vector<Shape> whole_shapes;
   for (const Buf& b : in) whole_shapes.push_back(b.shape());
-  for (int r = 0; r < n; ++r) {
+  for (int r = group ? group->rank : 0; r < (group ? group->rank + 1 : n); ++r) {
     auto shard_of = [&](const Buf& whole, const Placement& p, int tensor_sbp, const Bufs* parts) -> Buf {
       if (!whole.present() || tensor_sbp == AQ_SBP_NONE) return Buf();
       if (tensor_sbp == AQ_SBP_PARTIAL_SUM && parts) return (*parts)[static_cast<size_t>(r)];
@@ -869,6 +891,10 @@ void check_rule(Op& op, const ShardingRule& rule, int n, Reporter& rep) {
       if (rule.input_grads[i] != AQ_SBP_NONE) g_grad[i].add(sgrad[i], r);
   }
 
+  if (group) {
+    for (Gather& g : g_out) g.combine(*group);
+    for (Gather& g : g_grad) g.combine(*group);
+  }
   double worst = 0;
   std::string where, what;
   auto judge = [&](const Gather& g, const std::string& name) {
@@ -885,23 +911,31 @@ void check_rule(Op& op, const ShardingRule& rule, int n, Reporter& rep) {
   for (size_t j = 0; j < out.size(); ++j) judge(g_out[j], d.outputs[j].name);
   for (size_t i = 0; i < in.size(); ++i)
     if (with_backward && rule.input_grads[i] != AQ_SBP_NONE) judge(g_grad[i], "d" + d.inputs[i].name);
-  const std::string numbers = str("one process simulating ", n, " ranks, ", dtype_name(*kdt), "; ", what,
-                                  "; max rel err ", fmt(worst), ", tol ", fmt(tol));
+  const std::string numbers = str(group ? str(n, " MPI ranks, ") : str("one process simulating ", n, " ranks, "),
+                                  dtype_name(*kdt), "; ", what, "; max rel err ", fmt(worst), ", tol ", fmt(tol));
   if (worst <= tol)
     rep.ok(d.name, check, numbers);
   else
     rep.failed(d.name, check, str(where, " (", numbers, ")"));
 }
 
-void check_sharding(Op& op, Reporter& rep) {
+void check_sharding(Op& op, Reporter& rep, const RankGroup* ranks) {
   if (op.def.sharding.empty())
     return rep.na(op.def.name, "sharding", "no sharding rule declared (the op runs replicated only)");
   for (const ShardingRule& rule : op.def.sharding)
     for (int n : {2, 3}) {
       try {
-        check_rule(op, rule, n, rep);
+        check_rule(op, rule, n, rep, nullptr);
       } catch (const std::exception& e) {
         rep.failed(op.def.name, str("sharding ", rule.name, " x", n), e.what());
+      }
+    }
+  if (ranks && ranks->size > 1)
+    for (const ShardingRule& rule : op.def.sharding) {
+      try {
+        check_rule(op, rule, ranks->size, rep, ranks);
+      } catch (const std::exception& e) {
+        rep.failed(op.def.name, str("sharding ", rule.name, " x", ranks->size, " mpi"), e.what());
       }
     }
 }
@@ -915,7 +949,7 @@ void guarded(Reporter& rep, const std::string& op, const std::string& check, con
   }
 }
 
-void check_op(const OpDef& def, uint64_t seed, Reporter& rep) {
+void check_op(const OpDef& def, uint64_t seed, Reporter& rep, const RankGroup* ranks) {
   const BuiltinAdapter* ad = builtin_adapter(def.name);
   const bool builtin = def.plugin.empty() && def.origin == "built-in";
   Op op{def, ad, {}, std::mt19937_64(seed ^ std::hash<std::string>{}(def.name))};
@@ -980,28 +1014,32 @@ void check_op(const OpDef& def, uint64_t seed, Reporter& rep) {
   if (const std::string* why = na("sharding"))
     rep.na(def.name, "sharding", *why);
   else
-    check_sharding(op, rep);
+    check_sharding(op, rep, ranks);
 }
 
 }  // namespace
 
 CheckSummary check_ops(const CheckOptions& options, std::FILE* out) {
-  Reporter rep{out, {}};
+  Reporter rep{options.ranks && options.ranks->rank != 0 ? nullptr : out, {}};
+  const int world = options.ranks ? options.ranks->size : 1;
   std::vector<const OpDef*> ops;
   if (options.ops.empty())
     ops = OpRegistry::instance().list();
   else
     for (const std::string& n : options.ops) ops.push_back(&OpRegistry::instance().get(n));
-  std::fprintf(out,
-               "aq-op check: %zu operators, seed %llu (rerun with --seed to replay); sharding rules run on ranks "
-               "simulated in this one process\n",
-               ops.size(), static_cast<unsigned long long>(options.seed));
+  if (rep.out)
+    std::fprintf(rep.out,
+                 "aq-op check: %zu operators, seed %llu (rerun with --seed to replay); sharding rules run %s\n",
+                 ops.size(), static_cast<unsigned long long>(options.seed),
+                 world > 1 ? str("on 2 and 3 ranks simulated in one process, and on the ", world, " MPI ranks").c_str()
+                           : "on 2 and 3 ranks simulated in this one process (start under mpirun for real ranks)");
   for (const OpDef* d : ops) {
-    check_op(*d, options.seed, rep);
+    check_op(*d, options.seed, rep, options.ranks);
     ++rep.sum.ops;
   }
-  std::fprintf(out, "summary: %d operators, %d ok, %d FAIL, %d skip, %d not applicable\n", rep.sum.ops, rep.sum.ok,
-               rep.sum.failed, rep.sum.skipped, rep.sum.not_applicable);
+  if (rep.out)
+    std::fprintf(rep.out, "summary: %d operators, %d ok, %d FAIL, %d skip, %d not applicable\n", rep.sum.ops,
+                 rep.sum.ok, rep.sum.failed, rep.sum.skipped, rep.sum.not_applicable);
   return rep.sum;
 }
 

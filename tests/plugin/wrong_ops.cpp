@@ -4,6 +4,9 @@
 //   wrong::flipped_grad  y = x³ with dx = −3x²·dy, the backward's sign flipped (backward)
 //   wrong::global_norm   y = x / ‖x‖ over the whole tensor, declared elementwise under S(any): each shard
 //                        normalises by its own norm, so the gathered result is not the whole op's (sharding)
+//   wrong::noisy         y = x + 1e-12·(calls so far): a kernel whose result depends on history (determinism)
+//   wrong::overwrites    y = 3x with dx declared accumulating (AQ_TENSOR_GRAD_ACCUMULATES) but overwritten
+//                        (backward: the gradient already there is lost)
 #include <aqueduct/op_plugin.hpp>
 #include <cmath>
 
@@ -76,6 +79,26 @@ void norm_bwd(KernelCall& k) {
   for (int64_t i = 0; i < n; ++i) k.out(0).data<T>()[i] = T((dy[i] - y[i] * ydy) * inv);
 }
 
+// y = x + 1e-12·n, n the number of calls so far (state kept across calls: not reproducible)
+template <typename T>
+void noisy_fwd(KernelCall& k) {
+  static int64_t calls = 0;
+  ++calls;
+  for (int64_t i = 0; i < k.in(0).numel(); ++i) k.out(0).data<T>()[i] = k.in(0).data<T>()[i] + T(1e-12) * T(calls);
+}
+
+// y = 3x
+template <typename T>
+void triple_fwd(KernelCall& k) {
+  for (int64_t i = 0; i < k.in(0).numel(); ++i) k.out(0).data<T>()[i] = T(3) * k.in(0).data<T>()[i];
+}
+// inputs: dy; outputs: dx — written with =, though the op declares that dx accumulates (+=)
+template <typename T>
+void triple_bwd_overwrites(KernelCall& k) {
+  if (!k.out(0).present()) return;
+  for (int64_t i = 0; i < k.in(0).numel(); ++i) k.out(0).data<T>()[i] = T(3) * k.in(0).data<T>()[i];
+}
+
 }  // namespace
 
 AQ_PLUGIN(p) {
@@ -106,4 +129,17 @@ AQ_PLUGIN(p) {
       .kernel(AQ_DEVICE_CPU, AQ_DTYPE_F64, norm_fwd<double>, norm_bwd<double>)
       .sharding("elementwise", {AQ_SBP_SPLIT_ANY}, {AQ_SBP_SPLIT_ANY}, {AQ_SBP_SPLIT_ANY})
       .sharding("replicated", {AQ_SBP_BROADCAST}, {AQ_SBP_BROADCAST}, {AQ_SBP_BROADCAST});
+  p.op("wrong::noisy", 1)
+      .doc("y = x + 1e-12 * calls; not reproducible")
+      .input("x", AQ_DTYPE_KERNEL, -1, "any")
+      .output("y", AQ_DTYPE_KERNEL, -1, "same as x")
+      .shape(same_shape)
+      .kernel(AQ_DEVICE_CPU, AQ_DTYPE_F64, noisy_fwd<double>);
+  p.op("wrong::overwrites", 1)
+      .doc("y = 3x; dx declared accumulating but overwritten")
+      .input("x", AQ_DTYPE_KERNEL, -1, "any", AQ_TENSOR_GRAD_ACCUMULATES)
+      .output("y", AQ_DTYPE_KERNEL, -1, "same as x")
+      .shape(same_shape)
+      .saves({})
+      .kernel(AQ_DEVICE_CPU, AQ_DTYPE_F64, triple_fwd<double>, triple_bwd_overwrites<double>);
 }
