@@ -527,9 +527,10 @@ const std::map<std::string, std::string>& builtin_without_adapter() {
        "an in-place optimizer update of param, m and v (no outputs, no backward) over the multi-tensor chunk "
        "tables; tests/ops/test_ops.cpp checks it against torch's AdamW formula"},
       {"aq::classifier",
-       "its vocabulary-parallel form combines row statistics across ranks through the kernel's ReduceHook, which "
-       "a per-shard call cannot supply, and its backward runs inside the forward call; tests/ops/test_ops.cpp "
-       "checks its gradients against finite differences"},
+       "no adapter yet: its backward runs inside the forward call and writes dx and dwte, which the declaration "
+       "does not list as outputs, and its vocabulary-parallel form combines row statistics across ranks through "
+       "the kernel's ReduceHook, which a per-shard call cannot supply; tests/ops/test_ops.cpp checks its "
+       "gradients against finite differences"},
   };
   return m;
 }

@@ -459,7 +459,8 @@ void check_backward(Op& op, Reporter& rep) {
       ++count;
       if (!(err <= worst)) {
         worst = std::isnan(err) ? INFINITY : err;
-        where = str("d/d ", d.inputs[i].name, "[", k, "]: backward ", fmt(an), ", finite differences ", fmt(fd));
+        where = str("d/d ", d.inputs[i].name, "[", k, "]: backward ", fmt(an), ", finite differences ", fmt(fd),
+                    op.accumulates(i) ? " (the gradient accumulates: what the backward added to it)" : "");
       }
     }
   }
