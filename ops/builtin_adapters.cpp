@@ -353,6 +353,44 @@ AqStatus softmax_xent_fwd(void*, const AqKernelArgs* a, AqError* e) {
   });
 }
 
+// Fused backward: outputs losses, dlogits (N,V), (none for targets): the logits are copied into dlogits, which
+// the same call overwrites with dlogits = (softmax − onehot)·dscale.
+AqStatus softmax_xent_fused(void*, const AqKernelArgs* a, AqError* e) {
+  return dispatch(a, e, "aq::softmax_xent", [&](auto tag, Device dev) {
+    using T = typename decltype(tag)::type;
+    const AqTensor* logits = a->inputs[0];
+    T* dlogits = need<T>(a->outputs[1], "aq::softmax_xent", "dlogits");
+    copy_bytes(dlogits, logits->data, static_cast<size_t>(aq_tensor_numel(logits)) * sizeof(T), dev, a->stream);
+    typed<typename SoftmaxXent<T>::Forward>("softmax_xent", dev, dtype_of<T>())(
+        ptr<T>(a->outputs[0]), dlogits, ptr<int32_t>(a->inputs[1]), logits->shape[0],
+        as_int(logits->shape[1], "aq::softmax_xent", "V"), element<T>(a->attrs[0]->f), 1);
+  });
+}
+
+// ---- classifier: x (N,C), wte (Vl,C), targets (N) -> losses (N) M; attrs v0, V, chunk, dscale -------------
+// Single rank only (no ReduceHook): the whole vocabulary, v0 = 0. The forward evaluates (dx, dwte null); the
+// fused form writes dx (N,C) and adds to dwte (Vl,C) M in the same call. Scratch: the declared workspace.
+template <bool Grads>
+AqStatus classifier_call(const AqKernelArgs* a, AqError* e) {
+  return dispatch(a, e, "aq::classifier", [&](auto tag, Device dev) {
+    using T = typename decltype(tag)::type;
+    using M = master_t<T>;
+    const AqTensor *x = a->inputs[0], *wte = a->inputs[1];
+    const char* op = "aq::classifier";
+    const int64_t v0 = a->attrs[0]->i, V = a->attrs[1]->i;
+    AQ_CHECK(v0 == 0 && wte->shape[0] >= V, op, ": without a ReduceHook (one rank) wte must hold the whole vocabulary",
+             " (v0 = 0, Vl >= V); given v0 = ", v0, ", Vl = ", wte->shape[0], ", V = ", V);
+    AQ_CHECK(a->workspace, op, ": needs the workspace its shape function declares (", a->workspace_bytes, " bytes)");
+    typed<typename Classifier<T>::Forward>("classifier", dev, dtype_of<T>())(
+        ptr<M>(a->outputs[0]), Grads ? need<T>(a->outputs[1], op, "dx") : nullptr,
+        Grads ? need<M>(a->outputs[2], op, "dwte") : nullptr, a->workspace, ptr<T>(x), ptr<T>(wte),
+        ptr<int32_t>(a->inputs[2]), x->shape[0], as_int(x->shape[1], op, "C"), as_int(wte->shape[0], op, "Vl"),
+        as_int(v0, op, "v0"), as_int(V, op, "V"), a->attrs[2]->i, static_cast<M>(a->attrs[3]->f), nullptr);
+  });
+}
+AqStatus classifier_fwd(void*, const AqKernelArgs* a, AqError* e) { return classifier_call<false>(a, e); }
+AqStatus classifier_fused(void*, const AqKernelArgs* a, AqError* e) { return classifier_call<true>(a, e); }
+
 // ---- sum_squares: x (n) -> sum () F64 --------------------------------------------------------------------
 AqStatus sum_squares_fwd(void*, const AqKernelArgs* a, AqError* e) {
   return dispatch(a, e, "aq::sum_squares", [&](auto tag, Device dev) {
@@ -493,9 +531,23 @@ std::vector<BuiltinAdapter> make_table() {
     a.probe.inputs = {{12, 7}, {12}};
     a.probe.attrs = {F(1.0 / 12), I(0)};
     a.probe.int_high = {0, 7};
-    a.fused_backward_attr = 1;
-    a.fused_grad_input = 0;
+    a.fused = softmax_xent_fused;
     a.fused_dscale_attr = 0;
+    t.push_back(a);
+  }
+  {
+    BuiltinAdapter a;
+    a.op = "aq::classifier";
+    a.forward = classifier_fwd;
+    a.fused = classifier_fused;
+    a.fused_dscale_attr = 3;
+    a.probe.inputs = {{7, 5}, {11, 5}, {7}};  // N 7 in chunks of 3 (the last one short), V 11
+    a.probe.attrs = {I(0), I(11), I(3), F(1.0 / 7)};
+    a.probe.int_high = {0, 0, 11};
+    a.not_applicable["sharding"] =
+        "the vocabulary-parallel rule combines row statistics across ranks through the kernel's ReduceHook, which "
+        "a per-shard call cannot supply (tests/parallel/test_parallel.cpp, Layouts.EveryLayoutMatchesOneProcess, "
+        "covers it through the whole model)";
     t.push_back(a);
   }
   {
@@ -526,11 +578,6 @@ const std::map<std::string, std::string>& builtin_without_adapter() {
       {"aq::adamw",
        "an in-place optimizer update of param, m and v (no outputs, no backward) over the multi-tensor chunk "
        "tables; tests/ops/test_ops.cpp checks it against torch's AdamW formula"},
-      {"aq::classifier",
-       "no adapter yet: its backward runs inside the forward call and writes dx and dwte, which the declaration "
-       "does not list as outputs, and its vocabulary-parallel form combines row statistics across ranks through "
-       "the kernel's ReduceHook, which a per-shard call cannot supply; tests/ops/test_ops.cpp checks its "
-       "gradients against finite differences"},
   };
   return m;
 }

@@ -32,7 +32,7 @@ struct ProbeInputs {
 struct BuiltinAdapter {
   std::string op;
   AqKernelFn forward = nullptr;
-  AqKernelFn backward = nullptr;  // null where the backward is not a separate call (see fused_backward_attr)
+  AqKernelFn backward = nullptr;  // null where the backward is not a separate call (see fused)
   ProbeInputs probe;
   // Attributes of shard r of n under a sharding rule, from the whole inputs' shapes (null: unchanged).
   std::function<void(const std::string& rule, int r, int n, const std::vector<Shape>& whole,
@@ -43,9 +43,12 @@ struct BuiltinAdapter {
   std::function<std::vector<int64_t>(const std::string& rule, int tensor, int dim, const Shape& shape,
                                      const std::vector<AttrValue>& attrs)>
       blocks;
-  // The backward runs inside the forward: with attribute `fused_backward_attr` = 1 the forward overwrites input
-  // `fused_grad_input` with the gradient of dscale·Σ output 0, dscale being attribute `fused_dscale_attr`.
-  int fused_backward_attr = -1, fused_grad_input = 0, fused_dscale_attr = -1;
+  // Ops whose backward runs inside the forward call (softmax_xent, classifier: they save nothing). `fused` is
+  // called like the forward, its outputs being the op's outputs followed by one gradient per input (data NULL
+  // where none is wanted), and writes the gradients of dscale·Σ output 0, dscale being attribute
+  // `fused_dscale_attr` (overwritten, or added to where the input accumulates).
+  AqKernelFn fused = nullptr;
+  int fused_dscale_attr = -1;
   // check name ("shape", "backward", "determinism", "cuda", "sharding") -> why it does not apply
   std::map<std::string, std::string> not_applicable;
 };

@@ -173,6 +173,23 @@ struct Reporter {
 
 // ---- running an op on host buffers ---------------------------------------------------------------------------
 
+AqTensor abi_view(const Buf& b) {
+  AqTensor v{};
+  v.struct_size = sizeof v;
+  v.dtype = to_abi(b.dtype());
+  v.device = AQ_DEVICE_CPU;
+  if (!b.present()) return v;  // data NULL: absent
+  v.data = const_cast<unsigned char*>(b.body());
+  v.ndim = static_cast<int32_t>(b.shape().size());
+  int64_t stride = 1;
+  for (int i = v.ndim - 1; i >= 0; --i) {
+    v.shape[i] = b.shape()[static_cast<size_t>(i)];
+    v.strides[i] = stride;
+    stride *= v.shape[i];
+  }
+  return v;
+}
+
 struct Op {
   const OpDef& def;
   const BuiltinAdapter* ad;  // null for a plugin op
@@ -278,7 +295,50 @@ struct Op {
     const KernelEntry* k = def.kernel(dev, t);
     return def.has_backward && k && k->backward;
   }
-  bool fused_backward() const { return def.has_backward && ad && ad->fused_backward_attr >= 0; }
+  bool fused_backward() const { return def.has_backward && ad && ad->fused; }
+
+  // The fused backward (BuiltinAdapter::fused): outputs sized by the shape function and poisoned, `grads` (one
+  // per input, initialised by the caller) written by the same call. The host's call path has no such form, so
+  // the kernel arguments are laid out here as OpRegistry::forward lays them out.
+  Bufs fused(DType kdt, const Bufs& in, const Bufs& grads, const std::vector<AttrValue>& attrs) const {
+    std::vector<Tensor> tin;
+    for (const Buf& b : in) tin.push_back(b.view());
+    const ShapeResult sr = OpRegistry::instance().infer(def.name, kdt, tin, attrs);
+    Bufs out;
+    for (size_t j = 0; j < sr.shapes.size(); ++j) {
+      out.emplace_back(sr.dtypes[j], sr.shapes[j]);
+      out.back().poison();
+    }
+    std::vector<AqTensor> vin, vout;
+    for (const Buf& b : in) vin.push_back(abi_view(b));
+    for (const Buf& b : out) vout.push_back(abi_view(b));
+    for (const Buf& b : grads) vout.push_back(abi_view(b));
+    std::vector<const AqTensor*> pin, pout;
+    for (const AqTensor& v : vin) pin.push_back(&v);
+    for (const AqTensor& v : vout) pout.push_back(&v);
+    std::vector<AqAttrValue> av;
+    std::vector<const AqAttrValue*> pav;
+    for (const AttrValue& a : attrs) av.push_back({sizeof(AqAttrValue), a.type, a.i, a.f});
+    for (const AqAttrValue& a : av) pav.push_back(&a);
+    std::vector<unsigned char> ws(sr.workspace_bytes);
+    AqKernelArgs args{};
+    args.struct_size = sizeof args;
+    args.device = AQ_DEVICE_CPU;
+    args.dtype = to_abi(kdt);
+    args.inputs = pin.data();
+    args.n_inputs = static_cast<int32_t>(pin.size());
+    args.outputs = pout.data();
+    args.n_outputs = static_cast<int32_t>(pout.size());
+    args.attrs = pav.data();
+    args.n_attrs = static_cast<int32_t>(pav.size());
+    args.workspace = ws.empty() ? nullptr : ws.data();
+    args.workspace_bytes = sr.workspace_bytes;
+    AqError err{};
+    err.struct_size = sizeof err;
+    const AqStatus st = ad->fused(nullptr, &args, &err);
+    AQ_CHECK(st == AQ_STATUS_OK, def.name, " fused backward failed: ", err.message);
+    return out;
+  }
 };
 
 double projection_value(const Bufs& out, const Bufs& r) {
@@ -375,13 +435,18 @@ void check_shape(Op& op, DType kdt, Reporter& rep) {
     inspect(in[i], str("input \"", op.def.inputs[i].name, "\""), false);
   }
   std::string what = str(out.size(), out.size() == 1 ? " output" : " outputs");
-  if (op.has_generic_backward(Device::CPU, kdt)) {
-    Bufs dout = op.projection(out);
+  if (op.has_generic_backward(Device::CPU, kdt) || op.fused_backward()) {
     const Bufs grads = op.grad_buffers(kdt, in, nullptr);
-    op.backward(in, out, dout, grads, op.probe.attrs);
+    if (op.fused_backward()) {
+      const Bufs fout = op.fused(kdt, in, grads, op.probe.attrs);
+      for (size_t j = 0; j < fout.size(); ++j)
+        inspect(fout[j], str("output \"", op.def.outputs[j].name, "\" of the fused backward"), true);
+    } else {
+      op.backward(in, out, op.projection(out), grads, op.probe.attrs);
+    }
     for (size_t i = 0; i < grads.size(); ++i)
       inspect(grads[i], str("gradient of \"", op.def.inputs[i].name, "\""), !op.accumulates(i));
-    what += " and the backward's gradients";
+    what += op.fused_backward() ? " and the fused backward's outputs and gradients" : " and the backward's gradients";
   }
   if (bad.empty())
     rep.ok(op.def.name, check,
@@ -404,37 +469,32 @@ void check_backward(Op& op, Reporter& rep) {
   Bufs analytic;
   std::function<double()> loss;
   std::string how;
+  Bufs base;
   if (op.fused_backward()) {
-    // The forward with backward=1 overwrites the input with d(dscale·Σ output 0)/d input.
-    const BuiltinAdapter& a = *op.ad;
-    std::vector<AttrValue> attrs = op.probe.attrs;
-    attrs[static_cast<size_t>(a.fused_backward_attr)].i = 1;
-    Bufs g = in;
-    op.forward(*kdt, g, attrs);
-    analytic.assign(in.size(), Buf());
-    analytic[static_cast<size_t>(a.fused_grad_input)] = g[static_cast<size_t>(a.fused_grad_input)];
-    const double dscale = op.probe.attrs[static_cast<size_t>(a.fused_dscale_attr)].f;
+    // The call that computes the losses also writes d(dscale·Σ output 0)/d input.
+    analytic = op.grad_buffers(*kdt, in, &base);
+    op.fused(*kdt, in, analytic, op.probe.attrs);
+    const double dscale = op.probe.attrs[static_cast<size_t>(op.ad->fused_dscale_attr)].f;
     loss = [&, dscale] {
       const Bufs out = op.forward(*kdt, in, op.probe.attrs);
       double L = 0;
       for (int64_t k = 0; k < out[0].numel(); ++k) L += dscale * out[0].get(k);
       return L;
     };
-    how = "fused in the forward call: L = dscale·Σ losses";
+    how = "backward fused in the forward call: L = dscale·Σ losses";
   } else {
     if (!op.has_generic_backward(Device::CPU, *kdt))
       return rep.skip(d.name, check, "the op's backward has no generic entry point");
     const Bufs out = op.forward(*kdt, in, op.probe.attrs);
     const Bufs r = op.projection(out);
-    Bufs base;
     analytic = op.grad_buffers(*kdt, in, &base);
     op.backward(in, out, r, analytic, op.probe.attrs);
-    for (size_t i = 0; i < analytic.size(); ++i)
-      if (analytic[i].present() && op.accumulates(i))
-        for (int64_t k = 0; k < analytic[i].numel(); ++k) analytic[i].set(k, analytic[i].get(k) - base[i].get(k));
     loss = [&op, &in, r, kdt] { return projection_value(op.forward(*kdt, in, op.probe.attrs), r); };
     how = "L = Σ r·y, r random";
   }
+  for (size_t i = 0; i < analytic.size(); ++i)  // an accumulating gradient: what the backward added to it
+    if (analytic[i].present() && op.accumulates(i))
+      for (int64_t k = 0; k < analytic[i].numel(); ++k) analytic[i].set(k, analytic[i].get(k) - base[i].get(k));
   double worst = 0;
   int64_t count = 0;
   std::string where;
@@ -493,13 +553,15 @@ void check_determinism(Op& op, DType kdt, Reporter& rep) {
       if (!g1[i].same_bits(g2[i])) bad += str("; gradient of \"", op.def.inputs[i].name, "\" differs between two runs");
     what += " and backward";
   } else if (op.fused_backward()) {
-    std::vector<AttrValue> attrs = op.probe.attrs;
-    attrs[static_cast<size_t>(op.ad->fused_backward_attr)].i = 1;
-    Bufs x = in, y = in;
-    op.forward(kdt, x, attrs);
-    op.forward(kdt, y, attrs);
-    const size_t gi = static_cast<size_t>(op.ad->fused_grad_input);
-    if (!x[gi].same_bits(y[gi])) bad += "; the fused backward's gradient differs between two runs";
+    Bufs base;
+    const Bufs g1 = op.grad_buffers(kdt, in, &base);
+    const Bufs g2 = base;
+    const Bufs o1 = op.fused(kdt, in, g1, op.probe.attrs), o2 = op.fused(kdt, in, g2, op.probe.attrs);
+    for (size_t j = 0; j < o1.size(); ++j)
+      if (!o1[j].same_bits(o2[j]))
+        bad += str("; output \"", op.def.outputs[j].name, "\" of the fused backward differs");
+    for (size_t i = 0; i < g1.size(); ++i)
+      if (!g1[i].same_bits(g2[i])) bad += str("; gradient of \"", op.def.inputs[i].name, "\" differs between two runs");
     what += " and fused backward";
   }
   if (bad.empty())
