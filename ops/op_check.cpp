@@ -295,6 +295,17 @@ Bufs convert(const Bufs& in, DType from, DType t) {
   }
   return out;
 }
+
+// The op's inputs drawn in `ref` (F64 or F32) and rounded to what the `kdt` kernel takes, input by input (T or
+// its master type M, fixed dtypes as they are).
+Bufs inputs_for(Op& op, DType ref, DType kdt) {
+  Bufs in = op.inputs(ref), out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const DType want = in[i].present() ? spec_dtype(op.def.inputs[i].dtype, kdt) : in[i].dtype();
+    out.push_back(in[i].dtype() == want ? in[i] : convert({in[i]}, in[i].dtype(), want)[0]);
+  }
+  return out;
+}
 #endif
 
 void check_cuda(Op& op, Reporter& rep) {
@@ -329,8 +340,12 @@ void check_cuda(Op& op, Reporter& rep) {
     try {
       // Inputs drawn in the reference dtype and rounded to the CUDA dtype; the CPU reference runs on the rounded
       // values, so only the kernels' arithmetic differs.
-      const Bufs in_dev_t = convert(op.inputs(*ref), *ref, k.dtype);
-      const Bufs in_ref = convert(in_dev_t, k.dtype, *ref);
+      const Bufs in_dev_t = inputs_for(op, *ref, k.dtype);
+      Bufs in_ref;
+      for (size_t i = 0; i < in_dev_t.size(); ++i)  // the same values in the reference kernel's dtypes
+        in_ref.push_back(in_dev_t[i].present()
+                             ? convert({in_dev_t[i]}, in_dev_t[i].dtype(), spec_dtype(op.def.inputs[i].dtype, *ref))[0]
+                             : in_dev_t[i]);
       const Bufs out_ref = op.forward(*ref, in_ref, op.probe.attrs);
       std::deque<DeviceBuf> keep;
       std::vector<Tensor> tin = to_device(in_dev_t, keep);
