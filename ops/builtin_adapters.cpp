@@ -573,6 +573,12 @@ const BuiltinAdapter* builtin_adapter(const std::string& op) {
   return nullptr;
 }
 
+std::vector<std::string> builtin_adapter_ops() {
+  std::vector<std::string> names;
+  for (const BuiltinAdapter& a : table()) names.push_back(a.op);
+  return names;
+}
+
 const std::map<std::string, std::string>& builtin_without_adapter() {
   static const std::map<std::string, std::string> m = {
       {"aq::adamw",

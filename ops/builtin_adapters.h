@@ -56,6 +56,9 @@ struct BuiltinAdapter {
 // The adapter of a built-in op, or null when it has none (the op then runs only through its typed kernels).
 const BuiltinAdapter* builtin_adapter(const std::string& op);
 
+// The ops the adapter table names (aq-op check fails on a name that no built-in declares: a typo or a removed op).
+std::vector<std::string> builtin_adapter_ops();
+
 // The built-in ops that have no adapter, each with the reason (printed by aq-op check).
 const std::map<std::string, std::string>& builtin_without_adapter();
 

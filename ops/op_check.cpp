@@ -499,6 +499,19 @@ CheckSummary check_ops(const CheckOptions& options, std::FILE* out) {
                  ops.size(), static_cast<unsigned long long>(options.seed),
                  world > 1 ? str("on 2 and 3 ranks simulated in one process, and on the ", world, " MPI ranks").c_str()
                            : "on 2 and 3 ranks simulated in this one process (start under mpirun for real ranks)");
+  if (options.ops.empty()) {  // the adapter table and the declarations name the same built-ins
+    std::string stray;
+    for (const std::string& n : builtin_adapter_ops()) {
+      const OpDef* d = OpRegistry::instance().find(n);
+      if (!d || d->origin != "built-in") stray += " " + n;
+    }
+    for (const auto& [n, why] : builtin_without_adapter())
+      if (!OpRegistry::instance().find(n)) stray += " " + n;
+    if (stray.empty())
+      rep.ok("aq-op", "adapters", "every adapter in ops/builtin_adapters.cpp names a declared built-in");
+    else
+      rep.failed("aq-op", "adapters", "ops/builtin_adapters.cpp names operators no built-in declares:" + stray);
+  }
   for (const OpDef* d : ops) {
     check_op(*d, options.seed, rep, options.ranks);
     ++rep.sum.ops;
