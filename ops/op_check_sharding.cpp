@@ -175,12 +175,18 @@ void check_rule(Op& op, const ShardingRule& rule, int n, Reporter& rep, const Ra
   // The whole op on one rank.
   const Bufs in = op.inputs(*kdt);
   const Bufs out = op.forward(*kdt, in, op.probe.attrs);
-  const bool with_backward = op.has_generic_backward(Device::CPU, *kdt);
+  // A fused backward (softmax_xent, classifier) gives the gradients of dscale·Σ output 0, per shard as whole.
+  const bool fused = op.fused_backward();
+  const bool with_backward = op.has_generic_backward(Device::CPU, *kdt) || fused;
   Bufs dout, grads;
   if (with_backward) {
-    dout = op.projection(out);
     grads = op.grad_buffers(*kdt, in, nullptr, true);
-    op.backward(in, out, dout, grads, op.probe.attrs);
+    if (fused) {
+      op.fused(*kdt, in, grads, op.probe.attrs);
+    } else {
+      dout = op.projection(out);
+      op.backward(in, out, dout, grads, op.probe.attrs);
+    }
   }
 
   // Random summands of every P input: n−1 random, the last the remainder.
@@ -234,16 +240,20 @@ void check_rule(Op& op, const ShardingRule& rule, int n, Reporter& rep, const Ra
     const Bufs sout = op.forward(*kdt, sin, attrs);
     for (size_t j = 0; j < sout.size(); ++j) g_out[j].add(sout[j], r);
     if (!with_backward) continue;
-    // Output gradients: S(d) outputs get their slice of the whole gradient, B and P outputs the whole of it.
-    Bufs sdout;
-    for (size_t j = 0; j < out.size(); ++j)
-      sdout.push_back(shard_of(dout[j], g_out[j].pl,
-                               rule.outputs[j] == AQ_SBP_PARTIAL_SUM ? AQ_SBP_BROADCAST : rule.outputs[j], nullptr));
     Bufs sgrad;
     for (size_t i = 0; i < in.size(); ++i)
       sgrad.push_back(op.differentiable_input(i) && sin[i].present() ? Buf(op.grad_dtype(i, *kdt), sin[i].shape())
                                                                      : Buf());
-    op.backward(sin, sout, sdout, sgrad, attrs);
+    if (fused) {
+      op.fused(*kdt, sin, sgrad, attrs);
+    } else {
+      // Output gradients: S(d) outputs get their slice of the whole gradient, B and P outputs the whole of it.
+      Bufs sdout;
+      for (size_t j = 0; j < out.size(); ++j)
+        sdout.push_back(shard_of(dout[j], g_out[j].pl,
+                                 rule.outputs[j] == AQ_SBP_PARTIAL_SUM ? AQ_SBP_BROADCAST : rule.outputs[j], nullptr));
+      op.backward(sin, sout, sdout, sgrad, attrs);
+    }
     for (size_t i = 0; i < in.size(); ++i)
       if (rule.input_grads[i] != AQ_SBP_NONE) g_grad[i].add(sgrad[i], r);
   }
