@@ -3,12 +3,19 @@
 //   build/bin/aq-op list                      every built-in operator (and those of AQ_PLUGIN_PATH's plugins)
 //   build/bin/aq-op inspect libmyorg_ops.so   a plugin: its ABI version, operators, kernels, sharding rules,
 //                                             and the CUDA architectures it declares
+//   build/bin/aq-op check [--plugin lib.so ...] [OP ...]
+//                                             every operator (or those named) through ops/op_check.h: kernels,
+//                                             shapes against what the kernel writes, backward against float64
+//                                             finite differences, determinism, CUDA against CPU, sharding rules;
+//                                             exit 1 on any FAIL
 // Inspecting loads the plugin exactly as aq-train would (same checks, same refusals), so "aq-op inspect
 // works" means "aq-train --plugin will accept it".
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <random>
 
 #include "examples/main_guard.h"
+#include "ops/op_check.h"
 #include "ops/op_def.h"
 #include "ops/plugin_loader.h"
 
@@ -110,7 +117,40 @@ int main(int argc, char** argv) {
   std::vector<std::string> libs;
   auto* insp = app.add_subcommand("inspect", "Load plugins as aq-train would and print what they declare");
   insp->add_option("plugin", libs, "Plugin shared libraries (.so)")->required();
-  return aq::run_main("aq-op", app, argc, argv, [&] {
+  auto* chk = app.add_subcommand("check", "Check operators: kernels, shapes, backward, determinism, CUDA, sharding");
+  std::vector<std::string> check_plugins, check_ops;
+  uint64_t seed = std::random_device{}();
+  chk->add_option("--plugin", check_plugins, "Plugin shared library to load and check (repeatable)")
+      ->allow_extra_args(false);  // one path per --plugin, so operator names can follow
+  chk->add_option("--seed", seed, "Seed of the random inputs (default: fresh; printed, to replay a failure)");
+  chk->add_option("ops", check_ops, "Operators to check (default: every declared one)");
+  bool failed = false;
+  // Under mpirun, `check` also runs every sharding rule with one shard per rank; otherwise a world of one.
+  aq::ParallelContext& ctx = aq::ParallelContext::init(&argc, &argv);
+  const int rc = aq::run_main("aq-op", app, argc, argv, ctx, [&] {
+    if (chk->parsed()) {
+      aq::ops::load_plugins(check_plugins);
+      aq::ops::CheckOptions opt;
+      opt.ops = check_ops;
+      aq::ops::RankGroup ranks;
+      if (ctx.world_size() > 1) {
+        ctx.configure(ctx.world_size(), 120.0);
+        // Every rank draws the same inputs: rank 0's seed, as two 32-bit words.
+        int32_t words[2] = {static_cast<int32_t>(seed & 0xffffffffu), static_cast<int32_t>(seed >> 32)};
+        ctx.world().broadcast(words, 2, aq::DType::I32, 0, {})->wait();
+        seed = static_cast<uint32_t>(words[0]) | (static_cast<uint64_t>(static_cast<uint32_t>(words[1])) << 32);
+        ranks.rank = ctx.world_rank();
+        ranks.size = ctx.world_size();
+        ranks.all_reduce = [&ctx](double* data, int64_t n, bool max) {
+          aq::CollectiveOptions o;
+          o.op = max ? aq::ReduceOp::Max : aq::ReduceOp::Sum;
+          ctx.world().all_reduce(data, n, aq::DType::F64, o)->wait();
+        };
+        opt.ranks = &ranks;
+      }
+      opt.seed = seed;
+      failed = aq::ops::check_ops(opt, stdout).failed > 0;
+    }
     if (list->parsed()) {
       aq::ops::load_plugins({});
       const auto ops = aq::ops::OpRegistry::instance().list();
@@ -120,4 +160,5 @@ int main(int argc, char** argv) {
     if (insp->parsed())
       for (const std::string& l : libs) inspect(l);
   });
+  return rc != 0 ? rc : (failed ? 1 : 0);
 }

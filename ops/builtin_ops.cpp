@@ -7,6 +7,7 @@
 // kernel belongs to no declared op, so a kernel registered without its declaration is caught. Shapes: (N,C) means rows
 // × channels as in the family's header; T is the kernel's dtype, M its master type (float for bf16).
 #include "aqueduct/op_plugin.hpp"
+#include "ops/builtin_adapters.h"
 #include "ops/op_def.h"
 #include "ops/softmax_xent/softmax_xent.h"
 
@@ -135,6 +136,12 @@ void softmax_xent_shape(ShapeCall& s) {
   expect(targets.shape[0] == logits.shape[0], "aq::softmax_xent",
          "targets " + dims(targets) + " must have one entry per row of logits " + dims(logits));
   set(s.out(0), s.kernel_dtype(), {logits.shape[0]});
+  // The typed kernel uses the logits buffer as scratch (backward=0 leaves exp(logits − max) there); a call that
+  // must keep its inputs (the generic path, ops/builtin_adapters.cpp) runs it on a copy in the workspace.
+  if (s.attr_int(1) == 0) {
+    const int64_t elem = s.kernel_dtype() == AQ_DTYPE_F64 ? 8 : s.kernel_dtype() == AQ_DTYPE_BF16 ? 2 : 4;
+    s.workspace(static_cast<uint64_t>(logits.shape[0] * logits.shape[1] * elem));
+  }
 }
 
 void classifier_shape(ShapeCall& s) {
@@ -160,10 +167,18 @@ void sum_squares_shape(ShapeCall& s) { set(s.out(0), AQ_DTYPE_F64, {}); }
 
 // ---- declarations ------------------------------------------------------------------------------------------
 
+// Declares the op; where ops/builtin_adapters.cpp has an adapter for it, its kernels also get generic entry points
+// (so OpRegistry::forward/backward and aq-op check run it like a plugin op).
 void declare(OpRegistry& r, OpBuilder& b, TypedKernels typed) {
   AqOpDef def;
   b.build(def);
-  r.add_abi(def, "built-in", "", "", &typed);
+  OpDef d = r.convert(def, "built-in", "", "", &typed);
+  if (const BuiltinAdapter* a = builtin_adapter(d.name))
+    for (KernelEntry& k : d.kernels) {
+      k.forward = a->forward;
+      k.backward = a->backward;
+    }
+  r.add(std::move(d));
 }
 
 }  // namespace
@@ -304,7 +319,9 @@ void declare_builtin_ops(OpRegistry& r) {
   }
   {
     OpBuilder b("aq::softmax_xent", 1);
-    b.doc("per row: loss = logsumexp(logits) - logits[target]; with backward=1 the logits become dlogits·dscale")
+    b.doc(
+         "per row: loss = logsumexp(logits) - logits[target]; with backward=1 the logits become dlogits·dscale "
+         "(with backward=0 the typed kernel still uses them as scratch; the generic call works on a copy)")
         .input("logits", T_, 2, "N,V")
         .input("targets", AQ_DTYPE_I32, 1, "N", kNoGrad)
         .output("losses", T_, 1, "N", kNoGrad)

@@ -435,8 +435,8 @@ void OpRegistry::forward(const std::string& name, const std::vector<Tensor>& inp
   const KernelEntry* k = def.kernel(dev, kdt);
   AQ_CHECK(k != nullptr, name, " has no kernel on ", device_name(dev), " for ", dtype_name(kdt));
   AQ_CHECK(k->forward != nullptr, name, " on ", device_name(dev), "/", dtype_name(kdt),
-           " is a built-in with typed kernels (\"", def.typed.forward, "\" through Registry::find); the generic ",
-           "call path serves plugin operators");
+           " is a built-in with typed kernels only (\"", def.typed.forward, "\" through Registry::find); give it an ",
+           "adapter in ops/builtin_adapters.cpp to call it here");
   const ShapeResult shapes = infer(name, kdt, inputs, attrs);
   AQ_CHECK(outputs.size() == def.outputs.size(), name, " has ", def.outputs.size(), " outputs, ", outputs.size(),
            " given");
@@ -507,9 +507,8 @@ void OpRegistry::backward(const std::string& name, const std::vector<Tensor>& sa
                " in one backward call; every tensor of a call lives on one device");
   const KernelEntry* k = def.kernel(dev, kdt);
   AQ_CHECK(k != nullptr, name, " has no kernel on ", device_name(dev), " for ", dtype_name(kdt));
-  AQ_CHECK(k->backward != nullptr, name, " on ", device_name(dev), "/", dtype_name(kdt),
-           " is a built-in with typed kernels (\"", def.typed.backward, "\" through Registry::find); the generic ",
-           "call path serves plugin operators");
+  AQ_CHECK(k->backward != nullptr, name, " on ", device_name(dev), "/", dtype_name(kdt), " has no separate backward ",
+           "call here (\"", def.typed.backward, "\" through Registry::find; ops/builtin_adapters.cpp says why)");
   std::vector<AqTensor> in_v, out_v;
   for (const Tensor& t : saved) in_v.push_back(view(t));
   for (const Tensor& t : grad_outputs) in_v.push_back(view(t));

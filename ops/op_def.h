@@ -11,7 +11,9 @@
 // OpRegistry::add_abi(), which validates them identically. Built-in kernels then stay in the typed table
 // (ops/registry.h, Registry::find<Fn>), the zero-overhead path the GPT-2 model resolves once at construction;
 // an OpDef names them in KernelEntry::typed. Plugin kernels are called through OpRegistry::forward/backward
-// with tensor views (the generic path), since no C++ type can cross a dlopen boundary reliably.
+// with tensor views (the generic path), since no C++ type can cross a dlopen boundary reliably; built-ins reach
+// that path too through adapters onto their typed kernels (ops/builtin_adapters.cpp), which is how
+// `aq-op check` (ops/op_check.h) runs one harness over both.
 #pragma once
 
 #include <cstddef>
@@ -57,7 +59,9 @@ struct TypedKernels {
 struct KernelEntry {
   Device device = Device::CPU;
   DType dtype = DType::F32;
-  AqKernelFn forward = nullptr;  // generic entry points (plugins); null for a built-in's typed kernels
+  // Generic entry points: a plugin's kernels, or for a built-in the adapters of ops/builtin_adapters.cpp onto its
+  // typed kernels (null where it has none: it then runs only through Registry::find).
+  AqKernelFn forward = nullptr;
   AqKernelFn backward = nullptr;
   void* user = nullptr;
   bool typed = false;  // true: the typed table holds this (device, dtype)'s kernels, named by OpDef::typed

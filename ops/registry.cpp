@@ -18,7 +18,8 @@ std::string Registry::describe(const Key& k) {
 std::string Registry::available(const std::string& op) const {
   std::string out;
   for (const auto& [key, slot] : table_)
-    if (std::get<0>(key) == op) out += str(out.empty() ? "" : ", ", device_name(std::get<1>(key)), "/", dtype_name(std::get<2>(key)));
+    if (std::get<0>(key) == op)
+      out += str(out.empty() ? "" : ", ", device_name(std::get<1>(key)), "/", dtype_name(std::get<2>(key)));
   return out.empty() ? "none" : out;
 }
 

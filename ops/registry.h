@@ -37,8 +37,7 @@ class Registry {
   Fn* find(const std::string& op, Device device, DType dtype) const {
     Key key{op, device, dtype};
     auto it = table_.find(key);
-    AQ_CHECK(it != table_.end(), "no kernel for ", describe(key), "; registered kernels for this op: ",
-             available(op));
+    AQ_CHECK(it != table_.end(), "no kernel for ", describe(key), "; registered kernels for this op: ", available(op));
     AQ_CHECK(it->second.signature == typeid(Fn).name(), "kernel ", describe(key),
              " was registered with a different signature than its caller expects");
     return reinterpret_cast<Fn*>(it->second.fn);

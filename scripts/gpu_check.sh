@@ -13,6 +13,8 @@
 #   1. configure + build (-DAQ_CUDA_ARCHS=native, -j$(nproc))                       ~3-4 min
 #   2. ctest -L gpu (kernels vs CPU, 20 GPU steps vs CPU for GPT-2 and a Llama, NCCL np1) ~1 min
 #   3. ctest -L cpu, nproc/2 tests at a time                                          ~1 min
+#      (includes aq_op_check: with a GPU visible, `aq-op check` compares every built-in's CUDA kernels, fp32 and
+#      bf16, forward and backward, with the CPU kernels through the generic call path; its "cuda-vs-cpu" lines)
 #   4. compute-sanitizer memcheck, 2 steps of a 2-layer model          (limit 150 s)    ~30 s
 #   5. NCCL conformance on every GPU (needs MPI)                       (limit 120 s)    ~10 s
 #      and, with 2+ GPUs, 5 steps across 2 centres with int8 on the cross-centre hop (limit 60 s)  ~10 s

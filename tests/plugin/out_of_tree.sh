@@ -57,6 +57,11 @@ grep -qxF "op aq::layernorm v1" "$work/list.txt" || fail "aq-op list lacks aq::l
 grep -qxF "  cuda       sm_80, sm_90 (declared by the plugin)" "$work/cuda.txt" || fail "aq-op inspect: $(cat "$work/cuda.txt")"
 grep -qxF "  kernel     cuda/F32  forward, backward" "$work/cuda.txt" || fail "aq-op inspect: $(cat "$work/cuda.txt")"
 
+# The installed aq-op checks the out-of-tree build as a plugin author would (issue 10 part 6): exit 0, no FAIL.
+"$work/prefix/bin/aq-op" check --plugin "$lib" myorg::squared_relu > "$work/check.txt" 2>&1 || {
+  cat "$work/check.txt"; fail "aq-op check on the out-of-tree plugin"; }
+grep -qE "^summary: 1 operators, [0-9]+ ok, 0 FAIL" "$work/check.txt" || fail "aq-op check: $(cat "$work/check.txt")"
+
 AQ_TEST_SQUARED_RELU="$lib" "$test_bin" --gtest_filter='SquaredRelu.*' > "$work/gtest.log" 2>&1 || {
   cat "$work/gtest.log"; fail "the out-of-tree plugin's kernels"; }
 grep -q "PASSED.*4 tests" "$work/gtest.log" || { cat "$work/gtest.log"; fail "expected 4 SquaredRelu tests"; }
