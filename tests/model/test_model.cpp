@@ -101,9 +101,11 @@ TEST_F(LlamaFiles, HuggingFaceTensorsRoundTripThroughThePackedLayout) {
   // q_proj row o, column i is the packed parameter's element (i, o).
   const ParamInfo& qkv = a.params_info()[2];
   ASSERT_EQ(qkv.name, "model.layers.0.self_attn.qkv_proj.weight");
-  for (const NamedTensor& t : hf)
-    if (t.name == "model.layers.0.self_attn.k_proj.weight")
+  for (const NamedTensor& t : hf) {
+    if (t.name == "model.layers.0.self_attn.k_proj.weight") {
       EXPECT_EQ(t.tensor.data<double>()[1 * 12 + 5], a.params()[qkv.offset + 5 * 20 + 12 + 1]);
+    }
+  }
   const std::string& dir = dir_;
   write_safetensors(dir + "/m.safetensors", hf, tiny_llama().to_metadata());
   SafeTensorsReader f(dir + "/m.safetensors");
