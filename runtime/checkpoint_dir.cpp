@@ -28,8 +28,9 @@ constexpr const char* kFormat = "aqueduct-checkpoint";
 // The checkpoint ids of saves that --overwrite is removing (drop_saves): ignored from the moment the file exists.
 constexpr const char* kDroppedFile = ".dropped";
 constexpr int kFormatVersion = 1;
-// What a writer leaves while it works: a save in progress, a save being removed, the temporary of .dropped.
-constexpr const char* kHidden[] = {".saving-", ".removing-", ".dropped.tmp."};
+// What a writer leaves while it works: a save in progress, a save being removed, the temporary of .dropped, the
+// probe of the directory's writability (train/checkpoint.cpp).
+constexpr const char* kHidden[] = {".saving-", ".removing-", ".dropped.tmp.", ".write-test.probe."};
 
 bool is_dir(const std::string& p) {
   struct stat st {};
