@@ -25,9 +25,11 @@ int main(int argc, char** argv) {
   int tokens = 200, top_k = 40, heads = 0, threads = 0;
   double temperature = 0.8;
   uint64_t seed = 42;
-  CLI::App app{"aq-generate: sample from a GPT-2 checkpoint"};
-  app.add_option("--model", model_path,
-                 "GPT-2 safetensors file, a save (DIR/step-N) or a --save directory (its newest intact save)")
+  CLI::App app{"aq-generate: sample from a GPT-2 or Llama checkpoint"};
+  app.add_option(
+         "--model", model_path,
+         "GPT-2 or Llama safetensors file, a Hugging Face model folder, a save (DIR/step-N) or a --save directory (its "
+         "newest intact save)")
       ->required();
   app.add_option("--prompt", prompt, "Text to continue (byte-level models, or with --tokenizer)")
       ->capture_default_str();

@@ -32,8 +32,10 @@ int main(int argc, char** argv) {
   app.add_option("--model-config", cfg.model_config,
                  "Hugging Face config.json (model_type gpt2 or llama) of a fresh model, or of an --init-from file "
                  "without one beside it");
-  app.add_option("--init-from", cfg.init_from,
-                 "Start from the weights of a GPT-2 safetensors file, a save, or a --save directory (its newest save)");
+  app.add_option(
+      "--init-from", cfg.init_from,
+      "Start from the weights of a GPT-2 or Llama safetensors file, a Hugging Face model folder, a save, or a "
+      "--save directory (its newest intact save)");
   app.add_option(
       "--resume", cfg.resume,
       "Continue a run saved with --save: its directory (the newest intact save is taken) or one step-N save");
