@@ -423,6 +423,42 @@ ShapeResult OpRegistry::infer(const std::string& name, DType kernel_dtype, const
   return r;
 }
 
+namespace {
+
+// One call of a generic kernel: the tensors as C views (inputs: the groups given, in order), the attributes, the
+// workspace and stream, and the kernel's status turned into one line naming the op.
+void invoke(const OpDef& def, const char* what, AqKernelFn fn, void* user, Device dev, DType kdt,
+            std::initializer_list<const std::vector<Tensor>*> input_groups, const std::vector<Tensor>& outputs,
+            const std::vector<AttrValue>& attrs, void* workspace, uint64_t workspace_bytes, void* stream) {
+  std::vector<AqTensor> in_v, out_v;
+  for (const std::vector<Tensor>* group : input_groups)
+    for (const Tensor& t : *group) in_v.push_back(view(t));
+  for (const Tensor& t : outputs) out_v.push_back(view(t));
+  std::vector<const AqTensor*> in_p, out_p;
+  for (const AqTensor& v : in_v) in_p.push_back(&v);
+  for (const AqTensor& v : out_v) out_p.push_back(&v);
+  Attrs a = attrs_for(def, attrs);
+  AqKernelArgs args{};
+  args.struct_size = sizeof args;
+  args.device = to_abi(dev);
+  args.dtype = to_abi(kdt);
+  args.inputs = in_p.data();
+  args.n_inputs = static_cast<int32_t>(in_p.size());
+  args.outputs = out_p.data();
+  args.n_outputs = static_cast<int32_t>(out_p.size());
+  args.attrs = a.ptrs.data();
+  args.n_attrs = static_cast<int32_t>(a.ptrs.size());
+  args.workspace = workspace;
+  args.workspace_bytes = workspace_bytes;
+  args.stream = stream;
+  AqError err{};
+  err.struct_size = sizeof err;
+  const AqStatus st = fn(user, &args, &err);
+  AQ_CHECK(st == AQ_STATUS_OK, status_line(def, what, err, st));
+}
+
+}  // namespace
+
 void OpRegistry::forward(const std::string& name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
                          const std::vector<AttrValue>& attrs, void* workspace, void* stream) const {
   const OpDef& def = get(name);
@@ -451,30 +487,8 @@ void OpRegistry::forward(const std::string& name, const std::vector<Tensor>& inp
     host_ws.resize(shapes.workspace_bytes);
     workspace = host_ws.data();
   }
-  std::vector<AqTensor> in_v, out_v;
-  for (const Tensor& t : inputs) in_v.push_back(view(t));
-  for (const Tensor& t : outputs) out_v.push_back(view(t));
-  std::vector<const AqTensor*> in_p, out_p;
-  for (const AqTensor& v : in_v) in_p.push_back(&v);
-  for (const AqTensor& v : out_v) out_p.push_back(&v);
-  Attrs a = attrs_for(def, attrs);
-  AqKernelArgs args{};
-  args.struct_size = sizeof args;
-  args.device = to_abi(dev);
-  args.dtype = to_abi(kdt);
-  args.inputs = in_p.data();
-  args.n_inputs = static_cast<int32_t>(in_p.size());
-  args.outputs = out_p.data();
-  args.n_outputs = static_cast<int32_t>(out_p.size());
-  args.attrs = a.ptrs.data();
-  args.n_attrs = static_cast<int32_t>(a.ptrs.size());
-  args.workspace = workspace;
-  args.workspace_bytes = shapes.workspace_bytes;
-  args.stream = stream;
-  AqError err{};
-  err.struct_size = sizeof err;
-  const AqStatus st = k->forward(k->user, &args, &err);
-  AQ_CHECK(st == AQ_STATUS_OK, status_line(def, "forward", err, st));
+  invoke(def, "forward", k->forward, k->user, dev, kdt, {&inputs}, outputs, attrs, workspace, shapes.workspace_bytes,
+         stream);
 }
 
 void OpRegistry::backward(const std::string& name, const std::vector<Tensor>& saved,
@@ -509,30 +523,8 @@ void OpRegistry::backward(const std::string& name, const std::vector<Tensor>& sa
   AQ_CHECK(k != nullptr, name, " has no kernel on ", device_name(dev), " for ", dtype_name(kdt));
   AQ_CHECK(k->backward != nullptr, name, " on ", device_name(dev), "/", dtype_name(kdt), " has no separate backward ",
            "call here (\"", def.typed.backward, "\" through Registry::find; ops/builtin_adapters.cpp says why)");
-  std::vector<AqTensor> in_v, out_v;
-  for (const Tensor& t : saved) in_v.push_back(view(t));
-  for (const Tensor& t : grad_outputs) in_v.push_back(view(t));
-  for (const Tensor& t : grad_inputs) out_v.push_back(view(t));
-  std::vector<const AqTensor*> in_p, out_p;
-  for (const AqTensor& v : in_v) in_p.push_back(&v);
-  for (const AqTensor& v : out_v) out_p.push_back(&v);
-  Attrs a = attrs_for(def, attrs);
-  AqKernelArgs args{};
-  args.struct_size = sizeof args;
-  args.device = to_abi(dev);
-  args.dtype = to_abi(kdt);
-  args.inputs = in_p.data();
-  args.n_inputs = static_cast<int32_t>(in_p.size());
-  args.outputs = out_p.data();
-  args.n_outputs = static_cast<int32_t>(out_p.size());
-  args.attrs = a.ptrs.data();
-  args.n_attrs = static_cast<int32_t>(a.ptrs.size());
-  args.workspace = workspace;
-  args.stream = stream;
-  AqError err{};
-  err.struct_size = sizeof err;
-  const AqStatus st = k->backward(k->user, &args, &err);
-  AQ_CHECK(st == AQ_STATUS_OK, status_line(def, "backward", err, st));
+  invoke(def, "backward", k->backward, k->user, dev, kdt, {&saved, &grad_outputs}, grad_inputs, attrs, workspace, 0,
+         stream);
 }
 
 }  // namespace aq::ops
