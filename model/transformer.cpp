@@ -471,7 +471,7 @@ namespace {
 // same shape), have a backward and a kernel for the model's device and dtype, and — with tensor parallelism,
 // where its input is this rank's columns of c_fc's output — a sharding rule that splits dimension 1 of its input,
 // its output and its input's gradient. Each failure is one line naming the operator and the fix.
-void check_activation_op(const std::string& name, Device dev, DType dt, int tp) {
+const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType dt, int tp) {
   const ops::OpDef* op = ops::OpRegistry::instance().find(name);
   AQ_CHECK(op != nullptr, "activation_function ", name, " is not a registered operator; load the plugin that ",
            "declares it with --plugin lib.so (or AQ_PLUGIN_PATH)");
@@ -498,11 +498,11 @@ void check_activation_op(const std::string& name, Device dev, DType dt, int tp) 
            "; the MLP activation slot needs an output of the input's shape and dtype");
   AQ_CHECK(shape.workspace_bytes == 0, "activation_function ", name, " asks for ", shape.workspace_bytes,
            " bytes of workspace, which the MLP activation slot does not provide");
-  if (tp == 1) return;
+  if (tp == 1) return *op;
   const auto splits_dim1 = [](int32_t p) { return p == 1 || p == AQ_SBP_SPLIT_ANY; };
   std::string rules;
   for (const ops::ShardingRule& r : op->sharding) {
-    if (splits_dim1(r.inputs.at(0)) && splits_dim1(r.outputs.at(0)) && splits_dim1(r.input_grads.at(0))) return;
+    if (splits_dim1(r.inputs.at(0)) && splits_dim1(r.outputs.at(0)) && splits_dim1(r.input_grads.at(0))) return *op;
     rules += str(rules.empty() ? "" : ", ", r.name, " (in ", ops::sbp_str(r.inputs.at(0)), ", out ",
                  ops::sbp_str(r.outputs.at(0)), ")");
   }
@@ -581,7 +581,7 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_l
     k_.attention_gqa_forward = reg.find<typename ops::Attention<T>::ForwardGqa>("attention_gqa_forward", dev, dt);
     k_.attention_gqa_backward = reg.find<typename ops::Attention<T>::BackwardGqa>("attention_gqa_backward", dev, dt);
   }
-  if (!cfg_.mlp_activation.empty()) check_activation_op(cfg_.mlp_activation, dev, dt, tp_.size);
+  if (!cfg_.mlp_activation.empty()) act_saved_ = check_activation_op(cfg_.mlp_activation, dev, dt, tp_.size).saved;
 }
 
 template <typename T>
@@ -830,9 +830,8 @@ template <typename T>
 void Transformer<T>::activation_backward(T* dpre, const T* dout, const T* pre, const T* out, int64_t N) {
   const Shape shape{N, 4 * static_cast<int64_t>(Cl_)};
   const auto view = [&](const T* p) { return Tensor(const_cast<T*>(p), dtype_of<T>(), shape, device_); };
-  const ops::OpDef& op = ops::OpRegistry::instance().get(cfg_.mlp_activation);
   std::vector<Tensor> saved;  // what the operator declared it keeps: its input (index 0) and/or its output (1)
-  for (int32_t i : op.saved) saved.push_back(view(i == 0 ? pre : out));
+  for (int32_t i : act_saved_) saved.push_back(view(i == 0 ? pre : out));
   ops::OpRegistry::instance().backward(cfg_.mlp_activation, saved, {view(dout)}, {view(dpre)}, {});
 }
 

@@ -306,6 +306,7 @@ class Transformer {
   M *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr;
   T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr;
   T *act_dout_ = nullptr, *act_din_ = nullptr;  // a registered MLP activation's gradients (N, 4C/tp)
+  std::vector<int32_t> act_saved_;              // the tensors that operator's backward takes (OpDef::saved), found once
   void* logits_ = nullptr;                      // classifier scratch (ops::classifier_scratch_bytes)
   M* losses_ = nullptr;
   int32_t *inputs_ = nullptr, *targets_ = nullptr;

@@ -17,6 +17,7 @@
 #include "runtime/error.h"
 #include "runtime/rng.h"
 #include "runtime/safetensors.h"
+#include "train/trainer.h"
 
 namespace aq::test {
 
@@ -111,6 +112,17 @@ inline double project(const std::vector<double>& out, const std::vector<double>&
   double s = 0;
   for (size_t i = 0; i < out.size(); ++i) s += out[i] * proj[i];
   return s;
+}
+
+// A config whose model shape comes from elsewhere (--model-config, or the checkpoint it resumes): the flags
+// of a fresh model's shape cleared, as if not given.
+inline TrainConfig without_shape_flags(TrainConfig c) {
+  c.layers.reset();
+  c.heads.reset();
+  c.dim.reset();
+  c.vocab.reset();
+  c.max_seq.reset();
+  return c;
 }
 
 // The model and state files of the newest intact save in a --save directory (or of a save, or a file).

@@ -110,11 +110,7 @@ TEST_F(Training, LlamaResumesBitIdenticallyAndSavesAHuggingFaceFolder) {
                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 32,
                "rms_norm_eps": 1e-5, "rope_theta": 1000.0, "tie_word_embeddings": false})";
   }
-  TrainConfig base = cfg_;
-  base.layers.reset();
-  base.heads.reset();
-  base.dim.reset();
-  base.max_seq.reset();
+  TrainConfig base = test::without_shape_flags(cfg_);
   base.model_config = dir_ + "/llama.json";
   TrainConfig full = base;
   full.save = dir_ + "/llama_full";
@@ -123,11 +119,7 @@ TEST_F(Training, LlamaResumesBitIdenticallyAndSavesAHuggingFaceFolder) {
   first.steps = 2;
   first.save = dir_ + "/llama_part";
   const auto head = losses(train(first, comm_));
-  TrainConfig rest = cfg_;  // --model-config is not needed: the save's metadata carries the config
-  rest.layers.reset();
-  rest.heads.reset();
-  rest.dim.reset();
-  rest.max_seq.reset();
+  TrainConfig rest = test::without_shape_flags(cfg_);  // no --model-config: the save's metadata carries the config
   rest.resume = first.save;
   rest.save = dir_ + "/llama_resumed";
   const auto tail = losses(train(rest, comm_));
@@ -363,7 +355,8 @@ TEST_F(Training, CheckpointPathGuard) {
   // asked): a hidden save is not committed even when all its files are there.
   namespace fs = std::filesystem;
   const std::string two = a.save + "/step-00000002";
-  const std::string complete = a.save + "/.saving-step-00000003.12345", unfinished = a.save + "/.saving-step-00000009.1",
+  const std::string complete = a.save + "/.saving-step-00000003.12345",
+                    unfinished = a.save + "/.saving-step-00000009.1",
                     removing = str(a.save, "/.removing-step-00000001.", ::getpid());
   fs::copy(two, complete);
   for (const std::string& d : {unfinished, removing}) {

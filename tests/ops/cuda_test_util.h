@@ -6,16 +6,16 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
-
-#include "train/trainer.h"
-#include "runtime/data.h"
 
 #include "ops/registry.h"
 #include "runtime/bf16.h"
 #include "runtime/cuda/device.h"
+#include "runtime/data.h"
 #include "tests/test_util.h"
+#include "train/trainer.h"
 
 namespace aq::test {
 
@@ -74,7 +74,8 @@ class TextShardDir {
     EXPECT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     std::string text;
-    for (int i = 0; i < sentences; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
+    for (int i = 0; i < sentences; ++i)
+      text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
     write_shard(shard(), std::vector<uint16_t>(text.begin(), text.end()));
   }
   ~TextShardDir() { std::filesystem::remove_all(dir_); }
@@ -92,6 +93,17 @@ class TextShardDir {
     c.schedule.lr = 1e-3;
     c.data = shard();
     c.quiet = true;
+    return c;
+  }
+  // The same run on a small Llama (C64, 4 query heads over 2 kv heads, F 172, untied head) of vocabulary V, made
+  // from a config.json written into the folder.
+  TrainConfig small_llama(int seq, int batch, int steps, int vocab) const {
+    TrainConfig c = without_shape_flags(small_model(seq, batch, steps));
+    c.model_config = path("llama.json");
+    std::ofstream(c.model_config) << R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": )"
+                                  << vocab << R"(, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": false})";
     return c;
   }
 

@@ -6,7 +6,6 @@
 
 #include <barrier>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "ops/adamw/adamw.h"
@@ -405,16 +404,7 @@ TEST(CudaTraining, TwentyStepsMatchTheCpu) {
 TEST(CudaTraining, LlamaTwentyStepsMatchTheCpu) {
   AQ_REQUIRE_GPU();
   const test::TextShardDir data(3000);
-  TrainConfig c = data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/20);
-  c.layers.reset();
-  c.heads.reset();
-  c.dim.reset();
-  c.max_seq.reset();
-  c.model_config = data.path("llama.json");
-  std::ofstream(c.model_config) << R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
-      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
-      "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false})";
-  expect_gpu_run_follows_cpu(c);
+  expect_gpu_run_follows_cpu(data.small_llama(/*seq=*/63, /*batch=*/5, /*steps=*/20, /*vocab=*/256));
 }
 
 TEST(CudaOps, DeviceSelectionExplainsMissingGpus) {

@@ -491,12 +491,7 @@ TEST(CudaTraining, Bf16LossCurveWithinTwoPercentOfFp32) {
     SafeTensorsReader ck(resolve_checkpoint(c.save, "test").model);  // the newest save in the --save directory
     EXPECT_EQ(ck.entry("wte.weight").shape, (Shape{300, 64}));
     EXPECT_EQ(ck.entry("wte.weight").dtype, DType::F32);
-    TrainConfig cpu = c;
-    cpu.layers.reset();
-    cpu.heads.reset();
-    cpu.dim.reset();
-    cpu.vocab.reset();
-    cpu.max_seq.reset();
+    TrainConfig cpu = test::without_shape_flags(c);
     cpu.init_from = c.save;
     cpu.save.clear();
     cpu.steps = 1;
@@ -519,15 +514,7 @@ TEST(CudaTraining, Bf16LossCurveWithinTwoPercentOfFp32) {
 TEST(CudaTraining, LlamaBf16LossCurveWithinTwoPercentOfFp32) {
   AQ_REQUIRE_GPU();
   const test::TextShardDir data(4000);
-  TrainConfig c = data.small_model(/*seq=*/64, /*batch=*/8, /*steps=*/40);
-  c.layers.reset();
-  c.heads.reset();
-  c.dim.reset();
-  c.max_seq.reset();
-  c.model_config = data.path("llama.json");
-  std::ofstream(c.model_config) << R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
-      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300,
-      "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false})";
+  TrainConfig c = data.small_llama(/*seq=*/64, /*batch=*/8, /*steps=*/40, /*vocab=*/300);
   c.device = "cuda";
   c.dtype = "fp32";
   const TrainResult fp32 = train(c, ParallelContext::local());

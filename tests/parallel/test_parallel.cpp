@@ -432,6 +432,30 @@ class Layouts : public ::testing::Test {
       EXPECT_LT(err, 3e-4) << what << ": tensor " << name;
   }
 
+  // Trains make(1) in one process (the reference: its save's path and its result are returned), then make(dp) under
+  // every tp in `tps` that divides the world, with and without ZeRO-1: losses and weights must match it.
+  static std::pair<std::string, TrainResult> expect_every_layout_matches_one_process(
+      const std::function<TrainConfig(int)>& make, std::initializer_list<int> tps, const std::string& name) {
+    TrainConfig one = make(1);
+    one.save = str(dir_, "/", name, "_ref_", g_ctx->world_rank());
+    const TrainResult want = train(one, ParallelContext::local());
+    for (int tp : tps) {
+      if (g_ctx->world_size() % tp) continue;
+      for (int zero : {0, 1}) {
+        const int dp = g_ctx->world_size() / tp;
+        const std::string what = str(name, " tp=", tp, " dp=", dp, " zero=", zero);
+        g_ctx->configure(tp, 60);
+        TrainConfig c = make(dp);
+        c.zero = zero;
+        c.save = str(dir_, "/", name, "_tp", tp, "_zero", zero);
+        const TrainResult got = train(c, *g_ctx);
+        expect_same_losses(got, want, 0, what.c_str());
+        expect_same_weights(c.save, one.save, what.c_str());
+      }
+    }
+    return {one.save, want};
+  }
+
   static inline std::string dir_;
 };
 
@@ -442,53 +466,17 @@ TEST_F(Layouts, LlamaEveryLayoutMatchesOneProcess) {
   std::ofstream(spec) << R"({"model_type": "llama", "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
       "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 259, "max_position_embeddings": 16,
       "rms_norm_eps": 1e-5, "rope_theta": 500.0, "tie_word_embeddings": false})";
-  const auto llama = [&](int dp) {
-    TrainConfig c = config(dp);
-    c.layers.reset();
-    c.heads.reset();
-    c.dim.reset();
-    c.vocab.reset();
-    c.max_seq.reset();
-    c.model_config = spec;
-    return c;
-  };
-  TrainConfig one = llama(1);
-  const std::string ref_path = str(dir_, "/llama_ref_", g_ctx->world_rank());
-  one.save = ref_path;
-  const TrainResult want = train(one, ParallelContext::local());
-  for (int tp : {1, 2}) {
-    if (g_ctx->world_size() % tp) continue;
-    for (int zero : {0, 1}) {
-      const int dp = g_ctx->world_size() / tp;
-      const std::string what = str("llama tp=", tp, " dp=", dp, " zero=", zero);
-      g_ctx->configure(tp, 60);
-      TrainConfig c = llama(dp);
-      c.zero = zero;
-      c.save = str(dir_, "/llama_tp", tp, "_zero", zero);
-      const TrainResult got = train(c, *g_ctx);
-      expect_same_losses(got, want, 0, what.c_str());
-      expect_same_weights(c.save, ref_path, what.c_str());
-    }
-  }
+  expect_every_layout_matches_one_process(
+      [&](int dp) {
+        TrainConfig c = test::without_shape_flags(config(dp));
+        c.model_config = spec;
+        return c;
+      },
+      {1, 2}, "llama");
 }
 
 TEST_F(Layouts, EveryLayoutMatchesOneProcess) {
-  const std::string ref_path = str(dir_, "/ref_", g_ctx->world_rank());
-  const TrainResult want = reference(ref_path);
-  for (int tp : {1, 2, 4}) {
-    if (g_ctx->world_size() % tp) continue;
-    for (int zero : {0, 1}) {
-      const int dp = g_ctx->world_size() / tp;
-      const std::string what = str("tp=", tp, " dp=", dp, " zero=", zero);
-      g_ctx->configure(tp, 60);
-      TrainConfig c = config(dp);
-      c.zero = zero;
-      c.save = str(dir_, "/tp", tp, "_zero", zero);
-      const TrainResult got = train(c, *g_ctx);
-      expect_same_losses(got, want, 0, what.c_str());
-      expect_same_weights(c.save, ref_path, what.c_str());
-    }
-  }
+  const auto [ref_path, want] = expect_every_layout_matches_one_process(config, {1, 2, 4}, "gpt2");
   // Gradient accumulation under data parallelism: 2 micro-batches of half the batch, buckets started only in
   // the last one's backward.
   if (g_ctx->world_size() == 2) {
