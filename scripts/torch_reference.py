@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_gpt2 as tg  # noqa: E402
 
 
-def parse_args():
-    ap = argparse.ArgumentParser(description="float64 PyTorch reference trainer")
-    ap.add_argument("--init", required=True, help="initial checkpoint (.safetensors)")
+def add_train_args(ap, init_help):
+    """The training options both references take (this script and torch_llama.py train), as aq-train spells them."""
+    ap.add_argument("--init", required=True, help=init_help)
     ap.add_argument("--data", required=True, help="glob of llm.c token shards")
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--seq", type=int, required=True)
@@ -46,11 +46,16 @@ def parse_args():
     ap.add_argument("--beta2", type=float, default=0.95)
     ap.add_argument("--eps", type=float, default=1e-8)
     ap.add_argument("--grad-clip", type=float, default=1.0, help="<= 0 disables clipping")
-    ap.add_argument("--heads", type=int, default=None,
-                    help="n_head, if the checkpoint metadata lacks it")
     ap.add_argument("--log-out", required=True, help="JSONL log to write")
     ap.add_argument("--save", required=True, help="final weights (.safetensors, F64)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description="float64 PyTorch reference trainer")
+    add_train_args(ap, "initial checkpoint (.safetensors)")
+    ap.add_argument("--heads", type=int, default=None,
+                    help="n_head, if the checkpoint metadata lacks it")
     return ap.parse_args()
 
 
