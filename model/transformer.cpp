@@ -486,8 +486,9 @@ const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType
                k += str(k.empty() ? "" : ", ", device_name(e.device), "/", dtype_name(e.dtype));
              return k;
            }());
-  AQ_CHECK(op->kernel(dev, dt)->forward != nullptr, "activation_function ", name, " is a built-in operator with typed ",
-           "kernels; the activation slot takes a plugin's operator (GPT-2's own GELU is activation_function gelu_new)");
+  AQ_CHECK(op->kernel(dev, dt)->forward != nullptr && op->kernel(dev, dt)->backward != nullptr, "activation_function ",
+           name, " has no forward and backward the generic call path can run on ", device_name(dev), "/",
+           dtype_name(dt), " (a built-in without an adapter in ops/builtin_adapters.cpp)");
   AQ_CHECK(op->attrs.empty(), "activation_function ", name, " declares ", op->attrs.size(), " attribute(s); the MLP ",
            "activation slot passes none, so it takes operators without attributes");
   static double probe[60];  // a [6, 10] input the shape function may look at but never reads

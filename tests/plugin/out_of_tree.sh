@@ -104,6 +104,12 @@ sed 's/"myorg::squared_relu"/"gelu_new"/' "$work/model.json" > "$work/gelu.json"
 "${train[@]}" --model-config "$work/gelu.json" --log "$work/gelu.jsonl" > /dev/null 2>&1 || fail "the GELU run"
 [[ $(losses "$work/one.jsonl" | tail -1) != $(losses "$work/gelu.jsonl" | tail -1) ]] ||
   fail "squared_relu and GELU gave the same losses: the operator did not run"
+# The slot itself is faithful: the built-in aq::gelu placed there (through its adapter and the generic call path)
+# trains bit for bit like GPT-2's own fused GELU.
+sed 's/"myorg::squared_relu"/"aq::gelu"/' "$work/model.json" > "$work/aqgelu.json"
+"${train[@]}" --model-config "$work/aqgelu.json" --log "$work/aqgelu.jsonl" > /dev/null 2>&1 || fail "the aq::gelu run"
+[[ $(losses "$work/aqgelu.jsonl") == $(losses "$work/gelu.jsonl") ]] ||
+  fail "aq::gelu in the activation slot and the fused GELU gave different losses"
 if ((${#mpirun[@]})); then
   "${mpirun[@]}" -np 2 "${train[@]}" --tp 2 --log "$work/tp.jsonl" > "$work/tp.txt" 2>&1 || {
     cat "$work/tp.txt"; fail "tensor-parallel training with the plugin's operator"; }
@@ -116,5 +122,30 @@ else
 fi
 refuse "model needs the plugin" "activation_function myorg::squared_relu is not a registered operator; load the plugin" -- \
   "$build/bin/aq-train" --data "$work/data/train_*.bin" --model-config "$work/model.json" --steps 1
+# Operators the activation slot refuses, each in one line naming why (tests/plugin/wrong_ops.cpp).
+wrong="$(dirname "$bad_major")/libtest_wrong_ops.so"
+slot() {  # WHAT OPERATOR EXPECTED [MPIRUN...]: aq-train with OPERATOR as the MLP activation must refuse
+  local what=$1 op=$2 want=$3
+  shift 3
+  sed "s/\"myorg::squared_relu\"/\"$op\"/" "$work/model.json" > "$work/slot.json"
+  if (($#)); then
+    set +e; "$@" "$build/bin/aq-train" --data "$work/data/train_*.bin" --model-config "$work/slot.json" --steps 1 \
+      --threads 1 --plugin "$wrong" --tp 2 > "$work/out.txt" 2> "$work/err.txt"; local code=$?; set -e
+    [[ $code -ne 0 ]] || fail "$what: exit code 0"
+    grep -qF -- "$want" "$work/err.txt" "$work/out.txt" || fail "$what: \"$want\" not in: $(cat "$work/err.txt")"
+    echo "refused ($what, exit $code): $want"
+  else
+    refuse "$what" "$want" -- "$build/bin/aq-train" --data "$work/data/train_*.bin" --model-config "$work/slot.json" \
+      --steps 1 --plugin "$wrong"
+  fi
+}
+slot "activation without a backward" wrong::noisy "declares no backward"
+slot "activation without an F32 kernel" wrong::overwrites "has no kernel for cpu/F32; its plugin provides: cpu/F64"
+slot "activation of another shape" wrong::short_shape "maps a [6, 10] input to [5, 10]"
+if ((${#mpirun[@]})); then
+  slot "activation that cannot split under --tp" wrong::replicated_only \
+    "none of its sharding rules splits dimension 1 of its input, output and gradient (replicated (in B, out B))" \
+    "${mpirun[@]}" -np 2
+fi
 
 echo "out-of-tree plugin: OK"

@@ -7,6 +7,8 @@
 //   wrong::noisy         y = x + 1e-12·(calls so far): a kernel whose result depends on history (determinism)
 //   wrong::overwrites    y = 3x with dx declared accumulating (AQ_TENSOR_GRAD_ACCUMULATES) but overwritten
 //                        (backward: the gradient already there is lost)
+// and one correct operator for the model's checks (tests/plugin/out_of_tree.sh):
+//   wrong::replicated_only  y = 2x declared replicated only: as a tensor-parallel MLP activation it is refused
 #include <aqueduct/op_plugin.hpp>
 #include <cmath>
 
@@ -135,6 +137,16 @@ AQ_PLUGIN(p) {
       .output("y", AQ_DTYPE_KERNEL, -1, "same as x")
       .shape(same_shape)
       .kernel(AQ_DEVICE_CPU, AQ_DTYPE_F64, noisy_fwd<double>);
+  p.op("wrong::replicated_only", 1)
+      .doc("y = 2x, declared replicated only: a correct operator that the model's tensor-parallel MLP activation slot "
+           "must refuse (no rule splits dimension 1)")
+      .input("x", AQ_DTYPE_KERNEL, -1, "any")
+      .output("y", AQ_DTYPE_KERNEL, -1, "same as x")
+      .shape(same_shape)
+      .saves({})
+      .kernel(AQ_DEVICE_CPU, AQ_DTYPE_F64, double_fwd<double>, double_bwd<double>)
+      .kernel(AQ_DEVICE_CPU, AQ_DTYPE_F32, double_fwd<float>, double_bwd<float>)
+      .sharding("replicated", {AQ_SBP_BROADCAST}, {AQ_SBP_BROADCAST}, {AQ_SBP_BROADCAST});
   p.op("wrong::overwrites", 1)
       .doc("y = 3x; dx declared accumulating but overwritten")
       .input("x", AQ_DTYPE_KERNEL, -1, "any", AQ_TENSOR_GRAD_ACCUMULATES)
