@@ -78,6 +78,30 @@ class Training : public test::TempDirTest {
     return out;
   }
 
+  // `base` trained whole, and trained 2 steps, saved and resumed with `resume_base`'s flags: the joined losses and
+  // the final model and state are bit-identical. Returns the uninterrupted run's --save directory.
+  std::string expect_resume_bit_identical(const TrainConfig& base, const TrainConfig& resume_base,
+                                          const std::string& name) {
+    TrainConfig full = base;
+    full.save = dir_ + "/" + name + "_full";
+    const auto all = losses(train(full, comm_));
+    TrainConfig first = base;
+    first.steps = 2;
+    first.save = dir_ + "/" + name + "_part";
+    const auto head = losses(train(first, comm_));
+    TrainConfig rest = resume_base;
+    rest.resume = first.save;
+    rest.save = dir_ + "/" + name + "_resumed";
+    const auto tail = losses(train(rest, comm_));
+    EXPECT_EQ(head.size() + tail.size(), all.size());
+    std::vector<double> joined = head;
+    joined.insert(joined.end(), tail.begin(), tail.end());
+    EXPECT_EQ(joined, all);
+    EXPECT_EQ(tensor_bytes(test::saved_model(rest.save)), tensor_bytes(test::saved_model(full.save)));
+    EXPECT_EQ(tensor_bytes(test::saved_state(rest.save)), tensor_bytes(test::saved_state(full.save)));
+    return full.save;
+  }
+
   TrainConfig cfg_;
   ParallelContext& comm_ = ParallelContext::local();
 };
@@ -112,22 +136,9 @@ TEST_F(Training, LlamaResumesBitIdenticallyAndSavesAHuggingFaceFolder) {
   }
   TrainConfig base = test::without_shape_flags(cfg_);
   base.model_config = dir_ + "/llama.json";
-  TrainConfig full = base;
-  full.save = dir_ + "/llama_full";
-  const auto all = losses(train(full, comm_));
-  TrainConfig first = base;
-  first.steps = 2;
-  first.save = dir_ + "/llama_part";
-  const auto head = losses(train(first, comm_));
-  TrainConfig rest = test::without_shape_flags(cfg_);  // no --model-config: the save's metadata carries the config
-  rest.resume = first.save;
-  rest.save = dir_ + "/llama_resumed";
-  const auto tail = losses(train(rest, comm_));
-  std::vector<double> joined = head;
-  joined.insert(joined.end(), tail.begin(), tail.end());
-  EXPECT_EQ(joined, all);
-  EXPECT_EQ(tensor_bytes(test::saved_model(rest.save)), tensor_bytes(test::saved_model(full.save)));
-  const std::string model = test::saved_model(full.save);
+  // No --model-config on the resumed part: the save's metadata carries the config.
+  const std::string full = expect_resume_bit_identical(base, test::without_shape_flags(cfg_), "llama");
+  const std::string model = test::saved_model(full);
   EXPECT_EQ(read_hf_config(model.substr(0, model.rfind('/')) + "/config.json"), read_hf_config(base.model_config));
   const SafeTensorsReader f(model);
   EXPECT_TRUE(f.has("model.layers.1.self_attn.k_proj.weight"));
@@ -135,27 +146,7 @@ TEST_F(Training, LlamaResumesBitIdenticallyAndSavesAHuggingFaceFolder) {
   EXPECT_FALSE(f.has("model.layers.1.self_attn.qkv_proj.weight"));
 }
 
-TEST_F(Training, ResumeContinuesBitIdentically) {
-  TrainConfig full = cfg_;
-  full.save = dir_ + "/full";
-  const auto all = losses(train(full, comm_));
-
-  TrainConfig first = cfg_;
-  first.steps = 2;
-  first.save = dir_ + "/part";
-  const auto head = losses(train(first, comm_));
-  TrainConfig rest = cfg_;
-  rest.resume = first.save;
-  rest.save = dir_ + "/resumed";
-  const auto tail = losses(train(rest, comm_));
-
-  ASSERT_EQ(head.size() + tail.size(), all.size());
-  std::vector<double> joined = head;
-  joined.insert(joined.end(), tail.begin(), tail.end());
-  EXPECT_EQ(joined, all);
-  EXPECT_EQ(tensor_bytes(test::saved_model(rest.save)), tensor_bytes(test::saved_model(full.save)));
-  EXPECT_EQ(tensor_bytes(test::saved_state(rest.save)), tensor_bytes(test::saved_state(full.save)));
-}
+TEST_F(Training, ResumeContinuesBitIdentically) { expect_resume_bit_identical(cfg_, cfg_, "gpt2"); }
 
 TEST_F(Training, GradientAccumulationEqualsTheLargerBatch) {
   // K micro-batches of B sequences ≡ one step of K·B sequences: the same data (read as one K·B window), and
