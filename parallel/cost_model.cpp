@@ -255,3 +255,104 @@ double wan_rate_for_utilisation(const DilocoJob& job, Calibration cal, double ut
 }
 
 }  // namespace aq::cost
+
+namespace aq::cost {
+
+std::vector<int> deal_by_speed(const std::vector<double>& ms_per_micro, int64_t M) {
+  const size_t n = ms_per_micro.size();
+  AQ_CHECK(n >= 1 && M >= static_cast<int64_t>(n), "dealing ", M, " micro-batches to ", n,
+           " ranks: every rank needs at least one; raise --grad-accum");
+  std::vector<int> k(n, 1);
+  for (int64_t given = static_cast<int64_t>(n); given < M; ++given) {
+    size_t best = 0;
+    for (size_t d = 1; d < n; ++d)
+      if ((k[d] + 1) * ms_per_micro[d] < (k[best] + 1) * ms_per_micro[best]) best = d;
+    ++k[best];
+  }
+  return k;
+}
+
+std::vector<int64_t> pace_by_speed(const std::vector<double>& ms_per_step, int64_t H) {
+  const double fastest = *std::min_element(ms_per_step.begin(), ms_per_step.end());
+  std::vector<int64_t> a;
+  for (double ms : ms_per_step) {
+    const double share = std::max(fastest, 1e-9) / std::max(ms, 1e-9);
+    a.push_back(std::clamp<int64_t>(std::llround(share * static_cast<double>(H)), 1, H));
+  }
+  return a;
+}
+
+namespace {
+
+// The job's centres as seconds per micro-batch of one rank, and the standalone rate.
+void check_balance_job(const BalanceJob& j) {
+  AQ_CHECK(!j.centre_s_per_token.empty() && j.centre_s_per_token.size() == j.dp_per_centre.size(),
+           "cost model: the balance job needs one compute time and one DP size per centre (got ",
+           j.centre_s_per_token.size(), " and ", j.dp_per_centre.size(), ")");
+  for (size_t c = 0; c < j.dp_per_centre.size(); ++c)
+    AQ_CHECK(j.centre_s_per_token[c] > 0 && j.dp_per_centre[c] >= 1, "cost model: centre ", c,
+             " needs compute > 0 s per token and >= 1 DP rank (got ", j.centre_s_per_token[c], ", ",
+             j.dp_per_centre[c], ")");
+}
+
+double standalone_rate(const BalanceJob& j) {
+  double r = 0;
+  for (size_t c = 0; c < j.dp_per_centre.size(); ++c) r += j.dp_per_centre[c] / j.centre_s_per_token[c];
+  return r;
+}
+
+}  // namespace
+
+// A synchronous step ends when its slowest rank has run its micro-batches and the exchange after them is done:
+// period = max_d k_d·t_d + sync_s, every rank's wait = period − its own compute.
+BalancePrediction predict_balance_sync(const BalanceJob& j, bool balanced) {
+  check_balance_job(j);
+  std::vector<double> rank_s;  // one rank's time per micro-batch, DP rank order = centre order
+  std::vector<size_t> first_rank;
+  for (size_t c = 0; c < j.dp_per_centre.size(); ++c) {
+    first_rank.push_back(rank_s.size());
+    for (int d = 0; d < j.dp_per_centre[c]; ++d) rank_s.push_back(j.centre_s_per_token[c] * j.tokens_per_micro);
+  }
+  const int64_t dp = static_cast<int64_t>(rank_s.size());
+  AQ_CHECK(balanced || j.micro_batches % dp == 0, "cost model: ", j.micro_batches,
+           " micro-batches do not split evenly over ", dp, " ranks");
+  const std::vector<int> k =
+      balanced ? deal_by_speed(rank_s, j.micro_batches) : std::vector<int>(rank_s.size(), static_cast<int>(j.micro_batches / dp));
+  double compute = 0;
+  for (size_t d = 0; d < rank_s.size(); ++d) compute = std::max(compute, k[d] * rank_s[d]);
+  BalancePrediction p;
+  p.period_s = compute + j.sync_s;
+  for (size_t c = 0; c < first_rank.size(); ++c) {
+    const size_t d = first_rank[c];
+    p.share.push_back(k[d]);
+    p.waiting_share.push_back((p.period_s - k[d] * rank_s[d]) / p.period_s);
+  }
+  p.tokens_per_s = static_cast<double>(j.micro_batches) * j.tokens_per_micro / p.period_s;
+  p.standalone_tokens_per_s = standalone_rate(j);
+  return p;
+}
+
+// DiLoCo: centres step on their own between outer syncs, so a window lasts as long as its slowest centre's
+// trained steps (idle steps cost nothing) plus the outer exchange's exposed time.
+BalancePrediction predict_balance_diloco(const BalanceJob& j, bool balanced) {
+  check_balance_job(j);
+  AQ_CHECK(j.H >= 1 && j.micro_per_step >= 1, "cost model: DiLoCo needs H >= 1 and >= 1 micro-batch per step");
+  std::vector<double> step_s;
+  for (double s : j.centre_s_per_token) step_s.push_back(s * j.tokens_per_micro * j.micro_per_step);
+  const std::vector<int64_t> a = balanced ? pace_by_speed(step_s, j.H) : std::vector<int64_t>(step_s.size(), j.H);
+  double compute = 0, tokens = 0;
+  for (size_t c = 0; c < a.size(); ++c) {
+    compute = std::max(compute, static_cast<double>(a[c]) * step_s[c]);
+    tokens += static_cast<double>(j.dp_per_centre[c]) * static_cast<double>(a[c]) * j.micro_per_step * j.tokens_per_micro;
+  }
+  BalancePrediction p;
+  p.share = a;
+  p.period_s = compute + j.outer_s_per_window;
+  for (size_t c = 0; c < a.size(); ++c)
+    p.waiting_share.push_back((p.period_s - static_cast<double>(a[c]) * step_s[c]) / p.period_s);
+  p.tokens_per_s = tokens / p.period_s;
+  p.standalone_tokens_per_s = standalone_rate(j);
+  return p;
+}
+
+}  // namespace aq::cost

@@ -9,7 +9,8 @@
 // A centre's WAN link is one pipe per direction shared by all of its ranks (what scripts/wan_testbed.sh builds,
 // and what a leased line between two sites is): its bandwidth is the centre's aggregate, not a per-GPU NIC.
 // Not modelled: latency jitter, TCP slow start after idle, contention between a link's flows beyond fair
-// sharing, unequal centres (the model takes C centres of g equal DP ranks), pipelining of one bucket's stages.
+// sharing, pipelining of one bucket's stages. Centres of unequal speed are modelled by the balance rule below
+// (predict_balance); the collectives take C centres of g equal DP ranks.
 #pragma once
 
 #include <string>
@@ -42,6 +43,9 @@ struct Calibration {
   // Compute of one rank per token of its batch: forward + backward + optimizer, measured on the configuration
   // with every rank of the job computing at once (so shared cores are priced in).
   double compute_s_per_token = 0;
+  // The same per centre (index: centre), when the centres differ (a throttled or slower centre): each centre's
+  // slowest rank. Empty: every centre computes at compute_s_per_token.
+  std::vector<double> centre_compute_s_per_token;
   double backward_share = 2.0 / 3.0;  // the part of compute that is backward: the window buckets overlap with
   // Codec throughput in fp32 bytes per second, indexed by WanCodec (None: a copy).
   double encode_bytes_per_s[3] = {10e9, 2e9, 1e9};
@@ -128,6 +132,40 @@ DilocoPrediction predict_diloco(const DilocoJob& job, const Calibration& cal);
 // The WAN rate (bytes/s per centre and direction) at which the job reaches `utilisation` (0..1), by bisection
 // over the rate; +inf when even an infinite rate does not (latency or compute-side costs).
 double wan_rate_for_utilisation(const DilocoJob& job, Calibration cal, double utilisation);
+
+// --- centres of different speed (--balance; train/balance.cpp applies the same rules) ---
+// Synchronous data parallelism: the M micro-batches of a step go one at a time to the rank that would finish
+// it earliest — smallest (k_d + 1)·ms_d, ties to the lower rank — after one each. For equal jobs on machines
+// of different speed this greedy rule minimises the slowest rank's time, which is the step's (the largest-
+// remainder rounding of ideal shares does not: 16 micro-batches at speeds 2.2 : 1 gave 10 + 6, a step of 6 slow
+// micro-batches, where 11 + 5 takes 5). M >= the ranks; every rank gets at least one.
+std::vector<int> deal_by_speed(const std::vector<double>& ms_per_micro, int64_t M);
+// DiLoCo with time-based inner phases: centre c trains a_c = round(H · t_fastest / t_c) of every window of H
+// steps (1 … H), so every centre finishes a window about when the fastest does.
+std::vector<int64_t> pace_by_speed(const std::vector<double>& ms_per_step, int64_t H);
+
+struct BalanceJob {
+  std::vector<double> centre_s_per_token;  // compute per token of one rank of each centre
+  std::vector<int> dp_per_centre;          // its data-parallel ranks
+  double tokens_per_micro = 0;             // B·T of one micro-batch
+  int64_t micro_batches = 0;               // M: one step's micro-batches over all DP ranks (synchronous)
+  double sync_s = 0;                       // synchronous: what a step adds after the last micro-batch, on
+                                           // every rank at once (the exposed gradient exchange: predict_step)
+  int64_t H = 50;                          // DiLoCo: inner steps per window, micro-batches per inner step,
+  int micro_per_step = 1;                  // and the outer exchange's exposed time per window (predict_diloco)
+  double outer_s_per_window = 0;
+};
+struct BalancePrediction {
+  std::vector<int64_t> share;         // per centre: micro-batches of each rank per step (synchronous), or
+                                      // inner steps per window (DiLoCo)
+  double period_s = 0;                // one step (synchronous) or one window (DiLoCo)
+  std::vector<double> waiting_share;  // per centre: the part of the period its ranks do not compute
+  double tokens_per_s = 0;            // the job's
+  double standalone_tokens_per_s = 0; // Σ_c dp_c / (t_c per token): every centre training by itself
+};
+// `balanced` false: the even split (synchronous: M/dp each; DiLoCo: every centre trains every step).
+BalancePrediction predict_balance_sync(const BalanceJob& job, bool balanced);
+BalancePrediction predict_balance_diloco(const BalanceJob& job, bool balanced);
 
 // Compute per token from FLOPs: (6N + 6·L·C·T) / (peak_flops · mfu) (aq-bench's MFU convention).
 double compute_s_per_token_from_flops(double params, int layers, int dim, int seq, double peak_flops, double mfu);

@@ -5,31 +5,11 @@
 #include <cmath>
 #include <sstream>
 
+#include "parallel/cost_model.h"
 #include "runtime/cli_parse.h"
 #include "train/job.h"
 
 namespace aq {
-
-std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M) {
-  // Floors of the ideal shares (at least one each), then the largest remainders get the rest; when the "at least
-  // one" rule gave out too many, they are taken back from the ranks furthest above their share.
-  const size_t n = ideal.size();
-  AQ_ASSERT(n >= 1 && M >= static_cast<int64_t>(n), "dealing ", M, " micro-batches to ", n, " ranks");
-  std::vector<int> k(n);
-  int64_t given = 0;
-  for (size_t d = 0; d < n; ++d) given += k[d] = std::max(1, static_cast<int>(ideal[d]));
-  while (given != M) {
-    size_t best = n;
-    for (size_t d = 0; d < n; ++d) {
-      if (given > M && k[d] <= 1) continue;
-      const double gap = given < M ? ideal[d] - k[d] : k[d] - ideal[d];  // most below / most above its share
-      if (best == n || gap > (given < M ? ideal[best] - k[best] : k[best] - ideal[best])) best = d;
-    }
-    k[best] += given < M ? 1 : -1;
-    given += given < M ? 1 : -1;
-  }
-  return k;
-}
 
 template <typename T>
 std::vector<int> Job<T>::balance_list(const char* what, int lo, int hi, const char* example) const {
@@ -97,18 +77,15 @@ std::vector<double> Job<T>::centre_ms_per_micro() {
 
 template <typename T>
 void Job<T>::balance_now() {
-  // The M micro-batches of a step are dealt out to the DP ranks in proportion to their centre's speed (largest
-  // remainder, at least one each), so every rank's step takes about the same time. Once.
+  // The M micro-batches of a step are dealt out one at a time to the rank that would finish it earliest (at
+  // least one each; cost::deal_by_speed), which minimises the slowest rank's time, i.e. the step's. Once.
   const Topology& topo = ctx_.topology();
   const int C = topo.centres();
   const std::vector<double> ms = centre_ms_per_micro();
   const int dp = ctx_.dp();
-  double total = 0;
-  for (int d = 0; d < dp; ++d) total += 1.0 / std::max(ms[topo.centre_of[d * ctx_.tp()]], 1e-9);
-  std::vector<double> ideal(static_cast<size_t>(dp));
-  for (int d = 0; d < dp; ++d)
-    ideal[d] = static_cast<double>(M_) / std::max(ms[topo.centre_of[d * ctx_.tp()]], 1e-9) / total;
-  std::vector<int> micro = deal_micro_batches(ideal, M_);
+  std::vector<double> rank_ms(static_cast<size_t>(dp));
+  for (int d = 0; d < dp; ++d) rank_ms[d] = std::max(ms[topo.centre_of[d * ctx_.tp()]], 1e-9);
+  std::vector<int> micro = cost::deal_by_speed(rank_ms, M_);
   // Every rank must apply the same split, and an all-reduce's floating-point sum may round differently on
   // different ranks: rank 0's decision is the job's.
   ctx_.world().broadcast(micro.data(), dp, DType::I32, 0, {"balance: the split"})->wait();
@@ -126,17 +103,13 @@ void Job<T>::balance_now() {
 template <typename T>
 void Job<T>::pace_now() {
   // Time-based inner phases: centre c trains round(H · fastest time / its time) of every H steps (at least
-  // one), so all centres finish a window together. Once.
+  // one; cost::pace_by_speed), so all centres finish a window together. Once.
   const Topology& topo = ctx_.topology();
   const std::vector<double> ms = centre_ms_per_micro();
-  const double fastest = *std::min_element(ms.begin(), ms.end());
   const int64_t H = cfg_.outer_steps;
-  inner_per_window_.assign(static_cast<size_t>(topo.centres()), 0);
+  const std::vector<int64_t> pace = cost::pace_by_speed(ms, H);
+  inner_per_window_.assign(pace.begin(), pace.end());
   std::string line = str("balance: inner steps per window of ", H, " by centre speed:");
-  for (int c = 0; c < topo.centres(); ++c) {
-    const double share = std::max(fastest, 1e-9) / std::max(ms[c], 1e-9);
-    inner_per_window_[c] = static_cast<int>(std::clamp<int64_t>(std::llround(share * static_cast<double>(H)), 1, H));
-  }
   // Ranks that disagreed on the pace would idle on different steps inside one centre and hang its collectives:
   // rank 0's decision is the job's (see balance_now).
   ctx_.world().broadcast(inner_per_window_.data(), topo.centres(), DType::I32, 0, {"balance: the pace"})->wait();

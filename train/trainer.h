@@ -121,10 +121,6 @@ struct TrainResult {
 // rank calls it. Throws aq::Error on bad input or a non-finite loss — the same message on every rank.
 TrainResult train(const TrainConfig& cfg, ParallelContext& ctx);
 
-// --balance auto: M micro-batches dealt to ranks whose ideal (fractional) shares are given, at least one each,
-// summing to M exactly (largest remainders). Pure, for tests.
-std::vector<int> deal_micro_batches(const std::vector<double>& ideal, int64_t M);
-
 // The exit code of a run stopped by a signal (after saving when --save was given): EX_TEMPFAIL, "try again" —
 // schedulers and scripts requeue on it. A run stopped by --stop-at or --time-limit exits 0.
 constexpr int kExitStoppedBySignal = 75;

@@ -184,13 +184,24 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
   }
   if (!dir.empty()) ::unlink(data.c_str()), ::rmdir(dir.c_str());
   // A synchronous step waits for its slowest rank: the median over steps of the slowest rank's time at that
-  // step (the ranks ran their steps side by side).
-  std::vector<double> ms(static_cast<size_t>(o.steps), 0.0), slowest;
-  for (size_t i = 0; i < r.steps.size() && i < ms.size(); ++i) ms[i] = r.steps[i].ms;
+  // step (the ranks ran their steps side by side). The same per centre, for centres of different speed
+  // (--balance): column c of row i holds centre c's slowest rank at step i.
+  const int C = topo.centres();
+  const double tokens = static_cast<double>(sh.batch) * sh.seq;
+  std::vector<double> ms(static_cast<size_t>(o.steps) * (1 + C), 0.0);
+  for (size_t i = 0; i < r.steps.size() && i < static_cast<size_t>(o.steps); ++i) {
+    ms[i * (1 + C)] = r.steps[i].ms;
+    ms[i * (1 + C) + 1 + static_cast<size_t>(ctx.centre())] = r.steps[i].ms;
+  }
   ctx.world().all_reduce_sync(ms.data(), static_cast<int64_t>(ms.size()), DType::F64,
                               {"calibrate: slowest rank per step", ReduceOp::Max});
-  for (size_t i = 2; i < ms.size(); ++i) slowest.push_back(ms[i]);
-  const double per_token = median(slowest) / 1e3 / (static_cast<double>(sh.batch) * sh.seq);
+  std::vector<std::vector<double>> slowest(static_cast<size_t>(1 + C));
+  for (size_t i = 2; i < static_cast<size_t>(o.steps); ++i)
+    for (int k = 0; k <= C; ++k) slowest[k].push_back(ms[i * (1 + C) + k]);
+  const double per_token = median(slowest[0]) / 1e3 / tokens;
+  cal.centre_compute_s_per_token.clear();
+  if (C > 1)
+    for (int c = 0; c < C; ++c) cal.centre_compute_s_per_token.push_back(median(slowest[1 + c]) / 1e3 / tokens);
 
   // 3. Codecs, every rank at once.
   const int64_t n = 1 << 20;

@@ -141,6 +141,7 @@ nlohmann::ordered_json calibration_to_json(const cost::Calibration& c) {
   for (const auto& [bytes, bps] : c.wan_exchange)
     j["links"]["wan_exchange"].push_back({{"stage_bytes", bytes}, {"bytes_per_s", bps}});
   j["compute_s_per_token"] = c.compute_s_per_token;
+  if (!c.centre_compute_s_per_token.empty()) j["centre_compute_s_per_token"] = c.centre_compute_s_per_token;
   j["backward_share"] = c.backward_share;
   for (int k = 0; k < 3; ++k)
     j["codec"][wan_codec_name(static_cast<WanCodec>(k))] = {{"encode_bytes_per_s", c.encode_bytes_per_s[k]},
@@ -167,6 +168,9 @@ cost::Calibration calibration_from_json(const nlohmann::json& j, const std::stri
         c.wan_exchange.emplace_back(e.at("stage_bytes").get<double>(), e.at("bytes_per_s").get<double>());
     std::sort(c.wan_exchange.begin(), c.wan_exchange.end());
     c.compute_s_per_token = j.at("compute_s_per_token").get<double>();
+    if (j.contains("centre_compute_s_per_token"))
+      c.centre_compute_s_per_token = j["centre_compute_s_per_token"].get<std::vector<double>>();
+    for (double v : c.centre_compute_s_per_token) AQ_CHECK(v > 0, "centre_compute_s_per_token values must be > 0");
     c.backward_share = j.value("backward_share", c.backward_share);
     for (int k = 0; k < 3; ++k) {
       const auto& e = j.at("codec").at(wan_codec_name(static_cast<WanCodec>(k)));
@@ -224,6 +228,11 @@ std::string describe_calibration(const cost::Calibration& c) {
   std::snprintf(line, sizeof(line), "  compute         %.3f us per token per rank (backward share %.2f)\n",
                 c.compute_s_per_token * 1e6, c.backward_share);
   s += line;
+  for (size_t k = 0; k < c.centre_compute_s_per_token.size(); ++k) {
+    std::snprintf(line, sizeof(line), "    centre %zu      %.3f us per token per rank (its slowest rank)\n", k,
+                  c.centre_compute_s_per_token[k] * 1e6);
+    s += line;
+  }
   for (int k = 0; k < 3; ++k) {
     std::snprintf(line, sizeof(line), "  codec %-9s encode %7.0f MB/s, decode %7.0f MB/s (fp32 bytes)\n",
                   wan_codec_name(static_cast<WanCodec>(k)), c.encode_bytes_per_s[k] / 1e6,

@@ -46,6 +46,8 @@ struct WanOptions {
   std::string ranks_per_centre, rate = "100mbit", config = "tiny", out = "out/wan",
                                 text = "/usr/share/games/fortunes/*.u8";
   std::string configs = "flat,hier,hier-bf16,hier-int8", calibration, save_calibration;
+  std::vector<std::string> cpu_quota;  // the testbed's --cpu-quota centreK=CORES: a slower centre
+  int grad_accum = 8;                  // micro-batches per rank and step of the balance configurations
   double lr = 1e-3, what_if_latency_ms = 30;
 };
 
@@ -54,6 +56,7 @@ struct RunConfig {
   int64_t H = 0;  // > 0: --outer diloco with H inner steps per sync, F fragments and overlap tau
   int F = 1;
   int64_t tau = 0;
+  std::string balance = "";  // non-empty: a configuration of centres of different speed (--balance off|auto)
 };
 // "alone": DiLoCo that never syncs (H beyond any run), i.e. every centre training by itself on the same
 // machine load — the single-centre rate per rank that the low-communication runs are measured against.
@@ -66,7 +69,15 @@ const RunConfig kRunConfigs[] = {
     {"alone", "centres alone", "hier", "int8", "on", kNeverSync},
     {"diloco", "DiLoCo H50 int8", "hier", "int8", "on", 50},
     {"streaming", "stream H50 F4 t1", "hier", "int8", "on", 50, 4, 1},
+    // Centres of different speed (run with --cpu-quota): synchronous with --grad-accum micro-batches per rank
+    // split evenly or by speed, and DiLoCo with or without time-based inner phases.
+    {"sync-even", "sync even split", "hier", "int8", "on", 0, 1, 0, "off"},
+    {"sync-auto", "sync --balance", "hier", "int8", "on", 0, 1, 0, "auto"},
+    {"diloco-even", "DiLoCo unpaced", "hier", "int8", "on", 50, 1, 0, "off"},
+    {"diloco-auto", "DiLoCo --balance", "hier", "int8", "on", 50, 1, 0, "auto"},
 };
+constexpr const char* kConfigKeys =
+    "flat,hier,hier-bf16,hier-int8,alone,diloco,streaming,sync-even,sync-auto,diloco-even,diloco-auto";
 
 std::string g_testbed, g_name;  // for the exit handlers
 void testbed_down() {
@@ -136,7 +147,101 @@ struct Measured {
   double mean_ms = 0, tokens_per_s_rank = 0, tokens_per_step = 0;  // slowest rank's mean; mean over ranks
   double pred_step_ms = 0, pred_exposed_ms = 0, pred_wan_job = 0, pred_compute_ms = 0;
   std::vector<double> util_by_centre;
+  // Per rank (world order): its centre, the tokens/s it trained, the share of its time it waited.
+  std::vector<int> rank_centre;
+  std::vector<double> rank_tokens_per_s, rank_waiting;
+  cost::BalancePrediction pred_balance;  // the balance configurations and alone
+  std::string split;                     // what --balance chose: micro-batches per rank or inner steps per window
 };
+
+// "balance: … by centre speed: centre centre0: 11 (…), centre centre1: 5 (…)" from the job's output → "11,5".
+std::string balance_choice(const std::string& out) {
+  const size_t at = out.find("by centre speed:");
+  if (at == std::string::npos) return "";
+  std::stringstream parts(out.substr(at + 16, out.find('\n', at) - at - 16));
+  std::string choice;
+  for (std::string part; std::getline(parts, part, ',');) {
+    const size_t colon = part.rfind(": ", part.find('('));
+    if (colon != std::string::npos) choice += str(choice.empty() ? "" : ",", std::atoi(part.c_str() + colon + 2));
+  }
+  return choice;
+}
+
+// Centres of different speed: what each configuration trained against the centres alone, how long each centre
+// waited, and the balance rule's prediction beside it.
+void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) {
+  const Measured* alone = nullptr;
+  bool any = false;
+  for (const Measured& m : res) {
+    if (m.rc.key == "alone") alone = &m;
+    any |= !m.rc.balance.empty();
+  }
+  if (!any) return;
+  std::string quota;
+  for (const std::string& q : o.cpu_quota) quota += (quota.empty() ? "" : ", ") + q;
+  std::printf("\ncentres of different speed (--cpu-quota %s; synchronous: %d micro-batches per rank and step; "
+              "DiLoCo: H 50, int8): tokens/s of the job and of each centre (the sum of its ranks), each centre's "
+              "waiting share of its time (mean over its ranks), and the balance rule's prediction\n",
+              quota.empty() ? "none" : quota.c_str(), o.grad_accum);
+  std::printf("%-17s %-8s %9s %8s %9s %9s %7s %7s | %-8s %9s %8s %7s %7s\n", "config", "split", "tok/s", "of alone",
+              "c0 tok/s", "c1 tok/s", "c0 wait", "c1 wait", "p split", "p tok/s", "p alone", "p c0 w", "p c1 w");
+  for (const Measured& m : res) {
+    if (m.rc.balance.empty() && &m != alone) continue;
+    std::map<int, double> tok, wait, n;
+    double total = 0;
+    for (size_t r = 0; r < m.rank_centre.size(); ++r) {
+      tok[m.rank_centre[r]] += m.rank_tokens_per_s[r];
+      wait[m.rank_centre[r]] += m.rank_waiting[r];
+      n[m.rank_centre[r]] += 1;
+      total += m.rank_tokens_per_s[r];
+    }
+    double alone_total = 0;
+    if (alone)
+      for (double t : alone->rank_tokens_per_s) alone_total += t;
+    const cost::BalancePrediction& p = m.pred_balance;
+    std::string psplit;
+    for (int64_t k : p.share) psplit += str(psplit.empty() ? "" : ",", k);
+    const auto pct = [](double v) { return str(static_cast<int>(std::lround(100 * v)), "%"); };
+    std::printf("%-17s %-8s %9.0f %8s %9.0f %9.0f %7s %7s | %-8s %9.0f %8s %7s %7s\n", m.rc.label.c_str(),
+                m.split.empty() ? "-" : m.split.c_str(), total, alone_total > 0 ? pct(total / alone_total).c_str() : "-",
+                tok[0], tok[1], pct(wait[0] / std::max(1.0, n[0])).c_str(), pct(wait[1] / std::max(1.0, n[1])).c_str(),
+                &m == alone ? "-" : psplit.c_str(), p.tokens_per_s, pct(p.tokens_per_s / p.standalone_tokens_per_s).c_str(),
+                p.waiting_share.empty() ? "-" : pct(p.waiting_share[0]).c_str(),
+                p.waiting_share.size() < 2 ? "-" : pct(p.waiting_share[1]).c_str());
+  }
+  std::printf("(split: micro-batches per rank of each centre, or inner steps per window of 50, as the job chose; "
+              "p: predicted from the calibration's per-centre compute; wait: the part of a rank's time spent waiting "
+              "for communication, which includes waiting for the other centre; of alone: against the centres "
+              "training by themselves in the same run)\n");
+}
+
+// The balance rule's view of a configuration (cost::predict_balance_*): each centre's compute from the
+// calibration (its slowest rank, measured under the run's --cpu-quota), the exchange after a step's last
+// micro-batch from the step model, and the outer exchange of a window from predict_diloco.
+cost::BalancePrediction predict_balance(const RunConfig& rc, const cost::StepJob& job, const cost::Calibration& cal,
+                                        const std::vector<int>& per, const WanOptions& o) {
+  cost::BalanceJob b;
+  b.centre_s_per_token = cal.centre_compute_s_per_token;
+  if (b.centre_s_per_token.size() != per.size()) b.centre_s_per_token.assign(per.size(), cal.compute_s_per_token);
+  b.dp_per_centre = per;
+  b.tokens_per_micro = job.tokens_per_rank;
+  if (rc.H == 0) {
+    int64_t dp = 0;
+    for (int v : per) dp += v;
+    b.micro_batches = o.grad_accum * dp;
+    b.sync_s = cost::predict_step(job, cal).exposed_s;
+    return cost::predict_balance_sync(b, rc.balance == "auto");
+  }
+  cost::DilocoJob dj;
+  dj.inner = job;
+  dj.inner.layout = {1, job.layout.dp_per_centre, job.layout.ranks_per_node};
+  dj.centres = static_cast<int>(per.size()), dj.H = rc.H, dj.F = rc.F, dj.tau = rc.tau, dj.codec = job.codec;
+  b.H = rc.H;
+  // Centres that never sync each train at their own rate: what pacing over an endless window gives.
+  if (rc.H == kNeverSync) return cost::predict_balance_diloco(b, true);
+  b.outer_s_per_window = cost::predict_diloco(dj, cal).exposed_s * static_cast<double>(rc.H);
+  return cost::predict_balance_diloco(b, rc.balance == "auto");
+}
 
 void wan(const WanOptions& o, const std::string& self) {
   if (::geteuid() != 0) {
@@ -169,8 +274,8 @@ void wan(const WanOptions& o, const std::string& self) {
   std::vector<RunConfig> runs;
   for (const RunConfig& rc : kRunConfigs)
     if (("," + o.configs + ",").find("," + rc.key + ",") != std::string::npos) runs.push_back(rc);
-  AQ_CHECK(!runs.empty(), "--configs must list some of flat,hier,hier-bf16,hier-int8,alone,diloco,streaming (got \"",
-           o.configs, "\")");
+  AQ_CHECK(!runs.empty(), "--configs must list some of ", kConfigKeys, " (got \"", o.configs, "\")");
+  AQ_CHECK(o.grad_accum >= 1, "--grad-accum must be >= 1 (got ", o.grad_accum, ")");
   rate_bytes_per_s(o.rate);
   const std::string bin = self.substr(0, self.rfind('/'));
   g_testbed = std::string(AQ_SOURCE_DIR) + "/scripts/wan_testbed.sh";
@@ -208,8 +313,10 @@ void wan(const WanOptions& o, const std::string& self) {
   const std::string tput = must_run(g_testbed + " throughput --seconds 2 --name " + g_name, "testbed throughput");
   std::fprintf(stderr, "[wan] testbed %s up: %d centres at %s; %s", g_name.c_str(), o.centres, o.rate.c_str(),
                tput.c_str());
+  std::string quota;
+  for (const std::string& q : o.cpu_quota) quota += " --cpu-quota " + sh_quote(q);
   const std::string run_prefix = str(g_testbed, " run ", np, " --name ", g_name, " --ranks-per-centre ", split,
-                                     " --env OMP_NUM_THREADS=", o.threads, " -- ");
+                                     " --env OMP_NUM_THREADS=", o.threads, quota, " -- ");
   const std::string data = sh_quote(tmp + "/data/train_*.bin"), val = sh_quote(tmp + "/data/val_*.bin");
 
   // Calibration on this testbed (or a saved one).
@@ -246,7 +353,9 @@ void wan(const WanOptions& o, const std::string& self) {
             " --val-data ", val, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress, " --error-feedback ", rc.ef,
             " --log ", sh_quote(log),
             rc.H > 0 ? str(" --outer diloco --outer-steps ", rc.H, " --outer-fragments ", rc.F, " --outer-overlap ", rc.tau)
-                     : std::string());
+                     : std::string(),
+            rc.balance.empty() ? std::string() : str(" --balance ", rc.balance),
+            rc.balance.empty() || rc.H > 0 ? std::string() : str(" --grad-accum ", o.grad_accum));
     const int code = run_capture(cmd + " 2>&1", out);
     m.wall_s = (steady_ms() - t0) / 1e3;
     const auto after = link_tx(g_testbed, g_name);
@@ -274,7 +383,9 @@ void wan(const WanOptions& o, const std::string& self) {
     if (rc.H == kNeverSync) m.val_loss = std::nan("");
     double job_total = 0;
     std::map<int, double> centre_wan_ms, centre_bytes;
-    m.tokens_per_step = static_cast<double>(np) * sh.batch * sh.seq;
+    m.split = balance_choice(out);
+    m.tokens_per_step =
+        static_cast<double>(np) * sh.batch * sh.seq * (!rc.balance.empty() && rc.H == 0 ? o.grad_accum : 1);
     for (const auto& r : w["ranks"]) {
       m.mean_ms = std::max(m.mean_ms, r["mean_ms"].get<double>());
       m.tokens_per_s_rank += r["tokens_per_s"].get<double>() / np;
@@ -283,6 +394,9 @@ void wan(const WanOptions& o, const std::string& self) {
       job_total += r["wan_bytes_total"].get<double>();
       const int c = r["centre"].get<int>();
       centre_wan_ms[c] = std::max(centre_wan_ms[c], r["wan_ms"].get<double>());
+      m.rank_centre.push_back(c);
+      m.rank_tokens_per_s.push_back(r["tokens_per_s"].get<double>());
+      m.rank_waiting.push_back(r["exposed_share"].get<double>());
     }
     for (const auto& [name, tx] : after) {
       const double d = tx - before.at(name);
@@ -317,6 +431,12 @@ void wan(const WanOptions& o, const std::string& self) {
       const cost::Prediction p = cost::predict_step(job, run_cal);
       m.pred_compute_ms = p.compute_s * 1e3;
       m.pred_step_ms = p.step_s * 1e3, m.pred_exposed_ms = p.exposed_s * 1e3, m.pred_wan_job = p.wan_bytes_job;
+    }
+    if (!rc.balance.empty() || rc.key == "alone") {
+      m.pred_balance = predict_balance(rc, job, run_cal, per, o);
+      // The step with its micro-batches; a DiLoCo window's mean step.
+      if (!rc.balance.empty())
+        m.pred_step_ms = m.pred_balance.period_s * 1e3 / static_cast<double>(rc.H > 0 ? rc.H : 1);
     }
     std::fprintf(stderr, "[wan] %s: %.1f ms/step, exposed %.1f ms (rank 0), %.1f ms (slowest rank), %.0f s\n",
                  rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wall_s);
@@ -401,6 +521,8 @@ void wan(const WanOptions& o, const std::string& self) {
               "centre's tx over the run, start-up and evaluation included, per token trained; vs flat: flat fp32's "
               "link bytes over this one's; pred: the cost model's mean step (predict_diloco for the DiLoCo runs))\n");
 
+  print_balance_table(res, o);
+
   // Predicted vs measured.
   std::printf("\ncost model vs measurement (%s)\n", cal.source.c_str());
   std::printf("%s", describe_calibration(cal).c_str());
@@ -460,7 +582,14 @@ int wan_main(int argc, char** argv) {
   app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
   app.add_option("--configs", o.configs,
                  "Subset of flat,hier,hier-bf16,hier-int8 (synchronous) and alone,diloco,streaming (DiLoCo H 50 int8; "
-                 "streaming adds F 4, tau 1; alone never syncs: the single-centre rate)")
+                 "streaming adds F 4, tau 1; alone never syncs: the single-centre rate); for centres of different "
+                 "speed (with --cpu-quota): sync-even, sync-auto (--balance auto, --grad-accum micro-batches per "
+                 "rank), diloco-even, diloco-auto (H 50, --balance auto)")
+      ->capture_default_str();
+  app.add_option("--cpu-quota", o.cpu_quota,
+                 "centreK=CORES: hold a centre to that many cores (the testbed's cgroup quota), repeatable; with "
+                 "the configurations sync-even, sync-auto, diloco-even, diloco-auto and alone");
+  app.add_option("--grad-accum", o.grad_accum, "Micro-batches per rank and step of sync-even and sync-auto")
       ->capture_default_str();
   app.add_option("--text", o.text, "Text files for aq-prepare (shell glob)")->capture_default_str();
   app.add_option("--calibration", o.calibration, "Use this calibration instead of calibrating on the testbed");

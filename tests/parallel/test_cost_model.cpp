@@ -5,6 +5,7 @@
 // where a term should vanish).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "parallel/cost_model.h"
@@ -52,6 +53,75 @@ TEST(CostModel, DiLoCoAmortisesAndHidesTheOuterExchange) {
   Calibration at = cal;
   at.wan.bytes_per_s = r95 * 1.001;
   EXPECT_GE(predict_diloco(j, at).utilisation, 0.95);
+}
+
+TEST(CostModel, DealBySpeedMinimisesTheSlowestRank) {
+  // Times per micro-batch 1 and 2.2 (a centre at under half speed), 16 micro-batches: 11 + 5 (step 11), where
+  // the rounded ideal shares 11.03 + 4.97 → 10 + 6 would take 13.2.
+  EXPECT_EQ(deal_by_speed({1.0, 2.2}, 16), (std::vector<int>{11, 5}));
+  EXPECT_EQ(deal_by_speed({0.4, 2.0 / 3.0}, 4), (std::vector<int>{3, 1}));  // finish times 1.2 and 0.67
+  EXPECT_EQ(deal_by_speed({1.0, 1.0, 1.0, 1.0}, 4), (std::vector<int>{1, 1, 1, 1}));
+  EXPECT_EQ(deal_by_speed({1.0, 1.0, 1.0}, 7), (std::vector<int>{3, 2, 2}));  // ties to the lower rank
+  // One fast rank and three ten times slower: each keeps its one, the fast rank takes the rest.
+  EXPECT_EQ(deal_by_speed({1.0, 10.0, 10.0, 10.0}, 8), (std::vector<int>{5, 1, 1, 1}));
+  // No split of 13 over speeds 3 : 2 : 1 has a shorter slowest rank than the rule's (checked by enumeration).
+  const std::vector<double> ms{1.0, 1.5, 3.0};
+  const std::vector<int> k = deal_by_speed(ms, 13);
+  EXPECT_EQ(k[0] + k[1] + k[2], 13);
+  double best = 1e9;
+  for (int a = 1; a < 13; ++a)
+    for (int b = 1; a + b < 13; ++b) best = std::min(best, std::max({a * ms[0], b * ms[1], (13 - a - b) * ms[2]}));
+  EXPECT_DOUBLE_EQ(std::max({k[0] * ms[0], k[1] * ms[1], k[2] * ms[2]}), best);
+  EXPECT_THROW(deal_by_speed({1.0, 2.0, 3.0}, 2), Error);
+}
+
+TEST(CostModel, BalancedSynchronousStepClosedForm) {
+  // Centre 0: 2 ranks at 1 ms per token; centre 1: 1 rank at 2 ms per token; micro-batches of 10 tokens (10 ms
+  // and 20 ms), 10 of them per step, 5 ms of exchange after the last.
+  BalanceJob j;
+  j.centre_s_per_token = {1e-3, 2e-3};
+  j.dp_per_centre = {2, 1};
+  j.tokens_per_micro = 10;
+  j.micro_batches = 10;
+  j.sync_s = 5e-3;
+  // Balanced: 4, 4, 2 (finish times 40, 40, 40 ms); step 45 ms; every rank waits 5 ms of it.
+  const BalancePrediction b = predict_balance_sync(j, true);
+  EXPECT_EQ(b.share, (std::vector<int64_t>{4, 2}));
+  EXPECT_NEAR(b.period_s, 0.045, 1e-12);
+  EXPECT_NEAR(b.waiting_share[0], 5.0 / 45, 1e-12);
+  EXPECT_NEAR(b.waiting_share[1], 5.0 / 45, 1e-12);
+  EXPECT_NEAR(b.tokens_per_s, 100 / 0.045, 1e-6);
+  EXPECT_NEAR(b.standalone_tokens_per_s, 2 / 1e-3 + 1 / 2e-3, 1e-9);  // 2 500 tokens/s
+  // Even (the micro-batches must split evenly: 9 = 3 each): the slow rank's 60 ms set the step.
+  j.micro_batches = 9;
+  const BalancePrediction e = predict_balance_sync(j, false);
+  EXPECT_EQ(e.share, (std::vector<int64_t>{3, 3}));
+  EXPECT_NEAR(e.period_s, 0.065, 1e-12);
+  EXPECT_NEAR(e.waiting_share[0], 35.0 / 65, 1e-12);
+  EXPECT_NEAR(e.tokens_per_s, 90 / 0.065, 1e-6);
+}
+
+TEST(CostModel, PacedDiLoCoWindowClosedForm) {
+  // Steps of 10 and 25 ms (one micro-batch of 10 tokens), H = 20, 50 ms of outer exchange per window.
+  BalanceJob j;
+  j.centre_s_per_token = {1e-3, 2.5e-3};
+  j.dp_per_centre = {1, 1};
+  j.tokens_per_micro = 10;
+  j.H = 20;
+  j.outer_s_per_window = 0.05;
+  EXPECT_EQ(pace_by_speed({10.0, 25.0}, 20), (std::vector<int64_t>{20, 8}));
+  EXPECT_EQ(pace_by_speed({10.0, 1e9}, 20), (std::vector<int64_t>{20, 1}));  // at least one step
+  // Paced: 20 · 10 ms and 8 · 25 ms = 200 ms each, + 50 ms; 28 steps of 10 tokens in 250 ms.
+  const BalancePrediction p = predict_balance_diloco(j, true);
+  EXPECT_EQ(p.share, (std::vector<int64_t>{20, 8}));
+  EXPECT_NEAR(p.period_s, 0.25, 1e-12);
+  EXPECT_NEAR(p.waiting_share[0], 0.2, 1e-12);
+  EXPECT_NEAR(p.tokens_per_s, 280 / 0.25, 1e-6);
+  // Unpaced: both train 20 steps, the slow centre's 500 ms set the window.
+  const BalancePrediction u = predict_balance_diloco(j, false);
+  EXPECT_NEAR(u.period_s, 0.55, 1e-12);
+  EXPECT_NEAR(u.waiting_share[0], 350.0 / 550, 1e-12);
+  EXPECT_NEAR(u.tokens_per_s, 400 / 0.55, 1e-6);
 }
 
 TEST(CostModel, RingClosedForm) {

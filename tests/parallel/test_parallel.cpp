@@ -744,18 +744,6 @@ TEST_F(Layouts, ZeroWithHierNeedsEqualContiguousCentres) {
   EXPECT_EQ(train(c, *g_ctx).steps.size(), 2u);
 }
 
-TEST(Balance, DealsMicroBatchesByShareExactly) {
-  EXPECT_EQ(deal_micro_batches({2.5, 1.5}, 4), (std::vector<int>{3, 1}));
-  EXPECT_EQ(deal_micro_batches({1.0, 1.0, 1.0, 1.0}, 4), (std::vector<int>{1, 1, 1, 1}));
-  // One fast rank and three slow ones: "at least one each" overshoots, the fast rank gives back.
-  EXPECT_EQ(deal_micro_batches({3.08, 0.31, 0.31, 0.31}, 4), (std::vector<int>{1, 1, 1, 1}));
-  EXPECT_EQ(deal_micro_batches({6.16, 0.62, 0.61, 0.61}, 8), (std::vector<int>{5, 1, 1, 1}));
-  const std::vector<int> k = deal_micro_batches({4.4, 4.4, 1.1, 1.1}, 11);
-  EXPECT_EQ(k[0] + k[1] + k[2] + k[3], 11);
-  EXPECT_GE(k[0], 4);
-  EXPECT_GE(k[2], 1);
-}
-
 TEST_F(Layouts, WorkSplitBySpeedIsOneProcessWithTheGlobalBatch) {
   // --balance deals a step's micro-batches out unevenly (by centre speed); rank d reads its K_d·B sequences
   // right after those of ranks < d, and the sums are divided by the step's M micro-batches, so the run is one
