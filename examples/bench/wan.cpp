@@ -22,6 +22,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -79,7 +80,13 @@ const RunConfig kRunConfigs[] = {
 constexpr const char* kConfigKeys =
     "flat,hier,hier-bf16,hier-int8,alone,diloco,streaming,sync-even,sync-auto,diloco-even,diloco-auto";
 
-std::string g_testbed, g_name;  // for the exit handlers
+std::string g_testbed, g_name, g_tmp;  // for the exit handlers
+void remove_tmp() {  // the run's data, calibrations and compute measurements
+  if (g_tmp.empty()) return;
+  std::error_code ec;
+  std::filesystem::remove_all(g_tmp, ec);
+  g_tmp.clear();
+}
 void testbed_down() {
   if (g_name.empty()) return;
   const std::string cmd = g_testbed + " down --name " + g_name + " > /dev/null 2>&1";
@@ -89,6 +96,7 @@ void testbed_down() {
 }
 void on_signal(int sig) {
   testbed_down();
+  remove_tmp();
   std::_Exit(128 + sig);
 }
 
@@ -286,6 +294,8 @@ void wan(const WanOptions& o, const std::string& self) {
   char tmpl[] = "/tmp/aq-bench-wan-XXXXXX";
   AQ_CHECK(::mkdtemp(tmpl) != nullptr, "cannot create a temporary directory under /tmp");
   const std::string tmp = tmpl;
+  g_tmp = tmp;  // removed on every exit from here on, early ones included
+  std::atexit(remove_tmp);
   std::fprintf(stderr, "[wan] preparing data: %s\n", o.text.c_str());
   must_run(bin + "/aq-prepare --out " + tmp + "/data " + o.text + " > /dev/null", "aq-prepare");
 
@@ -563,7 +573,7 @@ void wan(const WanOptions& o, const std::string& self) {
     std::printf("\nwrote %s.csv and %s.png\n", o.out.c_str(), o.out.c_str());
   else
     std::printf("\nwrote %s.csv; no plot (%s)\n", o.out.c_str(), plot_out.c_str());
-  must_run("rm -rf " + sh_quote(tmp), "cleanup");
+  remove_tmp();
 }
 
 }  // namespace
