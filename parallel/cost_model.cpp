@@ -273,6 +273,8 @@ std::vector<int> deal_by_speed(const std::vector<double>& ms_per_micro, int64_t 
 }
 
 std::vector<int64_t> pace_by_speed(const std::vector<double>& ms_per_step, int64_t H) {
+  AQ_CHECK(!ms_per_step.empty() && H >= 1, "pacing needs >= 1 centre and H >= 1 (got ", ms_per_step.size(),
+           " centres, H ", H, ")");
   const double fastest = *std::min_element(ms_per_step.begin(), ms_per_step.end());
   std::vector<int64_t> a;
   for (double ms : ms_per_step) {
@@ -321,6 +323,7 @@ BalancePrediction predict_balance_sync(const BalanceJob& j, bool balanced) {
   double compute = 0;
   for (size_t d = 0; d < rank_s.size(); ++d) compute = std::max(compute, k[d] * rank_s[d]);
   BalancePrediction p;
+  p.compute_s = compute;
   p.period_s = compute + j.sync_s;
   for (size_t c = 0; c < first_rank.size(); ++c) {
     const size_t d = first_rank[c];
@@ -347,6 +350,7 @@ BalancePrediction predict_balance_diloco(const BalanceJob& j, bool balanced) {
   }
   BalancePrediction p;
   p.share = a;
+  p.compute_s = compute;
   p.period_s = compute + j.outer_s_per_window;
   for (size_t c = 0; c < a.size(); ++c)
     p.waiting_share.push_back((p.period_s - static_cast<double>(a[c]) * step_s[c]) / p.period_s);

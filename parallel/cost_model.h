@@ -9,8 +9,8 @@
 // A centre's WAN link is one pipe per direction shared by all of its ranks (what scripts/wan_testbed.sh builds,
 // and what a leased line between two sites is): its bandwidth is the centre's aggregate, not a per-GPU NIC.
 // Not modelled: latency jitter, TCP slow start after idle, contention between a link's flows beyond fair
-// sharing, pipelining of one bucket's stages. Centres of unequal speed are modelled by the balance rule below
-// (predict_balance); the collectives take C centres of g equal DP ranks.
+// sharing, pipelining of one bucket's stages. Centres of unequal speed are modelled by the balance rules below
+// (predict_balance_sync, predict_balance_diloco); the collectives take C centres of g equal DP ranks.
 #pragma once
 
 #include <string>
@@ -136,9 +136,9 @@ double wan_rate_for_utilisation(const DilocoJob& job, Calibration cal, double ut
 // --- centres of different speed (--balance; train/balance.cpp applies the same rules) ---
 // Synchronous data parallelism: the M micro-batches of a step go one at a time to the rank that would finish
 // it earliest — smallest (k_d + 1)·ms_d, ties to the lower rank — after one each. For equal jobs on machines
-// of different speed this greedy rule minimises the slowest rank's time, which is the step's (the largest-
-// remainder rounding of ideal shares does not: 16 micro-batches at speeds 2.2 : 1 gave 10 + 6, a step of 6 slow
-// micro-batches, where 11 + 5 takes 5). M >= the ranks; every rank gets at least one.
+// of different speed this greedy rule minimises the slowest rank's time, which is the step's; rounding the ideal
+// shares does not (15 micro-batches at 1 and 1.3 ms: shares 8.48 + 6.52 round to 8 + 7, a step of 9.1 ms, where
+// 9 + 6 takes 9). M >= the ranks; every rank gets at least one.
 std::vector<int> deal_by_speed(const std::vector<double>& ms_per_micro, int64_t M);
 // DiLoCo with time-based inner phases: centre c trains a_c = round(H · t_fastest / t_c) of every window of H
 // steps (1 … H), so every centre finishes a window about when the fastest does.
@@ -159,6 +159,7 @@ struct BalancePrediction {
   std::vector<int64_t> share;         // per centre: micro-batches of each rank per step (synchronous), or
                                       // inner steps per window (DiLoCo)
   double period_s = 0;                // one step (synchronous) or one window (DiLoCo)
+  double compute_s = 0;               // of it, the slowest centre's compute
   std::vector<double> waiting_share;  // per centre: the part of the period its ranks do not compute
   double tokens_per_s = 0;            // the job's
   double standalone_tokens_per_s = 0; // Σ_c dp_c / (t_c per token): every centre training by itself

@@ -22,7 +22,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -48,7 +47,8 @@ struct WanOptions {
                                 text = "/usr/share/games/fortunes/*.u8";
   std::string configs = "flat,hier,hier-bf16,hier-int8", calibration, save_calibration;
   std::vector<std::string> cpu_quota;  // the testbed's --cpu-quota centreK=CORES: a slower centre
-  int grad_accum = 8;                  // micro-batches per rank and step of the balance configurations
+  int grad_accum = 8;                  // micro-batches per rank and step of sync-even and sync-auto
+  bool grad_accum_given = false;
   double lr = 1e-3, what_if_latency_ms = 30;
 };
 
@@ -80,12 +80,13 @@ const RunConfig kRunConfigs[] = {
 constexpr const char* kConfigKeys =
     "flat,hier,hier-bf16,hier-int8,alone,diloco,streaming,sync-even,sync-auto,diloco-even,diloco-auto";
 
-std::string g_testbed, g_name, g_tmp;  // for the exit handlers
-void remove_tmp() {  // the run's data, calibrations and compute measurements
-  if (g_tmp.empty()) return;
-  std::error_code ec;
-  std::filesystem::remove_all(g_tmp, ec);
-  g_tmp.clear();
+std::string g_testbed, g_name;  // for the exit handlers
+char g_tmp[64] = "";             // the run's data and calibrations; a fixed buffer, read by the signal handler
+void remove_tmp() {
+  if (g_tmp[0] == 0) return;
+  const std::string cmd = std::string("rm -rf '") + g_tmp + "'";
+  g_tmp[0] = 0;
+  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "aq-bench wan: '%s' failed\n", cmd.c_str());
 }
 void testbed_down() {
   if (g_name.empty()) return;
@@ -229,8 +230,10 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
 cost::BalancePrediction predict_balance(const RunConfig& rc, const cost::StepJob& job, const cost::Calibration& cal,
                                         const std::vector<int>& per, const WanOptions& o) {
   cost::BalanceJob b;
+  // Measured per centre just before the run (calibrate --compute-only on this testbed, under its quotas).
+  AQ_CHECK(cal.centre_compute_s_per_token.size() == per.size(), "the compute calibration has ",
+           cal.centre_compute_s_per_token.size(), " per-centre times for ", per.size(), " centres");
   b.centre_s_per_token = cal.centre_compute_s_per_token;
-  if (b.centre_s_per_token.size() != per.size()) b.centre_s_per_token.assign(per.size(), cal.compute_s_per_token);
   b.dp_per_centre = per;
   b.tokens_per_micro = job.tokens_per_rank;
   if (rc.H == 0) {
@@ -284,6 +287,27 @@ void wan(const WanOptions& o, const std::string& self) {
     if (("," + o.configs + ",").find("," + rc.key + ",") != std::string::npos) runs.push_back(rc);
   AQ_CHECK(!runs.empty(), "--configs must list some of ", kConfigKeys, " (got \"", o.configs, "\")");
   AQ_CHECK(o.grad_accum >= 1, "--grad-accum must be >= 1 (got ", o.grad_accum, ")");
+  bool balance_runs = false, sync_balance_runs = false;
+  for (const RunConfig& rc : runs) {
+    balance_runs |= !rc.balance.empty();
+    sync_balance_runs |= !rc.balance.empty() && rc.H == 0;
+  }
+  AQ_CHECK(!o.grad_accum_given || sync_balance_runs, "--grad-accum applies to sync-even and sync-auto only; add one ",
+           "of them to --configs or drop --grad-accum");
+  AQ_CHECK(!balance_runs || o.centres == 2, "the balance configurations (sync-even, sync-auto, diloco-even, ",
+           "diloco-auto) compare 2 centres, a fast and a slow one; use --centres 2 (got ", o.centres, ")");
+  for (const std::string& q : o.cpu_quota) {
+    const size_t eq = q.find('=');
+    const int k = q.rfind("centre", 0) == 0 && eq != std::string::npos ? std::atoi(q.c_str() + 6) : -1;
+    const double cores = eq != std::string::npos ? std::atof(q.c_str() + eq + 1) : 0;
+    AQ_CHECK(k >= 0 && k < o.centres && cores >= 0.01, "--cpu-quota ", q, " must be centreK=CORES with K < ",
+             o.centres, " and CORES >= 0.01, e.g. centre1=0.5");
+  }
+  if (!o.cpu_quota.empty() && !std::ifstream("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").good()) {
+    std::printf("aq-bench wan: SKIP: --cpu-quota needs the cgroup v1 cpu controller at /sys/fs/cgroup/cpu, which "
+                "this machine lacks\n");
+    std::exit(77);
+  }
   rate_bytes_per_s(o.rate);
   const std::string bin = self.substr(0, self.rfind('/'));
   g_testbed = std::string(AQ_SOURCE_DIR) + "/scripts/wan_testbed.sh";
@@ -294,17 +318,19 @@ void wan(const WanOptions& o, const std::string& self) {
   char tmpl[] = "/tmp/aq-bench-wan-XXXXXX";
   AQ_CHECK(::mkdtemp(tmpl) != nullptr, "cannot create a temporary directory under /tmp");
   const std::string tmp = tmpl;
-  g_tmp = tmp;  // removed on every exit from here on, early ones included
+  // The temporary directory and (once up) the testbed are removed on every exit from here on: errors return
+  // through run_main to exit(), which runs these; signals through on_signal (testbed_down does nothing until
+  // g_name is set).
+  std::snprintf(g_tmp, sizeof(g_tmp), "%s", tmp.c_str());
   std::atexit(remove_tmp);
-  std::fprintf(stderr, "[wan] preparing data: %s\n", o.text.c_str());
-  must_run(bin + "/aq-prepare --out " + tmp + "/data " + o.text + " > /dev/null", "aq-prepare");
-
-  // The testbed, removed on every exit from here on.
-  g_name = str("aqb", ::getpid() % 1000000);
   std::atexit(testbed_down);
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   std::signal(SIGHUP, on_signal);
+  std::fprintf(stderr, "[wan] preparing data: %s\n", o.text.c_str());
+  must_run(bin + "/aq-prepare --out " + tmp + "/data " + o.text + " > /dev/null", "aq-prepare");
+
+  g_name = str("aqb", ::getpid() % 1000000);
   {
     std::string up;
     const int rc =
@@ -353,14 +379,19 @@ void wan(const WanOptions& o, const std::string& self) {
                  " --data ", data, " --save-calibration ", sh_quote(compute_cal)),
              "compute calibration");
     cost::Calibration run_cal = cal;
-    run_cal.compute_s_per_token = load_calibration(compute_cal).compute_s_per_token;
+    const cost::Calibration fresh = load_calibration(compute_cal);
+    run_cal.compute_s_per_token = fresh.compute_s_per_token;
+    run_cal.centre_compute_s_per_token = fresh.centre_compute_s_per_token;
+    // Warm-up steps left out of the figures: 2, and under --balance auto also its timed steps (the split or pace
+    // applies from the step after them: 1 warm-up + 3 timed, see TrainConfig::balance_steps).
+    const int skip = rc.balance == "auto" ? 5 : 2;
     const auto before = link_tx(g_testbed, g_name);
     const double t0 = steady_ms();
     std::string out;
     const std::string cmd =
         str("timeout ", 600 + 10 * o.steps, " ", run_prefix, self, " wan-worker --config ", o.config, " --steps ",
             o.steps, " --threads ", o.threads, " --lr ", o.lr, " --eval-batches ", o.eval_batches, " --data ", data,
-            " --val-data ", val, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress, " --error-feedback ", rc.ef,
+            " --val-data ", val, " --skip ", skip, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress, " --error-feedback ", rc.ef,
             " --log ", sh_quote(log),
             rc.H > 0 ? str(" --outer diloco --outer-steps ", rc.H, " --outer-fragments ", rc.F, " --outer-overlap ", rc.tau)
                      : std::string(),
@@ -380,7 +411,7 @@ void wan(const WanOptions& o, const std::string& self) {
     while (std::getline(f, line)) {
       const nlohmann::json j = nlohmann::json::parse(line);
       if (j.contains("split")) continue;
-      if (j.at("step").get<int>() <= 2 && o.steps > 2) continue;
+      if (j.at("step").get<int>() <= skip && o.steps > skip) continue;
       ms.push_back(j.at("ms").get<double>());
       exp.push_back(j.value("exposed_comm_ms", 0.0));
       wb.push_back(j.value("wan_bytes", 0.0));
@@ -444,9 +475,14 @@ void wan(const WanOptions& o, const std::string& self) {
     }
     if (!rc.balance.empty() || rc.key == "alone") {
       m.pred_balance = predict_balance(rc, job, run_cal, per, o);
-      // The step with its micro-batches; a DiLoCo window's mean step.
-      if (!rc.balance.empty())
-        m.pred_step_ms = m.pred_balance.period_s * 1e3 / static_cast<double>(rc.H > 0 ? rc.H : 1);
+      // The step with its micro-batches, or a DiLoCo window's mean step: the slowest centre's compute, and what
+      // the step (window) adds after it.
+      if (!rc.balance.empty()) {
+        const double per = 1e3 / static_cast<double>(rc.H > 0 ? rc.H : 1);
+        m.pred_step_ms = m.pred_balance.period_s * per;
+        m.pred_compute_ms = m.pred_balance.compute_s * per;
+        m.pred_exposed_ms = m.pred_step_ms - m.pred_compute_ms;
+      }
     }
     std::fprintf(stderr, "[wan] %s: %.1f ms/step, exposed %.1f ms (rank 0), %.1f ms (slowest rank), %.0f s\n",
                  rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wall_s);
@@ -597,10 +633,11 @@ int wan_main(int argc, char** argv) {
                  "rank), diloco-even, diloco-auto (H 50, --balance auto)")
       ->capture_default_str();
   app.add_option("--cpu-quota", o.cpu_quota,
-                 "centreK=CORES: hold a centre to that many cores (the testbed's cgroup quota), repeatable; with "
-                 "the configurations sync-even, sync-auto, diloco-even, diloco-auto and alone");
-  app.add_option("--grad-accum", o.grad_accum, "Micro-batches per rank and step of sync-even and sync-auto")
-      ->capture_default_str();
+                 "centreK=CORES: hold a centre's ranks to that many cores (the testbed's cgroup quota) in every run "
+                 "and calibration, repeatable; the balance configurations compare such centres");
+  CLI::Option* accum = app.add_option("--grad-accum", o.grad_accum,
+                                      "Micro-batches per rank and step of sync-even and sync-auto")
+                           ->capture_default_str();
   app.add_option("--text", o.text, "Text files for aq-prepare (shell glob)")->capture_default_str();
   app.add_option("--calibration", o.calibration, "Use this calibration instead of calibrating on the testbed");
   app.add_option("--save-calibration", o.save_calibration, "Keep the testbed's calibration here");
@@ -609,7 +646,10 @@ int wan_main(int argc, char** argv) {
   app.add_option("--out", o.out, "Output prefix: PREFIX.csv, PREFIX.png, PREFIX_<config>.jsonl/.log")
       ->capture_default_str();
   const std::string self = self_exe(argv[0]);
-  return run_main("aq-bench wan", app, argc, argv, [&] { wan(o, self); });
+  return run_main("aq-bench wan", app, argc, argv, [&] {
+    o.grad_accum_given = accum->count() > 0;
+    wan(o, self);
+  });
 }
 
 }  // namespace aq::bench

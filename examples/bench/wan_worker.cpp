@@ -108,6 +108,7 @@ int wan_worker_main(int argc, char** argv) {
   app.add_option("--grad-accum", o.grad_accum, "Micro-batches per step")->capture_default_str();
   app.add_option("--balance", o.balance, "off | auto | K0,K1,... (aq-train's --balance)")->capture_default_str();
   app.add_option("--log", o.log, "Rank 0's JSONL");
+  app.add_option("--skip", o.skip, "Warm-up steps left out of the figures")->capture_default_str();
   ParallelContext& ctx = ParallelContext::init(&argc, &argv);
   return run_main("aq-bench wan-worker", app, argc, argv, ctx, [&] { worker(ctx, o); });
 }

@@ -65,7 +65,7 @@ expect_fail() {
     fail "$name" "crash output on stderr: $err"
   elif [[ $lines != 1 || -z ${err//[[:space:]]/} ]]; then
     fail "$name" "stderr has $lines line(s), expected exactly one: $(tr '\n' '|' <"$TMP/stderr")"
-  elif ! grep -qE '^aq-[a-z]+: error: ' "$TMP/stderr"; then
+  elif ! grep -qE '^aq-[a-z]+( [a-z-]+)?: error: ' "$TMP/stderr"; then  # "aq-bench wan: error: " for a subcommand
     fail "$name" "stderr line lacks the '<program>: error: ' prefix: $err"
   elif ! grep -qE -- "$regex" "$TMP/stderr"; then
     fail "$name" "stderr does not match /$regex/: $err"
@@ -186,6 +186,14 @@ expect_fail device_unknown '--device must be cpu, cuda or auto \(got tpu\)' 1 --
 expect_fail bench_unknown_config 'unknown --config nope \(choose ' 1 -- "$BIN/aq-bench" --config nope --threads 1
 expect_fail bench_dtype_unknown '--dtype must be fp32, bf16 or auto \(got fp16\)' 1 -- \
   "$BIN/aq-bench" --config tiny --steps 1 --threads 1 --dtype fp16
+if [[ $(id -u) -eq 0 ]]; then  # aq-bench wan skips (77) before any check without root
+  expect_fail bench_wan_accum_unused '--grad-accum applies to sync-even and sync-auto only' 1 -- \
+    "$BIN/aq-bench" wan --configs flat --grad-accum 4
+  expect_fail bench_wan_balance_centres 'compare 2 centres, a fast and a slow one; use --centres 2 \(got 3\)' 1 -- \
+    "$BIN/aq-bench" wan --centres 3 --configs sync-auto
+  expect_fail bench_wan_quota_bad '--cpu-quota centre5=0.5 must be centreK=CORES with K < 2' 1 -- \
+    "$BIN/aq-bench" wan --configs alone --cpu-quota centre5=0.5
+fi
 expect_fail bench_peak_negative '--peak-tflops must be >= 0' 1 -- "$BIN/aq-bench" --config tiny --peak-tflops -1
 expect_fail bench_profile_on_gpu '--profile times CPU kernels' 1 -- \
   "$BIN/aq-bench" --config tiny --steps 1 --threads 1 --profile --device cuda

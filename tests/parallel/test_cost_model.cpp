@@ -56,8 +56,9 @@ TEST(CostModel, DiLoCoAmortisesAndHidesTheOuterExchange) {
 }
 
 TEST(CostModel, DealBySpeedMinimisesTheSlowestRank) {
-  // Times per micro-batch 1 and 2.2 (a centre at under half speed), 16 micro-batches: 11 + 5 (step 11), where
-  // the rounded ideal shares 11.03 + 4.97 → 10 + 6 would take 13.2.
+  // 15 micro-batches at 1 and 1.3 ms: 9 + 6 (step 9 ms), where the ideal shares 8.48 + 6.52 round to 8 + 7
+  // (step 9.1 ms).
+  EXPECT_EQ(deal_by_speed({1.0, 1.3}, 15), (std::vector<int>{9, 6}));
   EXPECT_EQ(deal_by_speed({1.0, 2.2}, 16), (std::vector<int>{11, 5}));
   EXPECT_EQ(deal_by_speed({0.4, 2.0 / 3.0}, 4), (std::vector<int>{3, 1}));  // finish times 1.2 and 0.67
   EXPECT_EQ(deal_by_speed({1.0, 1.0, 1.0, 1.0}, 4), (std::vector<int>{1, 1, 1, 1}));
@@ -88,6 +89,7 @@ TEST(CostModel, BalancedSynchronousStepClosedForm) {
   const BalancePrediction b = predict_balance_sync(j, true);
   EXPECT_EQ(b.share, (std::vector<int64_t>{4, 2}));
   EXPECT_NEAR(b.period_s, 0.045, 1e-12);
+  EXPECT_NEAR(b.compute_s, 0.040, 1e-12);
   EXPECT_NEAR(b.waiting_share[0], 5.0 / 45, 1e-12);
   EXPECT_NEAR(b.waiting_share[1], 5.0 / 45, 1e-12);
   EXPECT_NEAR(b.tokens_per_s, 100 / 0.045, 1e-6);
@@ -111,6 +113,8 @@ TEST(CostModel, PacedDiLoCoWindowClosedForm) {
   j.outer_s_per_window = 0.05;
   EXPECT_EQ(pace_by_speed({10.0, 25.0}, 20), (std::vector<int64_t>{20, 8}));
   EXPECT_EQ(pace_by_speed({10.0, 1e9}, 20), (std::vector<int64_t>{20, 1}));  // at least one step
+  EXPECT_THROW(pace_by_speed({}, 20), Error);
+  EXPECT_THROW(pace_by_speed({10.0}, 0), Error);
   // Paced: 20 · 10 ms and 8 · 25 ms = 200 ms each, + 50 ms; 28 steps of 10 tokens in 250 ms.
   const BalancePrediction p = predict_balance_diloco(j, true);
   EXPECT_EQ(p.share, (std::vector<int64_t>{20, 8}));
