@@ -15,6 +15,7 @@
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/registry.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -134,6 +135,15 @@ AqStatus gelu_bwd(void*, const AqKernelArgs* a, AqError* e) {
     using T = typename decltype(tag)::type;
     if (!ptr<T>(a->outputs[0])) return;  // no gradient wanted
     typed<typename Gelu<T>::Backward>("gelu_backward", dev, dtype_of<T>())(
+        ptr<T>(a->outputs[0]), ptr<T>(a->inputs[0]), ptr<T>(a->inputs[1]), aq_tensor_numel(a->inputs[0]));
+  });
+}
+
+// ---- add: a (any), b (same) -> out = a + b; no backward (the gradient is dout for both) ---------------------
+AqStatus add_fwd(void*, const AqKernelArgs* a, AqError* e) {
+  return dispatch(a, e, "aq::add", [&](auto tag, Device dev) {
+    using T = typename decltype(tag)::type;
+    typed<typename Residual<T>::Forward>("residual_forward", dev, dtype_of<T>())(
         ptr<T>(a->outputs[0]), ptr<T>(a->inputs[0]), ptr<T>(a->inputs[1]), aq_tensor_numel(a->inputs[0]));
   });
 }
@@ -422,6 +432,13 @@ std::vector<BuiltinAdapter> make_table() {
     a.forward = gelu_fwd;
     a.backward = gelu_bwd;
     a.probe.inputs = {{12, 7}};
+    t.push_back(a);
+  }
+  {
+    BuiltinAdapter a;
+    a.op = "aq::add";
+    a.forward = add_fwd;
+    a.probe.inputs = {{12, 7}, {12, 7}};
     t.push_back(a);
   }
   {

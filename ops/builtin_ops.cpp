@@ -131,6 +131,14 @@ void same_as_input(ShapeCall& s) {
   s.out(0).dtype = s.kernel_dtype();
 }
 
+void add_shape(ShapeCall& s) {
+  const AqTensorDesc &a = s.in(0), &b = s.in(1);
+  bool same = a.ndim == b.ndim;
+  for (int i = 0; same && i < a.ndim; ++i) same = a.shape[i] == b.shape[i];
+  expect(same, "aq::add", "a " + dims(a) + " and b " + dims(b) + " must have the same shape");
+  same_as_input(s);
+}
+
 void softmax_xent_shape(ShapeCall& s) {
   const AqTensorDesc &logits = s.in(0), &targets = s.in(1);
   expect(targets.shape[0] == logits.shape[0], "aq::softmax_xent",
@@ -316,6 +324,19 @@ void declare_builtin_ops(OpRegistry& r) {
         .sharding("elementwise", {ANY}, {ANY}, {ANY})
         .sharding("replicated", {B}, {B}, {B});
     declare(r, b, {"gelu_forward", "gelu_backward", {}});
+  }
+  {
+    OpBuilder b("aq::add", 1);
+    b.doc(
+         "out = a + b elementwise: the residual add, which the built-in norms fuse and a norm from the registry "
+         "(ModelConfig::norm_op) runs after it; its gradient is dout for both, passed on without a kernel")
+        .input("a", T_, -1, "any")
+        .input("b", T_, -1, "same as a")
+        .output("out", T_, -1, "same as a")
+        .shape(add_shape)
+        .sharding("elementwise", {ANY, ANY}, {ANY}, {NONE, NONE})
+        .sharding("replicated", {B, B}, {B}, {NONE, NONE});
+    declare(r, b, {"residual_forward", "", {}});
   }
   {
     OpBuilder b("aq::softmax_xent", 1);

@@ -8,6 +8,7 @@
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/registry.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -26,6 +27,7 @@ void register_builtin_kernels(Registry& r) {
   register_rmsnorm_cpu(r);
   register_swiglu_cpu(r);
   register_rope_cpu(r);
+  register_residual_cpu(r);
 #ifdef AQ_HAVE_CUDA
   register_embedding_cuda(r);
   register_layernorm_cuda(r);
@@ -37,6 +39,7 @@ void register_builtin_kernels(Registry& r) {
   register_rmsnorm_cuda(r);
   register_swiglu_cuda(r);
   register_rope_cuda(r);
+  register_residual_cuda(r);
 #endif
 }
 

@@ -83,6 +83,107 @@ TEST(Llama, WholeModelGradientMatchesFiniteDifferences) {
   expect_gradient_matches_finite_differences(tiny_llama(/*tied=*/true));
 }
 
+// ---- the norm slot (ModelConfig::norm_op) -------------------------------------------------------------------
+
+ModelConfig with_norm(ModelConfig c, const std::string& op) {
+  c.norm_op = op;
+  return c;
+}
+
+// Three steps of plain SGD on two float models from the same weights: every loss and every gradient equal bit for
+// bit. The generic path adds the residual with its own kernel and then runs the norm on the sum; the fused kernels
+// do the same float addition and the same row normalisation, and backward calls the same typed kernels through the
+// adapters, so nothing may differ at all.
+void expect_trains_bit_for_bit(const ModelConfig& a_cfg, const ModelConfig& b_cfg) {
+  const int B = 3, T = 7;
+  Transformer<float> a(a_cfg, B, T), b(b_cfg, B, T);
+  ASSERT_EQ(a.buffer_size(), b.buffer_size());
+  randomize(a, 21);
+  std::copy(a.params(), a.params() + a.buffer_size(), b.params());
+  for (int step = 0; step < 3; ++step) {
+    auto inp = test::random_tokens(B * T, 11, 30 + step), tgt = test::random_tokens(B * T, 11, 40 + step);
+    const double la = a.forward_backward(inp.data(), tgt.data(), B, T);
+    const double lb = b.forward_backward(inp.data(), tgt.data(), B, T);
+    EXPECT_EQ(la, lb) << "step " << step;
+    for (int64_t i = 0; i < a.buffer_size(); ++i) {
+      ASSERT_EQ(a.grads()[i], b.grads()[i]) << "step " << step << ", gradient element " << i;
+      a.params()[i] -= 0.1f * a.grads()[i];
+      b.params()[i] -= 0.1f * b.grads()[i];
+    }
+  }
+}
+
+TEST(NormSlot, BuiltInNormsThroughTheGenericPathTrainBitForBitLikeTheFusedOnes) {
+  expect_trains_bit_for_bit(tiny_config(), with_norm(tiny_config(), "aq::layernorm"));
+  expect_trains_bit_for_bit(tiny_llama(), with_norm(tiny_llama(), "aq::rmsnorm"));
+}
+
+TEST(NormSlot, GradientsMatchFiniteDifferencesAcrossFamilies) {
+  expect_gradient_matches_finite_differences(with_norm(tiny_config(), "aq::rmsnorm"));   // GPT-2 with RMSNorm
+  expect_gradient_matches_finite_differences(with_norm(tiny_llama(), "aq::layernorm"));  // a Llama with LayerNorm
+}
+
+// The slot's tensors keep the slot's names; a bias exists iff the operator takes one; weights start at 1, biases 0.
+TEST(NormSlot, ParameterNamesFollowTheSlotAndTheOperatorsInputs) {
+  const auto names = [](const ModelConfig& c) {
+    Transformer<float> m(c, 1, 4);
+    m.init_random(3);
+    std::map<std::string, float> first;  // name -> its first element
+    for (const ParamInfo& p : m.params_info()) first[p.name] = m.params()[p.offset];
+    return first;
+  };
+  const auto gpt2 = names(with_norm(tiny_config(), "aq::rmsnorm"));
+  EXPECT_EQ(gpt2.count("h.0.ln_1.weight"), 1u);
+  EXPECT_EQ(gpt2.count("h.0.ln_1.bias") + gpt2.count("h.1.ln_2.bias") + gpt2.count("ln_f.bias"), 0u);
+  EXPECT_EQ(gpt2.at("ln_f.weight"), 1.0f);
+  EXPECT_EQ(gpt2.count("h.1.attn.c_proj.bias"), 1u);  // only the norms lose their bias
+  EXPECT_EQ(names(tiny_config()).size(), gpt2.size() + 2 * 2 + 1);
+  const auto llama = names(with_norm(tiny_llama(), "aq::layernorm"));
+  for (const char* n : {"model.layers.0.input_layernorm", "model.layers.1.post_attention_layernorm", "model.norm"}) {
+    EXPECT_EQ(llama.at(std::string(n) + ".weight"), 1.0f) << n;
+    EXPECT_EQ(llama.at(std::string(n) + ".bias"), 0.0f) << n;
+  }
+  EXPECT_EQ(llama.size(), names(tiny_llama()).size() + 2 * 2 + 1);
+}
+
+class NormSlotFiles : public test::TempDirTest {};
+
+// config.json and the checkpoint metadata carry the slot under "norm_op", only when it is filled.
+TEST_F(NormSlotFiles, TheSlotTravelsInConfigJsonAndMetadata) {
+  const std::string& dir = dir_;
+  EXPECT_EQ(tiny_config().to_hf_config_json().find("norm_op"), std::string::npos);
+  EXPECT_EQ(tiny_llama().to_metadata().count("norm_op"), 0u);
+  for (const ModelConfig& c : {with_norm(tiny_config(), "aq::rmsnorm"), with_norm(tiny_llama(), "aq::layernorm")}) {
+    std::ofstream(dir + "/config.json") << c.to_hf_config_json();
+    EXPECT_EQ(read_hf_config(dir + "/config.json"), c);
+    EXPECT_NE(c.describe().find(" norm " + c.norm_op), std::string::npos) << c.describe();
+    Transformer<double> m(c, 1, 4);
+    randomize(m, 5);
+    write_safetensors(dir + "/m.safetensors", m.gather_full(), c.to_metadata());
+    SafeTensorsReader f(dir + "/m.safetensors");
+    EXPECT_EQ(read_checkpoint_config(f, 0), c);
+    Transformer<double> back(c, 1, 4);
+    back.load(f);
+    for (int64_t i = 0; i < m.buffer_size(); ++i) ASSERT_EQ(m.params()[i], back.params()[i]) << i;
+  }
+  std::ofstream(dir + "/bad.json") << R"({"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 8,
+      "vocab_size": 11, "n_positions": 7, "norm_op": "rmsnorm"})";
+  test::expect_error([&] { read_hf_config(dir + "/bad.json"); },
+                     {dir + "/bad.json", "norm_op \"rmsnorm\" is not an operator name", "ns::op"});
+}
+
+// Built-in operators that do not fit the slot, refused at construction in one line naming the operator and why
+// (plugin operators that break the contract are refused through aq-train in tests/plugin/norm_slot.sh).
+TEST(NormSlot, OperatorsOutsideTheContractAreRefusedAtConstruction) {
+  test::expect_error([] { Transformer<float>(with_norm(tiny_config(), "nowhere::norm"), 1, 4); },
+                     {"norm_op nowhere::norm is not a registered operator", "--plugin"});
+  test::expect_error([] { Transformer<float>(with_norm(tiny_config(), "aq::gelu"), 1, 4); },
+                     {"norm_op aq::gelu has 1 inputs and 1 outputs", "inp [N,C], w [C] and optionally b [C]"});
+  // matmul's input gradient is written, not added: the residual stream's gradient would lose the branch's.
+  test::expect_error([] { Transformer<float>(with_norm(tiny_llama(), "aq::matmul"), 1, 4); },
+                     {"norm_op aq::matmul overwrites the gradient of its input \"inp\"", "AQ_TENSOR_GRAD_ACCUMULATES"});
+}
+
 class LlamaFiles : public test::TempDirTest {};
 
 TEST_F(LlamaFiles, HuggingFaceTensorsRoundTripThroughThePackedLayout) {

@@ -15,6 +15,7 @@
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -332,6 +333,26 @@ TEST(Attention, QueryBlocksMatchNaiveAtLongOddSequences) {
 }
 
 // ---- gelu -------------------------------------------------------------------------------------------------
+
+// Closed form: a_i = i/8 and b_i = 3 - i/4 are exact in float, and so is their sum 3 - i/8 (n odd, small); out
+// poisoned with NaN first, so an unwritten element shows. In place (out aliasing a) gives the same.
+TEST(Residual, ForwardIsTheElementwiseSumAndMayRunInPlace) {
+  for (int64_t n : {1, 7, 1001}) {
+    V a(n), b(n), expect(n), out(n, NAN);
+    for (int64_t i = 0; i < n; ++i) {
+      a[i] = static_cast<double>(i) / 8, b[i] = 3 - static_cast<double>(i) / 4;
+      expect[i] = 3 - static_cast<double>(i) / 8;
+    }
+    kernel<ops::Residual<double>::Forward>("residual_forward", DType::F64)(out.data(), a.data(), b.data(), n);
+    EXPECT_EQ(out, expect) << "n=" << n;
+    auto af = cast<float>(a), bf = cast<float>(b);
+    std::vector<float> outf(n, NAN);
+    kernel<ops::Residual<float>::Forward>("residual_forward", DType::F32)(outf.data(), af.data(), bf.data(), n);
+    EXPECT_EQ(outf, cast<float>(expect)) << "n=" << n;
+    kernel<ops::Residual<float>::Forward>("residual_forward", DType::F32)(af.data(), af.data(), bf.data(), n);
+    EXPECT_EQ(af, outf) << "in place, n=" << n;
+  }
+}
 
 TEST(Gelu, ForwardMatchesClosedFormAndBackwardMatchesFiniteDifferences) {
   const int n = 1001;
@@ -909,6 +930,7 @@ TEST(Registry, EveryRegisteredOpIsCoveredByThisFile) {
                                         "multi_sum_squares", "rmsnorm_forward", "residual_rmsnorm_forward",
                                         "rmsnorm_backward", "swiglu_forward", "swiglu_backward", "rope_forward",
                                         "rope_backward", "attention_gqa_forward", "attention_gqa_backward",
+                                        "residual_forward",
                                         "cast_to_working"};  // CUDA only: tests/ops/test_ops_cuda_bf16.cpp
   for (const std::string& k : ops::Registry::instance().list()) {
     const std::string op = k.substr(0, k.find('/'));

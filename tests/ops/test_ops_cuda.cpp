@@ -15,6 +15,7 @@
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/layernorm/layernorm.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/swiglu/swiglu.h"
@@ -290,6 +291,20 @@ TEST(CudaOps, RmsNormForwardAndBackward) {
   EXPECT_EQ(gres.read(), res);  // one fp32 addition either way
   EXPECT_LT(rel_err(gout2.read(), out), 1e-5);
   EXPECT_LT(rel_err(grs2.read(), rs), 1e-5);
+}
+
+// One fp32 addition on either device: bit-identical, also in place (out aliasing a).
+TEST(CudaOps, ResidualForwardAndInPlace) {
+  AQ_REQUIRE_GPU();
+  for (int64_t n : {1, 7, 4099}) {
+    F a = randn<float>(n, 50), b = randn<float>(n, 51), out(n, NAN);
+    cpu<ops::Residual<float>::Forward>("residual_forward")(out.data(), a.data(), b.data(), n);
+    Dev<float> ga(a), gb(b), gout(F(n, NAN));
+    gpu<ops::Residual<float>::Forward>("residual_forward")(gout.get(), ga.get(), gb.get(), n);
+    EXPECT_EQ(gout.read(), out) << "n=" << n;
+    gpu<ops::Residual<float>::Forward>("residual_forward")(ga.get(), ga.get(), gb.get(), n);
+    EXPECT_EQ(ga.read(), out) << "in place, n=" << n;
+  }
 }
 
 TEST(CudaOps, SwiGluForwardBackwardAndInPlace) {

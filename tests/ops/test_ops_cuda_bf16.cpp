@@ -74,7 +74,7 @@ TEST(CudaBf16, EveryKernelTheModelUsesHasABf16Version) {
                          "rmsnorm_backward",      "swiglu_forward",
                          "swiglu_backward",       "rope_forward",
                          "rope_backward",         "attention_gqa_forward",
-                         "attention_gqa_backward"})
+                         "attention_gqa_backward", "residual_forward"})
     EXPECT_TRUE(r.contains(op, Device::CUDA, DType::BF16)) << op << " has no CUDA bf16 kernel";
 }
 
