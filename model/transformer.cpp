@@ -31,8 +31,8 @@ void ModelConfig::validate() const {
   AQ_CHECK(vocab_size >= 2 && vocab_size <= 65535, "vocabulary size ", vocab_size,
            " is out of range: tokens are stored as uint16, so 2 <= V <= 65535");
   AQ_CHECK(max_seq >= 1, "--max-seq must be >= 1 (got ", max_seq, ")");
-  AQ_CHECK(mlp_activation.empty() || !llama(), "activation_function ", mlp_activation, ": a registered operator ",
-           "replaces the GELU of the GPT-2 family's MLP; a Llama's MLP is gated (SwiGLU) and keeps it");
+  AQ_CHECK(mlp_activation.empty() || mlp_activation.find("::") != std::string::npos, "MLP activation \"",
+           mlp_activation, "\" is not an operator name: give a registered operator named ns::op");
   AQ_CHECK(
       norm_op.empty() || norm_op.find("::") != std::string::npos, "norm_op \"", norm_op, "\" is not an ",
       "operator name: give a registered operator named ns::op (aq::layernorm, aq::rmsnorm, or one from a --plugin), ",
@@ -61,6 +61,12 @@ std::string exact(double v) {
   return buf;
 }
 
+// A Llama's hidden_act for its MLP activation: silu (SwiGLU, the fused path) for none, HF's name for GeGLU's.
+std::string llama_hidden_act(const std::string& act) {
+  if (act.empty()) return "silu";
+  return act == "aq::gelu" ? "gelu_pytorch_tanh" : act;
+}
+
 nlohmann::ordered_json hf_config_of_family(const ModelConfig& c) {
   if (!c.llama())
     return {{"architectures", {"GPT2LMHeadModel"}},
@@ -86,7 +92,7 @@ nlohmann::ordered_json hf_config_of_family(const ModelConfig& c) {
           {"rms_norm_eps", c.norm_eps},
           {"rope_theta", c.rope_theta},
           {"tie_word_embeddings", c.tied_head},
-          {"hidden_act", "silu"},
+          {"hidden_act", llama_hidden_act(c.mlp_activation)},
           {"attention_bias", false},
           {"mlp_bias", false}};
 }
@@ -163,8 +169,14 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
              "without it");
     AQ_CHECK(!flag("attention_bias", false) && !flag("mlp_bias", false), where,
              ": attention_bias / mlp_bias are not supported (the Llama blocks here have no biases)");
+    // HF Llama: down(act_fn(gate(x)) · up(x)). silu is the fused SwiGLU; gelu_pytorch_tanh (HF's GeGLU) is the
+    // built-in aq::gelu; any other registered operator by its name.
     const std::string act = j.value("hidden_act", "silu");
-    AQ_CHECK(act == "silu", where, ": hidden_act \"", act, "\" is not supported (SwiGLU uses silu)");
+    AQ_CHECK(act == "silu" || act == "gelu_pytorch_tanh" || act.find("::") != std::string::npos, where,
+             ": hidden_act \"", act,
+             "\" is not one Aqueduct runs: silu (SwiGLU), gelu_pytorch_tanh (GeGLU, aq::gelu), ",
+             "or a registered operator named ns::op (from a --plugin)");
+    c.mlp_activation = act == "silu" ? "" : act == "gelu_pytorch_tanh" ? "aq::gelu" : act;
   }
   if (j.contains("norm_op")) {
     AQ_CHECK(j.at("norm_op").is_string(), where, ": \"norm_op\" is not a string (an operator name, ns::op)");
@@ -206,7 +218,8 @@ std::string ModelConfig::describe() const {
     return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq,
                mlp_activation.empty() ? "" : " activation " + mlp_activation, norm);
   return str("Llama L=", n_layer, " H=", n_head, " KV=", kv_heads(), " C=", n_embd, " F=", ffn(), " V=", vocab_size,
-             " maxT=", max_seq, " theta=", rope_theta, tied_head ? " tied" : "", norm);
+             " maxT=", max_seq, " theta=", rope_theta, tied_head ? " tied" : "",
+             mlp_activation.empty() ? "" : " activation " + mlp_activation, norm);
 }
 
 ModelConfig read_hf_config(const std::string& path) {
@@ -497,35 +510,34 @@ namespace {
 
 // A registered operator placed as the MLP activation must be elementwise-shaped (one input, one output of the
 // same shape), have a backward and a kernel for the model's device and dtype, and — with tensor parallelism,
-// where its input is this rank's columns of c_fc's output — a sharding rule that splits dimension 1 of its input,
-// its output and its input's gradient. Each failure is one line naming the operator and the fix.
-const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType dt, int tp) {
+// where its input is this rank's columns of c_fc's output (a Llama's: of the gate) — a sharding rule that splits
+// dimension 1 of its input, its output and its input's gradient. Each failure is one line naming the config key
+// (`key`: activation_function, or a Llama's hidden_act), the operator and the fix.
+const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType dt, int tp, const char* key) {
   const ops::OpDef* op = ops::OpRegistry::instance().find(name);
-  AQ_CHECK(op != nullptr, "activation_function ", name, " is not a registered operator; load the plugin that ",
+  AQ_CHECK(op != nullptr, key, " ", name, " is not a registered operator; load the plugin that ",
            "declares it with --plugin lib.so (or AQ_PLUGIN_PATH)");
-  AQ_CHECK(op->inputs.size() == 1 && op->outputs.size() == 1, "activation_function ", name, " has ", op->inputs.size(),
+  AQ_CHECK(op->inputs.size() == 1 && op->outputs.size() == 1, key, " ", name, " has ", op->inputs.size(),
            " inputs and ", op->outputs.size(), " outputs; the MLP activation slot takes one of each");
-  AQ_CHECK(op->has_backward, "activation_function ", name,
-           " declares no backward, so the model cannot train through it");
-  AQ_CHECK(op->kernel(dev, dt) != nullptr, "activation_function ", name, " has no kernel for ", device_name(dev), "/",
-           dtype_name(dt), "; its plugin provides: ", [&] {
+  AQ_CHECK(op->has_backward, key, " ", name, " declares no backward, so the model cannot train through it");
+  AQ_CHECK(op->kernel(dev, dt) != nullptr, key, " ", name, " has no kernel for ", device_name(dev), "/", dtype_name(dt),
+           "; its plugin provides: ", [&] {
              std::string k;
              for (const ops::KernelEntry& e : op->kernels)
                k += str(k.empty() ? "" : ", ", device_name(e.device), "/", dtype_name(e.dtype));
              return k;
            }());
-  AQ_CHECK(op->kernel(dev, dt)->forward != nullptr && op->kernel(dev, dt)->backward != nullptr, "activation_function ",
-           name, " has no forward and backward the generic call path can run on ", device_name(dev), "/",
-           dtype_name(dt), " (a built-in without an adapter in ops/builtin_adapters.cpp)");
-  AQ_CHECK(op->attrs.empty(), "activation_function ", name, " declares ", op->attrs.size(), " attribute(s); the MLP ",
+  AQ_CHECK(op->kernel(dev, dt)->forward != nullptr && op->kernel(dev, dt)->backward != nullptr, key, " ", name,
+           " has no forward and backward the generic call path can run on ", device_name(dev), "/", dtype_name(dt),
+           " (a built-in without an adapter in ops/builtin_adapters.cpp)");
+  AQ_CHECK(op->attrs.empty(), key, " ", name, " declares ", op->attrs.size(), " attribute(s); the MLP ",
            "activation slot passes none, so it takes operators without attributes");
   static double probe[60];  // a [6, 10] input the shape function may look at but never reads
   const ops::ShapeResult shape = ops::OpRegistry::instance().infer(name, dt, {Tensor(probe, dt, {6, 10}, dev)}, {});
-  AQ_CHECK(shape.shapes.size() == 1 && shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt,
-           "activation_function ", name, " maps a [6, 10] input to ",
-           shape.shapes.empty() ? "nothing" : shape_str(shape.shapes[0]),
+  AQ_CHECK(shape.shapes.size() == 1 && shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt, key, " ", name,
+           " maps a [6, 10] input to ", shape.shapes.empty() ? "nothing" : shape_str(shape.shapes[0]),
            "; the MLP activation slot needs an output of the input's shape and dtype");
-  AQ_CHECK(shape.workspace_bytes == 0, "activation_function ", name, " asks for ", shape.workspace_bytes,
+  AQ_CHECK(shape.workspace_bytes == 0, key, " ", name, " asks for ", shape.workspace_bytes,
            " bytes of workspace, which the MLP activation slot does not provide");
   if (tp == 1) return *op;
   const auto splits_dim1 = [](int32_t p) { return p == 1 || p == AQ_SBP_SPLIT_ANY; };
@@ -535,7 +547,7 @@ const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType
     rules += str(rules.empty() ? "" : ", ", r.name, " (in ", ops::sbp_str(r.inputs.at(0)), ", out ",
                  ops::sbp_str(r.outputs.at(0)), ")");
   }
-  fail(str("--tp ", tp, ": activation_function ", name, " would run on this rank's columns of mlp.c_fc's output, but ",
+  fail(str("--tp ", tp, ": ", key, " ", name, " would run on this rank's columns of mlp.c_fc's output, but ",
            "none of its sharding rules splits dimension 1 of its input, output and gradient (",
            rules.empty() ? "it declares none" : rules, "); run it with --tp 1, or declare such a rule in its plugin"));
 }
@@ -710,7 +722,18 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_l
     k_.attention_gqa_forward = reg.find<typename ops::Attention<T>::ForwardGqa>("attention_gqa_forward", dev, dt);
     k_.attention_gqa_backward = reg.find<typename ops::Attention<T>::BackwardGqa>("attention_gqa_backward", dev, dt);
   }
-  if (!cfg_.mlp_activation.empty()) act_saved_ = check_activation_op(cfg_.mlp_activation, dev, dt, tp_.size).saved;
+  if (!cfg_.mlp_activation.empty()) {
+    const ops::OpDef& op = check_activation_op(cfg_.mlp_activation, dev, dt, tp_.size,
+                                               cfg_.llama() ? "hidden_act" : "activation_function");
+    act_saved_ = op.saved;
+    act_accumulates_ = (op.inputs[0].flags & AQ_TENSOR_GRAD_ACCUMULATES) != 0;
+    if (cfg_.llama()) {
+      k_.glu_split = reg.find<typename ops::Glu<T>::Split>("glu_split", dev, dt);
+      k_.glu_forward = reg.find<typename ops::Glu<T>::Forward>("glu_forward", dev, dt);
+      k_.glu_backward = reg.find<typename ops::Glu<T>::Backward>("glu_backward", dev, dt);
+      k_.glu_merge = reg.find<typename ops::Glu<T>::Merge>("glu_merge", dev, dt);
+    }
+  }
   if (norm_generic_) k_.residual_forward = reg.find<typename ops::Residual<T>::Forward>("residual_forward", dev, dt);
 }
 
@@ -752,8 +775,12 @@ void Transformer<T>::layout_activations(Arena& a) {
   gelu_ = a.take<T>(N * std::max<int64_t>(cfg_.llama() ? Fl_ : 4 * Cl, QKVl_));
   dres_ = a.take<T>(N * C);  // gradient of the residual stream
   if (!cfg_.mlp_activation.empty()) {
-    act_dout_ = a.take<T>(N * 4 * Cl);
-    act_din_ = a.take<T>(N * 4 * Cl);
+    act_dout_ = a.take<T>(N * act_width());
+    act_din_ = a.take<T>(N * act_width());
+    if (cfg_.llama()) {
+      act_gate_ = a.take<T>(N * Fl_);
+      act_val_ = a.take<T>(N * Fl_);
+    }
   }
   dbuf_ = a.take<T>(N * C);  // d(ln outputs), d(attention output)
   logits_ = a.take<char>(ops::classifier_scratch_bytes<T>(classifier_chunk_, Vl_));
@@ -1022,18 +1049,28 @@ void Transformer<T>::norm_backward(T* dinp, M* dw, M* db, const T* dout, const T
 
 template <typename T>
 void Transformer<T>::activation_forward(T* out, const T* pre, int64_t N) {
-  const Shape shape{N, 4 * static_cast<int64_t>(Cl_)};
+  const Shape shape{N, act_width()};
   ops::OpRegistry::instance().forward(cfg_.mlp_activation, {Tensor(const_cast<T*>(pre), dtype_of<T>(), shape, device_)},
                                       {Tensor(out, dtype_of<T>(), shape, device_)}, {});
 }
 
 template <typename T>
 void Transformer<T>::activation_backward(T* dpre, const T* dout, const T* pre, const T* out, int64_t N) {
-  const Shape shape{N, 4 * static_cast<int64_t>(Cl_)};
+  const Shape shape{N, act_width()};
+  // An operator that adds into its input's gradient gets a zeroed buffer: nothing else contributes to it.
+  if (act_accumulates_) device_zero(device_, dpre, static_cast<size_t>(N * act_width()) * sizeof(T));
   const auto view = [&](const T* p) { return Tensor(const_cast<T*>(p), dtype_of<T>(), shape, device_); };
   std::vector<Tensor> saved;  // what the operator declared it keeps: its input (index 0) and/or its output (1)
   for (int32_t i : act_saved_) saved.push_back(view(i == 0 ? pre : out));
   ops::OpRegistry::instance().backward(cfg_.mlp_activation, saved, {view(dout)}, {view(dpre)}, {});
+}
+
+template <typename T>
+void Transformer<T>::glu_activation_forward(const T* fch, int64_t N) {
+  // The operator needs its input contiguous: the gate half of fch's rows is copied out first.
+  k_.glu_split(act_gate_, fch, N, Fl_);
+  activation_forward(act_val_, act_gate_, N);
+  k_.glu_forward(gelu_, act_val_, fch, N, Fl_);
 }
 
 template <typename T>
@@ -1092,7 +1129,10 @@ const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B,
     if (cfg_.llama()) {
       profiled("fwd gemm mlp.c_fc",  // fch = [gate | up]
                [&] { k_.matmul_forward(a.fch, lnbuf_, w.fcw, nullptr, N, C, 2 * Fl_); });
-      profiled("fwd swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
+      if (cfg_.mlp_activation.empty())
+        profiled("fwd swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
+      else  // a registered activation: gelu_ = op(gate) ⊙ up
+        profiled("fwd activation", [&] { glu_activation_forward(a.fch, N); });
     } else if (!cfg_.mlp_activation.empty()) {  // a registered operator: fch = pre-activation, gelu_ = op(fch)
       profiled("fwd gemm mlp.c_fc", [&] { k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl); });
       profiled("fwd activation", [&] { activation_forward(gelu_, a.fch, N); });
@@ -1209,7 +1249,21 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
     // values are bit-identical to forward's.
     T* res_mid = a.res_mid;
     profiled("bwd recompute layernorm", [&] { norm_forward(lnbuf_, a.ln2, res_mid, w.ln2w, w.ln2b, N); });
-    if (cfg_.llama()) {
+    if (cfg_.llama() && !cfg_.mlp_activation.empty()) {
+      // A registered activation: op(gate) ⊙ up recomputed from the stored [gate | up] (the gate copy and the
+      // operator's output kept for its backward); d(its output) in place over it; d(up) and then d(gate), through
+      // the operator's backward, into fch (not read again in this backward).
+      profiled("bwd recompute activation", [&] { glu_activation_forward(a.fch, N); });
+      profiled("bwd gemm mlp.c_proj",
+               [&] { k_.matmul_backward(gelu_, g.fcprojw, nullptr, dres_, gelu_, w.fcprojw, N, Fl_, C); });
+      profiled("bwd activation", [&] {
+        k_.glu_backward(a.fch, act_dout_, gelu_, act_val_, a.fch, N, Fl_);
+        activation_backward(act_din_, act_dout_, act_gate_, act_val_, N);
+        k_.glu_merge(a.fch, act_din_, N, Fl_);
+      });
+      profiled("bwd gemm mlp.c_fc",
+               [&] { k_.matmul_backward(dbuf_, g.fcw, nullptr, a.fch, lnbuf_, w.fcw, N, C, 2 * Fl_); });
+    } else if (cfg_.llama()) {
       // SwiGLU recomputed from the stored [gate | up]; then d(its output) in place over it, and d(gate | up) in
       // place over fch (neither is read again in this backward).
       profiled("bwd recompute swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });

@@ -8,7 +8,8 @@
 //   attention     multi-head, with biases             grouped-query (n_kv_head key/value heads), no biases
 //   MLP           4C, tanh-GELU, with biases          SwiGLU of width F (gate and up in one GEMM), no biases
 //   LM head       tied to the token table             lm_head (untied) or tied (tie_word_embeddings)
-// Either family's norms can instead be any registered norm operator (ModelConfig::norm_op, the norm slot).
+// Either family's norms can instead be any registered norm operator (ModelConfig::norm_op, the norm slot), and its
+// MLP activation any registered unary operator (ModelConfig::mlp_activation; a Llama's gates it: op(gate) ⊙ up).
 // Parameters, gradients and all activations live in three allocations made at construction: the step itself
 // never allocates.
 //
@@ -48,6 +49,7 @@
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/op_def.h"
@@ -74,8 +76,10 @@ struct ModelConfig {
   double norm_eps = 1e-5;  // rms_norm_eps
   double rope_theta = 10000.0;
   bool tied_head = true;  // tie_word_embeddings
-  // GPT-2 family: the MLP's activation — empty for GELU (fused into the GEMM), or a registered operator
-  // ("myorg::squared_relu", from a plugin) run through the generic call path; config.json's activation_function.
+  // The MLP's activation — empty for the family's own (GPT-2's GELU, fused into the GEMM; a Llama's silu, fused
+  // into SwiGLU), or a registered unary operator ("myorg::squared_relu", from a plugin) run through the generic
+  // call path: GPT-2 op(c_fc(x)); a Llama op(gate(x)) ⊙ up(x) (aq::gelu: GeGLU). config.json's
+  // activation_function (GPT-2) or hidden_act (Llama: "silu" is the fused path, "gelu_pytorch_tanh" is aq::gelu).
   std::string mlp_activation;
   // Both families: the operator of every norm (GPT-2 ln_1, ln_2, ln_f; Llama input_layernorm,
   // post_attention_layernorm, model.norm) — empty for the family's own (GPT-2 LayerNorm with bias, Llama RMSNorm,
@@ -260,6 +264,11 @@ class Transformer {
     typename ops::Attention<T>::BackwardGqa* attention_gqa_backward = nullptr;
     typename ops::MultiAdamW<T>::Cast* cast_to_working = nullptr;  // bf16 only
     typename ops::Residual<T>::Forward* residual_forward = nullptr;  // a registered norm (norm_op) only
+    // a Llama with a registered MLP activation only
+    typename ops::Glu<T>::Split* glu_split = nullptr;
+    typename ops::Glu<T>::Forward* glu_forward = nullptr;
+    typename ops::Glu<T>::Backward* glu_backward = nullptr;
+    typename ops::Glu<T>::Merge* glu_merge = nullptr;
   };
   M* master_ptr() { return std::is_same_v<T, M> ? reinterpret_cast<M*>(params_.data()) : master_.data(); }
 
@@ -287,9 +296,12 @@ class Transformer {
   std::vector<ops::AttrValue> norm_attrs() const;
   void take_norm_stats(Arena& a, NormStats& st);
   // A registered operator as the MLP activation (ModelConfig::mlp_activation): out = op(pre), and d(pre) from
-  // d(out). Both (N, 4C/tp), through the operator registry's generic path.
+  // d(out). All (N, W) with W = act_width() (GPT-2 4C/tp; a Llama's gate, F/tp), through the registry's generic path.
   void activation_forward(T* out, const T* pre, int64_t N);
   void activation_backward(T* dpre, const T* dout, const T* pre, const T* out, int64_t N);
+  int64_t act_width() const { return cfg_.llama() ? Fl_ : 4 * static_cast<int64_t>(Cl_); }
+  // A Llama's gated MLP around that operator: gelu_ (N,F/tp) = op(gate) ⊙ up from fch's [gate | up] rows.
+  void glu_activation_forward(const T* fch, int64_t N);
   // The attention of block `a` from its qkv (Llama: rotates q and k first), and its backward into dqkv.
   void attention_forward(LayerActs& a, int B, int T_);
   void attention_backward(T* dqkv, const T* datty, LayerActs& a, int B, int T_);
@@ -335,8 +347,10 @@ class Transformer {
   std::vector<DType> norm_stat_dtypes_;
   std::vector<int64_t> norm_stat_capacity_;  // elements planned per statistics output
   T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr;
-  T *act_dout_ = nullptr, *act_din_ = nullptr;  // a registered MLP activation's gradients (N, 4C/tp)
+  T *act_dout_ = nullptr, *act_din_ = nullptr;  // a registered MLP activation's gradients (N, act_width())
+  T *act_gate_ = nullptr, *act_val_ = nullptr;  // a Llama's: its input (the gate, contiguous) and output (N, F/tp)
   std::vector<int32_t> act_saved_;              // the tensors that operator's backward takes (OpDef::saved), found once
+  bool act_accumulates_ = false;                // its input gradient adds (the buffer is zeroed before backward)
   void* logits_ = nullptr;                      // classifier scratch (ops::classifier_scratch_bytes)
   M* losses_ = nullptr;
   int32_t *inputs_ = nullptr, *targets_ = nullptr;

@@ -105,6 +105,13 @@ void swiglu_shape(ShapeCall& s) {
   set(s.out(0), s.kernel_dtype(), {x.shape[0], x.shape[1] / 2});
 }
 
+void glu_shape(ShapeCall& s) {
+  const AqTensorDesc &act = s.in(0), &x = s.in(1);
+  expect(x.shape[0] == act.shape[0] && x.shape[1] == 2 * act.shape[1], "aq::glu",
+         "act " + dims(act) + " and inp " + dims(x) + ": inp must be [N, 2F] ([gate | up]) for act [N, F]");
+  set(s.out(0), s.kernel_dtype(), {act.shape[0], act.shape[1]});
+}
+
 void rope_shape(ShapeCall& s) {
   const AqTensorDesc& x = s.in(0);
   const int64_t heads = s.attr_int(0), hs = s.attr_int(1);
@@ -281,6 +288,24 @@ void declare_builtin_ops(OpRegistry& r) {
         .sharding("gate-up pairs", {S1}, {S1}, {S1})
         .sharding("replicated", {B}, {B}, {B});
     declare(r, b, {"swiglu_forward", "swiglu_backward", {}});
+  }
+  {
+    OpBuilder b("aq::glu", 1);
+    b.doc(
+         "gated linear unit on packed [gate | up] rows around any activation: out = act ⊙ up, act = activation(gate) "
+         "computed apart (a Llama's hidden_act other than silu); inp's gate half gets gradient 0 here, the "
+         "activation's input gradient is merged into it by the model")
+        .input("act", T_, 2, "N,F")
+        .input("inp", T_, 2, "N,2F")
+        .output("out", T_, 2, "N,F")
+        .shape(glu_shape)
+        .saves({"act", "inp"})
+        // Columns split as whole [gate shard | up shard] pairs of inp beside act's columns (the column-parallel
+        // GEMM's layout), or rows.
+        .sharding("rows", {S0, S0}, {S0}, {S0, S0})
+        .sharding("gate-up pairs", {S1, S1}, {S1}, {S1, S1})
+        .sharding("replicated", {B, B}, {B}, {B, B});
+    declare(r, b, {"glu_forward", "glu_backward", {"glu_split", "glu_merge"}});
   }
   {
     OpBuilder b("aq::rope", 1);

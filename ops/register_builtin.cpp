@@ -5,6 +5,7 @@
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/registry.h"
@@ -28,6 +29,7 @@ void register_builtin_kernels(Registry& r) {
   register_swiglu_cpu(r);
   register_rope_cpu(r);
   register_residual_cpu(r);
+  register_glu_cpu(r);
 #ifdef AQ_HAVE_CUDA
   register_embedding_cuda(r);
   register_layernorm_cuda(r);
@@ -40,6 +42,7 @@ void register_builtin_kernels(Registry& r) {
   register_swiglu_cuda(r);
   register_rope_cuda(r);
   register_residual_cuda(r);
+  register_glu_cuda(r);
 #endif
 }
 

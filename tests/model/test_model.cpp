@@ -184,6 +184,66 @@ TEST(NormSlot, OperatorsOutsideTheContractAreRefusedAtConstruction) {
                      {"norm_op aq::matmul overwrites the gradient of its input \"inp\"", "AQ_TENSOR_GRAD_ACCUMULATES"});
 }
 
+// ---- a Llama's activation slot (hidden_act: op(gate) ⊙ up) --------------------------------------------------
+
+ModelConfig with_activation(ModelConfig c, const std::string& op) {
+  c.mlp_activation = op;
+  return c;
+}
+
+TEST(LlamaActivation, GeGluGradientMatchesFiniteDifferences) {
+  expect_gradient_matches_finite_differences(with_activation(tiny_llama(), "aq::gelu"));
+  expect_gradient_matches_finite_differences(with_norm(with_activation(tiny_llama(/*tied=*/true), "aq::gelu"),
+                                                       "aq::layernorm"));  // both slots filled at once
+}
+
+// The slot really changes the MLP: GeGLU and SwiGLU give other losses from the same weights; and up multiplies
+// the activation — with up_proj zeroed every MLP output is 0 whatever the activation, so the two models agree
+// exactly. (That the operator sees the gate half is glu_split's, checked in tests/ops/test_ops.cpp.)
+TEST(LlamaActivation, TheOperatorChangesTheMlpAndUpMultipliesIt) {
+  const int B = 2, T = 5;
+  Transformer<double> geglu(with_activation(tiny_llama(), "aq::gelu"), B, T), swiglu(tiny_llama(), B, T);
+  randomize(geglu, 8);
+  std::copy(geglu.params(), geglu.params() + geglu.buffer_size(), swiglu.params());
+  auto inp = test::random_tokens(B * T, 11, 12), tgt = test::random_tokens(B * T, 11, 13);
+  EXPECT_NE(geglu.evaluate(inp.data(), tgt.data(), B, T), swiglu.evaluate(inp.data(), tgt.data(), B, T));
+  for (const ParamInfo& p : geglu.params_info())
+    if (p.name.ends_with("gate_up_proj.weight"))
+      for (int64_t r = 0; r < p.shape[0]; ++r)
+        for (int64_t c = p.shape[1] / 2; c < p.shape[1]; ++c)
+          geglu.params()[p.offset + r * p.shape[1] + c] = swiglu.params()[p.offset + r * p.shape[1] + c] = 0;
+  EXPECT_EQ(geglu.evaluate(inp.data(), tgt.data(), B, T), swiglu.evaluate(inp.data(), tgt.data(), B, T));
+}
+
+class LlamaActivationFiles : public test::TempDirTest {};
+
+// hidden_act: "silu" is the fused SwiGLU (""), "gelu_pytorch_tanh" HF's GeGLU (aq::gelu, written back under HF's
+// name), "ns::op" a registered operator; anything else, or an operator that is not unary, refused in one line.
+TEST_F(LlamaActivationFiles, HiddenActIsReadWrittenAndRefusedWithReasons) {
+  const std::string& dir = dir_;
+  const auto write = [&](const std::string& act) {
+    ModelConfig c = tiny_llama();
+    std::string text = c.to_hf_config_json();
+    text.replace(text.find("\"silu\""), 6, "\"" + act + "\"");
+    std::ofstream(dir + "/config.json") << text;
+    return dir + "/config.json";
+  };
+  EXPECT_EQ(read_hf_config(write("silu")).mlp_activation, "");
+  const ModelConfig geglu = read_hf_config(write("gelu_pytorch_tanh"));
+  EXPECT_EQ(geglu.mlp_activation, "aq::gelu");
+  EXPECT_NE(geglu.to_hf_config_json().find("\"hidden_act\": \"gelu_pytorch_tanh\""), std::string::npos);
+  EXPECT_NE(geglu.describe().find("activation aq::gelu"), std::string::npos) << geglu.describe();
+  EXPECT_EQ(read_hf_config(write("myorg::squared_relu")).mlp_activation, "myorg::squared_relu");
+  EXPECT_EQ(geglu.to_metadata().at("hidden_act"), "gelu_pytorch_tanh");
+  test::expect_error([&] { read_hf_config(write("relu")); },
+                     {"hidden_act \"relu\" is not one Aqueduct runs", "silu", "gelu_pytorch_tanh", "ns::op"});
+  test::expect_error(
+      [] { Transformer<float>(with_activation(tiny_llama(), "aq::layernorm"), 1, 4); },
+      {"hidden_act aq::layernorm has 3 inputs and 3 outputs; the MLP activation slot takes one of each"});
+  test::expect_error([] { Transformer<float>(with_activation(tiny_llama(), "nowhere::act"), 1, 4); },
+                     {"hidden_act nowhere::act is not a registered operator; load the plugin"});
+}
+
 class LlamaFiles : public test::TempDirTest {};
 
 TEST_F(LlamaFiles, HuggingFaceTensorsRoundTripThroughThePackedLayout) {

@@ -14,6 +14,7 @@
 #include "ops/softmax_xent/softmax_xent.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
@@ -304,6 +305,31 @@ TEST(CudaOps, ResidualForwardAndInPlace) {
     EXPECT_EQ(gout.read(), out) << "n=" << n;
     gpu<ops::Residual<float>::Forward>("residual_forward")(ga.get(), ga.get(), gb.get(), n);
     EXPECT_EQ(ga.read(), out) << "in place, n=" << n;
+  }
+}
+
+// Split and merge are copies (bit-identical); forward and backward one fp32 product each (bit-identical too).
+TEST(CudaOps, GluSplitForwardBackwardMerge) {
+  AQ_REQUIRE_GPU();
+  for (auto [N, Fn] : {std::pair{21, 13}, std::pair{5, 1001}}) {
+    F inp = randn<float>(N * 2 * Fn, 52), act = randn<float>(N * Fn, 53), dout = randn<float>(N * Fn, 54);
+    F gate(N * Fn), out(N * Fn), dinp(N * 2 * Fn), dact(N * Fn);
+    cpu<ops::Glu<float>::Split>("glu_split")(gate.data(), inp.data(), N, Fn);
+    cpu<ops::Glu<float>::Forward>("glu_forward")(out.data(), act.data(), inp.data(), N, Fn);
+    cpu<ops::Glu<float>::Backward>("glu_backward")(dinp.data(), dact.data(), dout.data(), act.data(), inp.data(), N,
+                                                   Fn);
+    cpu<ops::Glu<float>::Merge>("glu_merge")(dinp.data(), gate.data(), N, Fn);
+    Dev<float> ginp(inp), gact(act), gdout(dout), ggate(F(N * Fn, NAN)), gout(F(N * Fn, NAN)), gdact(F(N * Fn, NAN));
+    gpu<ops::Glu<float>::Split>("glu_split")(ggate.get(), ginp.get(), N, Fn);
+    gpu<ops::Glu<float>::Forward>("glu_forward")(gout.get(), gact.get(), ginp.get(), N, Fn);
+    // in place over inp, as the model runs it
+    gpu<ops::Glu<float>::Backward>("glu_backward")(ginp.get(), gdact.get(), gdout.get(), gact.get(), ginp.get(), N,
+                                                   Fn);
+    gpu<ops::Glu<float>::Merge>("glu_merge")(ginp.get(), ggate.get(), N, Fn);
+    EXPECT_EQ(ggate.read(), gate) << "F=" << Fn;
+    EXPECT_EQ(gout.read(), out) << "F=" << Fn;
+    EXPECT_EQ(gdact.read(), dact) << "F=" << Fn;
+    EXPECT_EQ(ginp.read(), dinp) << "F=" << Fn;
   }
 }
 

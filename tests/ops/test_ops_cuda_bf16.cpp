@@ -74,7 +74,9 @@ TEST(CudaBf16, EveryKernelTheModelUsesHasABf16Version) {
                          "rmsnorm_backward",      "swiglu_forward",
                          "swiglu_backward",       "rope_forward",
                          "rope_backward",         "attention_gqa_forward",
-                         "attention_gqa_backward", "residual_forward"})
+                         "attention_gqa_backward", "residual_forward",
+                         "glu_split",             "glu_forward",
+                         "glu_backward",          "glu_merge"})
     EXPECT_TRUE(r.contains(op, Device::CUDA, DType::BF16)) << op << " has no CUDA bf16 kernel";
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# norm_slot.sh — the model's norm slot (config.json's "norm_op") filled by a plugin's operator, through aq-train.
+# model_slots.sh — the model's slots filled by plugin operators, through aq-train: the norm slot (config.json's
+# "norm_op", both families) and a Llama's MLP activation (hidden_act: op(gate) ⊙ up).
 #
-#   norm_slot.sh BIN_DIR NORM_PLUGIN SOURCE_DIR [MPIRUN...]
+#   model_slots.sh BIN_DIR NORM_PLUGIN ACTIVATION_PLUGIN WRONG_PLUGIN SOURCE_DIR [MPIRUN...]
 # 0. aq-op check passes the operator (its backward against finite differences).
 # 1. A GPT-2 whose norms are test::rms_norm (tests/plugin/norm_ops.cpp: no bias, so no ln_*.bias tensors) trains in
 #    one process: the loss falls, the model line and the save's config.json name the operator, and the losses
@@ -12,9 +13,12 @@
 # 4. Every operator that breaks the slot's contract is refused in one line with a non-zero exit: one input, a
 #    gradient written instead of added, an attribute other than eps, no fp32 kernel, and under --tp 2 sharding
 #    rules none of which runs replicated.
+# 5. A Llama whose hidden_act is myorg::squared_relu (examples/custom_op) trains in one process and at tp 2 (each
+#    rank runs it on its gate columns) to the same losses, and to other losses than SwiGLU; the save names it; an
+#    operator without backward, and one that cannot split its columns under --tp 2, are refused in one line.
 set -euo pipefail
-bin=$(realpath "$1"); lib=$(realpath "$2"); src=$(realpath "$3")
-shift 3
+bin=$(realpath "$1"); lib=$(realpath "$2"); act_lib=$(realpath "$3"); wrong=$(realpath "$4"); src=$(realpath "$5")
+shift 5
 mpirun=("$@")  # empty when the build has no MPI: the tensor-parallel runs are skipped, with the reason
 work=$(mktemp -d /tmp/aq-norm-slot-XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -109,4 +113,35 @@ if ((${#mpirun[@]})); then
     "norm_op test::rms_norm_rows runs replicated on every rank (norms are not split), but none of its sharding rules (rows)" \
     "${mpirun[@]}" -np 2
 fi
-echo "norm slot: OK"
+
+# ---- a Llama's MLP activation ------------------------------------------------------------------------------
+sed 's/"norm_op": "test::rms_norm"/"hidden_act": "myorg::squared_relu"/' "$work/llama.json" > "$work/llama_act.json"
+sed '/norm_op/d; s/64,$/64}/' "$work/llama.json" > "$work/llama_silu.json"
+"${train[@]}" --model-config "$work/llama_act.json" --plugin "$act_lib" --log "$work/act.jsonl" --save "$work/act" \
+  > "$work/act.txt" 2>&1 || { cat "$work/act.txt"; fail "training a Llama with the plugin's activation"; }
+grep -q "activation myorg::squared_relu" "$work/act.txt" || fail "the model line does not name the activation"
+grep -q '"hidden_act": "myorg::squared_relu"' "$work/act/step-00000020/config.json" ||
+  fail "the save's config.json does not name the activation: $(cat "$work/act/step-00000020/config.json")"
+"${train[@]}" --model-config "$work/llama_silu.json" --log "$work/silu.jsonl" > /dev/null 2>&1 || fail "the SwiGLU run"
+[[ $(losses "$work/act.jsonl" | tail -1) != $(losses "$work/silu.jsonl" | tail -1) ]] ||
+  fail "squared_relu and silu gave the same losses: the operator did not run"
+if ((${#mpirun[@]})); then
+  "${mpirun[@]}" -np 2 "${train[@]}" --model-config "$work/llama_act.json" --plugin "$act_lib" --tp 2 \
+    --log "$work/act_tp.jsonl" > "$work/tp.txt" 2>&1 || { cat "$work/tp.txt"; fail "tensor-parallel Llama activation"; }
+  same_losses "$work/act.jsonl" "$work/act_tp.jsonl" "Llama, hidden_act myorg::squared_relu, tp 2 vs one process"
+fi
+refuse "a Llama activation that needs the plugin" "hidden_act myorg::squared_relu is not a registered operator" -- \
+  "$bin/aq-train" --data "$work/data/train_*.bin" --model-config "$work/llama_act.json" --steps 1
+sed 's/myorg::squared_relu/wrong::noisy/' "$work/llama_act.json" > "$work/slot.json"
+refuse "a Llama activation without backward" "hidden_act wrong::noisy declares no backward" -- \
+  "${train[@]}" --model-config "$work/slot.json" --steps 1 --plugin "$wrong"
+if ((${#mpirun[@]})); then
+  sed 's/myorg::squared_relu/wrong::replicated_only/' "$work/llama_act.json" > "$work/slot.json"
+  set +e; "${mpirun[@]}" -np 2 "${train[@]}" --model-config "$work/slot.json" --steps 1 --plugin "$wrong" --tp 2 \
+    > "$work/out.txt" 2> "$work/err.txt"; code=$?; set -e
+  [[ $code -ne 0 ]] || fail "a replicated-only Llama activation under --tp 2: exit code 0"
+  want="--tp 2: hidden_act wrong::replicated_only would run on this rank's columns"
+  grep -qF -- "$want" "$work/err.txt" "$work/out.txt" || fail "\"$want\" not in: $(cat "$work/err.txt")"
+  echo "refused (a replicated-only Llama activation under --tp 2, exit $code): $want"
+fi
+echo "model slots: OK"
