@@ -173,7 +173,7 @@ TEST_F(NormSlotFiles, TheSlotTravelsInConfigJsonAndMetadata) {
 }
 
 // Built-in operators that do not fit the slot, refused at construction in one line naming the operator and why
-// (plugin operators that break the contract are refused through aq-train in tests/plugin/norm_slot.sh).
+// (plugin operators that break the contract are refused through aq-train in tests/plugin/model_slots.sh).
 TEST(NormSlot, OperatorsOutsideTheContractAreRefusedAtConstruction) {
   test::expect_error([] { Transformer<float>(with_norm(tiny_config(), "nowhere::norm"), 1, 4); },
                      {"norm_op nowhere::norm is not a registered operator", "--plugin"});

@@ -1,5 +1,5 @@
 // norm_ops.cpp — a plugin of norm operators for the model's norm slot (ModelConfig::norm_op; tests/plugin/
-// norm_slot.sh): one that fits the slot, and one for each way of breaking its contract, which the model must refuse
+// model_slots.sh): one that fits the slot, and one for each way of breaking its contract, which the model must refuse
 // in one line naming the operator.
 //   test::rms_norm         y = x·rstd·g, rstd = 1/sqrt(mean(x²) + 1e-6) per row: RMSNorm with its own fixed eps and
 //                          no attribute; rstd kept as a statistics output; CPU fp32/fp64; gradients of x and g
