@@ -6,6 +6,7 @@
 
 #include <barrier>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "ops/adamw/adamw.h"
@@ -446,6 +447,23 @@ TEST(CudaTraining, LlamaTwentyStepsMatchTheCpu) {
   AQ_REQUIRE_GPU();
   const test::TextShardDir data(3000);
   expect_gpu_run_follows_cpu(data.small_llama(/*seq=*/63, /*batch=*/5, /*steps=*/20, /*vocab=*/256));
+}
+
+// The model's slots through the registry's generic path on the GPU: a Llama with LayerNorm in its norm slot and
+// GeGLU (hidden_act gelu_pytorch_tanh), and a GPT-2 with RMSNorm: 20 fp32 GPU steps follow the CPU run.
+TEST(CudaTraining, SlotsFilledByBuiltInOperatorsMatchTheCpu) {
+  AQ_REQUIRE_GPU();
+  const test::TextShardDir data(3000);
+  TrainConfig llama = data.small_llama(/*seq=*/63, /*batch=*/5, /*steps=*/20, /*vocab=*/256);
+  std::ofstream(llama.model_config) << R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+      "max_position_embeddings": 64, "norm_op": "aq::layernorm", "hidden_act": "gelu_pytorch_tanh"})";
+  expect_gpu_run_follows_cpu(llama);
+  TrainConfig gpt2 = test::without_shape_flags(data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/20));
+  gpt2.model_config = data.path("gpt2.json");
+  std::ofstream(gpt2.model_config) << R"({"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 64,
+      "vocab_size": 256, "n_positions": 64, "norm_op": "aq::rmsnorm"})";
+  expect_gpu_run_follows_cpu(gpt2);
 }
 
 TEST(CudaOps, DeviceSelectionExplainsMissingGpus) {
