@@ -676,8 +676,11 @@ int main(int argc, char** argv) {
     BenchConfig bc = find_config(name);
     if (!model_config.empty()) {
       const aq::ModelConfig m = aq::read_hf_config(model_config);
-      AQ_CHECK(m.mlp_activation.empty(), "--model-config ", model_config, ": activation_function ", m.mlp_activation,
-               " is a plugin operator, and aq-bench loads no plugins; benchmark it with aq-train --plugin");
+      AQ_CHECK(m.mlp_activation.empty(), "--model-config ", model_config, ": the MLP activation ", m.mlp_activation,
+               " replaces the family's own, and aq-bench builds only those (and loads no plugins); benchmark it ",
+               "with aq-train");
+      AQ_CHECK(m.norm_op.empty(), "--model-config ", model_config, ": norm_op ", m.norm_op, " replaces the family's ",
+               "own norm, and aq-bench builds only those; benchmark it with aq-train");
       bc = BenchConfig{model_config.c_str(),
                        m.n_layer,
                        m.n_head,

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 #include <vector>
 
 #include "runtime/op_profile.h"
@@ -30,8 +31,12 @@ void ModelConfig::validate() const {
   AQ_CHECK(vocab_size >= 2 && vocab_size <= 65535, "vocabulary size ", vocab_size,
            " is out of range: tokens are stored as uint16, so 2 <= V <= 65535");
   AQ_CHECK(max_seq >= 1, "--max-seq must be >= 1 (got ", max_seq, ")");
-  AQ_CHECK(mlp_activation.empty() || !llama(), "activation_function ", mlp_activation, ": a registered operator ",
-           "replaces the GELU of the GPT-2 family's MLP; a Llama's MLP is gated (SwiGLU) and keeps it");
+  AQ_CHECK(mlp_activation.empty() || mlp_activation.find("::") != std::string::npos, "MLP activation \"",
+           mlp_activation, "\" is not an operator name: give a registered operator named ns::op");
+  AQ_CHECK(
+      norm_op.empty() || norm_op.find("::") != std::string::npos, "norm_op \"", norm_op, "\" is not an ",
+      "operator name: give a registered operator named ns::op (aq::layernorm, aq::rmsnorm, or one from a --plugin), ",
+      "or leave it out for the family's own norm");
   if (!llama()) {
     AQ_CHECK((n_kv_head == 0 || n_kv_head == n_head) && (ffn_hidden == 0 || ffn_hidden == 4 * n_embd) && tied_head,
              "a GPT-2 has n_kv_head = n_head, an MLP of 4·n_embd and a tied head (got ", n_kv_head, ", ", ffn_hidden,
@@ -56,7 +61,13 @@ std::string exact(double v) {
   return buf;
 }
 
-nlohmann::ordered_json hf_config(const ModelConfig& c) {
+// A Llama's hidden_act for its MLP activation: silu (SwiGLU, the fused path) for none, HF's name for GeGLU's.
+std::string llama_hidden_act(const std::string& act) {
+  if (act.empty()) return "silu";
+  return act == "aq::gelu" ? "gelu_pytorch_tanh" : act;
+}
+
+nlohmann::ordered_json hf_config_of_family(const ModelConfig& c) {
   if (!c.llama())
     return {{"architectures", {"GPT2LMHeadModel"}},
             {"model_type", "gpt2"},
@@ -81,9 +92,17 @@ nlohmann::ordered_json hf_config(const ModelConfig& c) {
           {"rms_norm_eps", c.norm_eps},
           {"rope_theta", c.rope_theta},
           {"tie_word_embeddings", c.tied_head},
-          {"hidden_act", "silu"},
+          {"hidden_act", llama_hidden_act(c.mlp_activation)},
           {"attention_bias", false},
           {"mlp_bias", false}};
+}
+
+// config.json; the norm slot is written only when it is filled, so saves with the family's own norms (and their
+// config.json) are unchanged.
+nlohmann::ordered_json hf_config(const ModelConfig& c) {
+  nlohmann::ordered_json j = hf_config_of_family(c);
+  if (!c.norm_op.empty()) j["norm_op"] = c.norm_op;
+  return j;
 }
 
 // GPT-2's activation_function: its own tanh GELU (""), or a registered operator "ns::name".
@@ -150,8 +169,18 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
              "without it");
     AQ_CHECK(!flag("attention_bias", false) && !flag("mlp_bias", false), where,
              ": attention_bias / mlp_bias are not supported (the Llama blocks here have no biases)");
+    // HF Llama: down(act_fn(gate(x)) · up(x)). silu is the fused SwiGLU; gelu_pytorch_tanh (HF's GeGLU) is the
+    // built-in aq::gelu; any other registered operator by its name.
     const std::string act = j.value("hidden_act", "silu");
-    AQ_CHECK(act == "silu", where, ": hidden_act \"", act, "\" is not supported (SwiGLU uses silu)");
+    AQ_CHECK(act == "silu" || act == "gelu_pytorch_tanh" || act.find("::") != std::string::npos, where,
+             ": hidden_act \"", act,
+             "\" is not one Aqueduct runs: silu (SwiGLU), gelu_pytorch_tanh (GeGLU, aq::gelu), ",
+             "or a registered operator named ns::op (from a --plugin)");
+    c.mlp_activation = act == "silu" ? "" : act == "gelu_pytorch_tanh" ? "aq::gelu" : act;
+  }
+  if (j.contains("norm_op")) {
+    AQ_CHECK(j.at("norm_op").is_string(), where, ": \"norm_op\" is not a string (an operator name, ns::op)");
+    c.norm_op = j.at("norm_op").get<std::string>();
   }
   try {
     c.validate();
@@ -170,6 +199,7 @@ std::map<std::string, std::string> ModelConfig::to_metadata() const {
         {"n_embd", std::to_string(n_embd)},       {"vocab_size", std::to_string(vocab_size)},
         {"n_positions", std::to_string(max_seq)}, {"format", "pt"}};
     if (!mlp_activation.empty()) m["activation_function"] = mlp_activation;
+    if (!norm_op.empty()) m["norm_op"] = norm_op;
     return m;
   }
   std::map<std::string, std::string> m = {{"format", "pt"}};
@@ -183,11 +213,13 @@ std::map<std::string, std::string> ModelConfig::to_metadata() const {
 std::string ModelConfig::to_hf_config_json() const { return hf_config(*this).dump(2) + "\n"; }
 
 std::string ModelConfig::describe() const {
+  const std::string norm = norm_op.empty() ? "" : " norm " + norm_op;
   if (!llama())
     return str("L=", n_layer, " H=", n_head, " C=", n_embd, " V=", vocab_size, " maxT=", max_seq,
-               mlp_activation.empty() ? "" : " activation " + mlp_activation);
+               mlp_activation.empty() ? "" : " activation " + mlp_activation, norm);
   return str("Llama L=", n_layer, " H=", n_head, " KV=", kv_heads(), " C=", n_embd, " F=", ffn(), " V=", vocab_size,
-             " maxT=", max_seq, " theta=", rope_theta, tied_head ? " tied" : "");
+             " maxT=", max_seq, " theta=", rope_theta, tied_head ? " tied" : "",
+             mlp_activation.empty() ? "" : " activation " + mlp_activation, norm);
 }
 
 ModelConfig read_hf_config(const std::string& path) {
@@ -292,6 +324,10 @@ ModelConfig read_checkpoint_config(const SafeTensorsReader& file, int heads_over
     cfg.mlp_activation = gpt2_activation(file.metadata().at("activation_function"), file.path() + " (its metadata)");
   else if (!config_json.empty())
     cfg.mlp_activation = given.mlp_activation;
+  if (file.metadata().count("norm_op"))
+    cfg.norm_op = file.metadata().at("norm_op");
+  else if (!config_json.empty())
+    cfg.norm_op = given.norm_op;
   AQ_CHECK(cfg.n_head > 0, file.path(), " does not record the head count (no n_head in its metadata, as in a ",
            "Hugging Face export); pass --heads (12 for GPT-2 124M)");
   AQ_CHECK(cfg.n_layer == layers, file.path(), ": metadata says n_layer=", cfg.n_layer, " but the file has ", layers,
@@ -362,27 +398,34 @@ void Transformer<T>::build_param_table() {
     return at;
   };
   layer_offsets_.resize(static_cast<size_t>(cfg_.n_layer));
+  // A norm's bias exists iff its operator takes one (norm_bias_: the family's own, or ModelConfig::norm_op's third
+  // input); its name is the weight's with ".bias" (a Llama with LayerNorm: "input_layernorm.bias", as HF's
+  // StableLM names them).
+  const auto norm = [&](const std::string& prefix) {
+    const int64_t w = add(prefix + ".weight", {C}, TpSplit::Replicated);
+    return std::pair<int64_t, int64_t>{w, norm_bias_ ? add(prefix + ".bias", {C}, TpSplit::Replicated) : -1};
+  };
   if (cfg_.llama()) {
     // Hugging Face Llama names; the projections input-major, q/k/v and gate/up packed (see transformer.h).
     const int64_t hs = cfg_.head_size(), q = cfg_.n_head * hs, kv = cfg_.kv_heads() * hs, F = cfg_.ffn();
     wte_off_ = add("model.embed_tokens.weight", {V, C}, TpSplit::VocabRows);
     for (int l = 0; l < cfg_.n_layer; ++l) {
       const std::string h = str("model.layers.", l, ".");
-      const int64_t ln1 = add(h + "input_layernorm.weight", {C}, TpSplit::Replicated);
+      const auto [ln1, ln1b] = norm(h + "input_layernorm");
       const int64_t qkv = add(h + "self_attn.qkv_proj.weight", {C, q + 2 * kv}, TpSplit::PackedColumns, {q, kv, kv},
                               {{h + "self_attn.q_proj.weight", 0, q},
                                {h + "self_attn.k_proj.weight", q, q + kv},
                                {h + "self_attn.v_proj.weight", q + kv, q + 2 * kv}});
       const int64_t o =
           add(h + "self_attn.o_proj.weight", {q, C}, TpSplit::Rows, {}, {{h + "self_attn.o_proj.weight", 0, C}});
-      const int64_t ln2 = add(h + "post_attention_layernorm.weight", {C}, TpSplit::Replicated);
+      const auto [ln2, ln2b] = norm(h + "post_attention_layernorm");
       const int64_t fc = add(h + "mlp.gate_up_proj.weight", {C, 2 * F}, TpSplit::PackedColumns, {F, F},
                              {{h + "mlp.gate_proj.weight", 0, F}, {h + "mlp.up_proj.weight", F, 2 * F}});
       const int64_t down =
           add(h + "mlp.down_proj.weight", {F, C}, TpSplit::Rows, {}, {{h + "mlp.down_proj.weight", 0, C}});
-      layer_offsets_[l] = {ln1, -1, qkv, -1, o, -1, ln2, -1, fc, -1, down, -1};
+      layer_offsets_[l] = {ln1, ln1b, qkv, -1, o, -1, ln2, ln2b, fc, -1, down, -1};
     }
-    lnfw_off_ = add("model.norm.weight", {C}, TpSplit::Replicated);
+    std::tie(lnfw_off_, lnfb_off_) = norm("model.norm");
     head_off_ = cfg_.tied_head ? wte_off_ : add("lm_head.weight", {V, C}, TpSplit::VocabRows);
     buffer_size_ = offset;
     return;
@@ -391,21 +434,19 @@ void Transformer<T>::build_param_table() {
   wpe_off_ = add("wpe.weight", {maxT, C}, TpSplit::Replicated);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const std::string h = str("h.", l, ".");
-    layer_offsets_[l] = {add(h + "ln_1.weight", {C}, TpSplit::Replicated),
-                         add(h + "ln_1.bias", {C}, TpSplit::Replicated),
-                         add(h + "attn.c_attn.weight", {C, 3 * C}, TpSplit::PackedColumns, {C, C, C}),
-                         add(h + "attn.c_attn.bias", {3 * C}, TpSplit::PackedColumns, {C, C, C}),
-                         add(h + "attn.c_proj.weight", {C, C}, TpSplit::Rows),
-                         add(h + "attn.c_proj.bias", {C}, TpSplit::Replicated),
-                         add(h + "ln_2.weight", {C}, TpSplit::Replicated),
-                         add(h + "ln_2.bias", {C}, TpSplit::Replicated),
-                         add(h + "mlp.c_fc.weight", {C, 4 * C}, TpSplit::Columns),
-                         add(h + "mlp.c_fc.bias", {4 * C}, TpSplit::Columns),
-                         add(h + "mlp.c_proj.weight", {4 * C, C}, TpSplit::Rows),
-                         add(h + "mlp.c_proj.bias", {C}, TpSplit::Replicated)};
+    auto& o = layer_offsets_[l];  // in forward order (the gradient-ready offsets rely on it)
+    std::tie(o[0], o[1]) = norm(h + "ln_1");
+    o[2] = add(h + "attn.c_attn.weight", {C, 3 * C}, TpSplit::PackedColumns, {C, C, C});
+    o[3] = add(h + "attn.c_attn.bias", {3 * C}, TpSplit::PackedColumns, {C, C, C});
+    o[4] = add(h + "attn.c_proj.weight", {C, C}, TpSplit::Rows);
+    o[5] = add(h + "attn.c_proj.bias", {C}, TpSplit::Replicated);
+    std::tie(o[6], o[7]) = norm(h + "ln_2");
+    o[8] = add(h + "mlp.c_fc.weight", {C, 4 * C}, TpSplit::Columns);
+    o[9] = add(h + "mlp.c_fc.bias", {4 * C}, TpSplit::Columns);
+    o[10] = add(h + "mlp.c_proj.weight", {4 * C, C}, TpSplit::Rows);
+    o[11] = add(h + "mlp.c_proj.bias", {C}, TpSplit::Replicated);
   }
-  lnfw_off_ = add("ln_f.weight", {C}, TpSplit::Replicated);
-  lnfb_off_ = add("ln_f.bias", {C}, TpSplit::Replicated);
+  std::tie(lnfw_off_, lnfb_off_) = norm("ln_f");
   head_off_ = wte_off_;
   buffer_size_ = offset;
 }
@@ -469,35 +510,34 @@ namespace {
 
 // A registered operator placed as the MLP activation must be elementwise-shaped (one input, one output of the
 // same shape), have a backward and a kernel for the model's device and dtype, and — with tensor parallelism,
-// where its input is this rank's columns of c_fc's output — a sharding rule that splits dimension 1 of its input,
-// its output and its input's gradient. Each failure is one line naming the operator and the fix.
-const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType dt, int tp) {
+// where its input is this rank's columns of c_fc's output (a Llama's: of the gate) — a sharding rule that splits
+// dimension 1 of its input, its output and its input's gradient. Each failure is one line naming the config key
+// (`key`: activation_function, or a Llama's hidden_act), the operator and the fix.
+const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType dt, int tp, const char* key) {
   const ops::OpDef* op = ops::OpRegistry::instance().find(name);
-  AQ_CHECK(op != nullptr, "activation_function ", name, " is not a registered operator; load the plugin that ",
+  AQ_CHECK(op != nullptr, key, " ", name, " is not a registered operator; load the plugin that ",
            "declares it with --plugin lib.so (or AQ_PLUGIN_PATH)");
-  AQ_CHECK(op->inputs.size() == 1 && op->outputs.size() == 1, "activation_function ", name, " has ", op->inputs.size(),
+  AQ_CHECK(op->inputs.size() == 1 && op->outputs.size() == 1, key, " ", name, " has ", op->inputs.size(),
            " inputs and ", op->outputs.size(), " outputs; the MLP activation slot takes one of each");
-  AQ_CHECK(op->has_backward, "activation_function ", name,
-           " declares no backward, so the model cannot train through it");
-  AQ_CHECK(op->kernel(dev, dt) != nullptr, "activation_function ", name, " has no kernel for ", device_name(dev), "/",
-           dtype_name(dt), "; its plugin provides: ", [&] {
+  AQ_CHECK(op->has_backward, key, " ", name, " declares no backward, so the model cannot train through it");
+  AQ_CHECK(op->kernel(dev, dt) != nullptr, key, " ", name, " has no kernel for ", device_name(dev), "/", dtype_name(dt),
+           "; its plugin provides: ", [&] {
              std::string k;
              for (const ops::KernelEntry& e : op->kernels)
                k += str(k.empty() ? "" : ", ", device_name(e.device), "/", dtype_name(e.dtype));
              return k;
            }());
-  AQ_CHECK(op->kernel(dev, dt)->forward != nullptr && op->kernel(dev, dt)->backward != nullptr, "activation_function ",
-           name, " has no forward and backward the generic call path can run on ", device_name(dev), "/",
-           dtype_name(dt), " (a built-in without an adapter in ops/builtin_adapters.cpp)");
-  AQ_CHECK(op->attrs.empty(), "activation_function ", name, " declares ", op->attrs.size(), " attribute(s); the MLP ",
+  AQ_CHECK(op->kernel(dev, dt)->forward != nullptr && op->kernel(dev, dt)->backward != nullptr, key, " ", name,
+           " has no forward and backward the generic call path can run on ", device_name(dev), "/", dtype_name(dt),
+           " (a built-in without an adapter in ops/builtin_adapters.cpp)");
+  AQ_CHECK(op->attrs.empty(), key, " ", name, " declares ", op->attrs.size(), " attribute(s); the MLP ",
            "activation slot passes none, so it takes operators without attributes");
   static double probe[60];  // a [6, 10] input the shape function may look at but never reads
   const ops::ShapeResult shape = ops::OpRegistry::instance().infer(name, dt, {Tensor(probe, dt, {6, 10}, dev)}, {});
-  AQ_CHECK(shape.shapes.size() == 1 && shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt,
-           "activation_function ", name, " maps a [6, 10] input to ",
-           shape.shapes.empty() ? "nothing" : shape_str(shape.shapes[0]),
+  AQ_CHECK(shape.shapes.size() == 1 && shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt, key, " ", name,
+           " maps a [6, 10] input to ", shape.shapes.empty() ? "nothing" : shape_str(shape.shapes[0]),
            "; the MLP activation slot needs an output of the input's shape and dtype");
-  AQ_CHECK(shape.workspace_bytes == 0, "activation_function ", name, " asks for ", shape.workspace_bytes,
+  AQ_CHECK(shape.workspace_bytes == 0, key, " ", name, " asks for ", shape.workspace_bytes,
            " bytes of workspace, which the MLP activation slot does not provide");
   if (tp == 1) return *op;
   const auto splits_dim1 = [](int32_t p) { return p == 1 || p == AQ_SBP_SPLIT_ANY; };
@@ -507,15 +547,115 @@ const ops::OpDef& check_activation_op(const std::string& name, Device dev, DType
     rules += str(rules.empty() ? "" : ", ", r.name, " (in ", ops::sbp_str(r.inputs.at(0)), ", out ",
                  ops::sbp_str(r.outputs.at(0)), ")");
   }
-  fail(str("--tp ", tp, ": activation_function ", name, " would run on this rank's columns of mlp.c_fc's output, but ",
+  fail(str("--tp ", tp, ": ", key, " ", name, " would run on this rank's columns of mlp.c_fc's output, but ",
            "none of its sharding rules splits dimension 1 of its input, output and gradient (",
            rules.empty() ? "it declares none" : rules, "); run it with --tp 1, or declare such a rule in its plugin"));
+}
+
+// The kernels an operator has, for a refusal: "cpu/F64, cuda/F32".
+std::string kernel_list(const ops::OpDef& op) {
+  std::string k;
+  for (const ops::KernelEntry& e : op.kernels)
+    k += str(k.empty() ? "" : ", ", device_name(e.device), "/", dtype_name(e.dtype));
+  return k.empty() ? "none" : k;
+}
+
+// A registered operator placed in the norm slot (ModelConfig::norm_op), checked once at construction against the
+// slot's contract; each failure is one line naming the operator, what is wrong and the fix:
+//   inputs   inp [N,C], w [C] and optionally b [C], w and b parameters; every input's gradient accumulates (the
+//            residual stream's gradient and the weight gradients are sums, as with the built-in norms);
+//   outputs  out [N,C] of the input's dtype first, then any statistics without gradient, kept for backward;
+//   attrs    none, or one float named eps (given norm_eps);
+//   kernels  a forward and a backward for the model's device and dtype, no workspace.
+// Norms run replicated under tensor parallelism (their input, the residual stream, is whole on every rank, and so
+// are their gradients after the all-reduce before them): an operator that declares sharding rules must have one
+// that keeps every tensor whole; one that declares none runs only replicated, which is what the slot needs.
+const ops::OpDef& check_norm_op(const std::string& name, Device dev, DType dt, int tp, double eps) {
+  const std::string what = "norm_op " + name;
+  const ops::OpDef* op = ops::OpRegistry::instance().find(name);
+  AQ_CHECK(op != nullptr, what, " is not a registered operator; load the plugin that declares it with --plugin ",
+           "lib.so (or AQ_PLUGIN_PATH)");
+  AQ_CHECK((op->inputs.size() == 2 || op->inputs.size() == 3) && !op->outputs.empty(), what, " has ", op->inputs.size(),
+           " inputs and ", op->outputs.size(), " outputs; the norm slot takes inp [N,C], w [C] ",
+           "and optionally b [C], and gives out [N,C] first (then any statistics)");
+  for (size_t i = 0; i < op->inputs.size(); ++i) {
+    const ops::TensorSpec& in = op->inputs[i];
+    AQ_CHECK(i == 0 || (in.flags & AQ_TENSOR_PARAM), what, ": input \"", in.name, "\" is not declared a parameter ",
+             "(AQ_TENSOR_PARAM); the norm slot's w and b are trained weights");
+    AQ_CHECK(!(in.flags & (AQ_TENSOR_NO_GRAD | AQ_TENSOR_OPTIONAL)), what, ": input \"", in.name, "\" is declared ",
+             (in.flags & AQ_TENSOR_NO_GRAD) ? "without gradient" : "optional", "; the norm slot trains through inp, ",
+             "w and b, and passes all of them");
+    AQ_CHECK(in.flags & AQ_TENSOR_GRAD_ACCUMULATES, what, " overwrites the gradient of its input \"", in.name,
+             "\"; the norm slot adds it into the residual stream's and the weights' gradients: declare the input ",
+             "AQ_TENSOR_GRAD_ACCUMULATES and add (+=) in the backward kernel");
+  }
+  for (size_t i = 1; i < op->outputs.size(); ++i)
+    AQ_CHECK(op->outputs[i].flags & AQ_TENSOR_NO_GRAD, what, ": output \"", op->outputs[i].name, "\" has a ",
+             "gradient; the norm slot keeps outputs after the first as statistics for backward, declare them ",
+             "AQ_TENSOR_NO_GRAD");
+  AQ_CHECK(op->has_backward, what, " declares no backward, so the model cannot train through it");
+  const ops::KernelEntry* k = op->kernel(dev, dt);
+  AQ_CHECK(k != nullptr, what, " has no kernel for ", device_name(dev), "/", dtype_name(dt),
+           "; its plugin provides: ", kernel_list(*op));
+  AQ_CHECK(k->forward != nullptr && k->backward != nullptr, what, " has no forward and backward the generic call ",
+           "path can run on ", device_name(dev), "/", dtype_name(dt),
+           " (a built-in without an adapter in ops/builtin_adapters.cpp)");
+  AQ_CHECK(
+      op->attrs.empty() || (op->attrs.size() == 1 && op->attrs[0].name == "eps" && op->attrs[0].type == AQ_ATTR_FLOAT),
+      what, " declares the attribute(s) ",
+      [&] {
+        std::string a;
+        for (const ops::AttrSpec& s : op->attrs) a += str(a.empty() ? "" : ", ", s.name);
+        return a;
+      }(),
+      "; the norm slot passes at most one, a float named eps (norm_eps), so it takes operators with that ", "or none");
+  static double probe[60];  // inp [6, 10], w and b [10]: descriptions the shape function may look at, never reads
+  std::vector<Tensor> in = {Tensor(probe, dt, {6, 10}, dev), Tensor(probe, dt, {10}, dev)};
+  if (op->inputs.size() == 3) in.push_back(Tensor(probe, dt, {10}, dev));
+  std::vector<ops::AttrValue> attrs;
+  if (!op->attrs.empty()) attrs.push_back(ops::AttrValue::real(eps));
+  const ops::ShapeResult shape = ops::OpRegistry::instance().infer(name, dt, in, attrs);
+  AQ_CHECK(shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt, what, " maps inp [6, 10] to ",
+           dtype_name(shape.dtypes[0]), " ", shape_str(shape.shapes[0]), "; the norm slot needs out of the ",
+           "input's shape and dtype (", dtype_name(dt), " [6, 10])");
+  AQ_CHECK(shape.workspace_bytes == 0, what, " asks for ", shape.workspace_bytes,
+           " bytes of workspace, which the norm slot does not provide");
+  if (tp == 1 || op->sharding.empty()) return *op;
+  const auto whole = [](const std::vector<int32_t>& v) {
+    return std::all_of(v.begin(), v.end(), [](int32_t p) { return p == AQ_SBP_BROADCAST; });
+  };
+  std::string rules;
+  for (const ops::ShardingRule& r : op->sharding) {
+    if (whole(r.inputs) && whole(r.outputs)) return *op;
+    rules += str(rules.empty() ? "" : ", ", r.name);
+  }
+  fail(str("--tp ", tp, ": ", what, " runs replicated on every rank (norms are not split), but none of its sharding ",
+           "rules (", rules, ") keeps every input and output whole; declare a replicated rule in its plugin, or run ",
+           "with --tp 1"));
 }
 
 }  // namespace
 
 template <typename T>
 size_t Transformer<T>::plan_activation_bytes() {
+  // The norm slot is checked here, before anything is sized from it: the layout below asks its operator for the
+  // shapes of its statistics. (This runs first in construction, in the arena's initialiser.)
+  norm_generic_ = !cfg_.norm_op.empty();
+  norm_bias_ = !cfg_.llama();  // the family's own: GPT-2's LayerNorm has one, Llama's RMSNorm none
+  if (norm_generic_) {
+    const ops::OpDef& op = check_norm_op(cfg_.norm_op, device_, dtype_of<T>(), tp_.size, cfg_.norm_eps);
+    norm_bias_ = op.inputs.size() == 3;
+    norm_eps_attr_ = !op.attrs.empty();
+    norm_saved_ = op.saved;
+    const int64_t N = static_cast<int64_t>(max_batch_) * max_seq_len_;
+    static const char described = 0;  // a non-null address: the shape function sees tensors it never reads
+    const T* d = reinterpret_cast<const T*>(&described);
+    const ops::ShapeResult shape =
+        ops::OpRegistry::instance().infer(cfg_.norm_op, dtype_of<T>(), norm_inputs(d, d, d, N), norm_attrs());
+    norm_stat_dtypes_.assign(shape.dtypes.begin() + 1, shape.dtypes.end());
+    norm_stat_capacity_.clear();
+    for (size_t i = 1; i < shape.shapes.size(); ++i) norm_stat_capacity_.push_back(shape_numel(shape.shapes[i]));
+  }
   Arena planner = Arena::planner();
   layout_activations(planner);
   return planner.used();
@@ -582,7 +722,32 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_l
     k_.attention_gqa_forward = reg.find<typename ops::Attention<T>::ForwardGqa>("attention_gqa_forward", dev, dt);
     k_.attention_gqa_backward = reg.find<typename ops::Attention<T>::BackwardGqa>("attention_gqa_backward", dev, dt);
   }
-  if (!cfg_.mlp_activation.empty()) act_saved_ = check_activation_op(cfg_.mlp_activation, dev, dt, tp_.size).saved;
+  if (!cfg_.mlp_activation.empty()) {
+    const ops::OpDef& op = check_activation_op(cfg_.mlp_activation, dev, dt, tp_.size,
+                                               cfg_.llama() ? "hidden_act" : "activation_function");
+    act_saved_ = op.saved;
+    act_accumulates_ = (op.inputs[0].flags & AQ_TENSOR_GRAD_ACCUMULATES) != 0;
+    if (cfg_.llama()) {
+      k_.glu_split = reg.find<typename ops::Glu<T>::Split>("glu_split", dev, dt);
+      k_.glu_forward = reg.find<typename ops::Glu<T>::Forward>("glu_forward", dev, dt);
+      k_.glu_backward = reg.find<typename ops::Glu<T>::Backward>("glu_backward", dev, dt);
+      k_.glu_merge = reg.find<typename ops::Glu<T>::Merge>("glu_merge", dev, dt);
+    }
+  }
+  if (norm_generic_) k_.residual_forward = reg.find<typename ops::Residual<T>::Forward>("residual_forward", dev, dt);
+}
+
+template <typename T>
+void Transformer<T>::take_norm_stats(Arena& a, NormStats& st) {
+  const int64_t N = static_cast<int64_t>(max_batch_) * max_seq_len_;
+  if (!norm_generic_) {
+    st.mean = a.take<M>(N);
+    st.rstd = a.take<M>(N);
+    return;
+  }
+  st.outputs.clear();
+  for (size_t i = 0; i < norm_stat_dtypes_.size(); ++i)
+    st.outputs.push_back(a.take<char>(static_cast<size_t>(norm_stat_capacity_[i]) * dtype_size(norm_stat_dtypes_[i])));
 }
 
 template <typename T>
@@ -592,20 +757,17 @@ void Transformer<T>::layout_activations(Arena& a) {
   acts_.assign(static_cast<size_t>(cfg_.n_layer), LayerActs{});
   for (auto& l : acts_) {
     l.res_in = a.take<T>(N * C);
-    l.ln1_mean = a.take<M>(N);
-    l.ln1_rstd = a.take<M>(N);
+    take_norm_stats(a, l.ln1);
     l.qkv = a.take<T>(N * QKVl_);  // 3·Cl for GPT-2
     l.atty = a.take<T>(N * Cl);
     l.lse = a.take<M>(N * NHl_);
-    l.ln2_mean = a.take<M>(N);
-    l.ln2_rstd = a.take<M>(N);
+    take_norm_stats(a, l.ln2);
     l.fch = a.take<T>(N * (cfg_.llama() ? 2 * Fl_ : 4 * Cl));
     l.res_mid = a.take<T>(N * C);
   }
   res_final_ = a.take<T>(N * C);
   lnf_ = a.take<T>(N * C);
-  lnf_mean_ = a.take<M>(N);
-  lnf_rstd_ = a.take<M>(N);
+  take_norm_stats(a, lnf_stats_);
   // Scratch shared by all layers.
   lnbuf_ = a.take<T>(N * C);  // ln_1 / ln_2 output of the block being computed
   proj_ = a.take<T>(N * C);   // c_proj outputs before the residual add
@@ -613,8 +775,12 @@ void Transformer<T>::layout_activations(Arena& a) {
   gelu_ = a.take<T>(N * std::max<int64_t>(cfg_.llama() ? Fl_ : 4 * Cl, QKVl_));
   dres_ = a.take<T>(N * C);  // gradient of the residual stream
   if (!cfg_.mlp_activation.empty()) {
-    act_dout_ = a.take<T>(N * 4 * Cl);
-    act_din_ = a.take<T>(N * 4 * Cl);
+    act_dout_ = a.take<T>(N * act_width());
+    act_din_ = a.take<T>(N * act_width());
+    if (cfg_.llama()) {
+      act_gate_ = a.take<T>(N * Fl_);
+      act_val_ = a.take<T>(N * Fl_);
+    }
   }
   dbuf_ = a.take<T>(N * C);  // d(ln outputs), d(attention output)
   logits_ = a.take<char>(ops::classifier_scratch_bytes<T>(classifier_chunk_, Vl_));
@@ -795,45 +961,116 @@ double Transformer<T>::mean_loss(int64_t N) {
 }
 
 template <typename T>
-void Transformer<T>::norm_forward(T* out, M* mean, M* rstd, const T* inp, const T* w, const T* b, int64_t N) {
-  if (cfg_.llama())
-    k_.rmsnorm_forward(out, rstd, inp, w, N, cfg_.n_embd, cfg_.norm_eps);
-  else
-    k_.layernorm_forward(out, mean, rstd, inp, w, b, N, cfg_.n_embd);
+std::vector<Tensor> Transformer<T>::norm_inputs(const T* inp, const T* w, const T* b, int64_t N) const {
+  const int64_t C = cfg_.n_embd;
+  const auto view = [&](const T* p, Shape s) {
+    return Tensor(const_cast<T*>(p), dtype_of<T>(), std::move(s), device_);
+  };
+  std::vector<Tensor> in = {view(inp, {N, C}), view(w, {C})};
+  if (norm_bias_) in.push_back(view(b, {C}));
+  return in;
 }
 
 template <typename T>
-void Transformer<T>::residual_norm_forward(T* res, T* out, M* mean, M* rstd, const T* a, const T* b_in, const T* w,
+std::vector<Tensor> Transformer<T>::norm_outputs(const T* out, const NormStats& st, int64_t N) const {
+  // The statistics' shapes at this N come from the operator's shape function; their buffers were sized by it at
+  // the largest N, and a shape function whose statistics grow as N shrinks is refused rather than overrun.
+  const ops::ShapeResult shape =
+      ops::OpRegistry::instance().infer(cfg_.norm_op, dtype_of<T>(), norm_inputs(out, out, out, N), norm_attrs());
+  std::vector<Tensor> o = {Tensor(const_cast<T*>(out), dtype_of<T>(), {N, cfg_.n_embd}, device_)};
+  for (size_t i = 0; i < st.outputs.size(); ++i) {
+    const Shape& s = shape.shapes[i + 1];
+    AQ_CHECK(shape_numel(s) <= norm_stat_capacity_[i] && shape.dtypes[i + 1] == norm_stat_dtypes_[i], "norm_op ",
+             cfg_.norm_op, ": its shape function gives statistics \"",
+             ops::OpRegistry::instance().get(cfg_.norm_op).outputs[i + 1].name, "\" ", dtype_name(shape.dtypes[i + 1]),
+             " ", shape_str(s), " for ", N, " rows, more than the ", norm_stat_capacity_[i], " ",
+             dtype_name(norm_stat_dtypes_[i]),
+             " elements it gave for the largest batch; statistics must not grow as the batch shrinks");
+    o.push_back(Tensor(st.outputs[i], shape.dtypes[i + 1], s, device_));
+  }
+  return o;
+}
+
+template <typename T>
+std::vector<ops::AttrValue> Transformer<T>::norm_attrs() const {
+  if (!norm_eps_attr_) return {};
+  return {ops::AttrValue::real(cfg_.norm_eps)};
+}
+
+template <typename T>
+void Transformer<T>::norm_forward(T* out, NormStats& st, const T* inp, const T* w, const T* b, int64_t N) {
+  if (norm_generic_)
+    ops::OpRegistry::instance().forward(cfg_.norm_op, norm_inputs(inp, w, b, N), norm_outputs(out, st, N),
+                                        norm_attrs());
+  else if (cfg_.llama())
+    k_.rmsnorm_forward(out, st.rstd, inp, w, N, cfg_.n_embd, cfg_.norm_eps);
+  else
+    k_.layernorm_forward(out, st.mean, st.rstd, inp, w, b, N, cfg_.n_embd);
+}
+
+template <typename T>
+void Transformer<T>::residual_norm_forward(T* res, T* out, NormStats& st, const T* a, const T* b_in, const T* w,
                                            const T* b, int64_t N) {
-  if (cfg_.llama())
-    k_.residual_rmsnorm_forward(res, out, rstd, a, b_in, w, N, cfg_.n_embd, cfg_.norm_eps);
-  else
-    k_.residual_layernorm_forward(res, out, mean, rstd, a, b_in, w, b, N, cfg_.n_embd);
+  if (norm_generic_) {
+    // No fused form: the add first (one rounding, as in the fused kernels), then the operator on the sum.
+    k_.residual_forward(res, a, b_in, N * cfg_.n_embd);
+    norm_forward(out, st, res, w, b, N);
+  } else if (cfg_.llama()) {
+    k_.residual_rmsnorm_forward(res, out, st.rstd, a, b_in, w, N, cfg_.n_embd, cfg_.norm_eps);
+  } else {
+    k_.residual_layernorm_forward(res, out, st.mean, st.rstd, a, b_in, w, b, N, cfg_.n_embd);
+  }
 }
 
 template <typename T>
-void Transformer<T>::norm_backward(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* w, const M* mean,
-                                   const M* rstd, int64_t N) {
-  if (cfg_.llama())
-    k_.rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, cfg_.n_embd);
-  else
-    k_.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, cfg_.n_embd);
+void Transformer<T>::norm_backward(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* out, const T* w,
+                                   const T* b, const NormStats& st, int64_t N) {
+  if (!norm_generic_) {
+    if (cfg_.llama())
+      k_.rmsnorm_backward(dinp, dw, dout, inp, w, st.rstd, N, cfg_.n_embd);
+    else
+      k_.layernorm_backward(dinp, dw, db, dout, inp, w, st.mean, st.rstd, N, cfg_.n_embd);
+    return;
+  }
+  // The operator's saved tensors (inputs first, then outputs), the gradient of `out` (none for the statistics),
+  // and the gradients of inp, w[, b] — all three accumulate (checked at construction).
+  const std::vector<Tensor> in = norm_inputs(inp, w, b, N), outs = norm_outputs(out, st, N);
+  std::vector<Tensor> saved;
+  for (int32_t i : norm_saved_)
+    saved.push_back(static_cast<size_t>(i) < in.size() ? in[static_cast<size_t>(i)] : outs[i - in.size()]);
+  std::vector<Tensor> dout_v(outs.size());
+  dout_v[0] = Tensor(const_cast<T*>(dout), dtype_of<T>(), {N, cfg_.n_embd}, device_);
+  const Shape c{cfg_.n_embd};
+  std::vector<Tensor> grads = {Tensor(dinp, dtype_of<T>(), {N, cfg_.n_embd}, device_),
+                               Tensor(dw, dtype_of<M>(), c, device_)};
+  if (norm_bias_) grads.push_back(Tensor(db, dtype_of<M>(), c, device_));
+  ops::OpRegistry::instance().backward(cfg_.norm_op, saved, dout_v, grads, norm_attrs());
 }
 
 template <typename T>
 void Transformer<T>::activation_forward(T* out, const T* pre, int64_t N) {
-  const Shape shape{N, 4 * static_cast<int64_t>(Cl_)};
+  const Shape shape{N, act_width()};
   ops::OpRegistry::instance().forward(cfg_.mlp_activation, {Tensor(const_cast<T*>(pre), dtype_of<T>(), shape, device_)},
                                       {Tensor(out, dtype_of<T>(), shape, device_)}, {});
 }
 
 template <typename T>
 void Transformer<T>::activation_backward(T* dpre, const T* dout, const T* pre, const T* out, int64_t N) {
-  const Shape shape{N, 4 * static_cast<int64_t>(Cl_)};
+  const Shape shape{N, act_width()};
+  // An operator that adds into its input's gradient gets a zeroed buffer: nothing else contributes to it.
+  if (act_accumulates_) device_zero(device_, dpre, static_cast<size_t>(N * act_width()) * sizeof(T));
   const auto view = [&](const T* p) { return Tensor(const_cast<T*>(p), dtype_of<T>(), shape, device_); };
   std::vector<Tensor> saved;  // what the operator declared it keeps: its input (index 0) and/or its output (1)
   for (int32_t i : act_saved_) saved.push_back(view(i == 0 ? pre : out));
   ops::OpRegistry::instance().backward(cfg_.mlp_activation, saved, {view(dout)}, {view(dpre)}, {});
+}
+
+template <typename T>
+void Transformer<T>::glu_activation_forward(const T* fch, int64_t N) {
+  // The operator needs its input contiguous: the gate half of fch's rows is copied out first.
+  k_.glu_split(act_gate_, fch, N, Fl_);
+  activation_forward(act_val_, act_gate_, N);
+  k_.glu_forward(gelu_, act_val_, fch, N, Fl_);
 }
 
 template <typename T>
@@ -872,7 +1109,7 @@ const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B,
   tp_all_reduce(acts_[0].res_in, N * C, "embedding");
   profiled("fwd layernorm", [&] {
     const LayerParams w0 = layer_view(P, 0);
-    norm_forward(lnbuf_, acts_[0].ln1_mean, acts_[0].ln1_rstd, acts_[0].res_in, w0.ln1w, w0.ln1b, N);
+    norm_forward(lnbuf_, acts_[0].ln1, acts_[0].res_in, w0.ln1w, w0.ln1b, N);
   });
   for (int l = 0; l < L; ++l) {
     trace::Span block_span(trace::Stream::Compute, "fwd block", l);
@@ -887,13 +1124,15 @@ const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B,
     });
     tp_all_reduce(proj_, N * C, "attn.c_proj output");
     T* res_mid = a.res_mid;
-    profiled("fwd layernorm", [&] {
-      residual_norm_forward(res_mid, lnbuf_, a.ln2_mean, a.ln2_rstd, a.res_in, proj_, w.ln2w, w.ln2b, N);
-    });
+    profiled("fwd layernorm",
+             [&] { residual_norm_forward(res_mid, lnbuf_, a.ln2, a.res_in, proj_, w.ln2w, w.ln2b, N); });
     if (cfg_.llama()) {
       profiled("fwd gemm mlp.c_fc",  // fch = [gate | up]
                [&] { k_.matmul_forward(a.fch, lnbuf_, w.fcw, nullptr, N, C, 2 * Fl_); });
-      profiled("fwd swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
+      if (cfg_.mlp_activation.empty())
+        profiled("fwd swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
+      else  // a registered activation: gelu_ = op(gate) ⊙ up
+        profiled("fwd activation", [&] { glu_activation_forward(a.fch, N); });
     } else if (!cfg_.mlp_activation.empty()) {  // a registered operator: fch = pre-activation, gelu_ = op(fch)
       profiled("fwd gemm mlp.c_fc", [&] { k_.matmul_forward(a.fch, lnbuf_, w.fcw, w.fcb, N, C, 4 * Cl); });
       profiled("fwd activation", [&] { activation_forward(gelu_, a.fch, N); });
@@ -910,9 +1149,9 @@ const int32_t* Transformer<T>::forward_to_lnf(const int32_t* host_inputs, int B,
     if (l + 1 < L) {
       const LayerParams wn = layer_view(P, l + 1);
       LayerActs& n = acts_[l + 1];
-      residual_norm_forward(n.res_in, lnbuf_, n.ln1_mean, n.ln1_rstd, res_mid, proj_, wn.ln1w, wn.ln1b, N);
+      residual_norm_forward(n.res_in, lnbuf_, n.ln1, res_mid, proj_, wn.ln1w, wn.ln1b, N);
     } else {
-      residual_norm_forward(res_final_, lnf_, lnf_mean_, lnf_rstd_, res_mid, proj_, P + lnfw_off_,
+      residual_norm_forward(res_final_, lnf_, lnf_stats_, res_mid, proj_, P + lnfw_off_,
                             lnfb_off_ < 0 ? nullptr : P + lnfb_off_, N);
     }
   }
@@ -997,8 +1236,8 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
 
   profiled("bwd layernorm", [&] {
     device_zero(device_, dres_, static_cast<size_t>(N * C) * sizeof(T));
-    norm_backward(dres_, G + lnfw_off_, lnfb_off_ < 0 ? nullptr : G + lnfb_off_, dbuf_, res_final_, P + lnfw_off_,
-                  lnf_mean_, lnf_rstd_, N);
+    norm_backward(dres_, G + lnfw_off_, lnfb_off_ < 0 ? nullptr : G + lnfb_off_, dbuf_, res_final_, lnf_, P + lnfw_off_,
+                  lnfb_off_ < 0 ? nullptr : P + lnfb_off_, lnf_stats_, N);
   });
   ready(lnfw_off_);
   for (int l = L - 1; l >= 0; --l) {
@@ -1009,9 +1248,22 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
     // Recompute what forward did not keep: ln_2 = norm(res_mid), with the same kernel on the same input, so the
     // values are bit-identical to forward's.
     T* res_mid = a.res_mid;
-    profiled("bwd recompute layernorm",
-             [&] { norm_forward(lnbuf_, a.ln2_mean, a.ln2_rstd, res_mid, w.ln2w, w.ln2b, N); });
-    if (cfg_.llama()) {
+    profiled("bwd recompute layernorm", [&] { norm_forward(lnbuf_, a.ln2, res_mid, w.ln2w, w.ln2b, N); });
+    if (cfg_.llama() && !cfg_.mlp_activation.empty()) {
+      // A registered activation: op(gate) ⊙ up recomputed from the stored [gate | up] (the gate copy and the
+      // operator's output kept for its backward); d(its output) in place over it; d(up) and then d(gate), through
+      // the operator's backward, into fch (not read again in this backward).
+      profiled("bwd recompute activation", [&] { glu_activation_forward(a.fch, N); });
+      profiled("bwd gemm mlp.c_proj",
+               [&] { k_.matmul_backward(gelu_, g.fcprojw, nullptr, dres_, gelu_, w.fcprojw, N, Fl_, C); });
+      profiled("bwd activation", [&] {
+        k_.glu_backward(a.fch, act_dout_, gelu_, act_val_, a.fch, N, Fl_);
+        activation_backward(act_din_, act_dout_, act_gate_, act_val_, N);
+        k_.glu_merge(a.fch, act_din_, N, Fl_);
+      });
+      profiled("bwd gemm mlp.c_fc",
+               [&] { k_.matmul_backward(dbuf_, g.fcw, nullptr, a.fch, lnbuf_, w.fcw, N, C, 2 * Fl_); });
+    } else if (cfg_.llama()) {
       // SwiGLU recomputed from the stored [gate | up]; then d(its output) in place over it, and d(gate | up) in
       // place over fch (neither is read again in this backward).
       profiled("bwd recompute swiglu", [&] { k_.swiglu_forward(gelu_, a.fch, N, Fl_); });
@@ -1045,19 +1297,19 @@ double Transformer<T>::forward_backward(const int32_t* host_inputs, const int32_
     }
     tp_all_reduce(dbuf_, N * C, "d(ln_2 output)");
     profiled("bwd layernorm",
-             [&] { norm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, w.ln2w, a.ln2_mean, a.ln2_rstd, N); });
+             [&] { norm_backward(dres_, g.ln2w, g.ln2b, dbuf_, res_mid, lnbuf_, w.ln2w, w.ln2b, a.ln2, N); });
     // dres_ is now the gradient of res_mid = res_in + attn(...).
     profiled("bwd gemm attn.c_proj",
              [&] { k_.matmul_backward(dbuf_, g.attprojw, g.attprojb, dres_, a.atty, w.attprojw, N, Cl, C); });
     profiled("bwd attention", [&] { attention_backward(gelu_, dbuf_, a, B, T_); });  // gelu_ now holds d(qkv)
     profiled("bwd recompute layernorm", [&] {                                        // ln_1
-      norm_forward(lnbuf_, a.ln1_mean, a.ln1_rstd, a.res_in, w.ln1w, w.ln1b, N);
+      norm_forward(lnbuf_, a.ln1, a.res_in, w.ln1w, w.ln1b, N);
     });
     profiled("bwd gemm attn.c_attn",
              [&] { k_.matmul_backward(dbuf_, g.qkvw, g.qkvb, gelu_, lnbuf_, w.qkvw, N, C, QKVl_); });
     tp_all_reduce(dbuf_, N * C, "d(ln_1 output)");
     profiled("bwd layernorm",
-             [&] { norm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, w.ln1w, a.ln1_mean, a.ln1_rstd, N); });
+             [&] { norm_backward(dres_, g.ln1w, g.ln1b, dbuf_, a.res_in, lnbuf_, w.ln1w, w.ln1b, a.ln1, N); });
     block_span.end();
     ready(layer_offsets_[static_cast<size_t>(l)][0]);  // block l's first tensor
   }

@@ -8,6 +8,8 @@
 //   attention     multi-head, with biases             grouped-query (n_kv_head key/value heads), no biases
 //   MLP           4C, tanh-GELU, with biases          SwiGLU of width F (gate and up in one GEMM), no biases
 //   LM head       tied to the token table             lm_head (untied) or tied (tie_word_embeddings)
+// Either family's norms can instead be any registered norm operator (ModelConfig::norm_op, the norm slot), and its
+// MLP activation any registered unary operator (ModelConfig::mlp_activation; a Llama's gates it: op(gate) ⊙ up).
 // Parameters, gradients and all activations live in three allocations made at construction: the step itself
 // never allocates.
 //
@@ -47,9 +49,11 @@
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/op_def.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -72,9 +76,17 @@ struct ModelConfig {
   double norm_eps = 1e-5;  // rms_norm_eps
   double rope_theta = 10000.0;
   bool tied_head = true;  // tie_word_embeddings
-  // GPT-2 family: the MLP's activation — empty for GELU (fused into the GEMM), or a registered operator
-  // ("myorg::squared_relu", from a plugin) run through the generic call path; config.json's activation_function.
+  // The MLP's activation — empty for the family's own (GPT-2's GELU, fused into the GEMM; a Llama's silu, fused
+  // into SwiGLU), or a registered unary operator ("myorg::squared_relu", from a plugin) run through the generic
+  // call path: GPT-2 op(c_fc(x)); a Llama op(gate(x)) ⊙ up(x) (aq::gelu: GeGLU). config.json's
+  // activation_function (GPT-2) or hidden_act (Llama: "silu" is the fused path, "gelu_pytorch_tanh" is aq::gelu).
   std::string mlp_activation;
+  // Both families: the operator of every norm (GPT-2 ln_1, ln_2, ln_f; Llama input_layernorm,
+  // post_attention_layernorm, model.norm) — empty for the family's own (GPT-2 LayerNorm with bias, Llama RMSNorm,
+  // fused with the residual add), or a registered operator ("aq::rmsnorm" in a GPT-2, "aq::layernorm" in a Llama,
+  // "myorg::norm" from a plugin) run through the generic call path; config.json's and the metadata's "norm_op".
+  // A bias tensor exists iff the operator takes one (a third input).
+  std::string norm_op;
 
   bool llama() const { return arch == Arch::Llama; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
@@ -204,18 +216,25 @@ class Transformer {
   };
   using LayerParams = LayerPtrs<T>;
   using LayerGrads = LayerPtrs<M>;
+  // One norm instance's statistics, kept from forward for its backward: the built-in norms' mean and rstd (N)
+  // (RMSNorm's mean unused), or a registered norm operator's outputs after the first, in declaration order, each
+  // sized by the operator's shape function at the largest batch.
+  struct NormStats {
+    M *mean = nullptr, *rstd = nullptr;
+    std::vector<void*> outputs;
+  };
   struct LayerActs {
     // LayerNorm outputs are not stored: backward recomputes them from the residual stream (one cheap pass)
     // into a shared scratch buffer, which saves 2·N·C values per layer.
     T* res_in;               // (N,C) residual stream entering the block
-    M *ln1_mean, *ln1_rstd;  // (N), (N)
+    NormStats ln1;           // (N), (N)
     T* qkv;                  // (N,3C/tp); Llama (N,(NH+2NKV)·hs/tp), q and k rotated
     T* atty;                 // (N,C)
     M* lse;                  // (B,NH,T)
     // res_mid = res_in + c_proj(atty), stored: recomputing it in backward would cost one C×C GEMM per layer on
     // one rank (~2% of a GPT-2 124M step) and a blocking all-reduce with tensor parallelism.
     T* res_mid;  // (N,C)
-    M *ln2_mean, *ln2_rstd;
+    NormStats ln2;
     T* fch;  // (N,4C/tp) pre-GELU; GELU is recomputed in backward instead of stored
              // Llama: (N,2F/tp) [gate | up] before SwiGLU (also recomputed)
   };
@@ -244,6 +263,12 @@ class Transformer {
     typename ops::Attention<T>::ForwardGqa* attention_gqa_forward = nullptr;
     typename ops::Attention<T>::BackwardGqa* attention_gqa_backward = nullptr;
     typename ops::MultiAdamW<T>::Cast* cast_to_working = nullptr;  // bf16 only
+    typename ops::Residual<T>::Forward* residual_forward = nullptr;  // a registered norm (norm_op) only
+    // a Llama with a registered MLP activation only
+    typename ops::Glu<T>::Split* glu_split = nullptr;
+    typename ops::Glu<T>::Forward* glu_forward = nullptr;
+    typename ops::Glu<T>::Backward* glu_backward = nullptr;
+    typename ops::Glu<T>::Merge* glu_merge = nullptr;
   };
   M* master_ptr() { return std::is_same_v<T, M> ? reinterpret_cast<M*>(params_.data()) : master_.data(); }
 
@@ -256,16 +281,27 @@ class Transformer {
   // Runs the model up to ln_f; returns the inputs as the kernels see them (copied to the device if needed).
   const int32_t* forward_to_lnf(const int32_t* inputs, int B, int T_);
   void tp_all_reduce(T* data, int64_t n, const char* what);
-  // The block's norm (LayerNorm, or RMSNorm for a Llama, whose `mean` and bias are unused).
-  void norm_forward(T* out, M* mean, M* rstd, const T* inp, const T* w, const T* b, int64_t N);
-  void residual_norm_forward(T* res, T* out, M* mean, M* rstd, const T* a, const T* b_in, const T* w, const T* b,
+  // The block's norm: LayerNorm, or RMSNorm for a Llama (whose `mean` and bias are unused), or the operator of
+  // ModelConfig::norm_op through the registry's generic path (the residual add then runs first, on its own).
+  // inp, out, res, a, b_in (N,C); w, b (C); dinp (N,C) and dw, db (C) accumulate; `out` is the forward's output
+  // (still in place when backward runs), for an operator that saves it.
+  void norm_forward(T* out, NormStats& st, const T* inp, const T* w, const T* b, int64_t N);
+  void residual_norm_forward(T* res, T* out, NormStats& st, const T* a, const T* b_in, const T* w, const T* b,
                              int64_t N);
-  void norm_backward(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* w, const M* mean, const M* rstd,
-                     int64_t N);
+  void norm_backward(T* dinp, M* dw, M* db, const T* dout, const T* inp, const T* out, const T* w, const T* b,
+                     const NormStats& st, int64_t N);
+  // A registered norm's tensors as views: inputs (inp, w[, b]), outputs (out, statistics…), attributes (eps).
+  std::vector<Tensor> norm_inputs(const T* inp, const T* w, const T* b, int64_t N) const;
+  std::vector<Tensor> norm_outputs(const T* out, const NormStats& st, int64_t N) const;
+  std::vector<ops::AttrValue> norm_attrs() const;
+  void take_norm_stats(Arena& a, NormStats& st);
   // A registered operator as the MLP activation (ModelConfig::mlp_activation): out = op(pre), and d(pre) from
-  // d(out). Both (N, 4C/tp), through the operator registry's generic path.
+  // d(out). All (N, W) with W = act_width() (GPT-2 4C/tp; a Llama's gate, F/tp), through the registry's generic path.
   void activation_forward(T* out, const T* pre, int64_t N);
   void activation_backward(T* dpre, const T* dout, const T* pre, const T* out, int64_t N);
+  int64_t act_width() const { return cfg_.llama() ? Fl_ : 4 * static_cast<int64_t>(Cl_); }
+  // A Llama's gated MLP around that operator: gelu_ (N,F/tp) = op(gate) ⊙ up from fch's [gate | up] rows.
+  void glu_activation_forward(const T* fch, int64_t N);
   // The attention of block `a` from its qkv (Llama: rotates q and k first), and its backward into dqkv.
   void attention_forward(LayerActs& a, int B, int T_);
   void attention_backward(T* dqkv, const T* datty, LayerActs& a, int B, int T_);
@@ -303,10 +339,18 @@ class Transformer {
 
   std::vector<LayerActs> acts_;
   T *res_final_ = nullptr, *lnf_ = nullptr;
-  M *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr;
+  NormStats lnf_stats_;
+  // A registered norm (ModelConfig::norm_op), checked once: whether it takes a bias, whether it takes eps, what its
+  // backward keeps (OpDef::saved), and its statistics outputs' dtypes (the shape function's, at the planned N).
+  bool norm_generic_ = false, norm_bias_ = true, norm_eps_attr_ = false;
+  std::vector<int32_t> norm_saved_;
+  std::vector<DType> norm_stat_dtypes_;
+  std::vector<int64_t> norm_stat_capacity_;  // elements planned per statistics output
   T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr;
-  T *act_dout_ = nullptr, *act_din_ = nullptr;  // a registered MLP activation's gradients (N, 4C/tp)
+  T *act_dout_ = nullptr, *act_din_ = nullptr;  // a registered MLP activation's gradients (N, act_width())
+  T *act_gate_ = nullptr, *act_val_ = nullptr;  // a Llama's: its input (the gate, contiguous) and output (N, F/tp)
   std::vector<int32_t> act_saved_;              // the tensors that operator's backward takes (OpDef::saved), found once
+  bool act_accumulates_ = false;                // its input gradient adds (the buffer is zeroed before backward)
   void* logits_ = nullptr;                      // classifier scratch (ops::classifier_scratch_bytes)
   M* losses_ = nullptr;
   int32_t *inputs_ = nullptr, *targets_ = nullptr;

@@ -12,9 +12,11 @@
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/registry.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -134,6 +136,15 @@ AqStatus gelu_bwd(void*, const AqKernelArgs* a, AqError* e) {
     using T = typename decltype(tag)::type;
     if (!ptr<T>(a->outputs[0])) return;  // no gradient wanted
     typed<typename Gelu<T>::Backward>("gelu_backward", dev, dtype_of<T>())(
+        ptr<T>(a->outputs[0]), ptr<T>(a->inputs[0]), ptr<T>(a->inputs[1]), aq_tensor_numel(a->inputs[0]));
+  });
+}
+
+// ---- add: a (any), b (same) -> out = a + b; no backward (the gradient is dout for both) ---------------------
+AqStatus add_fwd(void*, const AqKernelArgs* a, AqError* e) {
+  return dispatch(a, e, "aq::add", [&](auto tag, Device dev) {
+    using T = typename decltype(tag)::type;
+    typed<typename Residual<T>::Forward>("residual_forward", dev, dtype_of<T>())(
         ptr<T>(a->outputs[0]), ptr<T>(a->inputs[0]), ptr<T>(a->inputs[1]), aq_tensor_numel(a->inputs[0]));
   });
 }
@@ -284,6 +295,27 @@ AqStatus swiglu_bwd(void*, const AqKernelArgs* a, AqError* e) {
   });
 }
 
+// ---- glu: act (N,F), inp (N,2F) = [gate | up] -> out (N,F) = act ⊙ up ----------------------------------------
+// backward: act, inp, dout -> dact (overwritten), dinp (overwritten: [0 | dout ⊙ act]), both in one call
+AqStatus glu_fwd(void*, const AqKernelArgs* a, AqError* e) {
+  return dispatch(a, e, "aq::glu", [&](auto tag, Device dev) {
+    using T = typename decltype(tag)::type;
+    const AqTensor* act = a->inputs[0];
+    typed<typename Glu<T>::Forward>("glu_forward", dev, dtype_of<T>())(
+        ptr<T>(a->outputs[0]), ptr<T>(act), ptr<T>(a->inputs[1]), act->shape[0], as_int(act->shape[1], "aq::glu", "F"));
+  });
+}
+AqStatus glu_bwd(void*, const AqKernelArgs* a, AqError* e) {
+  return dispatch(a, e, "aq::glu", [&](auto tag, Device dev) {
+    using T = typename decltype(tag)::type;
+    const AqTensor* act = a->inputs[0];
+    const char* op = "aq::glu";
+    typed<typename Glu<T>::Backward>("glu_backward", dev, dtype_of<T>())(
+        need<T>(a->outputs[1], op, "dinp"), need<T>(a->outputs[0], op, "dact"), ptr<T>(a->inputs[2]), ptr<T>(act),
+        ptr<T>(a->inputs[1]), act->shape[0], as_int(act->shape[1], op, "F"));
+  });
+}
+
 // ---- rope: x (B,T,stride) -> out = x rotated (the typed kernel works in place: out is x copied, then rotated)
 // attrs n_heads, head_size, pos0, theta; backward: dout -> dx = dout rotated back
 template <bool Backward>
@@ -426,6 +458,13 @@ std::vector<BuiltinAdapter> make_table() {
   }
   {
     BuiltinAdapter a;
+    a.op = "aq::add";
+    a.forward = add_fwd;
+    a.probe.inputs = {{12, 7}, {12, 7}};
+    t.push_back(a);
+  }
+  {
+    BuiltinAdapter a;
     a.op = "aq::layernorm";
     a.forward = layernorm_fwd;
     a.backward = layernorm_bwd;
@@ -495,6 +534,20 @@ std::vector<BuiltinAdapter> make_table() {
     a.blocks = [](const std::string& rule, int tensor, int dim, const Shape& s,
                   const std::vector<AttrValue>&) -> std::vector<int64_t> {
       if (rule == "gate-up pairs" && tensor == 0 && dim == 1) return {s[1] / 2, s[1] / 2};
+      return {};
+    };
+    t.push_back(a);
+  }
+  {
+    BuiltinAdapter a;
+    a.op = "aq::glu";
+    a.forward = glu_fwd;
+    a.backward = glu_bwd;
+    a.probe.inputs = {{12, 6}, {12, 12}};  // F 6
+    // inp's rows are [gate | up]: a rank holds [its gate columns | its up columns] (tensor 1, inputs first).
+    a.blocks = [](const std::string& rule, int tensor, int dim, const Shape& s,
+                  const std::vector<AttrValue>&) -> std::vector<int64_t> {
+      if (rule == "gate-up pairs" && tensor == 1 && dim == 1) return {s[1] / 2, s[1] / 2};
       return {};
     };
     t.push_back(a);

@@ -105,6 +105,13 @@ void swiglu_shape(ShapeCall& s) {
   set(s.out(0), s.kernel_dtype(), {x.shape[0], x.shape[1] / 2});
 }
 
+void glu_shape(ShapeCall& s) {
+  const AqTensorDesc &act = s.in(0), &x = s.in(1);
+  expect(x.shape[0] == act.shape[0] && x.shape[1] == 2 * act.shape[1], "aq::glu",
+         "act " + dims(act) + " and inp " + dims(x) + ": inp must be [N, 2F] ([gate | up]) for act [N, F]");
+  set(s.out(0), s.kernel_dtype(), {act.shape[0], act.shape[1]});
+}
+
 void rope_shape(ShapeCall& s) {
   const AqTensorDesc& x = s.in(0);
   const int64_t heads = s.attr_int(0), hs = s.attr_int(1);
@@ -129,6 +136,14 @@ void attention_gqa_shape(ShapeCall& s) {
 void same_as_input(ShapeCall& s) {
   s.out(0) = s.in(0);
   s.out(0).dtype = s.kernel_dtype();
+}
+
+void add_shape(ShapeCall& s) {
+  const AqTensorDesc &a = s.in(0), &b = s.in(1);
+  bool same = a.ndim == b.ndim;
+  for (int i = 0; same && i < a.ndim; ++i) same = a.shape[i] == b.shape[i];
+  expect(same, "aq::add", "a " + dims(a) + " and b " + dims(b) + " must have the same shape");
+  same_as_input(s);
 }
 
 void softmax_xent_shape(ShapeCall& s) {
@@ -275,6 +290,24 @@ void declare_builtin_ops(OpRegistry& r) {
     declare(r, b, {"swiglu_forward", "swiglu_backward", {}});
   }
   {
+    OpBuilder b("aq::glu", 1);
+    b.doc(
+         "gated linear unit on packed [gate | up] rows around any activation: out = act ⊙ up, act = activation(gate) "
+         "computed apart (a Llama's hidden_act other than silu); inp's gate half gets gradient 0 here, the "
+         "activation's input gradient is merged into it by the model")
+        .input("act", T_, 2, "N,F")
+        .input("inp", T_, 2, "N,2F")
+        .output("out", T_, 2, "N,F")
+        .shape(glu_shape)
+        .saves({"act", "inp"})
+        // Columns split as whole [gate shard | up shard] pairs of inp beside act's columns (the column-parallel
+        // GEMM's layout), or rows.
+        .sharding("rows", {S0, S0}, {S0}, {S0, S0})
+        .sharding("gate-up pairs", {S1, S1}, {S1}, {S1, S1})
+        .sharding("replicated", {B, B}, {B}, {B, B});
+    declare(r, b, {"glu_forward", "glu_backward", {"glu_split", "glu_merge"}});
+  }
+  {
     OpBuilder b("aq::rope", 1);
     b.doc("rotary position embedding, HF rotate_half, in place on the first n_heads heads of each row")
         .input("x", T_, 3, "B,T,stride")
@@ -316,6 +349,19 @@ void declare_builtin_ops(OpRegistry& r) {
         .sharding("elementwise", {ANY}, {ANY}, {ANY})
         .sharding("replicated", {B}, {B}, {B});
     declare(r, b, {"gelu_forward", "gelu_backward", {}});
+  }
+  {
+    OpBuilder b("aq::add", 1);
+    b.doc(
+         "out = a + b elementwise: the residual add, which the built-in norms fuse and a norm from the registry "
+         "(ModelConfig::norm_op) runs after it; its gradient is dout for both, passed on without a kernel")
+        .input("a", T_, -1, "any")
+        .input("b", T_, -1, "same as a")
+        .output("out", T_, -1, "same as a")
+        .shape(add_shape)
+        .sharding("elementwise", {ANY, ANY}, {ANY}, {NONE, NONE})
+        .sharding("replicated", {B, B}, {B}, {NONE, NONE});
+    declare(r, b, {"residual_forward", "", {}});
   }
   {
     OpBuilder b("aq::softmax_xent", 1);

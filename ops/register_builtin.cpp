@@ -5,9 +5,11 @@
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/registry.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -26,6 +28,8 @@ void register_builtin_kernels(Registry& r) {
   register_rmsnorm_cpu(r);
   register_swiglu_cpu(r);
   register_rope_cpu(r);
+  register_residual_cpu(r);
+  register_glu_cpu(r);
 #ifdef AQ_HAVE_CUDA
   register_embedding_cuda(r);
   register_layernorm_cuda(r);
@@ -37,6 +41,8 @@ void register_builtin_kernels(Registry& r) {
   register_rmsnorm_cuda(r);
   register_swiglu_cuda(r);
   register_rope_cuda(r);
+  register_residual_cuda(r);
+  register_glu_cuda(r);
 #endif
 }
 

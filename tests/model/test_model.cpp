@@ -83,6 +83,167 @@ TEST(Llama, WholeModelGradientMatchesFiniteDifferences) {
   expect_gradient_matches_finite_differences(tiny_llama(/*tied=*/true));
 }
 
+// ---- the norm slot (ModelConfig::norm_op) -------------------------------------------------------------------
+
+ModelConfig with_norm(ModelConfig c, const std::string& op) {
+  c.norm_op = op;
+  return c;
+}
+
+// Three steps of plain SGD on two float models from the same weights: every loss and every gradient equal bit for
+// bit. The generic path adds the residual with its own kernel and then runs the norm on the sum; the fused kernels
+// do the same float addition and the same row normalisation, and backward calls the same typed kernels through the
+// adapters, so nothing may differ at all.
+void expect_trains_bit_for_bit(const ModelConfig& a_cfg, const ModelConfig& b_cfg) {
+  const int B = 3, T = 7;
+  Transformer<float> a(a_cfg, B, T), b(b_cfg, B, T);
+  ASSERT_EQ(a.buffer_size(), b.buffer_size());
+  randomize(a, 21);
+  std::copy(a.params(), a.params() + a.buffer_size(), b.params());
+  for (int step = 0; step < 3; ++step) {
+    auto inp = test::random_tokens(B * T, 11, 30 + step), tgt = test::random_tokens(B * T, 11, 40 + step);
+    const double la = a.forward_backward(inp.data(), tgt.data(), B, T);
+    const double lb = b.forward_backward(inp.data(), tgt.data(), B, T);
+    EXPECT_EQ(la, lb) << "step " << step;
+    for (int64_t i = 0; i < a.buffer_size(); ++i) {
+      ASSERT_EQ(a.grads()[i], b.grads()[i]) << "step " << step << ", gradient element " << i;
+      a.params()[i] -= 0.1f * a.grads()[i];
+      b.params()[i] -= 0.1f * b.grads()[i];
+    }
+  }
+}
+
+TEST(NormSlot, BuiltInNormsThroughTheGenericPathTrainBitForBitLikeTheFusedOnes) {
+  expect_trains_bit_for_bit(tiny_config(), with_norm(tiny_config(), "aq::layernorm"));
+  expect_trains_bit_for_bit(tiny_llama(), with_norm(tiny_llama(), "aq::rmsnorm"));
+}
+
+TEST(NormSlot, GradientsMatchFiniteDifferencesAcrossFamilies) {
+  expect_gradient_matches_finite_differences(with_norm(tiny_config(), "aq::rmsnorm"));   // GPT-2 with RMSNorm
+  expect_gradient_matches_finite_differences(with_norm(tiny_llama(), "aq::layernorm"));  // a Llama with LayerNorm
+}
+
+// The slot's tensors keep the slot's names; a bias exists iff the operator takes one; weights start at 1, biases 0.
+TEST(NormSlot, ParameterNamesFollowTheSlotAndTheOperatorsInputs) {
+  const auto names = [](const ModelConfig& c) {
+    Transformer<float> m(c, 1, 4);
+    m.init_random(3);
+    std::map<std::string, float> first;  // name -> its first element
+    for (const ParamInfo& p : m.params_info()) first[p.name] = m.params()[p.offset];
+    return first;
+  };
+  const auto gpt2 = names(with_norm(tiny_config(), "aq::rmsnorm"));
+  EXPECT_EQ(gpt2.count("h.0.ln_1.weight"), 1u);
+  EXPECT_EQ(gpt2.count("h.0.ln_1.bias") + gpt2.count("h.1.ln_2.bias") + gpt2.count("ln_f.bias"), 0u);
+  EXPECT_EQ(gpt2.at("ln_f.weight"), 1.0f);
+  EXPECT_EQ(gpt2.count("h.1.attn.c_proj.bias"), 1u);  // only the norms lose their bias
+  EXPECT_EQ(names(tiny_config()).size(), gpt2.size() + 2 * 2 + 1);
+  const auto llama = names(with_norm(tiny_llama(), "aq::layernorm"));
+  for (const char* n : {"model.layers.0.input_layernorm", "model.layers.1.post_attention_layernorm", "model.norm"}) {
+    EXPECT_EQ(llama.at(std::string(n) + ".weight"), 1.0f) << n;
+    EXPECT_EQ(llama.at(std::string(n) + ".bias"), 0.0f) << n;
+  }
+  EXPECT_EQ(llama.size(), names(tiny_llama()).size() + 2 * 2 + 1);
+}
+
+class NormSlotFiles : public test::TempDirTest {};
+
+// config.json and the checkpoint metadata carry the slot under "norm_op", only when it is filled.
+TEST_F(NormSlotFiles, TheSlotTravelsInConfigJsonAndMetadata) {
+  const std::string& dir = dir_;
+  EXPECT_EQ(tiny_config().to_hf_config_json().find("norm_op"), std::string::npos);
+  EXPECT_EQ(tiny_llama().to_metadata().count("norm_op"), 0u);
+  for (const ModelConfig& c : {with_norm(tiny_config(), "aq::rmsnorm"), with_norm(tiny_llama(), "aq::layernorm")}) {
+    std::ofstream(dir + "/config.json") << c.to_hf_config_json();
+    EXPECT_EQ(read_hf_config(dir + "/config.json"), c);
+    EXPECT_NE(c.describe().find(" norm " + c.norm_op), std::string::npos) << c.describe();
+    Transformer<double> m(c, 1, 4);
+    randomize(m, 5);
+    write_safetensors(dir + "/m.safetensors", m.gather_full(), c.to_metadata());
+    SafeTensorsReader f(dir + "/m.safetensors");
+    EXPECT_EQ(read_checkpoint_config(f, 0), c);
+    Transformer<double> back(c, 1, 4);
+    back.load(f);
+    for (int64_t i = 0; i < m.buffer_size(); ++i) ASSERT_EQ(m.params()[i], back.params()[i]) << i;
+  }
+  std::ofstream(dir + "/bad.json") << R"({"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 8,
+      "vocab_size": 11, "n_positions": 7, "norm_op": "rmsnorm"})";
+  test::expect_error([&] { read_hf_config(dir + "/bad.json"); },
+                     {dir + "/bad.json", "norm_op \"rmsnorm\" is not an operator name", "ns::op"});
+}
+
+// Built-in operators that do not fit the slot, refused at construction in one line naming the operator and why
+// (plugin operators that break the contract are refused through aq-train in tests/plugin/model_slots.sh).
+TEST(NormSlot, OperatorsOutsideTheContractAreRefusedAtConstruction) {
+  test::expect_error([] { Transformer<float>(with_norm(tiny_config(), "nowhere::norm"), 1, 4); },
+                     {"norm_op nowhere::norm is not a registered operator", "--plugin"});
+  test::expect_error([] { Transformer<float>(with_norm(tiny_config(), "aq::gelu"), 1, 4); },
+                     {"norm_op aq::gelu has 1 inputs and 1 outputs", "inp [N,C], w [C] and optionally b [C]"});
+  // matmul's input gradient is written, not added: the residual stream's gradient would lose the branch's.
+  test::expect_error([] { Transformer<float>(with_norm(tiny_llama(), "aq::matmul"), 1, 4); },
+                     {"norm_op aq::matmul overwrites the gradient of its input \"inp\"", "AQ_TENSOR_GRAD_ACCUMULATES"});
+}
+
+// ---- a Llama's activation slot (hidden_act: op(gate) ⊙ up) --------------------------------------------------
+
+ModelConfig with_activation(ModelConfig c, const std::string& op) {
+  c.mlp_activation = op;
+  return c;
+}
+
+TEST(LlamaActivation, GeGluGradientMatchesFiniteDifferences) {
+  expect_gradient_matches_finite_differences(with_activation(tiny_llama(), "aq::gelu"));
+  expect_gradient_matches_finite_differences(with_norm(with_activation(tiny_llama(/*tied=*/true), "aq::gelu"),
+                                                       "aq::layernorm"));  // both slots filled at once
+}
+
+// The slot really changes the MLP: GeGLU and SwiGLU give other losses from the same weights; and up multiplies
+// the activation — with up_proj zeroed every MLP output is 0 whatever the activation, so the two models agree
+// exactly. (That the operator sees the gate half is glu_split's, checked in tests/ops/test_ops.cpp.)
+TEST(LlamaActivation, TheOperatorChangesTheMlpAndUpMultipliesIt) {
+  const int B = 2, T = 5;
+  Transformer<double> geglu(with_activation(tiny_llama(), "aq::gelu"), B, T), swiglu(tiny_llama(), B, T);
+  randomize(geglu, 8);
+  std::copy(geglu.params(), geglu.params() + geglu.buffer_size(), swiglu.params());
+  auto inp = test::random_tokens(B * T, 11, 12), tgt = test::random_tokens(B * T, 11, 13);
+  EXPECT_NE(geglu.evaluate(inp.data(), tgt.data(), B, T), swiglu.evaluate(inp.data(), tgt.data(), B, T));
+  for (const ParamInfo& p : geglu.params_info())
+    if (p.name.ends_with("gate_up_proj.weight"))
+      for (int64_t r = 0; r < p.shape[0]; ++r)
+        for (int64_t c = p.shape[1] / 2; c < p.shape[1]; ++c)
+          geglu.params()[p.offset + r * p.shape[1] + c] = swiglu.params()[p.offset + r * p.shape[1] + c] = 0;
+  EXPECT_EQ(geglu.evaluate(inp.data(), tgt.data(), B, T), swiglu.evaluate(inp.data(), tgt.data(), B, T));
+}
+
+class LlamaActivationFiles : public test::TempDirTest {};
+
+// hidden_act: "silu" is the fused SwiGLU (""), "gelu_pytorch_tanh" HF's GeGLU (aq::gelu, written back under HF's
+// name), "ns::op" a registered operator; anything else, or an operator that is not unary, refused in one line.
+TEST_F(LlamaActivationFiles, HiddenActIsReadWrittenAndRefusedWithReasons) {
+  const std::string& dir = dir_;
+  const auto write = [&](const std::string& act) {
+    ModelConfig c = tiny_llama();
+    std::string text = c.to_hf_config_json();
+    text.replace(text.find("\"silu\""), 6, "\"" + act + "\"");
+    std::ofstream(dir + "/config.json") << text;
+    return dir + "/config.json";
+  };
+  EXPECT_EQ(read_hf_config(write("silu")).mlp_activation, "");
+  const ModelConfig geglu = read_hf_config(write("gelu_pytorch_tanh"));
+  EXPECT_EQ(geglu.mlp_activation, "aq::gelu");
+  EXPECT_NE(geglu.to_hf_config_json().find("\"hidden_act\": \"gelu_pytorch_tanh\""), std::string::npos);
+  EXPECT_NE(geglu.describe().find("activation aq::gelu"), std::string::npos) << geglu.describe();
+  EXPECT_EQ(read_hf_config(write("myorg::squared_relu")).mlp_activation, "myorg::squared_relu");
+  EXPECT_EQ(geglu.to_metadata().at("hidden_act"), "gelu_pytorch_tanh");
+  test::expect_error([&] { read_hf_config(write("relu")); },
+                     {"hidden_act \"relu\" is not one Aqueduct runs", "silu", "gelu_pytorch_tanh", "ns::op"});
+  test::expect_error(
+      [] { Transformer<float>(with_activation(tiny_llama(), "aq::layernorm"), 1, 4); },
+      {"hidden_act aq::layernorm has 3 inputs and 3 outputs; the MLP activation slot takes one of each"});
+  test::expect_error([] { Transformer<float>(with_activation(tiny_llama(), "nowhere::act"), 1, 4); },
+                     {"hidden_act nowhere::act is not a registered operator; load the plugin"});
+}
+
 class LlamaFiles : public test::TempDirTest {};
 
 TEST_F(LlamaFiles, HuggingFaceTensorsRoundTripThroughThePackedLayout) {

@@ -13,8 +13,10 @@
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/softmax_xent/softmax_xent.h"
@@ -332,6 +334,26 @@ TEST(Attention, QueryBlocksMatchNaiveAtLongOddSequences) {
 }
 
 // ---- gelu -------------------------------------------------------------------------------------------------
+
+// Closed form: a_i = i/8 and b_i = 3 - i/4 are exact in float, and so is their sum 3 - i/8 (n odd, small); out
+// poisoned with NaN first, so an unwritten element shows. In place (out aliasing a) gives the same.
+TEST(Residual, ForwardIsTheElementwiseSumAndMayRunInPlace) {
+  for (int64_t n : {1, 7, 1001}) {
+    V a(n), b(n), expect(n), out(n, NAN);
+    for (int64_t i = 0; i < n; ++i) {
+      a[i] = static_cast<double>(i) / 8, b[i] = 3 - static_cast<double>(i) / 4;
+      expect[i] = 3 - static_cast<double>(i) / 8;
+    }
+    kernel<ops::Residual<double>::Forward>("residual_forward", DType::F64)(out.data(), a.data(), b.data(), n);
+    EXPECT_EQ(out, expect) << "n=" << n;
+    auto af = cast<float>(a), bf = cast<float>(b);
+    std::vector<float> outf(n, NAN);
+    kernel<ops::Residual<float>::Forward>("residual_forward", DType::F32)(outf.data(), af.data(), bf.data(), n);
+    EXPECT_EQ(outf, cast<float>(expect)) << "n=" << n;
+    kernel<ops::Residual<float>::Forward>("residual_forward", DType::F32)(af.data(), af.data(), bf.data(), n);
+    EXPECT_EQ(af, outf) << "in place, n=" << n;
+  }
+}
 
 TEST(Gelu, ForwardMatchesClosedFormAndBackwardMatchesFiniteDifferences) {
   const int n = 1001;
@@ -700,6 +722,55 @@ TEST(SwiGlu, BackwardMatchesFiniteDifferencesAndMayRunInPlace) {
   EXPECT_LT(rel_err(dinpf, dinp), 1e-6);
 }
 
+// The gated linear unit around any activation on packed [gate | up] rows (N 15, F 7): split and merge move the gate
+// half exactly; forward is act ⊙ up against a naive loop; backward against finite differences of Σ proj·out in both
+// act and inp (the gate half's gradient is 0: it reaches out only through act), in place over inp, and in float.
+TEST(Glu, SplitMergeForwardAndBackwardMatchNaiveAndFiniteDifferences) {
+  const int B = 3, T = 5, N = B * T, F = 7;
+  V inp = randn<double>(N * 2 * F, 90, 2.0), act = randn<double>(N * F, 91), proj = randn<double>(N * F, 92);
+  V gate(N * F, NAN), out(N * F, NAN), expect(N * F);
+  kernel<ops::Glu<double>::Split>("glu_split", DType::F64)(gate.data(), inp.data(), N, F);
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < F; ++j) {
+      EXPECT_EQ(gate[i * F + j], inp[i * 2 * F + j]);
+      expect[i * F + j] = act[i * F + j] * inp[i * 2 * F + F + j];
+    }
+  const auto ref = [&] {
+    V o(N * F);
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < F; ++j) o[i * F + j] = act[i * F + j] * inp[i * 2 * F + F + j];
+    return o;
+  };
+  auto fwd = kernel<ops::Glu<double>::Forward>("glu_forward", DType::F64);
+  fwd(out.data(), act.data(), inp.data(), N, F);
+  EXPECT_EQ(out, expect);
+  V dinp(N * 2 * F, NAN), dact(N * F, NAN);
+  auto bwd = kernel<ops::Glu<double>::Backward>("glu_backward", DType::F64);
+  bwd(dinp.data(), dact.data(), proj.data(), act.data(), inp.data(), N, F);
+  const auto loss = [&] { return project(ref(), proj); };
+  expect_gradient(inp, dinp, loss, "glu d(inp)");
+  expect_gradient(act, dact, loss, "glu d(act)");
+  V alias = inp, dact2(N * F, NAN);
+  bwd(alias.data(), dact2.data(), proj.data(), act.data(), alias.data(), N, F);
+  EXPECT_EQ(alias, dinp);
+  EXPECT_EQ(dact2, dact);
+  V dgate = randn<double>(N * F, 93);
+  kernel<ops::Glu<double>::Merge>("glu_merge", DType::F64)(alias.data(), dgate.data(), N, F);
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < F; ++j) {
+      EXPECT_EQ(alias[i * 2 * F + j], dgate[i * F + j]);
+      EXPECT_EQ(alias[i * 2 * F + F + j], dinp[i * 2 * F + F + j]);  // the up half untouched
+    }
+  auto inf = cast<float>(inp), af = cast<float>(act), pf = cast<float>(proj);
+  std::vector<float> outf(N * F, NAN), dinpf(N * 2 * F, NAN), dactf(N * F, NAN);
+  kernel<ops::Glu<float>::Forward>("glu_forward", DType::F32)(outf.data(), af.data(), inf.data(), N, F);
+  kernel<ops::Glu<float>::Backward>("glu_backward", DType::F32)(dinpf.data(), dactf.data(), pf.data(), af.data(),
+                                                                inf.data(), N, F);
+  EXPECT_LT(rel_err(outf, expect), 1e-6);
+  EXPECT_LT(rel_err(dinpf, dinp), 1e-6);
+  EXPECT_LT(rel_err(dactf, dact), 1e-6);
+}
+
 // On a packed GQA input (NH=3, NKV=1, hs=10): the q and k heads rotate, v is untouched; every rotated pair keeps
 // its norm; position 0 is the identity; the result matches HF's formula in double; an offset continues the
 // sequence (rows of pos0=5 equal rows 5… of a longer sequence from 0, bit for bit).
@@ -909,6 +980,7 @@ TEST(Registry, EveryRegisteredOpIsCoveredByThisFile) {
                                         "multi_sum_squares", "rmsnorm_forward", "residual_rmsnorm_forward",
                                         "rmsnorm_backward", "swiglu_forward", "swiglu_backward", "rope_forward",
                                         "rope_backward", "attention_gqa_forward", "attention_gqa_backward",
+                                        "residual_forward", "glu_split", "glu_forward", "glu_backward", "glu_merge",
                                         "cast_to_working"};  // CUDA only: tests/ops/test_ops_cuda_bf16.cpp
   for (const std::string& k : ops::Registry::instance().list()) {
     const std::string op = k.substr(0, k.find('/'));

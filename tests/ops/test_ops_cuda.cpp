@@ -6,6 +6,7 @@
 
 #include <barrier>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "ops/adamw/adamw.h"
@@ -14,7 +15,9 @@
 #include "ops/softmax_xent/softmax_xent.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
+#include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
 #include "ops/swiglu/swiglu.h"
@@ -292,6 +295,45 @@ TEST(CudaOps, RmsNormForwardAndBackward) {
   EXPECT_LT(rel_err(grs2.read(), rs), 1e-5);
 }
 
+// One fp32 addition on either device: bit-identical, also in place (out aliasing a).
+TEST(CudaOps, ResidualForwardAndInPlace) {
+  AQ_REQUIRE_GPU();
+  for (int64_t n : {1, 7, 4099}) {
+    F a = randn<float>(n, 50), b = randn<float>(n, 51), out(n, NAN);
+    cpu<ops::Residual<float>::Forward>("residual_forward")(out.data(), a.data(), b.data(), n);
+    Dev<float> ga(a), gb(b), gout(F(n, NAN));
+    gpu<ops::Residual<float>::Forward>("residual_forward")(gout.get(), ga.get(), gb.get(), n);
+    EXPECT_EQ(gout.read(), out) << "n=" << n;
+    gpu<ops::Residual<float>::Forward>("residual_forward")(ga.get(), ga.get(), gb.get(), n);
+    EXPECT_EQ(ga.read(), out) << "in place, n=" << n;
+  }
+}
+
+// Split and merge are copies (bit-identical); forward and backward one fp32 product each (bit-identical too).
+TEST(CudaOps, GluSplitForwardBackwardMerge) {
+  AQ_REQUIRE_GPU();
+  for (auto [N, Fn] : {std::pair{21, 13}, std::pair{5, 1001}}) {
+    F inp = randn<float>(N * 2 * Fn, 52), act = randn<float>(N * Fn, 53), dout = randn<float>(N * Fn, 54);
+    F gate(N * Fn), out(N * Fn), dinp(N * 2 * Fn), dact(N * Fn);
+    cpu<ops::Glu<float>::Split>("glu_split")(gate.data(), inp.data(), N, Fn);
+    cpu<ops::Glu<float>::Forward>("glu_forward")(out.data(), act.data(), inp.data(), N, Fn);
+    cpu<ops::Glu<float>::Backward>("glu_backward")(dinp.data(), dact.data(), dout.data(), act.data(), inp.data(), N,
+                                                   Fn);
+    cpu<ops::Glu<float>::Merge>("glu_merge")(dinp.data(), gate.data(), N, Fn);
+    Dev<float> ginp(inp), gact(act), gdout(dout), ggate(F(N * Fn, NAN)), gout(F(N * Fn, NAN)), gdact(F(N * Fn, NAN));
+    gpu<ops::Glu<float>::Split>("glu_split")(ggate.get(), ginp.get(), N, Fn);
+    gpu<ops::Glu<float>::Forward>("glu_forward")(gout.get(), gact.get(), ginp.get(), N, Fn);
+    // in place over inp, as the model runs it
+    gpu<ops::Glu<float>::Backward>("glu_backward")(ginp.get(), gdact.get(), gdout.get(), gact.get(), ginp.get(), N,
+                                                   Fn);
+    gpu<ops::Glu<float>::Merge>("glu_merge")(ginp.get(), ggate.get(), N, Fn);
+    EXPECT_EQ(ggate.read(), gate) << "F=" << Fn;
+    EXPECT_EQ(gout.read(), out) << "F=" << Fn;
+    EXPECT_EQ(gdact.read(), dact) << "F=" << Fn;
+    EXPECT_EQ(ginp.read(), dinp) << "F=" << Fn;
+  }
+}
+
 TEST(CudaOps, SwiGluForwardBackwardAndInPlace) {
   AQ_REQUIRE_GPU();
   for (auto [N, Fn] : {std::pair{21, 13}, std::pair{5, 1001}}) {
@@ -405,6 +447,23 @@ TEST(CudaTraining, LlamaTwentyStepsMatchTheCpu) {
   AQ_REQUIRE_GPU();
   const test::TextShardDir data(3000);
   expect_gpu_run_follows_cpu(data.small_llama(/*seq=*/63, /*batch=*/5, /*steps=*/20, /*vocab=*/256));
+}
+
+// The model's slots through the registry's generic path on the GPU: a Llama with LayerNorm in its norm slot and
+// GeGLU (hidden_act gelu_pytorch_tanh), and a GPT-2 with RMSNorm: 20 fp32 GPU steps follow the CPU run.
+TEST(CudaTraining, SlotsFilledByBuiltInOperatorsMatchTheCpu) {
+  AQ_REQUIRE_GPU();
+  const test::TextShardDir data(3000);
+  TrainConfig llama = data.small_llama(/*seq=*/63, /*batch=*/5, /*steps=*/20, /*vocab=*/256);
+  std::ofstream(llama.model_config) << R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+      "max_position_embeddings": 64, "norm_op": "aq::layernorm", "hidden_act": "gelu_pytorch_tanh"})";
+  expect_gpu_run_follows_cpu(llama);
+  TrainConfig gpt2 = test::without_shape_flags(data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/20));
+  gpt2.model_config = data.path("gpt2.json");
+  std::ofstream(gpt2.model_config) << R"({"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 64,
+      "vocab_size": 256, "n_positions": 64, "norm_op": "aq::rmsnorm"})";
+  expect_gpu_run_follows_cpu(gpt2);
 }
 
 TEST(CudaOps, DeviceSelectionExplainsMissingGpus) {

@@ -17,6 +17,8 @@
 #include "ops/attention/attention.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
+#include "ops/glu/glu.h"
+#include "ops/residual/residual.h"
 #include "ops/layernorm/layernorm.h"
 #include "ops/matmul/matmul.h"
 #include "ops/rmsnorm/rmsnorm.h"
@@ -74,7 +76,9 @@ TEST(CudaBf16, EveryKernelTheModelUsesHasABf16Version) {
                          "rmsnorm_backward",      "swiglu_forward",
                          "swiglu_backward",       "rope_forward",
                          "rope_backward",         "attention_gqa_forward",
-                         "attention_gqa_backward"})
+                         "attention_gqa_backward", "residual_forward",
+                         "glu_split",             "glu_forward",
+                         "glu_backward",          "glu_merge"})
     EXPECT_TRUE(r.contains(op, Device::CUDA, DType::BF16)) << op << " has no CUDA bf16 kernel";
 }
 
@@ -218,6 +222,33 @@ TEST(CudaBf16, SwiGluForwardAndBackward) {
   gpu16<ops::SwiGlu<bf16>::Forward>("swiglu_forward")(gout.get(), ginp.get(), N, Fn);
   gpu16<ops::SwiGlu<bf16>::Backward>("swiglu_backward")(gdinp.get(), gdout.get(), ginp.get(), N, Fn);
   EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Rounded);  // fp32 from exact inputs, rounded once
+  EXPECT_LT(rel_err(to_float(gdinp.read()), dinp), kBf16Rounded);
+}
+
+// The residual add of a registered norm (norm_op), and the gated unit of a Llama's registered activation: fp32
+// arithmetic on exact bf16 inputs, rounded once (the copies of split and merge exact).
+TEST(CudaBf16, ResidualAndGlu) {
+  AQ_REQUIRE_GPU();
+  const int N = 21, Fn = 13;
+  F a = round_bf16(randn<float>(N * Fn, 67)), b = round_bf16(randn<float>(N * Fn, 68)), sum(N * Fn);
+  cpu<ops::Residual<float>::Forward>("residual_forward")(sum.data(), a.data(), b.data(), N * Fn);
+  Dev<bf16> ga(to_bf16(a)), gb(to_bf16(b)), gsum{H(N * Fn)};
+  gpu16<ops::Residual<bf16>::Forward>("residual_forward")(gsum.get(), ga.get(), gb.get(), N * Fn);
+  EXPECT_LT(rel_err(to_float(gsum.read()), sum), kBf16Rounded);
+  F inp = round_bf16(randn<float>(N * 2 * Fn, 69)), act = a, dout = b, gate(N * Fn), out(N * Fn), dact(N * Fn);
+  F dinp(N * 2 * Fn);
+  cpu<ops::Glu<float>::Split>("glu_split")(gate.data(), inp.data(), N, Fn);
+  cpu<ops::Glu<float>::Forward>("glu_forward")(out.data(), act.data(), inp.data(), N, Fn);
+  cpu<ops::Glu<float>::Backward>("glu_backward")(dinp.data(), dact.data(), dout.data(), act.data(), inp.data(), N, Fn);
+  cpu<ops::Glu<float>::Merge>("glu_merge")(dinp.data(), gate.data(), N, Fn);
+  Dev<bf16> ginp(to_bf16(inp)), ggate{H(N * Fn)}, gout{H(N * Fn)}, gdact{H(N * Fn)}, gdinp{H(N * 2 * Fn)};
+  gpu16<ops::Glu<bf16>::Split>("glu_split")(ggate.get(), ginp.get(), N, Fn);
+  gpu16<ops::Glu<bf16>::Forward>("glu_forward")(gout.get(), ga.get(), ginp.get(), N, Fn);
+  gpu16<ops::Glu<bf16>::Backward>("glu_backward")(gdinp.get(), gdact.get(), gb.get(), ga.get(), ginp.get(), N, Fn);
+  gpu16<ops::Glu<bf16>::Merge>("glu_merge")(gdinp.get(), ggate.get(), N, Fn);
+  EXPECT_EQ(to_float(ggate.read()), gate);
+  EXPECT_LT(rel_err(to_float(gout.read()), out), kBf16Rounded);
+  EXPECT_LT(rel_err(to_float(gdact.read()), dact), kBf16Rounded);
   EXPECT_LT(rel_err(to_float(gdinp.read()), dinp), kBf16Rounded);
 }
 
