@@ -570,11 +570,18 @@ std::string kernel_list(const ops::OpDef& op) {
 // Norms run replicated under tensor parallelism (their input, the residual stream, is whole on every rank, and so
 // are their gradients after the all-reduce before them): an operator that declares sharding rules must have one
 // that keeps every tensor whole; one that declares none runs only replicated, which is what the slot needs.
-const ops::OpDef& check_norm_op(const std::string& name, Device dev, DType dt, int tp, double eps) {
+const ops::OpDef& check_norm_op(const std::string& name, Device dev, DType dt, DType grad_dt, int tp, double eps,
+                                int64_t C) {
   const std::string what = "norm_op " + name;
   const ops::OpDef* op = ops::OpRegistry::instance().find(name);
   AQ_CHECK(op != nullptr, what, " is not a registered operator; load the plugin that declares it with --plugin ",
            "lib.so (or AQ_PLUGIN_PATH)");
+  // A bf16 model keeps fp32 gradients of its parameters. Built-in kernels write w's and b's gradients in that
+  // master dtype; operator ABI 1.0 does not tell a plugin so, and aq-op check runs plugin kernels with gradients
+  // of the declared dtype, so a plugin's bf16 kernel would write bf16 into an fp32 buffer.
+  AQ_CHECK(grad_dt == dt || op->origin == "built-in", what, " comes from a plugin, and a ", dtype_name(dt),
+           " model keeps ", dtype_name(grad_dt), " weight gradients, which operator ABI 1.0 does not describe to ",
+           "plugins; train it in fp32 (--dtype fp32) or use a built-in norm");
   AQ_CHECK((op->inputs.size() == 2 || op->inputs.size() == 3) && !op->outputs.empty(), what, " has ", op->inputs.size(),
            " inputs and ", op->outputs.size(), " outputs; the norm slot takes inp [N,C], w [C] ",
            "and optionally b [C], and gives out [N,C] first (then any statistics)");
@@ -609,15 +616,21 @@ const ops::OpDef& check_norm_op(const std::string& name, Device dev, DType dt, i
         return a;
       }(),
       "; the norm slot passes at most one, a float named eps (norm_eps), so it takes operators with that ", "or none");
-  static double probe[60];  // inp [6, 10], w and b [10]: descriptions the shape function may look at, never reads
-  std::vector<Tensor> in = {Tensor(probe, dt, {6, 10}, dev), Tensor(probe, dt, {10}, dev)};
-  if (op->inputs.size() == 3) in.push_back(Tensor(probe, dt, {10}, dev));
+  // inp [3, C], w and b [C]: descriptions at the model's width that the shape function may look at (never data).
+  static double probe[1];
+  std::vector<Tensor> in = {Tensor(probe, dt, {3, C}, dev), Tensor(probe, dt, {C}, dev)};
+  if (op->inputs.size() == 3) in.push_back(Tensor(probe, dt, {C}, dev));
   std::vector<ops::AttrValue> attrs;
   if (!op->attrs.empty()) attrs.push_back(ops::AttrValue::real(eps));
-  const ops::ShapeResult shape = ops::OpRegistry::instance().infer(name, dt, in, attrs);
-  AQ_CHECK(shape.shapes[0] == Shape({6, 10}) && shape.dtypes[0] == dt, what, " maps inp [6, 10] to ",
+  ops::ShapeResult shape;
+  try {
+    shape = ops::OpRegistry::instance().infer(name, dt, in, attrs);
+  } catch (const Error& e) {
+    fail(str(what, " refuses the model's norm input [N, ", C, "]: ", e.what()));
+  }
+  AQ_CHECK(shape.shapes[0] == Shape({3, C}) && shape.dtypes[0] == dt, what, " maps inp [3, ", C, "] to ",
            dtype_name(shape.dtypes[0]), " ", shape_str(shape.shapes[0]), "; the norm slot needs out of the ",
-           "input's shape and dtype (", dtype_name(dt), " [6, 10])");
+           "input's shape and dtype (", dtype_name(dt), " [3, ", C, "])");
   AQ_CHECK(shape.workspace_bytes == 0, what, " asks for ", shape.workspace_bytes,
            " bytes of workspace, which the norm slot does not provide");
   if (tp == 1 || op->sharding.empty()) return *op;
@@ -626,11 +639,12 @@ const ops::OpDef& check_norm_op(const std::string& name, Device dev, DType dt, i
   };
   std::string rules;
   for (const ops::ShardingRule& r : op->sharding) {
-    if (whole(r.inputs) && whole(r.outputs)) return *op;
+    // Replicated norms' weight gradients must come out equal on every TP rank: no partial sums to reduce.
+    if (whole(r.inputs) && whole(r.outputs) && whole(r.input_grads)) return *op;
     rules += str(rules.empty() ? "" : ", ", r.name);
   }
   fail(str("--tp ", tp, ": ", what, " runs replicated on every rank (norms are not split), but none of its sharding ",
-           "rules (", rules, ") keeps every input and output whole; declare a replicated rule in its plugin, or run ",
+           "rules (", rules, ") keeps every input, output and input gradient whole; declare a replicated rule in its plugin, or run ",
            "with --tp 1"));
 }
 
@@ -643,7 +657,7 @@ size_t Transformer<T>::plan_activation_bytes() {
   norm_generic_ = !cfg_.norm_op.empty();
   norm_bias_ = !cfg_.llama();  // the family's own: GPT-2's LayerNorm has one, Llama's RMSNorm none
   if (norm_generic_) {
-    const ops::OpDef& op = check_norm_op(cfg_.norm_op, device_, dtype_of<T>(), tp_.size, cfg_.norm_eps);
+    const ops::OpDef& op = check_norm_op(cfg_.norm_op, device_, dtype_of<T>(), dtype_of<M>(), tp_.size, cfg_.norm_eps, cfg_.n_embd);
     norm_bias_ = op.inputs.size() == 3;
     norm_eps_attr_ = !op.attrs.empty();
     norm_saved_ = op.saved;

@@ -227,7 +227,7 @@ class Transformer {
     // LayerNorm outputs are not stored: backward recomputes them from the residual stream (one cheap pass)
     // into a shared scratch buffer, which saves 2·N·C values per layer.
     T* res_in;               // (N,C) residual stream entering the block
-    NormStats ln1;           // (N), (N)
+    NormStats ln1;           // ln_1's statistics (built-in: mean and rstd, (N) each)
     T* qkv;                  // (N,3C/tp); Llama (N,(NH+2NKV)·hs/tp), q and k rotated
     T* atty;                 // (N,C)
     M* lse;                  // (B,NH,T)

@@ -123,6 +123,40 @@ TEST(NormSlot, GradientsMatchFiniteDifferencesAcrossFamilies) {
   expect_gradient_matches_finite_differences(with_norm(tiny_llama(), "aq::layernorm"));  // a Llama with LayerNorm
 }
 
+// Gradient accumulation (--grad-accum) through the generic paths: a second micro-batch run with `accumulate` adds
+// its gradients to the first's, so the buffer equals the two micro-batches' gradients computed apart and summed
+// (in double, to rounding). Norm weights and biases, the residual stream's gradient and a registered activation's
+// input gradient all pass through operator kernels that add (+=) here.
+void expect_micro_batches_accumulate(const ModelConfig& cfg) {
+  const int B = 2, T = 5;
+  Transformer<double> model(cfg, B, T);
+  randomize(model, 5);
+  const auto in1 = test::random_tokens(B * T, 11, 6), tg1 = test::random_tokens(B * T, 11, 7);
+  const auto in2 = test::random_tokens(B * T, 11, 8), tg2 = test::random_tokens(B * T, 11, 9);
+  const int64_t n = model.buffer_size();
+  model.forward_backward(in1.data(), tg1.data(), B, T);
+  std::vector<double> sum(model.grads(), model.grads() + n);
+  model.forward_backward(in2.data(), tg2.data(), B, T);
+  for (int64_t i = 0; i < n; ++i) sum[i] += model.grads()[i];
+  model.forward_backward(in1.data(), tg1.data(), B, T);
+  model.forward_backward(in2.data(), tg2.data(), B, T, /*accumulate=*/true);
+  double scale = 1e-300, worst = 0;
+  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(sum[i]));
+  for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(model.grads()[i] - sum[i]) / scale);
+  EXPECT_LT(worst, 1e-13) << cfg.describe();
+}
+
+TEST(NormSlot, MicroBatchesAccumulateThroughTheGenericPaths) {
+  expect_micro_batches_accumulate(with_norm(tiny_config(), "aq::rmsnorm"));
+  expect_micro_batches_accumulate(with_norm(tiny_llama(), "aq::layernorm"));
+  ModelConfig geglu = with_norm(tiny_llama(), "aq::layernorm");
+  geglu.mlp_activation = "aq::gelu";  // hidden_act gelu_pytorch_tanh: op(gate) ⊙ up
+  expect_micro_batches_accumulate(geglu);
+  ModelConfig gpt2_act = tiny_config();
+  gpt2_act.mlp_activation = "aq::gelu";  // GPT-2's activation slot through the generic path
+  expect_micro_batches_accumulate(gpt2_act);
+}
+
 // The slot's tensors keep the slot's names; a bias exists iff the operator takes one; weights start at 1, biases 0.
 TEST(NormSlot, ParameterNamesFollowTheSlotAndTheOperatorsInputs) {
   const auto names = [](const ModelConfig& c) {
