@@ -54,7 +54,8 @@ void Job<T>::apply_split(std::vector<int> micro) {
 
 template <typename T>
 std::vector<double> Job<T>::centre_ms_per_micro() {
-  // Each centre's time per micro-batch: the mean over its ranks, one report per DP rank (tp_rank 0).
+  // Each centre's time per micro-batch (per inner step under DiLoCo): the mean over its ranks, one report per DP
+  // rank (tp_rank 0).
   const Topology& topo = ctx_.topology();
   const int C = topo.centres();
   std::vector<double> t(static_cast<size_t>(2 * C), 0.0);
@@ -115,7 +116,7 @@ void Job<T>::pace_now() {
   ctx_.world().broadcast(inner_per_window_.data(), topo.centres(), DType::I32, 0, {"balance: the pace"})->wait();
   for (int c = 0; c < topo.centres(); ++c)
     line += str(c ? "," : "", " centre ", topo.centre_names[c], ": ", inner_per_window_[c], " (", ms[c],
-                " ms per micro-batch)");
+                " ms per step)");
   log_info(line);
 }
 

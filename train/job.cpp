@@ -212,6 +212,9 @@ StepRecord Job<T>::step(int64_t s) {
     dp_algo_->take_wan_stats();  // inside the centre: nothing crossed
   }
   r.ms = t.ms();
+  // DiLoCo paces whole inner steps, so it times them whole (data, forward, backward, the centre's all-reduce, the
+  // optimizer): a slower centre's cgroup quota or a slower optimizer can land anywhere in the step.
+  if (diloco() && timed_for_balance(s)) micro_ms_ += r.ms;
   const WanStats wan = wan_algo().take_wan_stats();
   r.wan_bytes = wan.bytes;
   r.wan_ms = wan.ms;
@@ -249,8 +252,7 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
                                      k > 0);
   }
   // --balance auto: the timed steps (see step()).
-  if (cfg_.balance == "auto" && s >= first_timed_ && s < first_timed_ + cfg_.balance_steps)
-    micro_ms_ += compute.ms() / K;
+  if (!diloco() && timed_for_balance(s)) micro_ms_ += compute.ms() / K;
   if (diloco()) outer_poll();  // exchanges running behind the inner steps make progress
   double comm = 0, exposed = 0;
   float* grads = model_->grads();

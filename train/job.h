@@ -218,7 +218,8 @@ class Job final : public JobApi {
   std::vector<int> micro_;
   int K_ = 1;
   int64_t M_ = 1;
-  double micro_ms_ = 0;     // --balance auto: this rank's time per micro-batch, summed over the timed steps
+  double micro_ms_ = 0;  // --balance auto: this rank's time per micro-batch (synchronous) or per inner step
+                         // (DiLoCo), summed over the timed steps
   bool balanced_ = false;   // --balance auto: the split was measured (or restored from a checkpoint)
   int64_t start_step_ = 0;  // the first step this run executes
   void apply_split(std::vector<int> micro);  // sets micro_, K_, M_ and this rank's data window
@@ -248,6 +249,9 @@ class Job final : public JobApi {
   // run split by a save switches at the same step; a resume that could not restore the measurement times the
   // steps after its own first step instead.
   int64_t first_timed_ = 1;
+  bool timed_for_balance(int64_t s) const {  // step s is one of --balance auto's timed steps
+    return cfg_.balance == "auto" && s >= first_timed_ && s < first_timed_ + cfg_.balance_steps;
+  }
   // The step's forward/backward, gradient reduction, clipping and AdamW (not for an idle step of a paced
   // centre). Collective over the step's groups.
   StepRecord inner_step(int64_t s, Timer& t);

@@ -382,9 +382,16 @@ void wan(const WanOptions& o, const std::string& self) {
     const cost::Calibration fresh = load_calibration(compute_cal);
     run_cal.compute_s_per_token = fresh.compute_s_per_token;
     run_cal.centre_compute_s_per_token = fresh.centre_compute_s_per_token;
-    // Warm-up steps left out of the figures: 2, and under --balance auto also its timed steps (the split or pace
-    // applies from the step after them: 1 warm-up + 3 timed, see TrainConfig::balance_steps).
-    const int skip = rc.balance == "auto" ? 5 : 2;
+    // --balance auto times steps after one warm-up step: a synchronous step runs --grad-accum micro-batches, so 3
+    // are plenty; a DiLoCo inner step is one micro-batch (~40 ms here), and a cgroup quota throttles in 100 ms
+    // periods, so 3 of them can run unthrottled and misjudge the slow centre: it times 20.
+    const int balance_steps = rc.H > 0 ? 20 : 3;
+    // Steps left out of the figures: 2 of warm-up, and under --balance auto also the timed steps (the split or
+    // pace applies from the step after them).
+    const int skip = rc.balance == "auto" ? 2 + balance_steps : 2;
+    // Micro-batches per step: --grad-accum in the synchronous balance configurations, and in "alone" beside them,
+    // so the standalone rates carry the same per-step costs (one optimizer step per --grad-accum micro-batches).
+    const bool accum = (!rc.balance.empty() && rc.H == 0) || (rc.key == "alone" && sync_balance_runs);
     const auto before = link_tx(g_testbed, g_name);
     const double t0 = steady_ms();
     std::string out;
@@ -395,8 +402,8 @@ void wan(const WanOptions& o, const std::string& self) {
             " --log ", sh_quote(log),
             rc.H > 0 ? str(" --outer diloco --outer-steps ", rc.H, " --outer-fragments ", rc.F, " --outer-overlap ", rc.tau)
                      : std::string(),
-            rc.balance.empty() ? std::string() : str(" --balance ", rc.balance),
-            rc.balance.empty() || rc.H > 0 ? std::string() : str(" --grad-accum ", o.grad_accum));
+            rc.balance.empty() ? std::string() : str(" --balance ", rc.balance, " --balance-steps ", balance_steps),
+            accum ? str(" --grad-accum ", o.grad_accum) : std::string());
     const int code = run_capture(cmd + " 2>&1", out);
     m.wall_s = (steady_ms() - t0) / 1e3;
     const auto after = link_tx(g_testbed, g_name);
@@ -426,7 +433,7 @@ void wan(const WanOptions& o, const std::string& self) {
     std::map<int, double> centre_wan_ms, centre_bytes;
     m.split = balance_choice(out);
     m.tokens_per_step =
-        static_cast<double>(np) * sh.batch * sh.seq * (!rc.balance.empty() && rc.H == 0 ? o.grad_accum : 1);
+        static_cast<double>(np) * sh.batch * sh.seq * (accum ? o.grad_accum : 1);
     for (const auto& r : w["ranks"]) {
       m.mean_ms = std::max(m.mean_ms, r["mean_ms"].get<double>());
       m.tokens_per_s_rank += r["tokens_per_s"].get<double>() / np;

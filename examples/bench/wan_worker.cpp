@@ -19,6 +19,7 @@ struct WorkerOptions {
   std::string config = "tiny", data, val_data, dp_algo = "flat", compress = "none", error_feedback = "auto", log;
   std::string centres = "auto", outer = "none", balance = "off";
   int steps = 300, threads = 1, eval_batches = 32, outer_fragments = 1, grad_accum = 1;
+  int64_t balance_steps = 3;
   int64_t outer_steps = 50, outer_overlap = 0;
   double lr = 1e-3;
   int skip = 2;  // warm-up steps left out of the medians
@@ -35,6 +36,7 @@ void worker(ParallelContext& ctx, const WorkerOptions& o) {
   cfg.dp_algo = o.dp_algo, cfg.wan_compress = o.compress, cfg.error_feedback = o.error_feedback;
   cfg.outer = o.outer, cfg.outer_steps = o.outer_steps, cfg.outer_fragments = o.outer_fragments;
   cfg.outer_overlap = o.outer_overlap, cfg.balance = o.balance, cfg.grad_accum = o.grad_accum;
+  cfg.balance_steps = o.balance_steps;
   const TrainResult r = train(cfg, ctx);
   std::vector<double> ms, exposed, comm, wan_ms, wan_b;
   double wan_total = 0, ms_total = 0, trained = 0, exposed_total = 0;
@@ -107,6 +109,7 @@ int wan_worker_main(int argc, char** argv) {
   app.add_option("--outer-overlap", o.outer_overlap, "Overlap tau (inner steps)")->capture_default_str();
   app.add_option("--grad-accum", o.grad_accum, "Micro-batches per step")->capture_default_str();
   app.add_option("--balance", o.balance, "off | auto | K0,K1,... (aq-train's --balance)")->capture_default_str();
+  app.add_option("--balance-steps", o.balance_steps, "Timed steps of --balance auto")->capture_default_str();
   app.add_option("--log", o.log, "Rank 0's JSONL");
   app.add_option("--skip", o.skip, "Warm-up steps left out of the figures")->capture_default_str();
   ParallelContext& ctx = ParallelContext::init(&argc, &argv);
