@@ -22,16 +22,8 @@ shift 5
 mpirun=("$@")  # empty when the build has no MPI: the tensor-parallel runs are skipped, with the reason
 work=$(mktemp -d /tmp/aq-norm-slot-XXXXXX)
 trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/script_helpers.sh"  # fail, refuse
 losses() { sed -n 's/.*"loss":\([0-9.e+-]*\).*/\1/p' "$1"; }
-refuse() {  # refuse WHAT EXPECTED_SUBSTRING -- command...
-  local what=$1 want=$2; shift 3
-  set +e; "$@" > "$work/out.txt" 2> "$work/err.txt"; local code=$?; set -e
-  [[ $code -ne 0 ]] || fail "$what: exit code 0"
-  [[ $(wc -l < "$work/err.txt") -eq 1 ]] || fail "$what: not one line: $(cat "$work/err.txt")"
-  grep -qF -- "$want" "$work/err.txt" || fail "$what: \"$want\" not in: $(cat "$work/err.txt")"
-  echo "refused ($what, exit $code): $(cat "$work/err.txt")"
-}
 # same_losses A.jsonl B.jsonl WHAT: the same number of steps, relative differences < 1e-5, the loss falling
 same_losses() {
   paste <(losses "$1") <(losses "$2") | awk -v what="$3" '

@@ -17,7 +17,7 @@ shift 4
 mpirun=("$@")  # empty when the build has no MPI: the tensor-parallel run is skipped, with the reason
 work=$(mktemp -d /tmp/aq-plugin-oot-XXXXXX)
 trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/script_helpers.sh"  # fail, refuse
 
 cmake --install "$build" --prefix "$work/prefix" --component dev > "$work/install.log" || {
   cat "$work/install.log"; fail "cmake --install failed"; }
@@ -67,14 +67,6 @@ AQ_TEST_SQUARED_RELU="$lib" "$test_bin" --gtest_filter='SquaredRelu.*' > "$work/
 grep -q "PASSED.*4 tests" "$work/gtest.log" || { cat "$work/gtest.log"; fail "expected 4 SquaredRelu tests"; }
 
 # aq-train: one line, non-zero exit, before the (missing) data is looked at.
-refuse() {  # refuse WHAT EXPECTED_SUBSTRING -- command...
-  local what=$1 want=$2; shift 3
-  set +e; "$@" > "$work/out.txt" 2> "$work/err.txt"; local code=$?; set -e
-  [[ $code -ne 0 ]] || fail "$what: exit code 0"
-  [[ $(wc -l < "$work/err.txt") -eq 1 ]] || fail "$what: not one line: $(cat "$work/err.txt")"
-  grep -qF -- "$want" "$work/err.txt" || fail "$what: \"$want\" not in: $(cat "$work/err.txt")"
-  echo "refused ($what, exit $code): $(cat "$work/err.txt")"
-}
 refuse "missing plugin" "aq-train: error: plugin $work/missing.so: no such file" -- \
   "$build/bin/aq-train" --data "$work/none.bin" --plugin "$lib" --plugin "$work/missing.so"
 refuse "newer ABI major" "was built for operator ABI 2.0" -- \
