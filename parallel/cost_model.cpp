@@ -254,10 +254,6 @@ double wan_rate_for_utilisation(const DilocoJob& job, Calibration cal, double ut
   return hi;
 }
 
-}  // namespace aq::cost
-
-namespace aq::cost {
-
 std::vector<int> deal_by_speed(const std::vector<double>& ms_per_micro, int64_t M) {
   const size_t n = ms_per_micro.size();
   AQ_CHECK(n >= 1 && M >= static_cast<int64_t>(n), "dealing ", M, " micro-batches to ", n,
@@ -286,15 +282,15 @@ std::vector<int64_t> pace_by_speed(const std::vector<double>& ms_per_step, int64
 
 namespace {
 
-// The job's centres as seconds per micro-batch of one rank, and the standalone rate.
+// One compute time and one DP size per centre, both positive.
 void check_balance_job(const BalanceJob& j) {
   AQ_CHECK(!j.centre_s_per_token.empty() && j.centre_s_per_token.size() == j.dp_per_centre.size(),
            "cost model: the balance job needs one compute time and one DP size per centre (got ",
            j.centre_s_per_token.size(), " and ", j.dp_per_centre.size(), ")");
   for (size_t c = 0; c < j.dp_per_centre.size(); ++c)
     AQ_CHECK(j.centre_s_per_token[c] > 0 && j.dp_per_centre[c] >= 1, "cost model: centre ", c,
-             " needs compute > 0 s per token and >= 1 DP rank (got ", j.centre_s_per_token[c], ", ",
-             j.dp_per_centre[c], ")");
+             " needs compute > 0 s per token and >= 1 DP rank (got ", j.centre_s_per_token[c], ", ", j.dp_per_centre[c],
+             ")");
 }
 
 double standalone_rate(const BalanceJob& j) {
@@ -318,8 +314,8 @@ BalancePrediction predict_balance_sync(const BalanceJob& j, bool balanced) {
   const int64_t dp = static_cast<int64_t>(rank_s.size());
   AQ_CHECK(balanced || j.micro_batches % dp == 0, "cost model: ", j.micro_batches,
            " micro-batches do not split evenly over ", dp, " ranks");
-  const std::vector<int> k =
-      balanced ? deal_by_speed(rank_s, j.micro_batches) : std::vector<int>(rank_s.size(), static_cast<int>(j.micro_batches / dp));
+  const std::vector<int> k = balanced ? deal_by_speed(rank_s, j.micro_batches)
+                                      : std::vector<int>(rank_s.size(), static_cast<int>(j.micro_batches / dp));
   double compute = 0;
   for (size_t d = 0; d < rank_s.size(); ++d) compute = std::max(compute, k[d] * rank_s[d]);
   BalancePrediction p;
@@ -346,7 +342,8 @@ BalancePrediction predict_balance_diloco(const BalanceJob& j, bool balanced) {
   double compute = 0, tokens = 0;
   for (size_t c = 0; c < a.size(); ++c) {
     compute = std::max(compute, static_cast<double>(a[c]) * step_s[c]);
-    tokens += static_cast<double>(j.dp_per_centre[c]) * static_cast<double>(a[c]) * j.micro_per_step * j.tokens_per_micro;
+    tokens +=
+        static_cast<double>(j.dp_per_centre[c]) * static_cast<double>(a[c]) * j.micro_per_step * j.tokens_per_micro;
   }
   BalancePrediction p;
   p.share = a;

@@ -114,18 +114,18 @@ std::vector<double> bucket_bytes(double n_values, double bucket_bytes);
 // model, cut into F fragments on a staggered schedule; with overlap τ a fragment's exchange runs behind τ
 // compute steps and only what does not fit is exposed.
 struct DilocoJob {
-  StepJob inner;     // the step inside a centre (its layout: centres = 1) and the model
-  int centres = 2;   // C
+  StepJob inner;    // the step inside a centre (its layout: centres = 1) and the model
+  int centres = 2;  // C
   int64_t H = 50;
   int F = 1;
   int64_t tau = 0;
   WanCodec codec = WanCodec::None;  // of the outer exchange
 };
 struct DilocoPrediction {
-  double step_s = 0;             // inner step + the outer exchanges' exposed time, averaged over H steps
-  double exposed_s = 0;          // of step_s: outer exchange not hidden (averaged per step)
-  double utilisation = 0;        // compute share of the step: compute / step
-  double wan_bytes_per_step = 0; // per centre, averaged
+  double step_s = 0;              // inner step + the outer exchanges' exposed time, averaged over H steps
+  double exposed_s = 0;           // of step_s: outer exchange not hidden (averaged per step)
+  double utilisation = 0;         // compute share of the step: compute / step
+  double wan_bytes_per_step = 0;  // per centre, averaged
   double fragment_exchange_s = 0;
 };
 DilocoPrediction predict_diloco(const DilocoJob& job, const Calibration& cal);
@@ -156,13 +156,13 @@ struct BalanceJob {
   double outer_s_per_window = 0;
 };
 struct BalancePrediction {
-  std::vector<int64_t> share;         // per centre: micro-batches of each rank per step (synchronous), or
-                                      // inner steps per window (DiLoCo)
-  double period_s = 0;                // one step (synchronous) or one window (DiLoCo)
-  double compute_s = 0;               // of it, the slowest centre's compute
-  std::vector<double> waiting_share;  // per centre: the part of the period its ranks do not compute
-  double tokens_per_s = 0;            // the job's
-  double standalone_tokens_per_s = 0; // Σ_c dp_c / (t_c per token): every centre training by itself
+  std::vector<int64_t> share;          // per centre: micro-batches of each rank per step (synchronous), or
+                                       // inner steps per window (DiLoCo)
+  double period_s = 0;                 // one step (synchronous) or one window (DiLoCo)
+  double compute_s = 0;                // of it, the slowest centre's compute
+  std::vector<double> waiting_share;   // per centre: the part of the period its ranks do not compute
+  double tokens_per_s = 0;             // the job's
+  double standalone_tokens_per_s = 0;  // Σ_c dp_c / (t_c per token): every centre training by itself
 };
 // `balanced` false: the even split (synchronous: M/dp each; DiLoCo: every centre trains every step).
 BalancePrediction predict_balance_sync(const BalanceJob& job, bool balanced);

@@ -94,7 +94,8 @@ void Job<T>::balance_now() {
   for (int c = 0; c < C; ++c)
     for (int d = 0; d < dp; ++d)
       if (topo.centre_of[d * ctx_.tp()] == c) {
-        line += str(c ? "," : "", " centre ", topo.centre_names[c], ": ", micro[d], " (", ms[c], " ms per micro-batch)");
+        line +=
+            str(c ? "," : "", " centre ", topo.centre_names[c], ": ", micro[d], " (", ms[c], " ms per micro-batch)");
         break;
       }
   log_info(line);
@@ -115,8 +116,8 @@ void Job<T>::pace_now() {
   // rank 0's decision is the job's (see balance_now).
   ctx_.world().broadcast(inner_per_window_.data(), topo.centres(), DType::I32, 0, {"balance: the pace"})->wait();
   for (int c = 0; c < topo.centres(); ++c)
-    line += str(c ? "," : "", " centre ", topo.centre_names[c], ": ", inner_per_window_[c], " (", ms[c],
-                " ms per step)");
+    line +=
+        str(c ? "," : "", " centre ", topo.centre_names[c], ": ", inner_per_window_[c], " (", ms[c], " ms per step)");
   log_info(line);
 }
 

@@ -211,12 +211,15 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
     std::string psplit;
     for (int64_t k : p.share) psplit += str(psplit.empty() ? "" : ",", k);
     const auto pct = [](double v) { return str(static_cast<int>(std::lround(100 * v)), "%"); };
+    const std::string of_alone = alone_total > 0 ? pct(total / alone_total) : "-";
+    const std::string wait0 = pct(wait[0] / std::max(1.0, n[0])), wait1 = pct(wait[1] / std::max(1.0, n[1]));
+    const std::string p_alone = pct(p.tokens_per_s / p.standalone_tokens_per_s);
+    const std::string p_wait0 = p.waiting_share.empty() ? "-" : pct(p.waiting_share[0]);
+    const std::string p_wait1 = p.waiting_share.size() < 2 ? "-" : pct(p.waiting_share[1]);
     std::printf("%-17s %-8s %9.0f %8s %9.0f %9.0f %7s %7s | %-8s %9.0f %8s %7s %7s\n", m.rc.label.c_str(),
-                m.split.empty() ? "-" : m.split.c_str(), total, alone_total > 0 ? pct(total / alone_total).c_str() : "-",
-                tok[0], tok[1], pct(wait[0] / std::max(1.0, n[0])).c_str(), pct(wait[1] / std::max(1.0, n[1])).c_str(),
-                &m == alone ? "-" : psplit.c_str(), p.tokens_per_s, pct(p.tokens_per_s / p.standalone_tokens_per_s).c_str(),
-                p.waiting_share.empty() ? "-" : pct(p.waiting_share[0]).c_str(),
-                p.waiting_share.size() < 2 ? "-" : pct(p.waiting_share[1]).c_str());
+                m.split.empty() ? "-" : m.split.c_str(), total, of_alone.c_str(), tok[0], tok[1], wait0.c_str(),
+                wait1.c_str(), &m == alone ? "-" : psplit.c_str(), p.tokens_per_s, p_alone.c_str(), p_wait0.c_str(),
+                p_wait1.c_str());
   }
   std::printf("(split: micro-batches per rank of each centre, or inner steps per window of 50, as the job chose; "
               "p: predicted from the calibration's per-centre compute; wait: the part of a rank's time spent waiting "
@@ -398,8 +401,8 @@ void wan(const WanOptions& o, const std::string& self) {
     const std::string cmd =
         str("timeout ", 600 + 10 * o.steps, " ", run_prefix, self, " wan-worker --config ", o.config, " --steps ",
             o.steps, " --threads ", o.threads, " --lr ", o.lr, " --eval-batches ", o.eval_batches, " --data ", data,
-            " --val-data ", val, " --skip ", skip, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress, " --error-feedback ", rc.ef,
-            " --log ", sh_quote(log),
+            " --val-data ", val, " --skip ", skip, " --dp-algo ", rc.algo, " --wan-compress ", rc.compress,
+            " --error-feedback ", rc.ef, " --log ", sh_quote(log),
             rc.H > 0 ? str(" --outer diloco --outer-steps ", rc.H, " --outer-fragments ", rc.F, " --outer-overlap ", rc.tau)
                      : std::string(),
             rc.balance.empty() ? std::string() : str(" --balance ", rc.balance, " --balance-steps ", balance_steps),

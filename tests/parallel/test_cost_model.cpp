@@ -37,7 +37,7 @@ TEST(CostModel, DiLoCoAmortisesAndHidesTheOuterExchange) {
   Layout across{2, 1, 1};
   const Collective whole = all_reduce(Algo::Hier, WanCodec::None, across, 1e5, cal);
   EXPECT_NEAR(once.fragment_exchange_s, whole.seconds, 1e-12);
-  EXPECT_NEAR(once.exposed_s, whole.seconds / 10, 1e-12);           // one exchange per H steps, all exposed
+  EXPECT_NEAR(once.exposed_s, whole.seconds / 10, 1e-12);  // one exchange per H steps, all exposed
   EXPECT_NEAR(once.wan_bytes_per_step, whole.wan_bytes_per_centre / 10, 1e-6);
   // Four fragments, overlapped by enough steps: nothing shows, and the bytes per step stay those of the model.
   j.F = 4;
