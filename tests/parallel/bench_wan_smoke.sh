@@ -2,9 +2,10 @@
 # bench_wan_smoke.sh (test) — `aq-bench wan --steps 3`: the whole WAN benchmark on a testbed of its own (up,
 # calibration, flat / hier / bf16 / int8 runs, predictions, what-if tables, down). Checks: exit 0; the CSV has
 # the 4 configurations; the predicted-vs-measured and what-if tables are printed; no testbed is left behind.
-# Then centres of different speed (centre1 held to half a core, 1 + 1 ranks, 6 steps so that --balance auto
-# splits after its warm-up and timed steps): the balance table has its rows, with the split each job chose and
-# the balance rule's prediction (skipped without the cgroup v1 cpu controller that --cpu-quota needs).
+# Then centres of different speed (centre1 held to half a core, 1 + 1 ranks, 24 steps so that --balance auto
+# splits after its warm-up and timed steps: 3 synchronous, 20 DiLoCo): the balance table has its rows, with the
+# split each job chose and the balance rule's prediction (skipped without the cgroup v1 cpu controller that
+# --cpu-quota needs).
 # Skips (77) without root, as aq-bench wan itself does. No timing checks (3 steps are all warm-up).
 # Usage: bench_wan_smoke.sh BUILD_BIN_DIR
 set -uo pipefail
@@ -38,7 +39,7 @@ name=$(grep -Eo "testbed aqb[0-9]+ up" "$TMP/out.txt" | awk '{print $2}')
 check "testbed '$name' taken down" $?
 if [[ -d /sys/fs/cgroup/cpu ]]; then
   rc=0
-  timeout 170 "$BIN/aq-bench" wan --steps 6 --eval-batches 2 --ranks-per-centre 1,1 --cpu-quota centre1=0.5 \
+  timeout 170 "$BIN/aq-bench" wan --steps 24 --eval-batches 2 --ranks-per-centre 1,1 --cpu-quota centre1=0.5 \
     --grad-accum 2 --configs alone,sync-auto,diloco-auto --out "$TMP/bal" > "$TMP/bal.txt" 2>&1 || rc=$?
   cat "$TMP/bal.txt"
   check "aq-bench wan --cpu-quota exits 0 (got $rc)" $rc
