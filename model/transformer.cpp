@@ -989,19 +989,24 @@ template <typename T>
 std::vector<Tensor> Transformer<T>::norm_outputs(const T* out, const NormStats& st, int64_t N) const {
   // The statistics' shapes at this N come from the operator's shape function; their buffers were sized by it at
   // the largest N, and a shape function whose statistics grow as N shrinks is refused rather than overrun.
-  const ops::ShapeResult shape =
-      ops::OpRegistry::instance().infer(cfg_.norm_op, dtype_of<T>(), norm_inputs(out, out, out, N), norm_attrs());
-  std::vector<Tensor> o = {Tensor(const_cast<T*>(out), dtype_of<T>(), {N, cfg_.n_embd}, device_)};
-  for (size_t i = 0; i < st.outputs.size(); ++i) {
-    const Shape& s = shape.shapes[i + 1];
-    AQ_CHECK(shape_numel(s) <= norm_stat_capacity_[i] && shape.dtypes[i + 1] == norm_stat_dtypes_[i], "norm_op ",
-             cfg_.norm_op, ": its shape function gives statistics \"",
-             ops::OpRegistry::instance().get(cfg_.norm_op).outputs[i + 1].name, "\" ", dtype_name(shape.dtypes[i + 1]),
-             " ", shape_str(s), " for ", N, " rows, more than the ", norm_stat_capacity_[i], " ",
-             dtype_name(norm_stat_dtypes_[i]),
-             " elements it gave for the largest batch; statistics must not grow as the batch shrinks");
-    o.push_back(Tensor(st.outputs[i], shape.dtypes[i + 1], s, device_));
+  if (N != norm_stat_n_) {
+    const ops::ShapeResult shape =
+        ops::OpRegistry::instance().infer(cfg_.norm_op, dtype_of<T>(), norm_inputs(out, out, out, N), norm_attrs());
+    for (size_t i = 0; i < st.outputs.size(); ++i) {
+      const Shape& s = shape.shapes[i + 1];
+      AQ_CHECK(shape_numel(s) <= norm_stat_capacity_[i] && shape.dtypes[i + 1] == norm_stat_dtypes_[i], "norm_op ",
+               cfg_.norm_op, ": its shape function gives statistics \"",
+               ops::OpRegistry::instance().get(cfg_.norm_op).outputs[i + 1].name, "\" ",
+               dtype_name(shape.dtypes[i + 1]), " ", shape_str(s), " for ", N, " rows, more than the ",
+               norm_stat_capacity_[i], " ", dtype_name(norm_stat_dtypes_[i]),
+               " elements it gave for the largest batch; statistics must not grow as the batch shrinks");
+    }
+    norm_stat_shapes_.assign(shape.shapes.begin() + 1, shape.shapes.end());
+    norm_stat_n_ = N;
   }
+  std::vector<Tensor> o = {Tensor(const_cast<T*>(out), dtype_of<T>(), {N, cfg_.n_embd}, device_)};
+  for (size_t i = 0; i < st.outputs.size(); ++i)
+    o.push_back(Tensor(st.outputs[i], norm_stat_dtypes_[i], norm_stat_shapes_[i], device_));
   return o;
 }
 

@@ -346,6 +346,10 @@ class Transformer {
   std::vector<int32_t> norm_saved_;
   std::vector<DType> norm_stat_dtypes_;
   std::vector<int64_t> norm_stat_capacity_;  // elements planned per statistics output
+  // The statistics' shapes at the last N the step ran with (the shape function never reads data, so they depend
+  // on N alone): computed once per batch shape, not at every norm call.
+  mutable int64_t norm_stat_n_ = -1;
+  mutable std::vector<Shape> norm_stat_shapes_;
   T *lnbuf_ = nullptr, *proj_ = nullptr, *gelu_ = nullptr, *dres_ = nullptr, *dbuf_ = nullptr;
   T *act_dout_ = nullptr, *act_din_ = nullptr;  // a registered MLP activation's gradients (N, act_width())
   T *act_gate_ = nullptr, *act_val_ = nullptr;  // a Llama's: its input (the gate, contiguous) and output (N, F/tp)

@@ -446,6 +446,16 @@ auto divide_attrs(std::vector<int> which) {
   };
 }
 
+// Packed [gate | up] rows (the column-parallel GEMM's layout): under the "gate-up pairs" rule, dimension 1 of
+// input `tensor` splits as two equal parts, so a rank holds [its gate columns | its up columns].
+auto gate_up_pairs(int which) {
+  return [which](const std::string& rule, int tensor, int dim, const Shape& s,
+                 const std::vector<AttrValue>&) -> std::vector<int64_t> {
+    if (rule == "gate-up pairs" && tensor == which && dim == 1) return {s[1] / 2, s[1] / 2};
+    return {};
+  };
+}
+
 std::vector<BuiltinAdapter> make_table() {
   std::vector<BuiltinAdapter> t;
   {
@@ -530,12 +540,7 @@ std::vector<BuiltinAdapter> make_table() {
     a.forward = swiglu_fwd;
     a.backward = swiglu_bwd;
     a.probe.inputs = {{12, 12}};  // F 6
-    // inp's rows are [gate | up]: a rank holds [its gate columns | its up columns].
-    a.blocks = [](const std::string& rule, int tensor, int dim, const Shape& s,
-                  const std::vector<AttrValue>&) -> std::vector<int64_t> {
-      if (rule == "gate-up pairs" && tensor == 0 && dim == 1) return {s[1] / 2, s[1] / 2};
-      return {};
-    };
+    a.blocks = gate_up_pairs(0);    // inp
     t.push_back(a);
   }
   {
@@ -544,12 +549,7 @@ std::vector<BuiltinAdapter> make_table() {
     a.forward = glu_fwd;
     a.backward = glu_bwd;
     a.probe.inputs = {{12, 6}, {12, 12}};  // F 6
-    // inp's rows are [gate | up]: a rank holds [its gate columns | its up columns] (tensor 1, inputs first).
-    a.blocks = [](const std::string& rule, int tensor, int dim, const Shape& s,
-                  const std::vector<AttrValue>&) -> std::vector<int64_t> {
-      if (rule == "gate-up pairs" && tensor == 1 && dim == 1) return {s[1] / 2, s[1] / 2};
-      return {};
-    };
+    a.blocks = gate_up_pairs(1);             // inp (act is input 0)
     t.push_back(a);
   }
   {
