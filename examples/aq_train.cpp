@@ -88,6 +88,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", cfg.threads, "CPU threads per rank (0 = all cores / local ranks)")->capture_default_str();
   app.add_option("--device", cfg.device, "cpu | cuda | auto (cuda for a single process when a GPU is visible)")
       ->capture_default_str();
+  app.add_option("--centre-device", cfg.centre_device,
+                 "NAME=DEV[,NAME=DEV...]: the device (cpu | cuda) of each named centre; others use --device. Centres "
+                 "of different devices need --outer diloco");
   app.add_option("--dtype", cfg.dtype,
                  "fp32 | bf16 | auto (bf16 on a GPU, fp32 on the CPU); bf16 keeps fp32 master weights, gradients and "
                  "optimizer state")

@@ -478,10 +478,11 @@ int64_t classifier_rows(int64_t N, size_t row_bytes, Device device) {
 
 // Rows of the token table on each TP rank. On the GPU they are padded to a multiple of 64, so every row of
 // the classifier's logits starts 16-byte aligned (GPT-2's V = 50257 is odd) and cuBLASLt can use its fastest
-// kernels; the padding rows are zero and receive no gradient.
-int local_vocab(const ModelConfig& cfg, const TensorParallel& tp, Device device) {
+// kernels; the padding rows are zero and receive no gradient. `multiple` > 0 overrides the device's choice.
+int local_vocab(const ModelConfig& cfg, const TensorParallel& tp, Device device, int multiple) {
   const int rows = (cfg.vocab_size + tp.size - 1) / tp.size;
-  return device == Device::CUDA ? (rows + 63) / 64 * 64 : rows;
+  const int m = multiple > 0 ? multiple : device == Device::CUDA ? Transformer<float>::kGpuVocabRows : 1;
+  return (rows + m - 1) / m * m;
 }
 
 // Validates the configuration, the batch and the tensor-parallel split before anything is sized from them.
@@ -677,13 +678,13 @@ size_t Transformer<T>::plan_activation_bytes() {
 
 template <typename T>
 Transformer<T>::Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp,
-                            int64_t buffer_multiple, Device device)
+                            int64_t buffer_multiple, Device device, int vocab_multiple)
     : Cl_(check_args(cfg, max_batch, max_seq_len, tp).n_embd / tp.size),
       NHl_(cfg.n_head / tp.size),
       NKVl_(cfg.kv_heads() / tp.size),
       QKVl_((NHl_ + 2 * NKVl_) * cfg.head_size()),
       Fl_(cfg.ffn() / tp.size),
-      Vl_(local_vocab(cfg, tp, device)),
+      Vl_(local_vocab(cfg, tp, device, vocab_multiple)),
       v0_(tp.rank * Vl_),
       tp_(tp),
       cfg_(cfg),
@@ -817,8 +818,10 @@ void Transformer<T>::with_host_params(const std::function<void(M*)>& fn) {
 }
 
 template <typename T>
-void Transformer<T>::refresh_working_copy() {
-  if constexpr (!std::is_same_v<T, M>) k_.cast_to_working(params_.data(), master_.data(), buffer_size_);
+void Transformer<T>::refresh_working_copy(int64_t begin, int64_t end) {
+  if (end < 0) end = buffer_size_;
+  if constexpr (!std::is_same_v<T, M>)
+    if (end > begin) k_.cast_to_working(params_.data() + begin, master_.data() + begin, end - begin);
 }
 
 template <typename T>

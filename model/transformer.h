@@ -155,8 +155,12 @@ class Transformer {
   // Allocates for batches up to max_batch × max_seq_len tokens (max_seq_len <= cfg.max_seq). The flat buffers
   // are padded to a multiple of `buffer_multiple` elements (ZeRO-1 splits them evenly over data-parallel ranks).
   // Parameters, gradients and activations live on `device`; inputs, targets and results cross as host data.
+  // The token table's rows per TP rank are rounded up to `vocab_multiple` (0: the device's own choice, 64 on a
+  // GPU and 1 on the CPU); ranks that exchange flat buffers across devices (DiLoCo with a GPU centre beside a
+  // CPU one) pass kGpuVocabRows everywhere so the buffers line up.
+  static constexpr int kGpuVocabRows = 64;
   Transformer(const ModelConfig& cfg, int max_batch, int max_seq_len, TensorParallel tp = {},
-              int64_t buffer_multiple = 1, Device device = Device::CPU);
+              int64_t buffer_multiple = 1, Device device = Device::CPU, int vocab_multiple = 0);
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<ParamInfo>& params_info() const { return params_info_; }
@@ -170,7 +174,7 @@ class Transformer {
   const M* params() const { return const_cast<Transformer*>(this)->master_ptr(); }
   M* grads() { return grads_.data(); }
   T* working_params() { return params_.data(); }  // what the kernels read; == params() unless T is bf16
-  void refresh_working_copy();
+  void refresh_working_copy(int64_t begin = 0, int64_t end = -1);  // [begin, end) of the buffer; -1: its end
   size_t activation_bytes() const { return acts_arena_.capacity(); }
 
   const TensorParallel& tensor_parallel() const { return tp_; }

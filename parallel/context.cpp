@@ -40,6 +40,7 @@ void ParallelContext::make_local() {
   device_dp_ = dp_group_;
   topo_ = Topology::build({"0"}, 1);
   intra_rs_ = intra_ag_ = device_intra_rs_ = device_intra_ag_ = world_;
+  node_of_.assign(1, 0);
 }
 
 ParallelContext& ParallelContext::local() {
@@ -63,6 +64,13 @@ ParallelContext& ParallelContext::init(int* argc, char*** argv) {
               "MPI_Comm_split_type");
     MPI_Comm_rank(node, &ctx.local_rank_);
     MPI_Comm_size(node, &ctx.local_size_);
+    // Which ranks share a node (named by its lowest world rank), so a rank can count the GPU ranks before it
+    // on its node without another collective later (local_index_among).
+    int leader = ctx.world_rank_;
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, node), "MPI_Allreduce (node leader)");
+    ctx.node_of_.assign(static_cast<size_t>(ctx.world_size_), 0);
+    check_mpi(MPI_Allgather(&leader, 1, MPI_INT, ctx.node_of_.data(), 1, MPI_INT, MPI_COMM_WORLD),
+              "MPI_Allgather (node leaders)");
     MPI_Comm_free(&node);
     set_log_rank(ctx.world_rank_, ctx.world_size_);
   }
@@ -231,8 +239,26 @@ DpGroups ParallelContext::dp_groups() {
   return g;
 }
 
+std::pair<int, int> ParallelContext::local_index_among(const std::function<bool(int)>& on) const {
+  int index = -1, count = 0;
+  for (int r = 0; r < world_size_; ++r) {
+    if (node_of_[static_cast<size_t>(r)] != node_of_[static_cast<size_t>(world_rank_)] || !on(r)) continue;
+    if (r == world_rank_) index = count;
+    ++count;
+  }
+  return {index, count};
+}
+
 void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
   device_ = device;
+  mixed_devices_ = false;
+  // Every rank takes part in the agreement, a CPU rank too: in a job whose centres mix CPUs and GPUs the GPU
+  // ranks must not wait for CPU ranks inside NCCL's set-up. [some rank on the CPU, some on a GPU, some GPU
+  // rank without a GPU of its own (NCCL impossible)].
+  int32_t seen[3] = {device == Device::CPU ? 1 : 0, device == Device::CUDA ? 1 : 0,
+                     device == Device::CUDA && !(mpi_ && local_size_ <= gpus_on_node) ? 1 : 0};
+  if (world_size_ > 1) world_->all_reduce(seen, 3, DType::I32, {"devices of the ranks", ReduceOp::Max})->wait();
+  mixed_devices_ = seen[0] && seen[1];
   if (device == Device::CPU || world_size_ == 1) {
     device_tp_ = tp_group_;
     device_dp_ = dp_group_;
@@ -241,10 +267,9 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
     return;
   }
 #ifdef AQ_HAVE_NCCL
-  // NCCL needs a GPU per rank. Every rank must take the same branch, so the answer is agreed first.
-  int32_t cannot = mpi_ && local_size_ <= gpus_on_node ? 0 : 1;
-  world_->all_reduce(&cannot, 1, DType::I32, {"NCCL impossible on some rank", ReduceOp::Max})->wait();
-  if (!cannot) {
+  // NCCL needs a GPU per rank, and every rank of its communicators on a GPU. Every GPU rank takes the same
+  // branch, since the answer was agreed above.
+  if (!seen[2] && !mixed_devices_) {
     // A failure here cannot be agreed on (peers are inside MPI/NCCL calls): report it on this rank and end the job.
     SetupWatchdog watchdog("creating the NCCL communicators", timeout_s_, world_rank_);
     try {
@@ -268,7 +293,6 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
     return;
   }
 #endif
-  (void)gpus_on_node;
   device_tp_ = std::make_shared<StagedBackend>(*tp_group_, device);
   device_dp_ = std::make_shared<StagedBackend>(*dp_group_, device);
   device_intra_rs_ = std::make_shared<StagedBackend>(*intra_rs_, device);

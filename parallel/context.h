@@ -7,8 +7,11 @@
 // A program started without a launcher is a world of one and never initialises MPI.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "parallel/algo/dp_algorithm.h"
 #include "parallel/backend.h"
@@ -40,6 +43,10 @@ class ParallelContext {
   int tp_rank() const { return world_rank_ % tp_; }
   int dp_rank() const { return world_rank_ / tp_; }
   const std::string& host() const { return host_; }
+  // This rank's index among the ranks of its node that `on` (a predicate on world ranks) selects, counted by
+  // world rank, and how many of them there are: (-1, count) when `on` does not select this rank. Each node's
+  // ranks are known from init(), so this needs no communication.
+  std::pair<int, int> local_index_among(const std::function<bool(int)>& on) const;
   bool uses_mpi() const { return mpi_; }
 
   // Groups for host memory (MPI).
@@ -48,10 +55,13 @@ class ParallelContext {
   Backend& dp_group() { return *dp_group_; }
 
   // Groups for buffers on `device` (the model's compute and gradients): the host groups for the CPU; for CUDA,
-  // NCCL when this build has it and every rank has its own GPU (agreed across ranks), otherwise the MPI groups
-  // staged through host memory (a build without NCCL). Collective: every rank calls it with the same device,
-  // after configure(). A failure while creating NCCL communicators is reported by its rank and ends the job.
+  // NCCL when this build has it, every rank is on a GPU and each has its own (agreed across ranks), otherwise
+  // the MPI groups staged through host memory (a build without NCCL, or a job whose centres mix CPUs and GPUs:
+  // NCCL communicators would span ranks that have no GPU). Collective: every rank calls it, with its own
+  // device, after configure(). A failure while creating NCCL communicators is reported by its rank and ends
+  // the job.
   void enable_device_groups(Device device, int gpus_on_node);
+  bool mixed_devices() const { return mixed_devices_; }  // after enable_device_groups: CPU and GPU ranks
   Device device() const { return device_; }
   Backend& device_tp_group() { return *device_tp_; }
   Backend& device_dp_group() { return *device_dp_; }
@@ -90,6 +100,8 @@ class ParallelContext {
   std::string host_;
   std::shared_ptr<Backend> world_, tp_group_, dp_group_;
   Device device_ = Device::CPU;
+  bool mixed_devices_ = false;
+  std::vector<int> node_of_;  // by world rank: the lowest world rank on its node (init)
   std::shared_ptr<Backend> device_tp_, device_dp_;
   Topology topo_;
   // Centre-aware DP groups: intra-centre (host and device; one communicator for reduce-scatters, one for

@@ -2,7 +2,9 @@
 # gpu_check.sh — one command for a GPU machine with no network: build for the GPU that is present, run every
 # GPU test and the CPU suite, benchmark GPT-2 124M on the GPU against PyTorch, and end with a summary table.
 #   scripts/gpu_check.sh            (build folder: build-gpu/, separate from the CPU build; logs build-gpu.*)
-# It runs: every CUDA kernel against its CPU twin, 20 GPU training steps against the CPU, a short training under
+# It runs: every CUDA kernel against its CPU twin, 20 GPU training steps against the CPU, DiLoCo on the GPU
+# against the CPU (fp32; bf16 saved and resumed), one DiLoCo job across a GPU centre and a CPU centre (1 GPU
+# rank + 2 CPU ranks, needs MPI), a short training under
 # compute-sanitizer memcheck, the NCCL backend's conformance test on every GPU, aq-bench on the GPU (tiny and
 # gpt2-124m at T=256 in fp32; GPT-2 124M at T=1024, B=16 in bf16 with MFU, peak device memory and the step-loop
 # cudaMalloc count) and, when a python3 with a CUDA build of torch is found ($PYTHON first, then python3, python,
@@ -11,7 +13,8 @@
 #
 # Time plan on one H100 with 16 cores (the whole is planned for < 10 minutes; the figures are estimates):
 #   1. configure + build (-DAQ_CUDA_ARCHS=native, -j$(nproc))                       ~3-4 min
-#   2. ctest -L gpu (kernels vs CPU, 20 GPU steps vs CPU for GPT-2 and a Llama, NCCL np1) ~1 min
+#   2. ctest -L gpu (kernels vs CPU, 20 GPU steps vs CPU for GPT-2 and a Llama, DiLoCo on the GPU vs the CPU
+#      (CudaTraining.Diloco*), the mixed GPU + CPU DiLoCo job (mixed_centres_gpu), NCCL np1) ~1-2 min
 #   3. ctest -L cpu, nproc/2 tests at a time                                          ~1 min
 #      (includes aq_op_check: with a GPU visible, `aq-op check` compares every built-in's CUDA kernels, fp32 and
 #      bf16, forward and backward, with the CPU kernels through the generic call path; its "cuda-vs-cpu" lines)

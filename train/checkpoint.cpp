@@ -48,10 +48,10 @@ V meta_json(const SafeTensorsReader& f, const char* key) {
 }  // namespace
 
 template <typename T>
-std::vector<float> Job<T>::full_local(const float* part, int64_t n, const char* what) {
+std::vector<float> Job<T>::full_local(const float* part, int64_t n, const char* what, bool sliced) {
   std::vector<float> mine(static_cast<size_t>(n));
   device_copy(mine.data(), Device::CPU, part, device_, mine.size() * sizeof(float));
-  if (!cfg_.zero) return mine;
+  if (!cfg_.zero || !sliced) return mine;
   std::vector<float> full(static_cast<size_t>(model_->buffer_size()));
   idp_group().all_gather(mine.data(), full.data(), slice_len(), DType::F32, {what})->wait();
   return full;
@@ -187,8 +187,9 @@ void Job<T>::save(const std::string& path) {
     }
     params = model_->gather_full("", theta_global_.data());
     for (NamedTensor& t : model_->gather_full("outer_momentum.", outer_mom_.data())) moments.push_back(std::move(t));
-    const float* p = model_->params();
-    const std::vector<float> replica(p, p + model_->buffer_size());
+    // This centre's replica on the host: gathered above for a bf16 model under ZeRO-1, else copied whole.
+    const std::vector<float> replica =
+        master.empty() ? full_local(model_->params(), model_->buffer_size(), "checkpoint replica", false) : master;
     const std::pair<const char*, const std::vector<float>*> parts[] = {
         {"param", &replica}, {"exp_avg", &m}, {"exp_avg_sq", &v}};
     for (const auto& [what, buf] : parts)
@@ -421,7 +422,8 @@ void Job<T>::load_outer_state(const SafeTensorsReader& state) {
   const std::string c = str("centre.", it - names.begin(), ".");
   std::fill(buf.begin(), buf.end(), 0.0f);
   model_->load(state, c + "param.", buf.data());
-  std::copy(buf.begin(), buf.end(), model_->params());
+  device_copy(model_->params(), device_, buf.data(), Device::CPU, buf.size() * sizeof(float));
+  model_->refresh_working_copy();
   for (auto [what, dst] : {std::pair{"exp_avg.", &opt_.m}, std::pair{"exp_avg_sq.", &opt_.v}}) {
     std::fill(buf.begin(), buf.end(), 0.0f);
     model_->load(state, c + what, buf.data());

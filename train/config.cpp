@@ -223,9 +223,51 @@ bool use_bf16(const std::string& want, Device device) {
   return want == "bf16" || (want == "auto" && device == Device::CUDA);
 }
 
-// --device: cpu, cuda, or auto (cuda for a single process when a GPU is visible).
-Device choose_device(const std::string& want, const ParallelContext& ctx) {
-  AQ_CHECK(want == "cpu" || want == "cuda" || want == "auto", "--device must be cpu, cuda or auto (got ", want, ")");
+std::vector<std::string> centre_devices(const TrainConfig& cfg, const Topology& topo) {
+  AQ_CHECK(cfg.device == "cpu" || cfg.device == "cuda" || cfg.device == "auto",
+           "--device must be cpu, cuda or auto (got ", cfg.device, ")");
+  // auto stays on the CPU for several ranks (see choose_device), so in a job of several ranks every centre's
+  // device is known from the flags alone, identically on every rank.
+  const std::string fallback = cfg.device == "auto" && topo.world > 1 ? "cpu" : cfg.device;
+  std::vector<std::string> dev(static_cast<size_t>(topo.centres()), fallback);
+  if (cfg.centre_device.empty()) return dev;
+  std::string names;
+  for (const std::string& n : topo.centre_names) names += str(names.empty() ? "" : ", ", n);
+  std::vector<bool> named(dev.size(), false);
+  size_t at = 0;
+  while (at <= cfg.centre_device.size()) {
+    const size_t comma = std::min(cfg.centre_device.find(',', at), cfg.centre_device.size());
+    const std::string item = cfg.centre_device.substr(at, comma - at);
+    at = comma + 1;
+    const size_t eq = item.find('=');
+    AQ_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < item.size(), "--centre-device: \"", item,
+             "\" is not NAME=DEV; write e.g. --centre-device ", topo.centre_names[0], "=cuda");
+    const std::string name = item.substr(0, eq), d = item.substr(eq + 1);
+    const auto it = std::find(topo.centre_names.begin(), topo.centre_names.end(), name);
+    AQ_CHECK(it != topo.centre_names.end(), "--centre-device: no centre is named \"", name, "\"; this job's centres ",
+             "are ", names, " (", topo.describe(), ")");
+    AQ_CHECK(d == "cpu" || d == "cuda", "--centre-device ", item, ": the device must be cpu or cuda (got \"", d, "\")");
+    const size_t c = static_cast<size_t>(it - topo.centre_names.begin());
+    AQ_CHECK(!named[c], "--centre-device names centre ", name, " twice; give each centre one device");
+    named[c] = true;
+    dev[c] = d;
+  }
+  // A centre's ranks all share its device, so only the inner exchange (inside a centre) runs on it; what
+  // crosses centres must then be DiLoCo's outer exchange, which runs on host buffers.
+  const bool cpu = std::count(dev.begin(), dev.end(), "cpu") > 0, gpu = std::count(dev.begin(), dev.end(), "cuda") > 0;
+  AQ_CHECK(!(cpu && gpu) || cfg.outer == "diloco", "--centre-device puts some centres on the CPU and some on GPUs, ",
+           "but synchronous data parallelism (--outer none) all-reduces gradients across centres every step, which ",
+           "is not supported across devices; add --outer diloco (each centre trains its own replica)");
+  AQ_CHECK(!cpu || cfg.dtype != "bf16", "--dtype bf16 runs on GPUs, but --centre-device puts a centre on the CPU, ",
+           "whose engine trains in fp32; leave --dtype at auto (bf16 on the GPU centres, fp32 on the CPU ones) or use ",
+           "--dtype fp32");
+  return dev;
+}
+
+// This rank's device: its centre's entry of `wanted` — cpu, cuda, or auto (cuda for a single process when a
+// GPU is visible).
+Device choose_device(const std::vector<std::string>& wanted, const ParallelContext& ctx) {
+  const std::string& want = wanted[static_cast<size_t>(ctx.centre())];
   // auto stays on the CPU for several ranks: every rank must choose the same device, and a rank's view of the
   // GPUs (driver, CUDA_VISIBLE_DEVICES, ranks per node) may differ; multi-rank GPU runs say --device cuda.
   // The CUDA runtime is only asked when a GPU could be used: initialising it costs ~150 MiB of resident memory.
@@ -238,7 +280,12 @@ Device choose_device(const std::string& want, const ParallelContext& ctx) {
   AQ_CHECK(cuda_built(), "--device cuda: this build has no CUDA backend (configure with the CUDA toolkit, "
            "-DAQ_CUDA=ON)");
 #ifdef AQ_HAVE_CUDA
-  const cuda::DeviceInfo info = cuda::select_device(ctx.local_rank(), ctx.local_size());
+  // The node's GPUs go to its GPU ranks only: in a job with CPU centres beside GPU ones, the CPU ranks of the
+  // node take none.
+  const Topology& topo = ctx.topology();
+  const auto [index, gpu_ranks] = ctx.local_index_among(
+      [&](int r) { return wanted[static_cast<size_t>(topo.centre_of[static_cast<size_t>(r)])] != "cpu"; });
+  const cuda::DeviceInfo info = cuda::select_device(index, gpu_ranks);
   const size_t lt = cuda::cublaslt_version();
   log_info("device: cuda:", info.index, " ", cuda::describe(info), ", cuBLASLt ", lt / 10000, ".", (lt / 100) % 100,
            ".", lt % 100);

@@ -36,6 +36,27 @@ void Job<T>::cut_fragments() {
 }
 
 template <typename T>
+float* Job<T>::stage_params(int64_t b, int64_t e) {
+  // A bf16 model under ZeRO-1 updates only its own slice of the master weights at each step (the working copy
+  // is what the ranks all-gather), so the whole buffer is gathered first. Collective over the centre's DP
+  // group; every rank of it stages the same fragments at the same steps.
+  if (!std::is_same_v<T, float> && cfg_.zero) {
+    staged_ = full_local(model_->params() + slice_begin(), slice_len(), "DiLoCo master weights");
+    return staged_.data() + b;
+  }
+  if (device_ == Device::CPU) return model_->params() + b;  // no copy on the CPU
+  staged_.resize(static_cast<size_t>(e - b));
+  device_copy(staged_.data(), Device::CPU, model_->params() + b, device_, staged_.size() * sizeof(float));
+  return staged_.data();
+}
+
+template <typename T>
+void Job<T>::unstage_params(int64_t b, int64_t e, const float* host) {
+  device_copy(model_->params() + b, device_, host, Device::CPU, static_cast<size_t>(e - b) * sizeof(float));
+  model_->refresh_working_copy(b, e);  // bf16: the kernels read the working copy
+}
+
+template <typename T>
 void Job<T>::outer_launch(int f, int64_t t) {
   // DiLoCo's outer exchange for one fragment. Every rank of a centre holds the same θ_local, so summing
   // Δ = θ_global − θ_local over all DP ranks (and dividing by their number at the merge) weights each centre by
@@ -58,7 +79,7 @@ void Job<T>::outer_launch(int f, int64_t t) {
       ps.scale = static_cast<float>(scale);
     }
   }
-  const float* p = model_->params() + b;
+  const float* p = stage_params(b, e);
   const float* g = theta_global_.data() + b;
   float* d = ps.delta.data();
   if (w == 1.0f) {
@@ -83,10 +104,11 @@ double Job<T>::outer_merge(PendingSync& ps) {
   ps.work.reset();
   const double waited = w.ms();
   const auto [b, e] = fragments_[static_cast<size_t>(ps.fragment)];
-  outer_nesterov_step(theta_global_.data() + b, outer_mom_.data() + b, model_->params() + b, ps.delta.data(), e - b,
-                      ps.scale, static_cast<float>(cfg_.outer_lr),
-                      static_cast<float>(cfg_.outer_momentum),
+  float* local = stage_params(b, e);
+  outer_nesterov_step(theta_global_.data() + b, outer_mom_.data() + b, local, ps.delta.data(), e - b, ps.scale,
+                      static_cast<float>(cfg_.outer_lr), static_cast<float>(cfg_.outer_momentum),
                       cfg_.outer_overlap > 0 ? static_cast<float>(cfg_.outer_mix) : 0.0f);
+  unstage_params(b, e, local);
   return waited;
 }
 

@@ -1,17 +1,19 @@
 // job.cpp — one training job on one rank: set-up (flags, files, memory), building the model, optimizer state
 // and gradient buckets, the step (forward/backward over the micro-batches → gradient reduction → norm and
 // clipping → AdamW [→ ZeRO-1 all-gather] [→ DiLoCo outer syncs]) and evaluation.
+#include "train/job.h"
+
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <numeric>
 #include <thread>
-#include <csignal>
 
 #include "parallel/trace_session.h"
+#include "runtime/bf16.h"
 #include "runtime/file_io.h"
 #include "runtime/op_profile.h"
 #include "runtime/sysinfo.h"
-#include "train/job.h"
 #include "train/stop.h"
 #ifdef AQ_HAVE_CUDA
 #include "runtime/cuda/device.h"
@@ -28,8 +30,6 @@ void Job<T>::setup() {
     cfg_.zero = 0;
   }
   dp_opts_ = resolve_dp_algorithm(cfg_, ctx_.topology());
-  AQ_CHECK(!diloco() || device_ == Device::CPU, "--outer diloco runs on the CPU so far (its outer step has no CUDA ",
-           "kernel yet); use --device cpu, or --outer none on GPUs");
   std::unique_ptr<SafeTensorsReader>& weights = weights_;  // kept open for build()
   mc_ = model_config(cfg_, weights);
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
@@ -74,7 +74,10 @@ void Job<T>::setup() {
 
   gpus_on_node_ = 0;
 #ifdef AQ_HAVE_CUDA
-  if (device_ == Device::CUDA) gpus_on_node_ = cuda::device_count();
+  if (device_ == Device::CUDA) {
+    gpus_on_node_ = cuda::device_count();
+    gpu_index_ = cuda::current_device();
+  }
 #endif
 }
 
@@ -92,7 +95,10 @@ void Job<T>::build() {
   int pad = cfg_.zero ? 16 * idp() : 1;
   if (diloco())
     for (int g : ctx_.topology().centre_dp) pad = std::lcm(pad, 16 * g);
-  model_ = std::make_unique<Transformer<T>>(mc_, cfg_.batch, cfg_.seq, tp, pad, device_);
+  // DiLoCo sums flat buffers across centres, so a CPU centre beside a GPU one lays its token table out as the
+  // GPU does (the padding rows are zero and stay so).
+  const int vocab_multiple = ctx_.mixed_devices() ? Transformer<T>::kGpuVocabRows : 0;
+  model_ = std::make_unique<Transformer<T>>(mc_, cfg_.batch, cfg_.seq, tp, pad, device_, vocab_multiple);
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
@@ -105,7 +111,10 @@ void Job<T>::build() {
     inner.device = device_;
     dp_algo_ = make_dp_algorithm(inner, ctx_.intra_dp_groups());
     // The outer exchange may run behind the inner steps (--outer-overlap), so it gets its own communicators.
-    outer_algo_ = make_dp_algorithm(dp_opts_, outer_groups);
+    // Its buffers (Δ, θ_global) are host memory whatever the model's device: the outer state stays on the host.
+    DpAlgoOptions outer = dp_opts_;
+    outer.device = Device::CPU;
+    outer_algo_ = make_dp_algorithm(outer, outer_groups);
   } else {
     dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
   }
@@ -114,8 +123,10 @@ void Job<T>::build() {
   else
     model_->init_random(rng_.next_u64());
   if (diloco()) {
-    const float* p = model_->params();
-    theta_global_.assign(p, p + model_->buffer_size());
+    // Every centre starts from the same θ_global: init_random draws on the host from --seed whatever the
+    // device (and the buffers line up, see vocab_multiple above), and a loaded file is the same file.
+    theta_global_.resize(static_cast<size_t>(model_->buffer_size()));
+    device_copy(theta_global_.data(), Device::CPU, model_->params(), device_, theta_global_.size() * sizeof(float));
     outer_mom_.assign(theta_global_.size(), 0.0f);
     cut_fragments();
     if (paced()) {
@@ -336,24 +347,42 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
   return r;
 }
 
+namespace {
+
+// A host float as the model's element type T (bf16: round to nearest even, as the GPU's cast does).
+template <typename T>
+T to_working(float x) {
+  if constexpr (std::is_same_v<T, bf16>)
+    return float_to_bf16(x);
+  else
+    return x;
+}
+
+}  // namespace
+
 template <typename T>
 double Job<T>::evaluate() {
   // DiLoCo: the model a run delivers is θ_global (the checkpoint's model file), so that is what is evaluated;
-  // the replica comes back afterwards.
+  // the replica comes back afterwards. Only the working parameters the kernels read are swapped (a bf16 model's
+  // master weights stay as they are: under ZeRO-1 parts of them are refreshed only at the outer syncs).
   trace::Span trace_span(trace::Stream::Compute, "evaluation");
-  std::vector<float> replica;
+  const size_t n = static_cast<size_t>(model_->buffer_size());
+  std::vector<T> replica;
   if (diloco()) {
-    float* p = model_->params();
-    replica.assign(p, p + model_->buffer_size());
-    std::copy(theta_global_.begin(), theta_global_.end(), p);
+    replica.resize(n);
+    device_copy(replica.data(), Device::CPU, model_->working_params(), device_, n * sizeof(T));
+    std::vector<T> global(n);
+    for (size_t i = 0; i < n; ++i) global[i] = to_working<T>(theta_global_[i]);
+    device_copy(model_->working_params(), device_, global.data(), Device::CPU, n * sizeof(T));
   }
   struct Restore {
-    std::vector<float>& r;
-    float* p;
+    std::vector<T>& r;
+    T* p;
+    Device d;
     ~Restore() {
-      if (!r.empty()) std::copy(r.begin(), r.end(), p);
+      if (!r.empty()) device_copy(p, d, r.data(), Device::CPU, r.size() * sizeof(T));
     }
-  } restore{replica, model_->params()};
+  } restore{replica, model_->working_params(), device_};
   val_data_->reset();
   double sum = 0;
   for (int64_t i = 0; i < cfg_.eval_batches; ++i) {
@@ -366,7 +395,7 @@ double Job<T>::evaluate() {
 }
 
 std::unique_ptr<JobApi> make_job(const TrainConfig& cfg, ParallelContext& ctx) {
-  const Device device = choose_device(cfg.device, ctx);
+  const Device device = choose_device(centre_devices(cfg, ctx.topology()), ctx);
   if (use_bf16(cfg.dtype, device)) return std::make_unique<Job<bf16>>(cfg, ctx, device);
   return std::make_unique<Job<float>>(cfg, ctx, device);
 }

@@ -44,8 +44,12 @@ DpAlgoOptions resolve_dp_algorithm(const TrainConfig& cfg, const Topology& topo)
 // The model's shape: from the flags for a fresh model, or from the --init-from/--resume file, opened into
 // `weights` (flags given explicitly must agree with it). (config.cpp)
 ModelConfig model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsReader>& weights);
-// --device and --dtype resolved for this job. (config.cpp)
-Device choose_device(const std::string& want, const ParallelContext& ctx);
+// --device and --centre-device resolved against the job's centres: the device each centre asks for ("cpu",
+// "cuda", or "auto" in a job of one rank), by centre id. The same on every rank; throws aq::Error (identically
+// on every rank) for a list that cannot run. (config.cpp)
+std::vector<std::string> centre_devices(const TrainConfig& cfg, const Topology& topo);
+// This rank's device (its centre's entry of centre_devices), and --dtype resolved for it. (config.cpp)
+Device choose_device(const std::vector<std::string>& wanted, const ParallelContext& ctx);
 bool use_bf16(const std::string& want, Device device);
 
 struct OptimizerState {
@@ -99,7 +103,7 @@ class Job final : public JobApi {
   }
   int64_t start_step() const override { return opt_.step; }
   Device device() const override { return device_; }
-  std::string device_label() const override { return device_ == Device::CPU ? "cpu" : str("cuda:", ctx_.local_rank()); }
+  std::string device_label() const override { return device_ == Device::CPU ? "cpu" : str("cuda:", gpu_index_); }
   void describe(TrainResult& r) const override {
     r.device = device_ == Device::CPU ? "cpu" : "cuda";
     r.dtype = std::is_same_v<T, bf16> ? "bf16" : "fp32";
@@ -156,8 +160,8 @@ class Job final : public JobApi {
   void load_residuals(const SafeTensorsReader& state);
   void load_state(const SafeTensorsReader& weights);
   // A host copy of a whole local buffer from this rank's part `part` (n values on the model's device), all-
-  // gathered over DP under ZeRO-1.
-  std::vector<float> full_local(const float* part, int64_t n, const char* what);
+  // gathered over DP under ZeRO-1 (unless `sliced` is false: `part` is then the whole buffer).
+  std::vector<float> full_local(const float* part, int64_t n, const char* what, bool sliced = true);
 
   TrainConfig cfg_;
   ParallelContext& ctx_;
@@ -184,6 +188,12 @@ class Job final : public JobApi {
     float scale = 0;  // what the merge multiplies the summed change by (1/DP ranks, or the token weights')
   };
   std::deque<PendingSync> pending_;
+  // The master parameters [b, e) as host values the outer step may change: the buffer itself on the CPU, a
+  // copy in staged_ from a GPU (collective for a bf16 model under ZeRO-1: see diloco.cpp). unstage_params
+  // writes them back (a no-op copy on the CPU) and refreshes a bf16 model's working copy.
+  float* stage_params(int64_t b, int64_t e);
+  void unstage_params(int64_t b, int64_t e, const float* host);
+  std::vector<float> staged_;
   void outer_launch(int f, int64_t t);
   double outer_merge(PendingSync& ps);  // returns the ms it waited
   void outer_poll() {
@@ -206,6 +216,7 @@ class Job final : public JobApi {
   std::unique_ptr<GradBuckets> buckets_;
   Device device_;
   int gpus_on_node_ = 0;
+  int gpu_index_ = 0;  // the GPU this rank selected (choose_device)
   // This rank's share of the parameters (its ZeRO-1 slice or the whole buffer) as chunks for the multi-tensor
   // AdamW and norm, on the model's device; offsets relative to slice_begin().
   DeviceBuffer<ops::TensorChunk> chunks_;

@@ -73,6 +73,9 @@ struct TrainConfig {
   int threads = 0;               // 0 → the node's cores shared by its ranks (cores / local ranks)
   std::string device = "auto";   // cpu | cuda | auto (cuda when this build has it, a GPU is visible and the
                                  // job is a single process; several ranks on GPUs say cuda explicitly)
+  // Per centre: "NAME=DEV[,NAME=DEV...]" (DEV cpu | cuda); a centre not listed uses `device`. Centres of
+  // different devices need --outer diloco.
+  std::string centre_device;
   std::string dtype = "auto";    // fp32 | bf16 | auto (bf16 on a GPU, fp32 on the CPU); bf16 keeps fp32 master
                                  // weights, gradients and optimizer state
   bool quiet = false;            // no per-step lines (tests)

@@ -32,10 +32,10 @@ DeviceInfo select_device(int local_rank, int local_size) {
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   AQ_CHECK(n > 0, "--device cuda: no CUDA device is visible on host ", host_name(), " (CUDA_VISIBLE_DEVICES=",
            visible ? visible : "<unset>", "); use --device cpu");
-  AQ_CHECK(local_rank < n, "host ", host_name(), " runs ", local_size, " ranks but only ", n,
-           " CUDA device(s) are visible (CUDA_VISIBLE_DEVICES=", visible ? visible : "<unset>",
-           "): local rank ", local_rank, " has no GPU. Launch at most ", n,
-           " ranks per node (mpirun --map-by ppr:", n, ":node) or make more devices visible");
+  AQ_CHECK(local_rank < n, "host ", host_name(), " runs ", local_size, " GPU ranks but only ", n,
+           " CUDA device(s) are visible (CUDA_VISIBLE_DEVICES=", visible ? visible : "<unset>", "): local rank ",
+           local_rank, " has no GPU. Launch at most ", n, " ranks per node (mpirun --map-by ppr:", n,
+           ":node) or make more devices visible");
   AQ_CUDA_CHECK(cudaSetDevice(local_rank));
   cudaDeviceProp prop{};
   AQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, local_rank));
@@ -47,6 +47,12 @@ DeviceInfo select_device(int local_rank, int local_size) {
   d.total_memory = prop.totalGlobalMem;
   cudaRuntimeGetVersion(&d.runtime_version);
   cudaDriverGetVersion(&d.driver_version);
+  return d;
+}
+
+int current_device() {
+  int d = 0;
+  AQ_CUDA_CHECK(cudaGetDevice(&d));
   return d;
 }
 

@@ -205,6 +205,22 @@ if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
   expect_fail device_cuda_without_gpu '--device cuda: (no CUDA device is visible|this build has no CUDA backend)' 1 -- \
     "${RUN[@]}" --data "$DATA" --device cuda "${SAVE[@]}"
 fi
+# --centre-device (one process: one centre, named "0"; the refusals that need two centres are in
+# centre_device.sh).
+expect_fail centre_device_malformed '--centre-device: "0cpu" is not NAME=DEV; write e.g. --centre-device 0=cuda' 1 -- \
+  "${RUN[@]}" --data "$DATA" --centre-device 0cpu "${SAVE[@]}"
+expect_fail centre_device_unknown_centre '--centre-device: no centre is named "west"; this job.s centres are 0 \(' 1 -- \
+  "${RUN[@]}" --data "$DATA" --centre-device west=cpu "${SAVE[@]}"
+expect_fail centre_device_unknown_device '--centre-device 0=tpu: the device must be cpu or cuda \(got "tpu"\)' 1 -- \
+  "${RUN[@]}" --data "$DATA" --centre-device 0=tpu "${SAVE[@]}"
+expect_fail centre_device_twice '--centre-device names centre 0 twice; give each centre one device' 1 -- \
+  "${RUN[@]}" --data "$DATA" --centre-device 0=cpu,0=cpu "${SAVE[@]}"
+expect_fail centre_device_bf16_on_cpu '--dtype bf16 runs on GPUs, but --centre-device puts a centre on the CPU.*leave --dtype at auto' 1 -- \
+  "${RUN[@]}" --data "$DATA" --centre-device 0=cpu --dtype bf16 "${SAVE[@]}"
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
+  expect_fail centre_device_cuda_without_gpu '--device cuda: (no CUDA device is visible|this build has no CUDA backend)' 1 -- \
+    "${RUN[@]}" --data "$DATA" --centre-device 0=cuda "${SAVE[@]}"
+fi
 expect_fail tp_does_not_divide_world 'world size 1 is not divisible by --tp 2' 1 -- \
   "${RUN[@]}" --data "$DATA" --tp 2 "${SAVE[@]}"
 expect_fail tp_zero '--tp must be >= 1 \(got 0\)' 1 -- "${RUN[@]}" --data "$DATA" --tp 0 "${SAVE[@]}"

@@ -113,6 +113,43 @@ void expect_trains_bit_for_bit(const ModelConfig& a_cfg, const ModelConfig& b_cf
   }
 }
 
+// Whole tensors (Hugging Face order) of a buffer laid out like m's parameters, as host floats.
+std::vector<std::vector<float>> whole_tensors(Transformer<float>& m, const float* buffer) {
+  std::vector<std::vector<float>> out;
+  for (const NamedTensor& t : m.gather_full("", buffer))
+    out.emplace_back(t.tensor.data<float>(), t.tensor.data<float>() + t.tensor.numel());
+  return out;
+}
+
+// A CPU model with the token table laid out as on a GPU (rows padded to a multiple of 64, as the CPU centre of a
+// DiLoCo job beside a GPU centre does, so their flat buffers line up): the same initial weights, and three SGD
+// steps with the same losses and the same gradients of every real parameter, bit for bit; the padding stays 0.
+TEST(GpuVocabLayout, OnTheCpuTrainsBitForBitLikeTheCpuLayout) {
+  for (const ModelConfig& cfg : {tiny_config(), tiny_llama()}) {
+    SCOPED_TRACE(cfg.describe());
+    const int B = 3, T = 7;
+    Transformer<float> a(cfg, B, T), b(cfg, B, T, {}, 1, Device::CPU, Transformer<float>::kGpuVocabRows);
+    ASSERT_GT(b.buffer_size(), a.buffer_size());  // 11 rows padded to 64
+    a.init_random(5);
+    b.init_random(5);
+    EXPECT_EQ(whole_tensors(a, a.params()), whole_tensors(b, b.params()));
+    for (int step = 0; step < 3; ++step) {
+      auto inp = test::random_tokens(B * T, 11, 50 + step), tgt = test::random_tokens(B * T, 11, 60 + step);
+      EXPECT_EQ(a.forward_backward(inp.data(), tgt.data(), B, T), b.forward_backward(inp.data(), tgt.data(), B, T))
+          << "step " << step;
+      EXPECT_EQ(whole_tensors(a, a.grads()), whole_tensors(b, b.grads())) << "step " << step;
+      for (Transformer<float>* m : {&a, &b})
+        for (int64_t i = 0; i < m->buffer_size(); ++i) m->params()[i] -= 0.1f * m->grads()[i];
+    }
+    double padding = 0;
+    for (const ParamInfo& p : b.params_info())
+      if (p.split == TpSplit::VocabRows)
+        for (int64_t i = shape_numel(p.full_shape); i < shape_numel(p.shape); ++i)
+          padding += std::fabs(b.params()[p.offset + i]);
+    EXPECT_EQ(padding, 0.0);
+  }
+}
+
 TEST(NormSlot, BuiltInNormsThroughTheGenericPathTrainBitForBitLikeTheFusedOnes) {
   expect_trains_bit_for_bit(tiny_config(), with_norm(tiny_config(), "aq::layernorm"));
   expect_trains_bit_for_bit(tiny_llama(), with_norm(tiny_llama(), "aq::rmsnorm"));

@@ -466,6 +466,62 @@ TEST(CudaTraining, SlotsFilledByBuiltInOperatorsMatchTheCpu) {
   expect_gpu_run_follows_cpu(gpt2);
 }
 
+// DiLoCo on the GPU (its outer state on the host, the replica's fragments staged through host memory): 10 fp32
+// steps with H = 3 and evaluations of θ_global follow the CPU run, losses and validation losses.
+TEST(CudaTraining, DilocoFollowsTheCpu) {
+  AQ_REQUIRE_GPU();
+  const test::TextShardDir data(3000);
+  TrainConfig c = data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/10);
+  c.outer = "diloco";
+  c.outer_steps = 3;
+  c.val_data = data.shard();
+  c.eval_every = 5;
+  c.eval_batches = 2;
+  c.device = "cpu";
+  const TrainResult cpu_run = train(c, ParallelContext::local());
+  c.device = "cuda";
+  c.dtype = "fp32";
+  const TrainResult gpu_run = train(c, ParallelContext::local());
+  ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
+  for (size_t i = 0; i < cpu_run.steps.size(); ++i)
+    EXPECT_NEAR(gpu_run.steps[i].loss, cpu_run.steps[i].loss, 1e-4 * cpu_run.steps[i].loss) << "step " << i + 1;
+  ASSERT_EQ(cpu_run.val_losses.size(), 2u);
+  ASSERT_EQ(gpu_run.val_losses.size(), 2u);
+  for (size_t i = 0; i < 2; ++i)
+    EXPECT_NEAR(gpu_run.val_losses[i].second, cpu_run.val_losses[i].second, 1e-4 * cpu_run.val_losses[i].second)
+        << "evaluation " << i + 1;
+}
+
+// bf16 DiLoCo on the GPU (the working copy refreshed after each outer merge and swapped for θ_global during an
+// evaluation): the loss falls, and a run saved at step 5 and resumed continues as the straight run does.
+TEST(CudaTraining, Bf16DilocoResumesLikeTheStraightRun) {
+  AQ_REQUIRE_GPU();
+  const test::TextShardDir data(3000);
+  TrainConfig c = data.small_model(/*seq=*/63, /*batch=*/5, /*steps=*/12);
+  c.device = "cuda";
+  c.dtype = "bf16";
+  c.outer = "diloco";
+  c.outer_steps = 3;
+  c.val_data = data.shard();
+  c.eval_every = 4;
+  c.eval_batches = 2;
+  const TrainResult straight = train(c, ParallelContext::local());
+  ASSERT_EQ(straight.steps.size(), 12u);
+  EXPECT_EQ(straight.dtype, "bf16");
+  EXPECT_LT(straight.steps.back().loss, straight.steps.front().loss);
+  TrainConfig first = c;
+  first.save = data.path("ck");
+  first.stop_at = 5;
+  train(first, ParallelContext::local());
+  TrainConfig rest = c;
+  rest.resume = data.path("ck");
+  const TrainResult resumed = train(rest, ParallelContext::local());
+  ASSERT_EQ(resumed.steps.size(), 7u);
+  for (size_t i = 0; i < resumed.steps.size(); ++i)
+    EXPECT_NEAR(resumed.steps[i].loss, straight.steps[i + 5].loss, 1e-5 * straight.steps[i + 5].loss)
+        << "step " << i + 6;
+}
+
 TEST(CudaOps, DeviceSelectionExplainsMissingGpus) {
   if (cuda::device_count() > 0) {
     const cuda::DeviceInfo d = cuda::select_device(0, 1);
