@@ -375,20 +375,22 @@ double Job<T>::evaluate() {
     for (size_t i = 0; i < n; ++i) global[i] = to_working<T>(theta_global_[i]);
     device_copy(model_->working_params(), device_, global.data(), Device::CPU, n * sizeof(T));
   }
-  struct Restore {
-    std::vector<T>& r;
-    T* p;
-    Device d;
-    ~Restore() {
-      if (!r.empty()) device_copy(p, d, r.data(), Device::CPU, r.size() * sizeof(T));
-    }
-  } restore{replica, model_->working_params(), device_};
-  val_data_->reset();
+  // The replica comes back on every path (a failed copy throws: no destructor that could throw).
+  const auto restore = [&] {
+    if (!replica.empty()) device_copy(model_->working_params(), device_, replica.data(), Device::CPU, n * sizeof(T));
+  };
   double sum = 0;
-  for (int64_t i = 0; i < cfg_.eval_batches; ++i) {
-    val_data_->next(inputs_.data(), targets_.data());
-    sum += model_->evaluate(inputs_.data(), targets_.data(), cfg_.batch, cfg_.seq);
+  try {
+    val_data_->reset();
+    for (int64_t i = 0; i < cfg_.eval_batches; ++i) {
+      val_data_->next(inputs_.data(), targets_.data());
+      sum += model_->evaluate(inputs_.data(), targets_.data(), cfg_.batch, cfg_.seq);
+    }
+  } catch (...) {
+    restore();
+    throw;
   }
+  restore();
   double val = sum / static_cast<double>(cfg_.eval_batches);
   if (ctx_.dp() > 1) ctx_.dp_group().all_reduce(&val, 1, DType::F64, {"validation loss"})->wait();
   return val / ctx_.dp();

@@ -48,7 +48,8 @@ ModelConfig model_config(const TrainConfig& cfg, std::unique_ptr<SafeTensorsRead
 // "cuda", or "auto" in a job of one rank), by centre id. The same on every rank; throws aq::Error (identically
 // on every rank) for a list that cannot run. (config.cpp)
 std::vector<std::string> centre_devices(const TrainConfig& cfg, const Topology& topo);
-// This rank's device (its centre's entry of centre_devices), and --dtype resolved for it. (config.cpp)
+// This rank's device (its centre's entry of centre_devices; a GPU among its node's GPU ranks), and --dtype
+// resolved for a device: a job may hold Job<bf16> ranks on GPUs beside Job<float> ranks on CPUs. (config.cpp)
 Device choose_device(const std::vector<std::string>& wanted, const ParallelContext& ctx);
 bool use_bf16(const std::string& want, Device device);
 

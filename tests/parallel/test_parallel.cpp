@@ -153,6 +153,20 @@ void expect_identical_on_every_rank(const std::vector<float>& x, const std::stri
                                                               << g_ctx->world_rank() << ", " << root[i] << " on rank 0";
 }
 
+// A rank's index among the ranks of its node that a predicate selects (how a GPU rank finds its GPU when CPU
+// ranks share the node): every rank selected gives the local rank and size; the odd world ranks only count
+// those of the node, by world rank, and an unselected rank gets -1.
+TEST(Context, LocalIndexAmongCountsTheSelectedRanksOfTheNode) {
+  const auto all = g_ctx->local_index_among([](int) { return true; });
+  EXPECT_EQ(all.first, g_ctx->local_rank());
+  EXPECT_EQ(all.second, g_ctx->local_size());
+  // The closed form below holds when the whole world is on one node, as the tests' mpirun runs it.
+  if (g_ctx->local_size() != g_ctx->world_size()) GTEST_SKIP() << "ranks spread over several nodes";
+  const auto odd = g_ctx->local_index_among([](int r) { return r % 2 == 1; });
+  EXPECT_EQ(odd.second, g_ctx->world_size() / 2);
+  EXPECT_EQ(odd.first, g_ctx->world_rank() % 2 == 1 ? g_ctx->world_rank() / 2 : -1);
+}
+
 TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
   const int P = g_ctx->world_size();
   for (const auto& [spec, names] : centre_layouts(P)) {
