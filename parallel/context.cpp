@@ -249,7 +249,7 @@ std::pair<int, int> ParallelContext::local_index_among(const std::function<bool(
   return {index, count};
 }
 
-void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
+void ParallelContext::enable_device_groups(Device device, int gpus_on_node, bool device_dp_across_centres) {
   device_ = device;
   mixed_devices_ = false;
   // Every rank takes part in the agreement, a CPU rank too: in a job whose centres mix CPUs and GPUs the GPU
@@ -278,13 +278,20 @@ void ParallelContext::enable_device_groups(Device device, int gpus_on_node) {
         check_mpi(MPI_Comm_dup(static_cast<MpiBackend&>(g).comm(), &dup), "MPI_Comm_dup (NCCL id exchange)");
         return dup;
       };
-      MPI_Comm tpc = comm_of(*tp_group_), dpc = comm_of(*dp_group_), irs = comm_of(*intra_rs_),
-               iag = comm_of(*intra_ag_);
+      MPI_Comm tpc = comm_of(*tp_group_), irs = comm_of(*intra_rs_), iag = comm_of(*intra_ag_);
       device_tp_ = std::make_shared<NcclBackend>(tpc, "tp", timeout_s_);
-      device_dp_ = std::make_shared<NcclBackend>(dpc, "dp", timeout_s_);
       device_intra_rs_ = std::make_shared<NcclBackend>(irs, "dp-intra", timeout_s_);
       device_intra_ag_ = std::make_shared<NcclBackend>(iag, "dp-intra", timeout_s_);
-      for (MPI_Comm* c : {&tpc, &dpc, &irs, &iag}) MPI_Comm_free(c);
+      for (MPI_Comm* c : {&tpc, &irs, &iag}) MPI_Comm_free(c);
+      // Without device traffic across centres (DiLoCo: only the host outer exchange crosses them) no NCCL
+      // communicator spans the wide-area link: setting one up there is slow, may fail, and would carry nothing.
+      if (device_dp_across_centres) {
+        MPI_Comm dpc = comm_of(*dp_group_);
+        device_dp_ = std::make_shared<NcclBackend>(dpc, "dp", timeout_s_);
+        MPI_Comm_free(&dpc);
+      } else {
+        device_dp_ = std::make_shared<StagedBackend>(*dp_group_, device);
+      }
     } catch (const std::exception& e) {
       log_error(str("aq: error: setting up NCCL on rank ", world_rank_, " (host ", host_, "): ", e.what(),
                     "; ending the job"));

@@ -59,8 +59,9 @@ class ParallelContext {
   // the MPI groups staged through host memory (a build without NCCL, or a job whose centres mix CPUs and GPUs:
   // NCCL communicators would span ranks that have no GPU). Collective: every rank calls it, with its own
   // device, after configure(). A failure while creating NCCL communicators is reported by its rank and ends
-  // the job.
-  void enable_device_groups(Device device, int gpus_on_node);
+  // the job. `device_dp_across_centres` false (DiLoCo: device buffers never cross centres) keeps the whole
+  // DP group off NCCL, so no NCCL communicator spans centres.
+  void enable_device_groups(Device device, int gpus_on_node, bool device_dp_across_centres = true);
   bool mixed_devices() const { return mixed_devices_; }  // after enable_device_groups: CPU and GPU ranks
   Device device() const { return device_; }
   Backend& device_tp_group() { return *device_tp_; }

@@ -2,6 +2,7 @@
 // staggered schedule) the centres average their change Δ = θ_global − θ_local through the cross-centre
 // algorithm and an outer Nesterov step (outer_optimizer.h) updates θ_global. Exchanges may run behind τ inner
 // steps (--outer-overlap). Checkpointing of this state is in checkpoint.cpp.
+#include <array>
 #include <utility>
 
 #include "parallel/trace_session.h"
@@ -25,7 +26,7 @@ void Job<T>::cut_fragments() {
     upto += shape_numel(info[k - 1].full_shape);
     const int64_t end = k < info.size() ? info[k].offset : model_->buffer_size();
     const int f = static_cast<int>(fragments_.size());
-    const int left = cfg_.outer_fragments - f;  // fragments still to cut, this one included
+    const int left = cfg_.outer_fragments - f;                   // fragments still to cut, this one included
     const bool must = static_cast<int>(info.size() - k) < left;  // one tensor per remaining fragment at least
     if (left > 1 && (upto * cfg_.outer_fragments >= (f + 1) * whole || must)) {
       fragments_.emplace_back(begin, end);
@@ -36,18 +37,25 @@ void Job<T>::cut_fragments() {
 }
 
 template <typename T>
-float* Job<T>::stage_params(int64_t b, int64_t e) {
+float* Job<T>::stage_params(int64_t b, int64_t e, int64_t t) {
   // A bf16 model under ZeRO-1 updates only its own slice of the master weights at each step (the working copy
   // is what the ranks all-gather), so the whole buffer is gathered first. Collective over the centre's DP
-  // group; every rank of it stages the same fragments at the same steps.
-  if (!std::is_same_v<T, float> && cfg_.zero) {
-    staged_ = full_local(model_->params() + slice_begin(), slice_len(), "DiLoCo master weights");
-    return staged_.data() + b;
+  // group; every rank of it stages the same fragments at the same steps. What was staged after inner step t
+  // stays valid for the rest of step t's outer work (unstage_params writes the same values to the device), so
+  // a launch and its merge at the same step (no overlap), or several fragments due together, copy once.
+  const bool whole = !std::is_same_v<T, float> && cfg_.zero;
+  if (!whole && device_ == Device::CPU) return model_->params() + b;  // no copy on the CPU
+  const int64_t sb = whole ? 0 : b, se = whole ? model_->buffer_size() : e;
+  if (staged_at_ != std::array<int64_t, 3>{t, sb, se}) {
+    if (whole) {
+      staged_ = full_local(model_->params() + slice_begin(), slice_len(), "DiLoCo master weights");
+    } else {
+      staged_.resize(static_cast<size_t>(e - b));
+      device_copy(staged_.data(), Device::CPU, model_->params() + b, device_, staged_.size() * sizeof(float));
+    }
+    staged_at_ = {t, sb, se};
   }
-  if (device_ == Device::CPU) return model_->params() + b;  // no copy on the CPU
-  staged_.resize(static_cast<size_t>(e - b));
-  device_copy(staged_.data(), Device::CPU, model_->params() + b, device_, staged_.size() * sizeof(float));
-  return staged_.data();
+  return staged_.data() + (b - sb);
 }
 
 template <typename T>
@@ -79,7 +87,7 @@ void Job<T>::outer_launch(int f, int64_t t) {
       ps.scale = static_cast<float>(scale);
     }
   }
-  const float* p = stage_params(b, e);
+  const float* p = stage_params(b, e, t);
   const float* g = theta_global_.data() + b;
   float* d = ps.delta.data();
   if (w == 1.0f) {
@@ -100,11 +108,13 @@ double Job<T>::outer_merge(PendingSync& ps) {
   trace::Span trace_span(trace::Stream::Compute, "outer merge", ps.fragment);
   Timer w;
   if (ps.work) ps.work->wait();
-  if (ps.work) trace_work(trace::Stream::CrossCentre, str("outer exchange ", ps.fragment), *ps.work, {{"bytes", 4.0 * ps.delta.size()}});
+  if (ps.work)
+    trace_work(trace::Stream::CrossCentre, str("outer exchange ", ps.fragment), *ps.work,
+               {{"bytes", 4.0 * ps.delta.size()}});
   ps.work.reset();
   const double waited = w.ms();
   const auto [b, e] = fragments_[static_cast<size_t>(ps.fragment)];
-  float* local = stage_params(b, e);
+  float* local = stage_params(b, e, ps.merge_step);
   outer_nesterov_step(theta_global_.data() + b, outer_mom_.data() + b, local, ps.delta.data(), e - b, ps.scale,
                       static_cast<float>(cfg_.outer_lr), static_cast<float>(cfg_.outer_momentum),
                       cfg_.outer_overlap > 0 ? static_cast<float>(cfg_.outer_mix) : 0.0f);

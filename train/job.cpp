@@ -35,15 +35,16 @@ void Job<T>::setup() {
   AQ_CHECK(cfg_.seq <= mc_.max_seq, "--seq ", cfg_.seq, " exceeds the model's context n_positions=", mc_.max_seq,
            "; lower --seq", weights ? "" : str(" or raise --max-seq to at least ", cfg_.seq));
   // Memory, before anything large is allocated: the ranks of a node share its memory.
-  mem_ = estimate_memory(mc_, cfg_.batch, cfg_.seq, ctx_.tp(), cfg_.zero ? 1.0 / idp() : 1.0,
-                         std::is_same_v<T, bf16>, diloco());
+  mem_ = estimate_memory(mc_, cfg_.batch, cfg_.seq, ctx_.tp(), cfg_.zero ? 1.0 / idp() : 1.0, std::is_same_v<T, bf16>,
+                         diloco());
   mem_avail_ = available_host_bytes() / std::max(1, ctx_.local_size());
-  AQ_CHECK(device_ != Device::CPU || mem_avail_ <= 0 || mem_.total() <= mem_avail_ || std::getenv("AQ_SKIP_MEMORY_CHECK"),
-           "the job needs about ", gib(mem_.total()), " per rank (parameters ", gib(mem_.params), ", gradients ",
-           gib(mem_.grads), ", optimizer ", gib(mem_.optimizer + mem_.outer), ", activations ", gib(mem_.activations),
-           ") but this node offers ", gib(mem_avail_), " to each of its ", ctx_.local_size(), " rank(s); lower ",
-           "--batch, --seq, --layers or --dim, shard with --zero 1 or --tp, or use more nodes (AQ_SKIP_MEMORY_CHECK=1 ",
-           "skips this check)");
+  AQ_CHECK(
+      device_ != Device::CPU || mem_avail_ <= 0 || mem_.total() <= mem_avail_ || std::getenv("AQ_SKIP_MEMORY_CHECK"),
+      "the job needs about ", gib(mem_.total()), " per rank (parameters ", gib(mem_.params), ", gradients ",
+      gib(mem_.grads), ", optimizer ", gib(mem_.optimizer + mem_.outer), ", activations ", gib(mem_.activations),
+      ") but this node offers ", gib(mem_avail_), " to each of its ", ctx_.local_size(), " rank(s); lower ",
+      "--batch, --seq, --layers or --dim, shard with --zero 1 or --tp, or use more nodes (AQ_SKIP_MEMORY_CHECK=1 ",
+      "skips this check)");
   // Only rank 0 writes checkpoints and the log; its failures reach every rank through agree_on_failure.
   if (ctx_.world_rank() == 0) {
     if (!cfg_.save.empty()) guard_save_path();
@@ -69,7 +70,8 @@ void Job<T>::setup() {
       log_info("warning: --eval-batches ", cfg_.eval_batches, " reads ", static_cast<int64_t>(need),
                " validation tokens but --val-data holds ", val_data_->total_tokens(),
                ": batches repeat; lower --eval-batches to ",
-               std::max<int64_t>(1, static_cast<int64_t>(val_data_->total_tokens()) / (static_cast<int64_t>(ctx_.dp()) * cfg_.batch * cfg_.seq)));
+               std::max<int64_t>(1, static_cast<int64_t>(val_data_->total_tokens()) /
+                                        (static_cast<int64_t>(ctx_.dp()) * cfg_.batch * cfg_.seq)));
   }
 
   gpus_on_node_ = 0;
@@ -83,11 +85,13 @@ void Job<T>::setup() {
 
 template <typename T>
 void Job<T>::build() {
-  ctx_.enable_device_groups(device_, gpus_on_node_);  // first: collective, and nothing before it can fail
+  ctx_.enable_device_groups(device_, gpus_on_node_, !diloco());  // first: collective, and nothing before it can fail
   DpGroups outer_groups;
   if (diloco()) outer_groups = ctx_.outer_dp_groups();  // collective too
   std::unique_ptr<SafeTensorsReader> weights = std::move(weights_);
-  if (device_ != Device::CPU && ctx_.world_size() > 1) log_info("device collectives: ", ctx_.device_dp_group().describe());
+  if (device_ != Device::CPU && ctx_.world_size() > 1)
+    log_info("device collectives: ", diloco() ? str(ctx_.intra_dp_groups().dp->describe(), " (inside each centre)")
+                                              : ctx_.device_dp_group().describe());
   TensorParallel tp{ctx_.tp(), ctx_.tp_rank(), &ctx_.device_tp_group(), &ctx_.tp_group()};
   // ZeRO-1 pads the buffer to split it evenly over the optimizer's DP group. With DiLoCo every centre pads to
   // the same length (a multiple of every centre's DP size, ZeRO-1 or not: a centre of one rank runs without
@@ -146,8 +150,8 @@ void Job<T>::build() {
   if (idp() > 1 && !cfg_.zero) {
     std::vector<int64_t> boundaries;
     for (const ParamInfo& p : model_->params_info()) boundaries.push_back(p.offset);
-    buckets_ = std::make_unique<GradBuckets>(*dp_algo_, model_->grads(), model_->buffer_size(), boundaries,
-                                             cfg_.bucket_mb);
+    buckets_ =
+        std::make_unique<GradBuckets>(*dp_algo_, model_->grads(), model_->buffer_size(), boundaries, cfg_.bucket_mb);
     // Buckets start during the last micro-batch's backward only: before it, the gradients are not final.
     model_->set_grad_ready_hook([this](int64_t offset) {
       if (last_micro_) buckets_->on_ready(offset);
@@ -235,7 +239,8 @@ StepRecord Job<T>::step(int64_t s) {
       r.idle ? 0.0 : static_cast<double>(cfg_.batch) * static_cast<double>(micro_batches) * cfg_.seq / (r.ms / 1000.0);
   // Restored error-feedback residuals have all been claimed once every position was quantised: one step, or
   // with DiLoCo one window of H steps.
-  if (s + 1 == start_step_ + (diloco() ? cfg_.outer_steps + cfg_.outer_overlap : 1)) wan_algo().drop_unclaimed_residuals();
+  if (s + 1 == start_step_ + (diloco() ? cfg_.outer_steps + cfg_.outer_overlap : 1))
+    wan_algo().drop_unclaimed_residuals();
   // --balance auto: the split (or pace) from the timed steps, once (see first_timed_).
   if (cfg_.balance == "auto" && s + 1 == first_timed_ + cfg_.balance_steps && !balanced_) {
     if (diloco())
@@ -259,8 +264,8 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
   Timer compute;
   for (int k = 0; k < K; ++k) {
     last_micro_ = k + 1 == K;
-    loss += model_->forward_backward(inputs_.data() + k * micro, targets_.data() + k * micro, cfg_.batch, cfg_.seq,
-                                     k > 0);
+    loss +=
+        model_->forward_backward(inputs_.data() + k * micro, targets_.data() + k * micro, cfg_.batch, cfg_.seq, k > 0);
   }
   // --balance auto: the timed steps (see step()).
   if (!diloco() && timed_for_balance(s)) micro_ms_ += compute.ms() / K;
@@ -308,8 +313,8 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
       if (diloco() && ctx_.topology().centres() > 1) fail(m);  // only this centre knows (see the loss above)
       throw AgreedError(m);
     };
-    raise(str("gradient norm is ", norm, " at step ", s + 1, "; first non-finite gradient on rank ",
-                          ctx_.world_rank(), ": ", where, "; lower --lr"));
+    raise(str("gradient norm is ", norm, " at step ", s + 1, "; first non-finite gradient on rank ", ctx_.world_rank(),
+              ": ", where, "; lower --lr"));
   }
   // torch.nn.utils.clip_grad_norm_: scale by clip/(norm + 1e-6) when that is below 1.
   ops::AdamWParams hp;
@@ -318,7 +323,7 @@ StepRecord Job<T>::inner_step(int64_t s, Timer& t) {
   hp.beta1 = cfg_.beta1;
   hp.beta2 = cfg_.beta2;
   hp.eps = cfg_.eps;
-  hp.step = ++updates_;  // AdamW's bias correction counts this replica's updates
+  hp.step = ++updates_;                 // AdamW's bias correction counts this replica's updates
   hp.weight_decay = cfg_.weight_decay;  // for the chunks of tensors that decay (2-D and up)
   // One launch for every tensor of this rank's slice; a bf16 model's working copy is written in the same pass.
   const int64_t lo = slice_begin();

@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <fstream>
@@ -16,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "model/transformer.h"
 #include "model/memory_estimate.h"
+#include "model/transformer.h"
 #include "ops/adamw/adamw.h"
 #include "parallel/algo/dp_algorithm.h"
 #include "parallel/grad_sync.h"
@@ -192,9 +193,10 @@ class Job final : public JobApi {
   // The master parameters [b, e) as host values the outer step may change: the buffer itself on the CPU, a
   // copy in staged_ from a GPU (collective for a bf16 model under ZeRO-1: see diloco.cpp). unstage_params
   // writes them back (a no-op copy on the CPU) and refreshes a bf16 model's working copy.
-  float* stage_params(int64_t b, int64_t e);
+  float* stage_params(int64_t b, int64_t e, int64_t t);  // t: the inner step the outer work follows
   void unstage_params(int64_t b, int64_t e, const float* host);
   std::vector<float> staged_;
+  std::array<int64_t, 3> staged_at_{-1, 0, 0};  // what staged_ holds: after step t, the buffer's [b, e)
   void outer_launch(int f, int64_t t);
   double outer_merge(PendingSync& ps);  // returns the ms it waited
   void outer_poll() {
@@ -230,8 +232,8 @@ class Job final : public JobApi {
   std::vector<int> micro_;
   int K_ = 1;
   int64_t M_ = 1;
-  double micro_ms_ = 0;  // --balance auto: this rank's time per micro-batch (synchronous) or per inner step
-                         // (DiLoCo), summed over the timed steps
+  double micro_ms_ = 0;     // --balance auto: this rank's time per micro-batch (synchronous) or per inner step
+                            // (DiLoCo), summed over the timed steps
   bool balanced_ = false;   // --balance auto: the split was measured (or restored from a checkpoint)
   int64_t start_step_ = 0;  // the first step this run executes
   void apply_split(std::vector<int> micro);  // sets micro_, K_, M_ and this rank's data window
