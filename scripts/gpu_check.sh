@@ -14,7 +14,7 @@
 # Time plan on one H100 with 16 cores (the whole is planned for < 10 minutes; the figures are estimates):
 #   1. configure + build (-DAQ_CUDA_ARCHS=native, -j$(nproc))                       ~3-4 min
 #   2. ctest -L gpu (kernels vs CPU, 20 GPU steps vs CPU for GPT-2 and a Llama, DiLoCo on the GPU vs the CPU
-#      (CudaTraining.Diloco*), the mixed GPU + CPU DiLoCo job (mixed_centres_gpu), NCCL np1) ~1-2 min
+#      (CudaTraining.*Diloco*), the mixed GPU + CPU DiLoCo job (mixed_centres_gpu), NCCL np1) ~1-2 min
 #   3. ctest -L cpu, nproc/2 tests at a time                                          ~1 min
 #      (includes aq_op_check: with a GPU visible, `aq-op check` compares every built-in's CUDA kernels, fp32 and
 #      bf16, forward and backward, with the CPU kernels through the generic call path; its "cuda-vs-cpu" lines)
