@@ -1,6 +1,7 @@
 // test_ops_cuda.cpp — every CUDA kernel against its CPU twin on random inputs at odd sizes, forward and
-// backward (fp32, relative error < 1e-5; the bf16 and fused kernels are in test_ops_cuda_bf16.cpp). Without a visible GPU each test skips with that reason, so a CPU-only
-// machine reports them as skipped rather than passed. Built only with the CUDA toolkit.
+// backward (fp32, relative error < 1e-5; the bf16 and fused kernels are in test_ops_cuda_bf16.cpp). Without a visible
+// GPU each test skips with that reason, so a CPU-only machine reports them as skipped rather than passed. Built only
+// with the CUDA toolkit.
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -11,21 +12,21 @@
 
 #include "ops/adamw/adamw.h"
 #include "ops/attention/attention.h"
-#include "ops/matmul/matmul.h"
-#include "ops/softmax_xent/softmax_xent.h"
 #include "ops/embedding/embedding.h"
 #include "ops/gelu/gelu.h"
 #include "ops/glu/glu.h"
 #include "ops/layernorm/layernorm.h"
+#include "ops/matmul/matmul.h"
 #include "ops/residual/residual.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
+#include "ops/softmax_xent/softmax_xent.h"
 #include "ops/swiglu/swiglu.h"
-#include "train/trainer.h"
 #include "runtime/cuda/device.h"
 #include "runtime/data.h"
 #include "tests/ops/cuda_test_util.h"
 #include "tests/test_util.h"
+#include "train/trainer.h"
 
 namespace aq {
 namespace {
@@ -66,16 +67,15 @@ TEST(CudaOps, LayerNormForwardResidualAndBackward) {
   F dout = randn<float>(N * C, 7), res(N * C), out(N * C), mu(N), rs(N), dx = randn<float>(N * C, 8), dw(C, 0.5f),
     db(C, -0.5f);
   F dx0 = dx, dw0 = dw, db0 = db;
-  cpu<ops::LayerNorm<float>::ResidualForward>("residual_layernorm_forward")(res.data(), out.data(), mu.data(),
-                                                                            rs.data(), a.data(), b_in.data(), w.data(),
-                                                                            b.data(), N, C);
+  cpu<ops::LayerNorm<float>::ResidualForward>("residual_layernorm_forward")(
+      res.data(), out.data(), mu.data(), rs.data(), a.data(), b_in.data(), w.data(), b.data(), N, C);
   cpu<ops::LayerNorm<float>::Backward>("layernorm_backward")(dx.data(), dw.data(), db.data(), dout.data(), res.data(),
                                                              w.data(), mu.data(), rs.data(), N, C);
-  Dev<float> ga(a), gb_in(b_in), gw(w), gb(b), gres(F(N * C, NAN)), gout(F(N * C, NAN)), gmu(F(N, 0.0f)), grs(F(N, 0.0f));
+  Dev<float> ga(a), gb_in(b_in), gw(w), gb(b), gres(F(N * C, NAN)), gout(F(N * C, NAN)), gmu(F(N, 0.0f)),
+      grs(F(N, 0.0f));
   Dev<float> gdout(dout), gdx(dx0), gdw(dw0), gdb(db0);
-  gpu<ops::LayerNorm<float>::ResidualForward>("residual_layernorm_forward")(gres.get(), gout.get(), gmu.get(),
-                                                                            grs.get(), ga.get(), gb_in.get(), gw.get(),
-                                                                            gb.get(), N, C);
+  gpu<ops::LayerNorm<float>::ResidualForward>("residual_layernorm_forward")(
+      gres.get(), gout.get(), gmu.get(), grs.get(), ga.get(), gb_in.get(), gw.get(), gb.get(), N, C);
   EXPECT_LT(rel_err(gres.read(), res), 1e-6);
   EXPECT_LT(rel_err(gout.read(), out), 1e-5);
   gpu<ops::LayerNorm<float>::Backward>("layernorm_backward")(gdx.get(), gdw.get(), gdb.get(), gdout.get(), gres.get(),
@@ -98,10 +98,10 @@ TEST(CudaOps, EmbeddingForwardBackwardIncludingVocabularyShard) {
   for (auto [v0, Vl] : {std::pair{0, Vn}, std::pair{10, 10}}) {
     F out(B * T * C), dwte(Vl * C, 0.25f), dwpe(maxT * C, 0.0f);
     const F dwte0 = dwte;
-    cpu<ops::Embedding<float>::Forward>("embedding_forward")(out.data(), inp.data(), wte.data() + v0 * C, wpe.data(),
-                                                             B, T, C, v0, Vl);
-    cpu<ops::Embedding<float>::Backward>("embedding_backward")(dwte.data(), dwpe.data(), dout.data(), inp.data(), B,
-                                                               T, C, v0, Vl);
+    cpu<ops::Embedding<float>::Forward>("embedding_forward")(out.data(), inp.data(), wte.data() + v0 * C, wpe.data(), B,
+                                                             T, C, v0, Vl);
+    cpu<ops::Embedding<float>::Backward>("embedding_backward")(dwte.data(), dwpe.data(), dout.data(), inp.data(), B, T,
+                                                               C, v0, Vl);
     F wte_shard(wte.begin() + v0 * C, wte.begin() + (v0 + Vl) * C);
     Dev<float> gwte(wte_shard), gwpe(wpe), gdout(dout), gout(F(B * T * C, NAN)), gdwte(dwte0), gdwpe(F(maxT * C, 0));
     Dev<int32_t> ginp(inp);
@@ -144,7 +144,8 @@ TEST(CudaOps, AdamWAndSumSquares) {
 TEST(CudaOps, MatmulForwardBackwardWithBias) {
   AQ_REQUIRE_GPU();
   const int N = 37, IC = 19, OC = 53;
-  F x = randn<float>(N * IC, 16), w = randn<float>(IC * OC, 17), bias = randn<float>(OC, 18), dout = randn<float>(N * OC, 19);
+  F x = randn<float>(N * IC, 16), w = randn<float>(IC * OC, 17), bias = randn<float>(OC, 18),
+    dout = randn<float>(N * OC, 19);
   F out(N * OC), dx(N * IC), dw = randn<float>(IC * OC, 20), db = randn<float>(OC, 21);
   const F dw0 = dw, db0 = db;
   cpu<ops::Matmul<float>::Forward>("matmul_forward")(out.data(), x.data(), w.data(), bias.data(), N, IC, OC);
@@ -324,8 +325,7 @@ TEST(CudaOps, GluSplitForwardBackwardMerge) {
     gpu<ops::Glu<float>::Split>("glu_split")(ggate.get(), ginp.get(), N, Fn);
     gpu<ops::Glu<float>::Forward>("glu_forward")(gout.get(), gact.get(), ginp.get(), N, Fn);
     // in place over inp, as the model runs it
-    gpu<ops::Glu<float>::Backward>("glu_backward")(ginp.get(), gdact.get(), gdout.get(), gact.get(), ginp.get(), N,
-                                                   Fn);
+    gpu<ops::Glu<float>::Backward>("glu_backward")(ginp.get(), gdact.get(), gdout.get(), gact.get(), ginp.get(), N, Fn);
     gpu<ops::Glu<float>::Merge>("glu_merge")(ginp.get(), ggate.get(), N, Fn);
     EXPECT_EQ(ggate.read(), gate) << "F=" << Fn;
     EXPECT_EQ(gout.read(), out) << "F=" << Fn;
@@ -422,8 +422,9 @@ TEST(CudaOps, EveryCpuKernelHasACudaTwin) {
   }
 }
 
-// Trains `c` on the CPU, then on the GPU in fp32: the losses follow (within 1e-4 relative).
-void expect_gpu_run_follows_cpu(TrainConfig c) {
+// Trains `c` on the CPU, then on the GPU in fp32: the losses and the validation losses follow (within 1e-4
+// relative); both runs evaluate `evaluations` times.
+void expect_gpu_run_follows_cpu(TrainConfig c, size_t evaluations = 0) {
   c.device = "cpu";
   const TrainResult cpu_run = train(c, ParallelContext::local());
   c.device = "cuda";
@@ -432,6 +433,11 @@ void expect_gpu_run_follows_cpu(TrainConfig c) {
   ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
   for (size_t i = 0; i < cpu_run.steps.size(); ++i)
     EXPECT_NEAR(gpu_run.steps[i].loss, cpu_run.steps[i].loss, 1e-4 * cpu_run.steps[i].loss) << "step " << i + 1;
+  ASSERT_EQ(cpu_run.val_losses.size(), evaluations);
+  ASSERT_EQ(gpu_run.val_losses.size(), evaluations);
+  for (size_t i = 0; i < evaluations; ++i)
+    EXPECT_NEAR(gpu_run.val_losses[i].second, cpu_run.val_losses[i].second, 1e-4 * cpu_run.val_losses[i].second)
+        << "evaluation " << i + 1;
 }
 
 // 20 training steps on the GPU in fp32 follow the CPU run.
@@ -477,19 +483,7 @@ TEST(CudaTraining, DilocoFollowsTheCpu) {
   c.val_data = data.shard();
   c.eval_every = 5;
   c.eval_batches = 2;
-  c.device = "cpu";
-  const TrainResult cpu_run = train(c, ParallelContext::local());
-  c.device = "cuda";
-  c.dtype = "fp32";
-  const TrainResult gpu_run = train(c, ParallelContext::local());
-  ASSERT_EQ(cpu_run.steps.size(), gpu_run.steps.size());
-  for (size_t i = 0; i < cpu_run.steps.size(); ++i)
-    EXPECT_NEAR(gpu_run.steps[i].loss, cpu_run.steps[i].loss, 1e-4 * cpu_run.steps[i].loss) << "step " << i + 1;
-  ASSERT_EQ(cpu_run.val_losses.size(), 2u);
-  ASSERT_EQ(gpu_run.val_losses.size(), 2u);
-  for (size_t i = 0; i < 2; ++i)
-    EXPECT_NEAR(gpu_run.val_losses[i].second, cpu_run.val_losses[i].second, 1e-4 * cpu_run.val_losses[i].second)
-        << "evaluation " << i + 1;
+  expect_gpu_run_follows_cpu(c, /*evaluations=*/2);
 }
 
 // bf16 DiLoCo on the GPU (the working copy refreshed after each outer merge and swapped for θ_global during an
