@@ -53,20 +53,12 @@ if [[ -s $TMP/plain.jsonl && -s $TMP/eval.jsonl ]]; then
 fi
 
 # 2. Refusals: exactly one error line (the ranks agree and one reports), a non-zero exit, no hang.
+source "$(dirname "${BASH_SOURCE[0]}")/one_error.sh"  # one_error
 refuse() {  # NAME REGEX ARGS...
   local name=$1 re=$2
   shift 2
   timeout 120 "${MPIRUN[@]}" "$BIN/aq-train" "$@" > "$TMP/stdout" 2> "$TMP/stderr"
-  local rc=$?
-  local lines
-  lines=$(grep -c "aq-train: error" "$TMP/stderr")
-  if ((rc == 0 || rc >= 124)); then
-    bad "$name" "exit code $rc"
-  elif [[ $lines -ne 1 ]] || ! grep -Eq "$re" "$TMP/stderr"; then
-    bad "$name" "expected one line matching /$re/, got: $(head -5 "$TMP/stderr")"
-  else
-    ok "$name"
-  fi
+  one_error "$name" "$re" $? && ok "$name"
 }
 NONE=("${ARGS[@]/diloco/none}")  # the same flags with --outer none
 refuse "mixed devices without diloco" \

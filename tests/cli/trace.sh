@@ -50,20 +50,15 @@ else
 fi
 
 # 3. Refusals: one line on stderr, non-zero exit, no trace file.
+source "$(dirname "${BASH_SOURCE[0]}")/one_error.sh"  # one_error
 refuse() {  # NAME REGEX NP ARGS...
   local name=$1 re=$2 np=$3
   shift 3
   local cmd=("$BIN/aq-train")
   ((np > 1)) && cmd=("${MPIRUN[@]}" -np "$np" "$BIN/aq-train")
   timeout 120 "${cmd[@]}" "${ARGS[@]}" "$@" > "$TMP/stdout" 2> "$TMP/stderr"
-  local rc=$?
-  local lines
-  lines=$(grep -c "aq-train: error" "$TMP/stderr")
-  if ((rc == 0 || rc >= 124)); then
-    bad "$name" "exit code $rc"
-  elif [[ $lines -ne 1 ]] || ! grep -Eq "$re" "$TMP/stderr"; then
-    bad "$name" "expected one line matching /$re/, got: $(head -5 "$TMP/stderr")"
-  elif ls "$TMP"/bad*.json > /dev/null 2>&1; then
+  one_error "$name" "$re" $? || return
+  if ls "$TMP"/bad*.json > /dev/null 2>&1; then
     bad "$name" "a trace file was left behind"
   else
     ok "$name"
