@@ -49,6 +49,8 @@ struct WanOptions {
   std::vector<std::string> cpu_quota;  // the testbed's --cpu-quota centreK=CORES: a slower centre
   int grad_accum = 8;                  // micro-batches per rank and step of sync-even and sync-auto
   bool grad_accum_given = false;
+  int64_t outer_steps = 50;  // H of diloco, streaming, diloco-even and diloco-auto
+  bool outer_steps_given = false;
   double lr = 1e-3, what_if_latency_ms = 30;
 };
 
@@ -189,9 +191,9 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
   std::string quota;
   for (const std::string& q : o.cpu_quota) quota += (quota.empty() ? "" : ", ") + q;
   std::printf("\ncentres of different speed (--cpu-quota %s; synchronous: %d micro-batches per rank and step; "
-              "DiLoCo: H 50, int8): tokens/s of the job and of each centre (the sum of its ranks), each centre's "
+              "DiLoCo: H %lld, int8): tokens/s of the job and of each centre (the sum of its ranks), each centre's "
               "waiting share of its time (mean over its ranks), and the balance rule's prediction\n",
-              quota.empty() ? "none" : quota.c_str(), o.grad_accum);
+              quota.empty() ? "none" : quota.c_str(), o.grad_accum, static_cast<long long>(o.outer_steps));
   std::printf("%-17s %-8s %9s %8s %9s %9s %7s %7s | %-8s %9s %8s %7s %7s\n", "config", "split", "tok/s", "of alone",
               "c0 tok/s", "c1 tok/s", "c0 wait", "c1 wait", "p split", "p tok/s", "p alone", "p c0 w", "p c1 w");
   for (const Measured& m : res) {
@@ -289,6 +291,19 @@ void wan(const WanOptions& o, const std::string& self) {
   for (const RunConfig& rc : kRunConfigs)
     if (("," + o.configs + ",").find("," + rc.key + ",") != std::string::npos) runs.push_back(rc);
   AQ_CHECK(!runs.empty(), "--configs must list some of ", kConfigKeys, " (got \"", o.configs, "\")");
+  bool outer_runs = false;
+  for (RunConfig& rc : runs) {
+    if (rc.H == 0 || rc.H == kNeverSync) continue;
+    outer_runs = true;
+    rc.H = o.outer_steps;
+    const size_t at = rc.label.find("H50");
+    if (at != std::string::npos) rc.label.replace(at, 3, str("H", o.outer_steps));
+  }
+  AQ_CHECK(!o.outer_steps_given || outer_runs, "--outer-steps applies to diloco, streaming, diloco-even and ",
+           "diloco-auto only; add one of them to --configs or drop --outer-steps");
+  AQ_CHECK(o.outer_steps >= 1, "--outer-steps must be >= 1 inner steps between outer syncs (got ", o.outer_steps, ")");
+  AQ_CHECK(o.outer_steps >= 2 || ("," + o.configs + ",").find(",streaming,") == std::string::npos,
+           "streaming overlaps its exchange with 1 inner step, so it needs --outer-steps >= 2 (got ", o.outer_steps, ")");
   AQ_CHECK(o.grad_accum >= 1, "--grad-accum must be >= 1 (got ", o.grad_accum, ")");
   bool balance_runs = false, sync_balance_runs = false;
   for (const RunConfig& rc : runs) {
@@ -637,16 +652,20 @@ int wan_main(int argc, char** argv) {
   app.add_option("--lr", o.lr, "Learning rate (constant)")->capture_default_str();
   app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
   app.add_option("--configs", o.configs,
-                 "Subset of flat,hier,hier-bf16,hier-int8 (synchronous) and alone,diloco,streaming (DiLoCo H 50 int8; "
+                 "Subset of flat,hier,hier-bf16,hier-int8 (synchronous) and alone,diloco,streaming (DiLoCo int8, H per "
+                 "--outer-steps; "
                  "streaming adds F 4, tau 1; alone never syncs: the single-centre rate); for centres of different "
                  "speed (with --cpu-quota): sync-even, sync-auto (--balance auto, --grad-accum micro-batches per "
-                 "rank), diloco-even, diloco-auto (H 50, --balance auto)")
+                 "rank), diloco-even, diloco-auto (--balance auto)")
       ->capture_default_str();
   app.add_option("--cpu-quota", o.cpu_quota,
                  "centreK=CORES: hold a centre's ranks to that many cores (the testbed's cgroup quota) in every run "
                  "and calibration, repeatable; the balance configurations compare such centres");
   CLI::Option* accum = app.add_option("--grad-accum", o.grad_accum,
                                       "Micro-batches per rank and step of sync-even and sync-auto")
+                           ->capture_default_str();
+  CLI::Option* outer = app.add_option("--outer-steps", o.outer_steps,
+                                      "H of diloco, streaming, diloco-even and diloco-auto (inner steps per sync)")
                            ->capture_default_str();
   app.add_option("--text", o.text, "Text files for aq-prepare (shell glob)")->capture_default_str();
   app.add_option("--calibration", o.calibration, "Use this calibration instead of calibrating on the testbed");
@@ -658,6 +677,7 @@ int wan_main(int argc, char** argv) {
   const std::string self = self_exe(argv[0]);
   return run_main("aq-bench wan", app, argc, argv, [&] {
     o.grad_accum_given = accum->count() > 0;
+    o.outer_steps_given = outer->count() > 0;
     wan(o, self);
   });
 }

@@ -191,6 +191,10 @@ if [[ $(id -u) -eq 0 ]]; then  # aq-bench wan skips (77) before any check withou
     "$BIN/aq-bench" wan --configs flat --grad-accum 4
   expect_fail bench_wan_balance_centres 'compare 2 centres, a fast and a slow one; use --centres 2 \(got 3\)' 1 -- \
     "$BIN/aq-bench" wan --centres 3 --configs sync-auto
+  expect_fail bench_wan_outer_unused '--outer-steps applies to diloco, streaming, diloco-even and diloco-auto only' 1 -- \
+    "$BIN/aq-bench" wan --configs flat,alone --outer-steps 10
+  expect_fail bench_wan_outer_streaming_h1 'streaming overlaps its exchange with 1 inner step, so it needs --outer-steps >= 2 \(got 1\)' 1 -- \
+    "$BIN/aq-bench" wan --configs streaming --outer-steps 1
   expect_fail bench_wan_quota_bad '--cpu-quota centre5=0.5 must be centreK=CORES with K < 2' 1 -- \
     "$BIN/aq-bench" wan --configs alone --cpu-quota centre5=0.5
 fi
