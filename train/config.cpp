@@ -251,6 +251,8 @@ std::vector<std::string> centre_devices(const TrainConfig& cfg, const Topology& 
     AQ_CHECK(!named[c], "--centre-device names centre ", name, " twice; give each centre one device");
     named[c] = true;
     dev[c] = d;
+    AQ_CHECK(d != "cuda" || cuda_built(), "--centre-device ", item, ": this build has no CUDA backend (configure ",
+             "with the CUDA toolkit, -DAQ_CUDA=ON)");
   }
   // A centre's ranks all share its device, so only the inner exchange (inside a centre) runs on it; what
   // crosses centres must then be DiLoCo's outer exchange, which runs on host buffers.

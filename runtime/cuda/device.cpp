@@ -30,8 +30,9 @@ int device_count() {
 DeviceInfo select_device(int local_rank, int local_size) {
   const int n = device_count();
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
-  AQ_CHECK(n > 0, "--device cuda: no CUDA device is visible on host ", host_name(),
-           " (CUDA_VISIBLE_DEVICES=", visible ? visible : "<unset>", "); use --device cpu");
+  AQ_CHECK(n > 0, "a CUDA rank (--device cuda, or a centre's =cuda in --centre-device): no CUDA device is visible ",
+           "on host ", host_name(), " (CUDA_VISIBLE_DEVICES=", visible ? visible : "<unset>", "); use --device cpu ",
+           "or NAME=cpu for that centre");
   AQ_CHECK(local_rank < n, "host ", host_name(), " runs ", local_size, " GPU ranks but only ", n,
            " CUDA device(s) are visible (CUDA_VISIBLE_DEVICES=", visible ? visible : "<unset>", "): local rank ",
            local_rank, " has no GPU. Launch at most ", n, " GPU ranks per node (mpirun --map-by ppr:", n,

@@ -206,7 +206,7 @@ expect_fail dtype_unknown '--dtype must be fp32, bf16 or auto \(got fp16\)' 1 --
 expect_fail dtype_bf16_on_cpu '--dtype bf16 runs on a GPU \(--device cuda\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --dtype bf16 "${SAVE[@]}"
 if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
-  expect_fail device_cuda_without_gpu '--device cuda: (no CUDA device is visible|this build has no CUDA backend)' 1 -- \
+  expect_fail device_cuda_without_gpu 'no CUDA device is visible on host .*; use --device cpu or NAME=cpu for that centre|--device cuda: this build has no CUDA backend' 1 -- \
     "${RUN[@]}" --data "$DATA" --device cuda "${SAVE[@]}"
 fi
 # --centre-device (one process: one centre, named "0"; the refusals that need two centres are in
@@ -222,7 +222,7 @@ expect_fail centre_device_twice '--centre-device names centre 0 twice; give each
 expect_fail centre_device_bf16_on_cpu '--dtype bf16 runs on GPUs, but --centre-device puts a centre on the CPU.*leave --dtype at auto' 1 -- \
   "${RUN[@]}" --data "$DATA" --centre-device 0=cpu --dtype bf16 "${SAVE[@]}"
 if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
-  expect_fail centre_device_cuda_without_gpu '--device cuda: (no CUDA device is visible|this build has no CUDA backend)' 1 -- \
+  expect_fail centre_device_cuda_without_gpu 'no CUDA device is visible on host .*; use --device cpu or NAME=cpu for that centre|--centre-device 0=cuda: this build has no CUDA backend' 1 -- \
     "${RUN[@]}" --data "$DATA" --centre-device 0=cuda "${SAVE[@]}"
 fi
 expect_fail tp_does_not_divide_world 'world size 1 is not divisible by --tp 2' 1 -- \
