@@ -234,6 +234,7 @@ std::vector<std::string> centre_devices(const TrainConfig& cfg, const Topology& 
   std::string names;
   for (const std::string& n : topo.centre_names) names += str(names.empty() ? "" : ", ", n);
   std::vector<bool> named(dev.size(), false);
+  std::string cuda_item;  // the first NAME=cuda
   size_t at = 0;
   while (at <= cfg.centre_device.size()) {
     const size_t comma = std::min(cfg.centre_device.find(',', at), cfg.centre_device.size());
@@ -251,8 +252,7 @@ std::vector<std::string> centre_devices(const TrainConfig& cfg, const Topology& 
     AQ_CHECK(!named[c], "--centre-device names centre ", name, " twice; give each centre one device");
     named[c] = true;
     dev[c] = d;
-    AQ_CHECK(d != "cuda" || cuda_built(), "--centre-device ", item, ": this build has no CUDA backend (configure ",
-             "with the CUDA toolkit, -DAQ_CUDA=ON)");
+    if (d == "cuda" && cuda_item.empty()) cuda_item = item;
   }
   // A centre's ranks all share its device, so only the inner exchange (inside a centre) runs on it; what
   // crosses centres must then be DiLoCo's outer exchange, which runs on host buffers.
@@ -263,6 +263,8 @@ std::vector<std::string> centre_devices(const TrainConfig& cfg, const Topology& 
   AQ_CHECK(!cpu || cfg.dtype != "bf16", "--dtype bf16 runs on GPUs, but --centre-device puts a centre on the CPU, ",
            "whose engine trains in fp32; leave --dtype at auto (bf16 on the GPU centres, fp32 on the CPU ones) or use ",
            "--dtype fp32");
+  AQ_CHECK(cuda_item.empty() || cuda_built(), "--centre-device ", cuda_item, ": this build has no CUDA backend ",
+           "(configure with the CUDA toolkit, -DAQ_CUDA=ON)");
   return dev;
 }
 
