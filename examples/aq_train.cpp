@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--dp-algo", cfg.dp_algo, "flat | hier | auto (hier when the job spans several centres)")
       ->capture_default_str();
-  app.add_option("--wan-compress", cfg.wan_compress, "none | bf16 | int8: compress the cross-centre hop of hier")
+  app.add_option("--wan-compress", cfg.wan_compress, "none | bf16 | int8 | int4: compress the cross-centre hop of hier")
       ->capture_default_str();
   app.add_option("--outer", cfg.outer,
                  "none | diloco: each centre trains its own replica and syncs every --outer-steps (DiLoCo)")

@@ -249,7 +249,8 @@ std::pair<int, int> ParallelContext::local_index_among(const std::function<bool(
   return {index, count};
 }
 
-void ParallelContext::enable_device_groups(Device device, int gpus_on_node, bool device_dp_across_centres) {
+void ParallelContext::enable_device_groups(Device device, int gpus_on_node,
+                                           [[maybe_unused]] bool device_dp_across_centres) {
   device_ = device;
   mixed_devices_ = false;
   // Every rank takes part in the agreement, a CPU rank too: in a job whose centres mix CPUs and GPUs the GPU

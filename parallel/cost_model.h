@@ -48,8 +48,8 @@ struct Calibration {
   std::vector<double> centre_compute_s_per_token;
   double backward_share = 2.0 / 3.0;  // the part of compute that is backward: the window buckets overlap with
   // Codec throughput in fp32 bytes per second, indexed by WanCodec (None: a copy).
-  double encode_bytes_per_s[3] = {10e9, 2e9, 1e9};
-  double decode_bytes_per_s[3] = {10e9, 2e9, 1e9};
+  double encode_bytes_per_s[kWanCodecs] = {10e9, 2e9, 1e9, 1e9};
+  double decode_bytes_per_s[kWanCodecs] = {10e9, 2e9, 1e9, 1e9};
   std::string source = "assumed";  // where the numbers came from (printed with every prediction)
 };
 

@@ -84,7 +84,7 @@ struct TrainConfig {
   double bucket_mb = 25;         // data-parallel gradient bucket size
   // Across centres (the centres themselves are the ParallelContext's, from --centres / AQ_CENTRE).
   std::string dp_algo = "auto";        // flat | hier | auto (hier when the job spans several centres)
-  std::string wan_compress = "none";   // none | bf16 | int8: the cross-centre hop of hier
+  std::string wan_compress = "none";   // none | bf16 | int8 | int4: the cross-centre hop of hier
   std::string error_feedback = "auto"; // on | off | auto (on for a lossy --wan-compress)
   // Low-communication training across centres (DiLoCo): each centre takes `outer_steps` inner steps on its own
   // replica, then the centres average their parameter change and an outer Nesterov step updates the global

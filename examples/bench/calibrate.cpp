@@ -209,19 +209,21 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
   Rng rng(99 + static_cast<uint64_t>(me));
   for (auto& v : x) v = static_cast<float>(static_cast<double>(rng.next_u64() % 20001) / 1e4 - 1.0);
   std::vector<uint8_t> wire(codec_bytes(WanCodec::None, n));
-  double rates[7] = {per_token, 0, 0, 0, 0, 0, 0};  // the same on every rank; summed and divided by the world below
-  for (int k = 0; k < 3; ++k) {
+  // [compute, encode per codec, decode per codec]: the same on every rank; summed and divided by the world below
+  constexpr int K = kWanCodecs;
+  double rates[1 + 2 * K] = {per_token};
+  for (int k = 0; k < K; ++k) {
     const auto c = static_cast<WanCodec>(k);
     const double te = time_s([&] { codec_encode(c, x.data(), k ? res.data() : nullptr, n, wire.data()); }, 5);
     const double td = time_s([&] { codec_decode(c, wire.data(), n, acc.data(), true); }, 5);
     rates[1 + k] = 4.0 * n / te;
-    rates[4 + k] = 4.0 * n / td;
+    rates[1 + K + k] = 4.0 * n / td;
   }
-  ctx.world().all_reduce_sync(rates, 7, DType::F64, {"calibrate: compute and codecs"});
+  ctx.world().all_reduce_sync(rates, 1 + 2 * K, DType::F64, {"calibrate: compute and codecs"});
   cal.compute_s_per_token = rates[0] / world;
-  for (int k = 0; k < 3; ++k) {
+  for (int k = 0; k < K; ++k) {
     cal.encode_bytes_per_s[k] = rates[1 + k] / world;
-    cal.decode_bytes_per_s[k] = rates[4 + k] / world;
+    cal.decode_bytes_per_s[k] = rates[1 + K + k] / world;
   }
   cal.source = source + str("; compute: ", o.config, " B", sh.batch, " T", sh.seq, ", ", o.threads,
                             " thread(s), every rank at once");

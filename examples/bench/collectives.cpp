@@ -143,7 +143,8 @@ int collectives_main(int argc, char** argv) {
   app.add_option("--iters", o.iters, "Timed calls per size")->capture_default_str();
   app.add_option("--warmup", o.warmup, "Untimed calls first (the first one is checked)")->capture_default_str();
   app.add_option("--algos", o.algos, "flat,hier")->capture_default_str();
-  app.add_option("--compress", o.compress, "none,bf16,int8 (hier's cross-centre hop)")->capture_default_str();
+  app.add_option("--compress", o.compress, "some of none,bf16,int8,int4 (hier's cross-centre hop)")
+      ->capture_default_str();
   app.add_option("--centres", o.centres, "auto (AQ_CENTRE) | N equal blocks of ranks")->capture_default_str();
   app.add_option("--comm-timeout", o.timeout, "Seconds a call may take before the job is ended")->capture_default_str();
   app.add_option("--csv", o.csv, "Also write the table here");

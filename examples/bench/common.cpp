@@ -143,7 +143,7 @@ nlohmann::ordered_json calibration_to_json(const cost::Calibration& c) {
   j["compute_s_per_token"] = c.compute_s_per_token;
   if (!c.centre_compute_s_per_token.empty()) j["centre_compute_s_per_token"] = c.centre_compute_s_per_token;
   j["backward_share"] = c.backward_share;
-  for (int k = 0; k < 3; ++k)
+  for (int k = 0; k < kWanCodecs; ++k)
     j["codec"][wan_codec_name(static_cast<WanCodec>(k))] = {{"encode_bytes_per_s", c.encode_bytes_per_s[k]},
                                                             {"decode_bytes_per_s", c.decode_bytes_per_s[k]}};
   return j;
@@ -172,7 +172,9 @@ cost::Calibration calibration_from_json(const nlohmann::json& j, const std::stri
       c.centre_compute_s_per_token = j["centre_compute_s_per_token"].get<std::vector<double>>();
     for (double v : c.centre_compute_s_per_token) AQ_CHECK(v > 0, "centre_compute_s_per_token values must be > 0");
     c.backward_share = j.value("backward_share", c.backward_share);
-    for (int k = 0; k < 3; ++k) {
+    for (int k = 0; k < kWanCodecs; ++k) {
+      // A file written before a codec existed lacks its entry: the codec keeps the assumed rates.
+      if (k == static_cast<int>(WanCodec::Int4) && !j.at("codec").contains("int4")) continue;
       const auto& e = j.at("codec").at(wan_codec_name(static_cast<WanCodec>(k)));
       c.encode_bytes_per_s[k] = e.at("encode_bytes_per_s").get<double>();
       c.decode_bytes_per_s[k] = e.at("decode_bytes_per_s").get<double>();
@@ -233,7 +235,7 @@ std::string describe_calibration(const cost::Calibration& c) {
                   c.centre_compute_s_per_token[k] * 1e6);
     s += line;
   }
-  for (int k = 0; k < 3; ++k) {
+  for (int k = 0; k < kWanCodecs; ++k) {
     std::snprintf(line, sizeof(line), "  codec %-9s encode %7.0f MB/s, decode %7.0f MB/s (fp32 bytes)\n",
                   wan_codec_name(static_cast<WanCodec>(k)), c.encode_bytes_per_s[k] / 1e6,
                   c.decode_bytes_per_s[k] / 1e6);

@@ -40,7 +40,8 @@ void print_what_if(double wan_latency_s) {
   cal.node = {5e-6, 150e9};    // NVLink 4: ~150 GB/s ring algbw per GPU inside a node
   cal.centre = {10e-6, 45e9};  // InfiniBand NDR 400 Gbit/s per GPU, ~45 GB/s achievable
   cal.wan = {wan_latency_s, 0};
-  for (int k = 0; k < 3; ++k) cal.encode_bytes_per_s[k] = cal.decode_bytes_per_s[k] = 200e9;  // GPU kernels, HBM-bound
+  for (int k = 0; k < kWanCodecs; ++k)
+    cal.encode_bytes_per_s[k] = cal.decode_bytes_per_s[k] = 200e9;  // GPU kernels, HBM-bound
   std::printf(
       "\nWhat-if (cost model only; nothing here was run). Assumptions:\n"
       "  GPUs: H100 SXM, dense bf16 peak %.1f TFLOP/s, MFU %.0f%% => compute = tokens x (6N + 6LCT) / (tp x peak x "
@@ -189,6 +190,9 @@ struct Options {
 };
 
 void run(ParallelContext& ctx, const Options& o) {
+  AQ_CHECK(o.algo == "all" || o.algo == "flat" || o.algo == "ring" || o.algo == "hier",
+           "--algo must be flat, ring, hier or all (got \"", o.algo, "\")");
+  AQ_CHECK(o.compress == "all" || is_wan_codec_name(o.compress), "--compress must be none, bf16, int8, int4 or all (got \"", o.compress, "\")");
   cost::Calibration cal;
   if (!o.calibration.empty()) {
     cal = load_calibration(o.calibration);
@@ -238,7 +242,7 @@ void run(ParallelContext& ctx, const Options& o) {
   for (cost::Algo a : {cost::Algo::FlatBinomial, cost::Algo::FlatRing, cost::Algo::Hier}) {
     const std::string an = a == cost::Algo::Hier ? "hier" : a == cost::Algo::FlatRing ? "ring" : "flat";
     if (o.algo != "all" && o.algo != an) continue;
-    for (int k = 0; k < 3; ++k) {
+    for (int k = 0; k < kWanCodecs; ++k) {
       const auto c = static_cast<WanCodec>(k);
       if ((a != cost::Algo::Hier && k) || (o.compress != "all" && o.compress != wan_codec_name(c))) continue;
       job.algo = a;
@@ -268,7 +272,7 @@ int predict_main(int argc, char** argv) {
   app.add_option("--ranks-per-centre", o.per_centre, "DP ranks per centre g (default: this world's)");
   app.add_option("--ranks-per-node", o.per_node, "DP ranks per node (default: all of a centre's)");
   app.add_option("--algo", o.algo, "flat (MPI binomial) | ring | hier | all")->capture_default_str();
-  app.add_option("--compress", o.compress, "none | bf16 | int8 | all (hier)")->capture_default_str();
+  app.add_option("--compress", o.compress, "none | bf16 | int8 | int4 | all (hier)")->capture_default_str();
   app.add_option("--bucket-mb", o.bucket_mb, "Gradient bucket size in MiB")->capture_default_str();
   app.add_option("--wan-rate", o.wan_rate, "Replace the WAN bandwidth (e.g. 100mbit, 10gbit)");
   app.add_option("--wan-latency-ms", o.wan_latency_ms, "Replace the WAN latency (one message, ms)");

@@ -49,8 +49,9 @@ struct WanOptions {
   std::vector<std::string> cpu_quota;  // the testbed's --cpu-quota centreK=CORES: a slower centre
   int grad_accum = 8;                  // micro-batches per rank and step of sync-even and sync-auto
   bool grad_accum_given = false;
-  int64_t outer_steps = 50;  // H of diloco, streaming, diloco-even and diloco-auto
-  bool outer_steps_given = false;
+  int64_t outer_steps = 50;         // H of diloco, streaming, diloco-even and diloco-auto
+  std::string outer_compress = "int8";  // and the codec of their outer exchange
+  bool outer_steps_given = false, outer_compress_given = false;
   double lr = 1e-3, what_if_latency_ms = 30;
 };
 
@@ -191,9 +192,10 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
   std::string quota;
   for (const std::string& q : o.cpu_quota) quota += (quota.empty() ? "" : ", ") + q;
   std::printf("\ncentres of different speed (--cpu-quota %s; synchronous: %d micro-batches per rank and step; "
-              "DiLoCo: H %lld, int8): tokens/s of the job and of each centre (the sum of its ranks), each centre's "
+              "DiLoCo: H %lld, %s): tokens/s of the job and of each centre (the sum of its ranks), each centre's "
               "waiting share of its time (mean over its ranks), and the balance rule's prediction\n",
-              quota.empty() ? "none" : quota.c_str(), o.grad_accum, static_cast<long long>(o.outer_steps));
+              quota.empty() ? "none" : quota.c_str(), o.grad_accum, static_cast<long long>(o.outer_steps),
+              o.outer_compress.c_str());
   std::printf("%-17s %-8s %9s %8s %9s %9s %7s %7s | %-8s %9s %8s %7s %7s\n", "config", "split", "tok/s", "of alone",
               "c0 tok/s", "c1 tok/s", "c0 wait", "c1 wait", "p split", "p tok/s", "p alone", "p c0 w", "p c1 w");
   for (const Measured& m : res) {
@@ -296,14 +298,21 @@ void wan(const WanOptions& o, const std::string& self) {
     if (rc.H == 0 || rc.H == kNeverSync) continue;
     outer_runs = true;
     rc.H = o.outer_steps;
-    const size_t at = rc.label.find("H50");
-    if (at != std::string::npos) rc.label.replace(at, 3, str("H", o.outer_steps));
+    rc.compress = o.outer_compress;
+    rc.ef = o.outer_compress == "none" ? "off" : "on";
+    for (const auto& [from, to] : {std::pair<std::string, std::string>{"H50", str("H", o.outer_steps)},
+                                   std::pair<std::string, std::string>{"int8", o.outer_compress}}) {
+      const size_t at = rc.label.find(from);
+      if (at != std::string::npos) rc.label.replace(at, from.size(), to);
+    }
   }
-  AQ_CHECK(!o.outer_steps_given || outer_runs, "--outer-steps applies to diloco, streaming, diloco-even and ",
-           "diloco-auto only; add one of them to --configs or drop --outer-steps");
+  AQ_CHECK(!(o.outer_steps_given || o.outer_compress_given) || outer_runs, "--outer-steps and --outer-compress ",
+           "apply to diloco, streaming, diloco-even and diloco-auto only; add one of them to --configs or drop them");
+  AQ_CHECK(is_wan_codec_name(o.outer_compress), "--outer-compress must be none, bf16, int8 or int4 (got \"", o.outer_compress, "\")");
   AQ_CHECK(o.outer_steps >= 1, "--outer-steps must be >= 1 inner steps between outer syncs (got ", o.outer_steps, ")");
   AQ_CHECK(o.outer_steps >= 2 || ("," + o.configs + ",").find(",streaming,") == std::string::npos,
-           "streaming overlaps its exchange with 1 inner step, so it needs --outer-steps >= 2 (got ", o.outer_steps, ")");
+           "streaming overlaps its exchange with 1 inner step, so it needs --outer-steps >= 2 (got ", o.outer_steps,
+           ")");
   AQ_CHECK(o.grad_accum >= 1, "--grad-accum must be >= 1 (got ", o.grad_accum, ")");
   bool balance_runs = false, sync_balance_runs = false;
   for (const RunConfig& rc : runs) {
@@ -652,9 +661,8 @@ int wan_main(int argc, char** argv) {
   app.add_option("--lr", o.lr, "Learning rate (constant)")->capture_default_str();
   app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
   app.add_option("--configs", o.configs,
-                 "Subset of flat,hier,hier-bf16,hier-int8 (synchronous) and alone,diloco,streaming (DiLoCo int8, H per "
-                 "--outer-steps; "
-                 "streaming adds F 4, tau 1; alone never syncs: the single-centre rate); for centres of different "
+                 "Subset of flat,hier,hier-bf16,hier-int8 (synchronous) and alone,diloco,streaming (DiLoCo, H and "
+                 "codec per --outer-steps and --outer-compress; streaming adds F 4, tau 1; alone never syncs: the single-centre rate); for centres of different "
                  "speed (with --cpu-quota): sync-even, sync-auto (--balance auto, --grad-accum micro-batches per "
                  "rank), diloco-even, diloco-auto (--balance auto)")
       ->capture_default_str();
@@ -667,6 +675,11 @@ int wan_main(int argc, char** argv) {
   CLI::Option* outer = app.add_option("--outer-steps", o.outer_steps,
                                       "H of diloco, streaming, diloco-even and diloco-auto (inner steps per sync)")
                            ->capture_default_str();
+  CLI::Option* outer_compress =
+      app.add_option("--outer-compress", o.outer_compress,
+                     "Codec of the outer exchange of diloco, streaming, diloco-even and diloco-auto: none | bf16 | "
+                     "int8 | int4 (with error feedback unless none)")
+          ->capture_default_str();
   app.add_option("--text", o.text, "Text files for aq-prepare (shell glob)")->capture_default_str();
   app.add_option("--calibration", o.calibration, "Use this calibration instead of calibrating on the testbed");
   app.add_option("--save-calibration", o.save_calibration, "Keep the testbed's calibration here");
@@ -678,6 +691,7 @@ int wan_main(int argc, char** argv) {
   return run_main("aq-bench wan", app, argc, argv, [&] {
     o.grad_accum_given = accum->count() > 0;
     o.outer_steps_given = outer->count() > 0;
+    o.outer_compress_given = outer_compress->count() > 0;
     wan(o, self);
   });
 }

@@ -100,7 +100,7 @@ int wan_worker_main(int argc, char** argv) {
   app.add_option("--lr", o.lr, "Learning rate (constant)")->capture_default_str();
   app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
   app.add_option("--dp-algo", o.dp_algo, "flat | hier")->capture_default_str();
-  app.add_option("--wan-compress", o.compress, "none | bf16 | int8")->capture_default_str();
+  app.add_option("--wan-compress", o.compress, "none | bf16 | int8 | int4")->capture_default_str();
   app.add_option("--error-feedback", o.error_feedback, "on | off | auto")->capture_default_str();
   app.add_option("--centres", o.centres, "auto | N")->capture_default_str();
   app.add_option("--outer", o.outer, "none | diloco")->capture_default_str();

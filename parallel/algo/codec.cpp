@@ -15,7 +15,8 @@ WanCodec wan_codec_from_name(const std::string& name) {
   if (name == "none") return WanCodec::None;
   if (name == "bf16") return WanCodec::BF16;
   if (name == "int8") return WanCodec::Int8;
-  fail(str("--wan-compress must be none, bf16 or int8 (got \"", name, "\")"));
+  if (name == "int4") return WanCodec::Int4;
+  fail(str("--wan-compress must be none, bf16, int8 or int4 (got \"", name, "\")"));
 }
 
 const char* wan_codec_name(WanCodec c) {
@@ -23,8 +24,15 @@ const char* wan_codec_name(WanCodec c) {
     case WanCodec::None: return "none";
     case WanCodec::BF16: return "bf16";
     case WanCodec::Int8: return "int8";
+    case WanCodec::Int4: return "int4";
   }
   return "?";
+}
+
+bool is_wan_codec_name(const std::string& name) {
+  for (int k = 0; k < kWanCodecs; ++k)
+    if (name == wan_codec_name(static_cast<WanCodec>(k))) return true;
+  return false;
 }
 
 size_t codec_bytes(WanCodec c, int64_t n) {
@@ -33,14 +41,16 @@ size_t codec_bytes(WanCodec c, int64_t n) {
     case WanCodec::None: return un * sizeof(float);
     case WanCodec::BF16: return un * sizeof(bf16);
     case WanCodec::Int8: return static_cast<size_t>((n + kInt8Block - 1) / kInt8Block) * sizeof(float) + un;
+    case WanCodec::Int4: return static_cast<size_t>((n + kInt8Block - 1) / kInt8Block) * sizeof(float) + (un + 1) / 2;
   }
   return 0;
 }
 
 namespace {
 
-// One int8 block: v (m ≤ 256 values, already including the residual) → scale and q; returns the scale.
-float encode_block(const float* v, int64_t m, int8_t* q) {
+// One block: v (m ≤ 256 values, already including the residual) → scale and q in [−qmax, qmax] (127 for int8,
+// 7 for int4); returns the scale.
+float encode_block(const float* v, int64_t m, int8_t* q, float qmax) {
   float amax = 0.0f;
   bool finite = true;
   // Comparisons rather than fmax/fmin, whose NaN rules keep GCC from vectorising; NaN and Inf are caught by the
@@ -57,12 +67,12 @@ float encode_block(const float* v, int64_t m, int8_t* q) {
   // Below the smallest normal float 127/amax would overflow: such a block is sent as zeros (its values stay in
   // the residual with error feedback).
   if (amax < std::numeric_limits<float>::min()) amax = 0.0f;
-  const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+  const float scale = amax / qmax, inv = amax > 0 ? qmax / amax : 0.0f;
   // Round to nearest even by adding and subtracting 1.5·2^23 (exact for |x| ≤ 2^22, so for ±127): the same
   // result as nearbyint in the default rounding mode, but a plain add that vectorises (nearbyint does not).
   constexpr float kRound = 12582912.0f;
   for (int64_t i = 0; i < m; ++i) {
-    const float x = v[i] * inv, c = x > 127.0f ? 127.0f : x < -127.0f ? -127.0f : x;
+    const float x = v[i] * inv, c = x > qmax ? qmax : x < -qmax ? -qmax : x;
     q[i] = static_cast<int8_t>(static_cast<int>((c + kRound) - kRound));
   }
   return scale;
@@ -103,9 +113,27 @@ void codec_encode(WanCodec c, const float* x, float* residual, int64_t n, uint8_
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t lo = b * kInt8Block, m = std::min<int64_t>(kInt8Block, n - lo);
         for (int64_t i = 0; i < m; ++i) v[i] = x[lo + i] + (residual ? residual[lo + i] : 0.0f);
-        scales[b] = encode_block(v, m, q + lo);
+        scales[b] = encode_block(v, m, q + lo, 127.0f);
         if (residual)
           for (int64_t i = 0; i < m; ++i) residual[lo + i] = v[i] - static_cast<float>(q[lo + i]) * scales[b];
+      }
+      return;
+    }
+    case WanCodec::Int4: {
+      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
+      float* scales = reinterpret_cast<float*>(out);
+      uint8_t* packed = out + nb * sizeof(float);  // a block starts on a byte: kInt8Block is even
+      float v[kInt8Block];
+      int8_t q[kInt8Block + 1];
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t lo = b * kInt8Block, m = std::min<int64_t>(kInt8Block, n - lo);
+        for (int64_t i = 0; i < m; ++i) v[i] = x[lo + i] + (residual ? residual[lo + i] : 0.0f);
+        scales[b] = encode_block(v, m, q, 7.0f);
+        q[m] = 0;  // the high nibble past an odd end
+        for (int64_t i = 0; i < m; i += 2)
+          packed[(lo + i) / 2] = static_cast<uint8_t>((q[i] & 0xF) | ((q[i + 1] & 0xF) << 4));
+        if (residual)
+          for (int64_t i = 0; i < m; ++i) residual[lo + i] = v[i] - static_cast<float>(q[i]) * scales[b];
       }
       return;
     }
@@ -135,6 +163,17 @@ void codec_decode(WanCodec c, const uint8_t* in, int64_t n, float* acc, bool add
         const int64_t lo = b * kInt8Block, m = std::min<int64_t>(kInt8Block, n - lo);
         const float s = scales[b];
         for (int64_t i = 0; i < m; ++i) acc[lo + i] = (add ? acc[lo + i] : 0.0f) + static_cast<float>(q[lo + i]) * s;
+      }
+      return;
+    }
+    case WanCodec::Int4: {
+      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
+      const float* scales = reinterpret_cast<const float*>(in);
+      const uint8_t* packed = in + nb * sizeof(float);
+      for (int64_t i = 0; i < n; ++i) {
+        const int nib = (packed[i / 2] >> (4 * (i & 1))) & 0xF;
+        const float d = static_cast<float>((nib ^ 8) - 8) * scales[i / kInt8Block];
+        acc[i] = (add ? acc[i] : 0.0f) + d;
       }
       return;
     }

@@ -9,8 +9,11 @@
 //     added to the next step's value before encoding, so nothing is lost over time, only delayed:
 //       sent_t = Q(x_t + r_{t-1}),  r_t = x_t + r_{t-1} − sent_t,  so  Σ sent + r_T = Σ x  exactly in reals.
 // int8 layout of n values: ceil(n/256) fp32 scales (absmax/127 of each block of 256), then n int8 values
-// rounded to nearest: 4·ceil(n/256) + n bytes, 3.94× smaller than fp32 for long chunks. A block holding a
-// non-finite value gets a NaN scale, so the NaN reaches the gradient norm check instead of vanishing.
+// rounded to nearest: 4·ceil(n/256) + n bytes, 3.94× smaller than fp32 for long chunks. int4 (Streaming
+// DiLoCo's 4-bit outer deltas, ZeRO++'s int4 blocks): the same blocks with scale absmax/7, then ceil(n/2) bytes
+// of values in [−7, 7] as two's-complement nibbles, value 2k in the low nibble of byte k and 2k+1 in the high
+// one (0 past the end): 4·ceil(n/256) + ceil(n/2) bytes, 7.76× smaller than fp32. A block holding a non-finite
+// value gets a NaN scale, so the NaN reaches the gradient norm check instead of vanishing.
 #pragma once
 
 #include <cstddef>
@@ -19,12 +22,14 @@
 
 namespace aq {
 
-enum class WanCodec { None, BF16, Int8 };
+enum class WanCodec { None, BF16, Int8, Int4 };
+constexpr int kWanCodecs = 4;  // the enum's values are 0 … kWanCodecs − 1 (tables indexed by codec)
 
-constexpr int64_t kInt8Block = 256;
+constexpr int64_t kInt8Block = 256;  // values per scale, int8 and int4 alike
 
-WanCodec wan_codec_from_name(const std::string& name);  // none | bf16 | int8; throws aq::Error otherwise
+WanCodec wan_codec_from_name(const std::string& name);  // none | bf16 | int8 | int4; throws aq::Error otherwise
 const char* wan_codec_name(WanCodec c);
+bool is_wan_codec_name(const std::string& name);  // one of the names above
 // Bytes on the wire for n fp32 values.
 size_t codec_bytes(WanCodec c, int64_t n);
 // out (codec_bytes) ← encode(x + residual). residual (n) may be null (no error feedback); otherwise it is

@@ -191,8 +191,10 @@ if [[ $(id -u) -eq 0 ]]; then  # aq-bench wan skips (77) before any check withou
     "$BIN/aq-bench" wan --configs flat --grad-accum 4
   expect_fail bench_wan_balance_centres 'compare 2 centres, a fast and a slow one; use --centres 2 \(got 3\)' 1 -- \
     "$BIN/aq-bench" wan --centres 3 --configs sync-auto
-  expect_fail bench_wan_outer_unused '--outer-steps applies to diloco, streaming, diloco-even and diloco-auto only' 1 -- \
+  expect_fail bench_wan_outer_unused '--outer-steps and --outer-compress apply to diloco, streaming, diloco-even and diloco-auto only' 1 -- \
     "$BIN/aq-bench" wan --configs flat,alone --outer-steps 10
+  expect_fail bench_wan_outer_codec '--outer-compress must be none, bf16, int8 or int4 \(got "fp4"\)' 1 -- \
+    "$BIN/aq-bench" wan --configs diloco --outer-compress fp4
   expect_fail bench_wan_outer_streaming_h1 'streaming overlaps its exchange with 1 inner step, so it needs --outer-steps >= 2 \(got 1\)' 1 -- \
     "$BIN/aq-bench" wan --configs streaming --outer-steps 1
   expect_fail bench_wan_quota_bad '--cpu-quota centre5=0.5 must be centreK=CORES with K < 2' 1 -- \
@@ -264,7 +266,7 @@ expect_fail centres_not_a_number '--centres must be auto or a positive number of
   "${RUN[@]}" --data "$DATA" --centres two "${SAVE[@]}"
 expect_fail dp_algo_unknown '--dp-algo must be flat, hier or auto \(got "ring"\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --dp-algo ring "${SAVE[@]}"
-expect_fail wan_compress_unknown '--wan-compress must be none, bf16 or int8 \(got "fp8"\)' 1 -- \
+expect_fail wan_compress_unknown '--wan-compress must be none, bf16, int8 or int4 \(got "fp8"\)' 1 -- \
   "${RUN[@]}" --data "$DATA" --wan-compress fp8 "${SAVE[@]}"
 expect_fail wan_compress_one_centre '--wan-compress int8 compresses the cross-centre hop, but the job is one centre' 1 -- \
   "${RUN[@]}" --data "$DATA" --wan-compress int8 "${SAVE[@]}"

@@ -1,5 +1,5 @@
 // test_codec_cuda.cpp — the GPU wire codecs (codec_cuda.h) against the CPU ones (codec.h): the same bytes for
-// fp32 and bf16, the same int8 scales and values within one quantisation step (the two sides may round a
+// fp32 and bf16, the same int8 and int4 scales and values within one quantisation step (the two sides may round a
 // product that lies exactly halfway differently), decoding with and without accumulation, error-feedback
 // residuals, NaN blocks, odd sizes around the 256-value block. Skips without a GPU.
 #include <gtest/gtest.h>
@@ -21,7 +21,7 @@ TEST(CodecCuda, MatchesTheCpuCodecs) {
   for (int64_t n : {1, 255, 256, 257, 1000, 4099}) {
     std::vector<float> x = test::randn<float>(static_cast<size_t>(n), static_cast<uint64_t>(n), 0.01);
     if (n > 700) x[700] = std::nanf("");  // its block decodes to NaN on both sides
-    for (WanCodec c : {WanCodec::None, WanCodec::BF16, WanCodec::Int8}) {
+    for (WanCodec c : {WanCodec::None, WanCodec::BF16, WanCodec::Int8, WanCodec::Int4}) {
       SCOPED_TRACE(str(wan_codec_name(c), " n=", n));
       const size_t bytes = codec_bytes(c, n);
       std::vector<float> res_cpu = test::randn<float>(static_cast<size_t>(n), 7, 1e-4), res0 = res_cpu;
@@ -41,12 +41,13 @@ TEST(CodecCuda, MatchesTheCpuCodecs) {
       const std::vector<float> acc = dacc.read();
       const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
       for (int64_t i = 0; i < n; ++i) {
-        const float step = c == WanCodec::Int8 ? reinterpret_cast<const float*>(wire_cpu.data())[i / kInt8Block] : 0.0f;
+        const bool blocks = c == WanCodec::Int8 || c == WanCodec::Int4;
+        const float step = blocks ? reinterpret_cast<const float*>(wire_cpu.data())[i / kInt8Block] : 0.0f;
         if (std::isnan(y_cpu[i])) {
           ASSERT_TRUE(std::isnan(y_gpu_on_cpu[i])) << i;
           continue;
         }
-        if (c == WanCodec::Int8) {
+        if (blocks) {
           ASSERT_EQ(reinterpret_cast<const float*>(wire_gpu.data())[i / kInt8Block], step) << "scale of block " << i / 256;
           ASSERT_LE(std::fabs(y_gpu_on_cpu[i] - y_cpu[i]), step * 1.0001) << i;
         } else {

@@ -20,7 +20,7 @@ Calibration wan_only() {
   c.node = {0, 1e18};
   c.centre = {0, 1e18};
   c.wan = {1e-3, 1e6};
-  for (int k = 0; k < 3; ++k) c.encode_bytes_per_s[k] = c.decode_bytes_per_s[k] = 1e18;
+  for (int k = 0; k < kWanCodecs; ++k) c.encode_bytes_per_s[k] = c.decode_bytes_per_s[k] = 1e18;
   return c;
 }
 

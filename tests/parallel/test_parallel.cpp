@@ -4,7 +4,7 @@
 //     (rank r contributes r+1, so a sum is n(n+1)/2), odd sizes, every supported dtype.
 //   * Equivalence: for every (tp, dp) layout the world allows, with and without ZeRO-1, 6 steps give the
 //     losses and final weights of one process with batch dp·B (losses rel. err < 1e-5, weights < 1e-4).
-//   * Data-parallel algorithms (flat, hier, hier with bf16/int8 on the cross-centre hop, with and without error
+//   * Data-parallel algorithms (flat, hier, hier with bf16/int8/int4 on the cross-centre hop, with and without error
 //     feedback) on one centre, equal centres and unequal centres: closed-form sums at odd sizes, several calls
 //     in flight waited for out of order, bit-identical results on every rank.
 //   * Resume across layouts: saved at one layout, resumed at the others and in a single process, the run
@@ -173,7 +173,7 @@ TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
     configure_centres(1, spec, names);
     const Topology& topo = g_ctx->topology();
     for (const std::string algo : {"flat", "hier"})
-      for (WanCodec codec : {WanCodec::None, WanCodec::BF16, WanCodec::Int8}) {
+      for (WanCodec codec : {WanCodec::None, WanCodec::BF16, WanCodec::Int8, WanCodec::Int4}) {
         if (codec != WanCodec::None && (algo == "flat" || topo.centres() == 1)) continue;
         for (bool ef : {false, true}) {
           if (ef && codec == WanCodec::None) continue;
@@ -207,9 +207,11 @@ TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
             for (size_t k = 0; k < sizes.size(); ++k) {
               for (int64_t i = 0; i < sizes[k]; ++i) {
                 const double want = sum * static_cast<double>(i % 5 + 1);
-                // fp32 and bf16 carry these small integers exactly; int8 rounds each block to 1/127 of its
-                // largest value at most twice (sender, owner), once more per round with carried residuals.
-                const double tol = codec == WanCodec::Int8 ? want / 127.0 * 3 + 5.0 * P / 127.0 : 0.0;
+                // fp32 and bf16 carry these small integers exactly; int8 (int4) rounds each block to 1/127
+                // (1/7) of its largest value at most twice (sender, owner), once more per round with carried
+                // residuals.
+                const double q = codec == WanCodec::Int8 ? 127.0 : codec == WanCodec::Int4 ? 7.0 : 0.0;
+                const double tol = q > 0 ? want / q * 3 + 5.0 * P / q : 0.0;
                 ASSERT_LE(std::fabs(bufs[k][i] - want), tol) << "size " << sizes[k] << " element " << i;
               }
               expect_identical_on_every_rank(bufs[k], what);
@@ -225,7 +227,7 @@ TEST(DpAlgorithms, ClosedFormSumsOnEveryLayout) {
             EXPECT_EQ(bytes, 2.0 * 8 * (topo.centres() - 1) * static_cast<double>(total));  // two rounds
           } else if (algo == "hier") {
             EXPECT_LT(bytes, 2.0 * 8 * (topo.centres() - 1) * static_cast<double>(total) /
-                                 (codec == WanCodec::Int8 ? 3.0 : 1.9));
+                                 (codec == WanCodec::Int4 ? 5.0 : codec == WanCodec::Int8 ? 3.0 : 1.9));
           }
         }
       }
@@ -239,7 +241,7 @@ TEST(DpAlgorithms, ZeroReduceScatterAndAllGather) {
     const Topology& topo = g_ctx->topology();
     if (!topo.uniform_blocks()) continue;  // ZeRO-1 with hier needs equal, contiguous centres
     for (const std::string algo : {"flat", "hier"})
-      for (WanCodec codec : {WanCodec::None, WanCodec::Int8}) {
+      for (WanCodec codec : {WanCodec::None, WanCodec::Int8, WanCodec::Int4}) {
         if (codec != WanCodec::None && (algo == "flat" || topo.centres() == 1)) continue;
         SCOPED_TRACE(str(topo.describe(), " | ", algo, " ", wan_codec_name(codec)));
         DpAlgoOptions o;
@@ -257,7 +259,8 @@ TEST(DpAlgorithms, ZeroReduceScatterAndAllGather) {
         dp->reduce_scatter(send.data(), recv.data(), L, {"conformance zero reduce-scatter"})->wait();
         for (int64_t k = 0; k < L; ++k) {
           const double want = P * (P + 1) / 2.0 * (me + 1) + P * (k % 3);
-          const double tol = codec == WanCodec::Int8 ? want / 127.0 * 2 : 0.0;
+          const double q = codec == WanCodec::Int8 ? 127.0 : codec == WanCodec::Int4 ? 7.0 : 0.0;
+          const double tol = q > 0 ? want / q * 2 : 0.0;
           ASSERT_LE(std::fabs(recv[k] - want), tol) << "element " << k;
         }
         // all_gather in place, fp32 and bf16: slice d holds d+1 (+ k%2 for bf16 exactness).
@@ -283,7 +286,7 @@ TEST(DpAlgorithms, ErrorFeedbackLosesNothingAcrossRanks) {
     configure_centres(1, spec, names);
     const Topology& topo = g_ctx->topology();
     if (topo.centres() == 1) continue;
-    for (WanCodec codec : {WanCodec::BF16, WanCodec::Int8}) {
+    for (WanCodec codec : {WanCodec::BF16, WanCodec::Int8, WanCodec::Int4}) {
       SCOPED_TRACE(str(topo.describe(), " | ", wan_codec_name(codec)));
       const int64_t n = 3001;
       DpAlgoOptions o;

@@ -1,11 +1,13 @@
 // test_topology_codec.cpp — the pure parts of the cross-centre layer, without MPI:
 //   * Topology: centre names from --centres and AQ_CENTRE, intra indices, dp-intra and dp-cross groups for
 //     equal and unequal centres, and the refusal of a TP group that spans centres;
-//   * the wire codecs: round-trip error bounds (int8: half a quantisation step of each block's scale; bf16:
-//     2^-9 relative), NaN propagation, and the error-feedback identity Σ sent + residual = Σ inputs.
+//   * the wire codecs: round-trip error bounds (int8, int4: half a quantisation step of each block's scale;
+//     bf16: 2^-9 relative), int4's bytes against a hand-written example, NaN propagation, and the
+//     error-feedback identity Σ sent + residual = Σ inputs.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "parallel/algo/codec.h"
@@ -70,7 +72,7 @@ TEST(Codec, RoundTripBounds) {
   for (int64_t n : {1, 255, 256, 257, 1000, 4099}) {
     std::vector<float> x = random_values(n, static_cast<uint32_t>(n), 0.01f);
     if (n > 300) x[300] = 5.0f;  // one outlier: only its own block loses resolution
-    for (WanCodec c : {WanCodec::None, WanCodec::BF16, WanCodec::Int8}) {
+    for (WanCodec c : {WanCodec::None, WanCodec::BF16, WanCodec::Int8, WanCodec::Int4}) {
       std::vector<uint8_t> wire(codec_bytes(c, n), 0xAB);
       codec_encode(c, x.data(), nullptr, n, wire.data());
       std::vector<float> y(static_cast<size_t>(n), -99.0f);
@@ -81,10 +83,11 @@ TEST(Codec, RoundTripBounds) {
         for (int64_t i = b; i < e; ++i) amax = std::max(amax, std::fabs(static_cast<double>(x[i])));
         for (int64_t i = b; i < e; ++i) {
           const double err = std::fabs(static_cast<double>(y[i]) - x[i]);
-          // fp32: exact; bf16: half an ulp of 8 bits; int8: half a quantisation step of the block.
-          const double bound = c == WanCodec::None ? 0.0
+          // fp32: exact; bf16: half an ulp of 8 bits; int8, int4: half a quantisation step of the block.
+          const double bound = c == WanCodec::None   ? 0.0
                                : c == WanCodec::BF16 ? std::fabs(x[i]) * std::ldexp(1.0, -8)
-                                                     : amax / 127.0 * 0.5 * (1 + 1e-5);
+                               : c == WanCodec::Int8 ? amax / 127.0 * 0.5 * (1 + 1e-5)
+                                                     : amax / 7.0 * 0.5 * (1 + 1e-5);
           ASSERT_LE(err, bound) << wan_codec_name(c) << " n " << n << " element " << i;
         }
       }
@@ -94,25 +97,48 @@ TEST(Codec, RoundTripBounds) {
       for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(acc[i], 1.0f + y[i], 1.2e-7 * (1.0f + std::fabs(y[i])));
     }
     EXPECT_EQ(codec_bytes(WanCodec::Int8, n), static_cast<size_t>(4 * ((n + 255) / 256) + n));
+    EXPECT_EQ(codec_bytes(WanCodec::Int4, n), static_cast<size_t>(4 * ((n + 255) / 256) + (n + 1) / 2));
   }
+}
+
+TEST(Codec, Int4WireLayout) {
+  // The documented bytes, written by hand: 5 values in one block of absmax 3.5, so scale 0.5 and codes
+  // round(x / 0.5) = 7, −7, 1, −2, 0 (0.25 / 0.5 = 0.5 rounds to even); value 2k in the low nibble of byte k,
+  // two's complement, and the high nibble past the odd end is 0.
+  const float x[5] = {3.5f, -3.5f, 0.5f, -1.0f, 0.25f};
+  std::vector<uint8_t> wire(codec_bytes(WanCodec::Int4, 5));
+  ASSERT_EQ(wire.size(), 4u + 3u);
+  codec_encode(WanCodec::Int4, x, nullptr, 5, wire.data());
+  float scale;
+  std::memcpy(&scale, wire.data(), 4);
+  EXPECT_EQ(scale, 0.5f);
+  EXPECT_EQ(wire[4], 0x97);  // 7 | (−7 = 0x9) << 4
+  EXPECT_EQ(wire[5], 0xE1);  // 1 | (−2 = 0xE) << 4
+  EXPECT_EQ(wire[6], 0x00);
+  std::vector<float> y(5);
+  codec_decode(WanCodec::Int4, wire.data(), 5, y.data(), false);
+  const float want[5] = {3.5f, -3.5f, 0.5f, -1.0f, 0.0f};
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(y[i], want[i]) << i;
 }
 
 TEST(Codec, NonFiniteReachesTheReceiver) {
   std::vector<float> x = random_values(600, 7, 1.0f);
   x[400] = std::nanf("");
-  std::vector<uint8_t> wire(codec_bytes(WanCodec::Int8, 600));
-  codec_encode(WanCodec::Int8, x.data(), nullptr, 600, wire.data());
-  std::vector<float> y(600);
-  codec_decode(WanCodec::Int8, wire.data(), 600, y.data(), false);
-  EXPECT_TRUE(std::isnan(y[400]) && std::isnan(y[511]));  // the whole block of the NaN
-  EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[599]));
+  for (WanCodec c : {WanCodec::Int8, WanCodec::Int4}) {
+    std::vector<uint8_t> wire(codec_bytes(c, 600));
+    codec_encode(c, x.data(), nullptr, 600, wire.data());
+    std::vector<float> y(600);
+    codec_decode(c, wire.data(), 600, y.data(), false);
+    EXPECT_TRUE(std::isnan(y[400]) && std::isnan(y[511])) << wan_codec_name(c);  // the whole block of the NaN
+    EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[599])) << wan_codec_name(c);
+  }
 }
 
 TEST(Codec, ErrorFeedbackLosesNothing) {
   // Over many steps of fresh inputs: Σ decode(sent_t) + r_T = Σ x_t (up to fp32 rounding of the sums), while
   // without feedback the error of the sum grows with the number of steps.
   const int64_t n = 777;
-  for (WanCodec c : {WanCodec::BF16, WanCodec::Int8}) {
+  for (WanCodec c : {WanCodec::BF16, WanCodec::Int8, WanCodec::Int4}) {
     std::vector<float> residual(static_cast<size_t>(n), 0.0f), sent(static_cast<size_t>(n));
     std::vector<double> sum_x(static_cast<size_t>(n), 0.0), sum_sent(static_cast<size_t>(n), 0.0);
     std::vector<uint8_t> wire(codec_bytes(c, n));
