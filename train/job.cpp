@@ -84,6 +84,20 @@ void Job<T>::setup() {
 }
 
 template <typename T>
+void Job<T>::check_build() {
+  if (!diloco() || ctx_.dp() == 1) return;
+  // A guard on build(): the outer exchange sums the centres' flat buffers element by element, so their lengths
+  // must agree (the same TP shard on every DP rank; the max of n and of −n gives the range).
+  const int64_t len = model_->buffer_size();
+  double n[2] = {static_cast<double>(len), -static_cast<double>(len)};
+  ctx_.dp_group().all_reduce(n, 2, DType::F64, {"DiLoCo buffer lengths", ReduceOp::Max})->wait();
+  AQ_CHECK(n[0] == -n[1], "--outer diloco: the ranks' flat parameter buffers differ in length (",
+           static_cast<int64_t>(-n[1]), " to ", static_cast<int64_t>(n[0]), " floats for TP shard ", ctx_.tp_rank(),
+           "), so the centres' changes cannot be averaged; this is a bug in the layout (padding, vocabulary rows): ",
+           "please report it with the job's flags");
+}
+
+template <typename T>
 void Job<T>::build() {
   ctx_.enable_device_groups(device_, gpus_on_node_, !diloco());  // first: collective, and nothing before it can fail
   DpGroups outer_groups;
@@ -103,15 +117,6 @@ void Job<T>::build() {
   // GPU does (the padding rows are zero and stay so).
   const int vocab_multiple = ctx_.mixed_devices() ? Transformer<T>::kGpuVocabRows : 0;
   model_ = std::make_unique<Transformer<T>>(mc_, cfg_.batch, cfg_.seq, tp, pad, device_, vocab_multiple);
-  if (diloco() && ctx_.dp() > 1) {
-    // A guard on the above: the outer exchange sums the centres' flat buffers element by element, so their
-    // lengths must agree (the same TP shard on every DP rank; max of n and of −n gives the range).
-    double n[2] = {static_cast<double>(model_->buffer_size()), -static_cast<double>(model_->buffer_size())};
-    ctx_.dp_group().all_reduce(n, 2, DType::F64, {"DiLoCo buffer lengths", ReduceOp::Max})->wait();
-    AQ_CHECK(n[0] == -n[1], "--outer diloco: the ranks' flat parameter buffers differ in length (", -n[1], " to ",
-             n[0], " floats for TP shard ", ctx_.tp_rank(), "), so the centres' changes cannot be averaged; this is ",
-             "a bug in the layout (padding, vocabulary rows): please report it with the job's flags");
-  }
   opt_.m = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   opt_.v = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));
   if (cfg_.zero) grad_slice_ = DeviceBuffer<float>(device_, static_cast<size_t>(slice_len()));

@@ -65,6 +65,7 @@ class JobApi {
   virtual ~JobApi() = default;
   virtual void setup() = 0;  // flags, files: everything that can fail differently on different ranks
   virtual void build() = 0;  // device groups (collective), model, optimizer state, buckets
+  virtual void check_build() {}  // collective checks of what every rank built (after build() agreed)
   virtual StepRecord step(int64_t s) = 0;
   virtual double evaluate() = 0;
   virtual void save(const std::string& path) = 0;
@@ -93,6 +94,7 @@ class Job final : public JobApi {
 
   void setup() override;
   void build() override;
+  void check_build() override;
   StepRecord step(int64_t s) override;
   double evaluate() override;
   void save(const std::string& path) override;

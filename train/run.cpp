@@ -108,8 +108,9 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
   resolve_checkpoint_flag(cfg, ctx);
   std::unique_ptr<JobApi> job_ptr;
   // Set-up failures (bad flags, files, shapes, devices) are agreed on, so exactly one rank reports and all exit;
-  // the collective part of building (device groups) starts only once every rank got that far.
-  for (int phase = 0; phase < 2; ++phase) {
+  // the collective part of building (device groups) starts only once every rank got that far, and the checks
+  // across ranks of what was built once every rank built it.
+  for (int phase = 0; phase < 3; ++phase) {
     std::string error;
     try {
       if (phase == 0) {
@@ -118,8 +119,10 @@ TrainResult train(const TrainConfig& cfg_in, ParallelContext& ctx) {
         cfg.validate();
         job_ptr = make_job(cfg, ctx);
         job_ptr->setup();
-      } else {
+      } else if (phase == 1) {
         job_ptr->build();
+      } else {
+        job_ptr->check_build();
       }
     } catch (const CommError&) {
       throw;

@@ -173,9 +173,10 @@ cost::Calibration calibration_from_json(const nlohmann::json& j, const std::stri
     for (double v : c.centre_compute_s_per_token) AQ_CHECK(v > 0, "centre_compute_s_per_token values must be > 0");
     c.backward_share = j.value("backward_share", c.backward_share);
     for (int k = 0; k < kWanCodecs; ++k) {
-      // A file written before a codec existed lacks its entry: the codec keeps the assumed rates.
-      if (k == static_cast<int>(WanCodec::Int4) && !j.at("codec").contains("int4")) continue;
-      const auto& e = j.at("codec").at(wan_codec_name(static_cast<WanCodec>(k)));
+      // A file written before int4 existed lacks its entry: int4 takes int8's rates (the same blocks).
+      const bool old = k == static_cast<int>(WanCodec::Int4) && !j.at("codec").contains("int4");
+      if (old) c.source += " (int4's codec rates: int8's, the file predates int4)";
+      const auto& e = j.at("codec").at(wan_codec_name(old ? WanCodec::Int8 : static_cast<WanCodec>(k)));
       c.encode_bytes_per_s[k] = e.at("encode_bytes_per_s").get<double>();
       c.decode_bytes_per_s[k] = e.at("decode_bytes_per_s").get<double>();
     }

@@ -192,7 +192,10 @@ struct Options {
 void run(ParallelContext& ctx, const Options& o) {
   AQ_CHECK(o.algo == "all" || o.algo == "flat" || o.algo == "ring" || o.algo == "hier",
            "--algo must be flat, ring, hier or all (got \"", o.algo, "\")");
-  AQ_CHECK(o.compress == "all" || is_wan_codec_name(o.compress), "--compress must be none, bf16, int8, int4 or all (got \"", o.compress, "\")");
+  AQ_CHECK(o.compress == "all" || is_wan_codec_name(o.compress), "--compress must be none, bf16, int8, int4 or all ",
+           "(got \"", o.compress, "\")");
+  AQ_CHECK(o.compress == "all" || o.compress == "none" || o.algo == "all" || o.algo == "hier", "--compress ",
+           o.compress, " encodes hier's cross-centre hop, but --algo ", o.algo, " has none; use --algo hier or all");
   cost::Calibration cal;
   if (!o.calibration.empty()) {
     cal = load_calibration(o.calibration);

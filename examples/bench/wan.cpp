@@ -308,7 +308,8 @@ void wan(const WanOptions& o, const std::string& self) {
   }
   AQ_CHECK(!(o.outer_steps_given || o.outer_compress_given) || outer_runs, "--outer-steps and --outer-compress ",
            "apply to diloco, streaming, diloco-even and diloco-auto only; add one of them to --configs or drop them");
-  AQ_CHECK(is_wan_codec_name(o.outer_compress), "--outer-compress must be none, bf16, int8 or int4 (got \"", o.outer_compress, "\")");
+  AQ_CHECK(is_wan_codec_name(o.outer_compress), "--outer-compress must be none, bf16, int8 or int4 (got \"",
+           o.outer_compress, "\")");
   AQ_CHECK(o.outer_steps >= 1, "--outer-steps must be >= 1 inner steps between outer syncs (got ", o.outer_steps, ")");
   AQ_CHECK(o.outer_steps >= 2 || ("," + o.configs + ",").find(",streaming,") == std::string::npos,
            "streaming overlaps its exchange with 1 inner step, so it needs --outer-steps >= 2 (got ", o.outer_steps,
@@ -662,9 +663,9 @@ int wan_main(int argc, char** argv) {
   app.add_option("--eval-batches", o.eval_batches, "Validation batches at the end")->capture_default_str();
   app.add_option("--configs", o.configs,
                  "Subset of flat,hier,hier-bf16,hier-int8 (synchronous) and alone,diloco,streaming (DiLoCo, H and "
-                 "codec per --outer-steps and --outer-compress; streaming adds F 4, tau 1; alone never syncs: the single-centre rate); for centres of different "
-                 "speed (with --cpu-quota): sync-even, sync-auto (--balance auto, --grad-accum micro-batches per "
-                 "rank), diloco-even, diloco-auto (--balance auto)")
+                 "codec per --outer-steps and --outer-compress; streaming adds F 4, tau 1; alone never syncs: the "
+                 "single-centre rate); for centres of different speed (with --cpu-quota): sync-even, sync-auto "
+                 "(--balance auto, --grad-accum micro-batches per rank), diloco-even, diloco-auto (--balance auto)")
       ->capture_default_str();
   app.add_option("--cpu-quota", o.cpu_quota,
                  "centreK=CORES: hold a centre's ranks to that many cores (the testbed's cgroup quota) in every run "

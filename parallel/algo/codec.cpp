@@ -64,9 +64,9 @@ float encode_block(const float* v, int64_t m, int8_t* q, float qmax) {
     std::memset(q, 0, static_cast<size_t>(m));
     return std::numeric_limits<float>::quiet_NaN();
   }
-  // Below the smallest normal float 127/amax would overflow: such a block is sent as zeros (its values stay in
-  // the residual with error feedback).
-  if (amax < std::numeric_limits<float>::min()) amax = 0.0f;
+  // Below kTinyBlock, qmax/amax would overflow to infinity (0·inf = NaN): such a block is sent as zeros (its
+  // values stay in the residual with error feedback).
+  if (amax < kTinyBlock) amax = 0.0f;
   const float scale = amax / qmax, inv = amax > 0 ? qmax / amax : 0.0f;
   // Round to nearest even by adding and subtracting 1.5·2^23 (exact for |x| ≤ 2^22, so for ±127): the same
   // result as nearbyint in the default rounding mode, but a plain add that vectorises (nearbyint does not).

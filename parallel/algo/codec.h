@@ -1,4 +1,4 @@
-// codec.h — wire formats of the slow (cross-centre) hop: fp32, bf16, and int8 with per-block scales.
+// codec.h — wire formats of the slow (cross-centre) hop: fp32, bf16, and int8 and int4 with per-block scales.
 //
 // Compression is applied only where data crosses centres; inside a centre everything stays fp32. The rules,
 // after PRIME's int8 ring and ZeRO++'s qgZ:
@@ -26,6 +26,9 @@ enum class WanCodec { None, BF16, Int8, Int4 };
 constexpr int kWanCodecs = 4;  // the enum's values are 0 … kWanCodecs − 1 (tables indexed by codec)
 
 constexpr int64_t kInt8Block = 256;  // values per scale, int8 and int4 alike
+// A block whose absmax is below this (128 × the smallest normal float, ~1.5e-36) is sent as zeros: 127/absmax
+// would overflow. Its values stay in the residual with error feedback.
+constexpr float kTinyBlock = 1.17549435e-38f * 128.0f;
 
 WanCodec wan_codec_from_name(const std::string& name);  // none | bf16 | int8 | int4; throws aq::Error otherwise
 const char* wan_codec_name(WanCodec c);

@@ -32,7 +32,7 @@ __global__ void encode_blocks_kernel(const float* x, float* residual, int64_t n,
     if (threadIdx.x < s) amax[threadIdx.x] = fmaxf(amax[threadIdx.x], amax[threadIdx.x + s]);
     __syncthreads();
   }
-  const float m = amax[0] < 1.17549435e-38f ? 0.0f : amax[0];  // as on the CPU: below FLT_MIN, a zero block
+  const float m = amax[0] < kTinyBlock ? 0.0f : amax[0];  // as on the CPU: a tiny block is sent as zeros
   const float qmax = static_cast<float>(QMAX);
   const float scale = bad ? __int_as_float(0x7fc00000) : __fdiv_rn(m, qmax);
   const float inv = m > 0 ? __fdiv_rn(qmax, m) : 0.0f;

@@ -200,6 +200,10 @@ if [[ $(id -u) -eq 0 ]]; then  # aq-bench wan skips (77) before any check withou
   expect_fail bench_wan_quota_bad '--cpu-quota centre5=0.5 must be centreK=CORES with K < 2' 1 -- \
     "$BIN/aq-bench" wan --configs alone --cpu-quota centre5=0.5
 fi
+expect_fail bench_predict_compress_unknown '--compress must be none, bf16, int8, int4 or all \(got "fp8"\)' 1 -- \
+  "$BIN/aq-bench" predict --compress fp8
+expect_fail bench_predict_compress_flat '--compress int4 encodes hier.s cross-centre hop, but --algo flat has none' 1 -- \
+  "$BIN/aq-bench" predict --algo flat --compress int4
 expect_fail bench_peak_negative '--peak-tflops must be >= 0' 1 -- "$BIN/aq-bench" --config tiny --peak-tflops -1
 expect_fail bench_profile_on_gpu '--profile times CPU kernels' 1 -- \
   "$BIN/aq-bench" --config tiny --steps 1 --threads 1 --profile --device cuda

@@ -134,6 +134,24 @@ TEST(Codec, NonFiniteReachesTheReceiver) {
   }
 }
 
+TEST(Codec, TinyBlocksAreSentAsZeros) {
+  // A block whose absmax is so small that qmax/absmax would overflow (here 1e-37 < 127/FLT_MAX ≈ 3.7e-37) is
+  // sent as zeros with a zero scale; with error feedback its values wait in the residual. A normal block beside
+  // it is unaffected.
+  std::vector<float> x(300, 0.0f);
+  x[3] = 1e-37f, x[4] = -5e-38f, x[299] = 0.5f;
+  for (WanCodec c : {WanCodec::Int8, WanCodec::Int4}) {
+    std::vector<float> residual(300, 0.0f), y(300);
+    std::vector<uint8_t> wire(codec_bytes(c, 300));
+    codec_encode(c, x.data(), residual.data(), 300, wire.data());
+    codec_decode(c, wire.data(), 300, y.data(), false);
+    for (int i = 0; i < 256; ++i) ASSERT_EQ(y[i], 0.0f) << wan_codec_name(c) << " element " << i;
+    EXPECT_EQ(residual[3], 1e-37f) << wan_codec_name(c);
+    EXPECT_EQ(residual[4], -5e-38f) << wan_codec_name(c);
+    EXPECT_EQ(y[299], 0.5f) << wan_codec_name(c);
+  }
+}
+
 TEST(Codec, ErrorFeedbackLosesNothing) {
   // Over many steps of fresh inputs: Σ decode(sent_t) + r_T = Σ x_t (up to fp32 rounding of the sums), while
   // without feedback the error of the sum grows with the number of steps.
