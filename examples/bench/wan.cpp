@@ -293,10 +293,11 @@ void wan(const WanOptions& o, const std::string& self) {
   for (const RunConfig& rc : kRunConfigs)
     if (("," + o.configs + ",").find("," + rc.key + ",") != std::string::npos) runs.push_back(rc);
   AQ_CHECK(!runs.empty(), "--configs must list some of ", kConfigKeys, " (got \"", o.configs, "\")");
-  bool outer_runs = false;
+  bool outer_runs = false, streaming_runs = false;
   for (RunConfig& rc : runs) {
     if (rc.H == 0 || rc.H == kNeverSync) continue;
     outer_runs = true;
+    streaming_runs |= rc.tau > 0;
     rc.H = o.outer_steps;
     rc.compress = o.outer_compress;
     rc.ef = o.outer_compress == "none" ? "off" : "on";
@@ -311,7 +312,7 @@ void wan(const WanOptions& o, const std::string& self) {
   AQ_CHECK(is_wan_codec_name(o.outer_compress), "--outer-compress must be none, bf16, int8 or int4 (got \"",
            o.outer_compress, "\")");
   AQ_CHECK(o.outer_steps >= 1, "--outer-steps must be >= 1 inner steps between outer syncs (got ", o.outer_steps, ")");
-  AQ_CHECK(o.outer_steps >= 2 || ("," + o.configs + ",").find(",streaming,") == std::string::npos,
+  AQ_CHECK(o.outer_steps >= 2 || !streaming_runs,
            "streaming overlaps its exchange with 1 inner step, so it needs --outer-steps >= 2 (got ", o.outer_steps,
            ")");
   AQ_CHECK(o.grad_accum >= 1, "--grad-accum must be >= 1 (got ", o.grad_accum, ")");

@@ -26,6 +26,8 @@ enum class WanCodec { None, BF16, Int8, Int4 };
 constexpr int kWanCodecs = 4;  // the enum's values are 0 … kWanCodecs − 1 (tables indexed by codec)
 
 constexpr int64_t kInt8Block = 256;  // values per scale, int8 and int4 alike
+// Blocks (and so fp32 scales) of n values of int8 or int4.
+constexpr int64_t codec_blocks(int64_t n) { return (n + kInt8Block - 1) / kInt8Block; }
 // A block whose absmax is below this (128 × the smallest normal float, ~1.5e-36) is sent as zeros: 127/absmax
 // would overflow. Its values stay in the residual with error feedback.
 constexpr float kTinyBlock = 1.17549435e-38f * 128.0f;

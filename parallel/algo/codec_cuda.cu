@@ -109,7 +109,7 @@ void codec_encode(WanCodec c, const float* x, float* residual, int64_t n, uint8_
       break;
     case WanCodec::Int8:
     case WanCodec::Int4: {
-      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
+      const int64_t nb = codec_blocks(n);
       float* scales = reinterpret_cast<float*>(out);
       uint8_t* codes = out + nb * sizeof(float);
       if (c == WanCodec::Int8)
@@ -132,14 +132,14 @@ void codec_decode(WanCodec c, const uint8_t* in, int64_t n, float* acc, bool add
       decode_bf16_kernel<<<blocks_for(n), kThreads>>>(reinterpret_cast<const aq::bf16*>(in), n, acc, add);
       break;
     case WanCodec::Int8: {
-      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
+      const int64_t nb = codec_blocks(n);
       decode_int8_kernel<<<blocks_for(n), kThreads>>>(reinterpret_cast<const float*>(in),
                                                        reinterpret_cast<const int8_t*>(in + nb * sizeof(float)), n,
                                                        acc, add);
       break;
     }
     case WanCodec::Int4: {
-      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
+      const int64_t nb = codec_blocks(n);
       decode_int4_kernel<<<blocks_for(n), kThreads>>>(reinterpret_cast<const float*>(in), in + nb * sizeof(float), n,
                                                       acc, add);
       break;

@@ -204,6 +204,29 @@ expect_fail bench_predict_compress_unknown '--compress must be none, bf16, int8,
   "$BIN/aq-bench" predict --compress fp8
 expect_fail bench_predict_compress_flat '--compress int4 encodes hier.s cross-centre hop, but --algo flat has none' 1 -- \
   "$BIN/aq-bench" predict --algo flat --compress int4
+# A calibration file written before int4 existed (no "int4" codec entry) still loads: int4 takes int8's rates
+# and the calibration's source line says so.
+cat > "$TMP/old_calibration.json" << 'JSON'
+{"format": "aqueduct-calibration-1", "source": "hand-written",
+ "links": {"node": {"alpha_s": 1e-5, "bytes_per_s": 1e10}, "centre": {"alpha_s": 1e-5, "bytes_per_s": 1e10},
+           "wan": {"alpha_s": 1e-2, "bytes_per_s": 1e7}},
+ "compute_s_per_token": 1e-4,
+ "codec": {"none": {"encode_bytes_per_s": 3e10, "decode_bytes_per_s": 3e10},
+           "bf16": {"encode_bytes_per_s": 2e10, "decode_bytes_per_s": 2e10},
+           "int8": {"encode_bytes_per_s": 4.5e9, "decode_bytes_per_s": 6e10}}}
+JSON
+"$BIN/aq-bench" predict --calibration "$TMP/old_calibration.json" --what-if false > "$TMP/stdout" 2> "$TMP/stderr"
+rc=$?
+codec_rates() { grep -E "^  codec $1 " "$TMP/stdout" | sed "s/$1/CODEC/"; }
+if ((rc != 0)); then
+  fail calibration_without_int4 "exit code $rc: $(head -3 "$TMP/stderr")"
+elif ! grep -q "hand-written (int4's codec rates: int8's, the file predates int4)" "$TMP/stdout"; then
+  fail calibration_without_int4 "the source line does not say where int4's rates came from"
+elif [[ -z $(codec_rates int8) || $(codec_rates int4) != "$(codec_rates int8)" ]]; then
+  fail calibration_without_int4 "int4's rates are not int8's: $(grep -E '^  codec int[48] ' "$TMP/stdout" | tr '\n' '|')"
+else
+  ok calibration_without_int4
+fi
 expect_fail bench_peak_negative '--peak-tflops must be >= 0' 1 -- "$BIN/aq-bench" --config tiny --peak-tflops -1
 expect_fail bench_profile_on_gpu '--profile times CPU kernels' 1 -- \
   "$BIN/aq-bench" --config tiny --steps 1 --threads 1 --profile --device cuda

@@ -3,7 +3,8 @@
 # centre's device as the CPU trains exactly as without the flag (the same losses, bit for bit, with --outer
 # diloco; evaluations of θ_global in between leave them so too), and the lists that cannot run are refused by
 # every rank with one line and a non-zero exit: a centre on a GPU beside one on the CPU without --outer diloco,
-# an unknown centre name (the names are listed), and a centre named twice. (The refusals that need no second rank are in bad_input.sh.)
+# an unknown centre name (the names are listed), and a centre named twice. (The refusals that need no second
+# rank are in bad_input.sh.)
 # Usage: centre_device.sh BUILD_BIN_DIR MPIEXEC
 set -u
 BIN=$1

@@ -1,7 +1,7 @@
 // test_ops_cuda.cpp — every CUDA kernel against its CPU twin on random inputs at odd sizes, forward and
-// backward (fp32, relative error < 1e-5; the bf16 and fused kernels are in test_ops_cuda_bf16.cpp). Without a visible
-// GPU each test skips with that reason, so a CPU-only machine reports them as skipped rather than passed. Built only
-// with the CUDA toolkit.
+// backward (fp32, relative error < 1e-5; the bf16 and fused kernels are in test_ops_cuda_bf16.cpp). Without a
+// visible GPU each test skips with that reason, so a CPU-only machine reports them as skipped rather than passed.
+// Built only with the CUDA toolkit.
 #include <cuda_runtime.h>
 #include <unistd.h>
 

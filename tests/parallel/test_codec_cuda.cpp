@@ -46,7 +46,6 @@ TEST(CodecCuda, MatchesTheCpuCodecs) {
       Dev<float> dacc(std::vector<float>(static_cast<size_t>(n), 1.0f));
       cuda::codec_decode(c, dwire.get(), n, dacc.get(), true);
       const std::vector<float> acc = dacc.read();
-      const int64_t nb = (n + kInt8Block - 1) / kInt8Block;
       for (int64_t i = 0; i < n; ++i) {
         const bool blocks = c == WanCodec::Int8 || c == WanCodec::Int4;
         const float step = blocks ? reinterpret_cast<const float*>(wire_cpu.data())[i / kInt8Block] : 0.0f;
@@ -64,7 +63,6 @@ TEST(CodecCuda, MatchesTheCpuCodecs) {
         // Error feedback: what was sent plus the new residual is the input plus the old residual.
         ASSERT_NEAR(y_gpu_on_cpu[i] + res_gpu[i], x[i] + res0[i], 1e-6 * (std::fabs(x[i]) + 1e-3)) << i;
       }
-      (void)nb;
     }
   }
 }
