@@ -54,9 +54,13 @@ ParallelContext& ParallelContext::init(int* argc, char*** argv) {
   if (!ctx.world_) ctx.make_local();
 #ifdef AQ_HAVE_MPI
   if (launched_by_mpi() && !ctx.mpi_) {
+    // MPI_THREAD_MULTIPLE: DiLoCo's overlapped outer exchange is carried forward by a thread of its own
+    // (parallel/algo/background.cpp) while the training thread keeps calling MPI on the other groups. An MPI
+    // that offers less gets no such thread (threads_multiple()).
     int provided = 0;
-    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
     ctx.mpi_ = true;
+    ctx.threads_multiple_ = provided >= MPI_THREAD_MULTIPLE;
     MPI_Comm_rank(MPI_COMM_WORLD, &ctx.world_rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &ctx.world_size_);
     MPI_Comm node;

@@ -48,6 +48,8 @@ class ParallelContext {
   // ranks are known from init(), so this needs no communication.
   std::pair<int, int> local_index_among(const std::function<bool(int)>& on) const;
   bool uses_mpi() const { return mpi_; }
+  // Whether two threads may call MPI at once (MPI_THREAD_MULTIPLE granted); true without MPI.
+  bool threads_multiple() const { return !mpi_ || threads_multiple_; }
 
   // Groups for host memory (MPI).
   Backend& world() { return *world_; }
@@ -96,6 +98,7 @@ class ParallelContext {
   ParallelContext() = default;
   void make_local();
   bool mpi_ = false;
+  bool threads_multiple_ = false;
   int world_rank_ = 0, world_size_ = 1, local_rank_ = 0, local_size_ = 1, tp_ = 1;
   double timeout_s_ = 300;
   std::string host_;

@@ -112,6 +112,7 @@ JobMonitor::~JobMonitor() {
 int JobMonitor::register_group() { return next_group_++; }
 
 void JobMonitor::post_arrival(int group, uint64_t seq, const std::vector<int>& to_world_ranks) {
+  std::lock_guard<std::mutex> l(mu_);
   arrivals_[{group, world_rank_}] = seq;
   for (int dst : to_world_ranks) {
     if (dst == world_rank_) continue;
@@ -119,10 +120,15 @@ void JobMonitor::post_arrival(int group, uint64_t seq, const std::vector<int>& t
     check_mpi(MPI_Isend(p.payload.get(), 1, MPI_UINT64_T, dst, group, comm_, &p.req), "MPI_Isend (arrival)");
     sends_.push_back(std::move(p));
   }
-  poll();
+  poll_locked();
 }
 
 void JobMonitor::poll() {
+  std::lock_guard<std::mutex> l(mu_);
+  poll_locked();
+}
+
+void JobMonitor::poll_locked() {
   while (!sends_.empty()) {
     int done = 0;
     check_mpi(MPI_Test(&sends_.front().req, &done, MPI_STATUS_IGNORE), "MPI_Test (arrival)");
@@ -143,6 +149,7 @@ void JobMonitor::poll() {
 }
 
 uint64_t JobMonitor::last_arrival(int group, int world_rank) const {
+  std::lock_guard<std::mutex> l(mu_);
   auto it = arrivals_.find({group, world_rank});
   return it == arrivals_.end() ? 0 : it->second;
 }

@@ -14,6 +14,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ class JobMonitor {
   int world_rank() const { return world_rank_; }
 
  private:
+  void poll_locked();
+  // Every group's calls post and poll here, and a background thread may run some groups' calls
+  // (parallel/algo/background.cpp): one thread at a time, so a probed arrival is received by whoever probed it.
+  mutable std::mutex mu_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int world_rank_ = 0, next_group_ = 0;
   std::map<std::pair<int, int>, uint64_t> arrivals_;  // (group, world rank) → highest sequence seen

@@ -3,7 +3,8 @@
 // says which phase it waited in and for how long, and ends the job instead of hanging.
 //
 // A helper thread waits for the phase to end; past the limit it prints one line and calls _exit(3), which
-// mpirun turns into the end of every rank (MPI_Abort is not allowed off the main thread at MPI_THREAD_FUNNELED).
+// mpirun turns into the end of every rank (not MPI_Abort, which would need MPI from a second thread while the
+// first may be stuck inside MPI holding its locks).
 #pragma once
 
 #include <condition_variable>

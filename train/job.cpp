@@ -133,6 +133,16 @@ void Job<T>::build() {
     DpAlgoOptions outer = dp_opts_;
     outer.device = Device::CPU;
     outer_algo_ = make_dp_algorithm(outer, outer_groups);
+    // Behind τ inner steps an exchange advances only while something tests it; the training thread tests once
+    // or twice a step, so a thread of its own carries it (its communicators are the ones made just for it).
+    if (cfg_.outer_overlap > 0 && ctx_.topology().centres() > 1) {
+      if (ctx_.threads_multiple())
+        outer_algo_ = progress_in_background(std::move(outer_algo_));
+      else if (ctx_.world_rank() == 0)
+        log_info("note: this MPI does not allow MPI calls from two threads (MPI_THREAD_MULTIPLE), so the outer "
+                 "exchange advances only when the training thread tests it, once or twice a step; --outer-overlap "
+                 "hides less of it");
+    }
   } else {
     dp_algo_ = make_dp_algorithm(dp_opts_, ctx_.dp_groups());
   }

@@ -56,6 +56,8 @@ class DpAlgorithm {
   // Drops what restore_residuals handed over and no rank of this one claimed: call once every position has been
   // quantised at least once since (one step; H steps with DiLoCo).
   virtual void drop_unclaimed_residuals() {}
+  // How many calls a background thread saw complete (progress_in_background below); 0 for the others.
+  virtual int64_t completed_in_background() const { return 0; }
 };
 
 struct DpAlgoOptions {
@@ -81,5 +83,11 @@ struct DpGroups {
 };
 
 std::unique_ptr<DpAlgorithm> make_dp_algorithm(const DpAlgoOptions& opts, const DpGroups& groups);
+
+// `inner`, with a thread that tests its calls in flight every `poll_ms` (background.cpp), so they advance
+// while the caller computes instead of only when it tests them: what DiLoCo's --outer-overlap needs on a slow
+// link. Results are inner's, bit for bit. Only for an algorithm whose communicators nothing else uses, and only
+// where MPI allows calls from two threads (ParallelContext::threads_multiple()).
+std::unique_ptr<DpAlgorithm> progress_in_background(std::unique_ptr<DpAlgorithm> inner, double poll_ms = 1.0);
 
 }  // namespace aq

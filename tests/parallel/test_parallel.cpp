@@ -6,10 +6,14 @@
 //     losses and final weights of one process with batch dp·B (losses rel. err < 1e-5, weights < 1e-4).
 //   * Data-parallel algorithms (flat, hier, hier with bf16/int8/int4 on the cross-centre hop, with and without error
 //     feedback) on one centre, equal centres and unequal centres: closed-form sums at odd sizes, several calls
-//     in flight waited for out of order, bit-identical results on every rank.
+//     in flight waited for out of order, bit-identical results on every rank; calls carried by a background
+//     thread (progress_in_background) complete while the caller makes no MPI call, bit for bit as without it.
 //   * Resume across layouts: saved at one layout, resumed at the others and in a single process, the run
 //     continues with the single-process losses.
 #include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <cmath>
 #include <cstdlib>
@@ -378,6 +382,58 @@ TEST(DpAlgorithms, DifferentCallsInFlightTogether) {
     const float s = P * (P + 1) / 2.0f;
     for (int64_t i = 0; i < 1001; ++i) ASSERT_EQ(a[i], s) << i;
     for (float v : b) ASSERT_EQ(v, static_cast<float>(P));
+  }
+}
+
+TEST(DpAlgorithms, BackgroundProgressFinishesCallsAloneAndChangesNoBit) {
+  // progress_in_background: calls launched and then left alone (this thread makes no MPI call until they are
+  // done) complete, carried by the background thread; and they end bit for bit where the same calls end
+  // without it, int8 with error feedback included (two rounds, so residuals carry over).
+  ASSERT_TRUE(g_ctx->threads_multiple()) << "the tests' MPI grants no MPI_THREAD_MULTIPLE";
+  const int P = g_ctx->world_size();
+  for (const auto& [spec, names] : centre_layouts(P)) {
+    configure_centres(1, spec, names);
+    SCOPED_TRACE(g_ctx->topology().describe());
+    DpAlgoOptions o;
+    o.algo = "hier";
+    o.codec = g_ctx->topology().centres() > 1 ? WanCodec::Int8 : WanCodec::None;
+    o.error_feedback = o.codec != WanCodec::None;
+    const std::vector<int64_t> sizes = {3, 1001, 4099};
+    o.buffer_size = 3 + 1001 + 4099;
+    std::vector<std::vector<float>> ends[2];
+    for (int background = 0; background < 2; ++background) {
+      std::unique_ptr<DpAlgorithm> dp = make_dp_algorithm(o, g_ctx->dp_groups());
+      if (background) dp = progress_in_background(std::move(dp));
+      for (int round = 0; round < 2; ++round) {
+        std::vector<std::vector<float>> bufs;
+        std::vector<WorkPtr> works;
+        int64_t offset = 0;
+        for (int64_t n : sizes) {
+          std::vector<float> x(static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) x[i] = std::sin(0.37f * i + g_ctx->dp_rank() + 0.11f * round) * (i % 7 + 1);
+          bufs.push_back(std::move(x));
+        }
+        for (size_t k = 0; k < sizes.size(); ++k) {
+          works.push_back(dp->all_reduce(bufs[k].data(), sizes[k], offset, {str("background ", sizes[k])}));
+          offset += sizes[k];
+        }
+        if (background) {
+          // Left alone: only the background thread calls MPI now. 60 s is a hang, not a slow machine.
+          const int64_t want = static_cast<int64_t>(sizes.size()) * (round + 1);
+          for (int ms = 0; ms < 60000 && dp->completed_in_background() < want; ++ms)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          ASSERT_EQ(dp->completed_in_background(), want) << "calls left alone did not complete in 60 s";
+        } else {
+          EXPECT_EQ(dp->completed_in_background(), 0);
+        }
+        for (const WorkPtr& w : works) w->wait();
+        for (auto& b : bufs) ends[background].push_back(std::move(b));
+      }
+    }
+    ASSERT_EQ(ends[0].size(), ends[1].size());
+    for (size_t k = 0; k < ends[0].size(); ++k)
+      ASSERT_EQ(std::memcmp(ends[0][k].data(), ends[1][k].data(), ends[0][k].size() * sizeof(float)), 0)
+          << "call " << k << " differs with the background thread";
   }
 }
 
