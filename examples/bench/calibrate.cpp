@@ -144,19 +144,20 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
           str("; ", names[cls], ": not in this world, ", from >= 0 ? str("copied from ", names[from]) : "assumed");
     }
 
-  // 1b. The WAN as hier's exchange loads it (cost_model.h: wan_exchange): the hierarchical all-reduce of n/4, n/2
-  // and n, n = the configuration's gradient bucket (the range its fp32, bf16 and int8 stages span), less its
-  // intra-centre stages as the node link prices them. Its 2 cross stages put (C−1)/C·n each on a centre's link:
+  // 1b. The WAN as hier's exchange loads it (cost_model.h: wan_exchange): the hierarchical all-reduce of n/32 …
+  // n in halvings, n = the configuration's gradient bucket (the range its fp32, bf16 and int8 stages span, and
+  // DiLoCo's fragments down to a quarter of the model in int4, whose short stages ride the shaper's burst and run
+  // faster), less its intra-centre stages as the node link prices them. Its 2 cross stages put (C−1)/C·n each on a centre's link:
   // bandwidth = 2(C−1)/C·n / (time − 2 α_W), keyed by the stage's bytes.
   const TrainShape sh = shape_for(o.config);
   if (measured[2]) {
     const double C = topo.centres(), g = topo.cross_shards(), f = (C - 1) / C;
     const double n_cfg = std::min(4 * sh.params(), 25 * 1048576.0);  // one bucket of the default --bucket-mb
-    for (double n : {n_cfg / 4, n_cfg / 2, n_cfg}) {
+    for (double n : {n_cfg / 32, n_cfg / 16, n_cfg / 8, n_cfg / 4, n_cfg / 2, n_cfg}) {
       const double y = hier_all_reduce_s(ctx, n, 4) - 2 * cost::ring_half_s(static_cast<int>(g), n, cal.node);
       cal.wan_exchange.emplace_back(f * n, 2 * f * n / std::max(1e-6, y - 2 * cal.wan.alpha_s));
     }
-    source += str("; wan exchange: hier all-reduce of ", static_cast<int64_t>(n_cfg), " B, /2, /4");
+    source += str("; wan exchange: hier all-reduce of ", static_cast<int64_t>(n_cfg), " B, /2, … /32");
   }
 
   // 2. Compute per token: a one-process job on every rank at once.
