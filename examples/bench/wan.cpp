@@ -72,7 +72,7 @@ const RunConfig kRunConfigs[] = {
     {"hier-int8", "hier int8+EF", "hier", "int8", "on"},
     {"alone", "centres alone", "hier", "int8", "on", kNeverSync},
     {"diloco", "DiLoCo H50 int8", "hier", "int8", "on", 50},
-    {"streaming", "stream H50 F4 t1", "hier", "int8", "on", 50, 4, 1},
+    {"streaming", "stream H50 F4 t1 int8", "hier", "int8", "on", 50, 4, 1},
     // Centres of different speed (run with --cpu-quota): synchronous with --grad-accum micro-batches per rank
     // split evenly or by speed, and DiLoCo with or without time-based inner phases.
     {"sync-even", "sync even split", "hier", "int8", "on", 0, 1, 0, "off"},
@@ -196,7 +196,7 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
               "waiting share of its time (mean over its ranks), and the balance rule's prediction\n",
               quota.empty() ? "none" : quota.c_str(), o.grad_accum, static_cast<long long>(o.outer_steps),
               o.outer_compress.c_str());
-  std::printf("%-17s %-8s %9s %8s %9s %9s %7s %7s | %-8s %9s %8s %7s %7s\n", "config", "split", "tok/s", "of alone",
+  std::printf("%-21s %-8s %9s %8s %9s %9s %7s %7s | %-8s %9s %8s %7s %7s\n", "config", "split", "tok/s", "of alone",
               "c0 tok/s", "c1 tok/s", "c0 wait", "c1 wait", "p split", "p tok/s", "p alone", "p c0 w", "p c1 w");
   for (const Measured& m : res) {
     if (m.rc.balance.empty() && &m != alone) continue;
@@ -220,7 +220,7 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
     const std::string p_alone = pct(p.tokens_per_s / p.standalone_tokens_per_s);
     const std::string p_wait0 = p.waiting_share.empty() ? "-" : pct(p.waiting_share[0]);
     const std::string p_wait1 = p.waiting_share.size() < 2 ? "-" : pct(p.waiting_share[1]);
-    std::printf("%-17s %-8s %9.0f %8s %9.0f %9.0f %7s %7s | %-8s %9.0f %8s %7s %7s\n", m.rc.label.c_str(),
+    std::printf("%-21s %-8s %9.0f %8s %9.0f %9.0f %7s %7s | %-8s %9.0f %8s %7s %7s\n", m.rc.label.c_str(),
                 m.split.empty() ? "-" : m.split.c_str(), total, of_alone.c_str(), tok[0], tok[1], wait0.c_str(),
                 wait1.c_str(), &m == alone ? "-" : psplit.c_str(), p.tokens_per_s, p_alone.c_str(), p_wait0.c_str(),
                 p_wait1.c_str());
@@ -535,10 +535,10 @@ void wan(const WanOptions& o, const std::string& self) {
       o.config.c_str(), sh.params(), sh.batch, sh.seq, o.centres, split.c_str(), o.rate.c_str(), o.threads, o.steps,
       o.lr, o.steps);
   std::printf("testbed throughput check: %s", tput.c_str());
-  std::printf("%-17s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "config", "step", "exposed",
+  std::printf("%-21s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "config", "step", "exposed",
               "exposed", "wan B rank0", "wan B ranks", "link B", "link/", "util", "loss", "val", "step", "exposed",
               "bytes", "val");
-  std::printf("%-17s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max",
+  std::printf("%-21s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max",
               "/step", "/step", "/step", "ranks", "", "final", "loss", "x", "x", "x", "diff");
   std::ofstream csv(o.out + ".csv");
   csv << "config,algo,compress,error_feedback,rate,steps,step_ms,exposed_ms,exposed_max_ms,comm_ms,wan_bytes_rank0,wan_"
@@ -554,7 +554,7 @@ void wan(const WanOptions& o, const std::string& self) {
     // Nor for the low-communication runs, whose cross-centre stage runs behind the inner steps.
     const bool no_util = m.rc.algo == "flat" || m.rc.H > 0;
     const std::string util = no_util ? "n/a" : str(static_cast<int>(std::lround(100 * m.link_util)), "%");
-    std::printf("%-17s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
+    std::printf("%-21s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
                 m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0, m.wan_bytes_job,
                 m.link_bytes, lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
     csv << m.rc.key << ',' << m.rc.algo << ',' << m.rc.compress << ',' << m.rc.ef << ',' << o.rate << ',' << o.steps
@@ -585,12 +585,12 @@ void wan(const WanOptions& o, const std::string& self) {
   }
   std::printf("\nper token: %s\n", "mean step of the slowest rank, tokens/s each rank trained (mean over ranks), bytes per "
               "token trained (the ranks' wan_bytes and the links' counters)");
-  std::printf("%-17s %9s %10s %9s %12s %12s %11s %9s %9s\n", "config", "mean ms", "tok/s/rank", "vs alone",
+  std::printf("%-21s %9s %10s %9s %12s %12s %11s %9s %9s\n", "config", "mean ms", "tok/s/rank", "vs alone",
               "wan B/token", "link B/token", "vs flat", "pred ms", "pred err");
   for (const Measured& m : res) {
     const double tokens = m.tokens_per_step * o.steps;
     const double link_per_token = m.link_bytes * o.steps / tokens;
-    std::printf("%-17s %9.1f %10.1f %9s %12.2f %12.2f %11s %9.1f %+8.1f%%\n", m.rc.label.c_str(), m.mean_ms,
+    std::printf("%-21s %9.1f %10.1f %9s %12.2f %12.2f %11s %9.1f %+8.1f%%\n", m.rc.label.c_str(), m.mean_ms,
                 m.tokens_per_s_rank,
                 alone ? str(static_cast<int>(std::lround(100 * m.tokens_per_s_rank / alone->tokens_per_s_rank)), "%").c_str()
                       : "-",
@@ -609,7 +609,7 @@ void wan(const WanOptions& o, const std::string& self) {
   std::printf("\ncost model vs measurement (%s)\n", cal.source.c_str());
   std::printf("%s", describe_calibration(cal).c_str());
   std::printf("(compute: measured on the testbed's ranks just before each configuration ran; links: once, above)\n");
-  std::printf("%-17s %12s %12s %8s %12s %13s %13s %14s %14s\n", "config", "measured ms", "predicted ms", "error",
+  std::printf("%-21s %12s %12s %8s %12s %13s %13s %14s %14s\n", "config", "measured ms", "predicted ms", "error",
               "pred compute", "exposed max", "pred exposed", "link B/step", "pred B/step");
   int within = 0;
   // Synchronous runs: the median step; low-communication ones: the mean (their outer syncs fall on few steps).
@@ -617,7 +617,7 @@ void wan(const WanOptions& o, const std::string& self) {
   for (const Measured& m : res) {
     const double err = 100 * (m.pred_step_ms - measured_ms(m)) / measured_ms(m);
     within += std::fabs(err) <= 15;
-    std::printf("%-17s %12.1f %12.1f %+7.1f%% %12.1f %13.1f %13.1f %14.0f %14.0f\n", m.rc.label.c_str(), measured_ms(m),
+    std::printf("%-21s %12.1f %12.1f %+7.1f%% %12.1f %13.1f %13.1f %14.0f %14.0f\n", m.rc.label.c_str(), measured_ms(m),
                 m.pred_step_ms, err, m.pred_compute_ms, m.exposed_max_ms, m.pred_exposed_ms, m.link_bytes,
                 m.pred_wan_job);
   }
