@@ -177,9 +177,8 @@ class Job final : public JobApi {
   MemoryEstimate mem_;                    // per rank, from setup()
   double mem_avail_ = 0;                  // host memory per rank of this node (0: unknown)
   std::unique_ptr<DpAlgorithm> dp_algo_;  // how DP gradients are reduced (flat or hierarchical)
-  // --outer diloco: the exchange of the outer change across centres (dp_opts_), the global parameters θ_global
-  // and the outer Nesterov momentum (full local buffers, fp32, identical on every rank), and a scratch Δ.
-  std::unique_ptr<DpAlgorithm> outer_algo_;
+  // --outer diloco: the global parameters θ_global and the outer Nesterov momentum (full local buffers, fp32,
+  // identical on every rank); the exchange (outer_algo_) is declared after the exchanges in flight.
   std::vector<float> theta_global_, outer_mom_;
   std::vector<std::pair<int64_t, int64_t>> fragments_;  // [begin, end) of each fragment, at tensor boundaries
   // A fragment's exchange in flight: the summed change (the fragment's values), the step that merges it, and
@@ -192,6 +191,10 @@ class Job final : public JobApi {
     float scale = 0;  // what the merge multiplies the summed change by (1/DP ranks, or the token weights')
   };
   std::deque<PendingSync> pending_;
+  // The exchange of the outer change across centres (dp_opts_). Declared after pending_, so it is destroyed
+  // first: its calls still in flight (a job unwinding from an error) write into pending_'s buffers, and with
+  // --outer-overlap its thread runs their stages until it is stopped.
+  std::unique_ptr<DpAlgorithm> outer_algo_;
   // The master parameters [b, e) as host values the outer step may change: the buffer itself on the CPU, a
   // copy in staged_ from a GPU (collective for a bf16 model under ZeRO-1: see diloco.cpp). unstage_params
   // writes them back (a no-op copy on the CPU) and refreshes a bf16 model's working copy.

@@ -6,8 +6,8 @@
 //     The other ranks wait meanwhile, so the pair has the link to itself. A class the world lacks copies the
 //     next faster one (and says so in `source`).
 //   * the WAN again as hier's exchange loads it (wan_exchange): the hierarchical all-reduce itself, every carrier
-//     pair sending both ways at once, timed at 1/4, 1/2 and all of the configuration's gradient bucket, less its
-//     intra-centre stages: a bandwidth-by-size curve;
+//     pair sending both ways at once, timed at 1/32, 1/16, … 1/2 and all of the configuration's gradient bucket,
+//     less its intra-centre stages: a bandwidth-by-size curve;
 //   * compute per token: every rank trains --calibrate-steps steps of the configuration as a one-process job at
 //     the same time (so the job's own sharing of cores is priced in); per step the slowest rank's time (a
 //     synchronous step waits for it), median over the steps after the first two, per token.
@@ -145,19 +145,25 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
     }
 
   // 1b. The WAN as hier's exchange loads it (cost_model.h: wan_exchange): the hierarchical all-reduce of n/32 …
-  // n in halvings, n = the configuration's gradient bucket (the range its fp32, bf16 and int8 stages span, and
-  // DiLoCo's fragments down to a quarter of the model in int4, whose short stages ride the shaper's burst and run
-  // faster), less its intra-centre stages as the node link prices them. Its 2 cross stages put (C−1)/C·n each on a centre's link:
-  // bandwidth = 2(C−1)/C·n / (time − 2 α_W), keyed by the stage's bytes.
+  // n in halvings, n = the configuration's gradient bucket (the range its fp32, bf16 and int8 stages span, down
+  // to DiLoCo's fragments of a quarter of the model in int4, whose short stages ride the shaper's burst and run
+  // faster), less its intra-centre stages as the node link prices them. Its 2 cross stages put (C−1)/C·n each on
+  // a centre's link: bandwidth = 2(C−1)/C·n / (time − 2 α_W), keyed by the stage's bytes. Times are the slowest
+  // rank's, so every rank keeps the same points.
   const TrainShape sh = shape_for(o.config);
   if (measured[2]) {
     const double C = topo.centres(), g = topo.cross_shards(), f = (C - 1) / C;
     const double n_cfg = std::min(4 * sh.params(), 25 * 1048576.0);  // one bucket of the default --bucket-mb
     for (double n : {n_cfg / 32, n_cfg / 16, n_cfg / 8, n_cfg / 4, n_cfg / 2, n_cfg}) {
       const double y = hier_all_reduce_s(ctx, n, 4) - 2 * cost::ring_half_s(static_cast<int>(g), n, cal.node);
-      cal.wan_exchange.emplace_back(f * n, 2 * f * n / std::max(1e-6, y - 2 * cal.wan.alpha_s));
+      // A point whose time is mostly the two latencies says nothing about the bandwidth (a fast link, a small
+      // model): left out, and with none left the model uses the one-flow rate.
+      if (y - 2 * cal.wan.alpha_s < 0.25 * y) continue;
+      cal.wan_exchange.emplace_back(f * n, 2 * f * n / (y - 2 * cal.wan.alpha_s));
     }
     source += str("; wan exchange: hier all-reduce of ", static_cast<int64_t>(n_cfg), " B, /2, … /32");
+    if (cal.wan_exchange.size() < 6)
+      source += str(" (", 6 - cal.wan_exchange.size(), " of 6 sizes left out: their time was mostly latency)");
   }
 
   // 2. Compute per token: a one-process job on every rank at once.

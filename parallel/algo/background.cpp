@@ -13,7 +13,8 @@
 //     by the caller or by the thread, never by both at once; its communicators are used by nothing else;
 //   * the backends must allow MPI calls from two threads at once (MPI_THREAD_MULTIPLE): the caller keeps using
 //     its other communicators meanwhile (ParallelContext::threads_multiple);
-//   * a failure seen by the thread is kept and thrown by the caller's next test() or wait() of that call.
+//   * a failure seen by the thread stops it and is thrown by the caller's next call of any kind: the wrapped
+//     algorithm may be left mid-stage, so nothing runs on it after (the job is ending: see backend.h).
 // Results are the wrapped algorithm's, bit for bit: the thread changes when stages start, not what they compute.
 #include <atomic>
 #include <chrono>
@@ -32,7 +33,6 @@ namespace {
 struct Call {
   WorkPtr inner;
   std::atomic<bool> done{false};
-  std::exception_ptr error;  // under the mutex
 };
 
 class BackgroundAlgorithm;
@@ -47,6 +47,7 @@ class BackgroundWork final : public Work {
   void wait(double timeout_s) override;
 
  private:
+  void stamp_completion();
   BackgroundAlgorithm* owner_;
   std::shared_ptr<Call> call_;
 };
@@ -64,7 +65,7 @@ class BackgroundAlgorithm final : public DpAlgorithm {
     }
     cv_.notify_one();
     thread_.join();
-    live_.clear();  // unfinished calls finish here (a Work dropped early waits), before the algorithm goes
+    live_.clear();  // before inner_: the wrapped calls refer to it
   }
 
   std::string describe() const override { return inner_->describe() + ", progressed by a background thread"; }
@@ -80,33 +81,41 @@ class BackgroundAlgorithm final : public DpAlgorithm {
   }
   WanStats take_wan_stats() override {
     std::lock_guard<std::mutex> l(mu_);
+    rethrow_failure();
     return inner_->take_wan_stats();
   }
   bool keeps_residuals() const override { return inner_->keeps_residuals(); }  // fixed at construction
   bool residuals(std::vector<float>& host) override {
     std::lock_guard<std::mutex> l(mu_);
+    rethrow_failure();
     return inner_->residuals(host);
   }
   void restore_residuals(std::vector<float> centre_residual) override {
     std::lock_guard<std::mutex> l(mu_);
+    rethrow_failure();
     inner_->restore_residuals(std::move(centre_residual));
   }
   void drop_unclaimed_residuals() override {
     std::lock_guard<std::mutex> l(mu_);
+    rethrow_failure();
     inner_->drop_unclaimed_residuals();
   }
   int64_t completed_in_background() const override { return completed_in_background_.load(); }
 
-  // BackgroundWork's side.
+  // BackgroundWork's side. test() does not wait for the thread: while it runs a stage (encoding a fragment,
+  // say) the call is simply not done yet.
   bool test(Call& c) {
     if (c.done.load()) return true;
-    std::lock_guard<std::mutex> l(mu_);
-    return check(c);
+    std::unique_lock<std::mutex> l(mu_, std::try_to_lock);
+    if (!l.owns_lock()) return false;
+    rethrow_failure();
+    if (c.inner->test()) c.done = true;
+    return c.done;
   }
   void wait(Call& c, double timeout_s) {
     if (c.done.load()) return;
     std::lock_guard<std::mutex> l(mu_);
-    if (c.error) std::rethrow_exception(c.error);
+    rethrow_failure();
     c.inner->wait(timeout_s);  // blocks with the lock held: the thread has nothing to add meanwhile
     c.done = true;
   }
@@ -117,6 +126,7 @@ class BackgroundAlgorithm final : public DpAlgorithm {
     auto call = std::make_shared<Call>();
     {
       std::lock_guard<std::mutex> l(mu_);
+      rethrow_failure();
       call->inner = launch();
       live_.push_back(call);
     }
@@ -124,32 +134,32 @@ class BackgroundAlgorithm final : public DpAlgorithm {
     return std::make_shared<BackgroundWork>(this, std::move(call));
   }
 
-  // Under the lock: tests c once; rethrows what the thread saw go wrong.
-  bool check(Call& c) {
-    if (c.error) std::rethrow_exception(c.error);
-    if (!c.done && c.inner->test()) c.done = true;
-    return c.done;
+  // Under the lock.
+  void rethrow_failure() const {
+    if (failure_) std::rethrow_exception(failure_);
   }
 
   void run() {
     std::unique_lock<std::mutex> l(mu_);
     for (;;) {
-      cv_.wait(l, [&] { return stop_ || !live_.empty(); });
+      cv_.wait(l, [&] { return stop_ || (!live_.empty() && !failure_); });
       if (stop_) return;
       for (auto it = live_.begin(); it != live_.end();) {
         Call& c = **it;
-        bool finished = c.done;
-        if (!finished && !c.error) {
+        if (!c.done) {
           try {
-            finished = check(c);
-            if (finished) ++completed_in_background_;
+            if (c.inner->test()) {
+              c.done = true;
+              ++completed_in_background_;
+            }
           } catch (...) {
-            c.error = std::current_exception();
+            failure_ = std::current_exception();  // kept for the caller; the thread stops testing
+            break;
           }
         }
-        it = finished || c.error ? live_.erase(it) : it + 1;
+        it = c.done ? live_.erase(it) : it + 1;
       }
-      if (live_.empty()) continue;
+      if (live_.empty() || failure_) continue;
       l.unlock();
       std::this_thread::sleep_for(poll_);
       l.lock();
@@ -162,19 +172,25 @@ class BackgroundAlgorithm final : public DpAlgorithm {
   std::condition_variable cv_;
   std::vector<std::shared_ptr<Call>> live_;  // calls the thread still tests
   bool stop_ = false;
+  std::exception_ptr failure_;  // what a call threw on the thread
   std::atomic<int64_t> completed_in_background_{0};
   std::thread thread_;  // last: starts after everything it uses exists
 };
 
 bool BackgroundWork::test() {
-  const bool done = owner_->test(*call_);
-  if (done && completed_ms_ == 0) completed_ms_ = call_->inner->completed_ms() ? call_->inner->completed_ms() : steady_ms();
-  return done;
+  if (!owner_->test(*call_)) return false;
+  stamp_completion();
+  return true;
 }
 
 void BackgroundWork::wait(double timeout_s) {
   owner_->wait(*call_, timeout_s);
-  if (completed_ms_ == 0) completed_ms_ = call_->inner->completed_ms() ? call_->inner->completed_ms() : steady_ms();
+  stamp_completion();
+}
+
+void BackgroundWork::stamp_completion() {
+  // When the thread (or the caller) first saw the wrapped call complete: published by Call::done.
+  if (completed_ms_ == 0) completed_ms_ = call_->inner->completed_ms() > 0 ? call_->inner->completed_ms() : steady_ms();
 }
 
 }  // namespace

@@ -387,8 +387,10 @@ TEST(DpAlgorithms, DifferentCallsInFlightTogether) {
 
 TEST(DpAlgorithms, BackgroundProgressFinishesCallsAloneAndChangesNoBit) {
   // progress_in_background: calls launched and then left alone (this thread makes no MPI call until they are
-  // done) complete, carried by the background thread; and they end bit for bit where the same calls end
-  // without it, int8 with error feedback included (two rounds, so residuals carry over).
+  // done) complete, carried by the background thread; in a second round this thread runs collectives of its
+  // own on the world group meanwhile (two threads in MPI at once, both posting to the job monitor); and the
+  // calls end bit for bit where the same calls end without the thread, int8 with error feedback included (the
+  // second round carries the first one's residuals). 65 537 values pass the transports' eager limits.
   ASSERT_TRUE(g_ctx->threads_multiple()) << "the tests' MPI grants no MPI_THREAD_MULTIPLE";
   const int P = g_ctx->world_size();
   for (const auto& [spec, names] : centre_layouts(P)) {
@@ -398,8 +400,8 @@ TEST(DpAlgorithms, BackgroundProgressFinishesCallsAloneAndChangesNoBit) {
     o.algo = "hier";
     o.codec = g_ctx->topology().centres() > 1 ? WanCodec::Int8 : WanCodec::None;
     o.error_feedback = o.codec != WanCodec::None;
-    const std::vector<int64_t> sizes = {3, 1001, 4099};
-    o.buffer_size = 3 + 1001 + 4099;
+    const std::vector<int64_t> sizes = {3, 1001, 65537};
+    o.buffer_size = 3 + 1001 + 65537;
     std::vector<std::vector<float>> ends[2];
     for (int background = 0; background < 2; ++background) {
       std::unique_ptr<DpAlgorithm> dp = make_dp_algorithm(o, g_ctx->dp_groups());
@@ -416,6 +418,14 @@ TEST(DpAlgorithms, BackgroundProgressFinishesCallsAloneAndChangesNoBit) {
         for (size_t k = 0; k < sizes.size(); ++k) {
           works.push_back(dp->all_reduce(bufs[k].data(), sizes[k], offset, {str("background ", sizes[k])}));
           offset += sizes[k];
+        }
+        if (background && round == 1) {
+          // The same number of world all-reduces on every rank, whenever the background calls complete.
+          for (int k = 0; k < 20; ++k) {
+            std::vector<float> mine(4099, static_cast<float>(g_ctx->world_rank() + 1));
+            g_ctx->world().all_reduce(mine.data(), 4099, DType::F32, {"beside the background"})->wait();
+            ASSERT_EQ(mine[4098], P * (P + 1) / 2.0f);
+          }
         }
         if (background) {
           // Left alone: only the background thread calls MPI now. 60 s is a hang, not a slow machine.
