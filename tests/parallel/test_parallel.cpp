@@ -13,13 +13,12 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <thread>
-
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "parallel/algo/dp_algorithm.h"
 #include "parallel/context.h"
