@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <iterator>
 
 #include "examples/bench/bench.h"
 #include "examples/main_guard.h"
@@ -154,7 +155,8 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
   if (measured[2]) {
     const double C = topo.centres(), g = topo.cross_shards(), f = (C - 1) / C;
     const double n_cfg = std::min(4 * sh.params(), 25 * 1048576.0);  // one bucket of the default --bucket-mb
-    for (double n : {n_cfg / 32, n_cfg / 16, n_cfg / 8, n_cfg / 4, n_cfg / 2, n_cfg}) {
+    const double sizes[] = {n_cfg / 32, n_cfg / 16, n_cfg / 8, n_cfg / 4, n_cfg / 2, n_cfg};
+    for (double n : sizes) {
       const double y = hier_all_reduce_s(ctx, n, 4) - 2 * cost::ring_half_s(static_cast<int>(g), n, cal.node);
       // A point whose time is mostly the two latencies says nothing about the bandwidth (a fast link, a small
       // model): left out, and with none left the model uses the one-flow rate.
@@ -162,8 +164,8 @@ cost::Calibration calibrate(ParallelContext& ctx, const CalibrateOptions& o) {
       cal.wan_exchange.emplace_back(f * n, 2 * f * n / (y - 2 * cal.wan.alpha_s));
     }
     source += str("; wan exchange: hier all-reduce of ", static_cast<int64_t>(n_cfg), " B, /2, … /32");
-    if (cal.wan_exchange.size() < 6)
-      source += str(" (", 6 - cal.wan_exchange.size(), " of 6 sizes left out: their time was mostly latency)");
+    if (const size_t left_out = std::size(sizes) - cal.wan_exchange.size())
+      source += str(" (", left_out, " of ", std::size(sizes), " sizes left out: their time was mostly latency)");
   }
 
   // 2. Compute per token: a one-process job on every rank at once.

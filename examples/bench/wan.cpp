@@ -65,6 +65,7 @@ struct RunConfig {
 // "alone": DiLoCo that never syncs (H beyond any run), i.e. every centre training by itself on the same
 // machine load — the single-centre rate per rank that the low-communication runs are measured against.
 constexpr int64_t kNeverSync = int64_t{1} << 40;
+constexpr int kLabelWidth = 21;  // the configuration column of the tables (labels such as "stream H50 F4 t1 int8")
 const RunConfig kRunConfigs[] = {
     {"flat", "flat fp32", "flat", "none", "off"},
     {"hier", "hier fp32", "hier", "none", "off"},
@@ -196,8 +197,9 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
               "waiting share of its time (mean over its ranks), and the balance rule's prediction\n",
               quota.empty() ? "none" : quota.c_str(), o.grad_accum, static_cast<long long>(o.outer_steps),
               o.outer_compress.c_str());
-  std::printf("%-21s %-8s %9s %8s %9s %9s %7s %7s | %-8s %9s %8s %7s %7s\n", "config", "split", "tok/s", "of alone",
-              "c0 tok/s", "c1 tok/s", "c0 wait", "c1 wait", "p split", "p tok/s", "p alone", "p c0 w", "p c1 w");
+  std::printf("%-*s %-8s %9s %8s %9s %9s %7s %7s | %-8s %9s %8s %7s %7s\n", kLabelWidth, "config", "split", "tok/s",
+              "of alone", "c0 tok/s", "c1 tok/s", "c0 wait", "c1 wait", "p split", "p tok/s", "p alone", "p c0 w",
+              "p c1 w");
   for (const Measured& m : res) {
     if (m.rc.balance.empty() && &m != alone) continue;
     std::map<int, double> tok, wait, n;
@@ -220,7 +222,7 @@ void print_balance_table(const std::vector<Measured>& res, const WanOptions& o) 
     const std::string p_alone = pct(p.tokens_per_s / p.standalone_tokens_per_s);
     const std::string p_wait0 = p.waiting_share.empty() ? "-" : pct(p.waiting_share[0]);
     const std::string p_wait1 = p.waiting_share.size() < 2 ? "-" : pct(p.waiting_share[1]);
-    std::printf("%-21s %-8s %9.0f %8s %9.0f %9.0f %7s %7s | %-8s %9.0f %8s %7s %7s\n", m.rc.label.c_str(),
+    std::printf("%-*s %-8s %9.0f %8s %9.0f %9.0f %7s %7s | %-8s %9.0f %8s %7s %7s\n", kLabelWidth, m.rc.label.c_str(),
                 m.split.empty() ? "-" : m.split.c_str(), total, of_alone.c_str(), tok[0], tok[1], wait0.c_str(),
                 wait1.c_str(), &m == alone ? "-" : psplit.c_str(), p.tokens_per_s, p_alone.c_str(), p_wait0.c_str(),
                 p_wait1.c_str());
@@ -535,11 +537,11 @@ void wan(const WanOptions& o, const std::string& self) {
       o.config.c_str(), sh.params(), sh.batch, sh.seq, o.centres, split.c_str(), o.rate.c_str(), o.threads, o.steps,
       o.lr, o.steps);
   std::printf("testbed throughput check: %s", tput.c_str());
-  std::printf("%-21s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "config", "step", "exposed",
-              "exposed", "wan B rank0", "wan B ranks", "link B", "link/", "util", "loss", "val", "step", "exposed",
-              "bytes", "val");
-  std::printf("%-21s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", "", "ms", "rank 0", "max",
-              "/step", "/step", "/step", "ranks", "", "final", "loss", "x", "x", "x", "diff");
+  std::printf("%-*s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", kLabelWidth, "config", "step",
+              "exposed", "exposed", "wan B rank0", "wan B ranks", "link B", "link/", "util", "loss", "val", "step",
+              "exposed", "bytes", "val");
+  std::printf("%-*s %8s %8s %8s %12s %12s %12s %6s %5s %8s %8s | %6s %7s %7s %7s\n", kLabelWidth, "", "ms", "rank 0",
+              "max", "/step", "/step", "/step", "ranks", "", "final", "loss", "x", "x", "x", "diff");
   std::ofstream csv(o.out + ".csv");
   csv << "config,algo,compress,error_feedback,rate,steps,step_ms,exposed_ms,exposed_max_ms,comm_ms,wan_bytes_rank0,wan_"
          "bytes_ranks,"
@@ -554,16 +556,15 @@ void wan(const WanOptions& o, const std::string& self) {
     // Nor for the low-communication runs, whose cross-centre stage runs behind the inner steps.
     const bool no_util = m.rc.algo == "flat" || m.rc.H > 0;
     const std::string util = no_util ? "n/a" : str(static_cast<int>(std::lround(100 * m.link_util)), "%");
-    std::printf("%-21s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
-                m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0, m.wan_bytes_job,
-                m.link_bytes, lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
+    std::printf("%-*s %8.1f %8.1f %8.1f %12.0f %12.0f %12.0f %6.2f %5s %8.4f %8.4f | %5.2fx %6.2fx %6.2fx %+6.2f%%\n",
+                kLabelWidth, m.rc.label.c_str(), m.step_ms, m.exposed_ms, m.exposed_max_ms, m.wan_bytes_rank0,
+                m.wan_bytes_job, m.link_bytes, lw, util.c_str(), m.final_loss, m.val_loss, sp, er, br, 100 * vd);
     csv << m.rc.key << ',' << m.rc.algo << ',' << m.rc.compress << ',' << m.rc.ef << ',' << o.rate << ',' << o.steps
         << ',' << m.step_ms << ',' << m.exposed_ms << ',' << m.exposed_max_ms << ',' << m.comm_ms << ','
         << m.wan_bytes_rank0 << ',' << m.wan_bytes_job << ',' << m.link_bytes << ',' << lw << ','
-        << (no_util ? std::string() : std::to_string(m.link_util)) << ',' << m.final_loss << ','
-        << m.val_loss << ',' << sp << ',' << er << ',' << br << ',' << vd << ',' << m.pred_step_ms << ','
-        << m.pred_exposed_ms << ',' << 100 * (m.pred_step_ms - m.step_ms) / m.step_ms << ',' << m.pred_wan_job << ','
-        << m.pred_compute_ms << '\n';
+        << (no_util ? std::string() : std::to_string(m.link_util)) << ',' << m.final_loss << ',' << m.val_loss << ','
+        << sp << ',' << er << ',' << br << ',' << vd << ',' << m.pred_step_ms << ',' << m.pred_exposed_ms << ','
+        << 100 * (m.pred_step_ms - m.step_ms) / m.step_ms << ',' << m.pred_wan_job << ',' << m.pred_compute_ms << '\n';
   }
   csv.close();
   std::printf(
@@ -585,19 +586,21 @@ void wan(const WanOptions& o, const std::string& self) {
   }
   std::printf("\nper token: %s\n", "mean step of the slowest rank, tokens/s each rank trained (mean over ranks), bytes per "
               "token trained (the ranks' wan_bytes and the links' counters)");
-  std::printf("%-21s %9s %10s %9s %12s %12s %11s %9s %9s\n", "config", "mean ms", "tok/s/rank", "vs alone",
+  std::printf("%-*s %9s %10s %9s %12s %12s %11s %9s %9s\n", kLabelWidth, "config", "mean ms", "tok/s/rank", "vs alone",
               "wan B/token", "link B/token", "vs flat", "pred ms", "pred err");
   for (const Measured& m : res) {
     const double tokens = m.tokens_per_step * o.steps;
     const double link_per_token = m.link_bytes * o.steps / tokens;
-    std::printf("%-21s %9.1f %10.1f %9s %12.2f %12.2f %11s %9.1f %+8.1f%%\n", m.rc.label.c_str(), m.mean_ms,
-                m.tokens_per_s_rank,
-                alone ? str(static_cast<int>(std::lround(100 * m.tokens_per_s_rank / alone->tokens_per_s_rank)), "%").c_str()
-                      : "-",
-                m.wan_bytes_job / m.tokens_per_step, link_per_token,
-                flat && m.link_bytes > 0 ? str(static_cast<int>(std::lround(flat->link_bytes / m.link_bytes)), "x fewer").c_str()
-                                         : "-",
-                m.pred_step_ms, 100 * (m.pred_step_ms - m.mean_ms) / m.mean_ms);
+    std::printf(
+        "%-*s %9.1f %10.1f %9s %12.2f %12.2f %11s %9.1f %+8.1f%%\n", kLabelWidth, m.rc.label.c_str(), m.mean_ms,
+        m.tokens_per_s_rank,
+        alone ? str(static_cast<int>(std::lround(100 * m.tokens_per_s_rank / alone->tokens_per_s_rank)), "%").c_str()
+              : "-",
+        m.wan_bytes_job / m.tokens_per_step, link_per_token,
+        flat && m.link_bytes > 0
+            ? str(static_cast<int>(std::lround(flat->link_bytes / m.link_bytes)), "x fewer").c_str()
+            : "-",
+        m.pred_step_ms, 100 * (m.pred_step_ms - m.mean_ms) / m.mean_ms);
   }
   std::printf("(wan B/token: median wan_bytes per step summed over ranks, per token of the step; link B/token: every "
               "centre's tx over the run, start-up and evaluation included, per token trained; vs flat: flat fp32's "
@@ -609,17 +612,17 @@ void wan(const WanOptions& o, const std::string& self) {
   std::printf("\ncost model vs measurement (%s)\n", cal.source.c_str());
   std::printf("%s", describe_calibration(cal).c_str());
   std::printf("(compute: measured on the testbed's ranks just before each configuration ran; links: once, above)\n");
-  std::printf("%-21s %12s %12s %8s %12s %13s %13s %14s %14s\n", "config", "measured ms", "predicted ms", "error",
-              "pred compute", "exposed max", "pred exposed", "link B/step", "pred B/step");
+  std::printf("%-*s %12s %12s %8s %12s %13s %13s %14s %14s\n", kLabelWidth, "config", "measured ms", "predicted ms",
+              "error", "pred compute", "exposed max", "pred exposed", "link B/step", "pred B/step");
   int within = 0;
   // Synchronous runs: the median step; low-communication ones: the mean (their outer syncs fall on few steps).
   const auto measured_ms = [](const Measured& m) { return m.rc.H > 0 ? m.mean_ms : m.step_ms; };
   for (const Measured& m : res) {
     const double err = 100 * (m.pred_step_ms - measured_ms(m)) / measured_ms(m);
     within += std::fabs(err) <= 15;
-    std::printf("%-21s %12.1f %12.1f %+7.1f%% %12.1f %13.1f %13.1f %14.0f %14.0f\n", m.rc.label.c_str(), measured_ms(m),
-                m.pred_step_ms, err, m.pred_compute_ms, m.exposed_max_ms, m.pred_exposed_ms, m.link_bytes,
-                m.pred_wan_job);
+    std::printf("%-*s %12.1f %12.1f %+7.1f%% %12.1f %13.1f %13.1f %14.0f %14.0f\n", kLabelWidth, m.rc.label.c_str(),
+                measured_ms(m), m.pred_step_ms, err, m.pred_compute_ms, m.exposed_max_ms, m.pred_exposed_ms,
+                m.link_bytes, m.pred_wan_job);
   }
   std::vector<size_t> by_meas(res.size()), by_pred(res.size());
   for (size_t i = 0; i < res.size(); ++i) by_meas[i] = by_pred[i] = i;

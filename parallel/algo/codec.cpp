@@ -105,33 +105,27 @@ void codec_encode(WanCodec c, const float* x, float* residual, int64_t n, uint8_
       }
       return;
     }
-    case WanCodec::Int8: {
-      const int64_t nb = codec_blocks(n);
-      float* scales = reinterpret_cast<float*>(out);
-      int8_t* q = reinterpret_cast<int8_t*>(out + nb * sizeof(float));
-      float v[kInt8Block];
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t lo = b * kInt8Block, m = std::min<int64_t>(kInt8Block, n - lo);
-        for (int64_t i = 0; i < m; ++i) v[i] = x[lo + i] + (residual ? residual[lo + i] : 0.0f);
-        scales[b] = encode_block(v, m, q + lo, 127.0f);
-        if (residual)
-          for (int64_t i = 0; i < m; ++i) residual[lo + i] = v[i] - static_cast<float>(q[lo + i]) * scales[b];
-      }
-      return;
-    }
+    case WanCodec::Int8:
     case WanCodec::Int4: {
+      // Block by block: v = x + residual → the block's scale and codes q, then residual ← v − q·scale. int8
+      // stores q as it is; int4 packs value 2k into the low nibble of byte k and 2k+1 into the high one.
       const int64_t nb = codec_blocks(n);
+      const float qmax = codec_qmax(c);
       float* scales = reinterpret_cast<float*>(out);
-      uint8_t* packed = out + nb * sizeof(float);  // a block starts on a byte: kInt8Block is even
+      uint8_t* codes = out + nb * sizeof(float);  // an int4 block starts on a byte: kInt8Block is even
       float v[kInt8Block];
       int8_t q[kInt8Block + 1];
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t lo = b * kInt8Block, m = std::min<int64_t>(kInt8Block, n - lo);
         for (int64_t i = 0; i < m; ++i) v[i] = x[lo + i] + (residual ? residual[lo + i] : 0.0f);
-        scales[b] = encode_block(v, m, q, 7.0f);
-        q[m] = 0;  // the high nibble past an odd end
-        for (int64_t i = 0; i < m; i += 2)
-          packed[(lo + i) / 2] = static_cast<uint8_t>((q[i] & 0xF) | ((q[i + 1] & 0xF) << 4));
+        scales[b] = encode_block(v, m, q, qmax);
+        if (c == WanCodec::Int8) {
+          std::memcpy(codes + lo, q, static_cast<size_t>(m));
+        } else {
+          q[m] = 0;  // the high nibble past an odd end
+          for (int64_t i = 0; i < m; i += 2)
+            codes[(lo + i) / 2] = static_cast<uint8_t>((q[i] & 0xF) | ((q[i + 1] & 0xF) << 4));
+        }
         if (residual)
           for (int64_t i = 0; i < m; ++i) residual[lo + i] = v[i] - static_cast<float>(q[i]) * scales[b];
       }

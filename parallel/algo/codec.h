@@ -28,6 +28,8 @@ constexpr int kWanCodecs = 4;  // the enum's values are 0 … kWanCodecs − 1 (
 constexpr int64_t kInt8Block = 256;  // values per scale, int8 and int4 alike
 // Blocks (and so fp32 scales) of n values of int8 or int4.
 constexpr int64_t codec_blocks(int64_t n) { return (n + kInt8Block - 1) / kInt8Block; }
+// The largest code of a block codec: values are rounded to [−qmax, qmax]·absmax/qmax; 0 for the others.
+constexpr float codec_qmax(WanCodec c) { return c == WanCodec::Int8 ? 127.0f : c == WanCodec::Int4 ? 7.0f : 0.0f; }
 // A block whose absmax is below this (128 × the smallest normal float, ~1.5e-36) is sent as zeros: 127/absmax
 // would overflow. Its values stay in the residual with error feedback.
 constexpr float kTinyBlock = 1.17549435e-38f * 128.0f;

@@ -16,6 +16,8 @@ namespace aq::cuda {
 namespace {
 
 static_assert(kInt8Block == 256, "one thread per value of a block");
+constexpr int kInt8Max = static_cast<int>(codec_qmax(WanCodec::Int8));
+constexpr int kInt4Max = static_cast<int>(codec_qmax(WanCodec::Int4));
 
 // x (n), residual (n or null) → scales (nb) and codes; residual ← v − q·scale. int8 (QMAX 127) writes one
 // int8 per value; int4 (QMAX 7) packs value 2k into the low nibble of byte k and 2k+1 into the high one.
@@ -39,7 +41,7 @@ __global__ void encode_blocks_kernel(const float* x, float* residual, int64_t n,
   if (threadIdx.x == 0) scales[blockIdx.x] = scale;
   const int8_t qi = bad || !in ? 0 : static_cast<int8_t>(rintf(fminf(qmax, fmaxf(-qmax, __fmul_rn(v, inv)))));
   if (in && residual) residual[i] = __fsub_rn(v, __fmul_rn(static_cast<float>(qi), scale));
-  if (QMAX == 127) {
+  if (QMAX == kInt8Max) {
     if (in) codes[i] = static_cast<uint8_t>(qi);
     return;
   }
@@ -113,9 +115,9 @@ void codec_encode(WanCodec c, const float* x, float* residual, int64_t n, uint8_
       float* scales = reinterpret_cast<float*>(out);
       uint8_t* codes = out + nb * sizeof(float);
       if (c == WanCodec::Int8)
-        encode_blocks_kernel<127><<<static_cast<unsigned>(nb), kInt8Block>>>(x, residual, n, scales, codes);
+        encode_blocks_kernel<kInt8Max><<<static_cast<unsigned>(nb), kInt8Block>>>(x, residual, n, scales, codes);
       else
-        encode_blocks_kernel<7><<<static_cast<unsigned>(nb), kInt8Block>>>(x, residual, n, scales, codes);
+        encode_blocks_kernel<kInt4Max><<<static_cast<unsigned>(nb), kInt8Block>>>(x, residual, n, scales, codes);
       break;
     }
   }

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <thread>
 
 #include "parallel/algo/dp_algorithm.h"
@@ -400,7 +401,7 @@ TEST(DpAlgorithms, BackgroundProgressFinishesCallsAloneAndChangesNoBit) {
     o.codec = g_ctx->topology().centres() > 1 ? WanCodec::Int8 : WanCodec::None;
     o.error_feedback = o.codec != WanCodec::None;
     const std::vector<int64_t> sizes = {3, 1001, 65537};
-    o.buffer_size = 3 + 1001 + 65537;
+    o.buffer_size = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
     std::vector<std::vector<float>> ends[2];
     for (int background = 0; background < 2; ++background) {
       std::unique_ptr<DpAlgorithm> dp = make_dp_algorithm(o, g_ctx->dp_groups());

@@ -3,14 +3,19 @@
 //     equal and unequal centres, and the refusal of a TP group that spans centres;
 //   * the wire codecs: round-trip error bounds (int8, int4: half a quantisation step of each block's scale;
 //     bf16: 2^-9 relative), int4's bytes against a hand-written example, NaN propagation, and the
-//     error-feedback identity Σ sent + residual = Σ inputs.
+//     error-feedback identity Σ sent + residual = Σ inputs;
+//   * progress_in_background on a scripted algorithm: a call completes with no test from the caller, and a call
+//     that fails on the thread makes every later call throw its error.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "parallel/algo/codec.h"
+#include "parallel/algo/dp_algorithm.h"
 #include "parallel/topology.h"
 #include "runtime/error.h"
 
@@ -177,6 +182,81 @@ TEST(Codec, ErrorFeedbackLosesNothing) {
     // Each step's fp32 additions (x + r, then r = v − sent) round at ~6e-8 of 1e-3-sized values.
     EXPECT_LT(worst, 50 * 2e-10) << wan_codec_name(c) << " (largest |sum| " << scale << ")";
   }
+}
+
+// ---- progress_in_background without MPI: a scripted algorithm ---------------------------------------------
+
+// A Work that completes on its `done_after`-th test, or throws on its first one when `fails`.
+class ScriptedWork final : public Work {
+ public:
+  ScriptedWork(int done_after, bool fails) : Work(1, "scripted", "all_reduce", -1), left_(done_after), fails_(fails) {}
+  bool test() override {
+    if (fails_) throw Error("scripted failure: the peer's link went down");
+    if (left_ > 0) --left_;
+    if (left_ == 0 && completed_ms_ == 0) completed_ms_ = started_ms_ + 1;
+    return left_ == 0;
+  }
+  void wait(double) override {
+    while (!test()) {
+    }
+  }
+
+ private:
+  int left_;
+  bool fails_;
+};
+
+// all_reduce returns the next scripted Work; the algorithm itself has nothing to do.
+class ScriptedAlgorithm final : public DpAlgorithm {
+ public:
+  std::vector<WorkPtr> script;
+  std::string describe() const override { return "scripted"; }
+  WorkPtr all_reduce(float*, int64_t, int64_t, const CollectiveOptions&) override { return next(); }
+  WorkPtr reduce_scatter(const float*, float*, int64_t, const CollectiveOptions&) override { return next(); }
+  WorkPtr all_gather(const void*, void*, int64_t, DType, const CollectiveOptions&) override { return next(); }
+  WanStats take_wan_stats() override { return {}; }
+
+ private:
+  WorkPtr next() {
+    WorkPtr w = script.front();
+    script.erase(script.begin());
+    return w;
+  }
+};
+
+TEST(BackgroundProgress, CompletesCallsAloneAndHandsAFailureToEveryLaterCall) {
+  auto inner = std::make_unique<ScriptedAlgorithm>();
+  inner->script = {std::make_shared<ScriptedWork>(5, false), std::make_shared<ScriptedWork>(0, true)};
+  std::unique_ptr<DpAlgorithm> dp = progress_in_background(std::move(inner), 0.1);
+  EXPECT_NE(dp->describe().find("progressed by a background thread"), std::string::npos);
+  float x = 0;
+  // A call that needs five tests completes with no test from here (10 s bound a hang, not a slow machine).
+  WorkPtr a = dp->all_reduce(&x, 1, 0, {"a"});
+  for (int ms = 0; ms < 10000 && dp->completed_in_background() < 1; ++ms)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(dp->completed_in_background(), 1);
+  EXPECT_TRUE(a->test());
+  EXPECT_GT(a->completed_ms(), 0);
+  // A call that fails on the thread: the failure is kept and thrown by every later call of any kind, since the
+  // wrapped algorithm may be left mid-stage. take_wan_stats() tests nothing itself, so the failure it throws is
+  // the one the thread caught.
+  WorkPtr b = dp->all_reduce(&x, 1, 0, {"b"});
+  bool thrown = false;
+  for (int ms = 0; ms < 10000 && !thrown; ++ms) {
+    try {
+      dp->take_wan_stats();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("the peer's link went down"), std::string::npos) << e.what();
+      thrown = true;
+    }
+  }
+  ASSERT_TRUE(thrown) << "the thread did not report the failing call in 10 s";
+  EXPECT_THROW(b->wait(), Error);
+  EXPECT_THROW(dp->all_reduce(&x, 1, 0, {"c"}), Error);
+  std::vector<float> host;
+  EXPECT_THROW(dp->residuals(host), Error);
+  EXPECT_EQ(dp->completed_in_background(), 1);
 }
 
 }  // namespace
